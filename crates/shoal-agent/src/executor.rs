@@ -1,0 +1,556 @@
+//! The executor: the only code that creates, starts, stops and removes task containers. A small
+//! trait (as swarmkit's controller) with the Docker Engine implementation behind it.
+
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Mount, MountType,
+    NetworkConnectRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use shoal_api::objects::StoredTask;
+use shoal_api::{labels, template};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Why an executor step failed; `Display` is what `docker service ps` shows as the task's error.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The image is not on this node and could not be pulled.
+    #[error("No such image: {image}{detail}")]
+    NoImage {
+        /// Image reference.
+        image: String,
+        /// Why it could not be had.
+        detail: String,
+    },
+    /// The engine refused a call.
+    #[error("{op} {what}: {source}")]
+    Engine {
+        /// The step.
+        op: &'static str,
+        /// Container or task.
+        what: String,
+        /// The engine's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// When to pull an image the node does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Pull only if the image is missing (Swarm's behaviour).
+    Missing,
+    /// Never pull; a missing image rejects the task.
+    Never,
+}
+
+/// A task container as found on the engine.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Container ID.
+    pub id: String,
+    /// Task the container runs.
+    pub task_id: String,
+    /// Running now.
+    pub running: bool,
+    /// Exit code if it stopped.
+    pub exit_code: Option<i64>,
+    /// Was started at least once.
+    pub started: bool,
+    /// Process ID if running.
+    pub pid: Option<i64>,
+}
+
+/// Where a task's networks and files are, prepared by the worker before `create`.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// (Docker network name, IPv4 address) per attachment, in order.
+    pub networks: Vec<(String, String)>,
+    /// DNS servers for the container.
+    pub dns: Vec<String>,
+    /// Read-only file mounts: (host path, container path).
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// The executor's steps, as a trait so a simulated node can stand in for benchmarks.
+pub trait Executor: Send + Sync + 'static {
+    /// Task containers this node has (labelled with its node ID).
+    fn list(&self) -> impl std::future::Future<Output = Result<Vec<Found>, ExecError>> + Send;
+    /// Makes sure the image is present.
+    fn ensure_image(
+        &self,
+        image: &str,
+    ) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
+    /// Creates the task's container; returns its ID.
+    fn create(
+        &self,
+        task: &StoredTask,
+        prep: &Prepared,
+    ) -> impl std::future::Future<Output = Result<String, ExecError>> + Send;
+    /// Starts it.
+    fn start(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<Option<i64>, ExecError>> + Send;
+    /// Waits for it to stop; returns the exit code.
+    fn wait(&self, id: &str) -> impl std::future::Future<Output = Result<i64, ExecError>> + Send;
+    /// Stops it: the stop signal, then SIGKILL after `grace_secs`.
+    fn stop(
+        &self,
+        id: &str,
+        grace_secs: i64,
+        signal: Option<String>,
+    ) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
+    /// Removes it (and its anonymous volumes).
+    fn remove(&self, id: &str) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
+}
+
+/// Concurrent container create/start calls per node (measured in bench/service-scale.sh).
+pub const DEFAULT_START_PARALLELISM: usize = 8;
+
+/// The Docker Engine executor.
+#[derive(Clone)]
+pub struct DockerExecutor {
+    docker: Docker,
+    node_id: String,
+    pull: PullPolicy,
+    hostname: String,
+    /// Images seen present recently, so 50 replicas cost one image lookup, not 50.
+    images: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Bounds concurrent create+start calls: the engine serializes much of that work anyway.
+    starts: Arc<Semaphore>,
+}
+
+/// How long an image found present is trusted without asking the engine again.
+const IMAGE_CACHE_TTL: Duration = Duration::from_secs(10);
+
+fn engine(
+    op: &'static str,
+    what: impl Into<String>,
+) -> impl FnOnce(bollard::errors::Error) -> ExecError {
+    let what = what.into();
+    move |source| ExecError::Engine { op, what, source }
+}
+
+impl DockerExecutor {
+    /// An executor for `node_id`'s containers on this engine.
+    pub fn new(docker: Docker, node_id: String, pull: PullPolicy) -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let parallel = std::env::var("SHOAL_START_PARALLELISM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_START_PARALLELISM);
+        Self {
+            docker,
+            node_id,
+            pull,
+            hostname,
+            images: Default::default(),
+            starts: Arc::new(Semaphore::new(parallel)),
+        }
+    }
+
+    fn template_context(&self, task: &StoredTask) -> template::Context {
+        let name = Self::container_name(task);
+        template::Context {
+            service_id: task.service_id().to_string(),
+            service_name: task.service_name.clone(),
+            task_id: task.id().to_string(),
+            task_slot: if task.slot() > 0 {
+                task.slot().to_string()
+            } else {
+                self.node_id.clone()
+            },
+            task_name: name,
+            node_id: self.node_id.clone(),
+            node_hostname: self.hostname.clone(),
+            node_os: std::env::consts::OS.to_string(),
+            node_arch: std::env::consts::ARCH.to_string(),
+        }
+    }
+
+    /// The container name Swarm uses: `service.slot.task` (or `service.node.task` for global).
+    pub fn container_name(task: &StoredTask) -> String {
+        let middle = if task.slot() > 0 {
+            task.slot().to_string()
+        } else {
+            task.node_id().unwrap_or_default().to_string()
+        };
+        format!("{}.{}.{}", task.service_name, middle, task.id())
+    }
+
+    fn config(&self, task: &StoredTask, prep: &Prepared) -> ContainerCreateBody {
+        let spec = task.task.spec.clone().unwrap_or_default();
+        let mut cs = spec.container_spec.clone().unwrap_or_default();
+        let ctx = self.template_context(task);
+        cs.hostname = cs.hostname.map(|h| template::expand(&h, &ctx));
+        cs.env = cs
+            .env
+            .map(|e| e.iter().map(|v| template::expand(v, &ctx)).collect());
+        if let Some(ms) = cs.mounts.as_mut() {
+            for m in ms {
+                m.source = m.source.as_deref().map(|v| template::expand(v, &ctx));
+                m.target = m.target.as_deref().map(|v| template::expand(v, &ctx));
+            }
+        }
+        let mut lbl: HashMap<String, String> = cs.labels.clone().unwrap_or_default();
+        lbl.insert(labels::TASK_ID.into(), task.id().into());
+        lbl.insert(labels::TASK_NAME.into(), Self::container_name(task));
+        lbl.insert(labels::SERVICE_ID.into(), task.service_id().into());
+        lbl.insert(labels::SERVICE_NAME.into(), task.service_name.clone());
+        lbl.insert(labels::NODE_ID.into(), self.node_id.clone());
+        let mut mounts: Vec<Mount> = cs.mounts.clone().unwrap_or_default();
+        for (host, target) in &prep.files {
+            mounts.push(Mount {
+                target: Some(target.clone()),
+                source: Some(host.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        let res = spec.resources.clone().unwrap_or_default();
+        let limits = res.limits.unwrap_or_default();
+        let reservations = res.reservations.unwrap_or_default();
+        let dns_cfg = cs.dns_config.clone().unwrap_or_default();
+        let mut dns = dns_cfg.nameservers.clone().unwrap_or_default();
+        if dns.is_empty() {
+            dns = prep.dns.clone();
+        }
+        // Swarm's hosts entries are "IP host..."; the engine wants "host:IP".
+        let extra_hosts: Vec<String> = cs
+            .hosts
+            .iter()
+            .flatten()
+            .filter_map(|h| {
+                let mut parts = h.split_whitespace();
+                let ip = parts.next()?;
+                Some(parts.map(|name| format!("{name}:{ip}")).collect::<Vec<_>>())
+            })
+            .flatten()
+            .collect();
+        let host_config = HostConfig {
+            mounts: if mounts.is_empty() {
+                None
+            } else {
+                Some(mounts)
+            },
+            nano_cpus: limits.nano_cpus.filter(|n| *n > 0),
+            memory: limits.memory_bytes.filter(|n| *n > 0),
+            pids_limit: limits.pids.filter(|n| *n > 0),
+            memory_reservation: reservations.memory_bytes.filter(|n| *n > 0),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            dns: if dns.is_empty() { None } else { Some(dns) },
+            dns_search: dns_cfg.search.clone(),
+            dns_options: dns_cfg.options.clone(),
+            extra_hosts: if extra_hosts.is_empty() {
+                None
+            } else {
+                Some(extra_hosts)
+            },
+            init: cs.init,
+            readonly_rootfs: cs.read_only,
+            group_add: cs.groups.clone(),
+            cap_add: cs.capability_add.clone(),
+            cap_drop: cs.capability_drop.clone(),
+            sysctls: cs.sysctls.clone(),
+            ulimits: cs.ulimits.clone().map(|u| {
+                u.into_iter()
+                    .map(|x| bollard::models::ResourcesUlimits {
+                        name: x.name,
+                        soft: x.soft,
+                        hard: x.hard,
+                    })
+                    .collect()
+            }),
+            oom_score_adj: cs.oom_score_adj,
+            log_config: spec
+                .log_driver
+                .as_ref()
+                .map(|l| bollard::models::HostConfigLogConfig {
+                    typ: l.name.clone(),
+                    config: l.options.clone(),
+                }),
+            network_mode: prep.networks.first().map(|(n, _)| n.clone()),
+            ..Default::default()
+        };
+        let networking_config = prep.networks.first().map(|(n, ip)| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                n.clone(),
+                EndpointSettings {
+                    ipam_config: Some(EndpointIpamConfig {
+                        ipv4_address: Some(ip.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )])),
+        });
+        ContainerCreateBody {
+            hostname: cs.hostname.clone().filter(|h| !h.is_empty()),
+            user: cs.user.clone().filter(|u| !u.is_empty()),
+            env: cs.env.clone(),
+            cmd: cs.args.clone(),
+            entrypoint: cs.command.clone(),
+            image: cs.image.clone(),
+            labels: Some(lbl),
+            working_dir: cs.dir.clone().filter(|d| !d.is_empty()),
+            tty: cs.tty,
+            open_stdin: cs.open_stdin,
+            stop_signal: cs.stop_signal.clone().filter(|s| !s.is_empty()),
+            stop_timeout: cs.stop_grace_period.map(|g| g / 1_000_000_000),
+            healthcheck: cs.health_check.clone(),
+            host_config: Some(host_config),
+            networking_config,
+            ..Default::default()
+        }
+    }
+}
+
+impl Executor for DockerExecutor {
+    async fn list(&self) -> Result<Vec<Found>, ExecError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}={}", labels::NODE_ID, self.node_id)],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(engine("listing containers of node", self.node_id.clone()))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let task_id = c.labels.as_ref()?.get(labels::TASK_ID)?.clone();
+                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+                Some(Found {
+                    id: c.id?,
+                    task_id,
+                    running: state == "running" || state == "restarting",
+                    exit_code: None,
+                    started: state != "created",
+                    pid: None,
+                })
+            })
+            .collect())
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {
+        let fresh = self
+            .images
+            .lock()
+            .ok()
+            .and_then(|m| m.get(image).map(|t| t.elapsed() < IMAGE_CACHE_TTL))
+            .unwrap_or(false);
+        if fresh {
+            return Ok(());
+        }
+        if self.docker.inspect_image(image).await.is_ok() {
+            if let Ok(mut m) = self.images.lock() {
+                m.insert(image.to_string(), Instant::now());
+            }
+            return Ok(());
+        }
+        if self.pull == PullPolicy::Never {
+            return Err(ExecError::NoImage {
+                image: image.into(),
+                detail: " (not on this node, and the node does not pull)".into(),
+            });
+        }
+        let (from, tag) = split_image(image);
+        let mut s = self.docker.create_image(
+            Some(bollard::query_parameters::CreateImageOptions {
+                from_image: Some(from),
+                tag: Some(tag),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(r) = s.next().await {
+            if let Err(e) = r {
+                return Err(ExecError::NoImage {
+                    image: image.into(),
+                    detail: format!(" ({e})"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(&self, task: &StoredTask, prep: &Prepared) -> Result<String, ExecError> {
+        let _permit = self.starts.acquire().await;
+        let name = Self::container_name(task);
+        let body = self.config(task, prep);
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(engine("creating container", name.clone()))?;
+        // The engine takes one network at create time; the rest join before start.
+        for (net, ip) in prep.networks.iter().skip(1) {
+            self.docker
+                .connect_network(
+                    net,
+                    NetworkConnectRequest {
+                        container: created.id.clone(),
+                        endpoint_config: Some(EndpointSettings {
+                            ipam_config: Some(EndpointIpamConfig {
+                                ipv4_address: Some(ip.clone()),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .await
+                .map_err(engine(
+                    "connecting container to network",
+                    format!("{name} -> {net}"),
+                ))?;
+        }
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<Option<i64>, ExecError> {
+        let _permit = self.starts.acquire().await;
+        self.docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(engine("starting container", id))?;
+        Ok(None)
+    }
+
+    async fn wait(&self, id: &str) -> Result<i64, ExecError> {
+        let mut s = self.docker.wait_container(
+            id,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
+        match s.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(ExecError::Engine {
+                op: "waiting for container",
+                what: id.into(),
+                source: e,
+            }),
+            None => Ok(0),
+        }
+    }
+
+    async fn stop(
+        &self,
+        id: &str,
+        grace_secs: i64,
+        signal: Option<String>,
+    ) -> Result<(), ExecError> {
+        let r = self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(grace_secs.clamp(0, i32::MAX as i64) as i32),
+                    signal,
+                }),
+            )
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            // Already stopped (304) or gone (404): the goal is reached.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(ExecError::Engine {
+                op: "stopping container",
+                what: id.into(),
+                source: e,
+            }),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), ExecError> {
+        let r = self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        match r {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(ExecError::Engine {
+                op: "removing container",
+                what: id.into(),
+                source: e,
+            }),
+        }
+    }
+}
+
+/// `repo:tag` (digest references pass through whole), defaulting the tag to `latest`.
+fn split_image(image: &str) -> (String, String) {
+    if image.contains('@') {
+        return (image.to_string(), String::new());
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, tag)) => (
+            image[..image.len() - tag.len() - 1].to_string(),
+            tag.to_string(),
+        ),
+        None => (image.to_string(), "latest".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references() {
+        assert_eq!(split_image("busybox"), ("busybox".into(), "latest".into()));
+        assert_eq!(
+            split_image("localhost:5000/web:1.2"),
+            ("localhost:5000/web".into(), "1.2".into())
+        );
+        assert_eq!(
+            split_image("localhost:5000/web"),
+            ("localhost:5000/web".into(), "latest".into())
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! Secret and config files: written on a tmpfs the agent mounts, per task, then bind-mounted
+//! read-only into the task's container. Secret bytes never touch a persistent disk.
+
+use shoal_api::dispatch::FilePayload;
+use shoal_api::objects::StoredTask;
+use shoal_api::validate::{config_target, secret_target};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Why a file step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// Filesystem error with the path involved.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The step.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task refers to a secret or config the assignments did not carry.
+    #[error("{kind} {id} referenced by task {task} is not available on this node")]
+    Missing {
+        /// "secret" or "config".
+        kind: &'static str,
+        /// Its ID.
+        id: String,
+        /// The task.
+        task: String,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FilesError + 'a {
+    move |source| FilesError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One secret or config reference of a task, whatever its kind.
+struct FileRef {
+    kind: &'static str,
+    id: String,
+    name: Option<String>,
+    mode: Option<u32>,
+    uid: Option<String>,
+    gid: Option<String>,
+}
+
+/// The directory tree (on tmpfs) holding every task's files.
+#[derive(Debug, Clone)]
+pub struct Files {
+    root: PathBuf,
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = p.display().to_string();
+    text.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+impl Files {
+    /// Prepares `root`, mounting a tmpfs there when it is not one already (needs root; without it
+    /// the files stay in a 0700 directory and a warning says so).
+    pub fn new(root: PathBuf) -> Result<Files, FilesError> {
+        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("securing", &root))?;
+        if !is_mountpoint(&root) {
+            let status = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "mode=0700,nosuid,nodev,noexec",
+                    "shoal-files",
+                ])
+                .arg(&root)
+                .status();
+            match status {
+                Ok(s) if s.success() => {}
+                other => {
+                    tracing::warn!(path = %root.display(), result = ?other, "could not mount a tmpfs for secrets; they stay in a 0700 directory")
+                }
+            }
+        }
+        Ok(Files { root })
+    }
+
+    /// Writes a task's secrets and configs; returns (host path, container path) pairs to mount.
+    pub fn prepare(
+        &self,
+        task: &StoredTask,
+        secrets: &[FilePayload],
+        configs: &[FilePayload],
+    ) -> Result<Vec<(PathBuf, String)>, FilesError> {
+        let cs = task
+            .task
+            .spec
+            .as_ref()
+            .and_then(|s| s.container_spec.as_ref());
+        let dir = self.root.join(task.id());
+        let mut refs: Vec<FileRef> = Vec::new();
+        for r in cs.and_then(|c| c.secrets.as_ref()).into_iter().flatten() {
+            let f = r.file.clone().unwrap_or_default();
+            refs.push(FileRef {
+                kind: "secret",
+                id: r.secret_id.clone().unwrap_or_default(),
+                name: f.name,
+                mode: f.mode,
+                uid: f.uid,
+                gid: f.gid,
+            });
+        }
+        for r in cs.and_then(|c| c.configs.as_ref()).into_iter().flatten() {
+            // A config without a file target is not mounted.
+            let Some(f) = r.file.clone() else { continue };
+            refs.push(FileRef {
+                kind: "config",
+                id: r.config_id.clone().unwrap_or_default(),
+                name: f.name,
+                mode: f.mode,
+                uid: f.uid,
+                gid: f.gid,
+            });
+        }
+        let mut out = Vec::new();
+        for (
+            i,
+            FileRef {
+                kind,
+                id,
+                name,
+                mode,
+                uid,
+                gid,
+            },
+        ) in refs.into_iter().enumerate()
+        {
+            let payloads = if kind == "secret" { secrets } else { configs };
+            let p = payloads
+                .iter()
+                .find(|s| s.id == id)
+                .ok_or_else(|| FilesError::Missing {
+                    kind,
+                    id: id.clone(),
+                    task: task.id().into(),
+                })?;
+            let host = dir.join(format!("{kind}-{i}"));
+            write(
+                &host,
+                &p.data,
+                mode.unwrap_or(0o444),
+                uid.as_deref(),
+                gid.as_deref(),
+            )?;
+            let name = name.unwrap_or_else(|| p.name.clone());
+            out.push((
+                host,
+                if kind == "secret" {
+                    secret_target(&name)
+                } else {
+                    config_target(&name)
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a task's files.
+    pub fn remove(&self, task_id: &str) {
+        let dir = self.root.join(task_id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %dir.display(), error = %e, "removing task files");
+            }
+        }
+    }
+
+    /// Removes everything and unmounts the tmpfs.
+    pub fn cleanup(&self) {
+        if is_mountpoint(&self.root) {
+            let _ = std::process::Command::new("umount")
+                .arg(&self.root)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn write(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    uid: Option<&str>,
+    gid: Option<&str>,
+) -> Result<(), FilesError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("writing", &tmp))?;
+        f.write_all(data).map_err(io("writing", &tmp))?;
+    }
+    let uid: Option<u32> = uid.and_then(|u| u.parse().ok());
+    let gid: Option<u32> = gid.and_then(|g| g.parse().ok());
+    std::os::unix::fs::chown(&tmp, uid.or(Some(0)), gid.or(Some(0))).map_err(io("chown", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(io("chmod", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("renaming", path))
+}

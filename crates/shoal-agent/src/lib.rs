@@ -1,0 +1,8 @@
+//! Everything that runs on a node: the executor that drives the Docker Engine, the worker that
+//! moves each assigned task through its states, secret and config files, and node networking.
+
+pub mod executor;
+pub mod files;
+/// Swarm networks on this node: bridges, the Docker network plugin, service DNS, load balancing.
+pub mod network;
+pub mod worker;

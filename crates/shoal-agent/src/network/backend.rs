@@ -1,0 +1,85 @@
+//! The worker's view of node networking, implemented by [`NetworkAgent`].
+
+use super::{
+    NetworkAgent, NetworkSpec, Protocol, PublishedPort, RoutingTable, ServiceRoute, TaskEndpoint,
+};
+use crate::worker::NetworkBackend;
+use futures::future::BoxFuture;
+use shoal_api::dispatch::{NetworkInfo, NodeAssignments};
+
+fn spec(n: &NetworkInfo) -> Result<NetworkSpec, String> {
+    let subnet = ipnet::Ipv4Net::new(n.subnet.addr, n.subnet.prefix)
+        .map_err(|e| format!("network {}: subnet {}: {e}", n.name, n.subnet))?;
+    Ok(NetworkSpec {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        subnet,
+        gateway: n.gateway,
+        internal: n.internal,
+    })
+}
+
+/// The routing picture the dispatcher computed, in the network agent's terms.
+pub fn routing_table(a: &NodeAssignments) -> RoutingTable {
+    RoutingTable {
+        services: a
+            .services
+            .iter()
+            .map(|s| ServiceRoute {
+                service_id: s.service_id.clone(),
+                name: s.name.clone(),
+                network_id: s.network_id.clone(),
+                aliases: s.aliases.clone(),
+                vip: s.vip,
+                dnsrr: s.dnsrr,
+                tasks: s
+                    .tasks
+                    .iter()
+                    .map(|t| TaskEndpoint {
+                        task_id: t.task_id.clone(),
+                        addr: t.addr,
+                        healthy: t.healthy,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        published: a
+            .published
+            .iter()
+            .map(|p| PublishedPort {
+                protocol: if p.protocol == "udp" {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                },
+                published: p.published,
+                targets: p.targets.clone(),
+            })
+            .collect(),
+    }
+}
+
+impl NetworkBackend for NetworkAgent {
+    fn ensure(&self, net: &NetworkInfo) -> BoxFuture<'_, Result<String, String>> {
+        let s = spec(net);
+        Box::pin(async move { self.ensure_network(&s?).await.map_err(|e| e.to_string()) })
+    }
+
+    fn route(&self, a: &NodeAssignments) -> BoxFuture<'_, Result<(), String>> {
+        let table = routing_table(a);
+        Box::pin(async move { self.apply_routing(&table).await.map_err(|e| e.to_string()) })
+    }
+
+    fn remove(&self, network_id: &str) -> BoxFuture<'_, Result<(), String>> {
+        let id = network_id.to_string();
+        Box::pin(async move { self.remove_network(&id).await.map_err(|e| e.to_string()) })
+    }
+
+    fn cleanup(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = NetworkAgent::cleanup(self).await {
+                tracing::warn!(error = %e, "network cleanup");
+            }
+        })
+    }
+}

@@ -1,0 +1,314 @@
+//! Links and addresses through rtnetlink: bridges, veth pairs, VIP addresses.
+//!
+//! rtnetlink rather than `ip`: `Join` sits on the container start path and a netlink round trip
+//! is cheaper than a process; errors come back typed (EEXIST, ENODEV) so idempotency does not
+//! depend on parsing `ip`'s messages; moving a link into dockerd's namespace is one attribute.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::MetadataExt;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth};
+
+use super::NetworkError;
+
+const EEXIST: i32 = libc::EEXIST;
+const ENODEV: i32 = libc::ENODEV;
+const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
+
+/// The errno of a netlink NACK.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// A netlink connection to this process's network namespace.
+#[derive(Clone)]
+pub(crate) struct Links {
+    handle: rtnetlink::Handle,
+}
+
+impl Links {
+    /// Opens the netlink socket; its connection task runs on the current tokio runtime.
+    pub fn connect() -> Result<Links, NetworkError> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| NetworkError::io("open netlink socket", "rtnetlink", e))?;
+        tokio::spawn(conn);
+        Ok(Links { handle })
+    }
+
+    /// The index of link `name`, `None` if there is none.
+    pub async fn index(&self, name: &str) -> Result<Option<u32>, NetworkError> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(Some(msg)) => Ok(Some(msg.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(NetworkError::netlink("look up link", name, e)),
+        }
+    }
+
+    /// Creates bridge `name` if missing, marks it with `alias`, gives it `gw/prefix` and brings
+    /// it up; returns its index. Idempotent (adopts an existing bridge).
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        alias: &str,
+        gw: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<u32, NetworkError> {
+        let index = match self.index(name).await? {
+            Some(i) => i,
+            None => {
+                match self
+                    .handle
+                    .link()
+                    // nf_call_iptables: bridged frames pass conntrack/NAT even where the global
+                    // bridge-nf-call-iptables sysctl is off; the VIP return path depends on it.
+                    .add(LinkBridge::new(name).nf_call_iptables(true).build())
+                    .execute()
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if errno(&e) == Some(EEXIST) => {}
+                    Err(e) => return Err(NetworkError::netlink("create bridge", name, e)),
+                }
+                self.index(name).await?.ok_or_else(|| {
+                    NetworkError::invalid(name, "bridge vanished right after creation")
+                })?
+            }
+        };
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).alias(alias).up().build())
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink("bring up bridge", name, e))?;
+        self.add_address(index, name, gw, prefix).await?;
+        Ok(index)
+    }
+
+    /// The IPv4 addresses (with prefix length) on link `index`.
+    pub async fn addresses(
+        &self,
+        index: u32,
+        name: &str,
+    ) -> Result<Vec<(Ipv4Addr, u8)>, NetworkError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetworkError::netlink("list addresses", name, e))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if m.header.index != index {
+                continue;
+            }
+            for a in &m.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
+                    out.push((*ip, m.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds `addr/prefix` to link `index`; already present is fine.
+    pub async fn add_address(
+        &self,
+        index: u32,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetworkError> {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(addr), prefix)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(NetworkError::netlink(
+                "add address",
+                format!("{addr}/{prefix} on {name}"),
+                e,
+            )),
+        }
+    }
+
+    /// Removes `addr/prefix` from link `index`; already absent is fine.
+    pub async fn del_address(
+        &self,
+        index: u32,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetworkError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(IpAddr::V4(addr))
+            .set_prefix_length_filter(prefix)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetworkError::netlink("list addresses", name, e))?;
+        for m in msgs {
+            match self.handle.address().del(m).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
+                Err(e) => {
+                    return Err(NetworkError::netlink(
+                        "delete address",
+                        format!("{addr}/{prefix} on {name}"),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes link `name`; already gone is fine.
+    pub async fn delete_link(&self, name: &str) -> Result<(), NetworkError> {
+        let Some(index) = self.index(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
+            Err(e) => Err(NetworkError::netlink("delete link", name, e)),
+        }
+    }
+
+    /// Creates veth pair `host`/`peer`, enslaves `host` to the bridge `bridge_index` and brings it
+    /// up, and moves `peer` into the network namespace of process `peer_netns_pid` if given.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        bridge_index: u32,
+        alias: &str,
+        peer_netns_pid: Option<u32>,
+    ) -> Result<(), NetworkError> {
+        // A leftover pair from an endpoint Docker retried is replaced.
+        self.delete_link(host).await?;
+        self.handle
+            .link()
+            .add(LinkVeth::new(host, peer).build())
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink("create veth", format!("{host}/{peer}"), e))?;
+        let host_index = self
+            .index(host)
+            .await?
+            .ok_or_else(|| NetworkError::invalid(host, "veth vanished right after creation"))?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(host_index)
+                    .controller(bridge_index)
+                    .alias(alias)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink("attach veth to bridge", host, e))?;
+        // A task reaching its own service through the VIP: the DNAT-ed packet goes back out
+        // of the port it came in on, which a bridge refuses unless the port is in hairpin mode.
+        self.handle
+            .link()
+            .set_port(LinkBridgePort::new(host_index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink("set hairpin mode", host, e))?;
+        if let Some(pid) = peer_netns_pid {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_name(peer).setns_by_pid(pid).build())
+                .execute()
+                .await
+                .map_err(|e| {
+                    NetworkError::netlink("move veth into dockerd's namespace", peer, e)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Names of the links whose alias is `alias` (the ones this node created).
+    pub async fn links_with_alias(&self, alias: &str) -> Result<Vec<String>, NetworkError> {
+        let msgs: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetworkError::netlink("list links", "all", e))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let mut name = None;
+            let mut ours = false;
+            for a in &m.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::IfAlias(a) if a == alias => ours = true,
+                    _ => {}
+                }
+            }
+            if let (true, Some(n)) = (ours, name) {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether `br_netfilter` is loaded (without it bridged traffic skips conntrack and replies
+/// from a task on the client's own bridge would not be un-DNAT-ed).
+pub(crate) fn br_netfilter_loaded() -> bool {
+    std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
+}
+
+/// Sets `net.ipv4.conf.<link>.<key>`.
+pub(crate) fn set_link_sysctl(link: &str, key: &str, value: &str) -> Result<(), NetworkError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{link}/{key}");
+    std::fs::write(&path, value).map_err(|e| NetworkError::io("write sysctl", &path, e))
+}
+
+/// dockerd's PID when it runs in another network namespace than this process (then veth ends
+/// must be moved there before Docker can take them); `None` when they share one, or when it
+/// cannot be told (then we assume they do, as on a plain host).
+pub(crate) fn dockerd_pid_in_other_netns() -> Option<u32> {
+    let pid = ["/run/docker.pid", "/var/run/docker.pid"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse::<u32>().ok())?;
+    let ours = std::fs::metadata("/proc/self/ns/net").ok()?;
+    let theirs = match std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "cannot read dockerd's network namespace; assuming ours");
+            return None;
+        }
+    };
+    (ours.dev() != theirs.dev() || ours.ino() != theirs.ino()).then_some(pid)
+}

@@ -1,0 +1,615 @@
+//! The node's nftables table: VIP load balancing, published ports, network isolation.
+//!
+//! The desired state is a [`Model`], a pure function of the local networks and the routing
+//! table. [`diff_script`] turns the difference between the applied and the desired model into
+//! one `nft -f` transaction that touches only what changed (one service's chain, one map
+//! element); [`full_script`] rebuilds the whole table atomically (first start, or repair after a
+//! failed diff). Rule layout, in the table `ip shoal_<node tag>`:
+//!
+//! - `prerouting`/`output` (nat): `ip daddr vmap @vips` sends a VIP's new connections to the
+//!   service's chain, which DNATs with `numgen random mod N` over the healthy tasks; then
+//!   `fib daddr type local` + `meta l4proto . th dport vmap @published` does the same for
+//!   published ports (and marks the connection so isolation lets it cross networks).
+//! - `postrouting` (nat): masquerade when a task reaches itself through a VIP (`@hairpin`), when
+//!   a loopback client reaches a published port, and traffic leaving non-internal networks.
+//! - `input`/`forward` (filter): refuse VIPs and published ports without healthy tasks; isolate
+//!   networks from each other and from the outside.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use tokio::io::AsyncWriteExt;
+
+use super::names;
+use super::{NetworkError, NetworkSpec, Protocol, RoutingTable};
+
+/// Connection mark bit for connections that came in through a published port.
+pub(crate) const PUBLISHED_MARK: u32 = 0x0010_0000;
+
+/// What the table should contain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Model {
+    /// Bridge name -> the network's isolation parameters.
+    pub networks: BTreeMap<String, NetRules>,
+    /// Service chain name -> VIP and healthy backends.
+    pub services: BTreeMap<String, ServiceLb>,
+    /// (protocol, published port) -> targets.
+    pub published: BTreeMap<(Protocol, u16), Vec<SocketAddrV4>>,
+    /// Every backend address (a task reaching itself through a VIP must be masqueraded).
+    pub hairpin: BTreeSet<Ipv4Addr>,
+}
+
+/// A network's isolation parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NetRules {
+    pub subnet: ipnet::Ipv4Net,
+    pub internal: bool,
+}
+
+/// One service's VIP and its healthy task addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceLb {
+    pub vip: Ipv4Addr,
+    pub backends: Vec<Ipv4Addr>,
+}
+
+impl Model {
+    /// The desired model for the networks present on this node and the routing table. Services
+    /// of networks that are not local are left out: no local container could reach them.
+    pub fn build<'a>(
+        networks: impl IntoIterator<Item = &'a NetworkSpec>,
+        table: &RoutingTable,
+    ) -> Model {
+        let mut m = Model::default();
+        let mut local = BTreeSet::new();
+        for n in networks {
+            local.insert(n.id.clone());
+            m.networks.insert(
+                names::bridge_name(&n.id),
+                NetRules {
+                    subnet: n.subnet.trunc(),
+                    internal: n.internal,
+                },
+            );
+        }
+        let mut vips_taken = BTreeSet::new();
+        for s in &table.services {
+            let Some(vip) = s.vip else { continue };
+            if s.dnsrr || !local.contains(&s.network_id) {
+                continue;
+            }
+            if !vips_taken.insert(vip) {
+                tracing::warn!(service = %s.name, %vip, "VIP already used by another service; ignored");
+                continue;
+            }
+            let backends: BTreeSet<Ipv4Addr> = s
+                .tasks
+                .iter()
+                .filter(|t| t.healthy)
+                .map(|t| t.addr)
+                .collect();
+            m.hairpin.extend(backends.iter().copied());
+            m.services.insert(
+                names::service_chain(&s.service_id, &s.network_id),
+                ServiceLb {
+                    vip,
+                    backends: backends.into_iter().collect(),
+                },
+            );
+        }
+        for p in &table.published {
+            let entry = m.published.entry((p.protocol, p.published)).or_default();
+            entry.extend(p.targets.iter().copied());
+        }
+        for targets in m.published.values_mut() {
+            targets.sort();
+            targets.dedup();
+            m.hairpin.extend(targets.iter().map(|t| *t.ip()));
+        }
+        m
+    }
+}
+
+/// The static part: sets, maps and base chains.
+fn skeleton(t: &str) -> String {
+    format!(
+        r#"table ip {t} {{
+  map vips {{ type ipv4_addr : verdict; }}
+  set vips_down {{ type ipv4_addr; }}
+  map published {{ type inet_proto . inet_service : verdict; }}
+  set published_down {{ type inet_proto . inet_service; }}
+  set hairpin {{ type ipv4_addr . ipv4_addr; }}
+  chain net_forward {{ }}
+  chain net_input {{ }}
+  chain net_postrouting {{ }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr vmap @vips
+    fib daddr type local meta l4proto . th dport vmap @published
+  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    ip daddr vmap @vips
+    fib daddr type local meta l4proto . th dport vmap @published
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat ip saddr . ip daddr @hairpin masquerade
+    ct status dnat ip saddr 127.0.0.0/8 oifname "{bp}*" masquerade
+    jump net_postrouting
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    ct state established,related accept
+    ip daddr @vips_down meta l4proto tcp reject with tcp reset
+    ip daddr @vips_down reject
+    fib daddr type local meta l4proto . th dport @published_down meta l4proto tcp reject with tcp reset
+    fib daddr type local meta l4proto . th dport @published_down reject
+    jump net_input
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    ct state established,related accept
+    ct mark and {mark:#010x} == {mark:#010x} accept
+    jump net_forward
+  }}
+}}
+"#,
+        bp = names::BRIDGE_PREFIX,
+        mark = PUBLISHED_MARK,
+    )
+}
+
+/// Rules of the three per-network chains (flushed and refilled whenever the networks change).
+fn network_rules(t: &str, m: &Model, out: &mut String) {
+    let bp = names::BRIDGE_PREFIX;
+    for (b, n) in &m.networks {
+        let _ = writeln!(
+            out,
+            "add rule ip {t} net_forward iifname \"{b}\" oifname \"{b}\" accept"
+        );
+        let _ = writeln!(
+            out,
+            "add rule ip {t} net_forward iifname \"{b}\" oifname \"{bp}*\" drop"
+        );
+        if n.internal {
+            let _ = writeln!(out, "add rule ip {t} net_forward iifname \"{b}\" drop");
+        }
+        let _ = writeln!(out, "add rule ip {t} net_forward oifname \"{b}\" drop");
+        let _ = writeln!(
+            out,
+            "add rule ip {t} net_input iifname \"{b}\" ip daddr 127.0.0.0/8 drop"
+        );
+        let others: Vec<String> = m
+            .networks
+            .iter()
+            .filter(|(ob, on)| *ob != b && on.subnet != n.subnet)
+            .map(|(_, on)| on.subnet.to_string())
+            .collect();
+        if !others.is_empty() {
+            let _ = writeln!(
+                out,
+                "add rule ip {t} net_input iifname \"{b}\" ip daddr {{ {} }} drop",
+                others.join(", ")
+            );
+        }
+        if !n.internal {
+            let _ = writeln!(
+                out,
+                "add rule ip {t} net_postrouting ip saddr {} oifname != \"{b}\" masquerade",
+                n.subnet
+            );
+        }
+    }
+}
+
+fn service_rule(t: &str, chain: &str, s: &ServiceLb, out: &mut String) {
+    if s.backends.is_empty() {
+        return;
+    }
+    let elems: Vec<String> = s
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{i} : {a}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "add rule ip {t} {chain} dnat to numgen random mod {} map {{ {} }}",
+        s.backends.len(),
+        elems.join(", ")
+    );
+}
+
+fn published_rule(t: &str, key: (Protocol, u16), targets: &[SocketAddrV4], out: &mut String) {
+    if targets.is_empty() {
+        return;
+    }
+    let chain = names::published_chain(key.0, key.1);
+    let elems: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{i} : {} . {}", a.ip(), a.port()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "add rule ip {t} {chain} ct mark set ct mark or {PUBLISHED_MARK:#010x} meta l4proto {} dnat ip to numgen random mod {} map {{ {} }}",
+        key.0.as_str(),
+        targets.len(),
+        elems.join(", ")
+    );
+}
+
+fn vip_element(chain: &str, s: &ServiceLb) -> (&'static str, String) {
+    if s.backends.is_empty() {
+        ("vips_down", s.vip.to_string())
+    } else {
+        ("vips", format!("{} : goto {chain}", s.vip))
+    }
+}
+
+fn vip_key(s: &ServiceLb) -> (&'static str, String) {
+    if s.backends.is_empty() {
+        ("vips_down", s.vip.to_string())
+    } else {
+        ("vips", s.vip.to_string())
+    }
+}
+
+fn published_element(key: (Protocol, u16), targets: &[SocketAddrV4]) -> (&'static str, String) {
+    if targets.is_empty() {
+        ("published_down", format!("{} . {}", key.0.as_str(), key.1))
+    } else {
+        (
+            "published",
+            format!(
+                "{} . {} : goto {}",
+                key.0.as_str(),
+                key.1,
+                names::published_chain(key.0, key.1)
+            ),
+        )
+    }
+}
+
+fn published_key(key: (Protocol, u16), targets: &[SocketAddrV4]) -> (&'static str, String) {
+    let set = if targets.is_empty() {
+        "published_down"
+    } else {
+        "published"
+    };
+    (set, format!("{} . {}", key.0.as_str(), key.1))
+}
+
+/// A script that replaces the whole table with `m` in one transaction.
+pub(crate) fn full_script(t: &str, m: &Model) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table ip {t}\ndelete table ip {t}");
+    out.push_str(&skeleton(t));
+    network_rules(t, m, &mut out);
+    for (chain, s) in &m.services {
+        let _ = writeln!(out, "add chain ip {t} {chain}");
+        service_rule(t, chain, s, &mut out);
+        let (set, elem) = vip_element(chain, s);
+        let _ = writeln!(out, "add element ip {t} {set} {{ {elem} }}");
+    }
+    for (key, targets) in &m.published {
+        let _ = writeln!(
+            out,
+            "add chain ip {t} {}",
+            names::published_chain(key.0, key.1)
+        );
+        published_rule(t, *key, targets, &mut out);
+        let (set, elem) = published_element(*key, targets);
+        let _ = writeln!(out, "add element ip {t} {set} {{ {elem} }}");
+    }
+    for a in &m.hairpin {
+        let _ = writeln!(out, "add element ip {t} hairpin {{ {a} . {a} }}");
+    }
+    out
+}
+
+/// A script that turns the applied model `old` into `new`, touching only what differs; `None`
+/// when nothing does.
+pub(crate) fn diff_script(t: &str, old: &Model, new: &Model) -> Option<String> {
+    // Phases keep one transaction valid: element deletions, then chain changes, then element
+    // additions, then chain deletions (a chain must not be referenced when it goes).
+    let mut del_elems = String::new();
+    let mut chains = String::new();
+    let mut add_elems = String::new();
+    let mut del_chains = String::new();
+
+    if old.networks != new.networks {
+        for c in ["net_forward", "net_input", "net_postrouting"] {
+            let _ = writeln!(chains, "flush chain ip {t} {c}");
+        }
+        network_rules(t, new, &mut chains);
+    }
+
+    for (chain, o) in &old.services {
+        match new.services.get(chain) {
+            None => {
+                let (set, key) = vip_key(o);
+                let _ = writeln!(del_elems, "delete element ip {t} {set} {{ {key} }}");
+                let _ = writeln!(del_chains, "delete chain ip {t} {chain}");
+            }
+            Some(n) if n != o => {
+                let _ = writeln!(chains, "flush chain ip {t} {chain}");
+                service_rule(t, chain, n, &mut chains);
+                if vip_element(chain, o) != vip_element(chain, n) {
+                    let (set, key) = vip_key(o);
+                    let _ = writeln!(del_elems, "delete element ip {t} {set} {{ {key} }}");
+                    let (set, elem) = vip_element(chain, n);
+                    let _ = writeln!(add_elems, "add element ip {t} {set} {{ {elem} }}");
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for (chain, n) in &new.services {
+        if !old.services.contains_key(chain) {
+            let _ = writeln!(chains, "add chain ip {t} {chain}");
+            service_rule(t, chain, n, &mut chains);
+            let (set, elem) = vip_element(chain, n);
+            let _ = writeln!(add_elems, "add element ip {t} {set} {{ {elem} }}");
+        }
+    }
+
+    for (key, o) in &old.published {
+        let chain = names::published_chain(key.0, key.1);
+        match new.published.get(key) {
+            None => {
+                let (set, k) = published_key(*key, o);
+                let _ = writeln!(del_elems, "delete element ip {t} {set} {{ {k} }}");
+                let _ = writeln!(del_chains, "delete chain ip {t} {chain}");
+            }
+            Some(n) if n != o => {
+                let _ = writeln!(chains, "flush chain ip {t} {chain}");
+                published_rule(t, *key, n, &mut chains);
+                if published_element(*key, o) != published_element(*key, n) {
+                    let (set, k) = published_key(*key, o);
+                    let _ = writeln!(del_elems, "delete element ip {t} {set} {{ {k} }}");
+                    let (set, elem) = published_element(*key, n);
+                    let _ = writeln!(add_elems, "add element ip {t} {set} {{ {elem} }}");
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, n) in &new.published {
+        if !old.published.contains_key(key) {
+            let _ = writeln!(
+                chains,
+                "add chain ip {t} {}",
+                names::published_chain(key.0, key.1)
+            );
+            published_rule(t, *key, n, &mut chains);
+            let (set, elem) = published_element(*key, n);
+            let _ = writeln!(add_elems, "add element ip {t} {set} {{ {elem} }}");
+        }
+    }
+
+    for a in old.hairpin.difference(&new.hairpin) {
+        let _ = writeln!(del_elems, "delete element ip {t} hairpin {{ {a} . {a} }}");
+    }
+    for a in new.hairpin.difference(&old.hairpin) {
+        let _ = writeln!(add_elems, "add element ip {t} hairpin {{ {a} . {a} }}");
+    }
+
+    let script = del_elems + &chains + &add_elems + &del_chains;
+    (!script.is_empty()).then_some(script)
+}
+
+/// Runs `nft -f -` with `script` as one transaction.
+pub(crate) async fn apply(op: &'static str, script: &str) -> Result<(), NetworkError> {
+    tracing::debug!(op, script, "nft -f -");
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| NetworkError::Nft {
+            op,
+            detail: format!("cannot run nft: {e}"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| NetworkError::Nft {
+                op,
+                detail: format!("writing to nft: {e}"),
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| NetworkError::Nft {
+            op,
+            detail: format!("waiting for nft: {e}"),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetworkError::Nft {
+            op,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Deletes the table if it exists.
+pub(crate) async fn delete_table(t: &str) -> Result<(), NetworkError> {
+    apply(
+        "delete table",
+        &format!("table ip {t}\ndelete table ip {t}\n"),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{PublishedPort, ServiceRoute, TaskEndpoint};
+
+    fn net(id: &str, subnet: &str, internal: bool) -> NetworkSpec {
+        let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+        NetworkSpec {
+            id: id.into(),
+            name: id.into(),
+            gateway: subnet.hosts().next().unwrap(),
+            subnet,
+            internal,
+        }
+    }
+
+    fn svc(id: &str, net: &str, vip: &str, tasks: &[(&str, bool)]) -> ServiceRoute {
+        ServiceRoute {
+            service_id: id.into(),
+            name: id.into(),
+            network_id: net.into(),
+            aliases: vec![],
+            vip: Some(vip.parse().unwrap()),
+            dnsrr: false,
+            tasks: tasks
+                .iter()
+                .map(|(a, h)| TaskEndpoint {
+                    task_id: a.to_string(),
+                    addr: a.parse().unwrap(),
+                    healthy: *h,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn model_keeps_healthy_local_tasks_only() {
+        let nets = [net("n1", "10.0.0.0/24", false)];
+        let table = RoutingTable {
+            services: vec![
+                svc(
+                    "a",
+                    "n1",
+                    "10.0.0.100",
+                    &[("10.0.0.3", true), ("10.0.0.2", true), ("10.0.0.4", false)],
+                ),
+                svc("b", "n2", "10.0.1.100", &[("10.0.1.2", true)]),
+            ],
+            published: vec![],
+        };
+        let m = Model::build(&nets, &table);
+        assert_eq!(m.services.len(), 1);
+        let s = &m.services["svc_a_n1"];
+        assert_eq!(
+            s.backends,
+            vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]
+        );
+        assert_eq!(m.hairpin.len(), 2);
+    }
+
+    #[test]
+    fn diff_touches_only_the_changed_service() {
+        let nets = [net("n1", "10.0.0.0/24", false)];
+        let mut table = RoutingTable {
+            services: vec![
+                svc(
+                    "a",
+                    "n1",
+                    "10.0.0.100",
+                    &[("10.0.0.2", true), ("10.0.0.3", true)],
+                ),
+                svc("b", "n1", "10.0.0.101", &[("10.0.0.4", true)]),
+            ],
+            published: vec![PublishedPort {
+                protocol: Protocol::Tcp,
+                published: 8080,
+                targets: vec!["10.0.0.2:80".parse().unwrap()],
+            }],
+        };
+        let old = Model::build(&nets, &table);
+        table.services[0].tasks[1].healthy = false;
+        let new = Model::build(&nets, &table);
+        let script = diff_script("T", &old, &new).unwrap();
+        assert!(script.contains("flush chain ip T svc_a_n1"), "{script}");
+        assert!(
+            script.contains("numgen random mod 1 map { 0 : 10.0.0.2 }"),
+            "{script}"
+        );
+        assert!(
+            script.contains("delete element ip T hairpin { 10.0.0.3 . 10.0.0.3 }"),
+            "{script}"
+        );
+        assert!(!script.contains("svc_b_n1"), "{script}");
+        assert!(!script.contains("net_forward"), "{script}");
+        assert!(!script.contains("pub_tcp_8080"), "{script}");
+        assert_eq!(diff_script("T", &new, &new), None);
+    }
+
+    #[test]
+    fn service_losing_all_tasks_moves_to_vips_down() {
+        let nets = [net("n1", "10.0.0.0/24", false)];
+        let mut table = RoutingTable {
+            services: vec![svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])],
+            published: vec![],
+        };
+        let old = Model::build(&nets, &table);
+        table.services[0].tasks.clear();
+        let new = Model::build(&nets, &table);
+        let script = diff_script("T", &old, &new).unwrap();
+        let del = script
+            .find("delete element ip T vips { 10.0.0.100 }")
+            .unwrap();
+        let add = script
+            .find("add element ip T vips_down { 10.0.0.100 }")
+            .unwrap();
+        assert!(del < add, "{script}");
+        // And back.
+        let script = diff_script("T", &new, &old).unwrap();
+        assert!(
+            script.contains("add element ip T vips { 10.0.0.100 : goto svc_a_n1 }"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn removed_service_drops_element_before_chain() {
+        let nets = [net("n1", "10.0.0.0/24", false)];
+        let table = RoutingTable {
+            services: vec![svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])],
+            published: vec![],
+        };
+        let old = Model::build(&nets, &table);
+        let new = Model::build(&nets, &RoutingTable::default());
+        let script = diff_script("T", &old, &new).unwrap();
+        let del_elem = script.find("delete element ip T vips").unwrap();
+        let del_chain = script.find("delete chain ip T svc_a_n1").unwrap();
+        assert!(del_elem < del_chain, "{script}");
+    }
+
+    #[test]
+    fn isolation_rules_name_every_bridge() {
+        let nets = [
+            net("n1", "10.0.0.0/24", false),
+            net("n2", "10.0.1.0/24", true),
+        ];
+        let m = Model::build(&nets, &RoutingTable::default());
+        let script = full_script("T", &m);
+        assert!(
+            script.contains("iifname \"shl-n1\" oifname \"shl-*\" drop"),
+            "{script}"
+        );
+        assert!(script.contains("iifname \"shl-n2\" drop"), "{script}");
+        assert!(
+            script.contains("iifname \"shl-n1\" ip daddr { 10.0.1.0/24 } drop"),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip saddr 10.0.0.0/24 oifname != \"shl-n1\" masquerade"),
+            "{script}"
+        );
+        assert!(!script.contains("ip saddr 10.0.1.0/24 oifname"), "{script}");
+    }
+}

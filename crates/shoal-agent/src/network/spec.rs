@@ -1,0 +1,62 @@
+//! The data the rest of the agent hands to the network module: what a network is and what the
+//! routing picture (services, tasks, published ports) looks like. Plain data, no I/O.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// A swarm network as the allocator defined it; the same on every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// Swarm network ID; names the bridge and keys the routing table.
+    pub id: String,
+    /// User-facing name; part of the Docker network name so `docker inspect` stays readable.
+    pub name: String,
+    /// The subnet task addresses and VIPs are allocated from.
+    pub subnet: ipnet::Ipv4Net,
+    /// The node's address on the network: bridge address, default route and DNS server of tasks.
+    pub gateway: Ipv4Addr,
+    /// No traffic leaves the network (no masquerade, no forwarding off the bridge, no upstream DNS).
+    pub internal: bool,
+}
+
+/// The whole routing picture of the cluster as this node should see it; replaced as a unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingTable {
+    /// One entry per (service, network) attachment.
+    pub services: Vec<ServiceRoute>,
+    /// Ports published through the routing mesh.
+    pub published: Vec<PublishedPort>,
+}
+
+/// A service as seen from one network, and one task's address on it: the dispatcher's own types,
+/// so routes reach the network agent without conversion.
+pub use shoal_api::dispatch::{ServiceRoute, TaskEndpoint};
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The keyword nftables and Docker use for the protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A port published on every local address of the node (ingress routing mesh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The port on the node's addresses.
+    pub published: u16,
+    /// Where connections go, chosen at random per connection; empty: refused.
+    pub targets: Vec<SocketAddrV4>,
+}

@@ -1,0 +1,229 @@
+//! What a manager's dispatcher tells a node's agent, and what the agent reports back. Plain data, so
+//! the same messages travel in-process today and over the node-to-node RPC later.
+
+use crate::models::TaskStatus;
+use crate::objects::StoredTask;
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Everything one node needs to run its tasks and route to services.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeAssignments {
+    /// Tasks assigned to the node whose containers must exist (running or being stopped).
+    pub tasks: Vec<StoredTask>,
+    /// Secret payloads the node's tasks use.
+    pub secrets: Vec<FilePayload>,
+    /// Config payloads the node's tasks use.
+    pub configs: Vec<FilePayload>,
+    /// Networks the node's tasks are attached to.
+    pub networks: Vec<NetworkInfo>,
+    /// Services reachable on those networks (DNS names, VIPs, task addresses).
+    pub services: Vec<ServiceRoute>,
+    /// Ports published on this node.
+    pub published: Vec<PublishedPort>,
+}
+
+/// A secret's or config's content, only ever sent to nodes that run a task using it.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FilePayload {
+    /// Object ID.
+    pub id: String,
+    /// Object name.
+    pub name: String,
+    /// Raw content.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for FilePayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secret data, even in debug logs.
+        f.debug_struct("FilePayload")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .finish()
+    }
+}
+
+/// A swarm network as a node realizes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// Network ID.
+    pub id: String,
+    /// Network name.
+    pub name: String,
+    /// Subnet, e.g. 10.0.1.0/24.
+    pub subnet: ipnet_str::Ipv4Cidr,
+    /// Gateway (the node's address on the network, also its DNS server).
+    pub gateway: Ipv4Addr,
+    /// No traffic leaves the network.
+    pub internal: bool,
+    /// The routing mesh's network.
+    pub ingress: bool,
+}
+
+/// How a service answers on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRoute {
+    /// Service ID.
+    pub service_id: String,
+    /// Service name (its DNS name).
+    pub name: String,
+    /// Network this route is on.
+    pub network_id: String,
+    /// Extra DNS names.
+    pub aliases: Vec<String>,
+    /// Virtual IP (none in dnsrr mode).
+    pub vip: Option<Ipv4Addr>,
+    /// DNS answers task addresses instead of a VIP.
+    pub dnsrr: bool,
+    /// Running tasks' addresses on this network.
+    pub tasks: Vec<TaskEndpoint>,
+}
+
+/// One task's address behind a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEndpoint {
+    /// Task ID.
+    pub task_id: String,
+    /// Address on the route's network.
+    pub addr: Ipv4Addr,
+    /// Passing its health check (or having none).
+    pub healthy: bool,
+}
+
+/// A published port and where it leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Port on the node.
+    pub published: u16,
+    /// Task addresses and target ports.
+    pub targets: Vec<SocketAddrV4>,
+}
+
+/// An agent's report of one task's observed status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatusReport {
+    /// Task ID.
+    pub task_id: String,
+    /// New status.
+    pub status: TaskStatus,
+}
+
+/// IPv4 CIDR as a validated string type, so this crate needs no network library.
+pub mod ipnet_str {
+    use serde::{Deserialize, Serialize};
+    use std::net::Ipv4Addr;
+
+    /// An IPv4 network in CIDR form.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(try_from = "String", into = "String")]
+    pub struct Ipv4Cidr {
+        /// Network address.
+        pub addr: Ipv4Addr,
+        /// Prefix length.
+        pub prefix: u8,
+    }
+
+    impl Ipv4Cidr {
+        /// The network containing `addr` with this prefix (host bits cleared).
+        pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
+            if prefix > 32 {
+                return None;
+            }
+            let mask = mask(prefix);
+            Some(Self {
+                addr: Ipv4Addr::from(u32::from(addr) & mask),
+                prefix,
+            })
+        }
+        /// True if `ip` is inside.
+        pub fn contains(&self, ip: Ipv4Addr) -> bool {
+            u32::from(ip) & mask(self.prefix) == u32::from(self.addr)
+        }
+        /// The n-th address of the network.
+        pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
+            if u64::from(n) >= self.size() {
+                return None;
+            }
+            Some(Ipv4Addr::from(u32::from(self.addr) + n))
+        }
+        /// Number of addresses.
+        pub fn size(&self) -> u64 {
+            1u64 << (32 - u32::from(self.prefix))
+        }
+        /// True if the two networks share any address.
+        pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+            let p = self.prefix.min(other.prefix);
+            let m = mask(p);
+            u32::from(self.addr) & m == u32::from(other.addr) & m
+        }
+    }
+
+    fn mask(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix))
+        }
+    }
+
+    impl std::fmt::Display for Ipv4Cidr {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+
+    impl std::str::FromStr for Ipv4Cidr {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            let (a, p) = s
+                .split_once('/')
+                .ok_or_else(|| format!("invalid CIDR address: {s}"))?;
+            let addr: Ipv4Addr = a
+                .parse()
+                .map_err(|_| format!("invalid CIDR address: {s}"))?;
+            let prefix: u8 = p
+                .parse()
+                .map_err(|_| format!("invalid CIDR address: {s}"))?;
+            let net =
+                Ipv4Cidr::new(addr, prefix).ok_or_else(|| format!("invalid CIDR address: {s}"))?;
+            if net.addr != addr {
+                return Err(format!("invalid subnet {s}: it has host bits set"));
+            }
+            Ok(net)
+        }
+    }
+
+    impl TryFrom<String> for Ipv4Cidr {
+        type Error = String;
+        fn try_from(s: String) -> Result<Self, String> {
+            s.parse()
+        }
+    }
+
+    impl From<Ipv4Cidr> for String {
+        fn from(c: Ipv4Cidr) -> String {
+            c.to_string()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn cidr_parsing_and_math() {
+            let n: Ipv4Cidr = "10.0.1.0/24".parse().unwrap();
+            assert!(n.contains("10.0.1.77".parse().unwrap()));
+            assert!(!n.contains("10.0.2.1".parse().unwrap()));
+            assert_eq!(n.nth(1), Some("10.0.1.1".parse().unwrap()));
+            assert_eq!(n.nth(256), None);
+            assert!("10.0.1.5/24".parse::<Ipv4Cidr>().is_err());
+            assert!("10.0.0.0/8".parse::<Ipv4Cidr>().unwrap().overlaps(&n));
+            assert!(!"10.0.2.0/24".parse::<Ipv4Cidr>().unwrap().overlaps(&n));
+        }
+    }
+}

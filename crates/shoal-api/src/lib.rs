@@ -1,0 +1,32 @@
+//! The data shoal speaks: Docker's swarm objects (from `bollard`'s generated models), the extra
+//! fields shoal keeps beside them, Docker's error format and spec validation. Pure data, no I/O.
+
+pub mod dispatch;
+pub mod error;
+pub mod id;
+pub mod labels;
+pub mod objects;
+pub mod template;
+pub mod validate;
+
+/// Docker's models, re-exported so every crate names them the same way.
+pub use bollard::models;
+pub use error::ApiError;
+
+/// Store kinds: one per object type, the keys under which `shoal-store` files objects.
+pub mod kind {
+    /// The one cluster object (Docker's `Swarm`).
+    pub const CLUSTER: &str = "cluster";
+    /// Nodes.
+    pub const NODE: &str = "node";
+    /// Services.
+    pub const SERVICE: &str = "service";
+    /// Tasks.
+    pub const TASK: &str = "task";
+    /// Swarm-scoped networks.
+    pub const NETWORK: &str = "network";
+    /// Secrets.
+    pub const SECRET: &str = "secret";
+    /// Configs.
+    pub const CONFIG: &str = "config";
+}

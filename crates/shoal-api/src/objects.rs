@@ -1,0 +1,258 @@
+//! Objects as shoal stores them: Docker's model plus the server-side fields Docker keeps but its
+//! generated models leave out (a service's previous spec, a task's network attachments).
+
+use crate::models::{ObjectVersion, Service, ServiceSpec, ServiceSpecMode, Task, TaskState};
+use serde::{Deserialize, Serialize};
+
+/// A service as stored: Docker's `Service` plus its previous spec and the spec generation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoredService {
+    /// Docker's view of the service.
+    #[serde(flatten)]
+    pub service: Service,
+    /// The spec before the last update, for `docker service rollback`.
+    #[serde(
+        rename = "PreviousSpec",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub previous_spec: Option<ServiceSpec>,
+    /// Grows whenever the spec changes; a task made from an older one is out of date.
+    #[serde(rename = "ShoalSpecVersion", default)]
+    pub spec_version: u64,
+}
+
+/// Which kind of scheduling a service asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// N tasks anywhere.
+    Replicated(u64),
+    /// One task on every eligible node.
+    Global,
+    /// Run to completion `total` times, at most `max_concurrent` at once.
+    ReplicatedJob {
+        /// Completions wanted.
+        total: u64,
+        /// Tasks allowed to run at once.
+        max_concurrent: u64,
+    },
+    /// Run to completion once on every eligible node.
+    GlobalJob,
+}
+
+impl Mode {
+    /// The mode a spec asks for (replicated 1 when none is given, as Docker defaults).
+    pub fn of(mode: Option<&ServiceSpecMode>) -> Mode {
+        let Some(m) = mode else {
+            return Mode::Replicated(1);
+        };
+        if m.global.is_some() {
+            Mode::Global
+        } else if let Some(j) = &m.replicated_job {
+            let total = j.total_completions.unwrap_or(1).max(0) as u64;
+            let max_concurrent = j.max_concurrent.unwrap_or(1).max(0) as u64;
+            Mode::ReplicatedJob {
+                total,
+                max_concurrent: if max_concurrent == 0 {
+                    1
+                } else {
+                    max_concurrent
+                },
+            }
+        } else if m.global_job.is_some() {
+            Mode::GlobalJob
+        } else {
+            let n = m
+                .replicated
+                .as_ref()
+                .and_then(|r| r.replicas)
+                .unwrap_or(1)
+                .max(0) as u64;
+            Mode::Replicated(n)
+        }
+    }
+}
+
+impl StoredService {
+    /// The service's ID.
+    pub fn id(&self) -> &str {
+        self.service.id.as_deref().unwrap_or_default()
+    }
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        self.spec().name.as_deref().unwrap_or_default()
+    }
+    /// The current spec (an empty one if missing, which validation prevents).
+    pub fn spec(&self) -> &ServiceSpec {
+        static EMPTY: std::sync::OnceLock<ServiceSpec> = std::sync::OnceLock::new();
+        self.service
+            .spec
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(ServiceSpec::default))
+    }
+    /// The scheduling mode.
+    pub fn mode(&self) -> Mode {
+        Mode::of(self.spec().mode.as_ref())
+    }
+}
+
+/// One network a task is attached to, with its address there (Docker's `NetworksAttachments`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    /// The network.
+    #[serde(rename = "Network")]
+    pub network: AttachedNetwork,
+    /// The task's addresses on it, in CIDR form (`10.0.1.5/24`).
+    #[serde(rename = "Addresses", default)]
+    pub addresses: Vec<String>,
+    /// Extra DNS names the task's service answers to on this network.
+    #[serde(rename = "Aliases", default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// The part of a network a task attachment carries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachedNetwork {
+    /// Network ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Network name and labels.
+    #[serde(rename = "Spec", default)]
+    pub spec: AttachedNetworkSpec,
+}
+
+/// Name of an attached network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachedNetworkSpec {
+    /// Network name.
+    #[serde(rename = "Name", default)]
+    pub name: String,
+}
+
+/// A task as stored: Docker's `Task` plus its network attachments and spec generation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredTask {
+    /// Docker's view of the task.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Addresses on each network.
+    #[serde(
+        rename = "NetworksAttachments",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub networks_attachments: Vec<NetworkAttachment>,
+    /// The service spec version the task was made from.
+    #[serde(rename = "ShoalSpecVersion", default)]
+    pub spec_version: u64,
+    /// The service's name, which the agent needs for container names and labels.
+    #[serde(rename = "ShoalServiceName", default)]
+    pub service_name: String,
+}
+
+impl StoredTask {
+    /// The task's ID.
+    pub fn id(&self) -> &str {
+        self.task.id.as_deref().unwrap_or_default()
+    }
+    /// The service the task belongs to.
+    pub fn service_id(&self) -> &str {
+        self.task.service_id.as_deref().unwrap_or_default()
+    }
+    /// The node the task is assigned to, if any.
+    pub fn node_id(&self) -> Option<&str> {
+        self.task.node_id.as_deref().filter(|n| !n.is_empty())
+    }
+    /// Observed state (`new` if unset).
+    pub fn state(&self) -> TaskState {
+        self.task
+            .status
+            .as_ref()
+            .and_then(|s| s.state)
+            .unwrap_or(TaskState::NEW)
+    }
+    /// Desired state (`running` if unset).
+    pub fn desired(&self) -> TaskState {
+        self.task.desired_state.unwrap_or(TaskState::RUNNING)
+    }
+    /// Slot number of a replicated task (0 for global tasks).
+    pub fn slot(&self) -> u64 {
+        self.task.slot.unwrap_or(0).max(0) as u64
+    }
+}
+
+/// Order of task states, so "at most running" and "terminal" comparisons read like Swarm's.
+pub fn state_rank(s: TaskState) -> u8 {
+    match s {
+        TaskState::NEW => 0,
+        TaskState::ALLOCATED => 1,
+        TaskState::PENDING => 2,
+        TaskState::ASSIGNED => 3,
+        TaskState::ACCEPTED => 4,
+        TaskState::PREPARING => 5,
+        TaskState::READY => 6,
+        TaskState::STARTING => 7,
+        TaskState::RUNNING => 8,
+        TaskState::COMPLETE => 9,
+        TaskState::SHUTDOWN => 10,
+        TaskState::FAILED => 11,
+        TaskState::REJECTED => 12,
+        TaskState::REMOVE => 13,
+        TaskState::ORPHANED => 14,
+    }
+}
+
+/// True for states a task never leaves (it has stopped, one way or another).
+pub fn is_terminal(s: TaskState) -> bool {
+    state_rank(s) > state_rank(TaskState::RUNNING)
+}
+
+/// `Version{Index}` as Docker shows it.
+pub fn version(index: u64) -> Option<ObjectVersion> {
+    Some(ObjectVersion { index: Some(index) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{ServiceSpecModeReplicated, TaskStatus};
+
+    #[test]
+    fn stored_task_round_trips_docker_json() {
+        let json = r#"{"ID":"t1","ServiceID":"s1","Slot":2,"DesiredState":"running",
+            "Status":{"State":"running","Timestamp":"2024-01-01T00:00:00Z"},
+            "NetworksAttachments":[{"Network":{"ID":"n1","Spec":{"Name":"net"}},"Addresses":["10.0.1.5/24"]}]}"#;
+        let t: StoredTask = serde_json::from_str(json).unwrap();
+        assert_eq!(t.id(), "t1");
+        assert_eq!(t.slot(), 2);
+        assert_eq!(t.state(), TaskState::RUNNING);
+        assert_eq!(t.networks_attachments[0].addresses, vec!["10.0.1.5/24"]);
+        let back = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            back["NetworksAttachments"][0]["Network"]["Spec"]["Name"],
+            "net"
+        );
+        assert_eq!(back["Status"]["State"], "running");
+        let _ = TaskStatus::default();
+    }
+
+    #[test]
+    fn mode_defaults_to_one_replica() {
+        assert_eq!(Mode::of(None), Mode::Replicated(1));
+        let m = ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated { replicas: Some(3) }),
+            ..Default::default()
+        };
+        assert_eq!(Mode::of(Some(&m)), Mode::Replicated(3));
+        let g: ServiceSpecMode = serde_json::from_str(r#"{"Global":{}}"#).unwrap();
+        assert_eq!(Mode::of(Some(&g)), Mode::Global);
+    }
+
+    #[test]
+    fn terminal_states() {
+        assert!(!is_terminal(TaskState::RUNNING));
+        assert!(is_terminal(TaskState::FAILED));
+        assert!(is_terminal(TaskState::SHUTDOWN));
+        assert!(!is_terminal(TaskState::PENDING));
+    }
+}

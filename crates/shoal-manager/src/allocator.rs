@@ -1,0 +1,221 @@
+//! Addresses: the subnet of each swarm network, service VIPs and task addresses. Pure functions
+//! over what the store already holds, so a restart recomputes the same picture.
+
+use crate::state::ClusterState;
+use shoal_api::dispatch::ipnet_str::Ipv4Cidr;
+use shoal_api::models::{EndpointPortConfigPublishModeEnum, Network};
+use shoal_api::objects::{
+    AttachedNetwork, AttachedNetworkSpec, NetworkAttachment, StoredService, StoredTask,
+};
+use shoal_api::ApiError;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+/// The subnet and gateway of a swarm network.
+pub fn network_subnet(n: &Network) -> Option<(Ipv4Cidr, Ipv4Addr)> {
+    let cfg = n.ipam.as_ref()?.config.as_ref()?.first()?;
+    let subnet: Ipv4Cidr = cfg.subnet.as_deref()?.parse().ok()?;
+    let gateway = cfg
+        .gateway
+        .as_deref()
+        .and_then(|g| g.parse().ok())
+        .or_else(|| subnet.nth(1))?;
+    Some((subnet, gateway))
+}
+
+/// Addresses in use on each network: gateways, VIPs and task addresses.
+#[derive(Debug, Default)]
+pub struct Ipam {
+    used: HashMap<String, HashSet<Ipv4Addr>>,
+    nets: HashMap<String, (Ipv4Cidr, Ipv4Addr)>,
+}
+
+fn addr_of(cidr: &str) -> Option<Ipv4Addr> {
+    cidr.split('/').next()?.parse().ok()
+}
+
+impl Ipam {
+    /// Builds the picture from the store snapshot.
+    pub fn from_state(state: &ClusterState) -> Self {
+        let mut ipam = Ipam::default();
+        for n in &state.networks {
+            if let (Some(id), Some(sg)) = (n.obj.id.clone(), network_subnet(&n.obj)) {
+                ipam.used.entry(id.clone()).or_default().insert(sg.1);
+                ipam.nets.insert(id, sg);
+            }
+        }
+        for s in state.services.values() {
+            for vip in s
+                .obj
+                .service
+                .endpoint
+                .iter()
+                .flat_map(|e| e.virtual_ips.iter().flatten())
+            {
+                if let (Some(net), Some(a)) = (
+                    vip.network_id.as_deref(),
+                    vip.addr.as_deref().and_then(addr_of),
+                ) {
+                    ipam.used.entry(net.to_string()).or_default().insert(a);
+                }
+            }
+        }
+        for t in &state.tasks {
+            ipam.note_task(&t.obj);
+        }
+        ipam
+    }
+
+    /// Marks a task's addresses as used.
+    pub fn note_task(&mut self, t: &StoredTask) {
+        for a in &t.networks_attachments {
+            for addr in a.addresses.iter().filter_map(|c| addr_of(c)) {
+                self.used
+                    .entry(a.network.id.clone())
+                    .or_default()
+                    .insert(addr);
+            }
+        }
+    }
+
+    /// Takes the lowest free address of a network, in CIDR form.
+    pub fn allocate(&mut self, network_id: &str) -> Result<String, ApiError> {
+        let (subnet, _) = *self
+            .nets
+            .get(network_id)
+            .ok_or_else(|| ApiError::not_found(format!("network {network_id} not found")))?;
+        let used = self.used.entry(network_id.to_string()).or_default();
+        // Skip the network address and the broadcast address.
+        for n in 2..subnet.size().saturating_sub(1) as u32 {
+            if let Some(ip) = subnet.nth(n) {
+                if used.insert(ip) {
+                    return Ok(format!("{ip}/{}", subnet.prefix));
+                }
+            }
+        }
+        Err(ApiError::invalid_arg(format!(
+            "could not allocate an address on network {network_id}: subnet {subnet} is full"
+        )))
+    }
+}
+
+/// The networks a service's tasks attach to: its own, plus ingress when it publishes through the mesh.
+pub fn service_networks(
+    svc: &StoredService,
+    state: &ClusterState,
+) -> Vec<(String, String, Vec<String>)> {
+    let spec = svc.spec();
+    let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
+    let configs = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.networks.clone())
+        .or_else(|| spec.networks.clone())
+        .unwrap_or_default();
+    for c in configs {
+        let target = c.target.unwrap_or_default();
+        if let Some(n) = state
+            .networks
+            .iter()
+            .find(|n| n.obj.id.as_deref() == Some(target.as_str()))
+        {
+            out.push((
+                target,
+                n.obj.name.clone().unwrap_or_default(),
+                c.aliases.unwrap_or_default(),
+            ));
+        }
+    }
+    let mesh = spec
+        .endpoint_spec
+        .as_ref()
+        .and_then(|e| e.ports.as_ref())
+        .is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.publish_mode != Some(EndpointPortConfigPublishModeEnum::HOST))
+        });
+    if mesh {
+        if let Some(ingress) = state.networks.iter().find(|n| n.obj.ingress == Some(true)) {
+            let id = ingress.obj.id.clone().unwrap_or_default();
+            if !out.iter().any(|(n, _, _)| *n == id) {
+                out.push((id, ingress.obj.name.clone().unwrap_or_default(), vec![]));
+            }
+        }
+    }
+    out
+}
+
+/// Gives a new task an address on each of its service's networks.
+pub fn attach_task(
+    t: &mut StoredTask,
+    state: &ClusterState,
+    ipam: &mut Ipam,
+) -> Result<(), ApiError> {
+    let Some(svc) = state.services.get(t.service_id()) else {
+        return Ok(());
+    };
+    let mut attachments = Vec::new();
+    for (id, name, aliases) in service_networks(&svc.obj, state) {
+        let addr = ipam.allocate(&id)?;
+        attachments.push(NetworkAttachment {
+            network: AttachedNetwork {
+                id,
+                spec: AttachedNetworkSpec { name },
+            },
+            addresses: vec![addr],
+            aliases,
+        });
+    }
+    t.networks_attachments = attachments;
+    Ok(())
+}
+
+/// Picks a free /24 in 10.0.0.0/8 (Swarm's default pool) for a new network.
+pub fn free_subnet(state: &ClusterState) -> Option<Ipv4Cidr> {
+    let taken: Vec<Ipv4Cidr> = state
+        .networks
+        .iter()
+        .filter_map(|n| network_subnet(&n.obj).map(|s| s.0))
+        .collect();
+    (0u32..65536).find_map(|i| {
+        let c = Ipv4Cidr::new(Ipv4Addr::from(0x0A00_0000u32 + (i << 8)), 24)?;
+        (!taken.iter().any(|t| t.overlaps(&c))).then_some(c)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Versioned;
+
+    fn net(id: &str, subnet: &str) -> Versioned<Network> {
+        let n: Network = serde_json::from_str(&format!(
+            r#"{{"Id":"{id}","Name":"{id}","IPAM":{{"Config":[{{"Subnet":"{subnet}"}}]}}}}"#
+        ))
+        .unwrap();
+        Versioned { obj: n, version: 1 }
+    }
+
+    #[test]
+    fn allocates_lowest_free_skipping_gateway() {
+        let state = ClusterState {
+            networks: vec![net("a", "10.0.5.0/30")],
+            ..Default::default()
+        };
+        let mut ipam = Ipam::from_state(&state);
+        assert_eq!(ipam.allocate("a").unwrap(), "10.0.5.2/30");
+        assert!(
+            ipam.allocate("a").is_err(),
+            "a /30 has one usable address after the gateway"
+        );
+    }
+
+    #[test]
+    fn subnets_do_not_overlap() {
+        let state = ClusterState {
+            networks: vec![net("i", "10.0.0.0/24"), net("b", "10.0.1.0/24")],
+            ..Default::default()
+        };
+        assert_eq!(free_subnet(&state).unwrap().to_string(), "10.0.2.0/24");
+    }
+}

@@ -1,0 +1,90 @@
+//! Docker's `filters` query parameter: `{"key":["v1","v2"]}` (or the old `{"key":{"v":true}}`).
+
+use shoal_api::ApiError;
+use std::collections::HashMap;
+
+/// Parsed filters: each key with the values asked for.
+#[derive(Debug, Default)]
+pub struct Filters(pub HashMap<String, Vec<String>>);
+
+impl Filters {
+    /// Parses the query's `filters` value; unknown keys are refused, as Docker does.
+    pub fn parse(q: &HashMap<String, String>, allowed: &[&str]) -> Result<Filters, ApiError> {
+        let Some(raw) = q.get("filters").filter(|s| !s.is_empty()) else {
+            return Ok(Filters::default());
+        };
+        let v: serde_json::Value = serde_json::from_str(raw)
+            .map_err(|e| ApiError::invalid(format!("invalid filters {raw:?}: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| {
+            ApiError::invalid(format!("invalid filters {raw:?}: expected an object"))
+        })?;
+        let mut out = HashMap::new();
+        for (k, vals) in obj {
+            if !allowed.contains(&k.as_str()) {
+                return Err(ApiError::invalid(format!("invalid filter '{k}'")));
+            }
+            let list: Vec<String> = match vals {
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect(),
+                serde_json::Value::Object(m) => m.keys().cloned().collect(),
+                serde_json::Value::String(s) => vec![s.clone()],
+                _ => vec![],
+            };
+            out.insert(k.clone(), list);
+        }
+        Ok(Filters(out))
+    }
+
+    /// Values for a key (empty if absent).
+    pub fn get(&self, key: &str) -> &[String] {
+        self.0.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// True if the key is absent or any of its values satisfies `f`.
+    pub fn any(&self, key: &str, f: impl Fn(&str) -> bool) -> bool {
+        let v = self.get(key);
+        v.is_empty() || v.iter().any(|x| f(x))
+    }
+
+    /// Label filters (`key` or `key=value`) against a label map: all must match.
+    pub fn labels(&self, key: &str, labels: Option<&HashMap<String, String>>) -> bool {
+        self.get(key).iter().all(|want| {
+            let (k, v) = match want.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (want.as_str(), None),
+            };
+            match (labels.and_then(|l| l.get(k)), v) {
+                (Some(have), Some(v)) => have == v,
+                (Some(_), None) => true,
+                (None, _) => false,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_shapes_and_matches_labels() {
+        let mut q = HashMap::new();
+        q.insert(
+            "filters".to_string(),
+            r#"{"label":["com.docker.stack.namespace=demo"],"name":{"web":true}}"#.to_string(),
+        );
+        let f = Filters::parse(&q, &["label", "name"]).unwrap();
+        assert_eq!(f.get("name"), ["web"]);
+        let mut labels = HashMap::new();
+        labels.insert("com.docker.stack.namespace".to_string(), "demo".to_string());
+        assert!(f.labels("label", Some(&labels)));
+        labels.insert(
+            "com.docker.stack.namespace".to_string(),
+            "other".to_string(),
+        );
+        assert!(!f.labels("label", Some(&labels)));
+        assert!(Filters::parse(&q, &["label"]).is_err());
+    }
+}

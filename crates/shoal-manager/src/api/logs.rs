@@ -1,0 +1,197 @@
+//! `docker service logs` / task logs: the engine's container logs of each task, with the swarm
+//! details (node, service, task) the CLI needs to label lines.
+
+use super::{AppState, Result};
+use crate::db;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use shoal_api::objects::{StoredService, StoredTask};
+use shoal_api::ApiError;
+use std::collections::HashMap;
+use tokio::sync::mpsc;
+
+/// `GET /services/{id}/logs`.
+pub async fn service_logs(
+    State(d): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let m = d.manager().await?;
+    let svc = db::lookup::<StoredService>(&m.store, &key)
+        .ok_or_else(|| ApiError::not_found(format!("service {key} not found")))?;
+    let tasks: Vec<StoredTask> = db::list::<StoredTask>(&m.store)
+        .into_iter()
+        .map(|t| t.obj)
+        .filter(|t| t.service_id() == svc.obj.id())
+        .collect();
+    stream(d, tasks, q).await
+}
+
+/// `GET /tasks/{id}/logs`.
+pub async fn task_logs(
+    State(d): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let m = d.manager().await?;
+    let t = db::lookup::<StoredTask>(&m.store, &key)
+        .ok_or_else(|| ApiError::not_found(format!("task {key} not found")))?;
+    stream(d, vec![t.obj], q).await
+}
+
+fn details(t: &StoredTask) -> String {
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    format!(
+        "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={}",
+        enc(t.node_id().unwrap_or_default()),
+        enc(t.service_id()),
+        enc(t.id())
+    )
+}
+
+fn frame(stream: u8, payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&[stream, 0, 0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+async fn stream(
+    d: AppState,
+    tasks: Vec<StoredTask>,
+    q: HashMap<String, String>,
+) -> Result<Response> {
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
+    let timestamps = flag("timestamps");
+    let mut params = vec![
+        ("stdout", flag("stdout")),
+        ("stderr", flag("stderr")),
+        ("follow", flag("follow")),
+        ("timestamps", timestamps),
+    ]
+    .into_iter()
+    .map(|(k, v)| format!("{k}={}", if v { 1 } else { 0 }))
+    .collect::<Vec<_>>();
+    for k in ["tail", "since"] {
+        if let Some(v) = q.get(k) {
+            params.push(format!(
+                "{k}={}",
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            ));
+        }
+    }
+    let query = params.join("&");
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    for t in tasks {
+        let Some(cid) = t
+            .task
+            .status
+            .as_ref()
+            .and_then(|s| s.container_status.as_ref())
+            .and_then(|c| c.container_id.clone())
+        else {
+            continue;
+        };
+        let d = d.clone();
+        let tx = tx.clone();
+        let query = query.clone();
+        tokio::spawn(async move {
+            let uri = format!(
+                "/v{}/containers/{cid}/logs?{query}",
+                d.engine.engine_api_version()
+            );
+            let Ok(req) = axum::http::Request::builder().uri(uri).body(Body::empty()) else {
+                return;
+            };
+            let resp = d.engine.forward(req).await;
+            if !resp.status().is_success() {
+                return;
+            }
+            let det = details(&t);
+            let mut body = resp.into_body().into_data_stream();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut partial: [Vec<u8>; 3] = Default::default();
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.extend_from_slice(&chunk);
+                // Demultiplex the engine's frames, then re-frame line by line with the details.
+                while buf.len() >= 8 {
+                    let size = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+                    if buf.len() < 8 + size {
+                        break;
+                    }
+                    let stream_id = buf[0].min(2);
+                    let payload: Vec<u8> = buf[8..8 + size].to_vec();
+                    buf.drain(..8 + size);
+                    let pend = &mut partial[stream_id as usize];
+                    pend.extend_from_slice(&payload);
+                    while let Some(pos) = pend.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pend.drain(..=pos).collect();
+                        let out = decorate(&line, &det, timestamps);
+                        if tx.send(frame(stream_id.max(1), &out)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            for (i, pend) in partial.iter().enumerate() {
+                if !pend.is_empty() {
+                    let mut line = pend.clone();
+                    line.push(b'\n');
+                    let _ = tx
+                        .send(frame((i as u8).max(1), &decorate(&line, &det, timestamps)))
+                        .await;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<Bytes, std::io::Error>(b), rx))
+    });
+    Ok((
+        StatusCode::OK,
+        [("content-type", "application/vnd.docker.multiplexed-stream")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// `ts msg` becomes `ts details msg`; `msg` becomes `details msg`.
+fn decorate(line: &[u8], details: &str, timestamps: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len() + details.len() + 2);
+    if timestamps {
+        if let Some(sp) = line.iter().position(|b| *b == b' ') {
+            out.extend_from_slice(&line[..=sp]);
+            out.extend_from_slice(details.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(&line[sp + 1..]);
+            return out;
+        }
+    }
+    out.extend_from_slice(details.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(line);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_go_after_the_timestamp() {
+        assert_eq!(
+            decorate(b"2024-01-01T00:00:00Z hello\n", "a=b", true),
+            b"2024-01-01T00:00:00Z a=b hello\n"
+        );
+        assert_eq!(decorate(b"hello\n", "a=b", false), b"a=b hello\n");
+    }
+}

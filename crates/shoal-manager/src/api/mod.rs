@@ -1,0 +1,271 @@
+//! The Docker Engine API, swarm subset: routes, request parsing and Docker's error format. Every
+//! other endpoint goes to the node's own engine through [`crate::proxy::EngineProxy`].
+
+mod filters;
+mod logs;
+mod networks;
+mod nodes;
+mod objects;
+mod services;
+mod swarm;
+mod system;
+
+use crate::cluster::{AgentHost, Manager};
+use crate::proxy::EngineProxy;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use serde::Serialize;
+use shoal_api::ApiError;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::RwLock;
+
+/// Highest API version shoal speaks (what the docker 28 client negotiates).
+pub const API_VERSION: &str = "1.50";
+/// Lowest API version accepted.
+pub const MIN_API_VERSION: &str = "1.24";
+
+/// What every handler shares.
+pub struct Daemon {
+    /// The local engine.
+    pub engine: EngineProxy,
+    /// Where the node keeps its state.
+    pub data_dir: PathBuf,
+    /// The agent the manager feeds.
+    pub agent: Arc<dyn AgentHost>,
+    /// The manager, once this node is in a swarm.
+    pub manager: RwLock<Option<Arc<Manager>>>,
+    /// Serializes swarm init/leave.
+    pub lifecycle: tokio::sync::Mutex<()>,
+}
+
+/// Shared handle used as axum state.
+pub type AppState = Arc<Daemon>;
+
+impl Daemon {
+    /// The manager, or Docker's "not a swarm manager" error.
+    pub async fn manager(&self) -> std::result::Result<Arc<Manager>, ApiError> {
+        self.manager
+            .read()
+            .await
+            .clone()
+            .ok_or_else(ApiError::not_a_manager)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(status = e.status, message = %e.message, "request failed");
+        }
+        (status, [("content-type", "application/json")], e.body()).into_response()
+    }
+}
+
+/// Handler error: an [`ApiError`] rendered in Docker's format.
+#[derive(Debug)]
+pub struct Error(pub ApiError);
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        Error(e)
+    }
+}
+
+/// Handler result.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// JSON with a status, as Docker answers.
+pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => (status, [("content-type", "application/json")], body).into_response(),
+        Err(e) => Error(ApiError::internal(format!("encoding response: {e}"))).into_response(),
+    }
+}
+
+/// Parses a JSON body, refusing malformed input with Docker's 400.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid(
+            "request body is empty; a JSON object was expected",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid JSON in request body: {e}")))
+}
+
+/// The `version` query parameter every update must quote (Docker's optimistic concurrency).
+pub fn version_param(
+    q: &std::collections::HashMap<String, String>,
+) -> std::result::Result<u64, ApiError> {
+    q.get("version")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::invalid("version: a numeric version query parameter is required"))
+}
+
+/// The request's API version, read from the `/vX.Y` prefix.
+#[derive(Clone, Debug)]
+pub struct ApiVersion(pub Option<String>);
+
+/// The URI as the client sent it, restored before proxying.
+#[derive(Clone, Debug)]
+pub struct ClientUri(pub Uri);
+
+fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |s: &str| -> (u32, u32) {
+        let (x, y) = s.split_once('.').unwrap_or((s, "0"));
+        (x.parse().unwrap_or(0), y.parse().unwrap_or(0))
+    };
+    parse(a).cmp(&parse(b))
+}
+
+/// Strips the `/vX.Y` prefix so one route table serves every version.
+fn strip_version(mut req: Request) -> Request {
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let mut version = None;
+    if let Some(rest) = path.strip_prefix("/v") {
+        if let Some((v, tail)) = rest.split_once('/') {
+            if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                version = Some(v.to_string());
+                let new = match uri.query() {
+                    Some(q) => format!("/{tail}?{q}"),
+                    None => format!("/{tail}"),
+                };
+                if let Ok(u) = new.parse() {
+                    *req.uri_mut() = u;
+                }
+            }
+        }
+    }
+    req.extensions_mut().insert(ApiVersion(version));
+    req.extensions_mut().insert(ClientUri(uri));
+    req
+}
+
+async fn check_version(req: Request, next: axum::middleware::Next) -> Response {
+    if let Some(ApiVersion(Some(v))) = req.extensions().get::<ApiVersion>() {
+        if compare_versions(v, API_VERSION).is_gt() {
+            return Error(ApiError::invalid(format!(
+                "client version {v} is too new. Maximum supported API version is {API_VERSION}"
+            )))
+            .into_response();
+        }
+        if compare_versions(v, MIN_API_VERSION).is_lt() {
+            return Error(ApiError::invalid(format!(
+                "client version {v} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
+            )))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Forwards anything shoal does not answer to the engine, with the client's original URI.
+pub async fn proxy(State(d): State<AppState>, mut req: Request) -> Response {
+    if let Some(ClientUri(u)) = req.extensions().get::<ClientUri>().cloned() {
+        *req.uri_mut() = u;
+    }
+    d.engine.forward(req).await
+}
+
+/// The whole API as a service that strips version prefixes before routing.
+pub fn app(
+    state: AppState,
+) -> impl tower::Service<
+    Request<Body>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
+       + Send {
+    let router = Router::new()
+        .route("/_ping", get(system::ping).head(system::ping))
+        .route("/version", get(system::version))
+        .route("/info", get(system::info))
+        .route("/swarm", get(swarm::inspect))
+        .route("/swarm/init", post(swarm::init))
+        .route("/swarm/join", post(swarm::join))
+        .route("/swarm/leave", post(swarm::leave))
+        .route("/swarm/update", post(swarm::update))
+        .route("/swarm/unlockkey", get(swarm::unlock_key))
+        .route("/swarm/unlock", post(swarm::unlock))
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
+        .route("/nodes/{id}/update", post(nodes::update))
+        .route("/services", get(services::list))
+        .route("/services/create", post(services::create))
+        .route(
+            "/services/{id}",
+            get(services::inspect).delete(services::remove),
+        )
+        .route("/services/{id}/update", post(services::update))
+        .route("/services/{id}/logs", get(logs::service_logs))
+        .route("/tasks", get(services::list_tasks))
+        .route("/tasks/{id}", get(services::inspect_task))
+        .route("/tasks/{id}/logs", get(logs::task_logs))
+        .route("/secrets", get(objects::list_secrets))
+        .route("/secrets/create", post(objects::create_secret))
+        .route(
+            "/secrets/{id}",
+            get(objects::inspect_secret).delete(objects::remove_secret),
+        )
+        .route("/secrets/{id}/update", post(objects::update_secret))
+        .route("/configs", get(objects::list_configs))
+        .route("/configs/create", post(objects::create_config))
+        .route(
+            "/configs/{id}",
+            get(objects::inspect_config).delete(objects::remove_config),
+        )
+        .route("/configs/{id}/update", post(objects::update_config))
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route(
+            "/networks/{id}",
+            get(networks::inspect).delete(networks::remove),
+        )
+        .route("/distribution/{*name}", any(system::distribution))
+        .fallback(proxy)
+        .layer(axum::middleware::from_fn(check_version))
+        .with_state(state);
+    tower::util::MapRequestLayer::new(strip_version).layer(router)
+}
+
+use tower::Layer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_compare() {
+        assert!(compare_versions("1.50", "1.41").is_gt());
+        assert!(compare_versions("1.9", "1.24").is_lt());
+        assert!(compare_versions("1.50", "1.50").is_eq());
+    }
+
+    #[test]
+    fn strips_prefix_and_keeps_query() {
+        let req = Request::builder()
+            .uri("/v1.50/services?status=true")
+            .body(Body::empty())
+            .unwrap();
+        let out = strip_version(req);
+        assert_eq!(out.uri().to_string(), "/services?status=true");
+        assert_eq!(
+            out.extensions().get::<ApiVersion>().unwrap().0.as_deref(),
+            Some("1.50")
+        );
+        let req = Request::builder()
+            .uri("/_ping")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(strip_version(req).uri().path(), "/_ping");
+    }
+}

@@ -1,0 +1,268 @@
+//! `/networks`: swarm networks live in the store; the engine's local networks are listed beside
+//! them, and anything not swarm-scoped goes to the engine.
+
+use super::filters::Filters;
+use super::system::engine_json;
+use super::{json, parse_body, proxy, AppState, Result};
+use crate::allocator::free_subnet;
+use crate::db;
+use crate::state::ClusterState;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use shoal_api::dispatch::ipnet_str::Ipv4Cidr;
+use shoal_api::models::{Ipam, IpamConfig, Network, NetworkCreateRequest};
+use shoal_api::objects::StoredService;
+use shoal_api::{id, validate, ApiError};
+use shoal_store::Expect;
+use std::collections::HashMap;
+
+/// Docker networks shoal's agent creates on the engine for its own use; hidden from listings.
+fn is_internal(v: &serde_json::Value) -> bool {
+    v["Driver"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("shoal-"))
+}
+
+/// `GET /networks`.
+pub async fn list(
+    State(d): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let f = Filters::parse(
+        &q,
+        &["dangling", "driver", "id", "label", "name", "scope", "type"],
+    )?;
+    let query = q
+        .get("filters")
+        .map(|v| {
+            format!(
+                "?filters={}",
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .unwrap_or_default();
+    let (_, engine) = engine_json(&d, Method::GET, &format!("/networks{query}"), None).await?;
+    let mut out: Vec<serde_json::Value> = engine
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| !is_internal(n))
+        .collect();
+    if let Ok(m) = d.manager().await {
+        for n in db::list::<Network>(&m.store).into_iter().map(|n| n.obj) {
+            let keep = f.any("id", |x| n.id.as_deref().unwrap_or_default().starts_with(x))
+                && f.any("name", |x| {
+                    n.name.as_deref().unwrap_or_default().contains(x)
+                })
+                && f.any("driver", |x| n.driver.as_deref() == Some(x))
+                && f.any("scope", |x| x == "swarm")
+                && f.any("type", |x| x == "custom")
+                && f.labels("label", n.labels.as_ref());
+            if keep {
+                out.push(view(&n));
+            }
+        }
+    }
+    Ok(json(StatusCode::OK, &out))
+}
+
+fn view(n: &Network) -> serde_json::Value {
+    let mut v = serde_json::to_value(n).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.entry("Containers").or_insert(serde_json::json!({}));
+        o.entry("Options").or_insert(serde_json::json!({}));
+        o.entry("ConfigOnly").or_insert(false.into());
+        o.entry("ConfigFrom")
+            .or_insert(serde_json::json!({"Network": ""}));
+    }
+    v
+}
+
+/// `GET /networks/{id}`: a swarm network, else the engine's.
+pub async fn inspect(
+    State(d): State<AppState>,
+    Path(key): Path<String>,
+    req: Request,
+) -> Result<Response> {
+    if let Ok(m) = d.manager().await {
+        if let Some(n) = db::lookup::<Network>(&m.store, &key) {
+            return Ok(json(StatusCode::OK, &view(&n.obj)));
+        }
+    }
+    Ok(proxy(State(d), req).await)
+}
+
+/// `POST /networks/create`: overlay networks become swarm networks; others are the engine's.
+pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response> {
+    let (parts, body) = req.into_parts();
+    let bytes: Bytes = axum::body::to_bytes(body, 16 << 20)
+        .await
+        .map_err(|e| ApiError::invalid(format!("reading request body: {e}")))?;
+    let r: NetworkCreateRequest = parse_body(&bytes)?;
+    let driver = r
+        .driver
+        .clone()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "bridge".into());
+    if driver != "overlay" && r.scope.as_deref() != Some("swarm") {
+        return Ok(proxy(State(d), Request::from_parts(parts, Body::from(bytes))).await);
+    }
+    let m = d.manager().await?;
+    if driver != "overlay" {
+        return Err(ApiError::invalid_arg(format!(
+            "Driver: {driver:?} is not supported for swarm networks; use overlay"
+        ))
+        .into());
+    }
+    validate::dns_name("Name", &r.name).map_err(|_| {
+        ApiError::invalid_arg(format!(
+            "Name: network name {:?} must be valid as a DNS name component",
+            r.name
+        ))
+    })?;
+    if r.ingress == Some(true) {
+        return Err(
+            ApiError::invalid_arg("Ingress: the cluster already has its ingress network").into(),
+        );
+    }
+    let _alloc = m.alloc.lock().await;
+    let state = ClusterState::load(&m.store);
+    let cfg = r
+        .ipam
+        .as_ref()
+        .and_then(|i| i.config.as_ref())
+        .and_then(|c| c.first())
+        .cloned()
+        .unwrap_or_default();
+    let subnet: Ipv4Cidr = match cfg.subnet.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => s
+            .parse()
+            .map_err(|e: String| ApiError::invalid_arg(format!("IPAM.Config[0].Subnet: {e}")))?,
+        None => free_subnet(&state)
+            .ok_or_else(|| ApiError::invalid_arg("no free subnet left in 10.0.0.0/8"))?,
+    };
+    if subnet.prefix > 29 {
+        return Err(ApiError::invalid_arg(format!(
+            "IPAM.Config[0].Subnet: {subnet} is too small (at most /29)"
+        ))
+        .into());
+    }
+    for other in &state.networks {
+        if let Some((s, _)) = crate::allocator::network_subnet(&other.obj) {
+            if s.overlaps(&subnet) {
+                return Err(ApiError::new(403, format!("invalid pool request: Pool overlaps with other one on this address space: {subnet} overlaps {s} of network {}", other.obj.name.clone().unwrap_or_default())).into());
+            }
+        }
+    }
+    let gateway = match cfg.gateway.as_deref().filter(|g| !g.is_empty()) {
+        Some(g) => {
+            let ip: std::net::Ipv4Addr = g.parse().map_err(|_| {
+                ApiError::invalid_arg(format!(
+                    "IPAM.Config[0].Gateway: {g:?} is not an IPv4 address"
+                ))
+            })?;
+            if !subnet.contains(ip) {
+                return Err(ApiError::invalid_arg(format!(
+                    "IPAM.Config[0].Gateway: {ip} is not in subnet {subnet}"
+                ))
+                .into());
+            }
+            ip
+        }
+        None => subnet
+            .nth(1)
+            .ok_or_else(|| ApiError::invalid_arg("subnet too small"))?,
+    };
+    let vni = 4097 + state.networks.len();
+    let nid = id::new_id();
+    let mut options = r.options.clone().unwrap_or_default();
+    options.insert(
+        "com.docker.network.driver.overlay.vxlanid_list".into(),
+        vni.to_string(),
+    );
+    let net = Network {
+        name: Some(r.name.clone()),
+        id: Some(nid.clone()),
+        created: Some(id::now()),
+        scope: Some("swarm".into()),
+        driver: Some("overlay".into()),
+        enable_ipv4: Some(true),
+        enable_ipv6: Some(false),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![IpamConfig {
+                subnet: Some(subnet.to_string()),
+                gateway: Some(gateway.to_string()),
+                ..Default::default()
+            }]),
+            options: None,
+        }),
+        internal: Some(r.internal.unwrap_or(false)),
+        attachable: Some(r.attachable.unwrap_or(false)),
+        ingress: Some(false),
+        options: Some(options),
+        labels: Some(r.labels.clone().unwrap_or_default()),
+        ..Default::default()
+    };
+    match db::write(&m.store, vec![db::put(&net, Expect::Absent)?]).await {
+        Err(e) if e.status == 409 => {
+            return Err(
+                ApiError::conflict(format!("network with name {} already exists", r.name)).into(),
+            )
+        }
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    tracing::info!(network = %r.name, id = %nid, subnet = %subnet, "network created");
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"Id": nid, "Warning": ""}),
+    ))
+}
+
+/// `DELETE /networks/{id}`.
+pub async fn remove(
+    State(d): State<AppState>,
+    Path(key): Path<String>,
+    req: Request,
+) -> Result<Response> {
+    let Ok(m) = d.manager().await else {
+        return Ok(proxy(State(d), req).await);
+    };
+    let Some(n) = db::lookup::<Network>(&m.store, &key) else {
+        return Ok(proxy(State(d), req).await);
+    };
+    let nid = n.obj.id.clone().unwrap_or_default();
+    if n.obj.ingress == Some(true) {
+        return Err(ApiError::new(403, "rpc error: code = PermissionDenied desc = removing the ingress network is not supported by shoal").into());
+    }
+    let users: Vec<String> = db::list::<StoredService>(&m.store)
+        .into_iter()
+        .filter(|s| {
+            let tt = s.obj.spec().task_template.as_ref();
+            tt.and_then(|t| t.networks.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|a| a.target.as_deref() == Some(nid.as_str()))
+        })
+        .map(|s| s.obj.name().to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            403,
+            format!(
+                "rpc error: code = FailedPrecondition desc = network {} is in use by service {}",
+                n.obj.name.clone().unwrap_or_default(),
+                users.join(", ")
+            ),
+        )
+        .into());
+    }
+    db::write(&m.store, vec![db::delete::<Network>(&nid, Expect::Any)]).await?;
+    Ok(axum::response::IntoResponse::into_response(
+        StatusCode::NO_CONTENT,
+    ))
+}

@@ -1,0 +1,298 @@
+//! `/secrets` and `/configs`: named blobs mounted into tasks. Secret data never leaves in answers.
+
+use super::filters::Filters;
+use super::{json, parse_body, AppState, Result};
+use crate::db::{self, Stored, Versioned};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use base64::Engine as _;
+use shoal_api::models::{Config, ConfigSpec, Secret, SecretSpec};
+use shoal_api::objects::StoredService;
+use shoal_api::{id, validate, ApiError};
+use shoal_store::Expect;
+use std::collections::HashMap;
+
+/// What secrets and configs share, so one set of handlers serves both.
+trait Blob: Stored {
+    const WHAT: &'static str;
+    const MAX: usize;
+    type Spec: serde::de::DeserializeOwned + Clone;
+    fn spec_name(s: &Self::Spec) -> Option<String>;
+    fn spec_data(s: &Self::Spec) -> Option<String>;
+    fn spec_labels(s: &Self::Spec) -> Option<HashMap<String, String>>;
+    fn make(id: String, now: String, spec: Self::Spec) -> Self;
+    fn labels(&self) -> Option<HashMap<String, String>>;
+    fn set_labels(&mut self, l: Option<HashMap<String, String>>);
+    fn data(&self) -> Option<String>;
+    /// The object as clients may see it.
+    fn public(&self) -> Self;
+    fn used_by(svc: &StoredService, id: &str) -> bool;
+}
+
+impl Blob for Secret {
+    const WHAT: &'static str = "secret";
+    const MAX: usize = validate::MAX_SECRET_SIZE;
+    type Spec = SecretSpec;
+    fn spec_name(s: &SecretSpec) -> Option<String> {
+        s.name.clone()
+    }
+    fn spec_data(s: &SecretSpec) -> Option<String> {
+        s.data.clone()
+    }
+    fn spec_labels(s: &SecretSpec) -> Option<HashMap<String, String>> {
+        s.labels.clone()
+    }
+    fn make(id: String, now: String, spec: SecretSpec) -> Self {
+        Secret {
+            id: Some(id),
+            version: None,
+            created_at: Some(now.clone()),
+            updated_at: Some(now),
+            spec: Some(spec),
+        }
+    }
+    fn labels(&self) -> Option<HashMap<String, String>> {
+        self.spec.as_ref().and_then(|s| s.labels.clone())
+    }
+    fn set_labels(&mut self, l: Option<HashMap<String, String>>) {
+        if let Some(s) = self.spec.as_mut() {
+            s.labels = l
+        }
+    }
+    fn data(&self) -> Option<String> {
+        self.spec.as_ref().and_then(|s| s.data.clone())
+    }
+    fn public(&self) -> Self {
+        let mut s = self.clone();
+        if let Some(spec) = s.spec.as_mut() {
+            spec.data = None;
+        }
+        s
+    }
+    fn used_by(svc: &StoredService, id: &str) -> bool {
+        svc.spec()
+            .task_template
+            .as_ref()
+            .and_then(|t| t.container_spec.as_ref())
+            .and_then(|c| c.secrets.as_ref())
+            .is_some_and(|s| s.iter().any(|r| r.secret_id.as_deref() == Some(id)))
+    }
+}
+
+impl Blob for Config {
+    const WHAT: &'static str = "config";
+    const MAX: usize = validate::MAX_CONFIG_SIZE;
+    type Spec = ConfigSpec;
+    fn spec_name(s: &ConfigSpec) -> Option<String> {
+        s.name.clone()
+    }
+    fn spec_data(s: &ConfigSpec) -> Option<String> {
+        s.data.clone()
+    }
+    fn spec_labels(s: &ConfigSpec) -> Option<HashMap<String, String>> {
+        s.labels.clone()
+    }
+    fn make(id: String, now: String, spec: ConfigSpec) -> Self {
+        Config {
+            id: Some(id),
+            version: None,
+            created_at: Some(now.clone()),
+            updated_at: Some(now),
+            spec: Some(spec),
+        }
+    }
+    fn labels(&self) -> Option<HashMap<String, String>> {
+        self.spec.as_ref().and_then(|s| s.labels.clone())
+    }
+    fn set_labels(&mut self, l: Option<HashMap<String, String>>) {
+        if let Some(s) = self.spec.as_mut() {
+            s.labels = l
+        }
+    }
+    fn data(&self) -> Option<String> {
+        self.spec.as_ref().and_then(|s| s.data.clone())
+    }
+    fn public(&self) -> Self {
+        self.clone()
+    }
+    fn used_by(svc: &StoredService, id: &str) -> bool {
+        svc.spec()
+            .task_template
+            .as_ref()
+            .and_then(|t| t.container_spec.as_ref())
+            .and_then(|c| c.configs.as_ref())
+            .is_some_and(|s| s.iter().any(|r| r.config_id.as_deref() == Some(id)))
+    }
+}
+
+fn find<T: Blob>(
+    store: &shoal_store::Store,
+    key: &str,
+) -> std::result::Result<Versioned<T>, ApiError> {
+    db::lookup::<T>(store, key)
+        .ok_or_else(|| ApiError::not_found(format!("{} {key} not found", T::WHAT)))
+}
+
+async fn list<T: Blob>(d: AppState, q: HashMap<String, String>) -> Result<Response> {
+    let m = d.manager().await?;
+    let f = Filters::parse(&q, &["id", "label", "name", "names"])?;
+    let mut out: Vec<T> = db::list::<T>(&m.store)
+        .into_iter()
+        .map(|v| v.obj)
+        .filter(|o| f.any("id", |x| o.id().starts_with(x)))
+        .filter(|o| f.any("name", |x| o.name().unwrap_or_default().starts_with(x)))
+        .filter(|o| f.any("names", |x| o.name().as_deref() == Some(x)))
+        .filter(|o| f.labels("label", o.labels().as_ref()))
+        .map(|o| o.public())
+        .collect();
+    out.sort_by_key(|o| o.name());
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn create<T: Blob>(d: AppState, body: Bytes) -> Result<Response> {
+    let m = d.manager().await?;
+    let spec: T::Spec = parse_body(&body)?;
+    let name = T::spec_name(&spec).unwrap_or_default();
+    validate::object_name(&name)?;
+    let data = T::spec_data(&spec).unwrap_or_default();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(data.as_bytes())
+        .map_err(|e| ApiError::invalid(format!("Data: not valid base64: {e}")))?;
+    if raw.is_empty() || raw.len() > T::MAX {
+        return Err(ApiError::invalid_arg(format!(
+            "{} data must be larger than 0 and less than {} bytes",
+            T::WHAT,
+            T::MAX
+        ))
+        .into());
+    }
+    let oid = id::new_id();
+    let obj = T::make(oid.clone(), id::now(), spec);
+    match db::write(&m.store, vec![db::put(&obj, Expect::Absent)?]).await {
+        Err(e) if e.status == 409 => Err(ApiError::conflict(format!(
+            "rpc error: code = AlreadyExists desc = {} {name} already exists",
+            T::WHAT
+        ))
+        .into()),
+        Err(e) => Err(e.into()),
+        Ok(_) => {
+            tracing::info!(kind = T::WHAT, name = %name, id = %oid, "created");
+            Ok(json(StatusCode::CREATED, &serde_json::json!({"ID": oid})))
+        }
+    }
+}
+
+async fn inspect<T: Blob>(d: AppState, key: String) -> Result<Response> {
+    let m = d.manager().await?;
+    Ok(json(
+        StatusCode::OK,
+        &find::<T>(&m.store, &key)?.obj.public(),
+    ))
+}
+
+async fn update<T: Blob>(
+    d: AppState,
+    key: String,
+    q: HashMap<String, String>,
+    body: Bytes,
+) -> Result<Response> {
+    let m = d.manager().await?;
+    let version: u64 = super::version_param(&q)?;
+    let spec: T::Spec = parse_body(&body)?;
+    let cur = find::<T>(&m.store, &key)?;
+    if cur.version != version {
+        return Err(ApiError::out_of_sequence().into());
+    }
+    let same_name = T::spec_name(&spec).is_none_or(|n| Some(n) == cur.obj.name());
+    let same_data = T::spec_data(&spec).is_none_or(|d| d.is_empty() || Some(d) == cur.obj.data());
+    if !same_name || !same_data {
+        return Err(ApiError::invalid_arg("only updates to Labels are allowed").into());
+    }
+    let mut obj = cur.obj.clone();
+    obj.set_labels(T::spec_labels(&spec));
+    db::write(&m.store, vec![db::put(&obj, Expect::Version(version))?]).await?;
+    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+}
+
+async fn remove<T: Blob>(d: AppState, key: String) -> Result<Response> {
+    let m = d.manager().await?;
+    let cur = find::<T>(&m.store, &key)?;
+    let oid = cur.obj.id();
+    let users: Vec<String> = db::list::<StoredService>(&m.store)
+        .into_iter()
+        .filter(|s| T::used_by(&s.obj, &oid))
+        .map(|s| s.obj.name().to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::invalid_arg(format!(
+            "{} '{}' is in use by the following service: {}",
+            T::WHAT,
+            cur.obj.name().unwrap_or_default(),
+            users.join(", ")
+        ))
+        .into());
+    }
+    db::write(&m.store, vec![db::delete::<T>(&oid, Expect::Any)]).await?;
+    Ok(axum::response::IntoResponse::into_response(
+        StatusCode::NO_CONTENT,
+    ))
+}
+
+/// `GET /secrets`.
+pub async fn list_secrets(
+    State(d): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    list::<Secret>(d, q).await
+}
+/// `POST /secrets/create`.
+pub async fn create_secret(State(d): State<AppState>, body: Bytes) -> Result<Response> {
+    create::<Secret>(d, body).await
+}
+/// `GET /secrets/{id}`.
+pub async fn inspect_secret(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
+    inspect::<Secret>(d, k).await
+}
+/// `POST /secrets/{id}/update`.
+pub async fn update_secret(
+    State(d): State<AppState>,
+    Path(k): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response> {
+    update::<Secret>(d, k, q, body).await
+}
+/// `DELETE /secrets/{id}`.
+pub async fn remove_secret(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
+    remove::<Secret>(d, k).await
+}
+/// `GET /configs`.
+pub async fn list_configs(
+    State(d): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    list::<Config>(d, q).await
+}
+/// `POST /configs/create`.
+pub async fn create_config(State(d): State<AppState>, body: Bytes) -> Result<Response> {
+    create::<Config>(d, body).await
+}
+/// `GET /configs/{id}`.
+pub async fn inspect_config(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
+    inspect::<Config>(d, k).await
+}
+/// `POST /configs/{id}/update`.
+pub async fn update_config(
+    State(d): State<AppState>,
+    Path(k): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response> {
+    update::<Config>(d, k, q, body).await
+}
+/// `DELETE /configs/{id}`.
+pub async fn remove_config(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
+    remove::<Config>(d, k).await
+}

@@ -1,0 +1,534 @@
+//! `/services` and `/tasks`.
+
+use super::filters::Filters;
+use super::{json, parse_body, AppState, Result};
+use crate::allocator::{service_networks, Ipam};
+use crate::db::{self, Versioned};
+use crate::state::{node_schedulable, ClusterState};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use shoal_api::models::{
+    Config, EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
+    EndpointSpecModeEnum, Network, NetworkAttachmentConfig, Node, Secret, ServiceEndpoint,
+    ServiceEndpointVirtualIps, ServiceServiceStatus, ServiceSpec, ServiceUpdateStatus,
+    ServiceUpdateStatusStateEnum, TaskState,
+};
+use shoal_api::objects::{Mode, StoredService, StoredTask};
+use shoal_api::{id, validate, ApiError};
+use shoal_store::Expect;
+use std::collections::HashMap;
+
+/// Serializes a stored object for clients, without shoal's bookkeeping fields.
+pub fn api_view<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    let mut j = serde_json::to_value(v).unwrap_or_default();
+    if let Some(o) = j.as_object_mut() {
+        o.retain(|k, _| !k.starts_with("Shoal"));
+    }
+    j
+}
+
+fn find_service(
+    store: &shoal_store::Store,
+    key: &str,
+) -> std::result::Result<Versioned<StoredService>, ApiError> {
+    db::lookup::<StoredService>(store, key)
+        .ok_or_else(|| ApiError::not_found(format!("service {key} not found")))
+}
+
+/// Resolves network names to IDs, checks secrets and configs exist, and refuses what the store
+/// contradicts: everything about a spec that needs the cluster's state.
+fn resolve(
+    spec: &mut ServiceSpec,
+    state: &ClusterState,
+    store: &shoal_store::Store,
+) -> std::result::Result<(), ApiError> {
+    // Docker's daemon fills the replica count the CLI leaves out; the CLI's progress needs it.
+    let mode = spec.mode.get_or_insert_with(Default::default);
+    if mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
+        let r = mode.replicated.get_or_insert_with(Default::default);
+        r.replicas.get_or_insert(1);
+    }
+    if matches!(
+        Mode::of(spec.mode.as_ref()),
+        Mode::ReplicatedJob { .. } | Mode::GlobalJob
+    ) {
+        return Err(ApiError::invalid_arg(
+            "Mode: replicated-job and global-job services are not supported by shoal yet",
+        ));
+    }
+    let tt = spec.task_template.get_or_insert_with(Default::default);
+    // The deprecated top-level Networks field means the same as TaskTemplate.Networks.
+    let mut nets: Vec<NetworkAttachmentConfig> = tt
+        .networks
+        .take()
+        .or_else(|| spec.networks.take())
+        .unwrap_or_default();
+    for n in &mut nets {
+        let key = n.target.clone().unwrap_or_default();
+        let found = db::lookup::<Network>(store, &key)
+            .ok_or_else(|| ApiError::not_found(format!("network {key} not found")))?;
+        if found.obj.ingress == Some(true) {
+            return Err(ApiError::invalid_arg(format!(
+                "Networks: service cannot be explicitly attached to the ingress network {key:?}"
+            )));
+        }
+        n.target = found.obj.id.clone();
+    }
+    let mut seen = std::collections::HashSet::new();
+    nets.retain(|n| seen.insert(n.target.clone()));
+    tt.networks = if nets.is_empty() { None } else { Some(nets) };
+    let cs = tt.container_spec.get_or_insert_with(Default::default);
+    for s in cs.secrets.iter().flatten() {
+        let sid = s.secret_id.clone().unwrap_or_default();
+        if db::get::<Secret>(store, &sid).is_none() {
+            return Err(ApiError::invalid_arg(format!(
+                "secret not found: {}",
+                s.secret_name.as_deref().unwrap_or(&sid)
+            )));
+        }
+    }
+    for c in cs.configs.iter().flatten() {
+        let cid = c.config_id.clone().unwrap_or_default();
+        if db::get::<Config>(store, &cid).is_none() {
+            return Err(ApiError::invalid_arg(format!(
+                "config not found: {}",
+                c.config_name.as_deref().unwrap_or(&cid)
+            )));
+        }
+    }
+    let _ = state;
+    Ok(())
+}
+
+/// Ports with defaults filled and free published ports assigned; refuses ports other services hold.
+fn allocate_ports(
+    spec: &ServiceSpec,
+    me: &str,
+    prev: Option<&ServiceEndpoint>,
+    state: &ClusterState,
+) -> std::result::Result<Vec<EndpointPortConfig>, ApiError> {
+    let mut taken: HashMap<(i64, String), (String, String)> = HashMap::new();
+    for s in state.services.values().filter(|s| s.obj.id() != me) {
+        for p in s
+            .obj
+            .service
+            .endpoint
+            .iter()
+            .flat_map(|e| e.ports.iter().flatten())
+        {
+            if let Some(pp) = p.published_port {
+                taken.insert(
+                    (pp, p.protocol.map(|x| x.to_string()).unwrap_or_default()),
+                    (s.obj.name().to_string(), s.obj.id().to_string()),
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for p in spec
+        .endpoint_spec
+        .iter()
+        .flat_map(|e| e.ports.iter().flatten())
+    {
+        let mut p = p.clone();
+        if p.protocol.is_none() || p.protocol == Some(EndpointPortConfigProtocolEnum::EMPTY) {
+            p.protocol = Some(EndpointPortConfigProtocolEnum::TCP);
+        }
+        if p.publish_mode.is_none()
+            || p.publish_mode == Some(EndpointPortConfigPublishModeEnum::EMPTY)
+        {
+            p.publish_mode = Some(EndpointPortConfigPublishModeEnum::INGRESS);
+        }
+        let proto = p.protocol.map(|x| x.to_string()).unwrap_or_default();
+        if p.published_port.unwrap_or(0) == 0
+            && p.publish_mode == Some(EndpointPortConfigPublishModeEnum::INGRESS)
+        {
+            let reuse = prev.and_then(|e| e.ports.as_ref()).and_then(|ps| {
+                ps.iter()
+                    .find(|o| o.target_port == p.target_port && o.protocol == p.protocol)
+                    .and_then(|o| o.published_port)
+            });
+            let port = reuse.or_else(|| {
+                (30000..=32767).find(|c| {
+                    !taken.contains_key(&(*c, proto.clone()))
+                        && !out
+                            .iter()
+                            .any(|o: &EndpointPortConfig| o.published_port == Some(*c))
+                })
+            });
+            p.published_port = Some(port.ok_or_else(|| {
+                ApiError::invalid_arg(
+                    "EndpointSpec.Ports: no free port left in the dynamic range 30000-32767",
+                )
+            })?);
+        }
+        if let Some(pp) = p.published_port.filter(|x| *x > 0) {
+            if let Some((name, sid)) = taken.get(&(pp, proto.clone())) {
+                return Err(ApiError::invalid_arg(format!(
+                    "port '{pp}' is already in use by service '{name}' ({sid}) as an ingress port"
+                )));
+            }
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The service's endpoint: its ports and one VIP per network (none in dnsrr mode).
+fn endpoint(
+    svc: &StoredService,
+    state: &ClusterState,
+    ipam: &mut Ipam,
+) -> std::result::Result<ServiceEndpoint, ApiError> {
+    let spec = svc.spec();
+    let ports = allocate_ports(spec, svc.id(), svc.service.endpoint.as_ref(), state)?;
+    let dnsrr =
+        spec.endpoint_spec.as_ref().and_then(|e| e.mode) == Some(EndpointSpecModeEnum::DNSRR);
+    if dnsrr
+        && ports
+            .iter()
+            .any(|p| p.publish_mode == Some(EndpointPortConfigPublishModeEnum::INGRESS))
+    {
+        return Err(ApiError::invalid_arg(
+            "EndpointSpec: port published with ingress mode can't be used with dnsrr mode",
+        ));
+    }
+    let old: HashMap<String, String> = svc
+        .service
+        .endpoint
+        .iter()
+        .flat_map(|e| e.virtual_ips.iter().flatten())
+        .filter_map(|v| Some((v.network_id.clone()?, v.addr.clone()?)))
+        .collect();
+    let mut vips = Vec::new();
+    if !dnsrr {
+        // The service with its final ports decides whether it sits on the ingress network.
+        let mut probe = svc.clone();
+        probe.service.endpoint = Some(ServiceEndpoint {
+            ports: Some(ports.clone()),
+            ..Default::default()
+        });
+        for (net, _, _) in service_networks(&probe, state) {
+            let addr = match old.get(&net) {
+                Some(a) => a.clone(),
+                None => ipam.allocate(&net)?,
+            };
+            vips.push(ServiceEndpointVirtualIps {
+                network_id: Some(net),
+                addr: Some(addr),
+            });
+        }
+    }
+    Ok(ServiceEndpoint {
+        spec: Some(shoal_api::models::EndpointSpec {
+            mode: Some(if dnsrr {
+                EndpointSpecModeEnum::DNSRR
+            } else {
+                EndpointSpecModeEnum::VIP
+            }),
+            ports: spec.endpoint_spec.as_ref().and_then(|e| e.ports.clone()),
+        }),
+        ports: if ports.is_empty() { None } else { Some(ports) },
+        virtual_ips: if vips.is_empty() { None } else { Some(vips) },
+    })
+}
+
+/// `POST /services/create`.
+pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> {
+    let m = d.manager().await?;
+    let mut spec: ServiceSpec = parse_body(&body)?;
+    validate::service_spec(&spec)?;
+    let _alloc = m.alloc.lock().await;
+    let state = ClusterState::load(&m.store);
+    resolve(&mut spec, &state, &m.store)?;
+    let sid = id::new_id();
+    if spec.name.as_deref().unwrap_or("").is_empty() {
+        spec.name = Some(format!("svc-{}", &sid[..10]));
+    }
+    let now = id::now();
+    let mut svc = StoredService::default();
+    svc.service.id = Some(sid.clone());
+    svc.service.created_at = Some(now.clone());
+    svc.service.updated_at = Some(now);
+    svc.service.spec = Some(spec);
+    svc.spec_version = 1;
+    let mut ipam = Ipam::from_state(&state);
+    svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
+    db::write(&m.store, vec![db::put(&svc, Expect::Absent)?]).await?;
+    tracing::info!(service = %svc.name(), id = %sid, "service created");
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"ID": sid, "Warnings": null}),
+    ))
+}
+
+/// `POST /services/{id}/update?version=N[&rollback=previous]`.
+pub async fn update(
+    State(d): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response> {
+    let m = d.manager().await?;
+    let version: u64 = super::version_param(&q)?;
+    let rollback = q.get("rollback").is_some_and(|r| r == "previous");
+    let mut spec: ServiceSpec = parse_body(&body)?;
+    let _alloc = m.alloc.lock().await;
+    let cur = find_service(&m.store, &key)?;
+    if cur.version != version {
+        return Err(ApiError::out_of_sequence().into());
+    }
+    let old = cur.obj.spec().clone();
+    if rollback {
+        spec = cur.obj.previous_spec.clone().ok_or_else(|| ApiError::invalid(format!("rpc error: code = FailedPrecondition desc = service {} does not have a previous spec", cur.obj.id())))?;
+    }
+    validate::service_spec(&spec)?;
+    let state = ClusterState::load(&m.store);
+    resolve(&mut spec, &state, &m.store)?;
+    if spec.name.as_deref().unwrap_or("").is_empty() {
+        spec.name = old.name.clone();
+    }
+    if spec.name != old.name {
+        return Err(ApiError::new(
+            501,
+            "rpc error: code = Unimplemented desc = renaming services is not supported",
+        )
+        .into());
+    }
+    let mode_kind = |m: Mode| std::mem::discriminant(&m);
+    if mode_kind(Mode::of(spec.mode.as_ref())) != mode_kind(Mode::of(old.mode.as_ref())) {
+        return Err(ApiError::invalid_arg("Mode: service mode change is not allowed").into());
+    }
+    let mut svc = cur.obj.clone();
+    let template_changed = serde_json::to_value(&spec.task_template).ok()
+        != serde_json::to_value(&old.task_template).ok()
+        || serde_json::to_value(&spec.endpoint_spec).ok()
+            != serde_json::to_value(&old.endpoint_spec).ok();
+    svc.previous_spec = Some(old);
+    svc.service.spec = Some(spec);
+    svc.service.updated_at = Some(id::now());
+    if template_changed {
+        svc.spec_version += 1;
+        svc.service.update_status = Some(ServiceUpdateStatus {
+            state: Some(if rollback {
+                ServiceUpdateStatusStateEnum::ROLLBACK_STARTED
+            } else {
+                ServiceUpdateStatusStateEnum::UPDATING
+            }),
+            started_at: Some(id::now()),
+            completed_at: None,
+            message: Some(if rollback {
+                "manually requested rollback".into()
+            } else {
+                "update in progress".into()
+            }),
+        });
+    }
+    let mut ipam = Ipam::from_state(&state);
+    svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
+    db::write(&m.store, vec![db::put(&svc, Expect::Version(version))?]).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
+}
+
+/// `GET /services/{id}`.
+pub async fn inspect(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
+    let m = d.manager().await?;
+    let s = find_service(&m.store, &key)?;
+    Ok(json(StatusCode::OK, &api_view(&s.obj)))
+}
+
+/// `DELETE /services/{id}`: the control loop then stops and forgets its tasks.
+pub async fn remove(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
+    let m = d.manager().await?;
+    let s = find_service(&m.store, &key)?;
+    db::write(
+        &m.store,
+        vec![db::delete::<StoredService>(s.obj.id(), Expect::Any)],
+    )
+    .await?;
+    tracing::info!(service = %s.obj.name(), "service removed");
+    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+}
+
+/// `GET /services?filters=&status=`.
+pub async fn list(
+    State(d): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let m = d.manager().await?;
+    let f = Filters::parse(&q, &["id", "name", "label", "mode", "runtime"])?;
+    let status = q.get("status").is_some_and(|v| v == "1" || v == "true");
+    let state = ClusterState::load(&m.store);
+    let mut services: Vec<&Versioned<StoredService>> = state
+        .services
+        .values()
+        .filter(|s| f.any("id", |x| s.obj.id().starts_with(x)))
+        .filter(|s| f.any("name", |x| s.obj.name().starts_with(x)))
+        .filter(|s| f.labels("label", s.obj.spec().labels.as_ref()))
+        .filter(|s| {
+            f.any("mode", |x| {
+                matches!(
+                    (x, s.obj.mode()),
+                    ("replicated", Mode::Replicated(_)) | ("global", Mode::Global)
+                )
+            })
+        })
+        .collect();
+    services.sort_by(|a, b| a.obj.name().cmp(b.obj.name()));
+    let out: Vec<serde_json::Value> = services
+        .into_iter()
+        .map(|s| {
+            let mut svc = s.obj.clone();
+            if status {
+                svc.service.service_status = Some(service_status(&svc, &state));
+            }
+            api_view(&svc)
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &out))
+}
+
+fn service_status(svc: &StoredService, state: &ClusterState) -> ServiceServiceStatus {
+    let tasks = state
+        .tasks
+        .iter()
+        .filter(|t| t.obj.service_id() == svc.id());
+    let running = tasks
+        .clone()
+        .filter(|t| t.obj.desired() == TaskState::RUNNING && t.obj.state() == TaskState::RUNNING)
+        .count() as u64;
+    let desired = match svc.mode() {
+        Mode::Replicated(n) => n,
+        Mode::Global => state
+            .nodes
+            .iter()
+            .filter(|n| node_schedulable(&n.obj) && crate::scheduler::constraints_met(svc, &n.obj))
+            .count() as u64,
+        _ => 0,
+    };
+    let completed = tasks
+        .filter(|t| t.obj.state() == TaskState::COMPLETE)
+        .count() as u64;
+    ServiceServiceStatus {
+        running_tasks: Some(running),
+        desired_tasks: Some(desired),
+        completed_tasks: Some(completed),
+    }
+}
+
+/// `GET /tasks?filters=`.
+pub async fn list_tasks(
+    State(d): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let m = d.manager().await?;
+    let f = Filters::parse(
+        &q,
+        &[
+            "desired-state",
+            "id",
+            "label",
+            "name",
+            "node",
+            "service",
+            "_up-to-date",
+            "runtime",
+        ],
+    )?;
+    let state = ClusterState::load(&m.store);
+    let service_ids: Vec<String> = f
+        .get("service")
+        .iter()
+        .filter_map(|k| db::lookup::<StoredService>(&m.store, k).map(|s| s.obj.id().to_string()))
+        .collect();
+    if !f.get("service").is_empty() && service_ids.is_empty() {
+        return Ok(json(StatusCode::OK, &Vec::<()>::new()));
+    }
+    let node_ids: Vec<String> = f
+        .get("node")
+        .iter()
+        .map(|k| {
+            if k == "self" {
+                return m.identity.node_id.clone();
+            }
+            db::lookup::<Node>(&m.store, k)
+                .map(|n| n.obj.id.unwrap_or_default())
+                .or_else(|| {
+                    state
+                        .nodes
+                        .iter()
+                        .find(|n| {
+                            n.obj
+                                .description
+                                .as_ref()
+                                .and_then(|d| d.hostname.as_deref())
+                                == Some(k.as_str())
+                        })
+                        .and_then(|n| n.obj.id.clone())
+                })
+                .unwrap_or_else(|| k.clone())
+        })
+        .collect();
+    let up_to_date = f.get("_up-to-date").iter().any(|v| v == "true" || v == "1");
+    let mut tasks: Vec<&StoredTask> = state
+        .tasks
+        .iter()
+        .map(|t| &t.obj)
+        .filter(|t| service_ids.is_empty() || service_ids.iter().any(|s| s == t.service_id()))
+        .filter(|t| node_ids.is_empty() || node_ids.iter().any(|n| Some(n.as_str()) == t.node_id()))
+        .filter(|t| f.any("id", |x| t.id().starts_with(x)))
+        .filter(|t| {
+            f.any("desired-state", |x| match x {
+                "running" => t.desired() == TaskState::RUNNING,
+                "shutdown" => {
+                    t.desired() != TaskState::RUNNING && t.desired() != TaskState::ACCEPTED
+                }
+                "accepted" => t.desired() == TaskState::ACCEPTED,
+                _ => false,
+            })
+        })
+        .filter(|t| {
+            let svc = state.services.get(t.service_id());
+            f.labels("label", svc.and_then(|s| s.obj.spec().labels.as_ref()))
+        })
+        .filter(|t| {
+            f.any("name", |x| {
+                let svc_name = state
+                    .services
+                    .get(t.service_id())
+                    .map(|s| s.obj.name().to_string())
+                    .unwrap_or_default();
+                task_name(&svc_name, t).starts_with(x)
+            })
+        })
+        .filter(|t| {
+            !up_to_date
+                || state
+                    .services
+                    .get(t.service_id())
+                    .is_some_and(|s| t.spec_version >= s.obj.spec_version)
+        })
+        .collect();
+    tasks.sort_by(|a, b| a.task.created_at.cmp(&b.task.created_at));
+    let out: Vec<serde_json::Value> = tasks.into_iter().map(api_view).collect();
+    Ok(json(StatusCode::OK, &out))
+}
+
+/// A task's display name, as the CLI and container names use it.
+pub fn task_name(service: &str, t: &StoredTask) -> String {
+    if t.slot() > 0 {
+        format!("{service}.{}", t.slot())
+    } else {
+        format!("{service}.{}", t.node_id().unwrap_or_default())
+    }
+}
+
+/// `GET /tasks/{id}`.
+pub async fn inspect_task(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
+    let m = d.manager().await?;
+    let t = db::lookup::<StoredTask>(&m.store, &key)
+        .ok_or_else(|| ApiError::not_found(format!("task {key} not found")))?;
+    Ok(json(StatusCode::OK, &api_view(&t.obj)))
+}

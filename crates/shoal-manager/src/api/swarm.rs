@@ -1,0 +1,446 @@
+//! `docker swarm init / inspect / update / leave`: the cluster object's life.
+
+use super::{json, parse_body, AppState, Result};
+use crate::cluster::{Identity, Manager};
+use crate::db;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use shoal_api::models::{
+    EngineDescription, Ipam, IpamConfig, JoinTokens, ManagerStatus, Network, Node, NodeDescription,
+    NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, NodeStatus, Platform,
+    Reachability, ResourceObject, Swarm, SwarmInitRequest, SwarmSpec, SwarmSpecCaConfig,
+    SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration, SwarmSpecRaft,
+    SwarmSpecTaskDefaults, TlsInfo,
+};
+use shoal_api::objects::version;
+use shoal_api::{id, ApiError};
+use shoal_pki::{digest_of, ClusterCa, JoinToken};
+use shoal_store::Expect;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A fresh join token for the CA with this digest, in Swarm's format.
+fn join_token(ca_digest: [u8; 32]) -> String {
+    JoinToken::generate(ca_digest).to_string()
+}
+
+fn default_spec() -> SwarmSpec {
+    SwarmSpec {
+        name: Some("default".into()),
+        labels: Some(HashMap::new()),
+        orchestration: Some(SwarmSpecOrchestration {
+            task_history_retention_limit: Some(5),
+        }),
+        raft: Some(SwarmSpecRaft {
+            snapshot_interval: Some(10000),
+            keep_old_snapshots: Some(0),
+            log_entries_for_slow_followers: Some(500),
+            election_tick: Some(10),
+            heartbeat_tick: Some(1),
+        }),
+        dispatcher: Some(SwarmSpecDispatcher {
+            heartbeat_period: Some(5_000_000_000),
+        }),
+        ca_config: Some(SwarmSpecCaConfig {
+            node_cert_expiry: Some(7_776_000_000_000_000),
+            ..Default::default()
+        }),
+        encryption_config: Some(SwarmSpecEncryptionConfig {
+            auto_lock_managers: Some(false),
+        }),
+        task_defaults: Some(SwarmSpecTaskDefaults::default()),
+    }
+}
+
+/// The address this node advertises: the one asked for, else the host's outward address.
+fn advertise_addr(req: &SwarmInitRequest) -> std::result::Result<String, ApiError> {
+    let raw = req
+        .advertise_addr
+        .clone()
+        .filter(|a| !a.is_empty())
+        .or_else(|| {
+            req.listen_addr
+                .clone()
+                .filter(|a| !a.is_empty() && !a.starts_with("0.0.0.0"))
+        })
+        .unwrap_or_default();
+    let (host, port) = match raw.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => (
+            h.to_string(),
+            p.parse::<u16>().map_err(|_| {
+                ApiError::invalid(format!("AdvertiseAddr: invalid port in {raw:?}"))
+            })?,
+        ),
+        _ => (raw.clone(), 2377),
+    };
+    let host = if host.is_empty() {
+        local_ipv4().unwrap_or_else(|| "127.0.0.1".to_string())
+    } else if host.parse::<std::net::IpAddr>().is_ok() {
+        host
+    } else {
+        return Err(ApiError::invalid(format!(
+            "AdvertiseAddr: {host:?} is not an IP address (interface names are not supported yet)"
+        )));
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+/// The IPv4 address of the interface holding the default route, as Docker picks it; read from
+/// the kernel and `ip`, no traffic sent.
+fn local_ipv4() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let iface = routes
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[1] == "00000000")
+        .map(|f| f[0].to_string())?;
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &iface])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+}
+
+/// `POST /swarm/init`.
+pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
+    let req: SwarmInitRequest = parse_body(&body)?;
+    let _lock = d.lifecycle.lock().await;
+    if d.manager.read().await.is_some() {
+        return Err(ApiError::unavailable("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.").into());
+    }
+    if req
+        .default_addr_pool
+        .as_ref()
+        .is_some_and(|p| !p.is_empty() && p != &["10.0.0.0/8".to_string()])
+        || req.subnet_size.is_some_and(|s| s != 0 && s != 24)
+    {
+        return Err(ApiError::invalid(
+            "DefaultAddrPool/SubnetSize: shoal allocates from 10.0.0.0/8 in /24s only, for now",
+        )
+        .into());
+    }
+    let addr = advertise_addr(&req)?;
+    let identity = Identity {
+        node_id: id::new_id(),
+        addr: addr.clone(),
+    };
+    identity.save(&d.data_dir).map_err(|e| {
+        ApiError::internal(format!(
+            "saving node identity in {}: {e}",
+            d.data_dir.display()
+        ))
+    })?;
+    let manager = Manager::start(&d.data_dir, identity.clone(), d.agent.as_ref())
+        .await
+        .map_err(ApiError::internal)?;
+    let now = id::now();
+    let mut spec = default_spec();
+    if let Some(s) = req.spec.clone() {
+        merge_spec(&mut spec, s);
+    }
+    let ca = ClusterCa::generate()
+        .map_err(|e| ApiError::internal(format!("creating the cluster CA: {e}")))?;
+    ca.save(&d.data_dir.join("ca"))
+        .map_err(|e| ApiError::internal(format!("saving the cluster CA: {e}")))?;
+    let ca_digest = ca.digest();
+    let cluster = Swarm {
+        id: Some(id::new_id()),
+        version: None,
+        created_at: Some(now.clone()),
+        updated_at: Some(now.clone()),
+        spec: Some(spec),
+        tls_info: Some(TlsInfo {
+            trust_root: Some(ca.cert_pem().to_string()),
+            cert_issuer_subject: None,
+            cert_issuer_public_key: None,
+        }),
+        root_rotation_in_progress: Some(false),
+        data_path_port: Some(req.data_path_port.filter(|p| *p != 0).unwrap_or(4789)),
+        default_addr_pool: Some(vec!["10.0.0.0/8".into()]),
+        subnet_size: Some(24),
+        join_tokens: Some(JoinTokens {
+            worker: Some(join_token(ca_digest)),
+            manager: Some(join_token(ca_digest)),
+        }),
+    };
+    let node = local_node(&d, &identity, &now).await;
+    let ingress = Network {
+        name: Some("ingress".into()),
+        id: Some(id::new_id()),
+        created: Some(now.clone()),
+        scope: Some("swarm".into()),
+        driver: Some("overlay".into()),
+        enable_ipv4: Some(true),
+        enable_ipv6: Some(false),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![IpamConfig {
+                subnet: Some("10.0.0.0/24".into()),
+                gateway: Some("10.0.0.1".into()),
+                ..Default::default()
+            }]),
+            options: None,
+        }),
+        internal: Some(false),
+        attachable: Some(false),
+        ingress: Some(true),
+        options: Some(HashMap::from([(
+            "com.docker.network.driver.overlay.vxlanid_list".to_string(),
+            "4096".to_string(),
+        )])),
+        labels: Some(HashMap::new()),
+        ..Default::default()
+    };
+    let ops = vec![
+        db::put(&cluster, Expect::Absent)?,
+        db::put(&node, Expect::Absent)?,
+        db::put(&ingress, Expect::Absent)?,
+    ];
+    if let Err(e) = db::write(&manager.store, ops).await {
+        manager.shutdown().await;
+        d.agent.stop(true).await;
+        return Err(e.into());
+    }
+    *d.manager.write().await = Some(Arc::new(manager));
+    tracing::info!(node = %identity.node_id, addr = %addr, "swarm initialized");
+    Ok(json(StatusCode::OK, &identity.node_id))
+}
+
+/// The node object describing this machine.
+async fn local_node(d: &AppState, identity: &Identity, now: &str) -> Node {
+    let info = super::system::engine_json(d, axum::http::Method::GET, "/info", None)
+        .await
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    let hostname = info["Name"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        });
+    let arch = info["Architecture"]
+        .as_str()
+        .unwrap_or(std::env::consts::ARCH)
+        .to_string();
+    let labels: HashMap<String, String> = info["Labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            l.as_str()?
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    Node {
+        id: Some(identity.node_id.clone()),
+        version: None,
+        created_at: Some(now.to_string()),
+        updated_at: Some(now.to_string()),
+        spec: Some(NodeSpec {
+            name: None,
+            labels: Some(HashMap::new()),
+            role: Some(NodeSpecRoleEnum::MANAGER),
+            availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+        }),
+        description: Some(NodeDescription {
+            hostname: Some(hostname),
+            platform: Some(Platform {
+                architecture: Some(arch),
+                os: Some("linux".into()),
+            }),
+            resources: Some(ResourceObject {
+                nano_cpus: info["NCPU"].as_i64().map(|n| n * 1_000_000_000),
+                memory_bytes: info["MemTotal"].as_i64(),
+                generic_resources: None,
+            }),
+            engine: Some(EngineDescription {
+                engine_version: info["ServerVersion"].as_str().map(str::to_string),
+                labels: Some(labels),
+                plugins: None,
+            }),
+            tls_info: None,
+        }),
+        status: Some(NodeStatus {
+            state: Some(NodeState::READY),
+            message: None,
+            addr: Some(
+                identity
+                    .addr
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        }),
+        manager_status: Some(ManagerStatus {
+            leader: Some(true),
+            reachability: Some(Reachability::REACHABLE),
+            addr: Some(identity.addr.clone()),
+        }),
+    }
+}
+
+fn merge_spec(into: &mut SwarmSpec, from: SwarmSpec) {
+    if from.name.as_deref().is_some_and(|n| !n.is_empty()) {
+        into.name = from.name;
+    }
+    if from.labels.is_some() {
+        into.labels = from.labels;
+    }
+    if let Some(o) = from
+        .orchestration
+        .and_then(|o| o.task_history_retention_limit)
+    {
+        into.orchestration = Some(SwarmSpecOrchestration {
+            task_history_retention_limit: Some(o),
+        });
+    }
+    if let Some(p) = from
+        .dispatcher
+        .and_then(|x| x.heartbeat_period)
+        .filter(|p| *p > 0)
+    {
+        into.dispatcher = Some(SwarmSpecDispatcher {
+            heartbeat_period: Some(p),
+        });
+    }
+    if let Some(ca) = from.ca_config {
+        if ca.node_cert_expiry.is_some_and(|e| e > 0) {
+            into.ca_config = Some(ca);
+        }
+    }
+    if let Some(r) = from.raft {
+        if r.snapshot_interval.is_some() {
+            into.raft = Some(r);
+        }
+    }
+    if from.task_defaults.is_some() {
+        into.task_defaults = from.task_defaults;
+    }
+}
+
+/// `GET /swarm`.
+pub async fn inspect(State(d): State<AppState>) -> Result<Response> {
+    let m = d.manager().await?;
+    let c = db::list::<Swarm>(&m.store)
+        .into_iter()
+        .next()
+        .ok_or_else(ApiError::not_a_manager)?;
+    Ok(json(StatusCode::OK, &c.obj))
+}
+
+/// `POST /swarm/update?version=N&rotateWorkerToken=&rotateManagerToken=`.
+pub async fn update(
+    State(d): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response> {
+    let m = d.manager().await?;
+    let spec: SwarmSpec = parse_body(&body)?;
+    let v: u64 = super::version_param(&q)?;
+    let mut c = db::list::<Swarm>(&m.store)
+        .into_iter()
+        .next()
+        .ok_or_else(ApiError::not_a_manager)?;
+    if c.version != v {
+        return Err(ApiError::out_of_sequence().into());
+    }
+    if spec
+        .orchestration
+        .as_ref()
+        .and_then(|o| o.task_history_retention_limit)
+        .is_some_and(|l| l < 0)
+    {
+        return Err(ApiError::invalid_arg(
+            "Orchestration.TaskHistoryRetentionLimit: must not be negative",
+        )
+        .into());
+    }
+    let mut merged = c.obj.spec.clone().unwrap_or_else(default_spec);
+    merge_spec(&mut merged, spec);
+    c.obj.spec = Some(merged);
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
+    let trust_root = c
+        .obj
+        .tls_info
+        .as_ref()
+        .and_then(|t| t.trust_root.clone())
+        .unwrap_or_default();
+    let digest = digest_of(&trust_root);
+    if let Some(t) = c.obj.join_tokens.as_mut() {
+        if flag("rotateWorkerToken") {
+            t.worker = Some(join_token(digest));
+        }
+        if flag("rotateManagerToken") {
+            t.manager = Some(join_token(digest));
+        }
+    }
+    c.obj.updated_at = Some(id::now());
+    c.obj.version = version(v);
+    db::write(&m.store, vec![db::put(&c.obj, Expect::Version(v))?]).await?;
+    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+}
+
+/// `POST /swarm/leave?force=`.
+pub async fn leave(
+    State(d): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let _lock = d.lifecycle.lock().await;
+    let Some(m) = d.manager.read().await.clone() else {
+        return Err(ApiError::unavailable("This node is not part of a swarm").into());
+    };
+    let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
+    if !force {
+        return Err(ApiError::unavailable("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.").into());
+    }
+    *d.manager.write().await = None;
+    d.agent.stop(true).await;
+    m.shutdown().await;
+    for sub in ["raft", "node.json", "ca"] {
+        let p = d.data_dir.join(sub);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        if let Err(e) = r {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %p.display(), error = %e, "removing swarm state");
+            }
+        }
+    }
+    tracing::info!("left the swarm");
+    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+}
+
+/// `POST /swarm/join`: joining other nodes arrives with multi-node support.
+pub async fn join(State(d): State<AppState>) -> Result<Response> {
+    if d.manager.read().await.is_some() {
+        return Err(ApiError::unavailable("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.").into());
+    }
+    Err(ApiError::new(501, "shoal cannot join an existing swarm yet: multi-node clusters are not implemented in this version").into())
+}
+
+/// `GET /swarm/unlockkey`: autolock is not offered, so there is no key.
+pub async fn unlock_key(State(d): State<AppState>) -> Result<Response> {
+    d.manager().await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({"UnlockKey": ""})))
+}
+
+/// `POST /swarm/unlock`.
+pub async fn unlock() -> Result<Response> {
+    Err(ApiError::conflict("swarm is not locked").into())
+}

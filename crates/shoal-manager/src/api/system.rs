@@ -1,0 +1,162 @@
+//! `/_ping`, `/version`, `/info`: what the CLI reads to negotiate and to see an active manager.
+
+use super::{json, AppState, Error, Result, API_VERSION, MIN_API_VERSION};
+use crate::db;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use shoal_api::models::{
+    ClusterInfo, LocalNodeState, Node, NodeSpecRoleEnum, PeerNode, Swarm, SwarmInfo,
+};
+use shoal_api::ApiError;
+
+/// Calls the local engine and decodes its JSON answer.
+pub async fn engine_json(
+    d: &AppState,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> std::result::Result<(StatusCode, serde_json::Value), ApiError> {
+    let uri = format!("/v{}{}", d.engine.engine_api_version(), path);
+    let mut b = axum::http::Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let req = b
+        .body(Body::from(body.unwrap_or_default()))
+        .map_err(|e| ApiError::internal(format!("building engine request: {e}")))?;
+    let resp = d.engine.forward(req).await;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::internal(format!("reading engine answer for {path}: {e}")))?
+        .to_bytes();
+    let v = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::internal(format!("engine answer for {path} is not JSON: {e}")))?
+    };
+    Ok((status, v))
+}
+
+/// `GET|HEAD /_ping`: the CLI negotiates its version and reads the swarm state from the headers.
+pub async fn ping(State(d): State<AppState>) -> Response {
+    let swarm = if d.manager.read().await.is_some() {
+        "active/manager"
+    } else {
+        "inactive"
+    };
+    (
+        StatusCode::OK,
+        [
+            ("api-version", API_VERSION),
+            ("ostype", "linux"),
+            ("docker-experimental", "false"),
+            ("builder-version", "1"),
+            ("swarm", swarm),
+            ("cache-control", "no-cache, no-store, must-revalidate"),
+            ("pragma", "no-cache"),
+            ("content-type", "text/plain; charset=utf-8"),
+        ],
+        "OK",
+    )
+        .into_response()
+}
+
+/// `GET /version`: the engine's version, with shoal's API range and itself as a component.
+pub async fn version(State(d): State<AppState>) -> Result<Response> {
+    let (_, mut v) = engine_json(&d, Method::GET, "/version", None).await?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("ApiVersion".into(), API_VERSION.into());
+        o.insert("MinAPIVersion".into(), MIN_API_VERSION.into());
+        let comp = serde_json::json!({"Name": "shoal", "Version": env!("CARGO_PKG_VERSION"), "Details": {"ApiVersion": API_VERSION}});
+        match o.get_mut("Components").and_then(|c| c.as_array_mut()) {
+            Some(a) => a.push(comp),
+            None => {
+                o.insert("Components".into(), serde_json::json!([comp]));
+            }
+        }
+    }
+    Ok(json(StatusCode::OK, &v))
+}
+
+/// The `Swarm` section of `/info`.
+pub async fn swarm_info(d: &AppState) -> SwarmInfo {
+    let Some(m) = d.manager.read().await.clone() else {
+        return SwarmInfo {
+            node_id: Some(String::new()),
+            node_addr: Some(String::new()),
+            local_node_state: Some(LocalNodeState::INACTIVE),
+            control_available: Some(false),
+            error: Some(String::new()),
+            remote_managers: None,
+            ..Default::default()
+        };
+    };
+    let nodes = db::list::<Node>(&m.store);
+    let managers = nodes
+        .iter()
+        .filter(|n| n.obj.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER))
+        .count();
+    let cluster = db::list::<Swarm>(&m.store)
+        .into_iter()
+        .next()
+        .map(|c| ClusterInfo {
+            id: c.obj.id,
+            version: c.obj.version,
+            created_at: c.obj.created_at,
+            updated_at: c.obj.updated_at,
+            spec: c.obj.spec,
+            tls_info: c.obj.tls_info,
+            root_rotation_in_progress: c.obj.root_rotation_in_progress,
+            data_path_port: c.obj.data_path_port,
+            default_addr_pool: c.obj.default_addr_pool,
+            subnet_size: c.obj.subnet_size,
+        });
+    let host = m
+        .identity
+        .addr
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    SwarmInfo {
+        node_id: Some(m.identity.node_id.clone()),
+        node_addr: Some(host),
+        local_node_state: Some(LocalNodeState::ACTIVE),
+        control_available: Some(true),
+        error: Some(String::new()),
+        remote_managers: Some(vec![PeerNode {
+            node_id: Some(m.identity.node_id.clone()),
+            addr: Some(m.identity.addr.clone()),
+        }]),
+        nodes: Some(nodes.len() as i64),
+        managers: Some(managers as i64),
+        cluster,
+    }
+}
+
+/// `GET /info`: the engine's info with shoal's swarm state.
+pub async fn info(State(d): State<AppState>) -> Result<Response> {
+    let (_, mut v) = engine_json(&d, Method::GET, "/info", None).await?;
+    let swarm = serde_json::to_value(swarm_info(&d).await)
+        .map_err(|e| Error(ApiError::internal(format!("encoding swarm info: {e}"))))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("Swarm".into(), swarm);
+    }
+    Ok(json(StatusCode::OK, &v))
+}
+
+/// `GET /distribution/{name}/json`: shoal has no registry access of its own; the CLI then records
+/// the tag without a digest (and says so), and every node uses the image it has.
+pub async fn distribution() -> Error {
+    Error(ApiError::new(
+        403,
+        "shoal does not query registries for image digests; nodes use their local image",
+    ))
+}

@@ -1,0 +1,196 @@
+//! Typed access to the store: Docker objects in, Docker objects out, with `Version.Index` taken
+//! from the store so it is always the version a write must quote.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shoal_api::kind;
+use shoal_api::models::{Config, Network, Node, Secret, Swarm};
+use shoal_api::objects::{version, StoredService, StoredTask};
+use shoal_api::ApiError;
+use shoal_store::{Expect, Object, Op, Store, StoreError};
+
+/// An object read from the store together with the version a write must quote.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    /// The object.
+    pub obj: T,
+    /// Store version (Docker's `Version.Index`).
+    pub version: u64,
+}
+
+/// Objects shoal stores, and how each one's ID, name and version are reached.
+pub trait Stored: Serialize + DeserializeOwned + Clone {
+    /// Store kind.
+    const KIND: &'static str;
+    /// Object ID.
+    fn id(&self) -> String;
+    /// Unique name within the kind, if the kind has one.
+    fn name(&self) -> Option<String>;
+    /// Writes the store version into the object's `Version` field.
+    fn set_version(&mut self, v: u64);
+}
+
+macro_rules! stored {
+    ($t:ty, $kind:expr, |$s:ident| $id:expr, |$n:ident| $name:expr, |$o:ident, $v:ident| $set:expr) => {
+        impl Stored for $t {
+            const KIND: &'static str = $kind;
+            fn id(&self) -> String {
+                let $s = self;
+                $id
+            }
+            fn name(&self) -> Option<String> {
+                let $n = self;
+                $name
+            }
+            fn set_version(&mut self, $v: u64) {
+                let $o = self;
+                $set
+            }
+        }
+    };
+}
+
+stored!(
+    StoredService,
+    kind::SERVICE,
+    |s| s.id().to_string(),
+    |s| Some(s.name().to_string()),
+    |o, v| o.service.version = version(v)
+);
+stored!(
+    StoredTask,
+    kind::TASK,
+    |s| s.id().to_string(),
+    |_s| None,
+    |o, v| o.task.version = version(v)
+);
+stored!(
+    Node,
+    kind::NODE,
+    |s| s.id.clone().unwrap_or_default(),
+    |_s| None,
+    |o, v| o.version = version(v)
+);
+stored!(
+    Swarm,
+    kind::CLUSTER,
+    |s| s.id.clone().unwrap_or_default(),
+    |_s| None,
+    |o, v| o.version = version(v)
+);
+stored!(
+    Secret,
+    kind::SECRET,
+    |s| s.id.clone().unwrap_or_default(),
+    |s| s.spec.as_ref().and_then(|x| x.name.clone()),
+    |o, v| o.version = version(v)
+);
+stored!(
+    Config,
+    kind::CONFIG,
+    |s| s.id.clone().unwrap_or_default(),
+    |s| s.spec.as_ref().and_then(|x| x.name.clone()),
+    |o, v| o.version = version(v)
+);
+stored!(
+    Network,
+    kind::NETWORK,
+    |s| s.id.clone().unwrap_or_default(),
+    |s| s.name.clone(),
+    |_o, _v| {}
+);
+
+fn decode<T: Stored>(o: &Object) -> Option<Versioned<T>> {
+    match serde_json::from_slice::<T>(&o.data) {
+        Ok(mut obj) => {
+            obj.set_version(o.version);
+            Some(Versioned {
+                obj,
+                version: o.version,
+            })
+        }
+        Err(e) => {
+            tracing::error!(kind = %o.kind, id = %o.id, error = %e, "stored object does not decode; skipped");
+            None
+        }
+    }
+}
+
+/// Reads one object by exact ID.
+pub fn get<T: Stored>(store: &Store, id: &str) -> Option<Versioned<T>> {
+    store.get(T::KIND, id).as_ref().and_then(decode)
+}
+
+/// Reads every object of a kind.
+pub fn list<T: Stored>(store: &Store) -> Vec<Versioned<T>> {
+    store.list(T::KIND).iter().filter_map(decode).collect()
+}
+
+/// Finds an object the way the Docker CLI expects: exact ID, then exact name, then unique ID prefix.
+pub fn lookup<T: Stored>(store: &Store, key: &str) -> Option<Versioned<T>> {
+    if key.is_empty() {
+        return None;
+    }
+    if let Some(o) = get::<T>(store, key) {
+        return Some(o);
+    }
+    if let Some(o) = store.find_by_name(T::KIND, key) {
+        return decode(&o);
+    }
+    let mut hits = store
+        .list(T::KIND)
+        .into_iter()
+        .filter(|o| o.id.starts_with(key));
+    match (hits.next(), hits.next()) {
+        (Some(o), None) => decode(&o),
+        _ => None,
+    }
+}
+
+/// A write that replaces an object, refused if someone else changed it since `expect`.
+pub fn put<T: Stored>(obj: &T, expect: Expect) -> Result<Op, ApiError> {
+    let data = serde_json::to_vec(obj)
+        .map_err(|e| ApiError::internal(format!("encoding {} {}: {e}", T::KIND, obj.id())))?;
+    Ok(Op::Put {
+        kind: T::KIND.to_string(),
+        id: obj.id(),
+        name: obj.name(),
+        expect,
+        data,
+    })
+}
+
+/// A write that deletes an object.
+pub fn delete<T: Stored>(id: &str, expect: Expect) -> Op {
+    Op::Delete {
+        kind: T::KIND.to_string(),
+        id: id.to_string(),
+        expect,
+    }
+}
+
+/// Maps store refusals to the errors Docker gives for the same situations.
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict { .. } => ApiError::out_of_sequence(),
+        StoreError::NotFound { kind, id } => ApiError::not_found(format!("{kind} {id} not found")),
+        StoreError::AlreadyExists { kind, id } => ApiError::conflict(format!(
+            "rpc error: code = AlreadyExists desc = {kind} {id} already exists"
+        )),
+        StoreError::NameConflict { kind, name } => ApiError::conflict(format!(
+            "rpc error: code = AlreadyExists desc = name conflicts with an existing object: {kind} {name} already exists"
+        )),
+        StoreError::NotLeader { .. } => ApiError::unavailable(
+            "rpc error: code = Unavailable desc = this manager is not the raft leader; retry",
+        ),
+        other => ApiError::internal(format!("store: {other}")),
+    }
+}
+
+/// Writes a batch, mapping refusals to Docker's errors.
+pub async fn write(store: &Store, ops: Vec<Op>) -> Result<u64, ApiError> {
+    if ops.is_empty() {
+        return Ok(store.last_applied());
+    }
+    store.write(ops).await.map_err(store_error)
+}

@@ -1,0 +1,13 @@
+//! The manager: the Docker-compatible API, the control loops (orchestrator, allocator, scheduler)
+//! and the dispatcher that feeds agents. Only the raft leader runs the loops.
+
+pub mod allocator;
+pub mod api;
+pub mod cluster;
+pub mod control;
+pub mod db;
+pub mod dispatcher;
+pub mod orchestrator;
+pub mod proxy;
+pub mod scheduler;
+pub mod state;

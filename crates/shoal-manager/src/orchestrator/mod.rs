@@ -1,0 +1,108 @@
+//! Decides which tasks should exist: one per replica slot (replicated), one per node (global),
+//! replacements for failed ones (restart policy), updated ones for a changed spec, and which old
+//! ones to forget (history retention). Pure functions of a [`ClusterState`]; the control loop
+//! writes what they return.
+
+pub mod global;
+pub mod reaper;
+pub mod replicated;
+pub mod restart;
+
+use crate::state::ClusterState;
+use shoal_api::id;
+use shoal_api::models::{Task, TaskState, TaskStatus};
+use shoal_api::objects::{NetworkAttachment, StoredService, StoredTask};
+use std::collections::HashMap;
+
+/// What one pass wants written: changed tasks (by ID), new tasks, tasks to delete, and wake-up time.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Existing tasks to rewrite, keyed by ID, with the version they were read at.
+    pub updated: HashMap<String, (StoredTask, u64)>,
+    /// Tasks to create.
+    pub created: Vec<StoredTask>,
+    /// Tasks to delete (ID, version read).
+    pub deleted: Vec<(String, u64)>,
+    /// Earliest instant a pass must run again even if nothing changes (a restart delay ending).
+    pub wake_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Plan {
+    /// Records that a task's desired state must change.
+    pub fn set_desired(&mut self, t: &StoredTask, version: u64, desired: TaskState) {
+        let entry = self
+            .updated
+            .entry(t.id().to_string())
+            .or_insert_with(|| (t.clone(), version));
+        entry.0.task.desired_state = Some(desired);
+        entry.0.task.updated_at = Some(id::now());
+    }
+
+    /// Asks for another pass no later than `at`.
+    pub fn wake(&mut self, at: chrono::DateTime<chrono::Utc>) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// A new task for a service, before allocation and scheduling.
+pub fn new_task(
+    svc: &StoredService,
+    slot: u64,
+    node: Option<&str>,
+    attachments: Vec<NetworkAttachment>,
+) -> StoredTask {
+    let now = id::now();
+    StoredTask {
+        task: Task {
+            id: Some(id::new_id()),
+            created_at: Some(now.clone()),
+            updated_at: Some(now.clone()),
+            spec: svc.spec().task_template.clone(),
+            service_id: Some(svc.id().to_string()),
+            slot: if slot > 0 { Some(slot as i64) } else { None },
+            node_id: node.map(str::to_string),
+            status: Some(TaskStatus {
+                timestamp: Some(now),
+                state: Some(TaskState::NEW),
+                message: Some("created".into()),
+                ..Default::default()
+            }),
+            desired_state: Some(TaskState::RUNNING),
+            ..Default::default()
+        },
+        networks_attachments: attachments,
+        spec_version: svc.spec_version,
+        service_name: svc.name().to_string(),
+    }
+}
+
+/// Runs every orchestration concern over the snapshot.
+pub fn plan(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Plan {
+    let mut plan = Plan::default();
+    let mut by_service: HashMap<&str, Vec<(&StoredTask, u64)>> = HashMap::new();
+    for t in &state.tasks {
+        by_service
+            .entry(t.obj.service_id())
+            .or_default()
+            .push((&t.obj, t.version));
+    }
+    for svc in state.services.values() {
+        let tasks = by_service.remove(svc.obj.id()).unwrap_or_default();
+        match svc.obj.mode() {
+            shoal_api::objects::Mode::Replicated(n) => {
+                replicated::reconcile(&svc.obj, n, &tasks, now, &mut plan)
+            }
+            shoal_api::objects::Mode::Global => {
+                global::reconcile(&svc.obj, state, &tasks, now, &mut plan)
+            }
+            // Jobs arrive with the jobs issue; until then they are refused at the API.
+            _ => {}
+        }
+    }
+    // Tasks whose service is gone.
+    for tasks in by_service.values() {
+        reaper::orphans(tasks, &mut plan);
+    }
+    reaper::history(state, &mut plan);
+    plan
+}

@@ -1,0 +1,208 @@
+//! Forgets tasks: those of removed services once stopped, and old ones past the history limit.
+
+use super::Plan;
+use crate::state::ClusterState;
+use shoal_api::models::TaskState;
+use shoal_api::objects::{is_terminal, state_rank, StoredTask};
+use std::collections::HashMap;
+
+/// Tasks whose service is gone: ask them to be removed, delete them once stopped.
+pub fn orphans(tasks: &[(&StoredTask, u64)], plan: &mut Plan) {
+    for (t, v) in tasks {
+        let stopped = is_terminal(t.state())
+            || t.node_id().is_none()
+            || state_rank(t.state()) < state_rank(TaskState::ASSIGNED);
+        if stopped {
+            plan.deleted.push((t.id().to_string(), *v));
+        } else if t.desired() != TaskState::REMOVE {
+            plan.set_desired(t, *v, TaskState::REMOVE);
+        }
+    }
+}
+
+/// A slot of a service: (service, slot, node for global services).
+type SlotKey<'a> = (&'a str, u64, &'a str);
+
+/// Keeps at most the history limit of tasks per slot (or per node for global services).
+pub fn history(state: &ClusterState, plan: &mut Plan) {
+    let limit = state.history_limit();
+    let mut groups: HashMap<SlotKey, Vec<(&StoredTask, u64)>> = HashMap::new();
+    for t in &state.tasks {
+        if !state.services.contains_key(t.obj.service_id()) {
+            continue;
+        }
+        let node = if t.obj.slot() == 0 {
+            t.obj.node_id().unwrap_or("")
+        } else {
+            ""
+        };
+        groups
+            .entry((t.obj.service_id(), t.obj.slot(), node))
+            .or_default()
+            .push((&t.obj, t.version));
+    }
+    for tasks in groups.values_mut() {
+        if tasks.len() <= limit {
+            continue;
+        }
+        // Old = no longer wanted and stopped; newest first by creation time.
+        let mut old: Vec<&(&StoredTask, u64)> = tasks
+            .iter()
+            .filter(|(t, _)| t.desired() != TaskState::RUNNING && is_terminal(t.state()))
+            .collect();
+        old.sort_by(|a, b| b.0.task.created_at.cmp(&a.0.task.created_at));
+        let keep_old = limit.saturating_sub(tasks.len() - old.len());
+        for (t, v) in old.into_iter().skip(keep_old) {
+            plan.deleted.push((t.id().to_string(), *v));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Versioned;
+    use shoal_api::models::{ServiceSpec, SwarmSpec, SwarmSpecOrchestration, TaskStatus};
+    use shoal_api::objects::StoredService;
+
+    fn task(
+        id: &str,
+        slot: u64,
+        desired: TaskState,
+        state: TaskState,
+        created: &str,
+    ) -> Versioned<StoredTask> {
+        let mut t = StoredTask::default();
+        t.task.id = Some(id.into());
+        t.task.service_id = Some("s".into());
+        t.task.slot = Some(slot as i64);
+        t.task.desired_state = Some(desired);
+        t.task.created_at = Some(created.into());
+        t.task.status = Some(TaskStatus {
+            state: Some(state),
+            ..Default::default()
+        });
+        Versioned { obj: t, version: 7 }
+    }
+
+    fn state(limit: Option<i64>, tasks: Vec<Versioned<StoredTask>>) -> ClusterState {
+        let mut svc = StoredService::default();
+        svc.service.id = Some("s".into());
+        svc.service.spec = Some(ServiceSpec::default());
+        let mut st = ClusterState {
+            tasks,
+            ..Default::default()
+        };
+        st.services.insert(
+            "s".into(),
+            Versioned {
+                obj: svc,
+                version: 1,
+            },
+        );
+        if let Some(l) = limit {
+            let cluster = shoal_api::models::Swarm {
+                spec: Some(SwarmSpec {
+                    orchestration: Some(SwarmSpecOrchestration {
+                        task_history_retention_limit: Some(l),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            st.cluster = Some(Versioned {
+                obj: cluster,
+                version: 1,
+            });
+        }
+        st
+    }
+
+    #[test]
+    fn keeps_the_newest_history_per_slot_within_the_limit() {
+        let mut tasks = vec![task(
+            "live",
+            1,
+            TaskState::RUNNING,
+            TaskState::RUNNING,
+            "2025-01-01T00:00:09Z",
+        )];
+        for i in 0..6 {
+            tasks.push(task(
+                &format!("old{i}"),
+                1,
+                TaskState::SHUTDOWN,
+                TaskState::FAILED,
+                &format!("2025-01-01T00:00:0{i}Z"),
+            ));
+        }
+        tasks.push(task(
+            "other-slot",
+            2,
+            TaskState::SHUTDOWN,
+            TaskState::FAILED,
+            "2025-01-01T00:00:00Z",
+        ));
+        let mut plan = Plan::default();
+        history(&state(Some(3), tasks), &mut plan);
+        let mut gone: Vec<&str> = plan.deleted.iter().map(|(id, _)| id.as_str()).collect();
+        gone.sort();
+        // Limit 3 per slot: the live task plus the two newest old ones stay.
+        assert_eq!(gone, vec!["old0", "old1", "old2", "old3"]);
+        assert!(
+            plan.deleted.iter().all(|(_, v)| *v == 7),
+            "deletes quote the version read"
+        );
+    }
+
+    #[test]
+    fn default_limit_is_five_and_stopping_tasks_are_kept() {
+        let mut tasks = vec![task(
+            "stopping",
+            1,
+            TaskState::SHUTDOWN,
+            TaskState::RUNNING,
+            "2025-01-01T00:00:09Z",
+        )];
+        for i in 0..6 {
+            tasks.push(task(
+                &format!("old{i}"),
+                1,
+                TaskState::SHUTDOWN,
+                TaskState::COMPLETE,
+                &format!("2025-01-01T00:00:0{i}Z"),
+            ));
+        }
+        let mut plan = Plan::default();
+        history(&state(None, tasks), &mut plan);
+        let mut gone: Vec<&str> = plan.deleted.iter().map(|(id, _)| id.as_str()).collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            vec!["old0", "old1"],
+            "a task still stopping is never reaped"
+        );
+    }
+
+    #[test]
+    fn tasks_of_removed_services_are_stopped_then_deleted() {
+        let running = task("r", 1, TaskState::RUNNING, TaskState::RUNNING, "x");
+        let mut assigned = task("a", 2, TaskState::RUNNING, TaskState::RUNNING, "x");
+        assigned.obj.task.node_id = Some("n".into());
+        let mut done = task("d", 3, TaskState::REMOVE, TaskState::SHUTDOWN, "x");
+        done.obj.task.node_id = Some("n".into());
+        let mut plan = Plan::default();
+        let refs = vec![(&running.obj, 1), (&assigned.obj, 1), (&done.obj, 1)];
+        orphans(&refs, &mut plan);
+        assert_eq!(plan.updated["a"].0.desired(), TaskState::REMOVE);
+        let gone: Vec<&str> = plan.deleted.iter().map(|(id, _)| id.as_str()).collect();
+        assert!(
+            gone.contains(&"d"),
+            "a stopped task of a removed service is deleted"
+        );
+        assert!(
+            gone.contains(&"r"),
+            "a task never placed on a node is deleted at once"
+        );
+    }
+}

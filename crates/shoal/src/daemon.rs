@@ -1,0 +1,216 @@
+//! `shoal daemon`: serves the API on a unix socket, restarts the manager and agent of a node that
+//! was already in a swarm, and stops cleanly on SIGTERM (containers keep running and are adopted
+//! on the next start).
+
+use crate::DaemonArgs;
+use anyhow::Context;
+use futures::future::BoxFuture;
+use shoal_agent::executor::{DockerExecutor, PullPolicy};
+use shoal_agent::files::Files;
+use shoal_agent::network::{NetworkAgent, NetworkConfig};
+use shoal_agent::worker::{self, NetworkBackend, WorkerConfig};
+use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
+use shoal_manager::api::{self, Daemon};
+use shoal_manager::cluster::{AgentHost, Identity, Manager};
+use shoal_manager::proxy::EngineProxy;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The agent side of this node, started when the node joins a swarm.
+struct LocalAgent {
+    engine: PathBuf,
+    files_root: PathBuf,
+    pull: PullPolicy,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+    executor: Arc<DockerExecutor>,
+    files: Files,
+    network: Option<Arc<dyn NetworkBackend>>,
+}
+
+impl LocalAgent {
+    fn docker(&self) -> Result<bollard::Docker, String> {
+        let path = self.engine.display().to_string();
+        bollard::Docker::connect_with_unix(&path, 300, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| format!("connecting to the engine at {path}: {e}"))
+    }
+}
+
+impl AgentHost for LocalAgent {
+    fn start(
+        &self,
+        node_id: String,
+        assignments: watch::Receiver<NodeAssignments>,
+        reports: mpsc::Sender<Vec<TaskStatusReport>>,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let docker = self
+                .docker()?
+                .negotiate_version()
+                .await
+                .map_err(|e| format!("negotiating the engine API version: {e}"))?;
+            let executor = Arc::new(DockerExecutor::new(
+                docker.clone(),
+                node_id.clone(),
+                self.pull,
+            ));
+            let files = Files::new(self.files_root.join(&node_id[..node_id.len().min(12)]))
+                .map_err(|e| e.to_string())?;
+            let net = NetworkAgent::start(NetworkConfig {
+                node_id: node_id.clone(),
+                docker: docker.clone(),
+                plugin_dir: PathBuf::from("/run/docker/plugins"),
+                upstream_dns: upstream_dns(),
+            })
+            .await
+            .map_err(|e| format!("starting node networking: {e}"))?;
+            let network: Option<Arc<dyn NetworkBackend>> = Some(Arc::new(net));
+            let stop = CancellationToken::new();
+            let cfg = WorkerConfig {
+                node_id,
+                executor: executor.clone(),
+                files: files.clone(),
+                network: network.clone(),
+            };
+            let handle = tokio::spawn(worker::run(cfg, assignments, reports, stop.clone()));
+            if let Ok(mut g) = self.running.lock() {
+                *g = Some(Running {
+                    stop,
+                    handle,
+                    executor,
+                    files,
+                    network,
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn stop(&self, remove: bool) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let running = self.running.lock().ok().and_then(|mut g| g.take());
+            let Some(r) = running else { return };
+            r.stop.cancel();
+            let _ = r.handle.await;
+            if remove {
+                worker::remove_all(r.executor.as_ref(), &r.files).await;
+                if let Some(n) = &r.network {
+                    n.cleanup().await;
+                }
+            }
+        })
+    }
+}
+
+/// The host's resolvers, where names that are not services are forwarded.
+fn upstream_dns() -> Vec<std::net::SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let engine = EngineProxy::connect(args.engine.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to the Docker Engine at {}",
+                args.engine.display()
+            )
+        })?;
+    tracing::info!(engine_api = engine.engine_api_version(), "engine reachable");
+    let agent = Arc::new(LocalAgent {
+        engine: args.engine.clone(),
+        files_root: PathBuf::from("/run/shoal/files"),
+        pull: if args.pull == "never" {
+            PullPolicy::Never
+        } else {
+            PullPolicy::Missing
+        },
+        running: Mutex::new(None),
+    });
+    let daemon = Arc::new(Daemon {
+        engine,
+        data_dir: args.data_dir.clone(),
+        agent: agent.clone(),
+        manager: Default::default(),
+        lifecycle: Default::default(),
+    });
+    if let Some(identity) = Identity::load(&args.data_dir) {
+        tracing::info!(node = %identity.node_id, "rejoining the swarm this node was part of");
+        let m = Manager::start(&args.data_dir, identity, agent.as_ref())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        *daemon.manager.write().await = Some(Arc::new(m));
+    }
+
+    if let Some(dir) = args.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(&args.socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("removing stale socket {}", args.socket.display()))
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(&args.socket)
+        .with_context(|| format!("listening on {}", args.socket.display()))?;
+    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("securing {}", args.socket.display()))?;
+    tracing::info!(socket = %args.socket.display(), "serving the Docker API");
+
+    let app = api::app(daemon.clone());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        s.cancel();
+    });
+    axum::serve(
+        listener,
+        axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned())
+    .await
+    .context("serving the API")?;
+    tracing::info!("shutting down; task containers keep running");
+    agent.stop(false).await;
+    if let Some(m) = daemon.manager.read().await.clone() {
+        m.shutdown().await;
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

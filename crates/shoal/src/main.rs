@@ -1,0 +1,54 @@
+//! `shoal`: one binary for the node daemon (Docker-compatible API, manager, agent).
+
+mod daemon;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Container orchestration for a handful of machines, driven by the docker CLI.
+#[derive(Parser)]
+#[command(name = "shoal", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node daemon: serves the Docker Engine API (swarm subset) on a unix socket.
+    Daemon(DaemonArgs),
+}
+
+/// Flags of `shoal daemon`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Where the node keeps its state (raft log, identity).
+    #[arg(long, default_value = "/var/lib/shoal")]
+    pub data_dir: PathBuf,
+    /// The unix socket to serve the API on (point DOCKER_HOST at it).
+    #[arg(long, default_value = "/run/shoal/docker.sock")]
+    pub socket: PathBuf,
+    /// The node's Docker Engine socket.
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    pub engine: PathBuf,
+    /// Pull task images the node lacks ("missing", as Swarm does) or never.
+    #[arg(long, env = "SHOAL_PULL", default_value = "missing", value_parser = ["missing", "never"])]
+    pub pull: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Daemon(args) => rt.block_on(daemon::run(args)),
+    }
+}

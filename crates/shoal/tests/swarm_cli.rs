@@ -1,0 +1,613 @@
+//! The docker CLI against a single-node shoal: what a Swarm user checks.
+
+mod common;
+
+use common::{engine_containers, wait_until, Node};
+use std::time::Duration;
+
+#[test]
+fn swarm_lifecycle_as_the_cli_sees_it() {
+    let node = Node::start("lifecycle");
+    let err = node.fails(&["service", "ls"]);
+    assert!(err.contains("not a swarm manager"), "{err}");
+    let out = node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    assert!(out.contains("Swarm initialized"), "{out}");
+    assert!(out.contains("docker swarm join --token SWMTKN-1-"), "{out}");
+    let err = node.fails(&["swarm", "init"]);
+    assert!(err.contains("already part of a swarm"), "{err}");
+    let info = node.ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Nodes}}",
+    ]);
+    assert_eq!(info.trim(), "active true 1");
+    let nodes = node.ok(&[
+        "node",
+        "ls",
+        "--format",
+        "{{.Self}} {{.Status}} {{.Availability}} {{.ManagerStatus}}",
+    ]);
+    assert_eq!(nodes.trim(), "true Ready Active Leader");
+    let token = node.ok(&["swarm", "join-token", "-q", "worker"]);
+    let parts: Vec<&str> = token.trim().split('-').collect();
+    assert_eq!(
+        (parts.len(), parts[2].len(), parts[3].len()),
+        (4, 50, 25),
+        "{token}"
+    );
+    // The token carries the digest of the CA a joining node will find.
+    let root: String = serde_json::from_str(&node.ok(&[
+        "info",
+        "--format",
+        "{{json .Swarm.Cluster.TLSInfo.TrustRoot}}",
+    ]))
+    .unwrap();
+    assert!(root.starts_with("-----BEGIN CERTIFICATE-----"), "{root}");
+    let parsed = shoal_pki::JoinToken::parse(&token).unwrap();
+    assert!(
+        parsed.matches_ca(&root),
+        "join token digest does not match the cluster CA"
+    );
+    let manager = node.ok(&["swarm", "join-token", "-q", "manager"]);
+    assert_ne!(
+        manager.trim(),
+        token.trim(),
+        "worker and manager tokens must differ"
+    );
+    node.ok(&["swarm", "join-token", "--rotate", "-q", "worker"]);
+    let rotated = node.ok(&["swarm", "join-token", "-q", "worker"]);
+    assert_ne!(rotated.trim(), token.trim(), "rotation kept the old token");
+    assert!(shoal_pki::JoinToken::parse(&rotated)
+        .unwrap()
+        .matches_ca(&root));
+    assert_eq!(
+        node.ok(&["swarm", "join-token", "-q", "manager"]).trim(),
+        manager.trim(),
+        "rotating the worker token changed the manager's"
+    );
+    node.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "keep",
+        "--replicas",
+        "2",
+        "shoal-test/web",
+    ]);
+    node.wait_replicas("keep", "2/2");
+    let err = node.fails(&["swarm", "leave"]);
+    assert!(err.contains("--force"), "{err}");
+    node.ok(&["swarm", "leave", "--force"]);
+    assert!(
+        node.containers("keep").is_empty(),
+        "leaving the swarm left task containers behind"
+    );
+    let err = node.fails(&["node", "ls"]);
+    assert!(err.contains("not a swarm manager"), "{err}");
+}
+
+#[test]
+fn services_scale_restart_and_report_as_swarm_does() {
+    let node = Node::start("services");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--restart-delay",
+        "1s",
+        "--env",
+        "A=1",
+        "--label",
+        "team=x",
+        "--container-label",
+        "c=1",
+        "--hostname",
+        "h-{{.Task.Slot}}",
+        "shoal-test/web",
+    ]);
+    assert_eq!(node.replicas("web"), "3/3");
+    let cs = node.containers("web");
+    assert_eq!(cs.len(), 3, "{cs:?}");
+    assert!(cs.iter().all(|(_, n)| n.starts_with("web.")), "{cs:?}");
+
+    // Scale up and down converge.
+    node.ok(&["service", "scale", "web=5"]);
+    node.wait_replicas("web", "5/5");
+    node.ok(&["service", "scale", "web=2"]);
+    node.wait_replicas("web", "2/2");
+    wait_until(
+        Duration::from_secs(30),
+        "scaled-down containers stop",
+        || {
+            let running = String::from_utf8_lossy(
+                &std::process::Command::new("docker")
+                    .args([
+                        "-H",
+                        "unix:///var/run/docker.sock",
+                        "ps",
+                        "-q",
+                        "--filter",
+                        "label=com.docker.swarm.service.name=web",
+                    ])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .lines()
+            .count();
+            running == 2
+        },
+    );
+
+    // A container removed by hand is replaced after the restart delay; ps shows why.
+    let victim = node.ok(&["ps", "-q", "--filter", "name=web.1."]);
+    node.ok(&["rm", "-f", victim.trim()]);
+    wait_until(Duration::from_secs(30), "replacement running", || {
+        let ps = node.ok(&[
+            "service",
+            "ps",
+            "web",
+            "--format",
+            "{{.Name}} {{.CurrentState}} {{.Error}}",
+        ]);
+        ps.lines()
+            .filter(|l| l.contains("web.1") && l.contains("Running"))
+            .count()
+            == 1
+            && ps.contains("Failed")
+            && ps.contains("task: non-zero exit (137)")
+    });
+    node.wait_replicas("web", "2/2");
+
+    // Inspect and update with optimistic concurrency.
+    let pretty = node.ok(&["service", "inspect", "--pretty", "web"]);
+    assert!(
+        pretty.contains("Replicated") && pretty.contains("shoal-test/web"),
+        "{pretty}"
+    );
+    let v: u64 = node
+        .ok(&["service", "inspect", "-f", "{{.Version.Index}}", "web"])
+        .trim()
+        .parse()
+        .unwrap();
+    node.ok(&["service", "update", "-d", "--env-add", "B=2", "web"]);
+    let env = node.ok(&[
+        "service",
+        "inspect",
+        "-f",
+        "{{.Spec.TaskTemplate.ContainerSpec.Env}}",
+        "web",
+    ]);
+    assert!(env.contains("B=2"), "{env}");
+    let stale = node.docker(&["service", "update", "-d", "--env-add", "C=3", "web"]);
+    assert!(stale.status.success());
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+            common::path(&node.socket),
+            "-XPOST",
+            &format!("http://x/v1.50/services/web/update?version={v}"),
+            "-d",
+            r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"shoal-test/web"}}}"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "500",
+        "a stale version must be refused"
+    );
+    wait_until(Duration::from_secs(60), "updated tasks running", || {
+        let c = node.ok(&[
+            "service",
+            "ps",
+            "web",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.CurrentState}}",
+        ]);
+        c.lines().count() == 2
+            && c.lines().all(|l| l.starts_with("Running"))
+            && engine_containers("com.docker.swarm.service.name=web").len() >= 2
+    });
+    let c = node.ok(&["ps", "-q", "--filter", "name=web.1."]);
+    let env = node.ok(&["exec", c.trim(), "sh", "-c", "echo $A$B; hostname"]);
+    assert_eq!(
+        env.trim(),
+        "12\nh-1",
+        "env and templated hostname reach the task"
+    );
+
+    // Removal leaves no container behind.
+    node.ok(&["service", "rm", "web"]);
+    wait_until(Duration::from_secs(30), "web containers removed", || {
+        node.containers("web").is_empty()
+    });
+}
+
+#[test]
+fn daemon_kill9_adopts_containers_without_duplicates() {
+    let mut node = Node::start("adopt");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "db",
+        "--replicas",
+        "3",
+        "--restart-delay",
+        "1s",
+        "shoal-test/web",
+    ]);
+    let mut before: Vec<String> = node
+        .containers("db")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    before.sort();
+    assert_eq!(before.len(), 3);
+    node.kill9();
+    // While the daemon is down, one task container disappears.
+    let gone = before[0].clone();
+    let st = std::process::Command::new("docker")
+        .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &gone])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    node.spawn();
+    node.wait_replicas("db", "3/3");
+    wait_until(Duration::from_secs(30), "lost task replaced", || {
+        node.containers("db").len() == 3
+    });
+    let mut after: Vec<String> = node
+        .containers("db")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    after.sort();
+    for id in &before[1..] {
+        assert!(
+            after.contains(id),
+            "running container {id} was not adopted: {after:?}\n{}",
+            node.log()
+        );
+    }
+    assert!(!after.contains(&gone));
+    let ps = node.ok(&[
+        "service",
+        "ps",
+        "db",
+        "--format",
+        "{{.Name}} {{.DesiredState}} {{.CurrentState}}",
+    ]);
+    assert_eq!(
+        ps.lines().filter(|l| l.contains("Running Running")).count(),
+        3,
+        "{ps}"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let node = Node::start("badinput");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    node.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "taken",
+        "-p",
+        "18080:80",
+        "shoal-test/web",
+    ]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "bad name",
+                "shoal-test/web",
+            ],
+            "DNS name",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "x",
+                "--network",
+                "nosuch",
+                "shoal-test/web",
+            ],
+            "network nosuch not found",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "taken",
+                "shoal-test/web",
+            ],
+            "already exists",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "y",
+                "-p",
+                "18080:80",
+                "shoal-test/web",
+            ],
+            "already in use",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "z",
+                "--mount",
+                "type=bind,source=relative,target=/x",
+                "shoal-test/web",
+            ],
+            "",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "w",
+                "--replicas",
+                "1000000000",
+                "shoal-test/web",
+            ],
+            "exceeds the maximum",
+        ),
+        (&["service", "inspect", "nosuch"], "no such service"),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--subnet",
+                "10.0.0.0/16",
+                "overlapping",
+            ],
+            "overlaps",
+        ),
+        (
+            &[
+                "network", "create", "-d", "overlay", "--subnet", "bogus", "n2",
+            ],
+            "",
+        ),
+    ];
+    for (args, want) in cases {
+        let err = node.fails(args);
+        assert!(err.contains(want), "docker {args:?}: {err}");
+    }
+    let sock = common::path(&node.socket).to_string();
+    let curl = |method: &str, path: &str, body: &str| -> (String, String) {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+                &sock,
+                "-X",
+                method,
+                &format!("http://x{path}"),
+                "-d",
+                body,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let (code, body) = curl("POST", "/v1.50/services/create", "{not json");
+    assert_eq!(code, "400", "{body}");
+    assert!(body.starts_with("{\"message\":"), "{body}");
+    let (code, body) = curl(
+        "POST",
+        "/v1.50/services/create",
+        r#"{"Name":"neg","TaskTemplate":{"ContainerSpec":{"Image":"a"}},"Mode":{"Replicated":{"Replicas":-2}}}"#,
+    );
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("Mode.Replicated.Replicas"), "{body}");
+    let (code, _) = curl("GET", "/v1.50/services/nosuch", "");
+    assert_eq!(code, "404");
+    let (code, _) = curl(
+        "POST",
+        "/v1.50/secrets/create",
+        r#"{"Name":"s","Data":"!!!"}"#,
+    );
+    assert_eq!(code, "400");
+    let services = node.ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(
+        services.trim(),
+        "taken",
+        "refused requests must not write anything"
+    );
+    let nets = node.ok(&[
+        "network",
+        "ls",
+        "--filter",
+        "driver=overlay",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert_eq!(nets.trim(), "ingress");
+}
+
+#[test]
+fn secrets_and_configs_reach_tasks_read_only_and_never_leak() {
+    let node = Node::start("secrets");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    let secret_file = node.dir.join("pw.txt");
+    std::fs::write(&secret_file, "hunter2\n").unwrap();
+    node.ok(&[
+        "secret",
+        "create",
+        "--label",
+        "a=1",
+        "db_pw",
+        common::path(&secret_file),
+    ]);
+    node.ok(&["config", "create", "app_conf", common::path(&secret_file)]);
+    let inspect = node.ok(&["secret", "inspect", "db_pw"]);
+    assert!(
+        !inspect.contains("hunter2") && !inspect.contains("aHVudGVyMg"),
+        "secret data leaked: {inspect}"
+    );
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "app",
+        "--secret",
+        "db_pw",
+        "--secret",
+        "source=db_pw,target=/etc/pw,mode=0400",
+        "--config",
+        "source=app_conf,target=/etc/app.conf",
+        "shoal-test/web",
+    ]);
+    let c = node.ok(&["ps", "-q", "--filter", "name=app.1."]);
+    let out = node.ok(&["exec", c.trim(), "sh", "-c", "cat /run/secrets/db_pw /etc/pw /etc/app.conf; stat -c %a /etc/pw; echo x > /run/secrets/db_pw && echo writable || echo readonly"]);
+    assert_eq!(out, "hunter2\nhunter2\nhunter2\n400\nreadonly\n");
+    let err = node.fails(&["secret", "rm", "db_pw"]);
+    assert!(
+        err.contains("in use by the following service: app"),
+        "{err}"
+    );
+    let log = node.log();
+    assert!(!log.contains("hunter2"), "secret in the daemon log");
+    node.ok(&["service", "rm", "app"]);
+    node.ok(&["secret", "rm", "db_pw"]);
+    assert!(node.ok(&["secret", "ls", "-q"]).trim().is_empty());
+}
+
+#[test]
+fn missing_image_is_rejected_with_the_reason() {
+    let node = Node::start("reject");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    node.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "ghost",
+        "nosuch/image:1",
+    ]);
+    wait_until(Duration::from_secs(20), "task rejected", || {
+        let ps = node.ok(&[
+            "service",
+            "ps",
+            "ghost",
+            "--no-trunc",
+            "--format",
+            "{{.CurrentState}}|{{.Error}}",
+        ]);
+        ps.lines()
+            .any(|l| l.starts_with("Rejected") && l.contains("No such image: nosuch/image:1"))
+    });
+}
+
+#[test]
+fn global_mode_logs_and_rollback() {
+    let node = Node::start("global");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "agent",
+        "--mode",
+        "global",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "echo line-one; echo line-two >&2; sleep 3600",
+    ]);
+    node.wait_replicas("agent", "1/1");
+    let ps = node.ok(&["service", "ps", "agent", "--format", "{{.Name}} {{.Node}}"]);
+    assert_eq!(ps.lines().count(), 1, "{ps}");
+
+    // `service logs` labels each line with service.slot-or-node.task@node, as the CLI builds it from details.
+    wait_until(Duration::from_secs(20), "both log lines", || {
+        let out = node.docker(&["service", "logs", "agent"]);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        all.contains("line-one")
+            && all.contains("line-two")
+            && all
+                .lines()
+                .all(|l| l.starts_with("agent.") && l.contains('@'))
+    });
+
+    // Update then roll back to the previous spec.
+    node.ok(&["service", "update", "--env-add", "V=2", "agent"]);
+    let env = node.ok(&[
+        "service",
+        "inspect",
+        "-f",
+        "{{.Spec.TaskTemplate.ContainerSpec.Env}}",
+        "agent",
+    ]);
+    assert!(env.contains("V=2"), "{env}");
+    node.ok(&["service", "rollback", "agent"]);
+    let env = node.ok(&[
+        "service",
+        "inspect",
+        "-f",
+        "{{.Spec.TaskTemplate.ContainerSpec.Env}}",
+        "agent",
+    ]);
+    assert!(!env.contains("V=2"), "rollback kept the new env: {env}");
+    node.wait_replicas("agent", "1/1");
+    wait_until(
+        Duration::from_secs(20),
+        "one agent container running",
+        || {
+            node.ok(&["ps", "-q", "--filter", "name=agent."])
+                .lines()
+                .count()
+                == 1
+        },
+    );
+    let c = node.ok(&["ps", "-q", "--filter", "name=agent."]);
+    let v = node.ok(&["exec", c.trim(), "sh", "-c", "echo ${V:-unset}"]);
+    assert_eq!(v.trim(), "unset");
+}
