@@ -1,0 +1,591 @@
+//! Scheduler at scale: places replicated tasks on simulated nodes through the real manager.
+//!
+//! A real store (openraft on redb, fsync) in a temporary directory, the cluster object and N ready
+//! nodes shaped as `swarm init` writes its own, then services created one write at a time as
+//! `docker service create` would. The manager side is the production code: `control::run`, and
+//! per node the dispatcher's `serve_node` and `collect_reports`, wired as `cluster::Manager`
+//! wires the local node. The node side is the agent's real `worker::run` per node, over a
+//! simulated `Executor` (containers are entries in a map; nothing touches Docker).
+//!
+//! Prints the time until every task is assigned to a node (placements per second), the time
+//! until every task is reported running, the raft entries written and the peak RSS.
+//!
+//!     cargo run --release -p shoal-manager --example scale -- --nodes 1000 --services 100 --replicas 1000
+//!
+//! See `bench/README.md` for the numbers.
+
+use serde::Deserialize;
+use shoal_agent::executor::{ExecError, Executor, Found, Prepared};
+use shoal_agent::files::Files;
+use shoal_agent::worker::{self, WorkerConfig};
+use shoal_api::dispatch::NodeAssignments;
+use shoal_api::models::{
+    EndpointSpec, EndpointSpecModeEnum, EngineDescription, Ipam, IpamConfig, ManagerStatus,
+    Network, Node, NodeDescription, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum,
+    NodeState, NodeStatus, Platform, Reachability, ResourceObject, ServiceEndpoint, ServiceSpec,
+    Swarm, SwarmSpec, SwarmSpecDispatcher, SwarmSpecOrchestration, SwarmSpecRaft, TaskState,
+};
+use shoal_api::objects::StoredService;
+use shoal_api::{id, kind};
+use shoal_manager::{control, db, dispatcher};
+use shoal_store::{Expect, Store, StoreOptions};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// What to run, from the command line.
+struct Args {
+    nodes: usize,
+    services: usize,
+    replicas: usize,
+    timeout: Duration,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        nodes: 1000,
+        services: 100,
+        replicas: 1000,
+        timeout: Duration::from_secs(1800),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        // `cargo bench`-style harness flags are ignored.
+        if flag == "--bench" {
+            continue;
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?
+            .parse::<u64>()
+            .map_err(|e| format!("{flag}: {e}"))?;
+        match flag.as_str() {
+            "--nodes" => a.nodes = value as usize,
+            "--services" => a.services = value as usize,
+            "--replicas" => a.replicas = value as usize,
+            "--timeout" => a.timeout = Duration::from_secs(value),
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag}; use --nodes N --services N --replicas N (per service) --timeout SECS"
+                ))
+            }
+        }
+    }
+    Ok(a)
+}
+
+/// One simulated container.
+struct Container {
+    task_id: String,
+    started: bool,
+    exit_code: Option<i64>,
+    stopped: watch::Sender<bool>,
+}
+
+/// A node's container engine, simulated: create/start/stop only change a map.
+#[derive(Default)]
+struct SimEngine {
+    next: AtomicU64,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+fn gone(id: &str) -> ExecError {
+    ExecError::NoImage {
+        image: format!("(simulated container {id} is gone)"),
+        detail: String::new(),
+    }
+}
+
+impl Executor for SimEngine {
+    async fn list(&self) -> Result<Vec<Found>, ExecError> {
+        let map = self.containers.lock().map_err(|_| gone("lock"))?;
+        Ok(map
+            .iter()
+            .map(|(id, c)| Found {
+                id: id.clone(),
+                task_id: c.task_id.clone(),
+                running: c.started && c.exit_code.is_none(),
+                exit_code: c.exit_code,
+                started: c.started,
+                pid: None,
+            })
+            .collect())
+    }
+    async fn ensure_image(&self, _image: &str) -> Result<(), ExecError> {
+        Ok(())
+    }
+    async fn create(
+        &self,
+        task: &shoal_api::objects::StoredTask,
+        _prep: &Prepared,
+    ) -> Result<String, ExecError> {
+        let id = format!("c{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let (stopped, _) = watch::channel(false);
+        self.containers.lock().map_err(|_| gone(&id))?.insert(
+            id.clone(),
+            Container {
+                task_id: task.id().to_string(),
+                started: false,
+                exit_code: None,
+                stopped,
+            },
+        );
+        Ok(id)
+    }
+    async fn start(&self, id: &str) -> Result<Option<i64>, ExecError> {
+        let mut map = self.containers.lock().map_err(|_| gone(id))?;
+        let c = map.get_mut(id).ok_or_else(|| gone(id))?;
+        c.started = true;
+        Ok(Some(1000))
+    }
+    async fn wait(&self, id: &str) -> Result<i64, ExecError> {
+        let mut rx = {
+            let map = self.containers.lock().map_err(|_| gone(id))?;
+            map.get(id).ok_or_else(|| gone(id))?.stopped.subscribe()
+        };
+        rx.wait_for(|s| *s).await.map_err(|_| gone(id))?;
+        Ok(0)
+    }
+    async fn stop(&self, id: &str, _grace: i64, _signal: Option<String>) -> Result<(), ExecError> {
+        let mut map = self.containers.lock().map_err(|_| gone(id))?;
+        if let Some(c) = map.get_mut(id) {
+            c.exit_code = Some(0);
+            c.stopped.send_replace(true);
+        }
+        Ok(())
+    }
+    async fn remove(&self, id: &str) -> Result<(), ExecError> {
+        let mut map = self.containers.lock().map_err(|_| gone(id))?;
+        if let Some(c) = map.remove(id) {
+            c.stopped.send_replace(true);
+        }
+        Ok(())
+    }
+}
+
+/// The cluster object, shaped as `swarm init` makes it (no CA: nothing here needs one).
+fn cluster() -> Swarm {
+    let now = id::now();
+    Swarm {
+        id: Some(id::new_id()),
+        created_at: Some(now.clone()),
+        updated_at: Some(now),
+        spec: Some(SwarmSpec {
+            name: Some("default".into()),
+            labels: Some(HashMap::new()),
+            orchestration: Some(SwarmSpecOrchestration {
+                task_history_retention_limit: Some(5),
+            }),
+            raft: Some(SwarmSpecRaft {
+                snapshot_interval: Some(10000),
+                keep_old_snapshots: Some(0),
+                log_entries_for_slow_followers: Some(500),
+                election_tick: Some(10),
+                heartbeat_tick: Some(1),
+            }),
+            dispatcher: Some(SwarmSpecDispatcher {
+                heartbeat_period: Some(5_000_000_000),
+            }),
+            ..Default::default()
+        }),
+        root_rotation_in_progress: Some(false),
+        data_path_port: Some(4789),
+        default_addr_pool: Some(vec!["10.0.0.0/8".into()]),
+        subnet_size: Some(24),
+        ..Default::default()
+    }
+}
+
+/// The ingress network `swarm init` creates.
+fn ingress() -> Network {
+    Network {
+        name: Some("ingress".into()),
+        id: Some(id::new_id()),
+        created: Some(id::now()),
+        scope: Some("swarm".into()),
+        driver: Some("overlay".into()),
+        enable_ipv4: Some(true),
+        enable_ipv6: Some(false),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![IpamConfig {
+                subnet: Some("10.0.0.0/24".into()),
+                gateway: Some("10.0.0.1".into()),
+                ..Default::default()
+            }]),
+            options: None,
+        }),
+        internal: Some(false),
+        attachable: Some(false),
+        ingress: Some(true),
+        labels: Some(HashMap::new()),
+        ..Default::default()
+    }
+}
+
+/// A ready node, shaped as `swarm init` describes the local one; node 0 is the manager.
+fn node(i: usize) -> Node {
+    let now = id::now();
+    let manager = i == 0;
+    Node {
+        id: Some(id::new_id()),
+        version: None,
+        created_at: Some(now.clone()),
+        updated_at: Some(now),
+        spec: Some(NodeSpec {
+            name: None,
+            labels: Some(HashMap::new()),
+            role: Some(if manager {
+                NodeSpecRoleEnum::MANAGER
+            } else {
+                NodeSpecRoleEnum::WORKER
+            }),
+            availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+        }),
+        description: Some(NodeDescription {
+            hostname: Some(format!("sim-{i:04}")),
+            platform: Some(Platform {
+                architecture: Some("x86_64".into()),
+                os: Some("linux".into()),
+            }),
+            resources: Some(ResourceObject {
+                nano_cpus: Some(4_000_000_000),
+                memory_bytes: Some(8 << 30),
+                generic_resources: None,
+            }),
+            engine: Some(EngineDescription {
+                engine_version: Some("simulated".into()),
+                labels: Some(HashMap::new()),
+                plugins: None,
+            }),
+            tls_info: None,
+        }),
+        status: Some(NodeStatus {
+            state: Some(NodeState::READY),
+            message: None,
+            addr: Some(format!(
+                "10.{}.{}.{}",
+                100 + i / 65536,
+                (i / 256) % 256,
+                i % 256
+            )),
+        }),
+        manager_status: manager.then(|| ManagerStatus {
+            leader: Some(true),
+            reachability: Some(Reachability::REACHABLE),
+            addr: Some("127.0.0.1:2377".into()),
+        }),
+    }
+}
+
+/// A replicated service as `POST /services/create` stores it (no networks, no ports).
+fn service(i: usize, replicas: usize) -> Result<StoredService, String> {
+    let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
+        "Name": format!("svc-{i:04}"),
+        "Labels": {},
+        "Mode": {"Replicated": {"Replicas": replicas}},
+        "TaskTemplate": {
+            "ContainerSpec": {"Image": "shoal-test/web:latest", "Init": false},
+            "Resources": {"Limits": {}, "Reservations": {}},
+            "Placement": {},
+            "ForceUpdate": 0,
+            "Runtime": "container"
+        },
+        "UpdateConfig": {"Parallelism": 1, "FailureAction": "pause", "Order": "stop-first"},
+        "EndpointSpec": {"Mode": "vip"}
+    }))
+    .map_err(|e| format!("service spec: {e}"))?;
+    let now = id::now();
+    let mut svc = StoredService::default();
+    svc.service.id = Some(id::new_id());
+    svc.service.created_at = Some(now.clone());
+    svc.service.updated_at = Some(now);
+    svc.service.spec = Some(spec);
+    svc.service.endpoint = Some(ServiceEndpoint {
+        spec: Some(EndpointSpec {
+            mode: Some(EndpointSpecModeEnum::VIP),
+            ports: None,
+        }),
+        ports: None,
+        virtual_ips: None,
+    });
+    svc.spec_version = 1;
+    Ok(svc)
+}
+
+/// The fields of a stored task the measurement needs; the rest of the document is skipped.
+#[derive(Deserialize)]
+struct TaskLite {
+    #[serde(rename = "NodeID")]
+    node_id: Option<String>,
+    #[serde(rename = "Status")]
+    status: Option<StatusLite>,
+}
+
+#[derive(Deserialize)]
+struct StatusLite {
+    #[serde(rename = "State")]
+    state: Option<TaskState>,
+}
+
+/// Progress as seen on the store's change stream.
+#[derive(Default)]
+struct Progress {
+    /// Task ID -> (has a node, is running).
+    tasks: HashMap<String, (bool, bool)>,
+    assigned: usize,
+    running: usize,
+    all_assigned: Option<Duration>,
+    all_running: Option<Duration>,
+    first_assigned: Option<Duration>,
+}
+
+impl Progress {
+    fn note(&mut self, task_id: &str, data: Option<&[u8]>) {
+        let now = match data.map(serde_json::from_slice::<TaskLite>) {
+            Some(Ok(t)) => (
+                t.node_id.is_some_and(|n| !n.is_empty()),
+                t.status.and_then(|s| s.state) == Some(TaskState::RUNNING),
+            ),
+            _ => (false, false),
+        };
+        let before = self
+            .tasks
+            .insert(task_id.to_string(), now)
+            .unwrap_or((false, false));
+        if data.is_none() {
+            self.tasks.remove(task_id);
+        }
+        self.assigned = self.assigned + now.0 as usize - before.0 as usize;
+        self.running = self.running + now.1 as usize - before.1 as usize;
+    }
+
+    fn recount(&mut self, store: &Store) {
+        self.tasks.clear();
+        self.assigned = 0;
+        self.running = 0;
+        for o in store.list(kind::TASK) {
+            self.note(&o.id, Some(&o.data));
+        }
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn last_log_index(store: &Store) -> u64 {
+    store.raft().metrics().borrow().last_log_index.unwrap_or(0)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let total = args.services * args.replicas;
+    let dir = tempfile::Builder::new()
+        .prefix("shoal-scale-")
+        .tempdir()
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let store = Store::open(StoreOptions {
+        dir: dir.path().join("raft"),
+        raft_node_id: 1,
+        raft_addr: "127.0.0.1:2377".into(),
+    })
+    .await
+    .map_err(|e| format!("opening the store: {e}"))?;
+    let put = |r: Result<shoal_store::Op, shoal_api::ApiError>| r.map_err(|e| e.to_string());
+
+    // The cluster, as `swarm init` leaves it, plus the other nodes.
+    let nodes: Vec<Node> = (0..args.nodes).map(node).collect();
+    let mut ops = vec![
+        put(db::put(&cluster(), Expect::Absent))?,
+        put(db::put(&ingress(), Expect::Absent))?,
+    ];
+    for n in &nodes {
+        ops.push(put(db::put(n, Expect::Absent))?);
+    }
+    db::write(&store, ops).await.map_err(|e| e.to_string())?;
+
+    // The manager: the control loop, and one dispatcher session per node with its agent.
+    let stop = CancellationToken::new();
+    let files = Files::new(dir.path().join("files")).map_err(|e| e.to_string())?;
+    let alloc = Arc::new(tokio::sync::Mutex::new(()));
+    tokio::spawn(control::run(store.clone(), alloc, stop.clone()));
+    for n in &nodes {
+        let node_id = n.id.clone().unwrap_or_default();
+        let (atx, arx) = watch::channel(NodeAssignments::default());
+        let (rtx, rrx) = mpsc::channel(1024);
+        tokio::spawn(dispatcher::serve_node(
+            store.clone(),
+            node_id.clone(),
+            atx,
+            stop.clone(),
+        ));
+        tokio::spawn(dispatcher::collect_reports(
+            store.clone(),
+            rrx,
+            stop.clone(),
+        ));
+        let cfg = WorkerConfig {
+            node_id,
+            executor: Arc::new(SimEngine::default()),
+            files: files.clone(),
+            network: None,
+        };
+        tokio::spawn(worker::run(cfg, arx, rtx, stop.clone()));
+    }
+    // Let every session send its first (empty) assignments.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut changes = store.watch();
+    let index_before = last_log_index(&store);
+    let started = Instant::now();
+    eprintln!(
+        "scale: {} nodes, {} services x {} replicas = {total} tasks",
+        args.nodes, args.services, args.replicas
+    );
+    // The services, one write each, as `docker service create` in a loop would make them.
+    let writer = {
+        let store = store.clone();
+        let (services, replicas) = (args.services, args.replicas);
+        tokio::spawn(async move {
+            for i in 0..services {
+                let svc = service(i, replicas)?;
+                db::write(
+                    &store,
+                    vec![db::put(&svc, Expect::Absent).map_err(|e| e.to_string())?],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            Ok::<Duration, String>(started.elapsed())
+        })
+    };
+
+    let mut p = Progress::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    let deadline = tokio::time::sleep(args.timeout);
+    tokio::pin!(deadline);
+    let outcome = loop {
+        if p.all_running.is_some() {
+            break Ok(());
+        }
+        tokio::select! {
+            r = changes.recv() => match r {
+                Ok(cs) => {
+                    for c in cs.changes.iter().filter(|c| c.kind == kind::TASK) {
+                        let data = match c.action {
+                            shoal_store::Action::Deleted => None,
+                            _ => c.object.as_ref().map(|o| &o.data[..]),
+                        };
+                        p.note(&c.id, data);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("scale: measurement lagged {n} change sets; recounting");
+                    p.recount(&store);
+                }
+                Err(e) => break Err(format!("change stream: {e}")),
+            },
+            _ = tick.tick() => eprintln!(
+                "scale: {:>6.1}s assigned {:>7} running {:>7} rss {:.0} MiB",
+                started.elapsed().as_secs_f64(), p.assigned, p.running, peak_rss_mib()
+            ),
+            _ = &mut deadline => break Err(format!(
+                "timed out after {:?}: {} assigned, {} running", args.timeout, p.assigned, p.running
+            )),
+        }
+        let t = started.elapsed();
+        if p.first_assigned.is_none() && p.assigned > 0 {
+            p.first_assigned = Some(t);
+        }
+        if p.all_assigned.is_none() && p.assigned >= total {
+            p.all_assigned = Some(t);
+        }
+        if p.all_running.is_none() && p.running >= total {
+            p.all_running = Some(t);
+        }
+    };
+    let created = match writer.await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => return Err(e),
+        Err(e) => return Err(format!("service writer: {e}")),
+    };
+    let entries = last_log_index(&store) - index_before;
+    let rss = peak_rss_mib();
+    let secs = |d: Option<Duration>| {
+        d.map(|d| format!("{:.2} s", d.as_secs_f64()))
+            .unwrap_or("-".into())
+    };
+    println!(
+        "nodes {}  services {}  replicas/service {}  tasks {total}",
+        args.nodes, args.services, args.replicas
+    );
+    println!("services written       {}", secs(created));
+    println!("first task assigned    {}", secs(p.first_assigned));
+    match p.all_assigned {
+        Some(d) => println!(
+            "all tasks assigned     {} ({:.0} placements/s)",
+            secs(Some(d)),
+            total as f64 / d.as_secs_f64()
+        ),
+        None => println!("all tasks assigned     - ({} of {total})", p.assigned),
+    }
+    match p.all_running {
+        Some(d) => println!(
+            "all tasks running      {} ({:.0} tasks/s)",
+            secs(Some(d)),
+            total as f64 / d.as_secs_f64()
+        ),
+        None => println!("all tasks running      - ({} of {total})", p.running),
+    }
+    println!("raft entries written   {entries}");
+    println!("peak RSS               {rss:.0} MiB");
+    stop.cancel();
+    if let Err(e) = store.shutdown().await {
+        eprintln!("scale: store shutdown: {e}");
+    }
+    files.cleanup();
+    outcome
+}
+
+fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("scale: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("scale: tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(args)) {
+        eprintln!("scale: {e}");
+        std::process::exit(1);
+    }
+}
