@@ -1,10 +1,13 @@
 //! A consistent snapshot of the store for one pass of the control loops.
 
-use crate::db::{self, Versioned};
+use crate::db::{self, Stored, Versioned};
+use shoal_api::kind;
 use shoal_api::models::{Network, Node, NodeSpecAvailabilityEnum, NodeState, Swarm};
 use shoal_api::objects::{StoredService, StoredTask};
-use shoal_store::Store;
+use shoal_store::{Action, Change, ChangeSet, Object, Store};
 use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 /// Everything the control loops decide from, read once per pass.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +51,296 @@ impl ClusterState {
     }
 }
 
+/// Decodes a stored object the way `db` does (a document that does not decode is skipped).
+fn decode<T: Stored>(o: &Object) -> Option<Versioned<T>> {
+    match serde_json::from_slice::<T>(&o.data) {
+        Ok(mut obj) => {
+            obj.set_version(o.version);
+            Some(Versioned {
+                obj,
+                version: o.version,
+            })
+        }
+        Err(e) => {
+            tracing::error!(kind = %o.kind, id = %o.id, error = %e, "stored object does not decode; skipped");
+            None
+        }
+    }
+}
+
+/// One task changed by a refresh: what it was before (if it existed) and whether it exists now.
+#[derive(Debug, Clone)]
+pub struct TaskChange {
+    /// The task's ID.
+    pub id: String,
+    /// The task as it was before the change, if the view held it.
+    pub before: Option<StoredTask>,
+    /// False if the task is gone (deleted, or its new document does not decode).
+    pub exists: bool,
+}
+
+/// What a [`LiveState::refresh`] changed, so a consumer can limit its work to that.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// The view was loaded from scratch (the first time, or the change stream lagged): treat
+    /// everything as changed.
+    pub reloaded: bool,
+    /// Change sets applied.
+    pub change_sets: usize,
+    /// Tasks changed, in the order first seen; a task changed twice appears twice.
+    pub tasks: Vec<TaskChange>,
+    /// A service was created, updated or removed.
+    pub services: bool,
+    /// A node changed.
+    pub nodes: bool,
+    /// A network changed.
+    pub networks: bool,
+    /// The cluster object changed.
+    pub cluster: bool,
+    /// Something of another kind changed (secrets, configs).
+    pub other: bool,
+}
+
+impl Delta {
+    /// True if nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.reloaded
+            && self.tasks.is_empty()
+            && !(self.services || self.nodes || self.networks || self.cluster || self.other)
+    }
+
+    fn merge(&mut self, other: Delta) {
+        self.reloaded |= other.reloaded;
+        self.change_sets += other.change_sets;
+        self.tasks.extend(other.tasks);
+        self.services |= other.services;
+        self.nodes |= other.nodes;
+        self.networks |= other.networks;
+        self.cluster |= other.cluster;
+        self.other |= other.other;
+    }
+}
+
+/// A [`ClusterState`] kept current from the store's change stream, so that each pass decodes
+/// only the objects that changed instead of the whole store (issue 4: 100k tasks).
+///
+/// Tasks stay in a `Vec` (the shape the pure decisions take) with an index by ID; nodes and
+/// networks stay sorted by ID as [`ClusterState::load`] returns them. If the stream lags, the
+/// view reloads everything and says so in [`Delta::reloaded`].
+pub struct LiveState {
+    store: Store,
+    changes: broadcast::Receiver<Arc<ChangeSet>>,
+    state: ClusterState,
+    /// Task ID -> position in `state.tasks`.
+    task_pos: HashMap<String, usize>,
+    /// Changes applied since the last [`LiveState::refresh`].
+    pending: Delta,
+    closed: bool,
+}
+
+impl LiveState {
+    /// Subscribes to the store's changes, then loads the snapshot (so nothing falls between).
+    pub fn new(store: Store) -> Self {
+        let changes = store.watch();
+        let mut live = LiveState {
+            store,
+            changes,
+            state: ClusterState::default(),
+            task_pos: HashMap::new(),
+            pending: Delta::default(),
+            closed: false,
+        };
+        live.reload();
+        live
+    }
+
+    /// The current view.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// A task by ID.
+    pub fn task(&self, id: &str) -> Option<&Versioned<StoredTask>> {
+        self.task_pos.get(id).and_then(|&i| self.state.tasks.get(i))
+    }
+
+    /// True once the store's change stream has ended (the store shut down).
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Waits for the next change set and applies it; false when the stream has ended.
+    pub async fn changed(&mut self) -> bool {
+        if self.closed {
+            return false;
+        }
+        match self.changes.recv().await {
+            Ok(cs) => {
+                self.apply(&cs);
+                true
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "change stream lagged; reloading the view");
+                self.reload();
+                true
+            }
+            Err(RecvError::Closed) => {
+                self.closed = true;
+                false
+            }
+        }
+    }
+
+    /// Applies every change set already received and returns what changed since the last call.
+    pub fn refresh(&mut self) -> Delta {
+        loop {
+            match self.changes.try_recv() {
+                Ok(cs) => self.apply(&cs),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(n)) => {
+                    tracing::debug!(missed = n, "change stream lagged; reloading the view");
+                    self.reload();
+                }
+                Err(TryRecvError::Closed) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        std::mem::take(&mut self.pending)
+    }
+
+    fn reload(&mut self) {
+        // Everything still queued is older than what the load reads; the load covers it.
+        while let Ok(_) | Err(TryRecvError::Lagged(_)) = self.changes.try_recv() {}
+        self.state = ClusterState::load(&self.store);
+        self.task_pos = self
+            .state
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.obj.id().to_string(), i))
+            .collect();
+        self.pending = Delta {
+            reloaded: true,
+            ..Default::default()
+        };
+    }
+
+    fn apply(&mut self, cs: &ChangeSet) {
+        let mut d = Delta {
+            change_sets: 1,
+            ..Default::default()
+        };
+        for c in &cs.changes {
+            match c.kind.as_str() {
+                kind::TASK => d.tasks.extend(self.apply_task(c)),
+                kind::SERVICE => {
+                    if let Some(held) = self.state.services.get(&c.id) {
+                        if stale(held.version, c) {
+                            continue;
+                        }
+                    }
+                    d.services = true;
+                    match live_object::<StoredService>(c) {
+                        Some(s) => {
+                            self.state.services.insert(c.id.clone(), s);
+                        }
+                        None => {
+                            self.state.services.remove(&c.id);
+                        }
+                    }
+                }
+                kind::NODE => {
+                    d.nodes |= upsert_sorted(&mut self.state.nodes, c, |n| {
+                        n.id.as_deref().unwrap_or_default()
+                    });
+                }
+                kind::NETWORK => {
+                    d.networks |= upsert_sorted(&mut self.state.networks, c, |n| {
+                        n.id.as_deref().unwrap_or_default()
+                    });
+                }
+                kind::CLUSTER => {
+                    d.cluster = true;
+                    // As `load`: the first cluster object by ID (there is only ever one).
+                    self.state.cluster = db::list::<Swarm>(&self.store).into_iter().next();
+                }
+                _ => d.other = true,
+            }
+        }
+        self.pending.merge(d);
+    }
+
+    fn apply_task(&mut self, c: &Change) -> Option<TaskChange> {
+        let at = self.task_pos.get(&c.id).copied();
+        if at.is_some_and(|i| stale(self.state.tasks[i].version, c)) {
+            return None;
+        }
+        let new = live_object::<StoredTask>(c);
+        let exists = new.is_some();
+        let before = match (at, new) {
+            (Some(i), Some(t)) => Some(std::mem::replace(&mut self.state.tasks[i], t).obj),
+            (Some(i), None) => {
+                let old = self.state.tasks.swap_remove(i);
+                self.task_pos.remove(&c.id);
+                if let Some(moved) = self.state.tasks.get(i) {
+                    self.task_pos.insert(moved.obj.id().to_string(), i);
+                }
+                Some(old.obj)
+            }
+            (None, Some(t)) => {
+                self.task_pos.insert(c.id.clone(), self.state.tasks.len());
+                self.state.tasks.push(t);
+                None
+            }
+            (None, None) => return None,
+        };
+        Some(TaskChange {
+            id: c.id.clone(),
+            before,
+            exists,
+        })
+    }
+}
+
+/// True if the view already holds a newer version than a (re-delivered) update brings: a
+/// reload may read an entry's result before its change set arrives.
+fn stale(held: u64, c: &Change) -> bool {
+    c.action != Action::Deleted && c.object.as_ref().is_some_and(|o| o.version < held)
+}
+
+/// The object a change leaves behind, decoded; `None` if it was deleted or does not decode.
+fn live_object<T: Stored>(c: &Change) -> Option<Versioned<T>> {
+    match c.action {
+        Action::Deleted => None,
+        Action::Created | Action::Updated => c.object.as_ref().and_then(decode),
+    }
+}
+
+/// Applies a change to a list kept sorted by ID; false if it was stale and left out.
+fn upsert_sorted<T: Stored>(
+    list: &mut Vec<Versioned<T>>,
+    c: &Change,
+    id_of: impl Fn(&T) -> &str,
+) -> bool {
+    let at = list.binary_search_by(|x| id_of(&x.obj).cmp(c.id.as_str()));
+    if let Ok(i) = at {
+        if stale(list[i].version, c) {
+            return false;
+        }
+    }
+    match (at, live_object(c)) {
+        (Ok(i), Some(o)) => list[i] = o,
+        (Ok(i), None) => {
+            list.remove(i);
+        }
+        (Err(i), Some(o)) => list.insert(i, o),
+        (Err(_), None) => {}
+    }
+    true
+}
+
 /// True if a node may receive new tasks.
 pub fn node_schedulable(n: &Node) -> bool {
     let ready = n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY);
@@ -58,4 +351,179 @@ pub fn node_schedulable(n: &Node) -> bool {
         .map(|a| a == NodeSpecAvailabilityEnum::ACTIVE)
         .unwrap_or(true);
     ready && active
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::models::TaskState;
+    use shoal_store::{Expect, StoreOptions, StoreTuning};
+
+    fn task(id: &str, node: Option<&str>) -> StoredTask {
+        let mut t = StoredTask::default();
+        t.task.id = Some(id.into());
+        t.task.service_id = Some("svc".into());
+        t.task.node_id = node.map(str::to_string);
+        t.task.desired_state = Some(TaskState::RUNNING);
+        t
+    }
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
+    /// The view, normalized for comparison with a fresh load: (ID, version) of every object.
+    fn summary(s: &ClusterState) -> Vec<(String, u64)> {
+        let mut tasks: Vec<(String, u64)> = s
+            .tasks
+            .iter()
+            .map(|t| (format!("task {}", t.obj.id()), t.version))
+            .collect();
+        tasks.sort();
+        let mut services: Vec<(String, u64)> = s
+            .services
+            .values()
+            .map(|v| (format!("service {}", v.obj.id()), v.version))
+            .collect();
+        services.sort();
+        tasks
+            .into_iter()
+            .chain(services)
+            .chain(
+                s.nodes
+                    .iter()
+                    .map(|n| (format!("node {:?}", n.obj.id), n.version)),
+            )
+            .chain(s.cluster.iter().map(|c| ("cluster".to_string(), c.version)))
+            .collect()
+    }
+
+    async fn open(dir: &std::path::Path, watch_capacity: usize) -> Store {
+        Store::open_with(
+            StoreOptions {
+                dir: dir.to_path_buf(),
+                raft_node_id: 1,
+                raft_addr: "127.0.0.1:2377".into(),
+            },
+            StoreTuning {
+                watch_capacity,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn live_view_follows_the_store_and_reports_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 64).await;
+        db::write(
+            &store,
+            vec![db::put(&task("a", None), Expect::Absent).unwrap()],
+        )
+        .await
+        .unwrap();
+        let mut live = LiveState::new(store.clone());
+        assert!(live.refresh().reloaded, "the first view is a load");
+        assert_eq!(summary(live.state()), summary(&ClusterState::load(&store)));
+
+        let a = db::get::<StoredTask>(&store, "a").unwrap();
+        let mut svc = StoredService::default();
+        svc.service.id = Some("svc".into());
+        svc.service.spec = Some(shoal_api::models::ServiceSpec {
+            name: Some("web".into()),
+            ..Default::default()
+        });
+        db::write(
+            &store,
+            vec![
+                db::put(&task("a", Some("n1")), Expect::Version(a.version)).unwrap(),
+                db::put(&task("b", Some("n2")), Expect::Absent).unwrap(),
+                db::put(&task("c", None), Expect::Absent).unwrap(),
+                db::put(&node("n2"), Expect::Absent).unwrap(),
+                db::put(&node("n1"), Expect::Absent).unwrap(),
+                db::put(&svc, Expect::Absent).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+        let b = db::get::<StoredTask>(&store, "b").unwrap();
+        db::write(
+            &store,
+            vec![db::delete::<StoredTask>("a", Expect::Any), {
+                let mut moved = b.obj.clone();
+                moved.task.node_id = Some("n1".into());
+                db::put(&moved, Expect::Version(b.version)).unwrap()
+            }],
+        )
+        .await
+        .unwrap();
+        assert!(live.changed().await);
+        let d = live.refresh();
+        assert!(!d.reloaded);
+        assert_eq!(d.change_sets, 2);
+        assert!(d.services && d.nodes && !d.networks && !d.cluster);
+        let seen: Vec<(&str, Option<&str>, bool)> = d
+            .tasks
+            .iter()
+            .map(|c| {
+                (
+                    c.id.as_str(),
+                    c.before.as_ref().and_then(|t| t.node_id()),
+                    c.exists,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("a", None, true),
+                ("b", None, true),
+                ("c", None, true),
+                ("a", Some("n1"), false),
+                ("b", Some("n2"), true),
+            ]
+        );
+        assert_eq!(summary(live.state()), summary(&ClusterState::load(&store)));
+        assert!(live.task("a").is_none());
+        assert_eq!(live.task("b").and_then(|t| t.obj.node_id()), Some("n1"));
+        let ids: Vec<&str> = live
+            .state()
+            .nodes
+            .iter()
+            .filter_map(|n| n.obj.id.as_deref())
+            .collect();
+        assert_eq!(
+            ids,
+            vec!["n1", "n2"],
+            "nodes stay sorted by ID, as a load returns them"
+        );
+        assert!(live.refresh().is_empty());
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lagging_view_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 2).await;
+        let mut live = LiveState::new(store.clone());
+        live.refresh();
+        for i in 0..5 {
+            db::write(
+                &store,
+                vec![db::put(&task(&format!("t{i}"), None), Expect::Absent).unwrap()],
+            )
+            .await
+            .unwrap();
+        }
+        let d = live.refresh();
+        assert!(d.reloaded, "five change sets cannot fit a buffer of two");
+        assert_eq!(summary(live.state()), summary(&ClusterState::load(&store)));
+        assert_eq!(live.state().tasks.len(), 5);
+        store.shutdown().await.unwrap();
+    }
 }
