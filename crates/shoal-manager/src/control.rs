@@ -1,28 +1,41 @@
 //! The control loop: on every store change (and when a restart delay ends) it runs orchestration,
-//! allocation and scheduling over one snapshot and writes the result as one batch.
+//! allocation and scheduling over one snapshot and writes the result as one batch (split by
+//! slot only beyond [`MAX_OPS_PER_WRITE`] operations).
 
 use crate::allocator::{attach_task, Ipam};
 use crate::db::{self, Versioned};
 use crate::orchestrator;
 use crate::scheduler;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, LiveState};
 use shoal_api::models::{ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskState};
 use shoal_api::objects::{StoredService, StoredTask};
 use shoal_api::{id, ApiError};
-use shoal_store::{Expect, Store};
+use shoal_store::{Expect, Op, Store};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// A pass writes at most this many operations per store write; more are split (see
+/// [`write_in_batches`]). Big enough that `--replicas 4000` is still one raft entry.
+pub const MAX_OPS_PER_WRITE: usize = 4096;
+
 /// Runs passes until cancelled. `alloc` serializes address allocation with the API.
+///
+/// The passes read a [`LiveState`] kept current from the store's change stream. Changes are
+/// coalesced for 5 ms, or for as long as the last pass took (at most 250 ms) so that passes over
+/// a large cluster cannot take the whole CPU while status reports stream in.
 pub async fn run(store: Store, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
-    let mut changes = store.watch();
+    let mut live = LiveState::new(store.clone());
     loop {
+        live.refresh();
+        let started = Instant::now();
         let outcome = {
             let _guard = alloc.lock().await;
-            pass(&store).await
+            pass_on(&store, live.state()).await
         };
+        let took = started.elapsed();
         let wake = match outcome {
             Ok(next) => next.unwrap_or(Duration::from_secs(2)),
             Err(e) => {
@@ -33,79 +46,96 @@ pub async fn run(store: Store, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            r = changes.recv() => {
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return; }
+            open = live.changed() => {
+                if !open { return; }
                 // Coalesce bursts of changes into one pass.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                while changes.try_recv().is_ok() {}
+                let settle = took.clamp(Duration::from_millis(5), Duration::from_millis(250));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(settle) => {}
+                }
             }
             _ = tokio::time::sleep(wake) => {}
         }
     }
 }
 
-/// One pass; returns how soon the next must run if nothing changes.
+/// One pass over a fresh snapshot; returns how soon the next must run if nothing changes.
 pub async fn pass(store: &Store) -> Result<Option<Duration>, ApiError> {
+    pass_on(store, &ClusterState::load(store)).await
+}
+
+/// One pass over `state` (a fresh load or a [`LiveState`]'s view); returns how soon the next
+/// must run if nothing changes.
+pub async fn pass_on(store: &Store, state: &ClusterState) -> Result<Option<Duration>, ApiError> {
+    let started = Instant::now();
     let now = chrono::Utc::now();
-    let state = ClusterState::load(store);
-    let mut plan = orchestrator::plan(&state, now);
+    let mut plan = orchestrator::plan(state, now);
+    let planned = started.elapsed();
 
     // Allocate and schedule new tasks, and existing ones still waiting for a node.
-    let mut ipam = Ipam::from_state(&state);
     let mut created = std::mem::take(&mut plan.created);
-    let mut waiting: Vec<StoredTask> = state
-        .tasks
-        .iter()
-        .filter(|t| {
-            t.obj.desired() == TaskState::RUNNING
-                && matches!(
-                    t.obj.state(),
-                    TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING
-                )
-                && !plan.updated.contains_key(t.obj.id())
-        })
-        .map(|t| t.obj.clone())
-        .collect();
-    let before: Vec<StoredTask> = waiting.clone();
-    {
+    let mut waiting: Vec<StoredTask> = Vec::new();
+    let mut before: Vec<(&StoredTask, u64)> = Vec::new();
+    for t in &state.tasks {
+        if t.obj.desired() == TaskState::RUNNING
+            && matches!(
+                t.obj.state(),
+                TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING
+            )
+            && !plan.updated.contains_key(t.obj.id())
+        {
+            waiting.push(t.obj.clone());
+            before.push((&t.obj, t.version));
+        }
+    }
+    if !created.is_empty() || !waiting.is_empty() {
+        let mut ipam = Ipam::from_state(state);
         // Only tasks with their addresses go to the scheduler; the others wait, with the reason.
         let mut ready: Vec<&mut StoredTask> = Vec::new();
         for t in created.iter_mut().chain(waiting.iter_mut()) {
-            if allocate(t, &state, &mut ipam) {
+            if allocate(t, state, &mut ipam) {
                 ready.push(t);
             }
         }
-        scheduler::schedule(&state, &mut ready);
+        scheduler::schedule(state, &mut ready);
     }
-    let mut ops = Vec::new();
+    let scheduled = started.elapsed();
+    let mut ops = OpsBySlot::default();
     for t in &created {
-        ops.push(db::put(t, Expect::Absent)?);
+        ops.push(slot_of(t), db::put(t, Expect::Absent)?);
     }
-    for (t, old) in waiting.iter().zip(before.iter()) {
-        if t != old {
-            let v = state
-                .tasks
-                .iter()
-                .find(|x| x.obj.id() == t.id())
-                .map(|x| x.version)
-                .unwrap_or(0);
-            ops.push(db::put(t, Expect::Version(v))?);
+    for (t, (old, version)) in waiting.iter().zip(before.iter()) {
+        if t != *old {
+            ops.push(slot_of(t), db::put(t, Expect::Version(*version))?);
         }
     }
     for (t, v) in plan.updated.values() {
-        ops.push(db::put(t, Expect::Version(*v))?);
+        ops.push(slot_of(t), db::put(t, Expect::Version(*v))?);
     }
     for (id, v) in &plan.deleted {
-        ops.push(db::delete::<StoredTask>(id, Expect::Version(*v)));
+        ops.push(
+            alone("task", id),
+            db::delete::<StoredTask>(id, Expect::Version(*v)),
+        );
     }
-    ops.extend(update_statuses(&state)?);
-    if !ops.is_empty() {
+    for op in update_statuses(state)? {
+        let key = alone("service", op.key().1);
+        ops.push(key, op);
+    }
+    if !ops.ops.is_empty() {
+        let n = ops.ops.len();
+        let written = write_in_batches(store, ops).await;
         tracing::debug!(
-            ops = ops.len(),
+            ops = n,
             created = created.len(),
+            tasks = state.tasks.len(),
+            plan_ms = planned.as_millis() as u64,
+            schedule_ms = (scheduled - planned).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
             "control pass writes"
         );
-        db::write(store, ops).await?;
+        written?;
     }
     Ok(plan.wake_at.map(|w| {
         (w - now)
@@ -113,6 +143,57 @@ pub async fn pass(store: &Store) -> Result<Option<Duration>, ApiError> {
             .unwrap_or(Duration::ZERO)
             .max(Duration::from_millis(10))
     }))
+}
+
+/// What a pass's operations are grouped by when they must be split: a service's slot (or, for
+/// global services, its node), so that stopping a task and creating its replacement stay in one
+/// atomic write. Deletions and service updates stand alone.
+type SlotKey = (&'static str, String, u64, String);
+
+fn slot_of(t: &StoredTask) -> SlotKey {
+    let node = if t.slot() == 0 {
+        t.node_id().unwrap_or_default().to_string()
+    } else {
+        String::new()
+    };
+    ("slot", t.service_id().to_string(), t.slot(), node)
+}
+
+fn alone(kind: &'static str, id: &str) -> SlotKey {
+    (kind, id.to_string(), 0, String::new())
+}
+
+/// A pass's operations in the order they were decided, each with its slot.
+#[derive(Default)]
+struct OpsBySlot {
+    ops: Vec<(SlotKey, Op)>,
+}
+
+impl OpsBySlot {
+    fn push(&mut self, key: SlotKey, op: Op) {
+        self.ops.push((key, op));
+    }
+}
+
+/// Writes a pass's operations: as one batch when they fit [`MAX_OPS_PER_WRITE`] (the usual
+/// case, and the pass is atomic), else as several batches of whole slots, submitted together so
+/// the store coalesces them into as few raft entries as its limits allow. A batch that fails
+/// leaves the others written; the next pass sees what is missing and decides again, as after a
+/// crash.
+async fn write_in_batches(store: &Store, ops: OpsBySlot) -> Result<(), ApiError> {
+    let ops = ops.ops;
+    if ops.len() <= MAX_OPS_PER_WRITE {
+        return db::write(store, ops.into_iter().map(|(_, op)| op).collect())
+            .await
+            .map(|_| ());
+    }
+    let batches = split_by_slot(ops);
+    let results = futures::future::join_all(batches.into_iter().map(|b| db::write(store, b))).await;
+    results
+        .into_iter()
+        .find(|r| r.is_err())
+        .unwrap_or(Ok(0))
+        .map(|_| ())
 }
 
 /// Gives a task its network addresses if it lacks them; false (task left pending with the
@@ -140,9 +221,57 @@ fn allocate(t: &mut StoredTask, state: &ClusterState, ipam: &mut Ipam) -> bool {
     }
 }
 
+/// Cuts operations into batches of about [`MAX_OPS_PER_WRITE`], never splitting a slot.
+fn split_by_slot(mut ops: Vec<(SlotKey, Op)>) -> Vec<Vec<Op>> {
+    // Stable: within a slot, the decided order is kept.
+    ops.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut batches: Vec<Vec<Op>> = Vec::new();
+    let mut current: Vec<Op> = Vec::new();
+    let mut last: Option<SlotKey> = None;
+    for (key, op) in ops {
+        if current.len() >= MAX_OPS_PER_WRITE && last.as_ref() != Some(&key) {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(op);
+        last = Some(key);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 /// Marks a service's update (or rollback) completed once every task is up to date and running.
-fn update_statuses(state: &ClusterState) -> Result<Vec<shoal_store::Op>, ApiError> {
+fn update_statuses(state: &ClusterState) -> Result<Vec<Op>, ApiError> {
     let mut ops = Vec::new();
+    // Services whose update or rollback is in progress -> whether every runnable task settled.
+    let mut settled: HashMap<&str, bool> = HashMap::new();
+    for svc in state.services.values() {
+        let state = svc.obj.service.update_status.as_ref().and_then(|u| u.state);
+        if matches!(
+            state,
+            Some(ServiceUpdateStatusStateEnum::UPDATING)
+                | Some(ServiceUpdateStatusStateEnum::ROLLBACK_STARTED)
+        ) {
+            settled.insert(svc.obj.id(), true);
+        }
+    }
+    if settled.is_empty() {
+        return Ok(ops);
+    }
+    for t in &state.tasks {
+        let t = &t.obj;
+        if t.desired() != TaskState::RUNNING {
+            continue;
+        }
+        let (Some(ok), Some(svc)) = (
+            settled.get_mut(t.service_id()),
+            state.services.get(t.service_id()),
+        ) else {
+            continue;
+        };
+        *ok &= t.spec_version >= svc.obj.spec_version && t.state() == TaskState::RUNNING;
+    }
     for Versioned { obj: svc, version } in state.services.values() {
         let Some(us) = &svc.service.update_status else {
             continue;
@@ -154,16 +283,7 @@ fn update_statuses(state: &ClusterState) -> Result<Vec<shoal_store::Op>, ApiErro
             }
             _ => continue,
         };
-        let runnable: Vec<&StoredTask> = state
-            .tasks
-            .iter()
-            .map(|t| &t.obj)
-            .filter(|t| t.service_id() == svc.id() && t.desired() == TaskState::RUNNING)
-            .collect();
-        let settled = runnable
-            .iter()
-            .all(|t| t.spec_version >= svc.spec_version && t.state() == TaskState::RUNNING);
-        if settled {
+        if settled.get(svc.id()).copied().unwrap_or(false) {
             let mut s: StoredService = svc.clone();
             s.service.update_status = Some(ServiceUpdateStatus {
                 state: Some(done_state),
@@ -227,5 +347,80 @@ mod tests {
         let mut ready = vec![&mut a];
         assert_eq!(scheduler::schedule(&state, &mut ready), 1);
         assert_eq!(a.node_id(), Some("node1"));
+    }
+
+    #[test]
+    fn big_writes_split_between_slots_never_inside_one() {
+        let mut ops = Vec::new();
+        for slot in 1..=3000u64 {
+            // A replacement: the old task stopped and the new one created, in the same slot.
+            for id in ["old", "new"] {
+                let op = db::delete::<StoredTask>(&format!("{id}{slot}"), Expect::Any);
+                ops.push((("slot", "s".to_string(), slot, String::new()), op));
+            }
+        }
+        let batches = split_by_slot(ops);
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4096, 1904]
+        );
+        let first_last = batches[0].last().map(|op| op.key().1.to_string());
+        let second_first = batches[1].first().map(|op| op.key().1.to_string());
+        assert_eq!(first_last.as_deref(), Some("new2048"));
+        assert_eq!(second_first.as_deref(), Some("old2049"));
+    }
+
+    #[tokio::test]
+    async fn a_pass_places_more_tasks_than_one_write_holds_and_then_rests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(shoal_store::StoreOptions {
+            dir: dir.path().to_path_buf(),
+            raft_node_id: 1,
+            raft_addr: "127.0.0.1:2377".into(),
+        })
+        .await
+        .unwrap();
+        let mut ops = Vec::new();
+        for i in 0..3 {
+            let node: Node = serde_json::from_str(&format!(
+                r#"{{"ID":"node{i}","Spec":{{"Role":"worker","Availability":"active"}},"Status":{{"State":"ready"}}}}"#
+            ))
+            .unwrap();
+            ops.push(db::put(&node, Expect::Absent).unwrap());
+        }
+        let mut svc = StoredService::default();
+        svc.service.id = Some("s".into());
+        svc.service.spec = Some(
+            serde_json::from_str(r#"{"Name":"s","Mode":{"Replicated":{"Replicas":5000}}}"#)
+                .unwrap(),
+        );
+        svc.spec_version = 1;
+        ops.push(db::put(&svc, Expect::Absent).unwrap());
+        db::write(&store, ops).await.unwrap();
+
+        let before = store.last_applied();
+        pass(&store).await.unwrap();
+        let state = ClusterState::load(&store);
+        assert_eq!(state.tasks.len(), 5000);
+        let mut per_node: HashMap<&str, usize> = HashMap::new();
+        for t in &state.tasks {
+            assert_eq!(t.obj.state(), TaskState::ASSIGNED);
+            *per_node
+                .entry(t.obj.node_id().unwrap_or("none"))
+                .or_default() += 1;
+        }
+        let mut counts: Vec<usize> = per_node.values().copied().collect();
+        counts.sort();
+        assert_eq!(counts, vec![1666, 1667, 1667], "spread evenly");
+        assert!(store.last_applied() > before);
+
+        let settled = store.last_applied();
+        pass(&store).await.unwrap();
+        assert_eq!(
+            store.last_applied(),
+            settled,
+            "a second pass has nothing to write"
+        );
+        store.shutdown().await.unwrap();
     }
 }
