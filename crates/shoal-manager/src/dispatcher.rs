@@ -3,7 +3,7 @@
 
 use crate::allocator::network_subnet;
 use crate::db::{self, Versioned};
-use crate::state::ClusterState;
+use crate::state::{ClusterState, Delta, LiveState};
 use base64::Engine as _;
 use shoal_api::dispatch::{
     FilePayload, NetworkInfo, NodeAssignments, PublishedPort, ServiceRoute, TaskEndpoint,
@@ -12,11 +12,11 @@ use shoal_api::dispatch::{
 use shoal_api::models::{
     Config, EndpointPortConfigPublishModeEnum, EndpointSpecModeEnum, Secret, TaskState,
 };
-use shoal_api::objects::{is_terminal, state_rank, StoredTask};
+use shoal_api::objects::{is_terminal, state_rank, NetworkAttachment, StoredTask};
 use shoal_store::{Expect, Store};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -26,22 +26,89 @@ fn addr_of(cidr: &str) -> Option<Ipv4Addr> {
 
 /// Computes what `node_id` must run and route, from one snapshot.
 pub fn assignments(store: &Store, state: &ClusterState, node_id: &str) -> NodeAssignments {
+    let tasks: Vec<&StoredTask> = state
+        .tasks
+        .iter()
+        .map(|t| &t.obj)
+        .filter(|t| t.node_id() == Some(node_id))
+        .collect();
+    node_assignments(
+        &mut Payloads::new(store),
+        state,
+        &Routing::new(state),
+        node_id,
+        tasks,
+    )
+}
+
+/// Secret and config payloads read during one round of computing assignments, so that a
+/// secret many nodes use is read and decoded once.
+struct Payloads<'a> {
+    store: &'a Store,
+    secrets: HashMap<String, Option<FilePayload>>,
+    configs: HashMap<String, Option<FilePayload>>,
+}
+
+impl<'a> Payloads<'a> {
+    fn new(store: &'a Store) -> Self {
+        Payloads {
+            store,
+            secrets: HashMap::new(),
+            configs: HashMap::new(),
+        }
+    }
+
+    fn secret(&mut self, id: &str) -> Option<FilePayload> {
+        let store = self.store;
+        self.secrets
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                db::get::<Secret>(store, id).map(|s| {
+                    let spec = s.obj.spec.unwrap_or_default();
+                    FilePayload {
+                        id: id.to_string(),
+                        name: spec.name.unwrap_or_default(),
+                        data: decode(spec.data.as_deref()),
+                    }
+                })
+            })
+            .clone()
+    }
+
+    fn config(&mut self, id: &str) -> Option<FilePayload> {
+        let store = self.store;
+        self.configs
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                db::get::<Config>(store, id).map(|c| {
+                    let spec = c.obj.spec.unwrap_or_default();
+                    FilePayload {
+                        id: id.to_string(),
+                        name: spec.name.unwrap_or_default(),
+                        data: decode(spec.data.as_deref()),
+                    }
+                })
+            })
+            .clone()
+    }
+}
+
+/// One node's assignments: `tasks` are the tasks assigned to it (any order).
+fn node_assignments(
+    payloads: &mut Payloads,
+    state: &ClusterState,
+    routing: &Routing,
+    node_id: &str,
+    tasks: Vec<&StoredTask>,
+) -> NodeAssignments {
     let mut out = NodeAssignments::default();
     let mut secret_ids = HashSet::new();
     let mut config_ids = HashSet::new();
     let mut net_ids: BTreeMap<String, ()> = BTreeMap::new();
-    for t in &state.tasks {
-        if t.obj.node_id() != Some(node_id) {
-            continue;
-        }
-        let live = !is_terminal(t.obj.state());
-        if live && t.obj.desired() == TaskState::RUNNING {
-            let cs = t
-                .obj
-                .task
-                .spec
-                .as_ref()
-                .and_then(|s| s.container_spec.as_ref());
+    for t in tasks {
+        let live = !is_terminal(t.state());
+        if live && t.desired() == TaskState::RUNNING {
+            let cs = t.task.spec.as_ref().and_then(|s| s.container_spec.as_ref());
             for s in cs.and_then(|c| c.secrets.as_ref()).into_iter().flatten() {
                 secret_ids.extend(s.secret_id.clone());
             }
@@ -50,33 +117,21 @@ pub fn assignments(store: &Store, state: &ClusterState, node_id: &str) -> NodeAs
             }
         }
         if live {
-            for a in &t.obj.networks_attachments {
+            for a in &t.networks_attachments {
                 net_ids.insert(a.network.id.clone(), ());
             }
         }
-        out.tasks.push(t.obj.clone());
+        out.tasks.push(t.clone());
     }
     out.tasks.sort_by(|a, b| a.id().cmp(b.id()));
-    for id in secret_ids {
-        if let Some(s) = db::get::<Secret>(store, &id) {
-            let spec = s.obj.spec.unwrap_or_default();
-            out.secrets.push(FilePayload {
-                id,
-                name: spec.name.unwrap_or_default(),
-                data: decode(spec.data.as_deref()),
-            });
-        }
-    }
-    for id in config_ids {
-        if let Some(c) = db::get::<Config>(store, &id) {
-            let spec = c.obj.spec.unwrap_or_default();
-            out.configs.push(FilePayload {
-                id,
-                name: spec.name.unwrap_or_default(),
-                data: decode(spec.data.as_deref()),
-            });
-        }
-    }
+    out.secrets = secret_ids
+        .iter()
+        .filter_map(|id| payloads.secret(id))
+        .collect();
+    out.configs = config_ids
+        .iter()
+        .filter_map(|id| payloads.config(id))
+        .collect();
     out.secrets.sort_by(|a, b| a.id.cmp(&b.id));
     out.configs.sort_by(|a, b| a.id.cmp(&b.id));
     for n in &state.networks {
@@ -95,7 +150,7 @@ pub fn assignments(store: &Store, state: &ClusterState, node_id: &str) -> NodeAs
             });
         }
     }
-    routes(state, node_id, &net_ids, &mut out);
+    routing.for_node(node_id, &net_ids, &mut out);
     out
 }
 
@@ -104,110 +159,206 @@ fn decode(data: Option<&str>) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn routes(
-    state: &ClusterState,
-    node_id: &str,
-    nets: &BTreeMap<String, ()>,
-    out: &mut NodeAssignments,
-) {
-    let mut running: HashMap<&str, Vec<&StoredTask>> = HashMap::new();
-    for t in &state.tasks {
-        if t.obj.state() == TaskState::RUNNING && t.obj.desired() == TaskState::RUNNING {
-            running.entry(t.obj.service_id()).or_default().push(&t.obj);
+/// A published port of a service, with every running task it may lead to.
+struct PortRouting {
+    protocol: String,
+    published: u16,
+    /// Host mode: each node reaches only its own tasks.
+    host: bool,
+    /// (task's node, address and target port), sorted by address.
+    targets: Vec<(Option<String>, SocketAddrV4)>,
+}
+
+/// The node-independent part of every node's routes, computed once from a snapshot: per service
+/// (by ID), its route on each of its networks and its published ports.
+struct Routing {
+    services: Vec<(Vec<ServiceRoute>, Vec<PortRouting>)>,
+    /// Services whose running tasks appear in routes (they have networks or published ports).
+    routed: HashSet<String>,
+}
+
+impl Routing {
+    fn new(state: &ClusterState) -> Self {
+        let mut running: HashMap<&str, Vec<&StoredTask>> = HashMap::new();
+        for t in &state.tasks {
+            if t.obj.state() == TaskState::RUNNING && t.obj.desired() == TaskState::RUNNING {
+                running.entry(t.obj.service_id()).or_default().push(&t.obj);
+            }
+        }
+        // As a fresh load lists them: by task ID.
+        for tasks in running.values_mut() {
+            tasks.sort_by(|a, b| a.id().cmp(b.id()));
+        }
+        let ingress: HashSet<&str> = state
+            .networks
+            .iter()
+            .filter(|n| n.obj.ingress == Some(true))
+            .filter_map(|n| n.obj.id.as_deref())
+            .collect();
+        let mut services: Vec<&Versioned<shoal_api::objects::StoredService>> =
+            state.services.values().collect();
+        services.sort_by(|a, b| a.obj.id().cmp(b.obj.id()));
+        let mut out = Routing {
+            services: Vec::with_capacity(services.len()),
+            routed: HashSet::new(),
+        };
+        for svc in services {
+            let s = &svc.obj;
+            let tasks = running.get(s.id()).map(Vec::as_slice).unwrap_or_default();
+            let dnsrr = s.spec().endpoint_spec.as_ref().and_then(|e| e.mode)
+                == Some(EndpointSpecModeEnum::DNSRR);
+            let vips: HashMap<String, Ipv4Addr> = s
+                .service
+                .endpoint
+                .iter()
+                .flat_map(|e| e.virtual_ips.iter().flatten())
+                .filter_map(|v| Some((v.network_id.clone()?, addr_of(v.addr.as_deref()?)?)))
+                .collect();
+            let mut routes = Vec::new();
+            for (net_id, _, aliases) in crate::allocator::service_networks(s, state) {
+                let endpoints: Vec<TaskEndpoint> = tasks
+                    .iter()
+                    .filter_map(|t| {
+                        let a = t
+                            .networks_attachments
+                            .iter()
+                            .find(|a| a.network.id == net_id)?;
+                        Some(TaskEndpoint {
+                            task_id: t.id().to_string(),
+                            addr: addr_of(a.addresses.first()?)?,
+                            healthy: true,
+                        })
+                    })
+                    .collect();
+                routes.push(ServiceRoute {
+                    service_id: s.id().to_string(),
+                    name: s.name().to_string(),
+                    vip: if dnsrr {
+                        None
+                    } else {
+                        vips.get(&net_id).copied()
+                    },
+                    network_id: net_id,
+                    aliases,
+                    dnsrr,
+                    tasks: endpoints,
+                });
+            }
+            let mut ports = Vec::new();
+            for p in s
+                .service
+                .endpoint
+                .iter()
+                .flat_map(|e| e.ports.iter().flatten())
+            {
+                let (Some(published), Some(target)) = (p.published_port, p.target_port) else {
+                    continue;
+                };
+                if published <= 0 {
+                    continue;
+                }
+                let mut targets: Vec<(Option<String>, SocketAddrV4)> = tasks
+                    .iter()
+                    .filter_map(|t| {
+                        let a = t
+                            .networks_attachments
+                            .iter()
+                            .find(|a| ingress.contains(a.network.id.as_str()))
+                            .or_else(|| t.networks_attachments.first())?;
+                        let addr = SocketAddrV4::new(addr_of(a.addresses.first()?)?, target as u16);
+                        Some((t.node_id().map(str::to_string), addr))
+                    })
+                    .collect();
+                targets.sort_by_key(|(_, a)| *a);
+                ports.push(PortRouting {
+                    protocol: p
+                        .protocol
+                        .map(|p| p.to_string())
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or_else(|| "tcp".into()),
+                    published: published as u16,
+                    host: p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST),
+                    targets,
+                });
+            }
+            if !routes.is_empty() || !ports.is_empty() {
+                out.routed.insert(s.id().to_string());
+            }
+            out.services.push((routes, ports));
+        }
+        out
+    }
+
+    /// Adds the routes a node on networks `nets` gets, and every published port.
+    fn for_node(&self, node_id: &str, nets: &BTreeMap<String, ()>, out: &mut NodeAssignments) {
+        for (routes, ports) in &self.services {
+            out.services.extend(
+                routes
+                    .iter()
+                    .filter(|r| nets.contains_key(&r.network_id))
+                    .cloned(),
+            );
+            for p in ports {
+                out.published.push(PublishedPort {
+                    protocol: p.protocol.clone(),
+                    published: p.published,
+                    targets: p
+                        .targets
+                        .iter()
+                        .filter(|(n, _)| !p.host || n.as_deref() == Some(node_id))
+                        .map(|(_, a)| *a)
+                        .collect(),
+                });
+            }
         }
     }
-    let mut services: Vec<&Versioned<shoal_api::objects::StoredService>> =
-        state.services.values().collect();
-    services.sort_by(|a, b| a.obj.id().cmp(b.obj.id()));
-    for svc in services {
-        let s = &svc.obj;
-        let tasks = running.get(s.id()).cloned().unwrap_or_default();
-        let dnsrr = s.spec().endpoint_spec.as_ref().and_then(|e| e.mode)
-            == Some(EndpointSpecModeEnum::DNSRR);
-        let vips: HashMap<String, Ipv4Addr> = s
-            .service
-            .endpoint
-            .iter()
-            .flat_map(|e| e.virtual_ips.iter().flatten())
-            .filter_map(|v| Some((v.network_id.clone()?, addr_of(v.addr.as_deref()?)?)))
-            .collect();
-        for net in crate::allocator::service_networks(s, state) {
-            let (net_id, _, aliases) = net;
-            if !nets.contains_key(&net_id) {
-                continue;
-            }
-            let endpoints: Vec<TaskEndpoint> = tasks
-                .iter()
-                .filter_map(|t| {
-                    let a = t
-                        .networks_attachments
-                        .iter()
-                        .find(|a| a.network.id == net_id)?;
-                    Some(TaskEndpoint {
-                        task_id: t.id().to_string(),
-                        addr: addr_of(a.addresses.first()?)?,
-                        healthy: true,
-                    })
-                })
-                .collect();
-            out.services.push(ServiceRoute {
-                service_id: s.id().to_string(),
-                name: s.name().to_string(),
-                network_id: net_id.clone(),
-                aliases,
-                vip: if dnsrr {
-                    None
-                } else {
-                    vips.get(&net_id).copied()
-                },
-                dnsrr,
-                tasks: endpoints,
-            });
-        }
-        for p in s
-            .service
-            .endpoint
-            .iter()
-            .flat_map(|e| e.ports.iter().flatten())
-        {
-            let (Some(published), Some(target)) = (p.published_port, p.target_port) else {
-                continue;
-            };
-            if published <= 0 {
-                continue;
-            }
-            let host = p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST);
-            let mut targets: Vec<SocketAddrV4> = tasks
-                .iter()
-                .filter(|t| !host || t.node_id() == Some(node_id))
-                .filter_map(|t| {
-                    let a = t
-                        .networks_attachments
-                        .iter()
-                        .find(|a| {
-                            state.networks.iter().any(|n| {
-                                n.obj.id.as_deref() == Some(&a.network.id)
-                                    && n.obj.ingress == Some(true)
-                            })
-                        })
-                        .or_else(|| t.networks_attachments.first())?;
-                    Some(SocketAddrV4::new(
-                        addr_of(a.addresses.first()?)?,
-                        target as u16,
-                    ))
-                })
-                .collect();
-            targets.sort();
-            out.published.push(PublishedPort {
-                protocol: p
-                    .protocol
-                    .map(|p| p.to_string())
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| "tcp".into()),
-                published: published as u16,
-                targets,
-            });
-        }
+}
+
+/// What about a task its service's routes depend on: where it runs and its addresses, if it is
+/// running (routes list only running tasks). A change elsewhere leaves every route alone.
+fn route_footprint(t: Option<&StoredTask>) -> Option<(Option<&str>, &[NetworkAttachment])> {
+    t.filter(|t| t.state() == TaskState::RUNNING && t.desired() == TaskState::RUNNING)
+        .map(|t| (t.node_id(), t.networks_attachments.as_slice()))
+}
+
+/// The dispatcher has stopped (its manager is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the dispatcher has stopped")]
+pub struct Stopped;
+
+/// One node's session: where its assignments go.
+struct Session {
+    node_id: String,
+    tx: watch::Sender<NodeAssignments>,
+}
+
+/// Serves every node's session from one view of the store: on each change (coalesced) it
+/// recomputes the assignments of only the nodes the change concerns, from one snapshot, and
+/// sends them only if they differ. With 1,000 nodes that is one decode of each changed object,
+/// instead of a decode of the whole store per node per change.
+#[derive(Clone)]
+pub struct Dispatcher {
+    sessions: mpsc::UnboundedSender<Session>,
+}
+
+impl Dispatcher {
+    /// Starts serving; stops when `stop` is cancelled.
+    pub fn spawn(store: Store, stop: CancellationToken) -> Dispatcher {
+        let (sessions, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_sessions(store, rx, stop));
+        Dispatcher { sessions }
+    }
+
+    /// Opens a node's session: `tx` gets its assignments at once and whenever they change. A
+    /// second session for the same node replaces the first.
+    pub fn serve(
+        &self,
+        node_id: String,
+        tx: watch::Sender<NodeAssignments>,
+    ) -> Result<(), Stopped> {
+        self.sessions
+            .send(Session { node_id, tx })
+            .map_err(|_| Stopped)
     }
 }
 
@@ -218,30 +369,177 @@ pub async fn serve_node(
     tx: watch::Sender<NodeAssignments>,
     stop: CancellationToken,
 ) {
-    let mut changes = store.watch();
-    // The first computation is always sent: the agent acts on nothing before it.
-    let mut first = true;
-    loop {
-        let state = ClusterState::load(&store);
-        let next = assignments(&store, &state, &node_id);
-        if std::mem::take(&mut first) {
-            tx.send_replace(next);
-        } else {
-            tx.send_if_modified(|cur| {
-                if *cur != next {
-                    *cur = next;
-                    true
-                } else {
-                    false
-                }
-            });
+    let (sessions, rx) = mpsc::unbounded_channel();
+    // The receiver is right here: this cannot fail.
+    let _ = sessions.send(Session { node_id, tx });
+    run_sessions(store, rx, stop).await;
+}
+
+/// The sessions' state between changes.
+struct Sessions {
+    open: HashMap<String, watch::Sender<NodeAssignments>>,
+    /// Nodes whose session has not had its first assignments yet.
+    fresh: HashSet<String>,
+    /// Task IDs per node.
+    by_node: HashMap<String, HashSet<String>>,
+    /// Routes as of the last change that touched them.
+    routing: Option<Routing>,
+}
+
+impl Sessions {
+    fn index(&mut self, state: &ClusterState) {
+        self.by_node.clear();
+        for t in &state.tasks {
+            if let Some(n) = t.obj.node_id() {
+                self.by_node
+                    .entry(n.to_string())
+                    .or_default()
+                    .insert(t.obj.id().to_string());
+            }
         }
+    }
+
+    /// Takes in what changed; returns the nodes whose assignments may differ (`None`: all).
+    fn absorb(&mut self, live: &LiveState, delta: Delta) -> Option<HashSet<String>> {
+        if delta.reloaded {
+            self.index(live.state());
+            self.routing = None;
+            return None;
+        }
+        let mut all = delta.services || delta.networks || delta.other;
+        if all {
+            self.routing = None;
+        }
+        let mut dirty = HashSet::new();
+        for c in &delta.tasks {
+            let now = live.task(&c.id).filter(|_| c.exists).map(|t| &t.obj);
+            if let Some(n) = c.before.as_ref().and_then(|t| t.node_id()) {
+                if let Some(ids) = self.by_node.get_mut(n) {
+                    ids.remove(&c.id);
+                }
+                dirty.insert(n.to_string());
+            }
+            if let Some(n) = now.and_then(|t| t.node_id()) {
+                self.by_node
+                    .entry(n.to_string())
+                    .or_default()
+                    .insert(c.id.clone());
+                dirty.insert(n.to_string());
+            }
+            if !all {
+                let routed = |t: Option<&StoredTask>| {
+                    t.is_some_and(|t| {
+                        self.routing
+                            .as_ref()
+                            .is_none_or(|r| r.routed.contains(t.service_id()))
+                    })
+                };
+                let moved = route_footprint(c.before.as_ref()) != route_footprint(now);
+                if moved && (routed(c.before.as_ref()) || routed(now)) {
+                    all = true;
+                    self.routing = None;
+                }
+            }
+        }
+        self.by_node.retain(|_, ids| !ids.is_empty());
+        (!all).then_some(dirty)
+    }
+}
+
+async fn run_sessions(
+    store: Store,
+    mut incoming: mpsc::UnboundedReceiver<Session>,
+    stop: CancellationToken,
+) {
+    let mut live = LiveState::new(store.clone());
+    let mut s = Sessions {
+        open: HashMap::new(),
+        fresh: HashSet::new(),
+        by_node: HashMap::new(),
+        routing: None,
+    };
+    s.index(live.state());
+    let mut accepting = true;
+    let mut took = Duration::ZERO;
+    loop {
+        let delta = live.refresh();
+        let started = Instant::now();
+        let dirty = s.absorb(&live, delta);
+        while let Ok(new) = incoming.try_recv() {
+            s.fresh.insert(new.node_id.clone());
+            s.open.insert(new.node_id, new.tx);
+        }
+        let targets: Vec<String> = match &dirty {
+            None => s.open.keys().cloned().collect(),
+            Some(d) => s
+                .open
+                .keys()
+                .filter(|n| d.contains(*n) || s.fresh.contains(*n))
+                .cloned()
+                .collect(),
+        };
+        if !targets.is_empty() {
+            let state = live.state();
+            let routing = s.routing.get_or_insert_with(|| Routing::new(state));
+            let mut payloads = Payloads::new(&store);
+            let mut sent = 0usize;
+            for node in &targets {
+                let tasks: Vec<&StoredTask> = s
+                    .by_node
+                    .get(node)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| live.task(id))
+                    .map(|t| &t.obj)
+                    .collect();
+                let next = node_assignments(&mut payloads, state, routing, node, tasks);
+                let Some(tx) = s.open.get(node) else { continue };
+                // The first computation is always sent: the agent acts on nothing before it.
+                if s.fresh.remove(node) {
+                    tx.send_replace(next);
+                    sent += 1;
+                } else if tx.send_if_modified(|cur| {
+                    let changed = *cur != next;
+                    if changed {
+                        *cur = next;
+                    }
+                    changed
+                }) {
+                    sent += 1;
+                }
+            }
+            took = started.elapsed();
+            tracing::debug!(
+                computed = targets.len(),
+                sent,
+                ms = took.as_millis() as u64,
+                "assignments"
+            );
+        }
+        s.open.retain(|node, tx| {
+            let keep = !tx.is_closed();
+            if !keep {
+                s.fresh.remove(node);
+            }
+            keep
+        });
         tokio::select! {
             _ = stop.cancelled() => return,
-            r = changes.recv() => {
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return; }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                while changes.try_recv().is_ok() {}
+            new = incoming.recv(), if accepting => match new {
+                Some(new) => {
+                    s.fresh.insert(new.node_id.clone());
+                    s.open.insert(new.node_id, new.tx);
+                }
+                None => accepting = false,
+            },
+            open = live.changed() => {
+                if !open { return; }
+                // Coalesce bursts of changes; longer when computing takes long (many nodes).
+                let settle = took.clamp(Duration::from_millis(5), Duration::from_millis(250));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(settle) => {}
+                }
             }
         }
     }
@@ -285,6 +583,8 @@ pub async fn collect_reports(
         }
         for attempt in 0..5 {
             let mut ops = Vec::new();
+            // Each service's host ports, read once per attempt rather than per running task.
+            let mut ports: HashMap<String, Option<shoal_api::models::PortStatus>> = HashMap::new();
             for r in latest.values() {
                 let Some(t) = db::get::<StoredTask>(&store, &r.task_id) else {
                     continue;
@@ -308,7 +608,10 @@ pub async fn collect_reports(
                 let mut task = t.obj.clone();
                 let mut status = r.status.clone();
                 if new_state == TaskState::RUNNING {
-                    status.port_status = host_ports(&store, task.service_id());
+                    status.port_status = ports
+                        .entry(task.service_id().to_string())
+                        .or_insert_with(|| host_ports(&store, task.service_id()))
+                        .clone();
                 }
                 task.task.status = Some(status);
                 task.task.updated_at = Some(shoal_api::id::now());
@@ -431,5 +734,471 @@ mod tests {
         );
         store.shutdown().await.unwrap();
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The dispatcher's computation before issue 4 (a scan of every task per node), kept to
+    /// check that the shared, incremental computation sends exactly the same.
+    mod reference {
+        use super::super::*;
+
+        pub fn assignments(store: &Store, state: &ClusterState, node_id: &str) -> NodeAssignments {
+            let mut out = NodeAssignments::default();
+            let mut secret_ids = HashSet::new();
+            let mut config_ids = HashSet::new();
+            let mut net_ids: BTreeMap<String, ()> = BTreeMap::new();
+            for t in &state.tasks {
+                if t.obj.node_id() != Some(node_id) {
+                    continue;
+                }
+                let live = !is_terminal(t.obj.state());
+                if live && t.obj.desired() == TaskState::RUNNING {
+                    let cs = t
+                        .obj
+                        .task
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.container_spec.as_ref());
+                    for s in cs.and_then(|c| c.secrets.as_ref()).into_iter().flatten() {
+                        secret_ids.extend(s.secret_id.clone());
+                    }
+                    for c in cs.and_then(|c| c.configs.as_ref()).into_iter().flatten() {
+                        config_ids.extend(c.config_id.clone());
+                    }
+                }
+                if live {
+                    for a in &t.obj.networks_attachments {
+                        net_ids.insert(a.network.id.clone(), ());
+                    }
+                }
+                out.tasks.push(t.obj.clone());
+            }
+            out.tasks.sort_by(|a, b| a.id().cmp(b.id()));
+            for id in secret_ids {
+                if let Some(s) = db::get::<Secret>(store, &id) {
+                    let spec = s.obj.spec.unwrap_or_default();
+                    out.secrets.push(FilePayload {
+                        id,
+                        name: spec.name.unwrap_or_default(),
+                        data: decode(spec.data.as_deref()),
+                    });
+                }
+            }
+            for id in config_ids {
+                if let Some(c) = db::get::<Config>(store, &id) {
+                    let spec = c.obj.spec.unwrap_or_default();
+                    out.configs.push(FilePayload {
+                        id,
+                        name: spec.name.unwrap_or_default(),
+                        data: decode(spec.data.as_deref()),
+                    });
+                }
+            }
+            out.secrets.sort_by(|a, b| a.id.cmp(&b.id));
+            out.configs.sort_by(|a, b| a.id.cmp(&b.id));
+            for n in &state.networks {
+                let Some(id) = n.obj.id.clone() else { continue };
+                if !net_ids.contains_key(&id) {
+                    continue;
+                }
+                if let Some((subnet, gateway)) = network_subnet(&n.obj) {
+                    out.networks.push(NetworkInfo {
+                        id,
+                        name: n.obj.name.clone().unwrap_or_default(),
+                        subnet,
+                        gateway,
+                        internal: n.obj.internal.unwrap_or(false),
+                        ingress: n.obj.ingress.unwrap_or(false),
+                    });
+                }
+            }
+            routes(state, node_id, &net_ids, &mut out);
+            out
+        }
+
+        fn decode(data: Option<&str>) -> Vec<u8> {
+            data.and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+                .unwrap_or_default()
+        }
+
+        fn routes(
+            state: &ClusterState,
+            node_id: &str,
+            nets: &BTreeMap<String, ()>,
+            out: &mut NodeAssignments,
+        ) {
+            let mut running: HashMap<&str, Vec<&StoredTask>> = HashMap::new();
+            for t in &state.tasks {
+                if t.obj.state() == TaskState::RUNNING && t.obj.desired() == TaskState::RUNNING {
+                    running.entry(t.obj.service_id()).or_default().push(&t.obj);
+                }
+            }
+            let mut services: Vec<&Versioned<shoal_api::objects::StoredService>> =
+                state.services.values().collect();
+            services.sort_by(|a, b| a.obj.id().cmp(b.obj.id()));
+            for svc in services {
+                let s = &svc.obj;
+                let tasks = running.get(s.id()).cloned().unwrap_or_default();
+                let dnsrr = s.spec().endpoint_spec.as_ref().and_then(|e| e.mode)
+                    == Some(EndpointSpecModeEnum::DNSRR);
+                let vips: HashMap<String, Ipv4Addr> = s
+                    .service
+                    .endpoint
+                    .iter()
+                    .flat_map(|e| e.virtual_ips.iter().flatten())
+                    .filter_map(|v| Some((v.network_id.clone()?, addr_of(v.addr.as_deref()?)?)))
+                    .collect();
+                for net in crate::allocator::service_networks(s, state) {
+                    let (net_id, _, aliases) = net;
+                    if !nets.contains_key(&net_id) {
+                        continue;
+                    }
+                    let endpoints: Vec<TaskEndpoint> = tasks
+                        .iter()
+                        .filter_map(|t| {
+                            let a = t
+                                .networks_attachments
+                                .iter()
+                                .find(|a| a.network.id == net_id)?;
+                            Some(TaskEndpoint {
+                                task_id: t.id().to_string(),
+                                addr: addr_of(a.addresses.first()?)?,
+                                healthy: true,
+                            })
+                        })
+                        .collect();
+                    out.services.push(ServiceRoute {
+                        service_id: s.id().to_string(),
+                        name: s.name().to_string(),
+                        network_id: net_id.clone(),
+                        aliases,
+                        vip: if dnsrr {
+                            None
+                        } else {
+                            vips.get(&net_id).copied()
+                        },
+                        dnsrr,
+                        tasks: endpoints,
+                    });
+                }
+                for p in s
+                    .service
+                    .endpoint
+                    .iter()
+                    .flat_map(|e| e.ports.iter().flatten())
+                {
+                    let (Some(published), Some(target)) = (p.published_port, p.target_port) else {
+                        continue;
+                    };
+                    if published <= 0 {
+                        continue;
+                    }
+                    let host = p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST);
+                    let mut targets: Vec<SocketAddrV4> = tasks
+                        .iter()
+                        .filter(|t| !host || t.node_id() == Some(node_id))
+                        .filter_map(|t| {
+                            let a = t
+                                .networks_attachments
+                                .iter()
+                                .find(|a| {
+                                    state.networks.iter().any(|n| {
+                                        n.obj.id.as_deref() == Some(&a.network.id)
+                                            && n.obj.ingress == Some(true)
+                                    })
+                                })
+                                .or_else(|| t.networks_attachments.first())?;
+                            Some(SocketAddrV4::new(
+                                addr_of(a.addresses.first()?)?,
+                                target as u16,
+                            ))
+                        })
+                        .collect();
+                    targets.sort();
+                    out.published.push(PublishedPort {
+                        protocol: p
+                            .protocol
+                            .map(|p| p.to_string())
+                            .filter(|p| !p.is_empty())
+                            .unwrap_or_else(|| "tcp".into()),
+                        published: published as u16,
+                        targets,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn open_store(dir: &std::path::Path) -> Store {
+        Store::open(StoreOptions {
+            dir: dir.to_path_buf(),
+            raft_node_id: 1,
+            raft_addr: "127.0.0.1:2377".into(),
+        })
+        .await
+        .unwrap()
+    }
+
+    fn service(id: &str, json: serde_json::Value) -> StoredService {
+        let mut svc: StoredService = serde_json::from_value(json).unwrap();
+        svc.service.id = Some(id.into());
+        svc
+    }
+
+    fn attach(net: &str, addr: &str) -> NetworkAttachment {
+        NetworkAttachment {
+            network: shoal_api::objects::AttachedNetwork {
+                id: net.into(),
+                spec: Default::default(),
+            },
+            addresses: vec![addr.into()],
+            aliases: vec![],
+        }
+    }
+
+    /// Waits until every session holds what the old computation gives for the store's state.
+    async fn settled(
+        store: &Store,
+        sessions: &[(String, watch::Receiver<NodeAssignments>)],
+        step: usize,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = ClusterState::load(store);
+            let wrong: Vec<&str> = sessions
+                .iter()
+                .filter(|(n, rx)| *rx.borrow() != reference::assignments(store, &state, n))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if wrong.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let (n, rx) = sessions.iter().find(|(n, _)| n == wrong[0]).unwrap();
+                assert_eq!(
+                    *rx.borrow(),
+                    reference::assignments(store, &state, n),
+                    "step {step}: node {n}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn shared_sessions_send_what_a_full_recomputation_gives() {
+        use rand::Rng;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path()).await;
+        let net = |id: &str, subnet: &str, ingress: bool| -> shoal_api::models::Network {
+            serde_json::from_value(serde_json::json!({
+                "Id": id, "Name": id, "Ingress": ingress,
+                "IPAM": {"Config": [{"Subnet": subnet}]}
+            }))
+            .unwrap()
+        };
+        let secret = Secret {
+            id: Some("sec".into()),
+            spec: Some(SecretSpec {
+                name: Some("pw".into()),
+                data: Some("aHVudGVyMg==".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let services = [
+            service(
+                "s0",
+                serde_json::json!({"Spec": {"Name": "plain",
+                "TaskTemplate": {"ContainerSpec": {"Image": "x"}}}}),
+            ),
+            service(
+                "s1",
+                serde_json::json!({"Spec": {"Name": "app",
+                "TaskTemplate": {"ContainerSpec": {"Image": "x"}, "Networks": [{"Target": "app", "Aliases": ["a1"]}]}},
+                "Endpoint": {"VirtualIPs": [{"NetworkID": "app", "Addr": "10.0.1.2/24"}]}}),
+            ),
+            service(
+                "s2",
+                serde_json::json!({"Spec": {"Name": "web",
+                "TaskTemplate": {"ContainerSpec": {"Image": "x"}},
+                "EndpointSpec": {"Ports": [{"TargetPort": 80, "PublishedPort": 8080}]}},
+                "Endpoint": {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "ingress"}],
+                    "VirtualIPs": [{"NetworkID": "ingress", "Addr": "10.0.0.2/24"}]}}),
+            ),
+            service(
+                "s3",
+                serde_json::json!({"Spec": {"Name": "hostport",
+                "TaskTemplate": {"ContainerSpec": {"Image": "x"}, "Networks": [{"Target": "app"}]},
+                "EndpointSpec": {"Mode": "dnsrr", "Ports": [{"TargetPort": 90, "PublishedPort": 9090, "PublishMode": "host"}]}},
+                "Endpoint": {"Ports": [{"Protocol": "udp", "TargetPort": 90, "PublishedPort": 9090, "PublishMode": "host"}]}}),
+            ),
+        ];
+        let mut ops = vec![
+            db::put(&net("ingress", "10.0.0.0/24", true), Expect::Absent).unwrap(),
+            db::put(&net("app", "10.0.1.0/24", false), Expect::Absent).unwrap(),
+            db::put(&secret, Expect::Absent).unwrap(),
+        ];
+        for svc in &services {
+            ops.push(db::put(svc, Expect::Absent).unwrap());
+        }
+        db::write(&store, ops).await.unwrap();
+
+        let stop = CancellationToken::new();
+        let d = Dispatcher::spawn(store.clone(), stop.clone());
+        let mut sessions = Vec::new();
+        for i in 0..4 {
+            let (tx, rx) = watch::channel(NodeAssignments::default());
+            d.serve(format!("n{i}"), tx).unwrap();
+            sessions.push((format!("n{i}"), rx));
+        }
+        settled(&store, &sessions, 0).await;
+
+        let mut rng = rand::rng();
+        let states = [
+            TaskState::NEW,
+            TaskState::ASSIGNED,
+            TaskState::PREPARING,
+            TaskState::RUNNING,
+            TaskState::RUNNING,
+            TaskState::FAILED,
+            TaskState::SHUTDOWN,
+        ];
+        for step in 1..=80 {
+            let existing: Vec<Versioned<StoredTask>> = db::list(&store);
+            let mut ops = Vec::new();
+            for _ in 0..rng.random_range(1..4) {
+                let pick = rng.random_range(0..10);
+                if pick < 2 && !existing.is_empty() {
+                    let t = &existing[rng.random_range(0..existing.len())];
+                    if !ops
+                        .iter()
+                        .any(|o: &shoal_store::Op| o.key().1 == t.obj.id())
+                    {
+                        ops.push(db::delete::<StoredTask>(t.obj.id(), Expect::Any));
+                    }
+                    continue;
+                }
+                let mut t = if pick < 6 && !existing.is_empty() {
+                    let t = &existing[rng.random_range(0..existing.len())];
+                    if ops
+                        .iter()
+                        .any(|o: &shoal_store::Op| o.key().1 == t.obj.id())
+                    {
+                        continue;
+                    }
+                    t.obj.clone()
+                } else {
+                    let svc = &services[rng.random_range(0..services.len())];
+                    let id = format!("t{step}-{}", ops.len());
+                    let mut t = task(
+                        &id,
+                        "n0",
+                        rng.random_bool(0.3).then_some("sec"),
+                        TaskState::NEW,
+                    );
+                    t.task.service_id = Some(svc.id().to_string());
+                    let host = 3 + rng.random_range(0..200);
+                    for (net, _, _) in
+                        crate::allocator::service_networks(svc, &ClusterState::load(&store))
+                    {
+                        let subnet = if net == "ingress" { 0 } else { 1 };
+                        t.networks_attachments
+                            .push(attach(&net, &format!("10.0.{subnet}.{host}/24")));
+                    }
+                    t
+                };
+                t.task.node_id =
+                    (!rng.random_bool(0.1)).then(|| format!("n{}", rng.random_range(0..5)));
+                t.task.desired_state = Some(if rng.random_bool(0.8) {
+                    TaskState::RUNNING
+                } else {
+                    TaskState::SHUTDOWN
+                });
+                t.task.status.get_or_insert_with(Default::default).state =
+                    Some(states[rng.random_range(0..states.len())]);
+                ops.push(db::put(&t, Expect::Any).unwrap());
+            }
+            if rng.random_bool(0.05) {
+                let mut s = db::get::<StoredService>(&store, "s1").unwrap().obj;
+                let vip = format!("10.0.1.{}/24", 2 + step);
+                s.service.endpoint = Some(
+                    serde_json::from_value(
+                        serde_json::json!({"VirtualIPs": [{"NetworkID": "app", "Addr": vip}]}),
+                    )
+                    .unwrap(),
+                );
+                ops.push(db::put(&s, Expect::Any).unwrap());
+            }
+            db::write(&store, ops).await.unwrap();
+            settled(&store, &sessions, step).await;
+        }
+        stop.cancel();
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_the_nodes_a_change_concerns_are_sent_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path()).await;
+        let mut svc = StoredService::default();
+        svc.service.id = Some("svc".into());
+        svc.service.spec = Some(ServiceSpec {
+            name: Some("app".into()),
+            ..Default::default()
+        });
+        db::write(
+            &store,
+            vec![
+                db::put(&svc, Expect::Absent).unwrap(),
+                db::put(
+                    &task("t-a", "node-a", None, TaskState::ASSIGNED),
+                    Expect::Absent,
+                )
+                .unwrap(),
+                db::put(
+                    &task("t-b", "node-b", None, TaskState::ASSIGNED),
+                    Expect::Absent,
+                )
+                .unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+        let stop = CancellationToken::new();
+        let d = Dispatcher::spawn(store.clone(), stop.clone());
+        let (atx, mut arx) = watch::channel(NodeAssignments::default());
+        let (btx, mut brx) = watch::channel(NodeAssignments::default());
+        d.serve("node-a".into(), atx).unwrap();
+        d.serve("node-b".into(), btx).unwrap();
+        arx.changed().await.unwrap();
+        brx.changed().await.unwrap();
+        assert_eq!(arx.borrow_and_update().tasks.len(), 1);
+        assert_eq!(brx.borrow_and_update().tasks.len(), 1);
+
+        let cur = db::get::<StoredTask>(&store, "t-a").unwrap();
+        let mut running = cur.obj.clone();
+        running
+            .task
+            .status
+            .get_or_insert_with(Default::default)
+            .state = Some(TaskState::RUNNING);
+        db::write(
+            &store,
+            vec![db::put(&running, Expect::Version(cur.version)).unwrap()],
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), arx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(arx.borrow().tasks[0].state(), TaskState::RUNNING);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !brx.has_changed().unwrap(),
+            "a node none of whose tasks changed was sent its assignments again"
+        );
+        stop.cancel();
+        store.shutdown().await.unwrap();
     }
 }
