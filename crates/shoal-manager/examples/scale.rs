@@ -2,10 +2,11 @@
 //!
 //! A real store (openraft on redb, fsync) in a temporary directory, the cluster object and N ready
 //! nodes shaped as `swarm init` writes its own, then services created one write at a time as
-//! `docker service create` would. The manager side is the production code: `control::run`, and
-//! per node the dispatcher's `serve_node` and `collect_reports`, wired as `cluster::Manager`
-//! wires the local node. The node side is the agent's real `worker::run` per node, over a
-//! simulated `Executor` (containers are entries in a map; nothing touches Docker).
+//! `docker service create` would. The manager side is the production code: `control::run`, one
+//! `dispatcher::Dispatcher` serving every node's session, and `dispatcher::collect_reports`
+//! (one for all nodes, or one per node with `--collectors per-node`, as `cluster::Manager` wires
+//! the local node). The node side is the agent's real `worker::run` per node, over a simulated
+//! `Executor` (containers are entries in a map; nothing touches Docker).
 //!
 //! Prints the time until every task is assigned to a node (placements per second), the time
 //! until every task is reported running, the raft entries written and the peak RSS.
@@ -42,6 +43,7 @@ struct Args {
     services: usize,
     replicas: usize,
     timeout: Duration,
+    per_node_collectors: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -50,11 +52,20 @@ fn parse_args() -> Result<Args, String> {
         services: 100,
         replicas: 1000,
         timeout: Duration::from_secs(1800),
+        per_node_collectors: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         // `cargo bench`-style harness flags are ignored.
         if flag == "--bench" {
+            continue;
+        }
+        if flag == "--collectors" {
+            a.per_node_collectors = match it.next().as_deref() {
+                Some("per-node") => true,
+                Some("shared") => false,
+                other => return Err(format!("--collectors shared|per-node, not {other:?}")),
+            };
             continue;
         }
         let value = it
@@ -69,7 +80,7 @@ fn parse_args() -> Result<Args, String> {
             "--timeout" => a.timeout = Duration::from_secs(value),
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; use --nodes N --services N --replicas N (per service) --timeout SECS"
+                    "unknown flag {flag}; use --nodes N --services N --replicas N (per service) --timeout SECS --collectors shared|per-node"
                 ))
             }
         }
@@ -416,26 +427,35 @@ async fn run(args: Args) -> Result<(), String> {
     }
     db::write(&store, ops).await.map_err(|e| e.to_string())?;
 
-    // The manager: the control loop, and one dispatcher session per node with its agent.
+    // The manager: the control loop, the dispatcher with one session per node, and the agents.
     let stop = CancellationToken::new();
     let files = Files::new(dir.path().join("files")).map_err(|e| e.to_string())?;
     let alloc = Arc::new(tokio::sync::Mutex::new(()));
     tokio::spawn(control::run(store.clone(), alloc, stop.clone()));
+    let sessions = dispatcher::Dispatcher::spawn(store.clone(), stop.clone());
+    let (shared_reports, rrx) = mpsc::channel(1024);
+    tokio::spawn(dispatcher::collect_reports(
+        store.clone(),
+        rrx,
+        stop.clone(),
+    ));
     for n in &nodes {
         let node_id = n.id.clone().unwrap_or_default();
         let (atx, arx) = watch::channel(NodeAssignments::default());
-        let (rtx, rrx) = mpsc::channel(1024);
-        tokio::spawn(dispatcher::serve_node(
-            store.clone(),
-            node_id.clone(),
-            atx,
-            stop.clone(),
-        ));
-        tokio::spawn(dispatcher::collect_reports(
-            store.clone(),
-            rrx,
-            stop.clone(),
-        ));
+        sessions
+            .serve(node_id.clone(), atx)
+            .map_err(|e| e.to_string())?;
+        let rtx = if args.per_node_collectors {
+            let (rtx, rrx) = mpsc::channel(1024);
+            tokio::spawn(dispatcher::collect_reports(
+                store.clone(),
+                rrx,
+                stop.clone(),
+            ));
+            rtx
+        } else {
+            shared_reports.clone()
+        };
         let cfg = WorkerConfig {
             node_id,
             executor: Arc::new(SimEngine::default()),
@@ -529,8 +549,15 @@ async fn run(args: Args) -> Result<(), String> {
             .unwrap_or("-".into())
     };
     println!(
-        "nodes {}  services {}  replicas/service {}  tasks {total}",
-        args.nodes, args.services, args.replicas
+        "nodes {}  services {}  replicas/service {}  tasks {total}  collectors {}",
+        args.nodes,
+        args.services,
+        args.replicas,
+        if args.per_node_collectors {
+            "per node"
+        } else {
+            "shared"
+        }
     );
     println!("services written       {}", secs(created));
     println!("first task assigned    {}", secs(p.first_assigned));
