@@ -4,7 +4,7 @@ use super::Plan;
 use crate::state::ClusterState;
 use shoal_api::models::TaskState;
 use shoal_api::objects::{is_terminal, state_rank, StoredTask};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Tasks whose service is gone: ask them to be removed, delete them once stopped.
 pub fn orphans(tasks: &[(&StoredTask, u64)], plan: &mut Plan) {
@@ -23,36 +23,47 @@ pub fn orphans(tasks: &[(&StoredTask, u64)], plan: &mut Plan) {
 /// A slot of a service: (service, slot, node for global services).
 type SlotKey<'a> = (&'a str, u64, &'a str);
 
+fn key(t: &StoredTask) -> SlotKey<'_> {
+    let node = if t.slot() == 0 {
+        t.node_id().unwrap_or("")
+    } else {
+        ""
+    };
+    (t.service_id(), t.slot(), node)
+}
+
 /// Keeps at most the history limit of tasks per slot (or per node for global services).
 pub fn history(state: &ClusterState, plan: &mut Plan) {
     let limit = state.history_limit();
+    let old = |t: &StoredTask| t.desired() != TaskState::RUNNING && is_terminal(t.state());
+    // Only a slot with an old task can have one to forget: find those first, so that the usual
+    // pass (every slot holding just its live task) costs one scan and no grouping.
+    let with_old: HashSet<SlotKey> = state
+        .tasks
+        .iter()
+        .map(|t| &t.obj)
+        .filter(|t| old(t) && state.services.contains_key(t.service_id()))
+        .map(key)
+        .collect();
+    if with_old.is_empty() {
+        return;
+    }
     let mut groups: HashMap<SlotKey, Vec<(&StoredTask, u64)>> = HashMap::new();
     for t in &state.tasks {
-        if !state.services.contains_key(t.obj.service_id()) {
-            continue;
+        let k = key(&t.obj);
+        if with_old.contains(&k) {
+            groups.entry(k).or_default().push((&t.obj, t.version));
         }
-        let node = if t.obj.slot() == 0 {
-            t.obj.node_id().unwrap_or("")
-        } else {
-            ""
-        };
-        groups
-            .entry((t.obj.service_id(), t.obj.slot(), node))
-            .or_default()
-            .push((&t.obj, t.version));
     }
     for tasks in groups.values_mut() {
         if tasks.len() <= limit {
             continue;
         }
         // Old = no longer wanted and stopped; newest first by creation time.
-        let mut old: Vec<&(&StoredTask, u64)> = tasks
-            .iter()
-            .filter(|(t, _)| t.desired() != TaskState::RUNNING && is_terminal(t.state()))
-            .collect();
-        old.sort_by(|a, b| b.0.task.created_at.cmp(&a.0.task.created_at));
-        let keep_old = limit.saturating_sub(tasks.len() - old.len());
-        for (t, v) in old.into_iter().skip(keep_old) {
+        let mut stale: Vec<&(&StoredTask, u64)> = tasks.iter().filter(|(t, _)| old(t)).collect();
+        stale.sort_by(|a, b| b.0.task.created_at.cmp(&a.0.task.created_at));
+        let keep_old = limit.saturating_sub(tasks.len() - stale.len());
+        for (t, v) in stale.into_iter().skip(keep_old) {
             plan.deleted.push((t.id().to_string(), *v));
         }
     }
