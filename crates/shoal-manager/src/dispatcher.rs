@@ -26,13 +26,12 @@ fn addr_of(cidr: &str) -> Option<Ipv4Addr> {
 
 /// Computes what `node_id` must run and route, from one snapshot.
 pub fn assignments(store: &Store, state: &ClusterState, node_id: &str) -> NodeAssignments {
-    let tasks: Vec<&StoredTask> = state
+    let tasks = state
         .tasks
         .iter()
         .map(|t| &t.obj)
-        .filter(|t| t.node_id() == Some(node_id))
-        .collect();
-    node_assignments(
+        .filter(|t| t.node_id() == Some(node_id));
+    build(
         &mut Payloads::new(store),
         state,
         &Routing::new(state),
@@ -94,18 +93,36 @@ impl<'a> Payloads<'a> {
 }
 
 /// One node's assignments: `tasks` are the tasks assigned to it (any order).
-fn node_assignments(
+fn build<'a>(
     payloads: &mut Payloads,
     state: &ClusterState,
     routing: &Routing,
     node_id: &str,
-    tasks: Vec<&StoredTask>,
+    tasks: impl Iterator<Item = &'a StoredTask>,
 ) -> NodeAssignments {
-    let mut out = NodeAssignments::default();
+    let mut out = NodeAssignments {
+        tasks: tasks.cloned().collect(),
+        ..Default::default()
+    };
+    out.tasks.sort_by(|a, b| a.id().cmp(b.id()));
+    fill(payloads, state, routing, node_id, &mut out);
+    out
+}
+
+/// Brings everything but the task list up to date with `out.tasks`: the secrets and configs
+/// their running tasks use, their networks, the routes on those networks and every published
+/// port. Returns true if anything changed.
+fn fill(
+    payloads: &mut Payloads,
+    state: &ClusterState,
+    routing: &Routing,
+    node_id: &str,
+    out: &mut NodeAssignments,
+) -> bool {
     let mut secret_ids = HashSet::new();
     let mut config_ids = HashSet::new();
     let mut net_ids: BTreeMap<String, ()> = BTreeMap::new();
-    for t in tasks {
+    for t in &out.tasks {
         let live = !is_terminal(t.state());
         if live && t.desired() == TaskState::RUNNING {
             let cs = t.task.spec.as_ref().and_then(|s| s.container_spec.as_ref());
@@ -121,26 +138,25 @@ fn node_assignments(
                 net_ids.insert(a.network.id.clone(), ());
             }
         }
-        out.tasks.push(t.clone());
     }
-    out.tasks.sort_by(|a, b| a.id().cmp(b.id()));
-    out.secrets = secret_ids
+    let mut secrets: Vec<FilePayload> = secret_ids
         .iter()
         .filter_map(|id| payloads.secret(id))
         .collect();
-    out.configs = config_ids
+    let mut configs: Vec<FilePayload> = config_ids
         .iter()
         .filter_map(|id| payloads.config(id))
         .collect();
-    out.secrets.sort_by(|a, b| a.id.cmp(&b.id));
-    out.configs.sort_by(|a, b| a.id.cmp(&b.id));
+    secrets.sort_by(|a, b| a.id.cmp(&b.id));
+    configs.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut networks = Vec::new();
     for n in &state.networks {
         let Some(id) = n.obj.id.clone() else { continue };
         if !net_ids.contains_key(&id) {
             continue;
         }
         if let Some((subnet, gateway)) = network_subnet(&n.obj) {
-            out.networks.push(NetworkInfo {
+            networks.push(NetworkInfo {
                 id,
                 name: n.obj.name.clone().unwrap_or_default(),
                 subnet,
@@ -150,8 +166,50 @@ fn node_assignments(
             });
         }
     }
-    routing.for_node(node_id, &net_ids, &mut out);
-    out
+    let mut routes = NodeAssignments::default();
+    routing.for_node(node_id, &net_ids, &mut routes);
+    let mut changed = false;
+    replace_if_changed(&mut out.secrets, secrets, &mut changed);
+    replace_if_changed(&mut out.configs, configs, &mut changed);
+    replace_if_changed(&mut out.networks, networks, &mut changed);
+    replace_if_changed(&mut out.services, routes.services, &mut changed);
+    replace_if_changed(&mut out.published, routes.published, &mut changed);
+    changed
+}
+
+fn replace_if_changed<T: PartialEq>(cur: &mut T, next: T, changed: &mut bool) {
+    if *cur != next {
+        *cur = next;
+        *changed = true;
+    }
+}
+
+/// Applies task changes to a node's sorted task list in place; true if it changed.
+fn patch_tasks<'a>(
+    tasks: &mut Vec<StoredTask>,
+    changes: impl Iterator<Item = (&'a str, Option<&'a StoredTask>)>,
+) -> bool {
+    let mut changed = false;
+    for (id, now) in changes {
+        match (tasks.binary_search_by(|t| t.id().cmp(id)), now) {
+            (Ok(i), Some(t)) => {
+                if tasks[i] != *t {
+                    tasks[i] = t.clone();
+                    changed = true;
+                }
+            }
+            (Ok(i), None) => {
+                tasks.remove(i);
+                changed = true;
+            }
+            (Err(i), Some(t)) => {
+                tasks.insert(i, t.clone());
+                changed = true;
+            }
+            (Err(_), None) => {}
+        }
+    }
+    changed
 }
 
 fn decode(data: Option<&str>) -> Vec<u8> {
@@ -375,6 +433,18 @@ pub async fn serve_node(
     run_sessions(store, rx, stop).await;
 }
 
+/// What a refresh means for the sessions.
+enum Dirty {
+    /// The view was reloaded: rebuild every node's assignments.
+    Everything,
+    /// These nodes' tasks changed (task IDs per node); with `routes`, every node's routes,
+    /// secrets, configs or networks may have changed too.
+    Nodes {
+        tasks: HashMap<String, Vec<String>>,
+        routes: bool,
+    },
+}
+
 /// The sessions' state between changes.
 struct Sessions {
     open: HashMap<String, watch::Sender<NodeAssignments>>,
@@ -399,34 +469,38 @@ impl Sessions {
         }
     }
 
-    /// Takes in what changed; returns the nodes whose assignments may differ (`None`: all).
-    fn absorb(&mut self, live: &LiveState, delta: Delta) -> Option<HashSet<String>> {
+    /// Takes in what changed and says which nodes it concerns.
+    fn absorb(&mut self, live: &LiveState, delta: Delta) -> Dirty {
         if delta.reloaded {
             self.index(live.state());
             self.routing = None;
-            return None;
+            return Dirty::Everything;
         }
-        let mut all = delta.services || delta.networks || delta.other;
-        if all {
+        let mut routes = delta.services || delta.networks || delta.other;
+        if routes {
             self.routing = None;
         }
-        let mut dirty = HashSet::new();
+        let mut tasks: HashMap<String, Vec<String>> = HashMap::new();
         for c in &delta.tasks {
             let now = live.task(&c.id).filter(|_| c.exists).map(|t| &t.obj);
-            if let Some(n) = c.before.as_ref().and_then(|t| t.node_id()) {
+            let was = c.before.as_ref().and_then(|t| t.node_id());
+            let is = now.and_then(|t| t.node_id());
+            if let Some(n) = was {
                 if let Some(ids) = self.by_node.get_mut(n) {
                     ids.remove(&c.id);
                 }
-                dirty.insert(n.to_string());
+                tasks.entry(n.to_string()).or_default().push(c.id.clone());
             }
-            if let Some(n) = now.and_then(|t| t.node_id()) {
+            if let Some(n) = is {
                 self.by_node
                     .entry(n.to_string())
                     .or_default()
                     .insert(c.id.clone());
-                dirty.insert(n.to_string());
+                if was != is {
+                    tasks.entry(n.to_string()).or_default().push(c.id.clone());
+                }
             }
-            if !all {
+            if !routes {
                 let routed = |t: Option<&StoredTask>| {
                     t.is_some_and(|t| {
                         self.routing
@@ -436,13 +510,13 @@ impl Sessions {
                 };
                 let moved = route_footprint(c.before.as_ref()) != route_footprint(now);
                 if moved && (routed(c.before.as_ref()) || routed(now)) {
-                    all = true;
+                    routes = true;
                     self.routing = None;
                 }
             }
         }
         self.by_node.retain(|_, ids| !ids.is_empty());
-        (!all).then_some(dirty)
+        Dirty::Nodes { tasks, routes }
     }
 }
 
@@ -469,33 +543,31 @@ async fn run_sessions(
             s.fresh.insert(new.node_id.clone());
             s.open.insert(new.node_id, new.tx);
         }
-        let targets: Vec<String> = match &dirty {
-            None => s.open.keys().cloned().collect(),
-            Some(d) => s
-                .open
-                .keys()
-                .filter(|n| d.contains(*n) || s.fresh.contains(*n))
-                .cloned()
-                .collect(),
-        };
-        if !targets.is_empty() {
-            let state = live.state();
+        let state = live.state();
+        let (mut computed, mut sent) = (0usize, 0usize);
+        let mut payloads = Payloads::new(&store);
+        for (node, tx) in &s.open {
+            let rebuild = s.fresh.contains(node) || matches!(dirty, Dirty::Everything);
+            let (changes, routes) = match &dirty {
+                Dirty::Nodes { tasks, routes } => (tasks.get(node), *routes),
+                Dirty::Everything => (None, true),
+            };
+            if !rebuild && changes.is_none() && !routes {
+                continue;
+            }
+            computed += 1;
             let routing = s.routing.get_or_insert_with(|| Routing::new(state));
-            let mut payloads = Payloads::new(&store);
-            let mut sent = 0usize;
-            for node in &targets {
-                let tasks: Vec<&StoredTask> = s
+            if rebuild {
+                let tasks = s
                     .by_node
                     .get(node)
                     .into_iter()
                     .flatten()
                     .filter_map(|id| live.task(id))
-                    .map(|t| &t.obj)
-                    .collect();
-                let next = node_assignments(&mut payloads, state, routing, node, tasks);
-                let Some(tx) = s.open.get(node) else { continue };
+                    .map(|t| &t.obj);
+                let next = build(&mut payloads, state, routing, node, tasks);
                 // The first computation is always sent: the agent acts on nothing before it.
-                if s.fresh.remove(node) {
+                if s.fresh.contains(node) {
                     tx.send_replace(next);
                     sent += 1;
                 } else if tx.send_if_modified(|cur| {
@@ -507,22 +579,34 @@ async fn run_sessions(
                 }) {
                     sent += 1;
                 }
+                continue;
             }
-            took = started.elapsed();
-            tracing::debug!(
-                computed = targets.len(),
-                sent,
-                ms = took.as_millis() as u64,
-                "assignments"
-            );
+            // Patch in place: only changed tasks are compared and copied.
+            let modified = tx.send_if_modified(|cur| {
+                let ids = changes.map(Vec::as_slice).unwrap_or_default();
+                let now = ids.iter().map(|id| {
+                    let t = live
+                        .task(id)
+                        .map(|t| &t.obj)
+                        .filter(|t| t.node_id() == Some(node.as_str()));
+                    (id.as_str(), t)
+                });
+                let tasks_changed = patch_tasks(&mut cur.tasks, now);
+                // Routes, secrets and networks follow from the tasks, or from a routing change.
+                let rest_changed =
+                    (tasks_changed || routes) && fill(&mut payloads, state, routing, node, cur);
+                tasks_changed || rest_changed
+            });
+            if modified {
+                sent += 1;
+            }
         }
-        s.open.retain(|node, tx| {
-            let keep = !tx.is_closed();
-            if !keep {
-                s.fresh.remove(node);
-            }
-            keep
-        });
+        s.fresh.clear();
+        if computed > 0 {
+            took = started.elapsed();
+            tracing::debug!(computed, sent, ms = took.as_millis() as u64, "assignments");
+        }
+        s.open.retain(|_, tx| !tx.is_closed());
         tokio::select! {
             _ = stop.cancelled() => return,
             new = incoming.recv(), if accepting => match new {
@@ -560,77 +644,126 @@ fn host_ports(store: &Store, service_id: &str) -> Option<shoal_api::models::Port
     (!ports.is_empty()).then_some(shoal_api::models::PortStatus { ports: Some(ports) })
 }
 
+/// Status reports written per store write at most; more are split into batches written together.
+const MAX_REPORTS_PER_WRITE: usize = 4096;
+
 /// Writes agents' status reports, batching what arrives together into one store write.
+///
+/// Group commit: the first report after a quiet spell waits 10 ms for its companions; while a
+/// write is in flight, newer reports keep arriving and go out together as soon as it ends (only
+/// the newest report per task is kept). So the batch grows with the load instead of being capped
+/// by the channel's capacity.
 pub async fn collect_reports(
     store: Store,
     mut rx: mpsc::Receiver<Vec<TaskStatusReport>>,
     stop: CancellationToken,
 ) {
+    type Writing = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    let mut pending: HashMap<String, TaskStatusReport> = HashMap::new();
+    let mut writing: Option<Writing> = None;
+    let mut open = true;
     loop {
-        let first = tokio::select! {
+        if writing.is_none() && !pending.is_empty() {
+            writing = Some(Box::pin(write_reports(
+                store.clone(),
+                std::mem::take(&mut pending),
+            )));
+        }
+        if !open && writing.is_none() {
+            return;
+        }
+        tokio::select! {
             _ = stop.cancelled() => return,
-            r = rx.recv() => match r { Some(r) => r, None => return },
-        };
-        let mut batch: Vec<TaskStatusReport> = first;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        while let Ok(more) = rx.try_recv() {
-            batch.extend(more);
-        }
-        // Keep only the newest report per task.
-        let mut latest: HashMap<String, TaskStatusReport> = HashMap::new();
-        for r in batch {
-            latest.insert(r.task_id.clone(), r);
-        }
-        for attempt in 0..5 {
-            let mut ops = Vec::new();
-            // Each service's host ports, read once per attempt rather than per running task.
-            let mut ports: HashMap<String, Option<shoal_api::models::PortStatus>> = HashMap::new();
-            for r in latest.values() {
-                let Some(t) = db::get::<StoredTask>(&store, &r.task_id) else {
-                    continue;
-                };
-                let new_state = r.status.state.unwrap_or(TaskState::NEW);
-                let cur = t.obj.state();
-                // Observed state only moves forward (a late report never undoes a newer one).
-                if state_rank(new_state) < state_rank(cur)
-                    || (new_state == cur
-                        && t.obj
-                            .task
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.container_status.as_ref())
-                            == r.status.container_status.as_ref()
-                        && t.obj.task.status.as_ref().and_then(|s| s.err.as_ref())
-                            == r.status.err.as_ref())
-                {
-                    continue;
-                }
-                let mut task = t.obj.clone();
-                let mut status = r.status.clone();
-                if new_state == TaskState::RUNNING {
-                    status.port_status = ports
-                        .entry(task.service_id().to_string())
-                        .or_insert_with(|| host_ports(&store, task.service_id()))
-                        .clone();
-                }
-                task.task.status = Some(status);
-                task.task.updated_at = Some(shoal_api::id::now());
-                match db::put(&task, Expect::Version(t.version)) {
-                    Ok(op) => ops.push(op),
-                    Err(e) => {
-                        tracing::error!(task = %r.task_id, error = %e, "cannot encode task status")
+            r = rx.recv(), if open => match r {
+                Some(reports) => {
+                    let quiet = writing.is_none() && pending.is_empty();
+                    // Keep only the newest report per task.
+                    for r in reports {
+                        pending.insert(r.task_id.clone(), r);
+                    }
+                    if quiet {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                        }
+                    }
+                    while let Ok(more) = rx.try_recv() {
+                        for r in more {
+                            pending.insert(r.task_id.clone(), r);
+                        }
                     }
                 }
+                None => open = false,
+            },
+            _ = async { if let Some(w) = writing.as_mut() { w.await } }, if writing.is_some() => {
+                writing = None;
             }
-            if ops.is_empty() {
-                break;
+        }
+    }
+}
+
+/// Writes one batch of reports (several store writes if it is large), each retried on conflict.
+async fn write_reports(store: Store, latest: HashMap<String, TaskStatusReport>) {
+    let mut chunks: Vec<Vec<TaskStatusReport>> = Vec::new();
+    for r in latest.into_values() {
+        match chunks.last_mut() {
+            Some(c) if c.len() < MAX_REPORTS_PER_WRITE => c.push(r),
+            _ => chunks.push(vec![r]),
+        }
+    }
+    futures::future::join_all(chunks.iter().map(|c| write_report_chunk(&store, c))).await;
+}
+
+async fn write_report_chunk(store: &Store, latest: &[TaskStatusReport]) {
+    for attempt in 0..5 {
+        let mut ops = Vec::new();
+        // Each service's host ports, read once per attempt rather than per running task.
+        let mut ports: HashMap<String, Option<shoal_api::models::PortStatus>> = HashMap::new();
+        for r in latest {
+            let Some(t) = db::get::<StoredTask>(store, &r.task_id) else {
+                continue;
+            };
+            let new_state = r.status.state.unwrap_or(TaskState::NEW);
+            let cur = t.obj.state();
+            // Observed state only moves forward (a late report never undoes a newer one).
+            if state_rank(new_state) < state_rank(cur)
+                || (new_state == cur
+                    && t.obj
+                        .task
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_status.as_ref())
+                        == r.status.container_status.as_ref()
+                    && t.obj.task.status.as_ref().and_then(|s| s.err.as_ref())
+                        == r.status.err.as_ref())
+            {
+                continue;
             }
-            match db::write(&store, ops).await {
-                Ok(_) => break,
+            let mut task = t.obj.clone();
+            let mut status = r.status.clone();
+            if new_state == TaskState::RUNNING {
+                status.port_status = ports
+                    .entry(task.service_id().to_string())
+                    .or_insert_with(|| host_ports(store, task.service_id()))
+                    .clone();
+            }
+            task.task.status = Some(status);
+            task.task.updated_at = Some(shoal_api::id::now());
+            match db::put(&task, Expect::Version(t.version)) {
+                Ok(op) => ops.push(op),
                 Err(e) => {
-                    tracing::debug!(attempt, error = %e, "status batch conflicted; retrying");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tracing::error!(task = %r.task_id, error = %e, "cannot encode task status")
                 }
+            }
+        }
+        if ops.is_empty() {
+            break;
+        }
+        match db::write(store, ops).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!(attempt, error = %e, "status batch conflicted; retrying");
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     }
@@ -1198,6 +1331,89 @@ mod tests {
             !brx.has_changed().unwrap(),
             "a node none of whose tasks changed was sent its assignments again"
         );
+        stop.cancel();
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reports_are_stored_newest_first_and_in_batches_of_any_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path()).await;
+        let svc = service(
+            "svc",
+            serde_json::json!({"Spec": {"Name": "app"},
+                "Endpoint": {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"}]}}),
+        );
+        let mut ops = vec![db::put(&svc, Expect::Absent).unwrap()];
+        let n = MAX_REPORTS_PER_WRITE + 100;
+        for i in 0..n {
+            let t = task(&format!("t{i}"), "node-a", None, TaskState::ASSIGNED);
+            ops.push(db::put(&t, Expect::Absent).unwrap());
+        }
+        db::write(&store, ops).await.unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let collector = tokio::spawn(collect_reports(store.clone(), rx, stop.clone()));
+        let report = |id: &str, state: TaskState| TaskStatusReport {
+            task_id: id.into(),
+            status: TaskStatus {
+                state: Some(state),
+                ..Default::default()
+            },
+        };
+        let stored = |id: &str| db::get::<StoredTask>(&store, id).unwrap().obj;
+        let wait_for = |id: String, want: TaskState| {
+            let store = store.clone();
+            async move {
+                for _ in 0..500 {
+                    if db::get::<StoredTask>(&store, &id).unwrap().obj.state() == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("{id} never reached {want:?}");
+            }
+        };
+
+        tx.send(vec![report("t0", TaskState::PREPARING)])
+            .await
+            .unwrap();
+        tx.send(vec![report("t0", TaskState::RUNNING)])
+            .await
+            .unwrap();
+        wait_for("t0".into(), TaskState::RUNNING).await;
+        let ports = stored("t0").task.status.and_then(|s| s.port_status);
+        assert_eq!(
+            ports.and_then(|p| p.ports).map(|p| p.len()),
+            Some(1),
+            "a running task shows its service's host-mode ports"
+        );
+        tx.send(vec![report("t0", TaskState::STARTING)])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            stored("t0").state(),
+            TaskState::RUNNING,
+            "a late report undid a newer state"
+        );
+
+        // More reports than one write takes, many of them in one message.
+        let all: Vec<TaskStatusReport> = (1..n)
+            .map(|i| report(&format!("t{i}"), TaskState::RUNNING))
+            .collect();
+        for chunk in all.chunks(1000) {
+            tx.send(chunk.to_vec()).await.unwrap();
+        }
+        wait_for(format!("t{}", n - 1), TaskState::RUNNING).await;
+        for i in 1..n {
+            wait_for(format!("t{i}"), TaskState::RUNNING).await;
+        }
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), collector)
+            .await
+            .unwrap()
+            .unwrap();
         stop.cancel();
         store.shutdown().await.unwrap();
     }
