@@ -6,12 +6,12 @@ use crate::allocator::{attach_task, Ipam};
 use crate::db::{self, Versioned};
 use crate::orchestrator;
 use crate::scheduler;
-use crate::state::{ClusterState, LiveState};
+use crate::state::{ClusterState, Delta, LiveState};
 use shoal_api::models::{ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskState};
-use shoal_api::objects::{StoredService, StoredTask};
+use shoal_api::objects::{is_terminal, state_rank, StoredService, StoredTask};
 use shoal_api::{id, ApiError};
 use shoal_store::{Expect, Op, Store};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -25,25 +25,50 @@ pub const MAX_OPS_PER_WRITE: usize = 4096;
 ///
 /// The passes read a [`LiveState`] kept current from the store's change stream. Changes are
 /// coalesced for 5 ms, or for as long as the last pass took (at most 250 ms) so that passes over
-/// a large cluster cannot take the whole CPU while status reports stream in.
+/// a large cluster cannot take the whole CPU while status reports stream in. After a pass that
+/// had nothing to write, changes that cannot alter any decision (see [`Quiet`]) run no pass.
 pub async fn run(store: Store, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
     let mut live = LiveState::new(store.clone());
+    let mut quiet: Option<Quiet> = None;
+    let mut timer = true;
+    let mut wake_at = tokio::time::Instant::now();
+    let mut took = Duration::ZERO;
     loop {
-        live.refresh();
-        let started = Instant::now();
-        let outcome = {
-            let _guard = alloc.lock().await;
-            pass_on(&store, live.state()).await
-        };
-        let took = started.elapsed();
-        let wake = match outcome {
-            Ok(next) => next.unwrap_or(Duration::from_secs(2)),
-            Err(e) => {
-                // A conflict means someone wrote meanwhile: the next pass sees it.
-                tracing::debug!(error = %e, "control pass did not complete; retrying");
-                Duration::from_millis(50)
-            }
-        };
+        let delta = live.refresh();
+        let skip = !timer
+            && quiet
+                .as_ref()
+                .is_some_and(|q| q.unaffected(&delta, |id| live.task(id).map(|t| &t.obj)));
+        if !skip {
+            let started = Instant::now();
+            let outcome = {
+                let _guard = alloc.lock().await;
+                let now = chrono::Utc::now();
+                match decide(live.state(), now) {
+                    Ok(d) => {
+                        let wrote = !d.ops.ops.is_empty();
+                        let next = d.next_pass(now);
+                        write(&store, live.state(), d).await.map(|()| (wrote, next))
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            took = started.elapsed();
+            let wake = match outcome {
+                Ok((wrote, next)) => {
+                    quiet = (!wrote).then(|| Quiet::new(live.state()));
+                    next.unwrap_or(Duration::from_secs(2))
+                }
+                Err(e) => {
+                    // A conflict means someone wrote meanwhile: the next pass sees it.
+                    tracing::debug!(error = %e, "control pass did not complete; retrying");
+                    quiet = None;
+                    Duration::from_millis(50)
+                }
+            };
+            wake_at = tokio::time::Instant::now() + wake;
+        }
+        timer = false;
         tokio::select! {
             _ = stop.cancelled() => return,
             open = live.changed() => {
@@ -55,7 +80,7 @@ pub async fn run(store: Store, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
                     _ = tokio::time::sleep(settle) => {}
                 }
             }
-            _ = tokio::time::sleep(wake) => {}
+            _ = tokio::time::sleep_until(wake_at) => timer = true,
         }
     }
 }
@@ -68,8 +93,36 @@ pub async fn pass(store: &Store) -> Result<Option<Duration>, ApiError> {
 /// One pass over `state` (a fresh load or a [`LiveState`]'s view); returns how soon the next
 /// must run if nothing changes.
 pub async fn pass_on(store: &Store, state: &ClusterState) -> Result<Option<Duration>, ApiError> {
-    let started = Instant::now();
     let now = chrono::Utc::now();
+    let d = decide(state, now)?;
+    let next = d.next_pass(now);
+    write(store, state, d).await?;
+    Ok(next)
+}
+
+/// What one pass decided: the writes, and when the next pass must run at the latest.
+struct Decision {
+    ops: OpsBySlot,
+    created: usize,
+    wake_at: Option<chrono::DateTime<chrono::Utc>>,
+    plan_ms: u64,
+    schedule_ms: u64,
+}
+
+impl Decision {
+    fn next_pass(&self, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+        self.wake_at.map(|w| {
+            (w - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(10))
+        })
+    }
+}
+
+/// Orchestration, allocation and scheduling over `state`: pure, no I/O.
+fn decide(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Result<Decision, ApiError> {
+    let started = Instant::now();
     let mut plan = orchestrator::plan(state, now);
     let planned = started.elapsed();
 
@@ -123,26 +176,114 @@ pub async fn pass_on(store: &Store, state: &ClusterState) -> Result<Option<Durat
         let key = alone("service", op.key().1);
         ops.push(key, op);
     }
-    if !ops.ops.is_empty() {
-        let n = ops.ops.len();
-        let written = write_in_batches(store, ops).await;
-        tracing::debug!(
-            ops = n,
-            created = created.len(),
-            tasks = state.tasks.len(),
-            plan_ms = planned.as_millis() as u64,
-            schedule_ms = (scheduled - planned).as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
-            "control pass writes"
-        );
-        written?;
+    Ok(Decision {
+        ops,
+        created: created.len(),
+        wake_at: plan.wake_at,
+        plan_ms: planned.as_millis() as u64,
+        schedule_ms: (scheduled - planned).as_millis() as u64,
+    })
+}
+
+/// Writes what a pass decided.
+async fn write(store: &Store, state: &ClusterState, d: Decision) -> Result<(), ApiError> {
+    if d.ops.ops.is_empty() {
+        return Ok(());
     }
-    Ok(plan.wake_at.map(|w| {
-        (w - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .max(Duration::from_millis(10))
-    }))
+    let started = Instant::now();
+    let n = d.ops.ops.len();
+    let written = write_in_batches(store, d.ops).await;
+    tracing::debug!(
+        ops = n,
+        created = d.created,
+        tasks = state.tasks.len(),
+        plan_ms = d.plan_ms,
+        schedule_ms = d.schedule_ms,
+        write_ms = started.elapsed().as_millis() as u64,
+        "control pass writes"
+    );
+    written
+}
+
+/// What is known after a pass that had nothing to write: which changes could make the next
+/// pass decide something. A change can only matter through what the decisions read. Status
+/// progress of a placed task (assigned, preparing, starting: same task otherwise, neither end
+/// waiting nor stopped) changes none of it: not slots, nodes, desired states, spec versions,
+/// addresses, node loads nor the restart policy, which looks only at stopped tasks. A slot has
+/// at most one runnable task here (else the pass would have stopped the others), so a task's
+/// rank decides nothing either. Reaching `running` matters only to a service being updated (the
+/// update's parallelism and its completion), so it counts as progress only elsewhere.
+/// Timer-driven passes (restart delays) always run.
+struct Quiet {
+    /// Services with an update or rollback in progress, or with a runnable task of an older spec.
+    updating: HashSet<String>,
+}
+
+impl Quiet {
+    fn new(state: &ClusterState) -> Self {
+        let mut updating: HashSet<String> = state
+            .services
+            .values()
+            .filter(|s| {
+                matches!(
+                    s.obj.service.update_status.as_ref().and_then(|u| u.state),
+                    Some(ServiceUpdateStatusStateEnum::UPDATING)
+                        | Some(ServiceUpdateStatusStateEnum::ROLLBACK_STARTED)
+                )
+            })
+            .map(|s| s.obj.id().to_string())
+            .collect();
+        for t in &state.tasks {
+            let t = &t.obj;
+            if t.desired() == TaskState::RUNNING
+                && state
+                    .services
+                    .get(t.service_id())
+                    .is_some_and(|s| t.spec_version < s.obj.spec_version)
+            {
+                updating.insert(t.service_id().to_string());
+            }
+        }
+        Quiet { updating }
+    }
+
+    /// True if a pass over the view after `delta` would still have nothing to write; `task`
+    /// finds a task in that view.
+    fn unaffected<'a>(&self, delta: &Delta, task: impl Fn(&str) -> Option<&'a StoredTask>) -> bool {
+        if delta.reloaded
+            || delta.services
+            || delta.nodes
+            || delta.networks
+            || delta.cluster
+            || delta.other
+        {
+            return false;
+        }
+        delta.tasks.iter().all(|c| {
+            let (Some(before), true) = (c.before.as_ref(), c.exists) else {
+                return false;
+            };
+            let Some(now) = task(&c.id) else {
+                return false;
+            };
+            let placed = |t: &StoredTask| {
+                !is_terminal(t.state()) && state_rank(t.state()) >= state_rank(TaskState::ASSIGNED)
+            };
+            let same_task = before.service_id() == now.service_id()
+                && before.slot() == now.slot()
+                && before.node_id() == now.node_id()
+                && before.desired() == now.desired()
+                && before.spec_version == now.spec_version
+                && before.networks_attachments == now.networks_attachments
+                && before.task.created_at == now.task.created_at;
+            let started_running =
+                now.state() == TaskState::RUNNING && before.state() != TaskState::RUNNING;
+            same_task
+                && placed(before)
+                && placed(now)
+                && (!started_running || !self.updating.contains(now.service_id()))
+        })
+    }
 }
 
 /// What a pass's operations are grouped by when they must be split: a service's slot (or, for
@@ -422,5 +563,171 @@ mod tests {
             "a second pass has nothing to write"
         );
         store.shutdown().await.unwrap();
+    }
+
+    /// Applies a pass's writes to a state, as the store would (versions from a counter).
+    fn apply(state: &mut ClusterState, ops: OpsBySlot, version: &mut u64) {
+        for (_, op) in ops.ops {
+            *version += 1;
+            match op {
+                Op::Put { kind, data, .. } if kind == shoal_api::kind::TASK => {
+                    let t: StoredTask = serde_json::from_slice(&data).unwrap();
+                    let v = Versioned {
+                        obj: t,
+                        version: *version,
+                    };
+                    match state.tasks.iter().position(|x| x.obj.id() == v.obj.id()) {
+                        Some(i) => state.tasks[i] = v,
+                        None => state.tasks.push(v),
+                    }
+                }
+                Op::Put { kind, data, .. } if kind == shoal_api::kind::SERVICE => {
+                    let s: StoredService = serde_json::from_slice(&data).unwrap();
+                    state.services.insert(
+                        s.id().to_string(),
+                        Versioned {
+                            obj: s,
+                            version: *version,
+                        },
+                    );
+                }
+                Op::Delete { id, .. } => state.tasks.retain(|t| t.obj.id() != id),
+                other => panic!("unexpected write {other:?}"),
+            }
+        }
+    }
+
+    fn settle(state: &mut ClusterState, now: chrono::DateTime<chrono::Utc>, version: &mut u64) {
+        for _ in 0..20 {
+            let d = decide(state, now).unwrap();
+            if d.ops.ops.is_empty() {
+                return;
+            }
+            apply(state, d.ops, version);
+        }
+        panic!("the passes never settle");
+    }
+
+    #[test]
+    fn a_skipped_pass_would_have_had_nothing_to_write() {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let now = shoal_api::id::parse_time("2030-01-01T00:00:00Z").unwrap();
+        let mut version = 1;
+        let mut state = ClusterState::default();
+        for i in 0..3 {
+            let node: Node = serde_json::from_str(&format!(
+                r#"{{"ID":"n{i}","Spec":{{"Role":"worker","Availability":"active"}},"Status":{{"State":"ready"}}}}"#
+            ))
+            .unwrap();
+            state.nodes.push(versioned(node));
+        }
+        for (id, json, spec_version, updating) in [
+            (
+                "plain",
+                r#"{"Name":"plain","Mode":{"Replicated":{"Replicas":4}},"TaskTemplate":{"RestartPolicy":{"Delay":0}}}"#,
+                1,
+                false,
+            ),
+            (
+                "rolling",
+                r#"{"Name":"rolling","Mode":{"Replicated":{"Replicas":6}},"UpdateConfig":{"Parallelism":1},"TaskTemplate":{"RestartPolicy":{"Delay":0}}}"#,
+                2,
+                true,
+            ),
+            (
+                "delayed",
+                r#"{"Name":"delayed","Mode":{"Replicated":{"Replicas":2}}}"#,
+                1,
+                false,
+            ),
+            (
+                "everywhere",
+                r#"{"Name":"everywhere","Mode":{"Global":{}}}"#,
+                1,
+                false,
+            ),
+        ] {
+            let mut svc = StoredService::default();
+            svc.service.id = Some(id.into());
+            svc.service.spec = Some(serde_json::from_str(json).unwrap());
+            svc.spec_version = spec_version;
+            if updating {
+                svc.service.update_status = Some(ServiceUpdateStatus {
+                    state: Some(ServiceUpdateStatusStateEnum::UPDATING),
+                    ..Default::default()
+                });
+            }
+            state.services.insert(id.into(), versioned(svc));
+        }
+        // Tasks of the rolling service from its older spec, running.
+        for slot in 1..=3 {
+            let svc = &state.services["rolling"].obj;
+            let mut t = orchestrator::new_task(svc, slot, Some("n0"), vec![]);
+            t.spec_version = 1;
+            t.task.status.get_or_insert_with(Default::default).state = Some(TaskState::RUNNING);
+            state.tasks.push(versioned(t));
+        }
+        settle(&mut state, now, &mut version);
+
+        let progress = [
+            TaskState::ACCEPTED,
+            TaskState::PREPARING,
+            TaskState::STARTING,
+            TaskState::RUNNING,
+            TaskState::RUNNING,
+            TaskState::FAILED,
+            TaskState::COMPLETE,
+        ];
+        let (mut skipped, mut ran) = (0, 0);
+        for step in 0..600 {
+            if step % 20 == 0 {
+                // Start another rolling update, so that updates are often in progress.
+                let svc = &mut state.services.get_mut("rolling").unwrap().obj;
+                svc.spec_version += 1;
+                svc.service.update_status = Some(ServiceUpdateStatus {
+                    state: Some(ServiceUpdateStatusStateEnum::UPDATING),
+                    ..Default::default()
+                });
+                settle(&mut state, now, &mut version);
+            }
+            let quiet = Quiet::new(&state);
+            let mut delta = Delta::default();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..state.tasks.len());
+                let before = state.tasks[i].obj.clone();
+                let mut after = before.clone();
+                let s = after.task.status.get_or_insert_with(Default::default);
+                s.state = Some(progress[rng.random_range(0..progress.len())]);
+                s.timestamp = Some(shoal_api::id::now());
+                version += 1;
+                state.tasks[i] = Versioned {
+                    obj: after,
+                    version,
+                };
+                delta.tasks.push(crate::state::TaskChange {
+                    id: before.id().to_string(),
+                    before: Some(before),
+                    exists: true,
+                });
+            }
+            let tasks: HashMap<&str, &StoredTask> =
+                state.tasks.iter().map(|t| (t.obj.id(), &t.obj)).collect();
+            let skip = quiet.unaffected(&delta, |id| tasks.get(id).copied());
+            let d = decide(&state, now).unwrap();
+            if skip {
+                skipped += 1;
+                assert!(
+                    d.ops.ops.is_empty(),
+                    "step {step}: skipped a pass that writes {:?}",
+                    d.ops.ops.iter().map(|(_, op)| op.key()).collect::<Vec<_>>()
+                );
+            } else {
+                ran += 1;
+            }
+            apply(&mut state, d.ops, &mut version);
+            settle(&mut state, now, &mut version);
+        }
+        assert!(skipped > 20 && ran > 20, "skipped {skipped}, ran {ran}");
     }
 }
