@@ -397,6 +397,20 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU time used by the process so far (user + system), from /proc (clock ticks of 10 ms).
+fn cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn last_log_index(store: &Store) -> u64 {
     store.raft().metrics().borrow().last_log_index.unwrap_or(0)
 }
@@ -469,6 +483,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     let mut changes = store.watch();
     let index_before = last_log_index(&store);
+    let cpu_before = cpu_secs();
     let started = Instant::now();
     eprintln!(
         "scale: {} nodes, {} services x {} replicas = {total} tasks",
@@ -543,6 +558,8 @@ async fn run(args: Args) -> Result<(), String> {
         Err(e) => return Err(format!("service writer: {e}")),
     };
     let entries = last_log_index(&store) - index_before;
+    let cpu = cpu_secs() - cpu_before;
+    let wall = started.elapsed().as_secs_f64();
     let rss = peak_rss_mib();
     let secs = |d: Option<Duration>| {
         d.map(|d| format!("{:.2} s", d.as_secs_f64()))
@@ -579,6 +596,10 @@ async fn run(args: Args) -> Result<(), String> {
     }
     println!("raft entries written   {entries}");
     println!("peak RSS               {rss:.0} MiB");
+    println!(
+        "CPU time               {cpu:.1} s in {wall:.1} s ({:.0}% of one core; manager and all agents)",
+        100.0 * cpu / wall.max(0.001)
+    );
     stop.cancel();
     if let Err(e) = store.shutdown().await {
         eprintln!("scale: store shutdown: {e}");
