@@ -6,7 +6,7 @@ use crate::allocator::{attach_task, Ipam};
 use crate::db::{self, Versioned};
 use crate::orchestrator;
 use crate::scheduler;
-use crate::state::{ClusterState, Delta, LiveState};
+use crate::state::{ClusterState, Delta, SharedReader, SharedState};
 use shoal_api::models::{ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskState};
 use shoal_api::objects::{is_terminal, state_rank, StoredService, StoredTask};
 use shoal_api::{id, ApiError};
@@ -22,56 +22,66 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_OPS_PER_WRITE: usize = 4096;
 
 /// Runs passes until cancelled. `alloc` serializes address allocation with the API.
-///
-/// The passes read a [`LiveState`] kept current from the store's change stream. Changes are
-/// coalesced for 5 ms, or for as long as the last pass took (at most 250 ms) so that passes over
-/// a large cluster cannot take the whole CPU while status reports stream in. After a pass that
-/// had nothing to write, changes that cannot alter any decision (see [`Quiet`]) run no pass.
 pub async fn run(store: Store, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
-    let mut live = LiveState::new(store.clone());
+    run_shared(SharedState::new(store).reader(), alloc, stop).await
+}
+
+/// [`run`] on a view shared with other loops (the dispatcher), so each change is decoded once.
+///
+/// Changes are coalesced for 5 ms, or for as long as the last pass took (at most 250 ms) so
+/// that passes over a large cluster cannot take the whole CPU while status reports stream in.
+/// After a pass that had nothing to write, changes that cannot alter any decision (see
+/// [`Quiet`]) run no pass.
+pub async fn run_shared(mut view: SharedReader, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
+    let store = view.store().clone();
     let mut quiet: Option<Quiet> = None;
     let mut timer = true;
     let mut wake_at = tokio::time::Instant::now();
     let mut took = Duration::ZERO;
     loop {
-        let delta = live.refresh();
-        let skip = !timer
-            && quiet
-                .as_ref()
-                .is_some_and(|q| q.unaffected(&delta, |id| live.task(id).map(|t| &t.obj)));
-        if !skip {
-            let started = Instant::now();
-            let outcome = {
-                let _guard = alloc.lock().await;
+        {
+            // The view is read under the lock, so it holds every address the API allocated.
+            let _guard = alloc.lock().await;
+            let (live, delta) = view.refresh().await;
+            let skip = !timer
+                && quiet
+                    .as_ref()
+                    .is_some_and(|q| q.unaffected(&delta, |id| live.task(id).map(|t| &t.obj)));
+            if !skip {
+                let started = Instant::now();
                 let now = chrono::Utc::now();
-                match decide(live.state(), now) {
+                let decided = decide(live.state(), now);
+                let tasks = live.state().tasks.len();
+                let outcome = match decided {
                     Ok(d) => {
                         let wrote = !d.ops.ops.is_empty();
                         let next = d.next_pass(now);
-                        write(&store, live.state(), d).await.map(|()| (wrote, next))
+                        let q = (!wrote).then(|| Quiet::new(live.state()));
+                        drop(live);
+                        write(&store, tasks, d).await.map(|()| (q, next))
                     }
                     Err(e) => Err(e),
-                }
-            };
-            took = started.elapsed();
-            let wake = match outcome {
-                Ok((wrote, next)) => {
-                    quiet = (!wrote).then(|| Quiet::new(live.state()));
-                    next.unwrap_or(Duration::from_secs(2))
-                }
-                Err(e) => {
-                    // A conflict means someone wrote meanwhile: the next pass sees it.
-                    tracing::debug!(error = %e, "control pass did not complete; retrying");
-                    quiet = None;
-                    Duration::from_millis(50)
-                }
-            };
-            wake_at = tokio::time::Instant::now() + wake;
+                };
+                took = started.elapsed();
+                let wake = match outcome {
+                    Ok((q, next)) => {
+                        quiet = q;
+                        next.unwrap_or(Duration::from_secs(2))
+                    }
+                    Err(e) => {
+                        // A conflict means someone wrote meanwhile: the next pass sees it.
+                        tracing::debug!(error = %e, "control pass did not complete; retrying");
+                        quiet = None;
+                        Duration::from_millis(50)
+                    }
+                };
+                wake_at = tokio::time::Instant::now() + wake;
+            }
         }
         timer = false;
         tokio::select! {
             _ = stop.cancelled() => return,
-            open = live.changed() => {
+            open = view.changed() => {
                 if !open { return; }
                 // Coalesce bursts of changes into one pass.
                 let settle = took.clamp(Duration::from_millis(5), Duration::from_millis(250));
@@ -90,13 +100,13 @@ pub async fn pass(store: &Store) -> Result<Option<Duration>, ApiError> {
     pass_on(store, &ClusterState::load(store)).await
 }
 
-/// One pass over `state` (a fresh load or a [`LiveState`]'s view); returns how soon the next
+/// One pass over `state` (a fresh load or a [`crate::state::LiveState`]'s view); returns how soon the next
 /// must run if nothing changes.
 pub async fn pass_on(store: &Store, state: &ClusterState) -> Result<Option<Duration>, ApiError> {
     let now = chrono::Utc::now();
     let d = decide(state, now)?;
     let next = d.next_pass(now);
-    write(store, state, d).await?;
+    write(store, state.tasks.len(), d).await?;
     Ok(next)
 }
 
@@ -186,7 +196,7 @@ fn decide(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Result<De
 }
 
 /// Writes what a pass decided.
-async fn write(store: &Store, state: &ClusterState, d: Decision) -> Result<(), ApiError> {
+async fn write(store: &Store, tasks: usize, d: Decision) -> Result<(), ApiError> {
     if d.ops.ops.is_empty() {
         return Ok(());
     }
@@ -196,7 +206,7 @@ async fn write(store: &Store, state: &ClusterState, d: Decision) -> Result<(), A
     tracing::debug!(
         ops = n,
         created = d.created,
-        tasks = state.tasks.len(),
+        tasks,
         plan_ms = d.plan_ms,
         schedule_ms = d.schedule_ms,
         write_ms = started.elapsed().as_millis() as u64,
@@ -707,7 +717,7 @@ mod tests {
                 };
                 delta.tasks.push(crate::state::TaskChange {
                     id: before.id().to_string(),
-                    before: Some(before),
+                    before: Some(Arc::new(before)),
                     exists: true,
                 });
             }

@@ -3,7 +3,7 @@
 
 use crate::allocator::network_subnet;
 use crate::db::{self, Versioned};
-use crate::state::{ClusterState, Delta, LiveState};
+use crate::state::{ClusterState, Delta, LiveState, SharedReader, SharedState};
 use base64::Engine as _;
 use shoal_api::dispatch::{
     FilePayload, NetworkInfo, NodeAssignments, PublishedPort, ServiceRoute, TaskEndpoint,
@@ -403,8 +403,14 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts serving; stops when `stop` is cancelled.
     pub fn spawn(store: Store, stop: CancellationToken) -> Dispatcher {
+        Self::spawn_shared(SharedState::new(store).reader(), stop)
+    }
+
+    /// [`Dispatcher::spawn`] on a view shared with other loops (the control loop), so each
+    /// change is decoded once.
+    pub fn spawn_shared(view: SharedReader, stop: CancellationToken) -> Dispatcher {
         let (sessions, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_sessions(store, rx, stop));
+        tokio::spawn(run_sessions(view, rx, stop));
         Dispatcher { sessions }
     }
 
@@ -431,7 +437,7 @@ pub async fn serve_node(
     let (sessions, rx) = mpsc::unbounded_channel();
     // The receiver is right here: this cannot fail.
     let _ = sessions.send(Session { node_id, tx });
-    run_sessions(store, rx, stop).await;
+    run_sessions(SharedState::new(store).reader(), rx, stop).await;
 }
 
 /// What a refresh means for the sessions.
@@ -509,8 +515,8 @@ impl Sessions {
                             .is_none_or(|r| r.routed.contains(t.service_id()))
                     })
                 };
-                let moved = route_footprint(c.before.as_ref()) != route_footprint(now);
-                if moved && (routed(c.before.as_ref()) || routed(now)) {
+                let moved = route_footprint(c.before.as_deref()) != route_footprint(now);
+                if moved && (routed(c.before.as_deref()) || routed(now)) {
                     routes = true;
                     self.routing = None;
                 }
@@ -522,22 +528,21 @@ impl Sessions {
 }
 
 async fn run_sessions(
-    store: Store,
+    mut view: SharedReader,
     mut incoming: mpsc::UnboundedReceiver<Session>,
     stop: CancellationToken,
 ) {
-    let mut live = LiveState::new(store.clone());
+    let store = view.store().clone();
     let mut s = Sessions {
         open: HashMap::new(),
         fresh: HashSet::new(),
         by_node: HashMap::new(),
         routing: None,
     };
-    s.index(live.state());
     let mut accepting = true;
     let mut took = Duration::ZERO;
     loop {
-        let delta = live.refresh();
+        let (live, delta) = view.refresh().await;
         let started = Instant::now();
         let dirty = s.absorb(&live, delta);
         while let Ok(new) = incoming.try_recv() {
@@ -608,6 +613,7 @@ async fn run_sessions(
             tracing::debug!(computed, sent, ms = took.as_millis() as u64, "assignments");
         }
         s.open.retain(|_, tx| !tx.is_closed());
+        drop(live);
         tokio::select! {
             _ = stop.cancelled() => return,
             new = incoming.recv(), if accepting => match new {
@@ -617,7 +623,7 @@ async fn run_sessions(
                 }
                 None => accepting = false,
             },
-            open = live.changed() => {
+            open = view.changed() => {
                 if !open { return; }
                 // Coalesce bursts of changes; longer when computing takes long (many nodes).
                 let settle = took.clamp(Duration::from_millis(5), Duration::from_millis(250));

@@ -73,14 +73,15 @@ fn decode<T: Stored>(o: &Object) -> Option<Versioned<T>> {
 pub struct TaskChange {
     /// The task's ID.
     pub id: String,
-    /// The task as it was before the change, if the view held it.
-    pub before: Option<StoredTask>,
+    /// The task as it was before the change, if the view held it (shared: every reader of a
+    /// [`SharedState`] gets the same copy).
+    pub before: Option<Arc<StoredTask>>,
     /// False if the task is gone (deleted, or its new document does not decode).
     pub exists: bool,
 }
 
 /// What a [`LiveState::refresh`] changed, so a consumer can limit its work to that.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Delta {
     /// The view was loaded from scratch (the first time, or the change stream lagged): treat
     /// everything as changed.
@@ -109,7 +110,8 @@ impl Delta {
             && !(self.services || self.nodes || self.networks || self.cluster || self.other)
     }
 
-    fn merge(&mut self, other: Delta) {
+    /// Adds what `other` changed after this.
+    pub fn merge(&mut self, other: Delta) {
         self.reloaded |= other.reloaded;
         self.change_sets += other.change_sets;
         self.tasks.extend(other.tasks);
@@ -280,14 +282,16 @@ impl LiveState {
         let new = live_object::<StoredTask>(c);
         let exists = new.is_some();
         let before = match (at, new) {
-            (Some(i), Some(t)) => Some(std::mem::replace(&mut self.state.tasks[i], t).obj),
+            (Some(i), Some(t)) => {
+                Some(Arc::new(std::mem::replace(&mut self.state.tasks[i], t).obj))
+            }
             (Some(i), None) => {
                 let old = self.state.tasks.swap_remove(i);
                 self.task_pos.remove(&c.id);
                 if let Some(moved) = self.state.tasks.get(i) {
                     self.task_pos.insert(moved.obj.id().to_string(), i);
                 }
-                Some(old.obj)
+                Some(Arc::new(old.obj))
             }
             (None, Some(t)) => {
                 self.task_pos.insert(c.id.clone(), self.state.tasks.len());
@@ -308,6 +312,132 @@ impl LiveState {
 /// reload may read an entry's result before its change set arrives.
 fn stale(held: u64, c: &Change) -> bool {
     c.action != Action::Deleted && c.object.as_ref().is_some_and(|o| o.version < held)
+}
+
+/// Task changes kept for a reader that has not refreshed, beyond which it is told to start over.
+const MAX_PENDING_TASK_CHANGES: usize = 1 << 20;
+
+/// One [`LiveState`] read by several loops (the control loop and the dispatcher): each change
+/// is decoded once, and each reader still gets every change since its own last refresh.
+#[derive(Clone)]
+pub struct SharedState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    live: tokio::sync::RwLock<LiveState>,
+    /// Changes applied but not yet taken, per reader.
+    readers: std::sync::Mutex<Vec<std::sync::Weak<std::sync::Mutex<Delta>>>>,
+}
+
+/// One loop's access to a [`SharedState`].
+pub struct SharedReader {
+    inner: Arc<Shared>,
+    pending: Arc<std::sync::Mutex<Delta>>,
+    /// The store's change stream, used only to wake up: the view applies the changes.
+    wake: broadcast::Receiver<Arc<ChangeSet>>,
+    closed: bool,
+}
+
+impl SharedState {
+    /// Loads the view from the store and follows its changes from then on.
+    pub fn new(store: Store) -> Self {
+        SharedState {
+            inner: Arc::new(Shared {
+                live: tokio::sync::RwLock::new(LiveState::new(store.clone())),
+                store,
+                readers: std::sync::Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// A new reader; its first refresh reports everything as changed.
+    pub fn reader(&self) -> SharedReader {
+        let pending = Arc::new(std::sync::Mutex::new(Delta {
+            reloaded: true,
+            ..Default::default()
+        }));
+        if let Ok(mut readers) = self.inner.readers.lock() {
+            readers.retain(|r| r.strong_count() > 0);
+            readers.push(Arc::downgrade(&pending));
+        }
+        SharedReader {
+            wake: self.inner.store.watch(),
+            inner: self.inner.clone(),
+            pending,
+            closed: false,
+        }
+    }
+}
+
+impl SharedReader {
+    /// The store the view follows.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Waits until something changed since this reader's last refresh; false once the store's
+    /// change stream has ended.
+    pub async fn changed(&mut self) -> bool {
+        if self.closed {
+            return false;
+        }
+        if self.pending.lock().is_ok_and(|p| !p.is_empty()) {
+            return true;
+        }
+        match self.wake.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => true,
+            Err(RecvError::Closed) => {
+                self.closed = true;
+                false
+            }
+        }
+    }
+
+    /// Brings the view up to date and returns it (read-locked: release it before awaiting
+    /// anything long) with what changed since this reader's last refresh.
+    pub async fn refresh(&mut self) -> (tokio::sync::RwLockReadGuard<'_, LiveState>, Delta) {
+        // Wake-ups first: a change sent after this point wakes the reader again, and one sent
+        // before it is applied below.
+        loop {
+            match self.wake.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Closed) => {
+                    self.closed = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let mut live = self.inner.live.write().await;
+        let fresh = live.refresh();
+        if !fresh.is_empty() {
+            let readers: Vec<_> = match self.inner.readers.lock() {
+                Ok(r) => r.iter().filter_map(std::sync::Weak::upgrade).collect(),
+                Err(_) => Vec::new(),
+            };
+            for r in readers.iter().filter(|r| !Arc::ptr_eq(r, &self.pending)) {
+                if let Ok(mut p) = r.lock() {
+                    p.merge(fresh.clone());
+                    if p.tasks.len() > MAX_PENDING_TASK_CHANGES {
+                        // A reader this far behind just starts over from the whole view.
+                        p.tasks = Vec::new();
+                        p.reloaded = true;
+                    }
+                }
+            }
+        }
+        let mut mine = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => Delta {
+                reloaded: true,
+                ..Default::default()
+            },
+        };
+        mine.merge(fresh);
+        (tokio::sync::RwLockWriteGuard::downgrade(live), mine)
+    }
 }
 
 /// The object a change leaves behind, decoded; `None` if it was deleted or does not decode.
@@ -524,6 +654,46 @@ mod tests {
         assert!(d.reloaded, "five change sets cannot fit a buffer of two");
         assert_eq!(summary(live.state()), summary(&ClusterState::load(&store)));
         assert_eq!(live.state().tasks.len(), 5);
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_reader_of_a_shared_view_sees_every_change_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 64).await;
+        let shared = SharedState::new(store.clone());
+        let mut a = shared.reader();
+        let mut b = shared.reader();
+        assert!(
+            a.refresh().await.1.reloaded,
+            "a new reader starts from the whole view"
+        );
+        assert!(b.refresh().await.1.reloaded);
+
+        db::write(
+            &store,
+            vec![db::put(&task("t1", Some("n1")), Expect::Absent).unwrap()],
+        )
+        .await
+        .unwrap();
+        assert!(a.changed().await);
+        let (view, d) = a.refresh().await;
+        assert_eq!(d.tasks.len(), 1);
+        assert!(view.task("t1").is_some());
+        drop(view);
+        // B was woken by the same change, which A already applied: B still gets it.
+        assert!(b.changed().await);
+        let (view, d) = b.refresh().await;
+        assert_eq!(
+            d.tasks.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            vec!["t1"]
+        );
+        assert!(!d.reloaded);
+        drop(view);
+        let (_, d) = a.refresh().await;
+        assert!(d.is_empty(), "a change is reported to each reader once");
+        let (_, d) = b.refresh().await;
+        assert!(d.is_empty());
         store.shutdown().await.unwrap();
     }
 }
