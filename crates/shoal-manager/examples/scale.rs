@@ -2,8 +2,9 @@
 //!
 //! A real store (openraft on redb, fsync) in a temporary directory, the cluster object and N ready
 //! nodes shaped as `swarm init` writes its own, then services created one write at a time as
-//! `docker service create` would. The manager side is the production code: `control::run`, one
-//! `dispatcher::Dispatcher` serving every node's session, and `dispatcher::collect_reports`
+//! `docker service create` would. The manager side is the production code: `control::run_shared`
+//! and one `dispatcher::Dispatcher` serving every node's session, both on one `SharedState`
+//! view of the store, and `dispatcher::collect_reports`
 //! (one for all nodes, or one per node with `--collectors per-node`, as `cluster::Manager` wires
 //! the local node). The node side is the agent's real `worker::run` per node, over a simulated
 //! `Executor` (containers are entries in a map; nothing touches Docker).
@@ -28,6 +29,7 @@ use shoal_api::models::{
 };
 use shoal_api::objects::StoredService;
 use shoal_api::{id, kind};
+use shoal_manager::state::SharedState;
 use shoal_manager::{control, db, dispatcher};
 use shoal_store::{Expect, Store, StoreOptions};
 use std::collections::HashMap;
@@ -445,8 +447,10 @@ async fn run(args: Args) -> Result<(), String> {
     let stop = CancellationToken::new();
     let files = Files::new(dir.path().join("files")).map_err(|e| e.to_string())?;
     let alloc = Arc::new(tokio::sync::Mutex::new(()));
-    tokio::spawn(control::run(store.clone(), alloc, stop.clone()));
-    let sessions = dispatcher::Dispatcher::spawn(store.clone(), stop.clone());
+    // One view of the store for the control loop and the dispatcher: each change decoded once.
+    let view = SharedState::new(store.clone());
+    tokio::spawn(control::run_shared(view.reader(), alloc, stop.clone()));
+    let sessions = dispatcher::Dispatcher::spawn_shared(view.reader(), stop.clone());
     let (shared_reports, rrx) = mpsc::channel(1024);
     tokio::spawn(dispatcher::collect_reports(
         store.clone(),
