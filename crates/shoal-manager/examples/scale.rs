@@ -4,10 +4,10 @@
 //! nodes shaped as `swarm init` writes its own, then services created one write at a time as
 //! `docker service create` would. The manager side is the production code: `control::run_shared`
 //! and one `dispatcher::Dispatcher` serving every node's session, both on one `SharedState`
-//! view of the store, and `dispatcher::collect_reports`
-//! (one for all nodes, or one per node with `--collectors per-node`, as `cluster::Manager` wires
-//! the local node). The node side is the agent's real `worker::run` per node, over a simulated
-//! `Executor` (containers are entries in a map; nothing touches Docker).
+//! view of the store, and `dispatcher::collect_reports`, one per node as `cluster::Manager` wires
+//! the local node's session (`--collectors shared`: one for all nodes, on one channel). The node
+//! side is the agent's real `worker::run` per node, over a simulated `Executor` (containers are
+//! entries in a map; nothing touches Docker).
 //!
 //! Prints the time until every task is assigned to a node (placements per second), the time
 //! until every task is reported running, the raft entries written and the peak RSS.
@@ -54,7 +54,7 @@ fn parse_args() -> Result<Args, String> {
         services: 100,
         replicas: 1000,
         timeout: Duration::from_secs(1800),
-        per_node_collectors: false,
+        per_node_collectors: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
