@@ -78,6 +78,8 @@ impl Manager {
             dir: dir.join("raft"),
             raft_node_id: 1,
             raft_addr: identity.addr.clone(),
+            bootstrap: true,
+            transport: None,
         })
         .await
         .map_err(|e| format!("opening the store in {}: {e}", dir.display()))?;

@@ -366,6 +366,8 @@ mod tests {
             dir: dir.clone(),
             raft_node_id: 1,
             raft_addr: "127.0.0.1:2377".into(),
+            bootstrap: true,
+            transport: None,
         })
         .await
         .unwrap();
