@@ -87,6 +87,12 @@ pub struct StoreTuning {
     pub open_timeout: Duration,
     /// How long a write may wait for a leader and a quorum before it fails as unavailable.
     pub write_timeout: Duration,
+    /// Leader heartbeat period, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, in milliseconds. openraft waits a leader lease (the maximum)
+    /// plus a random timeout in the range after the last heartbeat, so a dead leader is replaced
+    /// after 1.1-1.4 s with the defaults (400-700).
+    pub election_timeout_ms: (u64, u64),
 }
 
 impl Default for StoreTuning {
@@ -97,6 +103,8 @@ impl Default for StoreTuning {
             watch_capacity: 4096,
             open_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(7),
+            heartbeat_ms: 100,
+            election_timeout_ms: (400, 700),
         }
     }
 }
@@ -179,9 +187,9 @@ impl Store {
 
         let config = openraft::Config {
             cluster_name: "shoal".into(),
-            heartbeat_interval: 250,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
+            heartbeat_interval: tuning.heartbeat_ms,
+            election_timeout_min: tuning.election_timeout_ms.0,
+            election_timeout_max: tuning.election_timeout_ms.1,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: tuning.keep_after_snapshot,
             purge_batch_size: (tuning.snapshot_every / 10).max(1),
