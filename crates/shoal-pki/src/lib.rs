@@ -1,6 +1,6 @@
-//! The cluster's trust: its certificate authority, node certificates, and join tokens in Swarm's
-//! format, which carry the CA's digest so a joining node can check the manager before it sends
-//! anything.
+//! The cluster's trust: its certificate authority, node certificates and the rustls configs for
+//! mutual TLS between nodes, and join tokens in Swarm's format, which carry the CA's digest so a
+//! joining node can check the manager before it sends anything.
 
 use rand::Rng;
 use rustls_pki_types::pem::PemObject;
@@ -12,8 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 mod node;
+mod tls;
 
 pub use node::{identity_of_der, NodeCert, NodeIdentity, NodeKey, Role};
+/// Re-exported so callers build connectors and acceptors against the exact rustls we configure.
+pub use rustls;
+pub use tls::{
+    bootstrap_client_config, client_config, manager_server_name, pinned_ca_pem, server_config,
+    MANAGER_SERVER_NAME,
+};
 
 /// Why a PKI step failed.
 #[derive(Debug, thiserror::Error)]
