@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 
 mod node;
 mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 pub use node::{identity_of_der, NodeCert, NodeIdentity, NodeKey, Role};
 /// Re-exported so callers build connectors and acceptors against the exact rustls we configure.
