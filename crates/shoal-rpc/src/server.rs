@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use rustls::pki_types::CertificateDer;
+use shoal_pki::{identity_of_der, NodeIdentity, Role};
 use shoal_store::RpcKind;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,6 +38,33 @@ impl PeerInfo {
     /// The verified leaf certificate, if the peer presented one.
     pub fn leaf(&self) -> Option<&[u8]> {
         self.certs.first().map(|c| c.as_ref())
+    }
+
+    /// The node identity in the peer's certificate; refused (and logged) without one.
+    pub fn node(&self, call: &str) -> Result<NodeIdentity, Status> {
+        let Some(leaf) = self.leaf() else {
+            return Err(self.refuse(call, "no client certificate"));
+        };
+        identity_of_der(leaf)
+            .map_err(|e| self.refuse(call, &format!("unreadable node certificate: {e}")))
+    }
+
+    /// The caller's identity, which must be a manager's.
+    pub fn manager(&self, call: &str) -> Result<NodeIdentity, Status> {
+        let id = self.node(call)?;
+        if id.role != Role::Manager {
+            return Err(self.refuse(
+                call,
+                &format!("node {} is a worker; this call is for managers", id.node_id),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Logs a refused call with its reason and builds the answer.
+    pub fn refuse(&self, call: &str, reason: &str) -> Status {
+        tracing::warn!(peer = ?self.remote, call, reason, "refused an RPC");
+        Status::permission_denied(reason.to_string())
     }
 }
 
@@ -178,20 +206,26 @@ impl pb::dispatcher_server::Dispatcher for Svc {
     }
 }
 
-/// Listens on `addr` until `stop`; every connection must complete a TLS handshake with `tls`
+/// Binds the RPC port, so a taken port is reported before anything else starts.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RpcError> {
+    TcpListener::bind(addr).await.map_err(|e| RpcError::Listen {
+        addr: addr.to_string(),
+        source: e,
+    })
+}
+
+/// Serves on `listener` until `stop`; every connection must complete a TLS handshake with `tls`
 /// (which decides whether client certificates are required) within 10 s.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     handlers: Arc<dyn Handlers>,
     stop: CancellationToken,
 ) -> Result<(), RpcError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| RpcError::Listen {
-            addr: addr.to_string(),
-            source: e,
-        })?;
+    let addr = listener.local_addr().map_err(|e| RpcError::Listen {
+        addr: "?".into(),
+        source: e,
+    })?;
     tracing::info!(%addr, "node-to-node RPC listening (mutual TLS)");
     let (tx, rx) = mpsc::channel::<Result<TlsIo, std::io::Error>>(64);
     let acceptor = TlsAcceptor::from(tls);
