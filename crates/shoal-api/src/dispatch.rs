@@ -112,6 +112,34 @@ pub struct TaskStatusReport {
     pub status: TaskStatus,
 }
 
+/// What a node sends its manager over the dispatcher session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// First message of a session: the node's current description (hostname, resources).
+    Hello {
+        /// The node's description, refreshed on every session.
+        description: Option<Box<crate::models::NodeDescription>>,
+    },
+    /// Observed task states.
+    Reports(Vec<TaskStatusReport>),
+    /// Still here.
+    Heartbeat,
+}
+
+/// What the leader sends a node over the dispatcher session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ManagerMessage {
+    /// First message: how often to send heartbeats.
+    Welcome {
+        /// Heartbeat period in milliseconds (the swarm's `Dispatcher.HeartbeatPeriod`).
+        heartbeat_ms: u64,
+    },
+    /// The node's complete assignments, sent whenever they change.
+    Assignments(Box<NodeAssignments>),
+    /// The managers' addresses, so the node can fail over to another one.
+    Managers(Vec<String>),
+}
+
 /// IPv4 CIDR as a validated string type, so this crate needs no network library.
 pub mod ipnet_str {
     use serde::{Deserialize, Serialize};

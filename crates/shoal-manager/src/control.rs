@@ -19,6 +19,15 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(store: Store, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
     let mut changes = store.watch();
     loop {
+        if !store.is_leader() {
+            // Followers keep a copy of the state; only the leader decides.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            while changes.try_recv().is_ok() {}
+            continue;
+        }
         let outcome = {
             let _guard = alloc.lock().await;
             pass(&store).await
