@@ -150,6 +150,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         agent: agent.clone(),
         manager: Default::default(),
         node: Default::default(),
+        hostname: args.hostname.clone(),
         lifecycle: Default::default(),
     });
     if let Some(identity) = Identity::load(&args.data_dir) {

@@ -41,6 +41,8 @@ pub struct Daemon {
     pub manager: RwLock<Option<Arc<Manager>>>,
     /// This node's swarm membership (managers and workers): identity and dispatcher session.
     pub node: RwLock<Option<(Identity, Arc<NodeSession>)>>,
+    /// The node's name, when set instead of the engine's host name.
+    pub hostname: Option<String>,
     /// Serializes swarm init/leave.
     pub lifecycle: tokio::sync::Mutex<()>,
 }

@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use shoal_api::models::{Node, NodeSpec, NodeSpecRoleEnum};
+use shoal_api::models::{ManagerStatus, Node, NodeSpec, NodeSpecRoleEnum, NodeState, Reachability};
 use shoal_api::{id, ApiError};
 use shoal_store::Expect;
 use std::collections::HashMap;
@@ -29,6 +29,31 @@ fn find(
         .ok_or_else(|| ApiError::not_found(format!("node {key} not found")))
 }
 
+/// Fills in `ManagerStatus` from raft as it is now: who leads, and who answers.
+fn with_manager_status(store: &shoal_store::Store, mut n: Node) -> Node {
+    let id = n.id.clone().unwrap_or_default();
+    let is_manager = n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER);
+    let member = db::get::<crate::db::Member>(store, &id);
+    n.manager_status = match (is_manager, member) {
+        (true, Some(m)) => {
+            let leader = store.leader().map(|l| l.0) == Some(m.obj.raft_id);
+            let ready = n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY);
+            Some(ManagerStatus {
+                leader: Some(leader),
+                reachability: Some(if leader || ready {
+                    Reachability::REACHABLE
+                } else {
+                    Reachability::UNREACHABLE
+                }),
+                addr: Some(m.obj.addr),
+            })
+        }
+        (true, None) => n.manager_status,
+        (false, _) => None,
+    };
+    n
+}
+
 /// `GET /nodes`.
 pub async fn list(
     State(d): State<AppState>,
@@ -41,7 +66,7 @@ pub async fn list(
     )?;
     let out: Vec<Node> = db::list::<Node>(&m.store)
         .into_iter()
-        .map(|n| n.obj)
+        .map(|n| with_manager_status(&m.store, n.obj))
         .filter(|n| f.any("id", |x| n.id.as_deref().unwrap_or_default().starts_with(x)))
         .filter(|n| {
             f.any("name", |x| {
@@ -81,7 +106,8 @@ pub async fn list(
 /// `GET /nodes/{id}`.
 pub async fn inspect(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
-    Ok(json(StatusCode::OK, &find(&m.store, &key)?.obj))
+    let n = find(&m.store, &key)?.obj;
+    Ok(json(StatusCode::OK, &with_manager_status(&m.store, n)))
 }
 
 /// `POST /nodes/{id}/update?version=N`: availability and labels; roles change with multi-node support.

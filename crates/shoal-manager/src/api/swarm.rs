@@ -259,9 +259,10 @@ async fn local_node(d: &AppState, identity: &Identity, now: &str) -> Node {
         .await
         .map(|(_, v)| v)
         .unwrap_or_default();
-    let hostname = info["Name"]
-        .as_str()
-        .map(str::to_string)
+    let hostname = d
+        .hostname
+        .clone()
+        .or_else(|| info["Name"].as_str().map(str::to_string))
         .unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .unwrap_or_default()

@@ -7,8 +7,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 static IMAGES: Once = Once::new();
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Daemon tests share the host's engine, addresses and ports: one at a time per test binary.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Root of the repository.
 pub fn repo() -> PathBuf {
@@ -38,7 +45,7 @@ impl Node {
     /// Starts a daemon on a fresh data directory.
     pub fn start(name: &str) -> Node {
         images();
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = serial();
         let dir = std::env::temp_dir().join(format!("shoal-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

@@ -1,0 +1,312 @@
+//! Several nodes, each a real daemon in its own network namespace, driven by the docker CLI:
+//! joining, spreading tasks, losing a node, draining, and managers replacing a lost leader.
+
+mod common;
+
+use common::cluster::{Cluster, ClusterNode};
+use common::{wait_for, wait_until};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// `docker node ls` as name -> (status, availability, manager status).
+fn nodes(n: &ClusterNode) -> HashMap<String, (String, String, String)> {
+    n.ok(&[
+        "node",
+        "ls",
+        "--format",
+        "{{.Hostname}}|{{.Status}}|{{.Availability}}|{{.ManagerStatus}}",
+    ])
+    .lines()
+    .filter_map(|l| {
+        let p: Vec<&str> = l.split('|').collect();
+        (p.len() == 4).then(|| {
+            (
+                p[0].to_string(),
+                (p[1].to_string(), p[2].to_string(), p[3].to_string()),
+            )
+        })
+    })
+    .collect()
+}
+
+/// Running tasks of a service per node name.
+fn running_per_node(n: &ClusterNode, service: &str) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for l in n
+        .ok(&[
+            "service",
+            "ps",
+            service,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Node}}|{{.CurrentState}}",
+        ])
+        .lines()
+    {
+        if let Some((node, state)) = l.split_once('|') {
+            if state.starts_with("Running") {
+                *out.entry(node.to_string()).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn workers_join_run_tasks_and_survive_node_loss() {
+    let mut c = Cluster::start("workers", 3);
+    let n1 = c.node(1);
+    n1.ok(&["swarm", "init", "--advertise-addr", &n1.ip]);
+    let worker = n1.ok(&["swarm", "join-token", "-q", "worker"]);
+    let worker = worker.trim().to_string();
+    let shown = n1.ok(&["swarm", "join-token", "worker"]);
+    assert!(
+        shown.contains(&format!(
+            "docker swarm join --token {worker} 10.99.0.1:2377"
+        )),
+        "{shown}"
+    );
+
+    // Refused: a token with the right CA but a made-up secret, and one naming another CA.
+    let (prefix, _) = worker.rsplit_once('-').unwrap();
+    let forged = format!("{prefix}-{}", "0".repeat(25));
+    let e = c
+        .node(2)
+        .fails(&["swarm", "join", "--token", &forged, "10.99.0.1:2377"]);
+    assert!(e.contains("join token"), "{e}");
+    let other_ca = format!(
+        "SWMTKN-1-{}-{}",
+        "1".repeat(50),
+        worker.rsplit_once('-').unwrap().1
+    );
+    let e = c
+        .node(2)
+        .fails(&["swarm", "join", "--token", &other_ca, "10.99.0.1:2377"]);
+    assert!(
+        e.to_lowercase().contains("could not join") || e.contains("CA"),
+        "{e}"
+    );
+    assert!(
+        c.node(1).log_tail(200).contains("refused"),
+        "refusal logged with its reason"
+    );
+
+    for i in [2, 3] {
+        let n = c.node(i);
+        n.ok(&[
+            "swarm",
+            "join",
+            "--token",
+            &worker,
+            "--advertise-addr",
+            &n.ip,
+            "10.99.0.1:2377",
+        ]);
+    }
+    wait_for(Duration::from_secs(20), "three ready nodes", || {
+        let ls = nodes(c.node(1));
+        let ready = ls.values().filter(|(s, _, _)| s == "Ready").count();
+        if ready == 3 && ls.get("node-1").is_some_and(|n| n.2 == "Leader") {
+            Ok(())
+        } else {
+            Err(format!("{ls:?}"))
+        }
+    });
+    // A worker is not a manager.
+    let e = c.node(2).fails(&["node", "ls"]);
+    assert!(e.contains("not a swarm manager"), "{e}");
+    let info = c.node(2).ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ]);
+    assert_eq!(info.trim(), "active false");
+
+    // Tasks spread over the three nodes.
+    c.node(1).ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "spread",
+        "--replicas",
+        "6",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    wait_for(
+        Duration::from_secs(60),
+        "6 tasks running, 2 per node",
+        || {
+            let per = running_per_node(c.node(1), "spread");
+            if per.len() == 3 && per.values().all(|n| *n == 2) {
+                Ok(())
+            } else {
+                Err(format!("{per:?}"))
+            }
+        },
+    );
+
+    // Node 3 dies with its containers: it is marked down and its tasks run elsewhere.
+    let lost = Instant::now();
+    c.node_mut(3).kill();
+    wait_for(
+        Duration::from_secs(30),
+        "node-3 down, 6 running on the others",
+        || {
+            let per = running_per_node(c.node(1), "spread");
+            let down = nodes(c.node(1))
+                .get("node-3")
+                .is_some_and(|n| n.0 == "Down");
+            if down && per.values().sum::<usize>() == 6 && !per.contains_key("node-3") {
+                Ok(())
+            } else {
+                Err(format!("down={down} {per:?}"))
+            }
+        },
+    );
+    eprintln!("node loss: 6/6 running again after {:?}", lost.elapsed());
+
+    // It comes back: ready again, and it runs none of its old tasks (no 7th replica).
+    c.node_mut(3).spawn();
+    wait_until(Duration::from_secs(30), "node-3 ready again", || {
+        nodes(c.node(1))
+            .get("node-3")
+            .is_some_and(|n| n.0 == "Ready")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let running_on_3 = c
+        .node(3)
+        .containers()
+        .into_iter()
+        .filter(|(id, _)| {
+            let out = std::process::Command::new("docker")
+                .args([
+                    "-H",
+                    "unix:///var/run/docker.sock",
+                    "inspect",
+                    "-f",
+                    "{{.State.Running}}",
+                    id,
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "true"
+        })
+        .count();
+    assert_eq!(
+        running_on_3, 0,
+        "stale tasks on the returning node are not running"
+    );
+    assert_eq!(
+        running_per_node(c.node(1), "spread")
+            .values()
+            .sum::<usize>(),
+        6
+    );
+
+    // Drain node 2: its tasks move to node 1 (node 3 is active again and may take some too).
+    c.node(1)
+        .ok(&["node", "update", "--availability", "drain", "node-2"]);
+    wait_for(Duration::from_secs(30), "node-2 drained", || {
+        let per = running_per_node(c.node(1), "spread");
+        if !per.contains_key("node-2") && per.values().sum::<usize>() == 6 {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+    assert_eq!(nodes(c.node(1))["node-2"].1, "Drain");
+
+    // A worker leaves; its containers go with it.
+    c.node(1)
+        .ok(&["node", "update", "--availability", "active", "node-2"]);
+    c.node(3).ok(&["swarm", "leave"]);
+    wait_until(Duration::from_secs(20), "node-3 containers removed", || {
+        c.node(3).containers().is_empty()
+    });
+    c.node(1).ok(&["service", "rm", "spread"]);
+}
+
+#[test]
+fn managers_replicate_and_replace_a_lost_leader() {
+    let mut c = Cluster::start("managers", 3);
+    c.form(3);
+    wait_for(
+        Duration::from_secs(30),
+        "three managers, one leader",
+        || {
+            let ls = nodes(c.node(1));
+            let leaders = ls.values().filter(|n| n.2 == "Leader").count();
+            let reachable = ls.values().filter(|n| n.2 == "Reachable").count();
+            if leaders == 1 && reachable == 2 {
+                Ok(())
+            } else {
+                Err(format!("{ls:?}"))
+            }
+        },
+    );
+    // Any manager answers, with the same state.
+    c.node(2).ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    let ls3 = c.node(3).ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert!(
+        ls3.contains("web"),
+        "a follower reads its own write's result: {ls3}"
+    );
+    wait_for(Duration::from_secs(60), "3 running", || {
+        let per = running_per_node(c.node(1), "web");
+        if per.values().sum::<usize>() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+
+    // The leader (node 1) dies: the others elect a new one and keep taking writes.
+    let t = Instant::now();
+    c.node_mut(1).kill();
+    wait_until(Duration::from_secs(20), "a write is accepted again", || {
+        c.node(2)
+            .docker(&["service", "update", "-d", "--label-add", "k=v", "web"])
+            .status
+            .success()
+    });
+    eprintln!("leader loss: write accepted after {:?}", t.elapsed());
+    wait_for(
+        Duration::from_secs(30),
+        "node-1 down, 3 running elsewhere",
+        || {
+            let per = running_per_node(c.node(2), "web");
+            let ls = nodes(c.node(2));
+            let n1 = ls.get("node-1").cloned().unwrap_or_default();
+            if n1.0 == "Down"
+                && n1.2 == "Unreachable"
+                && per.values().sum::<usize>() == 3
+                && !per.contains_key("node-1")
+            {
+                Ok(())
+            } else {
+                Err(format!("{ls:?} {per:?}"))
+            }
+        },
+    );
+
+    // Two of three gone: no quorum, writes fail clearly, the last tasks keep running.
+    c.node_mut(2).kill();
+    let e = c.node(3).fails(&["service", "scale", "web=5"]);
+    assert!(e.contains("quorum") || e.contains("leader"), "{e}");
+    assert!(!c.node(3).containers().is_empty());
+}
