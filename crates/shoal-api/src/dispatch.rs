@@ -21,6 +21,13 @@ pub struct NodeAssignments {
     pub services: Vec<ServiceRoute>,
     /// Ports published on this node.
     pub published: Vec<PublishedPort>,
+    /// The node's role as the swarm sees it ("manager" or "worker"), so a promoted or demoted
+    /// node starts or stops its manager.
+    #[serde(default)]
+    pub role: String,
+    /// The node's raft id when it is a manager.
+    #[serde(default)]
+    pub raft_id: u64,
 }
 
 /// A secret's or config's content, only ever sent to nodes that run a task using it.

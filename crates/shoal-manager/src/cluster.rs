@@ -166,6 +166,7 @@ impl NodeSession {
         cert: &NodeCert,
         description: Option<shoal_api::models::NodeDescription>,
         agent: &dyn AgentHost,
+        on_role: session::OnRole,
     ) -> Result<NodeSession, String> {
         let tls = shoal_pki::client_config(cert).map_err(|e| e.to_string())?;
         let mut managers = identity.managers.clone();
@@ -180,8 +181,10 @@ impl NodeSession {
             managers,
             tls,
             description,
+            role: parking_lot::Mutex::new((identity.role.clone(), identity.raft_id)),
+            on_role,
             on_managers: Box::new(move |list| {
-                let mut id = saved.clone();
+                let mut id = Identity::load(&dir).unwrap_or_else(|| saved.clone());
                 id.managers = list.to_vec();
                 if let Err(e) = id.save(&dir) {
                     tracing::warn!(error = %e, "saving the managers' addresses");

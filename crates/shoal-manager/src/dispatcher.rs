@@ -96,6 +96,20 @@ pub fn assignments(store: &Store, state: &ClusterState, node_id: &str) -> NodeAs
         }
     }
     routes(state, node_id, &net_ids, &mut out);
+    if let Some(n) = state
+        .nodes
+        .iter()
+        .find(|n| n.obj.id.as_deref() == Some(node_id))
+    {
+        let manager = n.obj.spec.as_ref().and_then(|s| s.role)
+            == Some(shoal_api::models::NodeSpecRoleEnum::MANAGER);
+        out.role = if manager { "manager" } else { "worker" }.to_string();
+        if manager {
+            out.raft_id = db::get::<db::Member>(store, node_id)
+                .map(|m| m.obj.raft_id)
+                .unwrap_or(0);
+        }
+    }
     out
 }
 

@@ -40,7 +40,7 @@ pub async fn run(store: Store, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = changes.recv() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
     }
 }
@@ -57,9 +57,15 @@ async fn reconcile(store: &Store) -> Result<(), shoal_store::StoreError> {
             store.add_learner(*id, addr.clone()).await?;
         }
     }
-    let voters: BTreeSet<u64> = want.keys().copied().collect();
+    // A new manager votes once it has (nearly) the whole log; until then it only listens.
+    let me = store.raft_id();
+    let voters: BTreeSet<u64> = want
+        .keys()
+        .copied()
+        .filter(|id| *id == me || have.voters.contains_key(id) || store.caught_up(*id, 16))
+        .collect();
     let current: BTreeSet<u64> = have.voters.keys().copied().collect();
-    if voters != current {
+    if voters != current && !voters.is_empty() {
         tracing::info!(?voters, ?current, "changing raft voters");
         store.set_voters(voters, true).await?;
     }

@@ -340,6 +340,8 @@ async fn send(tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>, m: &Manager
 
 /// Called with the leader's list of managers when it changes.
 pub type OnManagers = Box<dyn Fn(&[String]) + Send + Sync>;
+/// Called when the swarm changes this node's role: ("manager" or "worker", raft id).
+pub type OnRole = Box<dyn Fn(String, u64) + Send + Sync>;
 
 /// What a node's side of the session needs.
 pub struct ClientConfig {
@@ -353,6 +355,10 @@ pub struct ClientConfig {
     pub description: Option<NodeDescription>,
     /// Called with the leader's list of managers when it changes (to persist it).
     pub on_managers: OnManagers,
+    /// The role this node runs as now, and its raft id.
+    pub role: parking_lot::Mutex<(String, u64)>,
+    /// Called when the assignments carry another role.
+    pub on_role: OnRole,
 }
 
 /// Keeps this node's session with the leader, failing over between managers, until `stop`.
@@ -444,6 +450,11 @@ async fn one_session(
                         heartbeat = tokio::time::interval(period);
                     }
                     Ok(ManagerMessage::Assignments(a)) => {
+                        let wanted = (a.role.clone(), a.raft_id);
+                        if !wanted.0.is_empty() && *cfg.role.lock() != wanted {
+                            *cfg.role.lock() = wanted.clone();
+                            (cfg.on_role)(wanted.0, wanted.1);
+                        }
                         assignments.send_replace(*a);
                     }
                     Ok(ManagerMessage::Managers(list)) => {

@@ -129,6 +129,11 @@ async fn managers_replicate_over_mutual_tls_and_survive_leader_loss() {
     let m3 = manager(&ca, dir.path(), 3, false).await;
     m1.store.add_learner(2, m2.addr.clone()).await.unwrap();
     m1.store.add_learner(3, m3.addr.clone()).await.unwrap();
+    let t = Instant::now();
+    while !(m1.store.caught_up(2, 0) && m1.store.caught_up(3, 0)) {
+        assert!(t.elapsed() < Duration::from_secs(10), "learners catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     m1.store
         .set_voters(BTreeSet::from([1, 2, 3]), false)
         .await

@@ -456,14 +456,25 @@ impl Store {
         self.inner.raft.metrics().borrow().id
     }
 
-    /// Adds a manager as a learner and waits until it has caught up with the log. Leader only.
+    /// Adds a manager as a learner (replication starts in the background). Leader only.
     pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), StoreError> {
         self.inner
             .raft
-            .add_learner(id, BasicNode::new(addr), true)
+            .add_learner(id, BasicNode::new(addr), false)
             .await
             .map(|_| ())
             .map_err(membership_error)
+    }
+
+    /// True when the leader has replicated its log to `id` up to within `slack` entries, so
+    /// making it a voter will not stall commits while it catches up.
+    pub fn caught_up(&self, id: u64, slack: u64) -> bool {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .is_some_and(|matched| matched.index + slack >= last)
     }
 
     /// Makes exactly `voters` the voting managers (a joint-consensus change), keeping other

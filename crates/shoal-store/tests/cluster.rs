@@ -87,6 +87,10 @@ async fn three(net: &Arc<Net>, dir: &std::path::Path) -> Vec<Store> {
     let s3 = start(net, dir, 3, false).await;
     s1.add_learner(2, addr(2)).await.expect("learner 2");
     s1.add_learner(3, addr(3)).await.expect("learner 3");
+    wait("learners catch up", || {
+        s1.caught_up(2, 0) && s1.caught_up(3, 0)
+    })
+    .await;
     s1.set_voters(BTreeSet::from([1, 2, 3]), false)
         .await
         .expect("voters");

@@ -220,12 +220,77 @@ fn workers_join_run_tasks_and_survive_node_loss() {
     });
     assert_eq!(nodes(c.node(1))["node-2"].1, "Drain");
 
-    // A worker leaves; its containers go with it.
     c.node(1)
         .ok(&["node", "update", "--availability", "active", "node-2"]);
-    c.node(3).ok(&["swarm", "leave"]);
-    wait_until(Duration::from_secs(20), "node-3 containers removed", || {
-        c.node(3).containers().is_empty()
+
+    // Roles: the last manager cannot go; a promoted worker joins raft; demoted, it leaves it.
+    let e = c.node(1).fails(&["node", "demote", "node-1"]);
+    assert!(e.contains("last manager"), "{e}");
+    c.node(1).ok(&["node", "promote", "node-2"]);
+    wait_for(
+        Duration::from_secs(30),
+        "node-2 a reachable manager",
+        || {
+            let ls = nodes(c.node(1));
+            if ls.get("node-2").is_some_and(|n| n.2 == "Reachable") {
+                Ok(())
+            } else {
+                Err(format!("{ls:?}"))
+            }
+        },
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "node-2 answers as a manager",
+        || c.node(2).docker(&["node", "ls"]).status.success(),
+    );
+    let e = c.node(1).fails(&["node", "rm", "node-2"]);
+    assert!(e.contains("demoted"), "{e}");
+    c.node(1).ok(&["node", "demote", "node-2"]);
+    wait_for(Duration::from_secs(30), "node-2 a worker again", || {
+        let ls = nodes(c.node(1));
+        let out = c.node(2).docker(&["node", "ls"]);
+        if ls.get("node-2").is_some_and(|n| n.2.is_empty()) && !out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{ls:?}"))
+        }
+    });
+
+    // A removed node's certificate is refused when it comes back.
+    let e = c.node(1).fails(&["node", "rm", "node-3"]);
+    assert!(e.contains("not down"), "{e}");
+    c.node_mut(3).kill();
+    wait_until(Duration::from_secs(20), "node-3 down", || {
+        nodes(c.node(1))
+            .get("node-3")
+            .is_some_and(|n| n.0 == "Down")
+    });
+    c.node(1).ok(&["node", "rm", "node-3"]);
+    c.node_mut(3).spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "the removed node is refused",
+        || {
+            c.node(1)
+                .log_tail(400)
+                .contains("was removed from the swarm")
+        },
+    );
+    assert!(!nodes(c.node(1)).contains_key("node-3"));
+
+    // A worker leaves; its containers go with it.
+    c.node(2).ok(&["swarm", "leave"]);
+    wait_until(Duration::from_secs(20), "node-2 containers removed", || {
+        c.node(2).containers().is_empty()
+    });
+    wait_for(Duration::from_secs(30), "6 running on node-1", || {
+        let per = running_per_node(c.node(1), "spread");
+        if per.get("node-1") == Some(&6) {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
     });
     c.node(1).ok(&["service", "rm", "spread"]);
 }

@@ -238,6 +238,7 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
         &cert,
         node.description.clone(),
         d.agent.as_ref(),
+        role_watcher(&d),
     )
     .await
     {
@@ -629,17 +630,24 @@ pub async fn start_node(
         let m = Manager::start(&d.data_dir, identity.clone(), cert, bootstrap).await?;
         manager = Some(Arc::new(m));
     }
-    let session =
-        match NodeSession::start(&d.data_dir, &identity, cert, description, d.agent.as_ref()).await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                if let Some(m) = manager {
-                    m.shutdown().await;
-                }
-                return Err(format!("starting the agent: {e}"));
+    let session = match NodeSession::start(
+        &d.data_dir,
+        &identity,
+        cert,
+        description,
+        d.agent.as_ref(),
+        role_watcher(d),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(m) = manager {
+                m.shutdown().await;
             }
-        };
+            return Err(format!("starting the agent: {e}"));
+        }
+    };
     *d.node.write().await = Some((identity, Arc::new(session)));
     *d.manager.write().await = manager;
     Ok(())
@@ -654,4 +662,79 @@ pub async fn unlock_key(State(d): State<AppState>) -> Result<Response> {
 /// `POST /swarm/unlock`.
 pub async fn unlock() -> Result<Response> {
     Err(ApiError::conflict("swarm is not locked").into())
+}
+
+/// Reacts to `docker node promote/demote` of this node, seen in its assignments.
+fn role_watcher(d: &AppState) -> crate::session::OnRole {
+    let weak = Arc::downgrade(d);
+    Box::new(move |role, raft_id| {
+        let Some(d) = weak.upgrade() else { return };
+        tokio::spawn(async move {
+            if let Err(e) = change_role(&d, &role, raft_id).await {
+                tracing::error!(error = %e, %role, "changing this node's role");
+            }
+        });
+    })
+}
+
+/// Gets a certificate for the new role from the managers, then starts or stops the manager.
+async fn change_role(d: &AppState, role: &str, raft_id: u64) -> std::result::Result<(), String> {
+    let _lock = d.lifecycle.lock().await;
+    let Some(mut identity) = Identity::load(&d.data_dir) else {
+        return Ok(());
+    };
+    if identity.role == role && (role != "manager" || identity.raft_id == raft_id) {
+        return Ok(());
+    }
+    tracing::info!(from = %identity.role, to = %role, "the swarm changed this node's role");
+    let dir = certs_dir(&d.data_dir);
+    let old = NodeCert::load(&dir).map_err(|e| e.to_string())?;
+    let tls = shoal_pki::client_config(&old).map_err(|e| e.to_string())?;
+    let key = NodeKey::generate().map_err(|e| e.to_string())?;
+    let mut issued = None;
+    for addr in &identity.managers {
+        let Ok(ch) = shoal_rpc::connect(addr, tls.clone()) else {
+            continue;
+        };
+        let r = shoal_rpc::pb::ca_client::CaClient::new(ch)
+            .issue_node_certificate(shoal_rpc::pb::IssueRequest {
+                csr_pem: key.csr_pem().to_string(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                issued = Some(r.into_inner());
+                break;
+            }
+            Err(e) => tracing::debug!(manager = %addr, error = %e, "renewing the certificate"),
+        }
+    }
+    let issued = issued.ok_or("no manager issued a certificate for the new role")?;
+    if issued.role != role {
+        return Err(format!(
+            "the managers issued a {} certificate, not {role}; will retry on the next change",
+            issued.role
+        ));
+    }
+    let cert = key
+        .into_node_cert(issued.cert_pem, issued.ca_pem)
+        .map_err(|e| e.to_string())?;
+    cert.save(&dir).map_err(|e| e.to_string())?;
+    identity.role = role.to_string();
+    identity.raft_id = issued.raft_id.max(raft_id);
+    identity.save(&d.data_dir).map_err(|e| e.to_string())?;
+    if role == "manager" {
+        if d.manager.read().await.is_none() {
+            let m = Manager::start(&d.data_dir, identity, &cert, false).await?;
+            *d.manager.write().await = Some(Arc::new(m));
+        }
+    } else if let Some(m) = d.manager.write().await.take() {
+        m.shutdown().await;
+        let raft = d.data_dir.join("raft");
+        if let Err(e) = std::fs::remove_dir_all(&raft) {
+            tracing::warn!(path = %raft.display(), error = %e, "removing the raft state of a demoted manager");
+        }
+    }
+    Ok(())
 }

@@ -77,6 +77,7 @@ pub fn new_task(
 }
 
 /// Nodes whose tasks must move: down (the leader stopped hearing from them) or drained.
+/// (Tasks of removed nodes move too.)
 fn lost_nodes(state: &ClusterState) -> std::collections::HashSet<&str> {
     use shoal_api::models::{NodeSpecAvailabilityEnum, NodeState};
     state
@@ -101,8 +102,9 @@ pub fn plan(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Plan {
         // A replicated task on a down or drained node is shut down and left out of its slot, so
         // the slot gets a replacement elsewhere in this same pass. When a down node comes back,
         // its agent sees the task's desired state and stops the container.
-        if t.obj.node_id().is_some_and(|n| lost.contains(n))
-            && t.obj.desired() == TaskState::RUNNING
+        if t.obj.node_id().is_some_and(|n| {
+            lost.contains(n) || !state.nodes.iter().any(|x| x.obj.id.as_deref() == Some(n))
+        }) && t.obj.desired() == TaskState::RUNNING
             && !shoal_api::objects::is_terminal(t.obj.state())
             && state
                 .services
