@@ -89,10 +89,20 @@ pub struct Manager {
     pub identity: Identity,
     /// Serializes address allocation between the API and the control loop.
     pub alloc: Arc<Mutex<()>>,
+    server_tls: shoal_rpc::ServerTls,
+    pool: Arc<shoal_rpc::Pool>,
     stop: CancellationToken,
 }
 
 impl Manager {
+    /// Serves and calls with `cert` from now on (a renewed certificate).
+    pub fn set_cert(&self, cert: &NodeCert) -> Result<(), String> {
+        *self.server_tls.write() = shoal_pki::server_config(cert).map_err(|e| e.to_string())?;
+        self.pool
+            .set_tls(shoal_pki::client_config(cert).map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
     /// Opens the store in `dir`, serves the node-to-node RPC and starts the loops (which act
     /// only while this manager leads). `bootstrap` makes a fresh store a new single-voter cluster.
     pub async fn start(
@@ -112,12 +122,14 @@ impl Manager {
         let listener = shoal_rpc::bind(listen)
             .await
             .map_err(|e| format!("{e} (is another swarm manager running on this host?)"))?;
+        let pool = shoal_rpc::Pool::new(client_tls);
+        let transport: Arc<dyn shoal_store::RaftTransport> = pool.clone();
         let store = Store::open(StoreOptions {
             dir: dir.join("raft"),
             raft_node_id: identity.raft_id,
             raft_addr: identity.addr.clone(),
             bootstrap,
-            transport: Some(shoal_rpc::Pool::new(client_tls)),
+            transport: Some(transport),
         })
         .await
         .map_err(|e| format!("opening the store in {}: {e}", dir.display()))?;
@@ -129,8 +141,10 @@ impl Manager {
             dispatcher,
         });
         let s = stop.clone();
+        let server_tls: shoal_rpc::ServerTls = Arc::new(parking_lot::RwLock::new(server_tls));
+        let serving = server_tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = shoal_rpc::serve(listener, server_tls, handlers, s).await {
+            if let Err(e) = shoal_rpc::serve(listener, serving, handlers, s).await {
                 tracing::error!(error = %e, "node-to-node RPC server stopped");
             }
         });
@@ -140,6 +154,8 @@ impl Manager {
             store,
             identity,
             alloc,
+            server_tls,
+            pool,
             stop,
         })
     }
@@ -156,6 +172,7 @@ impl Manager {
 /// This node's session with the leader and the agent it feeds; managers and workers alike.
 pub struct NodeSession {
     stop: CancellationToken,
+    tls: session::ClientTls,
 }
 
 impl NodeSession {
@@ -168,7 +185,9 @@ impl NodeSession {
         agent: &dyn AgentHost,
         on_role: session::OnRole,
     ) -> Result<NodeSession, String> {
-        let tls = shoal_pki::client_config(cert).map_err(|e| e.to_string())?;
+        let tls: session::ClientTls = Arc::new(parking_lot::RwLock::new(
+            shoal_pki::client_config(cert).map_err(|e| e.to_string())?,
+        ));
         let mut managers = identity.managers.clone();
         if identity.role == "manager" && !managers.contains(&identity.addr) {
             managers.insert(0, identity.addr.clone());
@@ -179,7 +198,7 @@ impl NodeSession {
         let cfg = session::ClientConfig {
             node_id: identity.node_id.clone(),
             managers,
-            tls,
+            tls: tls.clone(),
             description,
             role: parking_lot::Mutex::new((identity.role.clone(), identity.raft_id)),
             on_role,
@@ -199,11 +218,22 @@ impl NodeSession {
             stop.cancel();
             return Err(e);
         }
-        Ok(NodeSession { stop })
+        Ok(NodeSession { stop, tls })
     }
 
     /// Ends the session (the agent is stopped separately).
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Cancelled when the session ends, for work that lives as long as it.
+    pub fn stopped(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Uses `cert` for the next connection to a manager (a renewed certificate).
+    pub fn set_cert(&self, cert: &NodeCert) -> Result<(), String> {
+        *self.tls.write() = shoal_pki::client_config(cert).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }

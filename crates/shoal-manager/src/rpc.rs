@@ -238,6 +238,16 @@ impl Handlers for ManagerRpc {
         Box::pin(async move {
             let me = peer.manager("raft")?;
             not_removed(&store, &peer, "raft", &me.node_id)?;
+            // Only raft members talk raft; a store that knows none yet (a manager joining
+            // right now) takes the leader's first messages on the certificate alone.
+            let members = db::list::<Member>(&store);
+            if !members.is_empty() && !members.iter().any(|m| m.obj.node_id == me.node_id) {
+                return Err(refuse(
+                    &peer,
+                    "raft",
+                    format!("node {} is not a raft member of this swarm", me.node_id),
+                ));
+            }
             store
                 .handle_rpc(kind, &payload)
                 .await

@@ -123,10 +123,12 @@ impl Dispatcher {
         node_id: String,
         inbound: Streaming<pb::AgentMessage>,
     ) -> Result<SessionStream, Status> {
-        if !self.store.is_leader() {
+        if !self.store.confirm_leader(Duration::from_secs(1)).await {
+            // Point elsewhere only: a leader that cannot confirm itself is no help.
             let hint = self
                 .store
                 .leader()
+                .filter(|(id, _)| *id != self.store.raft_id())
                 .map(|(_, a)| format!("; leader is {a}"))
                 .unwrap_or_default();
             return Err(Status::unavailable(format!("not the raft leader{hint}")));
@@ -185,7 +187,12 @@ impl Dispatcher {
                             break;
                         }
                     }
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                        if !store.confirm_leader(Duration::from_secs(2)).await {
+                            tracing::info!("leadership not confirmed by a quorum: ending sessions");
+                            break;
+                        }
+                    }
                 }
             }
             s.cancel();
@@ -338,6 +345,9 @@ async fn send(tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>, m: &Manager
     }
 }
 
+/// A node's client TLS settings, swappable while it runs (certificate renewal).
+pub type ClientTls = Arc<parking_lot::RwLock<Arc<shoal_pki::rustls::ClientConfig>>>;
+
 /// Called with the leader's list of managers when it changes.
 pub type OnManagers = Box<dyn Fn(&[String]) + Send + Sync>;
 /// Called when the swarm changes this node's role: ("manager" or "worker", raft id).
@@ -349,8 +359,8 @@ pub struct ClientConfig {
     pub node_id: String,
     /// Managers to try, in order; updated from the leader's list.
     pub managers: Arc<parking_lot::Mutex<Vec<String>>>,
-    /// Mutual TLS with this node's certificate.
-    pub tls: Arc<shoal_pki::rustls::ClientConfig>,
+    /// Mutual TLS with this node's certificate (swapped when it is renewed).
+    pub tls: ClientTls,
     /// What this node says of itself in every new session.
     pub description: Option<NodeDescription>,
     /// Called with the leader's list of managers when it changes (to persist it).
@@ -373,6 +383,8 @@ pub async fn run_client(
     let mut failures = 0u32;
     loop {
         let list = cfg.managers.lock().clone();
+        // A hint is followed once; then every known manager is tried again in turn.
+        let tried_hint = next.is_some();
         let mut candidates: Vec<String> = next.take().into_iter().collect();
         for a in list {
             if !candidates.contains(&a) {
@@ -392,8 +404,9 @@ pub async fn run_client(
                 }
                 Err(e) => {
                     tracing::debug!(manager = %addr, error = %e, "no session");
-                    if let Some(hint) = e.split("leader is ").nth(1) {
-                        next = Some(hint.trim().to_string());
+                    let hint = e.split("leader is ").nth(1).map(|h| h.trim().to_string());
+                    if let Some(hint) = hint.filter(|h| *h != addr && !tried_hint) {
+                        next = Some(hint);
                         break;
                     }
                 }
@@ -415,7 +428,8 @@ async fn one_session(
     reports: &mut mpsc::Receiver<Vec<TaskStatusReport>>,
     stop: &CancellationToken,
 ) -> Result<(), String> {
-    let channel = shoal_rpc::connect(addr, cfg.tls.clone()).map_err(|e| e.to_string())?;
+    let tls = cfg.tls.read().clone();
+    let channel = shoal_rpc::connect(addr, tls).map_err(|e| e.to_string())?;
     let mut client = pb::dispatcher_client::DispatcherClient::new(channel)
         .max_decoding_message_size(shoal_rpc::MAX_MESSAGE);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);

@@ -50,7 +50,7 @@ pub fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Channel, Rp
 
 /// Channels to other managers by address, shared by raft and forwarded writes.
 pub struct Pool {
-    tls: Arc<rustls::ClientConfig>,
+    tls: parking_lot::RwLock<Arc<rustls::ClientConfig>>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -58,7 +58,7 @@ impl Pool {
     /// A pool whose connections present and verify with `tls`.
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Arc<Pool> {
         Arc::new(Pool {
-            tls,
+            tls: parking_lot::RwLock::new(tls),
             channels: Mutex::new(HashMap::new()),
         })
     }
@@ -68,9 +68,15 @@ impl Pool {
         if let Some(c) = self.channels.lock().get(addr) {
             return Ok(c.clone());
         }
-        let c = connect(addr, self.tls.clone())?;
+        let c = connect(addr, self.tls.read().clone())?;
         self.channels.lock().insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// Uses `tls` for new connections from now on (a renewed certificate).
+    pub fn set_tls(&self, tls: Arc<rustls::ClientConfig>) {
+        *self.tls.write() = tls;
+        self.channels.lock().clear();
     }
 
     /// A client of the raft service at `addr`.

@@ -17,7 +17,7 @@ pub mod pb {
 }
 
 pub use client::{connect, Pool};
-pub use server::{bind, serve, Handlers, PeerInfo, SessionStream};
+pub use server::{bind, serve, Handlers, PeerInfo, ServerTls, SessionStream};
 
 /// Largest message accepted: whole raft snapshots travel in one message.
 pub const MAX_MESSAGE: usize = 1 << 30;

@@ -68,6 +68,9 @@ impl PeerInfo {
     }
 }
 
+/// The server's TLS settings, swappable while it runs (certificate renewal).
+pub type ServerTls = Arc<parking_lot::RwLock<Arc<rustls::ServerConfig>>>;
+
 /// The stream of messages a session sends to the node.
 pub type SessionStream = BoxStream<'static, Result<pb::ManagerMessage, Status>>;
 
@@ -218,7 +221,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RpcError> {
 /// (which decides whether client certificates are required) within 10 s.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ServerTls,
     handlers: Arc<dyn Handlers>,
     stop: CancellationToken,
 ) -> Result<(), RpcError> {
@@ -228,7 +231,6 @@ pub async fn serve(
     })?;
     tracing::info!(%addr, "node-to-node RPC listening (mutual TLS)");
     let (tx, rx) = mpsc::channel::<Result<TlsIo, std::io::Error>>(64);
-    let acceptor = TlsAcceptor::from(tls);
     let accept_stop = stop.clone();
     tokio::spawn(async move {
         loop {
@@ -244,7 +246,8 @@ pub async fn serve(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            // Read per connection, so a renewed certificate applies to the next handshake.
+            let acceptor = TlsAcceptor::from(tls.read().clone());
             let tx = tx.clone();
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))

@@ -86,7 +86,9 @@ async fn manager(ca: &ClusterCa, dir: &std::path::Path, i: u64, bootstrap: bool)
     let stop = CancellationToken::new();
     tokio::spawn(shoal_rpc::serve(
         listener,
-        shoal_pki::server_config(&cert).unwrap(),
+        Arc::new(parking_lot::RwLock::new(
+            shoal_pki::server_config(&cert).unwrap(),
+        )),
         handlers.clone(),
         stop.clone(),
     ));

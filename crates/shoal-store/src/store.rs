@@ -451,6 +451,18 @@ impl Store {
         m.current_leader == Some(m.id)
     }
 
+    /// True if this manager leads *and* a quorum confirms it now (a restarted or cut-off leader
+    /// may still believe it leads). Waits at most `timeout`.
+    pub async fn confirm_leader(&self, timeout: Duration) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// This manager's raft node id.
     pub fn raft_id(&self) -> u64 {
         self.inner.raft.metrics().borrow().id
@@ -510,6 +522,11 @@ impl Store {
     /// Lists every object of a kind, sorted by id.
     pub fn list(&self, kind: &str) -> Vec<Object> {
         self.inner.shared.objects.read().list(kind)
+    }
+
+    /// Every object, for exporting the state (`swarm init --force-new-cluster`).
+    pub fn dump(&self) -> Vec<Object> {
+        self.inner.shared.objects.read().iter().cloned().collect()
     }
 
     /// Subscribes to the change stream: one [`ChangeSet`] per applied batch that changed something.

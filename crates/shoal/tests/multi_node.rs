@@ -371,7 +371,36 @@ fn managers_replicate_and_replace_a_lost_leader() {
 
     // Two of three gone: no quorum, writes fail clearly, the last tasks keep running.
     c.node_mut(2).kill();
-    let e = c.node(3).fails(&["service", "scale", "web=5"]);
+    let e = c.node(3).fails(&["service", "scale", "-d", "web=5"]);
     assert!(e.contains("quorum") || e.contains("leader"), "{e}");
     assert!(!c.node(3).containers().is_empty());
+
+    // The survivor recovers the swarm from its own state.
+    c.node(3).ok(&["swarm", "init", "--force-new-cluster"]);
+    c.node(3).ok(&["service", "scale", "-d", "web=5"]);
+    wait_for(Duration::from_secs(60), "5 running on node-3", || {
+        let per = running_per_node(c.node(3), "web");
+        if per.get("node-3") == Some(&5) {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+    let ls = nodes(c.node(3));
+    assert_eq!(ls["node-3"].2, "Leader", "{ls:?}");
+    assert_eq!(ls["node-2"].0, "Down", "{ls:?}");
+    // An old manager that comes back is told it is a worker now, and the new leader stays.
+    c.node_mut(2).spawn();
+    wait_for(Duration::from_secs(30), "node-2 back as a worker", || {
+        let ls = nodes(c.node(3));
+        let n2 = ls.get("node-2").cloned().unwrap_or_default();
+        let out = c.node(2).docker(&["node", "ls"]);
+        if n2.0 == "Ready" && n2.2.is_empty() && !out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{ls:?}"))
+        }
+    });
+    assert_eq!(nodes(c.node(3))["node-3"].2, "Leader");
+    c.node(3).ok(&["service", "rm", "web"]);
 }

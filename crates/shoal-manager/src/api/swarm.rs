@@ -2,7 +2,7 @@
 
 use super::{json, parse_body, AppState, Result};
 use crate::cluster::{certs_dir, Identity, Manager, NodeSession};
-use crate::db::{self, Member, RootCa};
+use crate::db::{self, Member, RootCa, Stored};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -113,6 +113,9 @@ fn local_ipv4() -> Option<String> {
 pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let req: SwarmInitRequest = parse_body(&body)?;
     let _lock = d.lifecycle.lock().await;
+    if req.force_new_cluster == Some(true) {
+        return force_new_cluster(&d).await;
+    }
     if d.manager.read().await.is_some() {
         return Err(ApiError::unavailable("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.").into());
     }
@@ -248,9 +251,80 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
             return Err(ApiError::internal(format!("starting the agent: {e}")).into());
         }
     };
+    tokio::spawn(renewal_loop(Arc::downgrade(&d), session.stopped()));
     *d.node.write().await = Some((identity.clone(), Arc::new(session)));
     *d.manager.write().await = Some(Arc::new(manager));
     tracing::info!(node = %identity.node_id, addr = %addr, "swarm initialized");
+    Ok(json(StatusCode::OK, &identity.node_id))
+}
+
+/// `swarm init --force-new-cluster` on a manager that lost its quorum: a new single-manager
+/// raft cluster holding this manager's copy of the state. The other managers become workers
+/// (they demote themselves when they reconnect); the old raft files are kept aside.
+async fn force_new_cluster(d: &AppState) -> Result<Response> {
+    let Some(m) = d.manager.read().await.clone() else {
+        return Err(ApiError::unavailable(
+            "--force-new-cluster needs this node to be a manager of the swarm to recover",
+        )
+        .into());
+    };
+    let objects = m.store.dump();
+    let identity = m.identity.clone();
+    let cert = NodeCert::load(&certs_dir(&d.data_dir))
+        .map_err(|e| ApiError::internal(format!("node certificate: {e}")))?;
+    *d.manager.write().await = None;
+    m.shutdown().await;
+    let raft = d.data_dir.join("raft");
+    let aside = d
+        .data_dir
+        .join(format!("raft.before-force-new-cluster-{}", id::new_id()));
+    std::fs::rename(&raft, &aside)
+        .map_err(|e| ApiError::internal(format!("moving {} aside: {e}", raft.display())))?;
+    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut ops = Vec::with_capacity(objects.len());
+    for o in objects {
+        let mut data = o.data.to_vec();
+        if o.kind == Member::KIND && o.id != identity.node_id {
+            continue;
+        }
+        if o.kind == Member::KIND {
+            let mut me: Member = serde_json::from_slice(&data)
+                .map_err(|e| ApiError::internal(format!("member record: {e}")))?;
+            me.raft_id = identity.raft_id;
+            me.addr = identity.addr.clone();
+            data = serde_json::to_vec(&me).map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        if o.kind == Node::KIND && o.id != identity.node_id {
+            if let Ok(mut n) = serde_json::from_slice::<Node>(&data) {
+                if let Some(spec) = n.spec.as_mut() {
+                    spec.role = Some(NodeSpecRoleEnum::WORKER);
+                }
+                n.manager_status = None;
+                n.status = Some(NodeStatus {
+                    state: Some(NodeState::DOWN),
+                    message: Some("not heard from since --force-new-cluster".into()),
+                    addr: n.status.and_then(|s| s.addr),
+                });
+                data = serde_json::to_vec(&n).map_err(|e| ApiError::internal(e.to_string()))?;
+            }
+        }
+        ops.push(shoal_store::Op::Put {
+            kind: o.kind,
+            id: o.id,
+            name: o.name,
+            expect: Expect::Any,
+            data,
+        });
+    }
+    let total = ops.len();
+    while !ops.is_empty() {
+        let rest = ops.split_off(ops.len().min(1000));
+        db::write(&manager.store, std::mem::replace(&mut ops, rest)).await?;
+    }
+    *d.manager.write().await = Some(Arc::new(manager));
+    tracing::warn!(objects = total, old = %aside.display(), "forced a new single-manager cluster from this manager's state");
     Ok(json(StatusCode::OK, &identity.node_id))
 }
 
@@ -448,6 +522,9 @@ pub async fn leave(
     if manager.is_some() && !force {
         return Err(ApiError::unavailable("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.").into());
     }
+    if let Some(m) = &manager {
+        leave_raft(m).await;
+    }
     *d.manager.write().await = None;
     *d.node.write().await = None;
     session.stop();
@@ -470,6 +547,38 @@ pub async fn leave(
     }
     tracing::info!("left the swarm");
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
+}
+
+/// A manager that leaves a swarm with other managers first takes itself out of the voters (by
+/// demoting its node), so the others keep their quorum. Best effort, bounded to 10 s.
+async fn leave_raft(m: &Manager) {
+    let me = m.store.raft_id();
+    if m.store.membership().voters.keys().all(|v| *v == me) {
+        return;
+    }
+    let Some(mut node) = db::get::<Node>(&m.store, &m.identity.node_id) else {
+        return;
+    };
+    if let Some(spec) = node.obj.spec.as_mut() {
+        spec.role = Some(NodeSpecRoleEnum::WORKER);
+    }
+    let op = match db::put(&node.obj, Expect::Version(node.version)) {
+        Ok(op) => op,
+        Err(_) => return,
+    };
+    if let Err(e) = db::write(&m.store, vec![op]).await {
+        tracing::warn!(error = %e.message, "could not demote this manager before leaving");
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if !m.store.membership().voters.contains_key(&me) {
+            tracing::info!("left the raft voters");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tracing::warn!("still a raft voter after 10s; leaving anyway");
 }
 
 /// The certificate of the node that creates the swarm, signed by the new CA directly.
@@ -648,6 +757,7 @@ pub async fn start_node(
             return Err(format!("starting the agent: {e}"));
         }
     };
+    tokio::spawn(renewal_loop(Arc::downgrade(d), session.stopped()));
     *d.node.write().await = Some((identity, Arc::new(session)));
     *d.manager.write().await = manager;
     Ok(())
@@ -689,37 +799,13 @@ async fn change_role(d: &AppState, role: &str, raft_id: u64) -> std::result::Res
     tracing::info!(from = %identity.role, to = %role, "the swarm changed this node's role");
     let dir = certs_dir(&d.data_dir);
     let old = NodeCert::load(&dir).map_err(|e| e.to_string())?;
-    let tls = shoal_pki::client_config(&old).map_err(|e| e.to_string())?;
-    let key = NodeKey::generate().map_err(|e| e.to_string())?;
-    let mut issued = None;
-    for addr in &identity.managers {
-        let Ok(ch) = shoal_rpc::connect(addr, tls.clone()) else {
-            continue;
-        };
-        let r = shoal_rpc::pb::ca_client::CaClient::new(ch)
-            .issue_node_certificate(shoal_rpc::pb::IssueRequest {
-                csr_pem: key.csr_pem().to_string(),
-                ..Default::default()
-            })
-            .await;
-        match r {
-            Ok(r) => {
-                issued = Some(r.into_inner());
-                break;
-            }
-            Err(e) => tracing::debug!(manager = %addr, error = %e, "renewing the certificate"),
-        }
-    }
-    let issued = issued.ok_or("no manager issued a certificate for the new role")?;
+    let (cert, issued) = renew_certificate(&identity, &old).await?;
     if issued.role != role {
         return Err(format!(
             "the managers issued a {} certificate, not {role}; will retry on the next change",
             issued.role
         ));
     }
-    let cert = key
-        .into_node_cert(issued.cert_pem, issued.ca_pem)
-        .map_err(|e| e.to_string())?;
     cert.save(&dir).map_err(|e| e.to_string())?;
     identity.role = role.to_string();
     identity.raft_id = issued.raft_id.max(raft_id);
@@ -737,4 +823,84 @@ async fn change_role(d: &AppState, role: &str, raft_id: u64) -> std::result::Res
         }
     }
     Ok(())
+}
+
+/// Asks the managers for a new certificate for this node (its role as the swarm has it), with a
+/// fresh key; authenticated by the current certificate.
+async fn renew_certificate(
+    identity: &Identity,
+    old: &NodeCert,
+) -> std::result::Result<(NodeCert, shoal_rpc::pb::IssueResponse), String> {
+    let tls = shoal_pki::client_config(old).map_err(|e| e.to_string())?;
+    let key = NodeKey::generate().map_err(|e| e.to_string())?;
+    let mut last = String::from("no manager known");
+    for addr in &identity.managers {
+        let ch = match shoal_rpc::connect(addr, tls.clone()) {
+            Ok(ch) => ch,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        let r = shoal_rpc::pb::ca_client::CaClient::new(ch)
+            .issue_node_certificate(shoal_rpc::pb::IssueRequest {
+                csr_pem: key.csr_pem().to_string(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                let issued = r.into_inner();
+                let cert = key
+                    .into_node_cert(issued.cert_pem.clone(), issued.ca_pem.clone())
+                    .map_err(|e| e.to_string())?;
+                return Ok((cert, issued));
+            }
+            Err(e) => last = format!("{addr}: {}", e.message()),
+        }
+    }
+    Err(format!("no manager issued a certificate: {last}"))
+}
+
+/// Renews this node's certificate when it reaches its renewal point (between 50% and 80% of its
+/// life, as Swarm does), and swaps it into the RPC server and clients without a restart.
+async fn renewal_loop(
+    d: std::sync::Weak<super::Daemon>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+        }
+        let Some(d) = d.upgrade() else { return };
+        let dir = certs_dir(&d.data_dir);
+        let (Ok(cert), Some(identity)) = (NodeCert::load(&dir), Identity::load(&d.data_dir)) else {
+            continue;
+        };
+        if !cert.needs_renewal(std::time::SystemTime::now()) {
+            continue;
+        }
+        let _lock = d.lifecycle.lock().await;
+        match renew_certificate(&identity, &cert).await {
+            Ok((new, _)) => {
+                if let Err(e) = new.save(&dir) {
+                    tracing::error!(error = %e, "saving the renewed certificate");
+                    continue;
+                }
+                if let Some(m) = d.manager.read().await.clone() {
+                    if let Err(e) = m.set_cert(&new) {
+                        tracing::error!(error = %e, "using the renewed certificate");
+                    }
+                }
+                if let Some((_, s)) = d.node.read().await.clone() {
+                    if let Err(e) = s.set_cert(&new) {
+                        tracing::error!(error = %e, "using the renewed certificate");
+                    }
+                }
+                tracing::info!(not_after = ?new.not_after(), "renewed this node's certificate");
+            }
+            Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
+        }
+    }
 }
