@@ -95,6 +95,19 @@ pub struct Manager {
 }
 
 impl Manager {
+    /// Whether the manager at `addr` answers raft now, as far as this manager can tell: only
+    /// the leader talks to every manager, so elsewhere the answer is None.
+    pub fn answers(&self, addr: &str) -> Option<bool> {
+        if !self.store.is_leader() {
+            return None;
+        }
+        Some(
+            self.pool
+                .last_answer(addr)
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(1500)),
+        )
+    }
+
     /// Serves and calls with `cert` from now on (a renewed certificate).
     pub fn set_cert(&self, cert: &NodeCert) -> Result<(), String> {
         *self.server_tls.write() = shoal_pki::server_config(cert).map_err(|e| e.to_string())?;

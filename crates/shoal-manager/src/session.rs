@@ -165,8 +165,20 @@ impl Dispatcher {
         let s = session.clone();
         tokio::spawn(async move {
             let mut managers = Vec::new();
+            let mut period = heartbeat;
             let mut leadership = store.raft().metrics();
             loop {
+                // `swarm update --dispatcher-heartbeat` reaches open sessions too.
+                let p = heartbeat_period(&store);
+                if p != period {
+                    period = p;
+                    let welcome = ManagerMessage::Welcome {
+                        heartbeat_ms: p.as_millis() as u64,
+                    };
+                    if !send(&out, &welcome).await {
+                        break;
+                    }
+                }
                 let now = manager_addrs(&store);
                 if now != managers {
                     managers = now;
@@ -187,7 +199,7 @@ impl Dispatcher {
                             break;
                         }
                     }
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    _ = tokio::time::sleep(period.min(Duration::from_secs(5))) => {
                         if !store.confirm_leader(Duration::from_secs(2)).await {
                             tracing::info!("leadership not confirmed by a quorum: ending sessions");
                             break;

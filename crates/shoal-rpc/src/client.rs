@@ -52,6 +52,7 @@ pub fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Channel, Rp
 pub struct Pool {
     tls: parking_lot::RwLock<Arc<rustls::ClientConfig>>,
     channels: Mutex<HashMap<String, Channel>>,
+    answered: Arc<Mutex<HashMap<String, std::time::Instant>>>,
 }
 
 impl Pool {
@@ -60,6 +61,7 @@ impl Pool {
         Arc::new(Pool {
             tls: parking_lot::RwLock::new(tls),
             channels: Mutex::new(HashMap::new()),
+            answered: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -71,6 +73,12 @@ impl Pool {
         let c = connect(addr, self.tls.read().clone())?;
         self.channels.lock().insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// When the manager at `addr` last answered a call (the leader calls every follower ten
+    /// times a second, so this is how the leader knows who is reachable).
+    pub fn last_answer(&self, addr: &str) -> Option<std::time::Instant> {
+        self.answered.lock().get(addr).copied()
     }
 
     /// Uses `tls` for new connections from now on (a renewed certificate).
@@ -95,6 +103,7 @@ impl RaftTransport for Pool {
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
         let client = self.raft(addr);
+        let answered = self.answered.clone();
         let addr = addr.to_string();
         Box::pin(async move {
             let err = |message: String| TransportError {
@@ -116,6 +125,7 @@ impl RaftTransport for Pool {
                 .call(req)
                 .await
                 .map_err(|s| err(format!("{}: {}", s.code(), s.message())))?;
+            answered.lock().insert(addr, std::time::Instant::now());
             Ok(answer.into_inner().payload)
         })
     }

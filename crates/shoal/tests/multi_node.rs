@@ -29,6 +29,28 @@ fn nodes(n: &ClusterNode) -> HashMap<String, (String, String, String)> {
     .collect()
 }
 
+/// Waits until `node` is down and the service's running tasks per node satisfy `pred`.
+fn wait_down_and(
+    n: &ClusterNode,
+    node: &str,
+    service: &str,
+    pred: impl Fn(&HashMap<String, usize>) -> bool,
+) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{node} down, tasks moved"),
+        || {
+            let per = running_per_node(n, service);
+            let down = nodes(n).get(node).is_some_and(|x| x.0 == "Down");
+            if down && pred(&per) {
+                Ok(())
+            } else {
+                Err(format!("down={down} {per:?}"))
+            }
+        },
+    );
+}
+
 /// Running tasks of a service per node name.
 fn running_per_node(n: &ClusterNode, service: &str) -> HashMap<String, usize> {
     let mut out = HashMap::new();
@@ -152,21 +174,9 @@ fn workers_join_run_tasks_and_survive_node_loss() {
     // Node 3 dies with its containers: it is marked down and its tasks run elsewhere.
     let lost = Instant::now();
     c.node_mut(3).kill();
-    wait_for(
-        Duration::from_secs(30),
-        "node-3 down, 6 running on the others",
-        || {
-            let per = running_per_node(c.node(1), "spread");
-            let down = nodes(c.node(1))
-                .get("node-3")
-                .is_some_and(|n| n.0 == "Down");
-            if down && per.values().sum::<usize>() == 6 && !per.contains_key("node-3") {
-                Ok(())
-            } else {
-                Err(format!("down={down} {per:?}"))
-            }
-        },
-    );
+    wait_down_and(c.node(1), "node-3", "spread", |per| {
+        per.values().sum::<usize>() == 6 && !per.contains_key("node-3")
+    });
     eprintln!("node loss: 6/6 running again after {:?}", lost.elapsed());
 
     // It comes back: ready again, and it runs none of its old tasks (no 7th replica).
@@ -403,4 +413,82 @@ fn managers_replicate_and_replace_a_lost_leader() {
     });
     assert_eq!(nodes(c.node(3))["node-3"].2, "Leader");
     c.node(3).ok(&["service", "rm", "web"]);
+}
+
+#[test]
+fn a_partitioned_worker_is_marked_down_and_comes_back() {
+    let c = Cluster::start("partition", 2);
+    c.form(1);
+    c.node(1)
+        .ok(&["swarm", "update", "--dispatcher-heartbeat", "1s"]);
+    let hb = c.node(1).ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}",
+    ]);
+    assert_eq!(hb.trim(), "1000000000", "heartbeat period stored");
+    c.node(1).ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "p",
+        "--replicas",
+        "4",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    wait_for(Duration::from_secs(60), "2 running per node", || {
+        let per = running_per_node(c.node(1), "p");
+        if per.get("node-1") == Some(&2) && per.get("node-2") == Some(&2) {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+
+    // Cut off (no connection reset: only missing heartbeats tell): down after 3 periods.
+    let t = Instant::now();
+    c.node(2).cut();
+    wait_down_and(c.node(1), "node-2", "p", |per| {
+        per.get("node-1") == Some(&4)
+    });
+    eprintln!(
+        "partition: node-2 down and tasks moved after {:?}",
+        t.elapsed()
+    );
+    // Its containers still run meanwhile: it cannot know yet.
+    assert!(!c.node(2).containers().is_empty());
+
+    // Healed: it reconnects, is ready again, and stops the tasks that were replaced.
+    c.node(2).heal();
+    wait_until(Duration::from_secs(30), "node-2 ready again", || {
+        nodes(c.node(1))
+            .get("node-2")
+            .is_some_and(|n| n.0 == "Ready")
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "stale tasks on node-2 stopped",
+        || {
+            c.node(2).containers().into_iter().all(|(id, _)| {
+                let out = std::process::Command::new("docker")
+                    .args([
+                        "-H",
+                        "unix:///var/run/docker.sock",
+                        "inspect",
+                        "-f",
+                        "{{.State.Running}}",
+                        &id,
+                    ])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim() != "true"
+            })
+        },
+    );
+    let per = running_per_node(c.node(1), "p");
+    assert_eq!(per.values().sum::<usize>(), 4, "{per:?}");
+    c.node(1).ok(&["service", "rm", "p"]);
 }

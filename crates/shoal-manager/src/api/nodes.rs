@@ -30,7 +30,8 @@ fn find(
 }
 
 /// Fills in `ManagerStatus` from raft as it is now: who leads, and who answers.
-fn with_manager_status(store: &shoal_store::Store, mut n: Node) -> Node {
+fn with_manager_status(mgr: &crate::cluster::Manager, mut n: Node) -> Node {
+    let store = &mgr.store;
     let id = n.id.clone().unwrap_or_default();
     let is_manager = n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER);
     let member = db::get::<crate::db::Member>(store, &id);
@@ -38,9 +39,11 @@ fn with_manager_status(store: &shoal_store::Store, mut n: Node) -> Node {
         (true, Some(m)) => {
             let leader = store.leader().map(|l| l.0) == Some(m.obj.raft_id);
             let ready = n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY);
+            // The leader knows from raft traffic; a follower goes by the node's state.
+            let reachable = leader || mgr.answers(&m.obj.addr).unwrap_or(ready);
             Some(ManagerStatus {
                 leader: Some(leader),
-                reachability: Some(if leader || ready {
+                reachability: Some(if reachable {
                     Reachability::REACHABLE
                 } else {
                     Reachability::UNREACHABLE
@@ -66,7 +69,7 @@ pub async fn list(
     )?;
     let out: Vec<Node> = db::list::<Node>(&m.store)
         .into_iter()
-        .map(|n| with_manager_status(&m.store, n.obj))
+        .map(|n| with_manager_status(&m, n.obj))
         .filter(|n| f.any("id", |x| n.id.as_deref().unwrap_or_default().starts_with(x)))
         .filter(|n| {
             f.any("name", |x| {
@@ -107,7 +110,7 @@ pub async fn list(
 pub async fn inspect(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
     let n = find(&m.store, &key)?.obj;
-    Ok(json(StatusCode::OK, &with_manager_status(&m.store, n)))
+    Ok(json(StatusCode::OK, &with_manager_status(&m, n)))
 }
 
 /// `POST /nodes/{id}/update?version=N`: availability and labels; roles change with multi-node support.
