@@ -426,7 +426,7 @@ fn a_partitioned_worker_is_marked_down_and_comes_back() {
         "--format",
         "{{.Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}",
     ]);
-    assert_eq!(hb.trim(), "1000000000", "heartbeat period stored");
+    assert_eq!(hb.trim(), "1s", "heartbeat period stored");
     c.node(1).ok(&[
         "service",
         "create",
