@@ -21,6 +21,13 @@ pub struct NodeAssignments {
     pub services: Vec<ServiceRoute>,
     /// Ports published on this node.
     pub published: Vec<PublishedPort>,
+    /// The node's role as the swarm sees it ("manager" or "worker"), so a promoted or demoted
+    /// node starts or stops its manager.
+    #[serde(default)]
+    pub role: String,
+    /// The node's raft id when it is a manager.
+    #[serde(default)]
+    pub raft_id: u64,
 }
 
 /// A secret's or config's content, only ever sent to nodes that run a task using it.
@@ -110,6 +117,34 @@ pub struct TaskStatusReport {
     pub task_id: String,
     /// New status.
     pub status: TaskStatus,
+}
+
+/// What a node sends its manager over the dispatcher session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// First message of a session: the node's current description (hostname, resources).
+    Hello {
+        /// The node's description, refreshed on every session.
+        description: Option<Box<crate::models::NodeDescription>>,
+    },
+    /// Observed task states.
+    Reports(Vec<TaskStatusReport>),
+    /// Still here.
+    Heartbeat,
+}
+
+/// What the leader sends a node over the dispatcher session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ManagerMessage {
+    /// First message: how often to send heartbeats.
+    Welcome {
+        /// Heartbeat period in milliseconds (the swarm's `Dispatcher.HeartbeatPeriod`).
+        heartbeat_ms: u64,
+    },
+    /// The node's complete assignments, sent whenever they change.
+    Assignments(Box<NodeAssignments>),
+    /// The managers' addresses, so the node can fail over to another one.
+    Managers(Vec<String>),
 }
 
 /// IPv4 CIDR as a validated string type, so this crate needs no network library.

@@ -427,6 +427,8 @@ async fn run(args: Args) -> Result<(), String> {
         dir: dir.path().join("raft"),
         raft_node_id: 1,
         raft_addr: "127.0.0.1:2377".into(),
+        bootstrap: true,
+        transport: None,
     })
     .await
     .map_err(|e| format!("opening the store: {e}"))?;

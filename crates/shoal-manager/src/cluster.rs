@@ -1,8 +1,11 @@
 //! A running manager: the store plus its control loops, started at `swarm init` or on restart.
 
-use crate::{control, dispatcher};
+use crate::rpc::ManagerRpc;
+use crate::session::{self, Dispatcher};
+use crate::{control, membership};
 use futures::future::BoxFuture;
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
+use shoal_pki::NodeCert;
 use shoal_store::{Store, StoreOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +32,23 @@ pub struct Identity {
     pub node_id: String,
     /// Address other nodes reach this one at (`host:2377`).
     pub addr: String,
+    /// "manager" or "worker": whether this node runs a store and the manager loops.
+    #[serde(default = "manager_role")]
+    pub role: String,
+    /// Raft node id; 1 for the manager that created the swarm.
+    #[serde(default = "first_raft_id")]
+    pub raft_id: u64,
+    /// Managers' addresses last heard of, for the dispatcher session to fail over between.
+    #[serde(default)]
+    pub managers: Vec<String>,
+}
+
+fn manager_role() -> String {
+    "manager".into()
+}
+
+fn first_raft_id() -> u64 {
+    1
 }
 
 impl Identity {
@@ -56,6 +76,11 @@ impl Identity {
     }
 }
 
+/// Where the node's certificate lives inside the data directory.
+pub fn certs_dir(dir: &Path) -> PathBuf {
+    dir.join("certs")
+}
+
 /// A manager at work.
 pub struct Manager {
     /// The replicated store.
@@ -64,53 +89,164 @@ pub struct Manager {
     pub identity: Identity,
     /// Serializes address allocation between the API and the control loop.
     pub alloc: Arc<Mutex<()>>,
+    server_tls: shoal_rpc::ServerTls,
+    pool: Arc<shoal_rpc::Pool>,
     stop: CancellationToken,
 }
 
 impl Manager {
-    /// Opens the store in `dir` and starts the loops and the local agent's dispatcher session.
+    /// Whether the manager at `addr` answers raft now, as far as this manager can tell: only
+    /// the leader talks to every manager, so elsewhere the answer is None.
+    pub fn answers(&self, addr: &str) -> Option<bool> {
+        if !self.store.is_leader() {
+            return None;
+        }
+        Some(
+            self.pool
+                .last_answer(addr)
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(1500)),
+        )
+    }
+
+    /// Serves and calls with `cert` from now on (a renewed certificate).
+    pub fn set_cert(&self, cert: &NodeCert) -> Result<(), String> {
+        *self.server_tls.write() = shoal_pki::server_config(cert).map_err(|e| e.to_string())?;
+        self.pool
+            .set_tls(shoal_pki::client_config(cert).map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
+    /// Opens the store in `dir`, serves the node-to-node RPC and starts the loops (which act
+    /// only while this manager leads). `bootstrap` makes a fresh store a new single-voter cluster.
     pub async fn start(
         dir: &Path,
         identity: Identity,
-        agent: &dyn AgentHost,
+        cert: &NodeCert,
+        bootstrap: bool,
     ) -> Result<Manager, String> {
+        let server_tls = shoal_pki::server_config(cert).map_err(|e| e.to_string())?;
+        let client_tls = shoal_pki::client_config(cert).map_err(|e| e.to_string())?;
+        let port = identity
+            .addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(2377);
+        let listen = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        let listener = shoal_rpc::bind(listen)
+            .await
+            .map_err(|e| format!("{e} (is another swarm manager running on this host?)"))?;
+        let pool = shoal_rpc::Pool::new(client_tls);
+        let transport: Arc<dyn shoal_store::RaftTransport> = pool.clone();
         let store = Store::open(StoreOptions {
             dir: dir.join("raft"),
-            raft_node_id: 1,
+            raft_node_id: identity.raft_id,
             raft_addr: identity.addr.clone(),
+            bootstrap,
+            transport: Some(transport),
         })
         .await
         .map_err(|e| format!("opening the store in {}: {e}", dir.display()))?;
         let stop = CancellationToken::new();
         let alloc = Arc::new(Mutex::new(()));
+        let dispatcher = Dispatcher::start(store.clone(), stop.clone());
+        let handlers = Arc::new(ManagerRpc {
+            store: store.clone(),
+            dispatcher,
+        });
+        let s = stop.clone();
+        let server_tls: shoal_rpc::ServerTls = Arc::new(parking_lot::RwLock::new(server_tls));
+        let serving = server_tls.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shoal_rpc::serve(listener, serving, handlers, s).await {
+                tracing::error!(error = %e, "node-to-node RPC server stopped");
+            }
+        });
         tokio::spawn(control::run(store.clone(), alloc.clone(), stop.clone()));
-        let (atx, arx) = watch::channel(NodeAssignments::default());
-        let (rtx, rrx) = mpsc::channel(1024);
-        tokio::spawn(dispatcher::serve_node(
-            store.clone(),
-            identity.node_id.clone(),
-            atx,
-            stop.clone(),
-        ));
-        tokio::spawn(dispatcher::collect_reports(
-            store.clone(),
-            rrx,
-            stop.clone(),
-        ));
-        agent.start(identity.node_id.clone(), arx, rtx).await?;
+        tokio::spawn(membership::run(store.clone(), stop.clone()));
         Ok(Manager {
             store,
             identity,
             alloc,
+            server_tls,
+            pool,
             stop,
         })
     }
 
-    /// Stops the loops and the store.
+    /// Stops the loops, the RPC server and the store.
     pub async fn shutdown(&self) {
         self.stop.cancel();
         if let Err(e) = self.store.shutdown().await {
             tracing::warn!(error = %e, "store shutdown");
         }
+    }
+}
+
+/// This node's session with the leader and the agent it feeds; managers and workers alike.
+pub struct NodeSession {
+    stop: CancellationToken,
+    tls: session::ClientTls,
+}
+
+impl NodeSession {
+    /// Starts the agent and keeps its session with the leader until [`NodeSession::stop`].
+    pub async fn start(
+        dir: &Path,
+        identity: &Identity,
+        cert: &NodeCert,
+        description: Option<shoal_api::models::NodeDescription>,
+        agent: &dyn AgentHost,
+        on_role: session::OnRole,
+    ) -> Result<NodeSession, String> {
+        let tls: session::ClientTls = Arc::new(parking_lot::RwLock::new(
+            shoal_pki::client_config(cert).map_err(|e| e.to_string())?,
+        ));
+        let mut managers = identity.managers.clone();
+        if identity.role == "manager" && !managers.contains(&identity.addr) {
+            managers.insert(0, identity.addr.clone());
+        }
+        let managers = Arc::new(parking_lot::Mutex::new(managers));
+        let dir = dir.to_path_buf();
+        let saved = identity.clone();
+        let cfg = session::ClientConfig {
+            node_id: identity.node_id.clone(),
+            managers,
+            tls: tls.clone(),
+            description,
+            role: parking_lot::Mutex::new((identity.role.clone(), identity.raft_id)),
+            on_role,
+            on_managers: Box::new(move |list| {
+                let mut id = Identity::load(&dir).unwrap_or_else(|| saved.clone());
+                id.managers = list.to_vec();
+                if let Err(e) = id.save(&dir) {
+                    tracing::warn!(error = %e, "saving the managers' addresses");
+                }
+            }),
+        };
+        let (atx, arx) = watch::channel(NodeAssignments::default());
+        let (rtx, rrx) = mpsc::channel(1024);
+        let stop = CancellationToken::new();
+        tokio::spawn(session::run_client(cfg, atx, rrx, stop.clone()));
+        if let Err(e) = agent.start(identity.node_id.clone(), arx, rtx).await {
+            stop.cancel();
+            return Err(e);
+        }
+        Ok(NodeSession { stop, tls })
+    }
+
+    /// Ends the session (the agent is stopped separately).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Cancelled when the session ends, for work that lives as long as it.
+    pub fn stopped(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Uses `cert` for the next connection to a manager (a renewed certificate).
+    pub fn set_cert(&self, cert: &NodeCert) -> Result<(), String> {
+        *self.tls.write() = shoal_pki::client_config(cert).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }

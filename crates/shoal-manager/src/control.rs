@@ -39,6 +39,14 @@ pub async fn run_shared(mut view: SharedReader, alloc: Arc<Mutex<()>>, stop: Can
     let mut wake_at = tokio::time::Instant::now();
     let mut took = Duration::ZERO;
     loop {
+        if !store.is_leader() {
+            // Followers keep a copy of the state; only the leader decides.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            continue;
+        }
         {
             // The view is read under the lock, so it holds every address the API allocated.
             let _guard = alloc.lock().await;
@@ -528,6 +536,8 @@ mod tests {
             dir: dir.path().to_path_buf(),
             raft_node_id: 1,
             raft_addr: "127.0.0.1:2377".into(),
+            bootstrap: true,
+            transport: None,
         })
         .await
         .unwrap();

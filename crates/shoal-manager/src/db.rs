@@ -100,6 +100,51 @@ stored!(
     |_o, _v| {}
 );
 
+/// The cluster CA with its key: replicated so any leader can sign node certificates, never
+/// served by the API.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RootCa {
+    /// Always "root": there is one.
+    pub id: String,
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Private key PEM.
+    pub key_pem: String,
+}
+stored!(RootCa, "ca", |s| s.id.clone(), |_s| None, |_o, _v| {});
+
+/// A manager's raft identity, keyed by node ID: what the membership reconciler adds to raft.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// Node ID.
+    pub node_id: String,
+    /// Raft node id.
+    pub raft_id: u64,
+    /// host:port of its RPC listener.
+    pub addr: String,
+}
+stored!(
+    Member,
+    "member",
+    |s| s.node_id.clone(),
+    |_s| None,
+    |_o, _v| {}
+);
+
+/// A node removed from the swarm: its certificate is refused from then on.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Removed {
+    /// Node ID.
+    pub node_id: String,
+}
+stored!(
+    Removed,
+    "removed",
+    |s| s.node_id.clone(),
+    |_s| None,
+    |_o, _v| {}
+);
+
 fn decode<T: Stored>(o: &Object) -> Option<Versioned<T>> {
     match serde_json::from_slice::<T>(&o.data) {
         Ok(mut obj) => {
@@ -183,6 +228,9 @@ pub fn store_error(e: StoreError) -> ApiError {
         StoreError::NotLeader { .. } => ApiError::unavailable(
             "rpc error: code = Unavailable desc = this manager is not the raft leader; retry",
         ),
+        StoreError::Unavailable(m) => ApiError::unavailable(format!(
+            "rpc error: code = Unavailable desc = {m}; the swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online."
+        )),
         other => ApiError::internal(format!("store: {other}")),
     }
 }

@@ -170,6 +170,26 @@ fn fill(
     let mut routes = NodeAssignments::default();
     routing.for_node(node_id, &net_ids, &mut routes);
     let mut changed = false;
+    // The node's role, so a promoted or demoted node starts or stops its manager.
+    let (role, raft_id) = match state
+        .nodes
+        .iter()
+        .find(|n| n.obj.id.as_deref() == Some(node_id))
+    {
+        Some(n)
+            if n.obj.spec.as_ref().and_then(|s| s.role)
+                == Some(shoal_api::models::NodeSpecRoleEnum::MANAGER) =>
+        {
+            let raft_id = db::get::<db::Member>(payloads.store, node_id)
+                .map(|m| m.obj.raft_id)
+                .unwrap_or(0);
+            ("manager".to_string(), raft_id)
+        }
+        Some(_) => ("worker".to_string(), 0),
+        None => (String::new(), 0),
+    };
+    replace_if_changed(&mut out.role, role, &mut changed);
+    replace_if_changed(&mut out.raft_id, raft_id, &mut changed);
     replace_if_changed(&mut out.secrets, secrets, &mut changed);
     replace_if_changed(&mut out.configs, configs, &mut changed);
     replace_if_changed(&mut out.networks, networks, &mut changed);
@@ -483,7 +503,8 @@ impl Sessions {
             self.routing = None;
             return Dirty::Everything;
         }
-        let mut routes = delta.services || delta.networks || delta.other;
+        // Node and member changes carry roles (and nodes' addresses) to every node.
+        let mut routes = delta.services || delta.networks || delta.other || delta.nodes;
         if routes {
             self.routing = None;
         }
@@ -901,6 +922,8 @@ mod tests {
             dir: dir.clone(),
             raft_node_id: 1,
             raft_addr: "127.0.0.1:2377".into(),
+            bootstrap: true,
+            transport: None,
         })
         .await
         .unwrap();
@@ -1165,6 +1188,8 @@ mod tests {
             dir: dir.to_path_buf(),
             raft_node_id: 1,
             raft_addr: "127.0.0.1:2377".into(),
+            bootstrap: true,
+            transport: None,
         })
         .await
         .unwrap()

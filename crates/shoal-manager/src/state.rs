@@ -537,6 +537,8 @@ mod tests {
                 dir: dir.to_path_buf(),
                 raft_node_id: 1,
                 raft_addr: "127.0.0.1:2377".into(),
+                bootstrap: true,
+                transport: None,
             },
             StoreTuning {
                 watch_capacity,

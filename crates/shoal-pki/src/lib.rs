@@ -1,11 +1,28 @@
-//! The cluster's trust: its certificate authority, and join tokens in Swarm's format, which carry
-//! the CA's digest so a joining node can check the manager before it sends anything.
+//! The cluster's trust: its certificate authority, node certificates and the rustls configs for
+//! mutual TLS between nodes, and join tokens in Swarm's format, which carry the CA's digest so a
+//! joining node can check the manager before it sends anything.
 
 use rand::Rng;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+mod node;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
+
+pub use node::{identity_of_der, NodeCert, NodeIdentity, NodeKey, Role};
+/// Re-exported so callers build connectors and acceptors against the exact rustls we configure.
+pub use rustls;
+pub use tls::{
+    bootstrap_client_config, client_config, manager_server_name, pinned_ca_pem, server_config,
+    MANAGER_SERVER_NAME,
+};
 
 /// Why a PKI step failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +50,73 @@ pub enum PkiError {
     /// A token is not in Swarm's format.
     #[error("invalid join token")]
     InvalidToken,
+    /// PEM text held no usable item of the kind expected, so nothing can be built from it.
+    #[error("{what}: {reason}")]
+    BadPem {
+        /// What was being read.
+        what: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A certificate did not parse or lacks what a cluster certificate must carry.
+    #[error("{what}: {reason}")]
+    BadCertificate {
+        /// Which certificate.
+        what: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A certificate signing request was refused, so no certificate is issued for it.
+    #[error("certificate signing request refused: {0}")]
+    BadCsr(String),
+    /// A node identity cannot be written into (or was not found in) a certificate.
+    #[error("invalid node identity: {0}")]
+    InvalidIdentity(String),
+    /// The certificate offered as the CA cannot sign certificates.
+    #[error("the CA certificate is not a CA certificate")]
+    NotACa,
+    /// A private key does not belong to the certificate it was paired with.
+    #[error("the private key does not match the {what} certificate")]
+    KeyMismatch {
+        /// Which certificate.
+        what: &'static str,
+    },
+    /// A certificate was not signed by the cluster CA it is supposed to chain to.
+    #[error("the certificate was not issued by the cluster CA")]
+    WrongCa,
+    /// A certificate is past its notAfter, so no peer will accept it.
+    #[error("the certificate expired at {} (unix seconds)", unix_secs(*not_after))]
+    Expired {
+        /// When it expired.
+        not_after: SystemTime,
+    },
+    /// A certificate's notBefore is still ahead, usually a clock problem on one side.
+    #[error("the certificate is not valid before {} (unix seconds)", unix_secs(*not_before))]
+    NotYetValid {
+        /// When it becomes valid.
+        not_before: SystemTime,
+    },
+    /// The server's chain held no certificate with the join token's CA digest: not our cluster.
+    #[error("no certificate in the server's chain has the join token's CA digest")]
+    CaDigestMismatch,
+    /// rustls refused to build a config from our material.
+    #[error("{what}: {source}")]
+    Tls {
+        /// The step.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused to build a certificate verifier from our trust anchors.
+    #[error("{what}: {source}")]
+    Verifier {
+        /// The step.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
 }
 
 /// The cluster's root CA: a self-signed ECDSA P-256 certificate and its key.
@@ -52,6 +136,10 @@ impl std::fmt::Debug for ClusterCa {
 
 const CERT_FILE: &str = "ca.crt";
 const KEY_FILE: &str = "ca.key";
+
+/// How far back a node certificate's notBefore is set, as Swarm does, so that a peer whose clock
+/// is a little behind still accepts a certificate issued a moment ago.
+const CERT_BACKDATE: Duration = Duration::from_secs(3600);
 
 impl ClusterCa {
     /// A new root CA, valid for 20 years as Swarm's is.
@@ -75,9 +163,9 @@ impl ClusterCa {
             rcgen::KeyUsagePurpose::CrlSign,
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
-        let now = std::time::SystemTime::now();
-        params.not_before = (now - std::time::Duration::from_secs(3600)).into();
-        params.not_after = (now + std::time::Duration::from_secs(20 * 365 * 24 * 3600)).into();
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + Duration::from_secs(20 * 365 * 24 * 3600)).into();
         let cert = params
             .self_signed(&key)
             .map_err(|source| PkiError::Crypto {
@@ -100,6 +188,107 @@ impl ClusterCa {
         digest_of(&self.cert_pem)
     }
 
+    /// Certificate and key PEM, so every manager can hold the CA through the replicated store.
+    pub fn to_pem_pair(&self) -> (String, String) {
+        (self.cert_pem.clone(), self.key_pem.clone())
+    }
+
+    /// Rebuilds a CA from [`ClusterCa::to_pem_pair`], refusing a non-CA certificate or a key that
+    /// is not its own. The certificate is re-encoded canonically (64-column base64, LF) so that
+    /// [`ClusterCa::digest`] equals what a joining node computes from the DER it sees on the wire.
+    pub fn from_pem_pair(cert_pem: &str, key_pem: &str) -> Result<ClusterCa, PkiError> {
+        let der = first_cert_der(cert_pem, "CA certificate")?;
+        let cert = parse_cert(&der, "CA certificate")?;
+        if !cert.is_ca() {
+            return Err(PkiError::NotACa);
+        }
+        let key = rcgen::KeyPair::from_pem(key_pem).map_err(|source| PkiError::Crypto {
+            what: "parsing the CA key",
+            source,
+        })?;
+        if rcgen::PublicKeyData::subject_public_key_info(&key) != cert.public_key().raw {
+            return Err(PkiError::KeyMismatch {
+                what: "CA certificate",
+            });
+        }
+        Ok(ClusterCa {
+            cert_pem: pem_of_der(&der),
+            key_pem: key_pem.to_string(),
+        })
+    }
+
+    /// Signs a node certificate for the public key in `csr_pem`, valid from now for `validity`
+    /// (capped at the CA's own expiry). The CSR must be self-signed by an ECDSA P-256 key; its
+    /// subject and extensions are ignored, since only the CA decides who a node is.
+    pub fn issue(
+        &self,
+        csr_pem: &str,
+        id: &NodeIdentity,
+        validity: Duration,
+    ) -> Result<String, PkiError> {
+        let now = SystemTime::now();
+        self.issue_between(csr_pem, id, now - CERT_BACKDATE, now + validity)
+    }
+
+    /// [`ClusterCa::issue`] with an explicit validity window, so tests can mint expired
+    /// certificates.
+    pub(crate) fn issue_between(
+        &self,
+        csr_pem: &str,
+        id: &NodeIdentity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<String, PkiError> {
+        id.validate()?;
+        let public_key = csr_public_key(csr_pem)?;
+        let ca_der = first_cert_der(&self.cert_pem, "CA certificate")?;
+        let ca_not_after = cert_not_after(&parse_cert(&ca_der, "CA certificate")?);
+        let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(|source| PkiError::Crypto {
+            what: "parsing the CA key",
+            source,
+        })?;
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&ca_der, key).map_err(|source| PkiError::Crypto {
+                what: "loading the CA as issuer",
+                source,
+            })?;
+        let role = id.role.as_str();
+        let mut params = rcgen::CertificateParams::new(vec![role.to_string(), id.node_id.clone()])
+            .map_err(|source| PkiError::Crypto {
+                what: "node certificate parameters",
+                source,
+            })?;
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::OrganizationName, id.cluster_id.as_str());
+        dn.push(rcgen::DnType::OrganizationalUnitName, role);
+        dn.push(rcgen::DnType::CommonName, id.node_id.as_str());
+        params.distinguished_name = dn;
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        // Random, so a renewed certificate never repeats a serial; 20 bytes with the top bit
+        // clear keeps it a positive integer within RFC 5280's limit.
+        let mut serial: [u8; 20] = rand::rng().random();
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        params.not_before = not_before.into();
+        params.not_after = not_after.min(ca_not_after).into();
+        let cert = params
+            .signed_by(&public_key, &issuer)
+            .map_err(|source| PkiError::Crypto {
+                what: "signing the node certificate",
+                source,
+            })?;
+        Ok(cert.pem())
+    }
+
     /// Saves the certificate and (mode 0600) the key in `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
         std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
@@ -108,34 +297,121 @@ impl ClusterCa {
             source,
         })?;
         write(&dir.join(CERT_FILE), self.cert_pem.as_bytes(), 0o644)?;
-        write(&dir.join(KEY_FILE), self.key_pem.as_bytes(), 0o600)
+        write(&dir.join(KEY_FILE), self.key_pem.as_bytes(), 0o600)?;
+        sync_dir(dir)
     }
 
-    /// Loads what [`ClusterCa::save`] wrote, checking the key parses.
+    /// Loads what [`ClusterCa::save`] wrote, checking the key belongs to the certificate.
     pub fn load(dir: &Path) -> Result<ClusterCa, PkiError> {
-        let read = |f: &str| {
-            let path = dir.join(f);
-            std::fs::read_to_string(&path).map_err(|source| PkiError::Io {
-                op: "reading",
-                path,
-                source,
-            })
-        };
-        let cert_pem = read(CERT_FILE)?;
-        let key_pem = read(KEY_FILE)?;
-        rcgen::KeyPair::from_pem(&key_pem).map_err(|source| PkiError::Crypto {
-            what: "parsing the CA key",
-            source,
-        })?;
-        Ok(ClusterCa { cert_pem, key_pem })
+        let cert_pem = read_to_string(&dir.join(CERT_FILE))?;
+        let key_pem = read_to_string(&dir.join(KEY_FILE))?;
+        ClusterCa::from_pem_pair(&cert_pem, &key_pem)
     }
 }
 
-fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    let io = |op: &'static str| {
+/// The public key of a CSR, once its self-signature checks out and the key is ECDSA P-256.
+fn csr_public_key(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo, PkiError> {
+    use x509_parser::prelude::FromDer;
+    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|e| PkiError::BadCsr(format!("no PEM certificate request: {e}")))?;
+    let (rest, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|e| PkiError::BadCsr(format!("unparsable: {e}")))?;
+    if !rest.is_empty() {
+        return Err(PkiError::BadCsr("trailing bytes after the request".into()));
+    }
+    csr.verify_signature()
+        .map_err(|e| PkiError::BadCsr(format!("bad self-signature: {e}")))?;
+    let spki = &csr.certification_request_info.subject_pki;
+    let is_p256 = spki.algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+        && spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|oid| oid == x509_parser::oid_registry::OID_EC_P256);
+    if !is_p256 {
+        return Err(PkiError::BadCsr("the key is not ECDSA P-256".into()));
+    }
+    rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
+        .map_err(|e| PkiError::BadCsr(format!("unusable public key: {e}")))
+}
+
+/// The first certificate of a PEM bundle, DER.
+pub(crate) fn first_cert_der(
+    pem: &str,
+    what: &'static str,
+) -> Result<CertificateDer<'static>, PkiError> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::BadPem {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// A parsed X.509 certificate, refusing trailing garbage.
+pub(crate) fn parse_cert<'a>(
+    der: &'a [u8],
+    what: &'static str,
+) -> Result<x509_parser::certificate::X509Certificate<'a>, PkiError> {
+    let (rest, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCertificate {
+            what,
+            reason: e.to_string(),
+        })?;
+    if !rest.is_empty() {
+        return Err(PkiError::BadCertificate {
+            what,
+            reason: "trailing bytes after the certificate".into(),
+        });
+    }
+    Ok(cert)
+}
+
+/// A certificate's notAfter as a [`SystemTime`].
+pub(crate) fn cert_not_after(cert: &x509_parser::certificate::X509Certificate<'_>) -> SystemTime {
+    unix_time(cert.validity().not_after.timestamp())
+}
+
+/// A certificate's notBefore as a [`SystemTime`].
+pub(crate) fn cert_not_before(cert: &x509_parser::certificate::X509Certificate<'_>) -> SystemTime {
+    unix_time(cert.validity().not_before.timestamp())
+}
+
+fn unix_time(secs: i64) -> SystemTime {
+    match u64::try_from(secs) {
+        Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+        Err(_) => SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
+    }
+}
+
+/// Seconds since the epoch (negative before it), for error messages.
+fn unix_secs(t: SystemTime) -> i128 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i128::from(d.as_secs()),
+        Err(e) => -i128::from(e.duration().as_secs()),
+    }
+}
+
+pub(crate) fn read_to_string(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        op: "reading",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Replaces `path` atomically: the data goes to a temporary file in the same directory, is
+/// fsynced, then renamed over `path`, so a crash leaves either the old or the new content.
+/// Callers fsync the directory once they have renamed everything.
+pub(crate) fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    let mut tmp_name = path.as_os_str().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
         move |source| PkiError::Io {
             op,
-            path: path.to_path_buf(),
+            path: p,
             source,
         }
     };
@@ -144,15 +420,52 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
         .create(true)
         .truncate(true)
         .mode(mode)
-        .open(path)
-        .map_err(io("writing"))?;
-    f.write_all(data).map_err(io("writing"))?;
-    f.sync_all().map_err(io("syncing"))
+        .open(&tmp)
+        .map_err(io("writing", &tmp))?;
+    f.write_all(data).map_err(io("writing", &tmp))?;
+    f.sync_all().map_err(io("syncing", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io("renaming into place", path))
+}
+
+/// Makes renames in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), PkiError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| PkiError::Io {
+            op: "syncing",
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// SHA-256 of a PEM bundle, as Swarm computes the CA digest of a token.
 pub fn digest_of(pem: &str) -> [u8; 32] {
     Sha256::digest(pem.as_bytes()).into()
+}
+
+/// The token digest of a certificate seen as DER (e.g. in a TLS chain): [`digest_of`] its
+/// canonical PEM, which is byte for byte what rcgen and Go's `pem.Encode` write.
+pub fn digest_of_der(der: &[u8]) -> [u8; 32] {
+    digest_of(&pem_of_der(der))
+}
+
+/// Canonical PEM of a DER certificate: base64 in 64-column lines, LF endings.
+pub(crate) fn pem_of_der(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    let mut rest = b64.as_str();
+    while !rest.is_empty() {
+        // base64 is ASCII, so any byte index is a char boundary.
+        let (line, tail) = rest.split_at(rest.len().min(64));
+        out.push_str(line);
+        out.push('\n');
+        rest = tail;
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 /// A join token: `SWMTKN-1-<CA digest, base 36, 50 chars>-<secret, base 36, 25 chars>`.

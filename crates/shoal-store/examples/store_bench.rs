@@ -28,6 +28,8 @@ async fn open(dir: &std::path::Path) -> Result<Store, Box<dyn std::error::Error>
         dir: dir.to_path_buf(),
         raft_node_id: 1,
         raft_addr: "127.0.0.1:2377".into(),
+        bootstrap: true,
+        transport: None,
     })
     .await?)
 }

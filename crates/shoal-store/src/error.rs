@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Everything that can go wrong in the store, so callers can map each case to an API answer.
-#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreError {
     /// An `Expect::Version` precondition failed; the message is Docker's for the same case.
     #[error("update out of sequence")]
@@ -50,6 +50,9 @@ pub enum StoreError {
         /// The current leader's raft node id, if known.
         leader: Option<u64>,
     },
+    /// No leader with a quorum answered in time: the cluster cannot take writes right now.
+    #[error("{0}")]
+    Unavailable(String),
     /// Raft failed or timed out (consensus, not storage, trouble).
     #[error("raft: {0}")]
     Raft(String),

@@ -19,5 +19,6 @@ mod state_machine;
 mod store;
 
 pub use error::{Rejection, StoreError};
+pub use network::{RaftTransport, RpcKind, TransportError};
 pub use object::{Action, Change, ChangeSet, Expect, Object, Op};
-pub use store::{Store, StoreOptions, StoreTuning, DB_FILE};
+pub use store::{Membership, Store, StoreOptions, StoreTuning, DB_FILE};

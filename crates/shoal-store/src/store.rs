@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::db::{self, WriteReq, Writer, KEY_NODE_ID};
 use crate::error::StoreError;
 use crate::log_store::LogStore;
-use crate::network::NetworkFactory;
+use crate::network::{self, NetworkFactory, RaftTransport, RpcKind};
 use crate::object::{ChangeSet, Object, Op};
 use crate::proposer;
 use crate::raft_types::Raft;
@@ -25,7 +25,7 @@ use crate::state_machine::{self, Shared, StateMachine};
 pub const DB_FILE: &str = "raft.redb";
 
 /// Where and as whom to open the store; the fields every caller must decide.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StoreOptions {
     /// Data directory (created if missing); holds [`DB_FILE`].
     pub dir: PathBuf,
@@ -33,6 +33,45 @@ pub struct StoreOptions {
     pub raft_node_id: u64,
     /// Address peers use to reach this manager's raft endpoint (recorded in the membership).
     pub raft_addr: String,
+    /// True for the first manager of a new cluster: a fresh dir becomes a single-voter cluster.
+    /// False for a joining manager, which waits for the leader to add it.
+    pub bootstrap: bool,
+    /// How messages reach other managers; None for a cluster that will never have peers.
+    pub transport: Option<Arc<dyn RaftTransport>>,
+}
+
+impl StoreOptions {
+    /// Options for a single manager that bootstraps its own cluster and has no peers.
+    pub fn single(dir: PathBuf, raft_node_id: u64, raft_addr: String) -> Self {
+        StoreOptions {
+            dir,
+            raft_node_id,
+            raft_addr,
+            bootstrap: true,
+            transport: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("dir", &self.dir)
+            .field("raft_node_id", &self.raft_node_id)
+            .field("raft_addr", &self.raft_addr)
+            .field("bootstrap", &self.bootstrap)
+            .field("transport", &self.transport.is_some())
+            .finish()
+    }
+}
+
+/// The managers raft knows about, by raft node id, with the addresses they were added with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Managers that vote (and count for quorum).
+    pub voters: BTreeMap<u64, String>,
+    /// Managers that receive the log but do not vote yet.
+    pub learners: BTreeMap<u64, String>,
 }
 
 /// Knobs with production defaults, separate from [`StoreOptions`] so tests can shrink them.
@@ -46,6 +85,14 @@ pub struct StoreTuning {
     pub watch_capacity: usize,
     /// How long `open` waits for a single-voter node to become leader and catch up.
     pub open_timeout: Duration,
+    /// How long a write may wait for a leader and a quorum before it fails as unavailable.
+    pub write_timeout: Duration,
+    /// Leader heartbeat period, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, in milliseconds. openraft waits a leader lease (the maximum)
+    /// plus a random timeout in the range after the last heartbeat, so a dead leader is replaced
+    /// after 1.1-1.4 s with the defaults (400-700).
+    pub election_timeout_ms: (u64, u64),
 }
 
 impl Default for StoreTuning {
@@ -55,6 +102,9 @@ impl Default for StoreTuning {
             keep_after_snapshot: 1000,
             watch_capacity: 4096,
             open_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(7),
+            heartbeat_ms: 100,
+            election_timeout_ms: (400, 700),
         }
     }
 }
@@ -67,6 +117,8 @@ struct Inner {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     db: Weak<Database>,
     closed: AtomicBool,
+    transport: Option<Arc<dyn RaftTransport>>,
+    write_timeout: Duration,
 }
 
 /// The replicated state store: cheap to clone, shared by the API server and the control loops.
@@ -135,9 +187,9 @@ impl Store {
 
         let config = openraft::Config {
             cluster_name: "shoal".into(),
-            heartbeat_interval: 250,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
+            heartbeat_interval: tuning.heartbeat_ms,
+            election_timeout_min: tuning.election_timeout_ms.0,
+            election_timeout_max: tuning.election_timeout_ms.1,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: tuning.keep_after_snapshot,
             purge_batch_size: (tuning.snapshot_every / 10).max(1),
@@ -146,7 +198,8 @@ impl Store {
         .validate()
         .map_err(|e| StoreError::Raft(format!("raft config: {e}")))?;
 
-        let raft = Raft::new(node_id, Arc::new(config), NetworkFactory, log_store, sm)
+        let network = NetworkFactory::new(opts.transport.clone());
+        let raft = Raft::new(node_id, Arc::new(config), network, log_store, sm)
             .await
             .map_err(|e| StoreError::Raft(format!("start raft: {e}")))?;
 
@@ -159,6 +212,8 @@ impl Store {
                 writer_thread: Mutex::new(Some(writer_thread)),
                 db: Arc::downgrade(&db),
                 closed: AtomicBool::new(false),
+                transport: opts.transport.clone(),
+                write_timeout: tuning.write_timeout,
             }),
         };
         drop(db);
@@ -168,7 +223,7 @@ impl Store {
             .is_initialized()
             .await
             .map_err(|e| StoreError::Raft(format!("query raft state: {e}")))?;
-        if !initialized {
+        if !initialized && opts.bootstrap {
             let mut members = BTreeMap::new();
             members.insert(node_id, BasicNode::new(opts.raft_addr.clone()));
             raft.initialize(members)
@@ -232,12 +287,221 @@ impl Store {
                 "kind and id must not be empty: {op:?}"
             )));
         }
+        let deadline = tokio::time::Instant::now() + self.inner.write_timeout;
+        let unavailable = || {
+            StoreError::Unavailable(format!(
+                "the write was not committed within {}s: no raft leader with a quorum of \
+                 managers is reachable",
+                self.inner.write_timeout.as_secs()
+            ))
+        };
+        loop {
+            let local = tokio::time::timeout_at(deadline, self.write_local(ops.clone()))
+                .await
+                .map_err(|_| unavailable())?;
+            let leader = match local {
+                Err(StoreError::NotLeader { leader }) => leader,
+                other => return other,
+            };
+            let (Some(transport), Some(addr)) = (
+                self.inner.transport.as_ref(),
+                leader.and_then(|l| self.member_addr(l)),
+            ) else {
+                if self.inner.transport.is_none() {
+                    return Err(StoreError::NotLeader { leader });
+                }
+                // An election is under way: wait for its outcome.
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(unavailable());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let forwarded = tokio::time::timeout_at(deadline, self.forward(transport, &addr, &ops))
+                .await
+                .map_err(|_| unavailable())?;
+            match forwarded {
+                Ok(index) => {
+                    // Read-your-writes: the caller reads this node's copy next.
+                    self.wait_applied(index, deadline).await?;
+                    return Ok(index);
+                }
+                Err(StoreError::NotLeader { .. }) | Err(StoreError::Unavailable(_)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(unavailable());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Proposes through the local raft, which works only on the leader.
+    async fn write_local(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .proposals
             .send(proposer::Request { ops, reply })
             .map_err(|_| StoreError::Shutdown)?;
         rx.await.map_err(|_| StoreError::Shutdown)?
+    }
+
+    /// Hands a write to the leader at `addr`. A lost answer is reported as unavailable and the
+    /// write retried, so a batch without preconditions may be applied twice (harmless for puts).
+    async fn forward(
+        &self,
+        transport: &Arc<dyn RaftTransport>,
+        addr: &str,
+        ops: &[Op],
+    ) -> Result<u64, StoreError> {
+        let payload = network::encode(&ops).map_err(StoreError::Invalid)?;
+        let answer = transport
+            .call(addr, RpcKind::Propose, payload)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let r: Result<u64, StoreError> = network::decode(&answer)
+            .map_err(|e| StoreError::Raft(format!("leader answer: {e}")))?;
+        r
+    }
+
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
+        loop {
+            if self.last_applied() >= index {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "the write was committed at index {index} but this manager has not applied \
+                     it yet (it is at {})",
+                    self.last_applied()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Serves a message another manager's transport sent: raft traffic and forwarded writes.
+    /// The answer is encoded for [`RaftTransport::call`]'s caller.
+    pub async fn handle_rpc(&self, kind: RpcKind, payload: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let bad = |e: String| StoreError::Invalid(format!("{} message: {e}", kind.as_str()));
+        let raft = &self.inner.raft;
+        let out = match kind {
+            RpcKind::AppendEntries => {
+                let req = network::decode(payload).map_err(bad)?;
+                network::encode(&raft.append_entries(req).await)
+            }
+            RpcKind::Vote => {
+                let req = network::decode(payload).map_err(bad)?;
+                network::encode(&raft.vote(req).await)
+            }
+            RpcKind::Snapshot => {
+                let msg: network::SnapshotMessage = network::decode(payload).map_err(bad)?;
+                let (vote, snapshot) = network::snapshot_of(msg);
+                network::encode(&raft.install_full_snapshot(vote, snapshot).await)
+            }
+            RpcKind::Propose => {
+                let ops: Vec<Op> = network::decode(payload).map_err(bad)?;
+                // Only the leader's own raft may take it; no second hop.
+                let r = match self.inner.closed.load(Ordering::Acquire) {
+                    true => Err(StoreError::Shutdown),
+                    false => self.write_local(ops).await,
+                };
+                network::encode(&r)
+            }
+        };
+        out.map_err(StoreError::Raft)
+    }
+
+    /// The address a member was added with.
+    fn member_addr(&self, id: u64) -> Option<String> {
+        let m = self.membership();
+        m.voters.get(&id).or_else(|| m.learners.get(&id)).cloned()
+    }
+
+    /// The current raft membership as this manager sees it.
+    pub fn membership(&self) -> Membership {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let cfg = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = cfg.voter_ids().collect();
+        let mut out = Membership::default();
+        for (id, node) in cfg.nodes() {
+            if voters.contains(id) {
+                out.voters.insert(*id, node.addr.clone());
+            } else {
+                out.learners.insert(*id, node.addr.clone());
+            }
+        }
+        out
+    }
+
+    /// The raft leader this manager knows of, with its address.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let id = self.inner.raft.metrics().borrow().current_leader?;
+        Some((id, self.member_addr(id)?))
+    }
+
+    /// True while this manager is the raft leader (the one that runs the control loops).
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics().borrow().clone();
+        m.current_leader == Some(m.id)
+    }
+
+    /// True if this manager leads *and* a quorum confirms it now (a restarted or cut-off leader
+    /// may still believe it leads). Waits at most `timeout`.
+    pub async fn confirm_leader(&self, timeout: Duration) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// This manager's raft node id.
+    pub fn raft_id(&self) -> u64 {
+        self.inner.raft.metrics().borrow().id
+    }
+
+    /// Adds a manager as a learner (replication starts in the background). Leader only.
+    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), StoreError> {
+        self.inner
+            .raft
+            .add_learner(id, BasicNode::new(addr), false)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
+    }
+
+    /// True when the leader has replicated its log to `id` up to within `slack` entries, so
+    /// making it a voter will not stall commits while it catches up.
+    pub fn caught_up(&self, id: u64, slack: u64) -> bool {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .is_some_and(|matched| matched.index + slack >= last)
+    }
+
+    /// Makes exactly `voters` the voting managers (a joint-consensus change), keeping other
+    /// members as learners unless `drop_others`. Leader only.
+    pub async fn set_voters(
+        &self,
+        voters: BTreeSet<u64>,
+        drop_others: bool,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .raft
+            .change_membership(voters, !drop_others)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
     }
 
     /// Reads one object by key from the local in-memory index.
@@ -258,6 +522,11 @@ impl Store {
     /// Lists every object of a kind, sorted by id.
     pub fn list(&self, kind: &str) -> Vec<Object> {
         self.inner.shared.objects.read().list(kind)
+    }
+
+    /// Every object, for exporting the state (`swarm init --force-new-cluster`).
+    pub fn dump(&self) -> Vec<Object> {
+        self.inner.shared.objects.read().iter().cloned().collect()
     }
 
     /// Subscribes to the change stream: one [`ChangeSet`] per applied batch that changed something.
@@ -353,5 +622,18 @@ fn check_node_id(db: &Database, node_id: u64) -> Result<(), StoreError> {
             txn.commit().map_err(|x| e(&x))?;
             Ok(())
         }
+    }
+}
+
+fn membership_error(
+    e: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>,
+) -> StoreError {
+    match e {
+        openraft::error::RaftError::APIError(
+            openraft::error::ClientWriteError::ForwardToLeader(f),
+        ) => StoreError::NotLeader {
+            leader: f.leader_id,
+        },
+        other => StoreError::Raft(other.to_string()),
     }
 }

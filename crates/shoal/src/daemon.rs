@@ -10,9 +10,11 @@ use shoal_agent::files::Files;
 use shoal_agent::network::{NetworkAgent, NetworkConfig};
 use shoal_agent::worker::{self, NetworkBackend, WorkerConfig};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
+use shoal_manager::api::swarm;
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::cluster::{AgentHost, Identity, Manager};
+use shoal_manager::cluster::{certs_dir, AgentHost, Identity};
 use shoal_manager::proxy::EngineProxy;
+use shoal_pki::NodeCert;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -147,14 +149,22 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         agent: agent.clone(),
         manager: Default::default(),
+        node: Default::default(),
+        hostname: args.hostname.clone(),
         lifecycle: Default::default(),
     });
     if let Some(identity) = Identity::load(&args.data_dir) {
-        tracing::info!(node = %identity.node_id, "rejoining the swarm this node was part of");
-        let m = Manager::start(&args.data_dir, identity, agent.as_ref())
+        tracing::info!(node = %identity.node_id, role = %identity.role, "rejoining the swarm this node was part of");
+        let cert = NodeCert::load(&certs_dir(&args.data_dir)).with_context(|| {
+            format!(
+                "loading this node's certificate from {}; `docker swarm leave --force` resets the node",
+                certs_dir(&args.data_dir).display()
+            )
+        })?;
+        let bootstrap = identity.raft_id == 1;
+        swarm::start_node(&daemon, identity, &cert, None, bootstrap)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        *daemon.manager.write().await = Some(Arc::new(m));
     }
 
     if let Some(dir) = args.socket.parent() {
@@ -189,6 +199,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     .await
     .context("serving the API")?;
     tracing::info!("shutting down; task containers keep running");
+    if let Some((_, session)) = daemon.node.read().await.clone() {
+        session.stop();
+    }
     agent.stop(false).await;
     if let Some(m) = daemon.manager.read().await.clone() {
         m.shutdown().await;

@@ -34,6 +34,10 @@ pub struct DaemonArgs {
     /// Pull task images the node lacks ("missing", as Swarm does) or never.
     #[arg(long, env = "SHOAL_PULL", default_value = "missing", value_parser = ["missing", "never"])]
     pub pull: String,
+    /// The node's name in `docker node ls` (default: the engine's host name). Several nodes
+    /// sharing one engine, as in the test harness, need distinct names.
+    #[arg(long, env = "SHOAL_HOSTNAME")]
+    pub hostname: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{engine_containers, http_get, wait_until, Node};
+use common::{engine_containers, http_get, wait_for, wait_until, Node};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -269,11 +269,14 @@ fn names_resolve_to_vips_tasks_balance_and_networks_are_isolated() {
     // A scaled-down service leaves the rotation.
     node.ok(&["service", "scale", "echo=1"]);
     node.wait_replicas("echo", "1/1");
-    wait_until(Duration::from_secs(20), "tasks.echo shrinks", || {
-        sh(client, "nslookup tasks.echo")
-            .matches("10.0.40.")
-            .count()
-            == 1
+    wait_for(Duration::from_secs(20), "tasks.echo shrinks", || {
+        let seen = sh(client, "nslookup tasks.echo");
+        if seen.matches("10.0.40.").count() == 1 {
+            Ok(())
+        } else {
+            let ps = node.ok(&["service", "ps", "echo"]);
+            Err(format!("{seen}\n{ps}"))
+        }
     });
     for s in ["echo", "rr", "client", "outsider"] {
         node.ok(&["service", "rm", s]);

@@ -361,16 +361,28 @@ impl NetworkAgent {
             Some(old) => nft::diff_script(&inner.table, old, &desired),
             None => Some(nft::full_script(&inner.table, &desired)),
         };
+        let mut first_err = None;
         if let Some(script) = script {
             if let Err(e) = nft::apply("apply routing", &script).await {
                 tracing::warn!(error = %e, "incremental nftables update failed; rebuilding the table");
                 st.applied = None;
-                nft::apply("rebuild table", &nft::full_script(&inner.table, &desired)).await?;
+                let full = nft::full_script(&inner.table, &desired);
+                match nft::apply("rebuild table", &full).await {
+                    Ok(()) => st.applied = Some(desired),
+                    // DNS and VIP addresses below do not depend on nftables: keep them current,
+                    // and rebuild the table on the next sync.
+                    Err(e) => {
+                        tracing::error!(error = %e, "rebuilding the nftables table failed");
+                        first_err = Some(e);
+                    }
+                }
+            } else {
+                st.applied = Some(desired);
             }
+        } else {
+            st.applied = Some(desired);
         }
-        st.applied = Some(desired);
 
-        let mut first_err = None;
         let search = st.search(&inner.host_search);
         for local in st.networks.values() {
             local

@@ -7,10 +7,10 @@ mod networks;
 mod nodes;
 mod objects;
 mod services;
-mod swarm;
+pub mod swarm;
 mod system;
 
-use crate::cluster::{AgentHost, Manager};
+use crate::cluster::{AgentHost, Identity, Manager, NodeSession};
 use crate::proxy::EngineProxy;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -37,8 +37,12 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     /// The agent the manager feeds.
     pub agent: Arc<dyn AgentHost>,
-    /// The manager, once this node is in a swarm.
+    /// The manager, once this node is a manager in a swarm.
     pub manager: RwLock<Option<Arc<Manager>>>,
+    /// This node's swarm membership (managers and workers): identity and dispatcher session.
+    pub node: RwLock<Option<(Identity, Arc<NodeSession>)>>,
+    /// The node's name, when set instead of the engine's host name.
+    pub hostname: Option<String>,
     /// Serializes swarm init/leave.
     pub lifecycle: tokio::sync::Mutex<()>,
 }

@@ -2,12 +2,12 @@
 
 use super::filters::Filters;
 use super::{json, parse_body, AppState, Result};
-use crate::db;
+use crate::db::{self, Member, Removed};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use shoal_api::models::{Node, NodeSpec, NodeSpecRoleEnum};
+use shoal_api::models::{ManagerStatus, Node, NodeSpec, NodeSpecRoleEnum, NodeState, Reachability};
 use shoal_api::{id, ApiError};
 use shoal_store::Expect;
 use std::collections::HashMap;
@@ -29,6 +29,34 @@ fn find(
         .ok_or_else(|| ApiError::not_found(format!("node {key} not found")))
 }
 
+/// Fills in `ManagerStatus` from raft as it is now: who leads, and who answers.
+fn with_manager_status(mgr: &crate::cluster::Manager, mut n: Node) -> Node {
+    let store = &mgr.store;
+    let id = n.id.clone().unwrap_or_default();
+    let is_manager = n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER);
+    let member = db::get::<crate::db::Member>(store, &id);
+    n.manager_status = match (is_manager, member) {
+        (true, Some(m)) => {
+            let leader = store.leader().map(|l| l.0) == Some(m.obj.raft_id);
+            let ready = n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY);
+            // The leader knows from raft traffic; a follower goes by the node's state.
+            let reachable = leader || mgr.answers(&m.obj.addr).unwrap_or(ready);
+            Some(ManagerStatus {
+                leader: Some(leader),
+                reachability: Some(if reachable {
+                    Reachability::REACHABLE
+                } else {
+                    Reachability::UNREACHABLE
+                }),
+                addr: Some(m.obj.addr),
+            })
+        }
+        (true, None) => n.manager_status,
+        (false, _) => None,
+    };
+    n
+}
+
 /// `GET /nodes`.
 pub async fn list(
     State(d): State<AppState>,
@@ -41,7 +69,7 @@ pub async fn list(
     )?;
     let out: Vec<Node> = db::list::<Node>(&m.store)
         .into_iter()
-        .map(|n| n.obj)
+        .map(|n| with_manager_status(&m, n.obj))
         .filter(|n| f.any("id", |x| n.id.as_deref().unwrap_or_default().starts_with(x)))
         .filter(|n| {
             f.any("name", |x| {
@@ -81,7 +109,8 @@ pub async fn list(
 /// `GET /nodes/{id}`.
 pub async fn inspect(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
-    Ok(json(StatusCode::OK, &find(&m.store, &key)?.obj))
+    let n = find(&m.store, &key)?.obj;
+    Ok(json(StatusCode::OK, &with_manager_status(&m, n)))
 }
 
 /// `POST /nodes/{id}/update?version=N`: availability and labels; roles change with multi-node support.
@@ -100,27 +129,117 @@ pub async fn update(
     }
     let mut node = cur.obj.clone();
     let old = node.spec.clone().unwrap_or_default();
-    if spec.role.is_some_and(|r| Some(r) != old.role) {
-        return Err(ApiError::invalid_arg(
-            "Role: demoting the last manager of the cluster is not allowed",
-        )
-        .into());
+    let node_id = node.id.clone().unwrap_or_default();
+    let mut ops = Vec::new();
+    match (old.role, spec.role) {
+        (Some(NodeSpecRoleEnum::WORKER), Some(NodeSpecRoleEnum::MANAGER)) => {
+            // Promote: a raft identity now; the node gets a manager certificate when it sees
+            // its new role, and the leader adds it to raft once it answers.
+            let addr = node
+                .status
+                .as_ref()
+                .and_then(|s| s.addr.clone())
+                .map(|ip| format!("{ip}:2377"))
+                .ok_or_else(|| ApiError::invalid_arg("node has no address to reach it at"))?;
+            let raft_id = loop {
+                let r: u64 = rand::random();
+                if r > 1 {
+                    break r;
+                }
+            };
+            if db::get::<Member>(&m.store, &node_id).is_some() {
+                ops.push(db::delete::<Member>(&node_id, Expect::Any));
+            }
+            ops.push(db::put(
+                &Member {
+                    node_id: node_id.clone(),
+                    raft_id,
+                    addr,
+                },
+                Expect::Any,
+            )?);
+        }
+        (Some(NodeSpecRoleEnum::MANAGER), Some(NodeSpecRoleEnum::WORKER)) => {
+            check_quorum_without(&m.store, &node_id, "demote")?;
+        }
+        _ => {}
     }
     node.spec = Some(NodeSpec {
-        role: old.role,
+        role: spec.role.or(old.role),
         ..spec
     });
     node.updated_at = Some(id::now());
-    db::write(&m.store, vec![db::put(&node, Expect::Version(version))?]).await?;
+    ops.insert(0, db::put(&node, Expect::Version(version))?);
+    db::write(&m.store, ops).await?;
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }
 
-/// `DELETE /nodes/{id}`.
-pub async fn remove(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
+/// Refuses to take `node_id` out of the voting managers when that would leave no manager, or
+/// too few reachable ones for a quorum of those that remain.
+fn check_quorum_without(
+    store: &shoal_store::Store,
+    node_id: &str,
+    what: &str,
+) -> std::result::Result<(), ApiError> {
+    let managers: Vec<Node> = db::list::<Node>(store)
+        .into_iter()
+        .map(|n| n.obj)
+        .filter(|n| n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER))
+        .collect();
+    let remaining: Vec<&Node> = managers
+        .iter()
+        .filter(|n| n.id.as_deref() != Some(node_id))
+        .collect();
+    if remaining.is_empty() {
+        return Err(ApiError::invalid_arg(format!(
+            "rpc error: code = FailedPrecondition desc = attempting to {what} the last manager of the swarm"
+        )));
+    }
+    let reachable = remaining
+        .iter()
+        .filter(|n| n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY))
+        .count();
+    let quorum = remaining.len() / 2 + 1;
+    if reachable < quorum {
+        return Err(ApiError::invalid_arg(format!(
+            "rpc error: code = FailedPrecondition desc = can't {what} node {node_id}: the swarm would lose quorum ({reachable} of the {} remaining managers are reachable, {quorum} are needed)",
+            remaining.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `DELETE /nodes/{id}?force=`: a manager must be demoted first; a node that is not down needs
+/// `force`. Its certificate is refused from then on.
+pub async fn remove(
+    State(d): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
     let m = d.manager().await?;
     let n = find(&m.store, &key)?;
-    if n.obj.id.as_deref() == Some(m.identity.node_id.as_str()) {
-        return Err(ApiError::invalid_arg(format!("node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", m.identity.node_id)).into());
+    let id = n.obj.id.clone().unwrap_or_default();
+    let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
+    if n.obj.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER) {
+        return Err(ApiError::invalid_arg(format!("rpc error: code = FailedPrecondition desc = node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal")).into());
     }
-    Err(ApiError::not_found(format!("node {key} not found")).into())
+    let down = n.obj.status.as_ref().and_then(|s| s.state) == Some(NodeState::DOWN);
+    if !down && !force {
+        return Err(ApiError::invalid_arg(format!("rpc error: code = FailedPrecondition desc = node {id} is not down and can't be removed")).into());
+    }
+    let mut ops = vec![
+        db::delete::<Node>(&id, Expect::Version(n.version)),
+        db::put(
+            &Removed {
+                node_id: id.clone(),
+            },
+            Expect::Any,
+        )?,
+    ];
+    if db::get::<Member>(&m.store, &id).is_some() {
+        ops.push(db::delete::<Member>(&id, Expect::Any));
+    }
+    db::write(&m.store, ops).await?;
+    tracing::info!(node = %id, "node removed; its certificate is refused from now on");
+    Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }

@@ -1,8 +1,8 @@
 //! `docker swarm init / inspect / update / leave`: the cluster object's life.
 
 use super::{json, parse_body, AppState, Result};
-use crate::cluster::{Identity, Manager};
-use crate::db;
+use crate::cluster::{certs_dir, Identity, Manager, NodeSession};
+use crate::db::{self, Member, RootCa, Stored};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -10,13 +10,13 @@ use axum::response::Response;
 use shoal_api::models::{
     EngineDescription, Ipam, IpamConfig, JoinTokens, ManagerStatus, Network, Node, NodeDescription,
     NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, NodeStatus, Platform,
-    Reachability, ResourceObject, Swarm, SwarmInitRequest, SwarmSpec, SwarmSpecCaConfig,
-    SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration, SwarmSpecRaft,
-    SwarmSpecTaskDefaults, TlsInfo,
+    Reachability, ResourceObject, Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmSpec,
+    SwarmSpecCaConfig, SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration,
+    SwarmSpecRaft, SwarmSpecTaskDefaults, TlsInfo,
 };
 use shoal_api::objects::version;
 use shoal_api::{id, ApiError};
-use shoal_pki::{digest_of, ClusterCa, JoinToken};
+use shoal_pki::{digest_of, ClusterCa, JoinToken, NodeCert, NodeIdentity, NodeKey, Role};
 use shoal_store::Expect;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -113,6 +113,9 @@ fn local_ipv4() -> Option<String> {
 pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let req: SwarmInitRequest = parse_body(&body)?;
     let _lock = d.lifecycle.lock().await;
+    if req.force_new_cluster == Some(true) {
+        return force_new_cluster(&d).await;
+    }
     if d.manager.read().await.is_some() {
         return Err(ApiError::unavailable("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.").into());
     }
@@ -128,17 +131,28 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
         .into());
     }
     let addr = advertise_addr(&req)?;
+    let ca = ClusterCa::generate()
+        .map_err(|e| ApiError::internal(format!("creating the cluster CA: {e}")))?;
+    ca.save(&d.data_dir.join("ca"))
+        .map_err(|e| ApiError::internal(format!("saving the cluster CA: {e}")))?;
+    let cluster_id = id::new_id();
     let identity = Identity {
         node_id: id::new_id(),
         addr: addr.clone(),
+        role: "manager".into(),
+        raft_id: 1,
+        managers: vec![addr.clone()],
     };
+    let cert = own_certificate(&ca, &identity, &cluster_id)?;
+    cert.save(&certs_dir(&d.data_dir))
+        .map_err(|e| ApiError::internal(format!("saving the node certificate: {e}")))?;
     identity.save(&d.data_dir).map_err(|e| {
         ApiError::internal(format!(
             "saving node identity in {}: {e}",
             d.data_dir.display()
         ))
     })?;
-    let manager = Manager::start(&d.data_dir, identity.clone(), d.agent.as_ref())
+    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true)
         .await
         .map_err(ApiError::internal)?;
     let now = id::now();
@@ -146,13 +160,9 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     if let Some(s) = req.spec.clone() {
         merge_spec(&mut spec, s);
     }
-    let ca = ClusterCa::generate()
-        .map_err(|e| ApiError::internal(format!("creating the cluster CA: {e}")))?;
-    ca.save(&d.data_dir.join("ca"))
-        .map_err(|e| ApiError::internal(format!("saving the cluster CA: {e}")))?;
     let ca_digest = ca.digest();
     let cluster = Swarm {
-        id: Some(id::new_id()),
+        id: Some(cluster_id.clone()),
         version: None,
         created_at: Some(now.clone()),
         updated_at: Some(now.clone()),
@@ -199,18 +209,122 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
         labels: Some(HashMap::new()),
         ..Default::default()
     };
+    let (ca_cert, ca_key) = ca.to_pem_pair();
     let ops = vec![
         db::put(&cluster, Expect::Absent)?,
         db::put(&node, Expect::Absent)?,
         db::put(&ingress, Expect::Absent)?,
+        db::put(
+            &RootCa {
+                id: "root".into(),
+                cert_pem: ca_cert,
+                key_pem: ca_key,
+            },
+            Expect::Absent,
+        )?,
+        db::put(
+            &Member {
+                node_id: identity.node_id.clone(),
+                raft_id: identity.raft_id,
+                addr: identity.addr.clone(),
+            },
+            Expect::Absent,
+        )?,
     ];
     if let Err(e) = db::write(&manager.store, ops).await {
         manager.shutdown().await;
-        d.agent.stop(true).await;
         return Err(e.into());
     }
+    let session = match NodeSession::start(
+        &d.data_dir,
+        &identity,
+        &cert,
+        node.description.clone(),
+        d.agent.as_ref(),
+        role_watcher(&d),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            manager.shutdown().await;
+            return Err(ApiError::internal(format!("starting the agent: {e}")).into());
+        }
+    };
+    tokio::spawn(renewal_loop(Arc::downgrade(&d), session.stopped()));
+    *d.node.write().await = Some((identity.clone(), Arc::new(session)));
     *d.manager.write().await = Some(Arc::new(manager));
     tracing::info!(node = %identity.node_id, addr = %addr, "swarm initialized");
+    Ok(json(StatusCode::OK, &identity.node_id))
+}
+
+/// `swarm init --force-new-cluster` on a manager that lost its quorum: a new single-manager
+/// raft cluster holding this manager's copy of the state. The other managers become workers
+/// (they demote themselves when they reconnect); the old raft files are kept aside.
+async fn force_new_cluster(d: &AppState) -> Result<Response> {
+    let Some(m) = d.manager.read().await.clone() else {
+        return Err(ApiError::unavailable(
+            "--force-new-cluster needs this node to be a manager of the swarm to recover",
+        )
+        .into());
+    };
+    let objects = m.store.dump();
+    let identity = m.identity.clone();
+    let cert = NodeCert::load(&certs_dir(&d.data_dir))
+        .map_err(|e| ApiError::internal(format!("node certificate: {e}")))?;
+    *d.manager.write().await = None;
+    m.shutdown().await;
+    let raft = d.data_dir.join("raft");
+    let aside = d
+        .data_dir
+        .join(format!("raft.before-force-new-cluster-{}", id::new_id()));
+    std::fs::rename(&raft, &aside)
+        .map_err(|e| ApiError::internal(format!("moving {} aside: {e}", raft.display())))?;
+    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut ops = Vec::with_capacity(objects.len());
+    for o in objects {
+        let mut data = o.data.to_vec();
+        if o.kind == Member::KIND && o.id != identity.node_id {
+            continue;
+        }
+        if o.kind == Member::KIND {
+            let mut me: Member = serde_json::from_slice(&data)
+                .map_err(|e| ApiError::internal(format!("member record: {e}")))?;
+            me.raft_id = identity.raft_id;
+            me.addr = identity.addr.clone();
+            data = serde_json::to_vec(&me).map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        if o.kind == Node::KIND && o.id != identity.node_id {
+            if let Ok(mut n) = serde_json::from_slice::<Node>(&data) {
+                if let Some(spec) = n.spec.as_mut() {
+                    spec.role = Some(NodeSpecRoleEnum::WORKER);
+                }
+                n.manager_status = None;
+                n.status = Some(NodeStatus {
+                    state: Some(NodeState::DOWN),
+                    message: Some("not heard from since --force-new-cluster".into()),
+                    addr: n.status.and_then(|s| s.addr),
+                });
+                data = serde_json::to_vec(&n).map_err(|e| ApiError::internal(e.to_string()))?;
+            }
+        }
+        ops.push(shoal_store::Op::Put {
+            kind: o.kind,
+            id: o.id,
+            name: o.name,
+            expect: Expect::Any,
+            data,
+        });
+    }
+    let total = ops.len();
+    while !ops.is_empty() {
+        let rest = ops.split_off(ops.len().min(1000));
+        db::write(&manager.store, std::mem::replace(&mut ops, rest)).await?;
+    }
+    *d.manager.write().await = Some(Arc::new(manager));
+    tracing::warn!(objects = total, old = %aside.display(), "forced a new single-manager cluster from this manager's state");
     Ok(json(StatusCode::OK, &identity.node_id))
 }
 
@@ -220,9 +334,10 @@ async fn local_node(d: &AppState, identity: &Identity, now: &str) -> Node {
         .await
         .map(|(_, v)| v)
         .unwrap_or_default();
-    let hostname = info["Name"]
-        .as_str()
-        .map(str::to_string)
+    let hostname = d
+        .hostname
+        .clone()
+        .or_else(|| info["Name"].as_str().map(str::to_string))
         .unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .unwrap_or_default()
@@ -399,17 +514,25 @@ pub async fn leave(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
     let _lock = d.lifecycle.lock().await;
-    let Some(m) = d.manager.read().await.clone() else {
+    let Some((_, session)) = d.node.read().await.clone() else {
         return Err(ApiError::unavailable("This node is not part of a swarm").into());
     };
     let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
-    if !force {
+    let manager = d.manager.read().await.clone();
+    if manager.is_some() && !force {
         return Err(ApiError::unavailable("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.").into());
     }
+    if let Some(m) = &manager {
+        leave_raft(m).await;
+    }
     *d.manager.write().await = None;
+    *d.node.write().await = None;
+    session.stop();
     d.agent.stop(true).await;
-    m.shutdown().await;
-    for sub in ["raft", "node.json", "ca"] {
+    if let Some(m) = manager {
+        m.shutdown().await;
+    }
+    for sub in ["raft", "node.json", "ca", "certs"] {
         let p = d.data_dir.join(sub);
         let r = if p.is_dir() {
             std::fs::remove_dir_all(&p)
@@ -426,12 +549,218 @@ pub async fn leave(
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }
 
-/// `POST /swarm/join`: joining other nodes arrives with multi-node support.
-pub async fn join(State(d): State<AppState>) -> Result<Response> {
-    if d.manager.read().await.is_some() {
+/// A manager that leaves a swarm with other managers first takes itself out of the voters (by
+/// demoting its node), so the others keep their quorum. Best effort, bounded to 10 s.
+async fn leave_raft(m: &Manager) {
+    let me = m.store.raft_id();
+    if m.store.membership().voters.keys().all(|v| *v == me) {
+        return;
+    }
+    let Some(mut node) = db::get::<Node>(&m.store, &m.identity.node_id) else {
+        return;
+    };
+    if let Some(spec) = node.obj.spec.as_mut() {
+        spec.role = Some(NodeSpecRoleEnum::WORKER);
+    }
+    let op = match db::put(&node.obj, Expect::Version(node.version)) {
+        Ok(op) => op,
+        Err(_) => return,
+    };
+    if let Err(e) = db::write(&m.store, vec![op]).await {
+        tracing::warn!(error = %e.message, "could not demote this manager before leaving");
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if !m.store.membership().voters.contains_key(&me) {
+            tracing::info!("left the raft voters");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tracing::warn!("still a raft voter after 10s; leaving anyway");
+}
+
+/// The certificate of the node that creates the swarm, signed by the new CA directly.
+fn own_certificate(
+    ca: &ClusterCa,
+    identity: &Identity,
+    cluster_id: &str,
+) -> std::result::Result<NodeCert, ApiError> {
+    let key = NodeKey::generate().map_err(|e| ApiError::internal(format!("node key: {e}")))?;
+    let ident = NodeIdentity {
+        node_id: identity.node_id.clone(),
+        role: Role::Manager,
+        cluster_id: cluster_id.to_string(),
+    };
+    let pem = ca
+        .issue(key.csr_pem(), &ident, crate::rpc::DEFAULT_CERT_EXPIRY)
+        .map_err(|e| ApiError::internal(format!("node certificate: {e}")))?;
+    key.into_node_cert(pem, ca.cert_pem().to_string())
+        .map_err(|e| ApiError::internal(format!("node certificate: {e}")))
+}
+
+/// The address this host uses to reach `remote` (no packet is sent: a UDP connect only routes).
+fn local_addr_towards(remote: &std::net::SocketAddr) -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+    s.connect(remote).ok()?;
+    Some(s.local_addr().ok()?.ip())
+}
+
+/// `POST /swarm/join`: fetches the CA pinned by the token, gets a certificate, then runs as a
+/// worker (a dispatcher session) or a manager (a raft member too).
+pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
+    let req: SwarmJoinRequest = parse_body(&body)?;
+    let _lock = d.lifecycle.lock().await;
+    if d.node.read().await.is_some() {
         return Err(ApiError::unavailable("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.").into());
     }
-    Err(ApiError::new(501, "shoal cannot join an existing swarm yet: multi-node clusters are not implemented in this version").into())
+    let token_text = req.join_token.clone().unwrap_or_default();
+    let token = JoinToken::parse(&token_text)
+        .map_err(|e| ApiError::invalid(format!("JoinToken: invalid join token: {e}")))?;
+    let remote_text = req
+        .remote_addrs
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            ApiError::invalid("RemoteAddrs: at least one manager address is required")
+        })?;
+    let remote_text = if remote_text.contains(':') {
+        remote_text
+    } else {
+        format!("{remote_text}:2377")
+    };
+    let remote: std::net::SocketAddr = tokio::net::lookup_host(&remote_text)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ApiError::invalid(format!("RemoteAddrs: cannot resolve {remote_text:?}")))?;
+    let advertise = match req.advertise_addr.as_deref().filter(|a| !a.is_empty()) {
+        Some(a) if a.contains(':') => a.to_string(),
+        Some(a) => format!("{a}:2377"),
+        None => {
+            let ip = local_addr_towards(&remote).ok_or_else(|| {
+                ApiError::invalid(
+                    "AdvertiseAddr: could not find a local address; set --advertise-addr",
+                )
+            })?;
+            format!("{ip}:2377")
+        }
+    };
+
+    // Trust only a manager whose CA has the token's digest, before the token is sent.
+    let boot = shoal_pki::bootstrap_client_config(token.ca_digest)
+        .map_err(|e| ApiError::internal(format!("TLS: {e}")))?;
+    let channel = shoal_rpc::connect(&remote.to_string(), boot)
+        .map_err(|e| ApiError::invalid(format!("RemoteAddrs: {e}")))?;
+    let mut ca_client = shoal_rpc::pb::ca_client::CaClient::new(channel);
+    let unreachable = |e: tonic::Status| {
+        ApiError::unavailable(format!(
+            "could not join the swarm through {remote}: {} (a manager must answer there, and its CA must match the token)",
+            e.message()
+        ))
+    };
+    let ca_pem = ca_client
+        .get_root_ca_certificate(shoal_rpc::pb::Empty {})
+        .await
+        .map_err(unreachable)?
+        .into_inner()
+        .cert_pem;
+    if !token.matches_ca(&ca_pem) {
+        return Err(
+            ApiError::invalid("JoinToken: the manager's CA does not match the token").into(),
+        );
+    }
+    let key = NodeKey::generate().map_err(|e| ApiError::internal(format!("node key: {e}")))?;
+    let probe = Identity {
+        node_id: String::new(),
+        addr: advertise.clone(),
+        role: String::new(),
+        raft_id: 0,
+        managers: Vec::new(),
+    };
+    let description = local_node(&d, &probe, &id::now()).await.description;
+    // `Availability` is in Docker's API but not in the generated model.
+    let availability = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["Availability"].as_str().map(str::to_lowercase))
+        .unwrap_or_default();
+    let issued = ca_client
+        .issue_node_certificate(shoal_rpc::pb::IssueRequest {
+            token: token_text,
+            csr_pem: key.csr_pem().to_string(),
+            description_json: serde_json::to_vec(&description).unwrap_or_default(),
+            advertise_addr: advertise.clone(),
+            availability,
+        })
+        .await
+        .map_err(|e| match e.code() {
+            tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
+                ApiError::invalid(format!("JoinToken: {}", e.message()))
+            }
+            _ => unreachable(e),
+        })?
+        .into_inner();
+    let cert = key
+        .into_node_cert(issued.cert_pem, issued.ca_pem)
+        .map_err(|e| ApiError::internal(format!("node certificate: {e}")))?;
+    cert.save(&certs_dir(&d.data_dir))
+        .map_err(|e| ApiError::internal(format!("saving the node certificate: {e}")))?;
+    let identity = Identity {
+        node_id: issued.node_id.clone(),
+        addr: advertise,
+        role: issued.role.clone(),
+        raft_id: issued.raft_id,
+        managers: vec![remote.to_string()],
+    };
+    identity
+        .save(&d.data_dir)
+        .map_err(|e| ApiError::internal(format!("saving node identity: {e}")))?;
+    start_node(&d, identity, &cert, description, false)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(node = %issued.node_id, role = %issued.role, "joined the swarm");
+    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+}
+
+/// Starts what a node in a swarm runs: the manager if it is one, and always the agent's
+/// session. Used by join and by a daemon restart.
+pub async fn start_node(
+    d: &AppState,
+    identity: Identity,
+    cert: &NodeCert,
+    description: Option<shoal_api::models::NodeDescription>,
+    bootstrap: bool,
+) -> std::result::Result<(), String> {
+    let mut manager = None;
+    if identity.role == "manager" {
+        let m = Manager::start(&d.data_dir, identity.clone(), cert, bootstrap).await?;
+        manager = Some(Arc::new(m));
+    }
+    let session = match NodeSession::start(
+        &d.data_dir,
+        &identity,
+        cert,
+        description,
+        d.agent.as_ref(),
+        role_watcher(d),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(m) = manager {
+                m.shutdown().await;
+            }
+            return Err(format!("starting the agent: {e}"));
+        }
+    };
+    tokio::spawn(renewal_loop(Arc::downgrade(d), session.stopped()));
+    *d.node.write().await = Some((identity, Arc::new(session)));
+    *d.manager.write().await = manager;
+    Ok(())
 }
 
 /// `GET /swarm/unlockkey`: autolock is not offered, so there is no key.
@@ -443,4 +772,135 @@ pub async fn unlock_key(State(d): State<AppState>) -> Result<Response> {
 /// `POST /swarm/unlock`.
 pub async fn unlock() -> Result<Response> {
     Err(ApiError::conflict("swarm is not locked").into())
+}
+
+/// Reacts to `docker node promote/demote` of this node, seen in its assignments.
+fn role_watcher(d: &AppState) -> crate::session::OnRole {
+    let weak = Arc::downgrade(d);
+    Box::new(move |role, raft_id| {
+        let Some(d) = weak.upgrade() else { return };
+        tokio::spawn(async move {
+            if let Err(e) = change_role(&d, &role, raft_id).await {
+                tracing::error!(error = %e, %role, "changing this node's role");
+            }
+        });
+    })
+}
+
+/// Gets a certificate for the new role from the managers, then starts or stops the manager.
+async fn change_role(d: &AppState, role: &str, raft_id: u64) -> std::result::Result<(), String> {
+    let _lock = d.lifecycle.lock().await;
+    let Some(mut identity) = Identity::load(&d.data_dir) else {
+        return Ok(());
+    };
+    if identity.role == role && (role != "manager" || identity.raft_id == raft_id) {
+        return Ok(());
+    }
+    tracing::info!(from = %identity.role, to = %role, "the swarm changed this node's role");
+    let dir = certs_dir(&d.data_dir);
+    let old = NodeCert::load(&dir).map_err(|e| e.to_string())?;
+    let (cert, issued) = renew_certificate(&identity, &old).await?;
+    if issued.role != role {
+        return Err(format!(
+            "the managers issued a {} certificate, not {role}; will retry on the next change",
+            issued.role
+        ));
+    }
+    cert.save(&dir).map_err(|e| e.to_string())?;
+    identity.role = role.to_string();
+    identity.raft_id = issued.raft_id.max(raft_id);
+    identity.save(&d.data_dir).map_err(|e| e.to_string())?;
+    if role == "manager" {
+        if d.manager.read().await.is_none() {
+            let m = Manager::start(&d.data_dir, identity, &cert, false).await?;
+            *d.manager.write().await = Some(Arc::new(m));
+        }
+    } else if let Some(m) = d.manager.write().await.take() {
+        m.shutdown().await;
+        let raft = d.data_dir.join("raft");
+        if let Err(e) = std::fs::remove_dir_all(&raft) {
+            tracing::warn!(path = %raft.display(), error = %e, "removing the raft state of a demoted manager");
+        }
+    }
+    Ok(())
+}
+
+/// Asks the managers for a new certificate for this node (its role as the swarm has it), with a
+/// fresh key; authenticated by the current certificate.
+async fn renew_certificate(
+    identity: &Identity,
+    old: &NodeCert,
+) -> std::result::Result<(NodeCert, shoal_rpc::pb::IssueResponse), String> {
+    let tls = shoal_pki::client_config(old).map_err(|e| e.to_string())?;
+    let key = NodeKey::generate().map_err(|e| e.to_string())?;
+    let mut last = String::from("no manager known");
+    for addr in &identity.managers {
+        let ch = match shoal_rpc::connect(addr, tls.clone()) {
+            Ok(ch) => ch,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        let r = shoal_rpc::pb::ca_client::CaClient::new(ch)
+            .issue_node_certificate(shoal_rpc::pb::IssueRequest {
+                csr_pem: key.csr_pem().to_string(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                let issued = r.into_inner();
+                let cert = key
+                    .into_node_cert(issued.cert_pem.clone(), issued.ca_pem.clone())
+                    .map_err(|e| e.to_string())?;
+                return Ok((cert, issued));
+            }
+            Err(e) => last = format!("{addr}: {}", e.message()),
+        }
+    }
+    Err(format!("no manager issued a certificate: {last}"))
+}
+
+/// Renews this node's certificate when it reaches its renewal point (between 50% and 80% of its
+/// life, as Swarm does), and swaps it into the RPC server and clients without a restart.
+async fn renewal_loop(
+    d: std::sync::Weak<super::Daemon>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+        }
+        let Some(d) = d.upgrade() else { return };
+        let dir = certs_dir(&d.data_dir);
+        let (Ok(cert), Some(identity)) = (NodeCert::load(&dir), Identity::load(&d.data_dir)) else {
+            continue;
+        };
+        if !cert.needs_renewal(std::time::SystemTime::now()) {
+            continue;
+        }
+        let _lock = d.lifecycle.lock().await;
+        match renew_certificate(&identity, &cert).await {
+            Ok((new, _)) => {
+                if let Err(e) = new.save(&dir) {
+                    tracing::error!(error = %e, "saving the renewed certificate");
+                    continue;
+                }
+                if let Some(m) = d.manager.read().await.clone() {
+                    if let Err(e) = m.set_cert(&new) {
+                        tracing::error!(error = %e, "using the renewed certificate");
+                    }
+                }
+                if let Some((_, s)) = d.node.read().await.clone() {
+                    if let Err(e) = s.set_cert(&new) {
+                        tracing::error!(error = %e, "using the renewed certificate");
+                    }
+                }
+                tracing::info!(not_after = ?new.not_after(), "renewed this node's certificate");
+            }
+            Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
+        }
+    }
 }

@@ -48,6 +48,8 @@ pub async fn engine_json(
 pub async fn ping(State(d): State<AppState>) -> Response {
     let swarm = if d.manager.read().await.is_some() {
         "active/manager"
+    } else if d.node.read().await.is_some() {
+        "active/worker"
     } else {
         "inactive"
     };
@@ -87,7 +89,27 @@ pub async fn version(State(d): State<AppState>) -> Result<Response> {
 
 /// The `Swarm` section of `/info`.
 pub async fn swarm_info(d: &AppState) -> SwarmInfo {
+    let worker = d.node.read().await.clone();
     let Some(m) = d.manager.read().await.clone() else {
+        if let Some((id, _)) = worker {
+            return SwarmInfo {
+                node_id: Some(id.node_id.clone()),
+                node_addr: Some(id.addr.split(':').next().unwrap_or_default().to_string()),
+                local_node_state: Some(LocalNodeState::ACTIVE),
+                control_available: Some(false),
+                error: Some(String::new()),
+                remote_managers: Some(
+                    id.managers
+                        .iter()
+                        .map(|a| PeerNode {
+                            node_id: None,
+                            addr: Some(a.clone()),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+        }
         return SwarmInfo {
             node_id: Some(String::new()),
             node_addr: Some(String::new()),
@@ -131,10 +153,15 @@ pub async fn swarm_info(d: &AppState) -> SwarmInfo {
         local_node_state: Some(LocalNodeState::ACTIVE),
         control_available: Some(true),
         error: Some(String::new()),
-        remote_managers: Some(vec![PeerNode {
-            node_id: Some(m.identity.node_id.clone()),
-            addr: Some(m.identity.addr.clone()),
-        }]),
+        remote_managers: Some(
+            db::list::<crate::db::Member>(&m.store)
+                .into_iter()
+                .map(|mm| PeerNode {
+                    node_id: Some(mm.obj.node_id),
+                    addr: Some(mm.obj.addr),
+                })
+                .collect(),
+        ),
         nodes: Some(nodes.len() as i64),
         managers: Some(managers as i64),
         cluster,

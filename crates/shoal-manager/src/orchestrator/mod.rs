@@ -76,11 +76,50 @@ pub fn new_task(
     }
 }
 
+/// Nodes whose tasks must move: down (the leader stopped hearing from them) or drained.
+/// (Tasks of removed nodes move too.)
+fn lost_nodes(state: &ClusterState) -> std::collections::HashSet<&str> {
+    use shoal_api::models::{NodeSpecAvailabilityEnum, NodeState};
+    state
+        .nodes
+        .iter()
+        .filter(|n| {
+            let down = n.obj.status.as_ref().and_then(|s| s.state) == Some(NodeState::DOWN);
+            let drained = n.obj.spec.as_ref().and_then(|s| s.availability)
+                == Some(NodeSpecAvailabilityEnum::DRAIN);
+            down || drained
+        })
+        .filter_map(|n| n.obj.id.as_deref())
+        .collect()
+}
+
 /// Runs every orchestration concern over the snapshot.
 pub fn plan(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Plan {
     let mut plan = Plan::default();
+    let lost = lost_nodes(state);
+    let known: std::collections::HashSet<&str> = state
+        .nodes
+        .iter()
+        .filter_map(|n| n.obj.id.as_deref())
+        .collect();
     let mut by_service: HashMap<&str, Vec<(&StoredTask, u64)>> = HashMap::new();
     for t in &state.tasks {
+        // A replicated task on a down or drained node is shut down and left out of its slot, so
+        // the slot gets a replacement elsewhere in this same pass. When a down node comes back,
+        // its agent sees the task's desired state and stops the container.
+        if t.obj
+            .node_id()
+            .is_some_and(|n| lost.contains(n) || !known.contains(n))
+            && t.obj.desired() == TaskState::RUNNING
+            && !shoal_api::objects::is_terminal(t.obj.state())
+            && state
+                .services
+                .get(t.obj.service_id())
+                .is_some_and(|s| matches!(s.obj.mode(), shoal_api::objects::Mode::Replicated(_)))
+        {
+            plan.set_desired(&t.obj, t.version, TaskState::SHUTDOWN);
+            continue;
+        }
         by_service
             .entry(t.obj.service_id())
             .or_default()

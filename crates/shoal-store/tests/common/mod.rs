@@ -19,6 +19,8 @@ pub fn options(dir: &Path) -> StoreOptions {
         dir: dir.to_path_buf(),
         raft_node_id: 1,
         raft_addr: "127.0.0.1:2377".into(),
+        bootstrap: true,
+        transport: None,
     }
 }
 

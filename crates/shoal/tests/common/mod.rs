@@ -7,8 +7,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 static IMAGES: Once = Once::new();
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Daemon tests share the host's engine, addresses and ports: one at a time per test binary.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Root of the repository.
 pub fn repo() -> PathBuf {
@@ -38,7 +45,7 @@ impl Node {
     /// Starts a daemon on a fresh data directory.
     pub fn start(name: &str) -> Node {
         images();
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = serial();
         let dir = std::env::temp_dir().join(format!("shoal-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -160,6 +167,13 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The daemon's side of a failure, for CI logs: its last lines.
+            let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!("---- last daemon log lines ----\n{}", tail.join("\n"));
+        }
         if self.child.is_some() {
             let _ = self.docker(&["swarm", "leave", "--force"]);
         }
@@ -208,6 +222,20 @@ pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("timed out after {limit:?} waiting for: {what}");
+}
+
+/// Polls `f` until it returns Ok, or fails the test after `limit` with the last thing it saw.
+pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        match f() {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {limit:?} waiting for: {what}; last seen: {last}");
 }
 
 /// Fetches a URL from the host with curl; None if it does not answer.

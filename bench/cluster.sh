@@ -1,0 +1,712 @@
+#!/usr/bin/env bash
+# shoal on several nodes of this machine, next to the Docker Swarm peer (bench/swarm-peer.sh).
+# Each node is a `shoal daemon` in its own network namespace (bench/lib/netns.sh: sbn1..sbnN,
+# 10.97.0.i on a bridge sbbr0 in namespace sbnhub), all sharing the host's Docker Engine; a node's
+# agent only manages containers labelled com.docker.swarm.node.id=<its id>. Four measurements:
+#   f  failover   3 managers + 2 workers; a client writes through a follower (`docker config
+#                 create`, a new write started every WRITE_INTERVAL s, each allowed WRITE_TIMEOUT
+#                 s, as swarm-peer.sh does); kill -9 the leader's daemon; seconds until a write is
+#                 accepted again. The killed node is restarted on its data dir (it rejoins as a
+#                 manager by itself) and must show Reachable before the next kill. KILLS rounds.
+#   w  no lost writes   a client writes numbered configs round-robin over the live managers, one
+#                 at a time, while the leader is killed and restarted W_KILLS times; afterwards
+#                 every manager lists its configs: how many acknowledged writes (CLI exit 0) are
+#                 missing (goal: zero), and how many writes failed (allowed: not acknowledged).
+#   n  node loss  the same 5 nodes (node-1..3 managers, node-4..5 workers); a service of REPLICAS
+#                 replicas of shoal-test/busybox `sleep 3600`; worker node-5 is killed (kill -9 of
+#                 its daemon and `docker rm -f` of its containers); seconds until REPLICAS tasks
+#                 run on live nodes (`docker service ps --filter desired-state=running`). NL_RUNS
+#                 times (the node comes back and the service is recreated in between).
+#   m  memory     a fresh 2-node cluster (node-1 manager, node-2 worker); VmRSS of both daemons
+#                 idle, then with a service of MEM_REPLICAS replicas spread over the two.
+#
+# Usage: bench/cluster.sh              (as root) all parts
+#        PARTS=fw KILLS=3 W_KILLS=5 bench/cluster.sh     a quicker subset
+#        bench/cluster.sh --swarm      first re-run bench/swarm-peer.sh (KILLS kills) and compare
+#                                      against its fresh numbers instead of the recorded ones
+#        bench/cluster.sh --cleanup    remove what a killed (kill -9) run left behind
+# Environment:
+#   PARTS=fwnm  KILLS=10  W_KILLS=20  REPLICAS=20  NL_RUNS=3  MEM_REPLICAS=200
+#   WRITE_INTERVAL=0.25  WRITE_TIMEOUT=30  TIMEOUT=180 (any single wait)  SETTLE=2 (seconds
+#   between a node showing Reachable again and the next kill)  UNREACHABLE_WAIT=30 (failover:
+#   before restarting the killed leader, wait up to this long for the others to show it
+#   Unreachable, so that "Reachable again" is a real transition; 0 restarts it at once)
+#   SHOAL=target/release/shoal (or $CARGO_TARGET_DIR/release/shoal); BUILD=0 skips building it
+#   SHOAL_LOG=info  daemon log filter; logs are left in KEEP_LOGS=<dir> when set
+#   NS_PREFIX=sbn NS_SUBNET=10.97.0 NS_BRIDGE=sbbr0   see bench/lib/netns.sh (the test suite uses
+#   shoal-hub/shoal-n* and 10.99.0.x, swarm-peer.sh peer*/10.98.0.x)
+# Needs: shoal-test/busybox in the host engine (scripts/build-test-images.sh builds it). Never
+# talks swarm to the host engine, pulls nothing, sends nothing outside the namespaces; removes
+# everything it created on exit, Ctrl-C included.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+ROOT=$PWD
+NS_PREFIX=${NS_PREFIX:-sbn}
+NS_SUBNET=${NS_SUBNET:-10.97.0}
+NS_BRIDGE=${NS_BRIDGE:-sbbr0}
+. bench/lib/netns.sh
+
+# Docker Swarm's numbers, measured by bench/swarm-peer.sh on this machine and recorded in
+# bench/README.md ("swarm-peer.sh ... Latest numbers", 2026-11-22, Docker 20.10.24): leader
+# failover median 13.30 s, worst 18.07 s over 10 kills; node loss (1 of 5 nodes, a worker with 4
+# of 20 tasks) 19.76 s, two more runs 17.45 s and 17.03 s. `--swarm` measures them again.
+SWARM_FAILOVER_MEDIAN=13.30
+SWARM_FAILOVER_WORST=18.07
+SWARM_NODELOSS=19.76
+SWARM_NODELOSS_OTHERS="17.45 17.03"
+SWARM_F_SOURCE="recorded in bench/README.md (swarm-peer.sh, 2026-11-22)"
+SWARM_N_SOURCE=$SWARM_F_SOURCE
+
+PARTS=${PARTS:-fwnm}
+KILLS=${KILLS:-10}
+W_KILLS=${W_KILLS:-20}
+REPLICAS=${REPLICAS:-20}
+NL_RUNS=${NL_RUNS:-3}
+MEM_REPLICAS=${MEM_REPLICAS:-200}
+WRITE_INTERVAL=${WRITE_INTERVAL:-0.25}
+WRITE_TIMEOUT=${WRITE_TIMEOUT:-30}
+TIMEOUT=${TIMEOUT:-180}
+SETTLE=${SETTLE:-2}
+UNREACHABLE_WAIT=${UNREACHABLE_WAIT:-30}
+BUILD=${BUILD:-1}
+SHOAL=${SHOAL:-${CARGO_TARGET_DIR:-$ROOT/target}/release/shoal}
+IMAGE=shoal-test/busybox
+ENGINE=unix:///var/run/docker.sock   # the host's engine: containers only, never `docker swarm`
+SVC=sbench
+MEMSVC=smem
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+now() { echo "$EPOCHREALTIME"; }
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f\n", b - a }'; }
+diff_s() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", b - a }'; }
+median() {
+  sort -n | awk '{ a[NR] = $1 } END {
+    if (NR == 0) { print "n/a"; exit }
+    if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+# "shoal X s vs Docker Swarm Y s: ratio" (shoal/swarm, and how many times faster).
+compare() {
+  awk -v s="$1" -v w="$2" 'BEGIN {
+    if (s + 0 <= 0 || w + 0 <= 0) { print "ratio n/a"; exit }
+    printf "shoal/swarm %.3fx (%.1fx faster)\n", s / w, w / s }'
+}
+
+# ----------------------------------------------------------------------------------------------
+# shoal nodes
+# ----------------------------------------------------------------------------------------------
+sh_dir() { ns_data_dir "$1"; }                       # data in <dir>/data, log in <dir>/daemon.log
+sh_sock() { echo "$(ns_run_dir "$1")/docker.sock"; }
+sh_host() { echo "unix://$(sh_sock "$1")"; }
+sh() { local i=$1; shift; docker -H "$(sh_host "$i")" "$@"; }
+sh_pid() { cat "$(ns_run_dir "$1")/shoal.pid" 2>/dev/null; }
+sh_alive() { [ -e "$(ns_run_dir "$1")/alive" ]; }   # a file, so background clients see it too
+node_id_of() { jq -r '.node_id // empty' "$(sh_dir "$1")/data/node.json" 2>/dev/null; }
+node_tag() { printf '%s' "$1" | tr -cd '[:alnum:]' | tr '[:upper:]' '[:lower:]' | cut -c1-12; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
+mib() { awk -v k="$1" 'BEGIN { if (k == "") print "n/a"; else printf "%.1f MiB\n", k / 1024 }'; }
+
+engine() { docker -H "$ENGINE" "$@"; }
+# Removes (docker rm -f) every container of shoal node id $1 from the host engine.
+engine_rm_node() {
+  [ -n "$1" ] || return 0
+  engine ps -aq --filter "label=com.docker.swarm.node.id=$1" | xargs -r docker -H "$ENGINE" rm -f >/dev/null 2>&1
+  return 0
+}
+engine_count_node() { engine ps -q --filter "label=com.docker.swarm.node.id=$1" | wc -l; }
+
+# Starts (or restarts, on the same data dir) node i's daemon and waits for its socket.
+sh_start() {
+  local i=$1 d deadline pid
+  d=$(sh_dir "$i")
+  mkdir -p "$d/data"
+  NO_COLOR=1 SHOAL_PULL=never SHOAL_LOG=${SHOAL_LOG:-info} ns_exec_bg "$i" "$SHOAL" daemon \
+    --data-dir "$d/data" --socket "$(sh_sock "$i")" --hostname "node-$i" >>"$d/daemon.log" 2>&1
+  pid=$NS_LAST_PID   # nsenter execs shoal: this is the daemon's pid
+  echo "$pid" > "$(ns_run_dir "$i")/shoal.pid"
+  echo "---- started pid $pid at $(date '+%F %T.%N') ----" >> "$d/daemon.log"
+  deadline=$(($(date +%s) + 30))
+  until sh "$i" version >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ] || ! kill -0 "$pid" 2>/dev/null; then
+      log "shoal daemon of node $i did not come up; tail of $d/daemon.log:"
+      tail -n 20 "$d/daemon.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  touch "$(ns_run_dir "$i")/alive"
+}
+
+# kill -9 of node i's daemon only.
+sh_kill_daemon() {
+  local pid
+  rm -f "$(ns_run_dir "$1")/alive"
+  pid=$(sh_pid "$1")
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = shoal ] && kill -KILL "$pid"
+  return 0
+}
+
+# The whole node: kill -9 of its daemon and `docker rm -f` of its containers.
+sh_kill_node() {
+  sh_kill_daemon "$1"
+  engine_rm_node "$(node_id_of "$1")"
+}
+
+# Every node id this run used (for cleanup, even after a data dir was wiped).
+remember_ids() {
+  local i
+  for ((i = 1; i <= NODES; i++)); do node_id_of "$i"; done >> "$NS_DATA/node-ids"
+}
+
+# Cleanup hook (also for --cleanup after a crash): kill our daemons, remove our containers from the
+# host engine and our nodes' network plugin sockets. ns_cleanup then kills whatever else runs in
+# the namespaces and deletes namespaces, bridge and data.
+sh_cleanup_all() {
+  local name i pid id f
+  for name in $(ls /run/netns 2>/dev/null | grep -E "^${NS_PREFIX}[0-9]+\$"); do
+    i=${name#"$NS_PREFIX"}
+    sh_kill_daemon "$i"
+  done
+  sleep 0.2
+  for id in $({ cat "$NS_DATA/node-ids" 2>/dev/null
+                for f in "$NS_DATA"/*/data/node.json; do
+                  [ -f "$f" ] && jq -r '.node_id // empty' "$f" 2>/dev/null
+                done; } | sort -u); do
+    engine_rm_node "$id"
+    rm -f "/run/docker/plugins/shoal-$(node_tag "$id").sock"
+  done
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    mkdir -p "$KEEP_LOGS"
+    for f in "$NS_DATA"/*/daemon.log; do
+      [ -f "$f" ] && cp "$f" "$KEEP_LOGS/$(basename "$(dirname "$f")").log"
+    done
+  fi
+  return 0
+}
+
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
+if [ "${1:-}" = "--cleanup" ]; then
+  ns_on_cleanup sh_cleanup_all
+  ns_cleanup
+  exit 0
+fi
+RUN_SWARM=0
+[ "${1:-}" = "--swarm" ] && RUN_SWARM=1
+
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+if ls /run/netns 2>/dev/null | grep -qE "^${NS_PREFIX}([0-9]+|hub)\$"; then
+  echo "namespaces ${NS_PREFIX}* exist already (another run?); bench/cluster.sh --cleanup removes them" >&2
+  exit 1
+fi
+if [ ! -x "$SHOAL" ] && [ "$BUILD" = 1 ]; then
+  log "building shoal: cargo build --release -p shoal"
+  cargo build --release -p shoal >&2 || { log "build failed"; exit 1; }
+fi
+[ -x "$SHOAL" ] || { echo "no shoal binary at $SHOAL (set SHOAL=...)" >&2; exit 1; }
+if ! engine image inspect "$IMAGE" >/dev/null 2>&1; then
+  log "building the test images in the host engine"
+  bash scripts/build-test-images.sh || exit 1
+fi
+
+if [ "$RUN_SWARM" = 1 ]; then
+  swarm_parts=
+  case $PARTS in *f*) swarm_parts=f ;; esac
+  case $PARTS in *n*) swarm_parts=${swarm_parts}n ;; esac
+  if [ -n "$swarm_parts" ]; then
+    log "re-running bench/swarm-peer.sh (PARTS=$swarm_parts KILLS=$KILLS REPLICAS=$REPLICAS) for Docker Swarm's numbers"
+    out=$(env -u NS_PREFIX -u NS_SUBNET -u NS_BRIDGE -u NS_DATA -u NS_STATE PARTS="$swarm_parts" \
+      KILLS="$KILLS" REPLICAS="$REPLICAS" bench/swarm-peer.sh | tee /dev/stderr)
+    m=$(sed -n 's/^swarm failover: median \([0-9.]*\) s, worst \([0-9.]*\) s.*/\1 \2/p' <<< "$out")
+    n=$(sed -n 's/^swarm node-loss [0-9]* replicas: \([0-9.]*\) s.*/\1/p' <<< "$out")
+    if [ -n "$m" ]; then
+      read -r SWARM_FAILOVER_MEDIAN SWARM_FAILOVER_WORST <<< "$m"
+      SWARM_F_SOURCE="measured just now by bench/swarm-peer.sh (KILLS=$KILLS)"
+    fi
+    if [ -n "$n" ]; then
+      SWARM_NODELOSS=$n
+      SWARM_NODELOSS_OTHERS=
+      SWARM_N_SOURCE="measured just now by bench/swarm-peer.sh"
+    fi
+    [ -n "$m$n" ] || log "swarm-peer.sh gave no numbers; comparing against the recorded ones"
+  fi
+fi
+
+cleanup() {
+  trap - EXIT INT TERM
+  log "cleaning up"
+  ns_cleanup
+}
+ns_on_cleanup sh_cleanup_all
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Polls "$@" until it succeeds; fails after TIMEOUT seconds.
+wait_until() {
+  local deadline=$(($(date +%s) + TIMEOUT))
+  until "$@"; do
+    [ "$(date +%s)" -ge "$deadline" ] && return 1
+    sleep 0.2
+  done
+}
+
+# ----------------------------------------------------------------------------------------------
+# The cluster
+# ----------------------------------------------------------------------------------------------
+NODES=0
+MANAGERS=0
+
+# The first live manager (by index).
+a_manager() {
+  local i
+  for ((i = 1; i <= MANAGERS; i++)); do sh_alive "$i" && { echo "$i"; return 0; }; done
+  return 1
+}
+
+# "hostname status manager-status" for every node, as a live manager sees them.
+nodes_view() {
+  local i
+  for ((i = 1; i <= MANAGERS; i++)); do
+    sh_alive "$i" || continue
+    sh "$i" node ls --format '{{.Hostname}} {{.Status}} {{.ManagerStatus}}' 2>/dev/null && return 0
+  done
+  return 1
+}
+
+# Node index of the raft leader as the live managers see it (empty when there is none).
+leader() { nodes_view | awk '$3 == "Leader" { sub(/^node-/, "", $1); print $1 }'; }
+
+# All nodes Ready and all managers Reachable or Leader, with exactly one Leader.
+cluster_healthy() {
+  local v
+  v=$(nodes_view) || return 1
+  [ "$(grep -c ' Ready' <<< "$v")" = "$NODES" ] || return 1
+  [ "$(grep -cE ' Ready (Leader|Reachable)$' <<< "$v")" = "$MANAGERS" ] || return 1
+  [ "$(grep -c ' Leader$' <<< "$v")" = 1 ]
+}
+
+# form_cluster N M: daemons on nodes 1..N (fresh data), swarm init on node 1, the others join,
+# nodes 2..M with the manager token.
+form_cluster() {
+  local i t0 tok_m tok_w tok
+  NODES=$1
+  MANAGERS=$2
+  t0=$(now)
+  for ((i = 1; i <= NODES; i++)); do sh_start "$i" || return 1; done
+  sh 1 swarm init --advertise-addr "$(ns_ip 1)" >/dev/null || return 1
+  tok_m=$(sh 1 swarm join-token -q manager) || return 1
+  tok_w=$(sh 1 swarm join-token -q worker) || return 1
+  for ((i = 2; i <= NODES; i++)); do
+    tok=$tok_w
+    [ "$i" -le "$MANAGERS" ] && tok=$tok_m
+    sh "$i" swarm join --token "$tok" --advertise-addr "$(ns_ip "$i")" "$(ns_ip 1):2377" >/dev/null || return 1
+  done
+  remember_ids
+  wait_until cluster_healthy || { log "cluster did not become healthy"; nodes_view >&2; return 1; }
+  log "shoal cluster of $NODES nodes ($MANAGERS managers) up in $(since "$t0") s"
+  nodes_view | sed 's/^/    /' >&2
+}
+
+# Kills every daemon and its containers and wipes the data dirs (namespaces stay).
+reset_cluster() {
+  local i
+  for ((i = 1; i <= NODES; i++)); do sh_kill_node "$i"; done
+  sleep 0.3
+  for ((i = 1; i <= NODES; i++)); do
+    rm -rf "$(sh_dir "$i")/data"
+    rm -f "$(sh_sock "$i")"
+  done
+  NODES=0
+  MANAGERS=0
+}
+
+# Restarts node i on its data and waits until the cluster is healthy again (it shows Ready, and
+# Reachable when it is a manager). Sets BACK_SECS (restart to healthy).
+# Healthy, and a restarted manager $1 itself names the same single leader as the others.
+rejoined() {
+  local i=$1 own
+  cluster_healthy || return 1
+  [ "$i" -le "$MANAGERS" ] || return 0
+  own=$(sh "$i" node ls --format '{{.Hostname}} {{.ManagerStatus}}' 2>/dev/null | awk '$2 == "Leader" { print $1 }')
+  [ "$(wc -w <<< "$own")" = 1 ] && [ "$own" = "node-$(leader)" ]
+}
+
+restart_and_rejoin() {
+  local i=$1 t0
+  t0=$(now)
+  sh_start "$i" || return 1
+  wait_until rejoined "$i" || { log "node-$i did not rejoin within $TIMEOUT s"; nodes_view >&2; return 1; }
+  BACK_SECS=$(since "$t0")
+}
+
+# ----------------------------------------------------------------------------------------------
+# f: leader failover
+# ----------------------------------------------------------------------------------------------
+# One write (a new config) through node $1, named $2. On success the time it completed goes to
+# $FO_DIR/ok.$2.
+write_once() {
+  local t rc
+  t=$(now)
+  printf 'x' | timeout "$WRITE_TIMEOUT" docker -H "$(sh_host "$1")" \
+    config create "fo-$$-$2" - >/dev/null 2>"$FO_DIR/err.$2"
+  rc=$?
+  if [ $rc = 0 ]; then
+    now > "$FO_DIR/ok.$2"
+  else
+    echo "(started $t, failed $(now), rc=$rc)" >> "$FO_DIR/err.$2"
+  fi
+}
+
+# Seconds from $2 (epoch) until node $1 logged raft's "become leader" (the last such line).
+elected_after() {
+  local ts
+  ts=$(sed 's/\x1b\[[0-9;]*m//g' "$(sh_dir "$1")/daemon.log" 2>/dev/null | grep 'become leader' | tail -1 | awk '{ print $1 }')
+  [ -n "$ts" ] || { echo "?"; return; }
+  diff_s "$2" "$(date -d "$ts" +%s.%N)"
+}
+
+failover_round() {
+  local r=$1 l w i t0 k=0 first secs nl nfail pids=() e
+  wait_until cluster_healthy || { log "cluster not healthy before round $r"; nodes_view >&2; return 1; }
+  l=$(leader)
+  [ -n "$l" ] || return 1
+  for ((i = 1; i <= MANAGERS; i++)); do [ "$i" != "$l" ] && { w=$i; break; }; done
+  FO_DIR=$(mktemp -d "$NS_DATA/fo.XXXXXX")
+  write_once "$w" "r$r-pre"
+  [ -f "$FO_DIR/ok.r$r-pre" ] || { log "a write before the kill failed: $(cat "$FO_DIR/err.r$r-pre")"; return 1; }
+  rm -f "$FO_DIR"/ok.*
+  t0=$(now)
+  sh_kill_daemon "$l"
+  engine_rm_node "$(node_id_of "$l")" &   # a manager here runs no task; the kill is the daemon's
+  pids+=($!)
+  while ! compgen -G "$FO_DIR/ok.*" >/dev/null; do
+    if [ "$(since "$t0" | cut -d. -f1)" -ge "$TIMEOUT" ]; then
+      log "no write accepted within $TIMEOUT s"
+      wait "${pids[@]}"
+      return 1
+    fi
+    k=$((k + 1))
+    write_once "$w" "r$r-$k" &
+    pids+=($!)
+    sleep "$WRITE_INTERVAL"
+  done
+  wait "${pids[@]}"   # the writes still in flight complete (or fail) too
+  first=$(cat "$FO_DIR"/ok.* | sort -n | head -1)
+  secs=$(diff_s "$t0" "$first")
+  nfail=$(grep -l failed "$FO_DIR"/err.* 2>/dev/null | wc -l)
+  nl=$(leader)
+  log "round $r: killed leader node-$l; writes via node-$w ($k started, $(ls "$FO_DIR" | grep -c '^ok') accepted, $nfail failed) accepted again after $secs s; new leader node-$nl logged 'become leader' after $(elected_after "$nl" "$t0") s"
+  log "  node-$l as the others see it $(since "$t0") s after the kill: $(nodes_view | awk -v n="node-$l" '$1 == n { print $2, $3 }')"
+  # So that "Reachable again" means something: first wait until the survivors show it
+  # Unreachable (bounded by UNREACHABLE_WAIT seconds; 0 restarts it at once).
+  if [ "$UNREACHABLE_WAIT" -gt 0 ]; then
+    local st t_unr=
+    while :; do
+      st=$(nodes_view | awk -v n="node-$l" '$1 == n { print $2, $3 }')
+      [[ "$st" == *Unreachable* ]] && { t_unr=$(since "$t0"); break; }
+      [ "$(since "$t0" | cut -d. -f1)" -ge "$UNREACHABLE_WAIT" ] && break
+      sleep 0.2
+    done
+    if [ -n "$t_unr" ]; then
+      log "  node-$l shown '$st' by the others $t_unr s after the kill; restarting it"
+    else
+      log "  node-$l still shown '$st' $UNREACHABLE_WAIT s after the kill; restarting it"
+    fi
+  fi
+  for e in "$FO_DIR"/err.*; do
+    [ -s "$e" ] && grep -q failed "$e" && { log "  a failed write: $(tr '\n' ' ' < "$e" | cut -c1-300)"; break; }
+  done
+  ROUND_SECS=$secs
+  rm -rf "$FO_DIR"
+  restart_and_rejoin "$l" || return 1
+  log "  node-$l restarted, Reachable again after $BACK_SECS s"
+}
+
+run_failover() {
+  local r out=()
+  log "failover: $KILLS kills of the leader's daemon (kill -9), writes via a follower every $WRITE_INTERVAL s"
+  for ((r = 1; r <= KILLS; r++)); do
+    failover_round "$r" || { log "failover round $r failed"; break; }
+    out+=("$ROUND_SECS")
+    sleep "$SETTLE"
+  done
+  [ ${#out[@]} -gt 0 ] || return 1
+  local med worst
+  med=$(printf '%s\n' "${out[@]}" | median)
+  worst=$(printf '%s\n' "${out[@]}" | sort -n | tail -1)
+  FAILOVER_RESULT="shoal failover: median $med s, worst $worst s over ${#out[@]} kills (all: ${out[*]})
+  vs Docker Swarm median $SWARM_FAILOVER_MEDIAN s: $(compare "$med" "$SWARM_FAILOVER_MEDIAN"); worst vs worst $SWARM_FAILOVER_WORST s: $(compare "$worst" "$SWARM_FAILOVER_WORST"); goal < 2 s: $(awk -v w="$worst" -v m="$med" 'BEGIN { print (w < 2 ? "met (worst)" : (m < 2 ? "median met, worst not" : "not met")) }')"
+  [ ${#out[@]} = "$KILLS" ] || FAILOVER_RESULT="$FAILOVER_RESULT
+  (only ${#out[@]} of $KILLS rounds completed, see the log above)"
+  echo "$FAILOVER_RESULT"
+}
+
+# ----------------------------------------------------------------------------------------------
+# w: no acknowledged write lost while the leader is killed and restarted
+# ----------------------------------------------------------------------------------------------
+# Background client: numbered writes, one at a time, round-robin over the managers that are alive,
+# until $W_DIR/stop exists. One line per write in $W_DIR/log: "number node rc".
+writer_loop() {
+  local n=0 j=0 t rc tries
+  while [ ! -e "$W_DIR/stop" ]; do
+    tries=0
+    while :; do
+      j=$((j % MANAGERS + 1))
+      sh_alive "$j" && break
+      tries=$((tries + 1))
+      [ $tries -gt "$MANAGERS" ] && { sleep 0.1; tries=0; }
+    done
+    n=$((n + 1))
+    printf '%s' "$n" | timeout "$WRITE_TIMEOUT" docker -H "$(sh_host "$j")" \
+      config create "nw-$n" - >/dev/null 2>>"$W_DIR/err"
+    rc=$?
+    echo "$n $j $rc" >> "$W_DIR/log"
+    [ $rc != 0 ] && echo "  ^ write nw-$n via node-$j rc=$rc at $(date +%T.%N)" >> "$W_DIR/err"
+  done
+}
+
+# Names of the nw-* configs node $1 lists, sorted.
+listed_on() { sh "$1" config ls --format '{{.Name}}' 2>/dev/null | grep '^nw-' | sort; }
+
+run_lost_writes() {
+  local r l nl t0 wpid i acked failed total missing extra worst_missing=0 m
+  log "no lost writes: numbered writes round-robin over the live managers while the leader is killed $W_KILLS times"
+  W_DIR=$(mktemp -d "$NS_DATA/w.XXXXXX")
+  writer_loop &
+  wpid=$!
+  for ((r = 1; r <= W_KILLS; r++)); do
+    wait_until cluster_healthy || { log "cluster not healthy before kill $r"; nodes_view >&2; break; }
+    sleep 1   # writes under a stable leader too
+    l=$(leader)
+    [ -n "$l" ] || { log "no leader before kill $r"; break; }
+    t0=$(now)
+    sh_kill_daemon "$l"
+    # until the survivors name a new leader
+    nl=
+    until [ -n "$nl" ] && [ "$nl" != "$l" ]; do
+      nl=$(leader)
+      [ "$(since "$t0" | cut -d. -f1)" -ge "$TIMEOUT" ] && break
+      sleep 0.1
+    done
+    log "kill $r: leader node-$l killed; node ls names node-${nl:-?} leader after $(since "$t0") s; $(wc -l < "$W_DIR/log") writes so far"
+    restart_and_rejoin "$l" || break
+  done
+  touch "$W_DIR/stop"
+  wait "$wpid"
+  local done_kills=$((r - 1))
+  [ "$done_kills" -gt "$W_KILLS" ] && done_kills=$W_KILLS
+  wait_until cluster_healthy
+  sleep 2
+  total=$(wc -l < "$W_DIR/log")
+  awk '$3 == 0 { print "nw-" $1 }' "$W_DIR/log" | sort > "$W_DIR/acked"
+  awk '$3 != 0 { print "nw-" $1 }' "$W_DIR/log" | sort > "$W_DIR/failed"
+  acked=$(wc -l < "$W_DIR/acked")
+  failed=$(wc -l < "$W_DIR/failed")
+  local per=()
+  for ((i = 1; i <= MANAGERS; i++)); do
+    listed_on "$i" > "$W_DIR/listed.$i" || true
+    missing=$(comm -23 "$W_DIR/acked" "$W_DIR/listed.$i" | wc -l)
+    if [ "$missing" -gt 0 ]; then
+      log "node-$i lacks $missing acknowledged writes; looking again in 10 s"
+      sleep 10
+      listed_on "$i" > "$W_DIR/listed.$i" || true
+      missing=$(comm -23 "$W_DIR/acked" "$W_DIR/listed.$i" | wc -l)
+      if [ "$missing" -gt 0 ]; then
+        log "node-$i: still missing: $(comm -23 "$W_DIR/acked" "$W_DIR/listed.$i" | head -20 | tr '\n' ' ')"
+        for m in $(comm -23 "$W_DIR/acked" "$W_DIR/listed.$i" | head -5); do
+          grep "^${m#nw-} " "$W_DIR/log" | awk '{ printf "    %s was acknowledged by node-%s\n", "nw-" $1, $2 }' >&2
+        done
+      fi
+    fi
+    [ "$missing" -gt "$worst_missing" ] && worst_missing=$missing
+    extra=$(comm -12 "$W_DIR/failed" "$W_DIR/listed.$i" | wc -l)
+    per+=("node-$i: $(wc -l < "$W_DIR/listed.$i") listed, $missing acknowledged missing, $extra unacknowledged present")
+  done
+  if [ "$failed" -gt 0 ]; then
+    log "failed writes (first lines of the client's stderr):"
+    grep -v '^  \^' "$W_DIR/err" | sort | uniq -c | sort -rn | head -5 | sed 's/^/    /' >&2
+  fi
+  LOSTW_RESULT="shoal no-lost-writes: $total writes during $done_kills leader kills, $acked acknowledged, $failed failed (not acknowledged); acknowledged but missing: $worst_missing (goal 0)
+  $(printf '%s; ' "${per[@]}")"
+  echo "$LOSTW_RESULT"
+}
+
+# ----------------------------------------------------------------------------------------------
+# n: node loss
+# ----------------------------------------------------------------------------------------------
+svc_ps() {
+  local m
+  m=$(a_manager) || return 1
+  sh "$m" service ps "$1" "${@:2}" 2>/dev/null
+}
+# Tasks meant to run and running, per node: "node-3 4" lines.
+running_by_node() {
+  svc_ps "$1" --filter desired-state=running --format '{{.Node}} {{.CurrentState}}' |
+    awk '$2 == "Running" { n[$1]++ } END { for (k in n) print k, n[k] }' | sort
+}
+running_total() { running_by_node "$1" | awk '{ s += $2 } END { print s + 0 }'; }
+svc_containers_gone() { [ -z "$(engine ps -aq --filter "label=com.docker.swarm.service.name=$1")" ]; }
+svc_full() { [ "$(running_total "$1")" = "$2" ]; }
+
+node_loss_run() {
+  local run=$1 victim=$NODES m t0 t_down= t_tasks= t_first= st live on_victim rep hist
+  m=$(a_manager)
+  t0=$(now)
+  sh "$m" service create --detach --name "$SVC" --replicas "$REPLICAS" --no-resolve-image \
+    "$IMAGE" sleep 3600 >/dev/null || return 1
+  wait_until svc_full "$SVC" "$REPLICAS" || { log "service did not reach $REPLICAS running"; return 1; }
+  log "run $run: $REPLICAS running after $(since "$t0") s; tasks per node:"
+  running_by_node "$SVC" | sed 's/^/    /' >&2
+  on_victim=$(running_by_node "$SVC" | awk -v n="node-$victim" '$1 == n { print $2 }')
+  sleep 5   # steady state
+  log "run $run: killing worker node-$victim (daemon kill -9, docker rm -f of its ${on_victim:-0} containers)"
+  # The host engine's container events (read only), to tell afterwards who lost containers.
+  local ev=$NS_DATA/events.$run evpid
+  engine events --filter type=container --filter event=die --filter event=destroy \
+    --filter label=com.docker.swarm.node.id \
+    --format '{{.Time}} {{.Action}} {{index .Actor.Attributes "com.docker.swarm.node.id"}}' > "$ev" 2>/dev/null &
+  evpid=$!
+  sleep 0.5
+  t0=$(now)
+  sh_kill_node "$victim"
+  while :; do
+    if [ -z "$t_down" ]; then
+      st=$(nodes_view | awk -v n="node-$victim" '$1 == n { print $2 }')
+      [ "$st" = Down ] && t_down=$(since "$t0")
+    fi
+    live=$(running_by_node "$SVC" | awk -v n="node-$victim" '$1 != n { s += $2 } END { print s + 0 }')
+    [ -z "$t_first" ] && [ "$live" -gt $((REPLICAS - ${on_victim:-0})) ] && t_first=$(since "$t0")
+    if [ "$live" = "$REPLICAS" ]; then
+      t_tasks=$(since "$t0")
+      break
+    fi
+    if [ "$(since "$t0" | cut -d. -f1)" -ge "$TIMEOUT" ]; then
+      log "service did not recover within $TIMEOUT s ($live tasks running on live nodes)"
+      return 1
+    fi
+    sleep 0.2
+  done
+  # Down may come after the tasks ran elsewhere; wait a little for it, for the log.
+  local k
+  for ((k = 0; k < 50; k++)); do
+    [ -n "$t_down" ] && break
+    st=$(nodes_view | awk -v n="node-$victim" '$1 == n { print $2 }')
+    [ "$st" = Down ] && t_down=$(since "$t0")
+    sleep 0.2
+  done
+  rep=$(sh "$(a_manager)" service ls --filter "name=$SVC" --format '{{.Replicas}}' 2>/dev/null)
+  hist=$(svc_ps "$SVC" --format '{{.DesiredState}}' | grep -vc Running)
+  log "run $run: node-$victim Down after ${t_down:-?} s; first replacement running after ${t_first:-?} s; $REPLICAS running on live nodes after $t_tasks s; service ls says $rep; $hist tasks not desired running (expected ${on_victim:-0})"
+  running_by_node "$SVC" | sed 's/^/    /' >&2
+  kill "$evpid" 2>/dev/null
+  wait "$evpid" 2>/dev/null
+  if [ "$hist" -gt "${on_victim:-0}" ]; then
+    log "  note: more tasks were replaced than node-$victim ran; engine container events from the kill on (die/destroy per node):"
+    local i id
+    for ((i = 1; i <= NODES; i++)); do
+      id=$(node_id_of "$i")
+      log "    node-$i: $(awk -v id="$id" '$3 == id { n[$2]++ } END { for (a in n) printf "%s %d  ", a, n[a] }' "$ev")"
+    done
+    log "    other shoal nodes' containers (not this run's: e.g. cargo test): $(awk -v ids="$(for ((i = 1; i <= NODES; i++)); do node_id_of "$i"; done | tr '\n' ' ')" 'BEGIN { split(ids, a, " "); for (k in a) mine[a[k]] = 1 } !($3 in mine) { n[$2]++ } END { for (x in n) printf "%s %d  ", x, n[x] }' "$ev")"
+    log "    replaced tasks: $(svc_ps "$SVC" --filter desired-state=shutdown --format '{{.Node}}: {{.CurrentState}} {{.Error}}' | head -8 | tr '\n' ';')"
+    log "    (cargo test's harness removes every container labelled com.docker.swarm.node.id when a test ends, ours included)"
+  fi
+  NL_SECS=$t_tasks
+  NL_DETAIL="node-$victim had ${on_victim:-0} tasks, Down after ${t_down:-?} s, service ls $rep"
+}
+
+run_node_loss() {
+  local r out=() details=() m
+  log "node-loss: $NL_RUNS runs; service of $REPLICAS x $IMAGE sleep 3600 on $NODES nodes ($MANAGERS managers)"
+  for ((r = 1; r <= NL_RUNS; r++)); do
+    node_loss_run "$r" || { log "node-loss run $r failed"; break; }
+    out+=("$NL_SECS")
+    details+=("$NL_DETAIL")
+    [ "$r" = "$NL_RUNS" ] && break
+    # Next run: no service, the killed worker back.
+    m=$(a_manager)
+    sh "$m" service rm "$SVC" >/dev/null
+    wait_until svc_containers_gone "$SVC" || log "containers of $SVC still there"
+    restart_and_rejoin "$NODES" || break
+    sleep "$SETTLE"
+  done
+  # Resident memory of every daemon here, for the record (not a goal).
+  local i rss=()
+  for ((i = 1; i <= NODES; i++)); do
+    sh_alive "$i" && rss+=("node-$i $(mib "$(rss_kb "$(sh_pid "$i")")")")
+  done
+  log "VmRSS with the service ($REPLICAS tasks): $(printf '%s, ' "${rss[@]}")"
+  [ ${#out[@]} -gt 0 ] || return 1
+  local med OTHERS_NOTE=
+  med=$(printf '%s\n' "${out[@]}" | median)
+  [ -n "$SWARM_NODELOSS_OTHERS" ] && OTHERS_NOTE="; two more Swarm runs: $SWARM_NODELOSS_OTHERS s"
+  NODELOSS_RESULT="shoal node-loss $REPLICAS replicas: ${out[0]} s, median $med s over ${#out[@]} runs (all: ${out[*]}); $NODES nodes = $MANAGERS managers (node-1..$MANAGERS) + $((NODES - MANAGERS)) workers, worker node-$NODES killed
+  ($(printf '%s; ' "${details[@]}"))
+  vs Docker Swarm $SWARM_NODELOSS s: $(compare "$med" "$SWARM_NODELOSS") (median against the first Swarm run$OTHERS_NOTE); goal < 5 s: $(awk -v m="$med" 'BEGIN { print (m < 5 ? "met" : "not met") }')"
+  echo "$NODELOSS_RESULT"
+}
+
+# ----------------------------------------------------------------------------------------------
+# m: resident memory
+# ----------------------------------------------------------------------------------------------
+run_memory() {
+  local t0 idle_m idle_w m_kb w_kb per
+  log "memory: fresh 2-node cluster (node-1 manager, node-2 worker), $MEM_REPLICAS replicas"
+  form_cluster 2 1 || return 1
+  sleep 3
+  idle_m=$(rss_kb "$(sh_pid 1)")
+  idle_w=$(rss_kb "$(sh_pid 2)")
+  log "idle: manager $(mib "$idle_m"), worker $(mib "$idle_w")"
+  t0=$(now)
+  sh 1 service create --detach --name "$MEMSVC" --replicas "$MEM_REPLICAS" --no-resolve-image \
+    "$IMAGE" sleep 3600 >/dev/null || return 1
+  local saved=$TIMEOUT
+  TIMEOUT=$((MEM_REPLICAS * 3 + 60))
+  wait_until svc_full "$MEMSVC" "$MEM_REPLICAS" || {
+    TIMEOUT=$saved
+    log "service did not reach $MEM_REPLICAS running ($(running_total "$MEMSVC"))"
+    return 1
+  }
+  TIMEOUT=$saved
+  log "$MEM_REPLICAS running after $(since "$t0") s"
+  sleep 5
+  per=$(running_by_node "$MEMSVC" | tr '\n' ' ')
+  m_kb=$(rss_kb "$(sh_pid 1)")
+  w_kb=$(rss_kb "$(sh_pid 2)")
+  MEMORY_RESULT="shoal VmRSS, $MEM_REPLICAS tasks spread over 2 nodes ($per): manager node-1 $(mib "$m_kb") (idle $(mib "$idle_m")), worker node-2 $(mib "$w_kb") (idle $(mib "$idle_w"))"
+  echo "$MEMORY_RESULT"
+}
+
+# ----------------------------------------------------------------------------------------------
+FAILOVER_RESULT=
+LOSTW_RESULT=
+NODELOSS_RESULT=
+MEMORY_RESULT=
+ns_create 5 || exit 1
+case $PARTS in *[fwn]*)
+  if form_cluster 5 3; then
+    case $PARTS in *f*) run_failover >/dev/null ;; esac
+    case $PARTS in *w*) run_lost_writes >/dev/null ;; esac
+    case $PARTS in *n*) run_node_loss >/dev/null ;; esac
+  fi
+  reset_cluster ;;
+esac
+case $PARTS in *m*) run_memory >/dev/null ;; esac
+
+echo
+echo "shoal $("$SHOAL" --version 2>/dev/null | awk '{ print $2 }') x 5 daemons in network namespaces on one Docker Engine $(engine version --format '{{.Server.Version}}' 2>/dev/null), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date +%F)"
+echo "Docker Swarm numbers: failover $SWARM_F_SOURCE; node loss $SWARM_N_SOURCE"
+rc=0
+for p in f w n m; do
+  case $PARTS in *$p*) ;; *) continue ;; esac
+  case $p in
+    f) r=$FAILOVER_RESULT ;;
+    w) r=$LOSTW_RESULT ;;
+    n) r=$NODELOSS_RESULT ;;
+    m) r=$MEMORY_RESULT ;;
+  esac
+  if [ -n "$r" ]; then echo "$r"; else echo "part $p: failed, see the log above"; rc=1; fi
+done
+exit $rc

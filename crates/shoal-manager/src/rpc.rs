@@ -1,0 +1,289 @@
+//! What a manager answers on port 2377: the CA (joining and renewing), raft traffic between
+//! managers, and dispatcher sessions. The transport has verified TLS chains; this decides who
+//! may do what with the cluster's state in hand, and logs every refusal with its reason.
+
+use crate::db::{self, Member, Removed, RootCa};
+use crate::session::Dispatcher;
+use futures::future::BoxFuture;
+use shoal_api::id;
+use shoal_api::models::{
+    ManagerStatus, Node, NodeDescription, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum,
+    NodeState, NodeStatus, Reachability, Swarm,
+};
+use shoal_pki::{ClusterCa, JoinToken, NodeIdentity, Role};
+use shoal_rpc::{pb, Handlers, PeerInfo, SessionStream};
+use shoal_store::{Expect, RpcKind, Store};
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::{Status, Streaming};
+
+/// Swarm's default `CAConfig.NodeCertExpiry`: 90 days.
+pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// The manager's RPC handlers.
+pub struct ManagerRpc {
+    /// The replicated store.
+    pub store: Store,
+    /// Sessions (answered only while this manager leads).
+    pub dispatcher: Dispatcher,
+}
+
+fn refuse(peer: &PeerInfo, call: &str, reason: String) -> Status {
+    peer.refuse(call, &reason)
+}
+
+fn cluster(store: &Store) -> Result<Swarm, Status> {
+    db::list::<Swarm>(store)
+        .into_iter()
+        .next()
+        .map(|c| c.obj)
+        .ok_or_else(|| Status::unavailable("this manager has no swarm state yet"))
+}
+
+/// The CA able to sign, from the store.
+pub fn cluster_ca(store: &Store) -> Result<ClusterCa, Status> {
+    let ca = db::get::<RootCa>(store, "root")
+        .ok_or_else(|| Status::unavailable("the cluster CA is not in the store yet"))?;
+    ClusterCa::from_pem_pair(&ca.obj.cert_pem, &ca.obj.key_pem)
+        .map_err(|e| Status::internal(format!("cluster CA: {e}")))
+}
+
+/// How long node certificates are valid (`docker swarm update --cert-expiry`).
+pub fn cert_expiry(c: &Swarm) -> Duration {
+    c.spec
+        .as_ref()
+        .and_then(|s| s.ca_config.as_ref())
+        .and_then(|ca| ca.node_cert_expiry)
+        .filter(|ns| *ns > 0)
+        .map(|ns| Duration::from_nanos(ns as u64))
+        .unwrap_or(DEFAULT_CERT_EXPIRY)
+}
+
+fn not_removed(store: &Store, peer: &PeerInfo, call: &str, node: &str) -> Result<(), Status> {
+    if db::get::<Removed>(store, node).is_some() {
+        return Err(refuse(
+            peer,
+            call,
+            format!("node {node} was removed from the swarm"),
+        ));
+    }
+    Ok(())
+}
+
+impl Handlers for ManagerRpc {
+    fn root_ca(&self) -> Result<String, Status> {
+        Ok(cluster_ca(&self.store)?.cert_pem().to_string())
+    }
+
+    fn issue(
+        &self,
+        peer: PeerInfo,
+        req: pb::IssueRequest,
+    ) -> BoxFuture<'static, Result<pb::IssueResponse, Status>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let ca = cluster_ca(&store)?;
+            let c = cluster(&store)?;
+            let cluster_id = c.id.clone().unwrap_or_default();
+            let expiry = cert_expiry(&c);
+            if peer.leaf().is_some() {
+                // Renewal (or a new role) for a node that already has a certificate.
+                let me = peer.node("issue")?;
+                not_removed(&store, &peer, "issue", &me.node_id)?;
+                let node = db::get::<Node>(&store, &me.node_id).ok_or_else(|| {
+                    refuse(&peer, "issue", format!("node {} is unknown", me.node_id))
+                })?;
+                let role = match node.obj.spec.as_ref().and_then(|s| s.role) {
+                    Some(NodeSpecRoleEnum::MANAGER) => Role::Manager,
+                    _ => Role::Worker,
+                };
+                let ident = NodeIdentity {
+                    node_id: me.node_id.clone(),
+                    role,
+                    cluster_id,
+                };
+                let cert_pem = ca
+                    .issue(&req.csr_pem, &ident, expiry)
+                    .map_err(|e| Status::invalid_argument(format!("CSR: {e}")))?;
+                let raft_id = db::get::<Member>(&store, &me.node_id)
+                    .map(|m| m.obj.raft_id)
+                    .unwrap_or(0);
+                tracing::info!(node = %me.node_id, role = %role, "renewed a node certificate");
+                return Ok(pb::IssueResponse {
+                    node_id: me.node_id,
+                    cert_pem,
+                    ca_pem: ca.cert_pem().to_string(),
+                    role: role_name(role).to_string(),
+                    raft_id,
+                });
+            }
+            let token = JoinToken::parse(&req.token)
+                .map_err(|e| refuse(&peer, "issue", format!("invalid join token: {e}")))?;
+            if !token.matches_ca(ca.cert_pem()) {
+                return Err(refuse(
+                    &peer,
+                    "issue",
+                    "invalid join token: it names another cluster's CA".into(),
+                ));
+            }
+            let tokens = c.join_tokens.clone().unwrap_or_default();
+            let role = if Some(req.token.as_str()) == tokens.manager.as_deref() {
+                Role::Manager
+            } else if Some(req.token.as_str()) == tokens.worker.as_deref() {
+                Role::Worker
+            } else {
+                return Err(refuse(
+                    &peer,
+                    "issue",
+                    "invalid join token: it is not this swarm's current worker or manager token"
+                        .into(),
+                ));
+            };
+            let availability = match req.availability.as_str() {
+                "" | "active" => NodeSpecAvailabilityEnum::ACTIVE,
+                "pause" => NodeSpecAvailabilityEnum::PAUSE,
+                "drain" => NodeSpecAvailabilityEnum::DRAIN,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "Availability: {other:?} is not one of active, pause, drain"
+                    )))
+                }
+            };
+            let description: Option<NodeDescription> = if req.description_json.is_empty() {
+                None
+            } else {
+                serde_json::from_slice(&req.description_json).ok()
+            };
+            let node_id = id::new_id();
+            let seen_ip = peer.remote.map(|a| a.ip().to_string());
+            let advertise = if req.advertise_addr.is_empty() {
+                seen_ip.clone().map(|ip| format!("{ip}:2377"))
+            } else {
+                Some(req.advertise_addr.clone())
+            };
+            let ip = advertise
+                .as_deref()
+                .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
+                .or(seen_ip);
+            let now = id::now();
+            let node = Node {
+                id: Some(node_id.clone()),
+                version: None,
+                created_at: Some(now.clone()),
+                updated_at: Some(now),
+                spec: Some(NodeSpec {
+                    name: None,
+                    labels: Some(HashMap::new()),
+                    role: Some(match role {
+                        Role::Manager => NodeSpecRoleEnum::MANAGER,
+                        Role::Worker => NodeSpecRoleEnum::WORKER,
+                    }),
+                    availability: Some(availability),
+                }),
+                description,
+                status: Some(NodeStatus {
+                    state: Some(NodeState::UNKNOWN),
+                    message: Some("joining".into()),
+                    addr: ip,
+                }),
+                manager_status: (role == Role::Manager).then(|| ManagerStatus {
+                    leader: Some(false),
+                    reachability: Some(Reachability::UNKNOWN),
+                    addr: advertise.clone(),
+                }),
+            };
+            let mut ops = vec![db::put(&node, Expect::Absent).map_err(api_status)?];
+            let mut raft_id = 0;
+            if role == Role::Manager {
+                raft_id = loop {
+                    let r: u64 = rand::random();
+                    if r > 1 {
+                        break r;
+                    }
+                };
+                let member = Member {
+                    node_id: node_id.clone(),
+                    raft_id,
+                    addr: advertise.clone().unwrap_or_default(),
+                };
+                ops.push(db::put(&member, Expect::Absent).map_err(api_status)?);
+            }
+            let ident = NodeIdentity {
+                node_id: node_id.clone(),
+                role,
+                cluster_id,
+            };
+            let cert_pem = ca
+                .issue(&req.csr_pem, &ident, expiry)
+                .map_err(|e| Status::invalid_argument(format!("CSR: {e}")))?;
+            db::write(&store, ops).await.map_err(api_status)?;
+            tracing::info!(node = %node_id, role = %role, addr = ?advertise, "node joined");
+            Ok(pb::IssueResponse {
+                node_id,
+                cert_pem,
+                ca_pem: ca.cert_pem().to_string(),
+                role: role_name(role).to_string(),
+                raft_id,
+            })
+        })
+    }
+
+    fn raft(
+        &self,
+        peer: PeerInfo,
+        kind: RpcKind,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, Status>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let me = peer.manager("raft")?;
+            not_removed(&store, &peer, "raft", &me.node_id)?;
+            // Only raft members talk raft; a store that knows none yet (a manager joining
+            // right now) takes the leader's first messages on the certificate alone.
+            let members = db::list::<Member>(&store);
+            if !members.is_empty() && !members.iter().any(|m| m.obj.node_id == me.node_id) {
+                return Err(refuse(
+                    &peer,
+                    "raft",
+                    format!("node {} is not a raft member of this swarm", me.node_id),
+                ));
+            }
+            store
+                .handle_rpc(kind, &payload)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))
+        })
+    }
+
+    fn session(
+        &self,
+        peer: PeerInfo,
+        inbound: Streaming<pb::AgentMessage>,
+    ) -> BoxFuture<'static, Result<SessionStream, Status>> {
+        let store = self.store.clone();
+        let d = self.dispatcher.clone();
+        Box::pin(async move {
+            let me = peer.node("session")?;
+            not_removed(&store, &peer, "session", &me.node_id)?;
+            d.open(me.node_id, inbound).await
+        })
+    }
+}
+
+fn api_status(e: shoal_api::ApiError) -> Status {
+    match e.status {
+        400 => Status::invalid_argument(e.message),
+        404 => Status::not_found(e.message),
+        409 => Status::already_exists(e.message),
+        503 => Status::unavailable(e.message),
+        _ => Status::internal(e.message),
+    }
+}
+
+/// The role as node.json and the join answer name it.
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Manager => "manager",
+        Role::Worker => "worker",
+    }
+}

@@ -1,0 +1,11 @@
+//! Generates the gRPC code from proto/shoal.proto with protox (no system protoc needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/shoal.proto");
+    let fds = protox::compile(["proto/shoal.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! The node-to-node protocol: gRPC (tonic) over mutual TLS (rustls) on port 2377.
+//!
+//! This crate owns the wire and the TLS plumbing; what each call does is the manager's business,
+//! through [`Handlers`]. Every connection's peer certificate chain reaches the handler as
+//! [`PeerInfo`], so authorization (manager-only calls, removed nodes) is decided with the
+//! cluster's state in hand. Refused handshakes and calls are logged with the reason.
+
+#![warn(missing_docs)]
+
+mod client;
+mod server;
+
+/// The generated protocol types and tonic stubs.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("shoal.v1");
+}
+
+pub use client::{connect, Pool};
+pub use server::{bind, serve, Handlers, PeerInfo, ServerTls, SessionStream};
+
+/// Largest message accepted: whole raft snapshots travel in one message.
+pub const MAX_MESSAGE: usize = 1 << 30;
+
+/// Name every manager certificate carries and every client verifies, as in Swarm.
+pub const MANAGER_NAME: &str = "swarm-manager";
+
+/// Why a connection or call failed, for callers that log or retry.
+#[derive(thiserror::Error, Debug)]
+pub enum RpcError {
+    /// The address is not `host:port`.
+    #[error("bad address {addr:?}: {reason}")]
+    Address {
+        /// The address given.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Listening on the address failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The remote answered with a gRPC error.
+    #[error("{0}")]
+    Status(#[from] tonic::Status),
+    /// The channel could not be set up.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}

@@ -1,0 +1,302 @@
+//! The listening side: TLS handshakes off the accept loop, then tonic with the peer's chain
+//! attached to every request.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use rustls::pki_types::CertificateDer;
+use shoal_pki::{identity_of_der, NodeIdentity, Role};
+use shoal_store::RpcKind;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::pb;
+use crate::{RpcError, MAX_MESSAGE};
+
+/// Who is calling: the socket address and the certificate chain it presented (empty if none).
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// The peer's address.
+    pub remote: Option<SocketAddr>,
+    /// The peer's certificates, leaf first, already verified against the cluster CA.
+    pub certs: Arc<Vec<CertificateDer<'static>>>,
+}
+
+impl PeerInfo {
+    /// The verified leaf certificate, if the peer presented one.
+    pub fn leaf(&self) -> Option<&[u8]> {
+        self.certs.first().map(|c| c.as_ref())
+    }
+
+    /// The node identity in the peer's certificate; refused (and logged) without one.
+    pub fn node(&self, call: &str) -> Result<NodeIdentity, Status> {
+        let Some(leaf) = self.leaf() else {
+            return Err(self.refuse(call, "no client certificate"));
+        };
+        identity_of_der(leaf)
+            .map_err(|e| self.refuse(call, &format!("unreadable node certificate: {e}")))
+    }
+
+    /// The caller's identity, which must be a manager's.
+    pub fn manager(&self, call: &str) -> Result<NodeIdentity, Status> {
+        let id = self.node(call)?;
+        if id.role != Role::Manager {
+            return Err(self.refuse(
+                call,
+                &format!("node {} is a worker; this call is for managers", id.node_id),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Logs a refused call with its reason and builds the answer.
+    pub fn refuse(&self, call: &str, reason: &str) -> Status {
+        tracing::warn!(peer = ?self.remote, call, reason, "refused an RPC");
+        Status::permission_denied(reason.to_string())
+    }
+}
+
+/// The server's TLS settings, swappable while it runs (certificate renewal).
+pub type ServerTls = Arc<parking_lot::RwLock<Arc<rustls::ServerConfig>>>;
+
+/// The stream of messages a session sends to the node.
+pub type SessionStream = BoxStream<'static, Result<pb::ManagerMessage, Status>>;
+
+/// What the manager does with each call; the transport has already verified the TLS chain.
+pub trait Handlers: Send + Sync + 'static {
+    /// The CA certificate PEM, for anyone.
+    fn root_ca(&self) -> Result<String, Status>;
+    /// Signs a node certificate for a token holder or an existing node.
+    fn issue(
+        &self,
+        peer: PeerInfo,
+        req: pb::IssueRequest,
+    ) -> BoxFuture<'static, Result<pb::IssueResponse, Status>>;
+    /// A store message from another manager.
+    fn raft(
+        &self,
+        peer: PeerInfo,
+        kind: RpcKind,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, Status>>;
+    /// A node's dispatcher session.
+    fn session(
+        &self,
+        peer: PeerInfo,
+        inbound: Streaming<pb::AgentMessage>,
+    ) -> BoxFuture<'static, Result<SessionStream, Status>>;
+}
+
+/// A TLS connection that tells tonic who is on the other end.
+struct TlsIo {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for TlsIo {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+fn peer(req_ext: &http::Extensions) -> Result<PeerInfo, Status> {
+    req_ext
+        .get::<PeerInfo>()
+        .cloned()
+        .ok_or_else(|| Status::internal("connection carries no peer information"))
+}
+
+struct Svc(Arc<dyn Handlers>);
+
+#[tonic::async_trait]
+impl pb::ca_server::Ca for Svc {
+    async fn get_root_ca_certificate(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> Result<Response<pb::RootCa>, Status> {
+        Ok(Response::new(pb::RootCa {
+            cert_pem: self.0.root_ca()?,
+        }))
+    }
+
+    async fn issue_node_certificate(
+        &self,
+        req: Request<pb::IssueRequest>,
+    ) -> Result<Response<pb::IssueResponse>, Status> {
+        let p = peer(req.extensions())?;
+        Ok(Response::new(self.0.issue(p, req.into_inner()).await?))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for Svc {
+    async fn call(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let p = peer(req.extensions())?;
+        let m = req.into_inner();
+        let kind = RpcKind::parse(&m.kind).ok_or_else(|| {
+            Status::invalid_argument(format!("unknown raft message {:?}", m.kind))
+        })?;
+        let payload = self.0.raft(p, kind, m.payload).await?;
+        Ok(Response::new(pb::RaftMessage {
+            kind: m.kind,
+            payload,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for Svc {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let p = peer(req.extensions())?;
+        Ok(Response::new(self.0.session(p, req.into_inner()).await?))
+    }
+}
+
+/// Binds the RPC port, so a taken port is reported before anything else starts.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RpcError> {
+    TcpListener::bind(addr).await.map_err(|e| RpcError::Listen {
+        addr: addr.to_string(),
+        source: e,
+    })
+}
+
+/// Serves on `listener` until `stop`; every connection must complete a TLS handshake with `tls`
+/// (which decides whether client certificates are required) within 10 s.
+pub async fn serve(
+    listener: TcpListener,
+    tls: ServerTls,
+    handlers: Arc<dyn Handlers>,
+    stop: CancellationToken,
+) -> Result<(), RpcError> {
+    let addr = listener.local_addr().map_err(|e| RpcError::Listen {
+        addr: "?".into(),
+        source: e,
+    })?;
+    tracing::info!(%addr, "node-to-node RPC listening (mutual TLS)");
+    let (tx, rx) = mpsc::channel::<Result<TlsIo, std::io::Error>>(64);
+    let accept_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = accept_stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            // Read per connection, so a renewed certificate applies to the next handshake.
+            let acceptor = TlsAcceptor::from(tls.read().clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%remote, reason = %e, "refused a TLS connection");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%remote, reason = "handshake timed out", "refused a TLS connection");
+                        return;
+                    }
+                };
+                let certs = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                    .unwrap_or_default();
+                let info = PeerInfo {
+                    remote: Some(remote),
+                    certs: Arc::new(certs),
+                };
+                let _ = tx.send(Ok(TlsIo { inner: tls, info })).await;
+            });
+        }
+    });
+    let svc = Arc::new(Svc(handlers));
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(
+            pb::ca_server::CaServer::from_arc(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            pb::raft_server::RaftServer::from_arc(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            pb::dispatcher_server::DispatcherServer::from_arc(svc)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! Multi-node harness: each node is a real `shoal daemon` in its own network namespace with its
+//! own address (10.99.0.i), data directory and API socket, all sharing the machine's Docker
+//! Engine. The namespaces hang off a bridge in a hub namespace of their own, so the host's
+//! firewall is not involved. A node can be killed (process and containers), restarted, and cut
+//! off from the others.
+
+use super::{engine_containers, images, serial, wait_until};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+const HUB: &str = "shoal-hub";
+const BRIDGE: &str = "shbr0";
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn must(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ns(i: usize) -> String {
+    format!("shoal-n{i}")
+}
+
+/// One node of a [`Cluster`].
+pub struct ClusterNode {
+    /// 1-based index.
+    pub index: usize,
+    /// Its address on the test network.
+    pub ip: String,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Its API socket.
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl ClusterNode {
+    /// The name it shows in `docker node ls`.
+    pub fn name(&self) -> String {
+        format!("node-{}", self.index)
+    }
+
+    /// Runs the docker CLI against this node.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running docker")
+    }
+
+    /// Runs docker and returns stdout, failing the test if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "node {}: docker {} failed: {}",
+            self.index,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Runs docker expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            !out.status.success(),
+            "node {}: docker {} should have failed",
+            self.index,
+            args.join(" ")
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    /// Starts (or restarts) the daemon inside the node's namespace.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        // nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup mounts.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", ns(self.index)))
+            .arg(env!("CARGO_BIN_EXE_shoal"))
+            .args(["daemon", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--hostname", &self.name()])
+            .env("SHOAL_PULL", "never")
+            .env("SHOAL_LOG", "info,shoal_manager=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting shoal daemon");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(20), "daemon socket answers", || {
+            self.docker(&["version"]).status.success()
+        });
+    }
+
+    /// The node's ID (empty before it is in a swarm).
+    pub fn node_id(&self) -> String {
+        self.ok(&["info", "--format", "{{.Swarm.NodeID}}"])
+            .trim()
+            .to_string()
+    }
+
+    /// `kill -9` of the daemon and every container it ran: the whole node is gone.
+    pub fn kill(&mut self) {
+        let id = self.node_id_from_disk();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(id) = id {
+            for (c, _) in engine_containers(&format!("com.docker.swarm.node.id={id}")) {
+                let _ = Command::new("docker")
+                    .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &c])
+                    .output();
+            }
+        }
+    }
+
+    fn node_id_from_disk(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join("data/node.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["node_id"].as_str().map(str::to_string)
+    }
+
+    /// Containers of this node on the engine, running or not, as (id, name).
+    pub fn containers(&self) -> Vec<(String, String)> {
+        match self.node_id_from_disk() {
+            Some(id) => engine_containers(&format!("com.docker.swarm.node.id={id}")),
+            None => Vec::new(),
+        }
+    }
+
+    /// Cuts the node off from every other node (its link to the hub goes down).
+    pub fn cut(&self) {
+        must(&[
+            "-n",
+            HUB,
+            "link",
+            "set",
+            &format!("shh{}", self.index),
+            "down",
+        ]);
+    }
+
+    /// Undoes [`ClusterNode::cut`].
+    pub fn heal(&self) {
+        must(&[
+            "-n",
+            HUB,
+            "link",
+            "set",
+            &format!("shh{}", self.index),
+            "up",
+        ]);
+    }
+
+    /// The daemon log's last lines.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// N nodes on one test network.
+pub struct Cluster {
+    /// The nodes, index 0 is node-1 (10.99.0.1).
+    pub nodes: Vec<ClusterNode>,
+    root: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn teardown_network(max: usize) {
+    for i in 1..=max {
+        ip(&["netns", "del", &ns(i)]);
+    }
+    ip(&["netns", "del", HUB]);
+}
+
+impl Cluster {
+    /// Creates the namespaces and starts `n` daemons (not yet in a swarm).
+    pub fn start(name: &str, n: usize) -> Cluster {
+        images();
+        let serial = serial();
+        teardown_network(9);
+        must(&["netns", "add", HUB]);
+        must(&["-n", HUB, "link", "add", BRIDGE, "type", "bridge"]);
+        must(&["-n", HUB, "link", "set", BRIDGE, "up"]);
+        for i in 1..=n {
+            let node = ns(i);
+            must(&["netns", "add", &node]);
+            must(&["-n", &node, "link", "set", "lo", "up"]);
+            let hub_side = format!("shh{i}");
+            must(&[
+                "-n", HUB, "link", "add", &hub_side, "type", "veth", "peer", "name", "eth0",
+                "netns", &node,
+            ]);
+            must(&["-n", HUB, "link", "set", &hub_side, "master", BRIDGE]);
+            must(&["-n", HUB, "link", "set", &hub_side, "up"]);
+            must(&[
+                "-n",
+                &node,
+                "addr",
+                "add",
+                &format!("10.99.0.{i}/24"),
+                "dev",
+                "eth0",
+            ]);
+            must(&["-n", &node, "link", "set", "eth0", "up"]);
+        }
+        let root =
+            std::env::temp_dir().join(format!("shoal-cluster-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let dir = root.join(format!("node-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut node = ClusterNode {
+                index: i,
+                ip: format!("10.99.0.{i}"),
+                socket: dir.join("docker.sock"),
+                dir,
+                child: None,
+            };
+            node.spawn();
+            nodes.push(node);
+        }
+        Cluster {
+            nodes,
+            root,
+            _serial: serial,
+        }
+    }
+
+    /// Node `i` (1-based).
+    pub fn node(&self, i: usize) -> &ClusterNode {
+        &self.nodes[i - 1]
+    }
+
+    /// Node `i` (1-based), to kill or restart it.
+    pub fn node_mut(&mut self, i: usize) -> &mut ClusterNode {
+        &mut self.nodes[i - 1]
+    }
+
+    /// `swarm init` on node 1 and joins the others: the first `managers` as managers.
+    pub fn form(&self, managers: usize) {
+        let first = self.node(1);
+        first.ok(&["swarm", "init", "--advertise-addr", &first.ip]);
+        let worker = first.ok(&["swarm", "join-token", "-q", "worker"]);
+        let manager = first.ok(&["swarm", "join-token", "-q", "manager"]);
+        for n in &self.nodes[1..] {
+            let token = if n.index <= managers {
+                &manager
+            } else {
+                &worker
+            };
+            n.ok(&[
+                "swarm",
+                "join",
+                "--token",
+                token.trim(),
+                "--advertise-addr",
+                &n.ip,
+                &format!("{}:2377", first.ip),
+            ]);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!(
+                    "---- node-{} daemon log (last lines) ----\n{}",
+                    n.index,
+                    n.log_tail(60)
+                );
+            }
+        }
+        for n in &mut self.nodes {
+            n.heal_quietly();
+            if n.child.is_some() {
+                let _ = n.docker(&["swarm", "leave", "--force"]);
+            }
+            n.kill();
+        }
+        for (id, _) in engine_containers("com.docker.swarm.node.id") {
+            let _ = Command::new("docker")
+                .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &id])
+                .output();
+        }
+        teardown_network(self.nodes.len().max(9));
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+impl ClusterNode {
+    fn heal_quietly(&self) {
+        ip(&[
+            "-n",
+            HUB,
+            "link",
+            "set",
+            &format!("shh{}", self.index),
+            "up",
+        ]);
+    }
+}

@@ -1,0 +1,494 @@
+//! Several nodes, each a real daemon in its own network namespace, driven by the docker CLI:
+//! joining, spreading tasks, losing a node, draining, and managers replacing a lost leader.
+
+mod common;
+
+use common::cluster::{Cluster, ClusterNode};
+use common::{wait_for, wait_until};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// `docker node ls` as name -> (status, availability, manager status).
+fn nodes(n: &ClusterNode) -> HashMap<String, (String, String, String)> {
+    n.ok(&[
+        "node",
+        "ls",
+        "--format",
+        "{{.Hostname}}|{{.Status}}|{{.Availability}}|{{.ManagerStatus}}",
+    ])
+    .lines()
+    .filter_map(|l| {
+        let p: Vec<&str> = l.split('|').collect();
+        (p.len() == 4).then(|| {
+            (
+                p[0].to_string(),
+                (p[1].to_string(), p[2].to_string(), p[3].to_string()),
+            )
+        })
+    })
+    .collect()
+}
+
+/// Waits until `node` is down and the service's running tasks per node satisfy `pred`.
+fn wait_down_and(
+    n: &ClusterNode,
+    node: &str,
+    service: &str,
+    pred: impl Fn(&HashMap<String, usize>) -> bool,
+) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{node} down, tasks moved"),
+        || {
+            let per = running_per_node(n, service);
+            let down = nodes(n).get(node).is_some_and(|x| x.0 == "Down");
+            if down && pred(&per) {
+                Ok(())
+            } else {
+                Err(format!("down={down} {per:?}"))
+            }
+        },
+    );
+}
+
+/// Running tasks of a service per node name.
+fn running_per_node(n: &ClusterNode, service: &str) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for l in n
+        .ok(&[
+            "service",
+            "ps",
+            service,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Node}}|{{.CurrentState}}",
+        ])
+        .lines()
+    {
+        if let Some((node, state)) = l.split_once('|') {
+            if state.starts_with("Running") {
+                *out.entry(node.to_string()).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn workers_join_run_tasks_and_survive_node_loss() {
+    let mut c = Cluster::start("workers", 3);
+    let n1 = c.node(1);
+    n1.ok(&["swarm", "init", "--advertise-addr", &n1.ip]);
+    let worker = n1.ok(&["swarm", "join-token", "-q", "worker"]);
+    let worker = worker.trim().to_string();
+    let shown = n1.ok(&["swarm", "join-token", "worker"]);
+    assert!(
+        shown.contains(&format!(
+            "docker swarm join --token {worker} 10.99.0.1:2377"
+        )),
+        "{shown}"
+    );
+
+    // Refused: a token with the right CA but a made-up secret, and one naming another CA.
+    let (prefix, _) = worker.rsplit_once('-').unwrap();
+    let forged = format!("{prefix}-{}", "0".repeat(25));
+    let e = c
+        .node(2)
+        .fails(&["swarm", "join", "--token", &forged, "10.99.0.1:2377"]);
+    assert!(e.contains("join token"), "{e}");
+    let other_ca = format!(
+        "SWMTKN-1-{}-{}",
+        "1".repeat(50),
+        worker.rsplit_once('-').unwrap().1
+    );
+    let e = c
+        .node(2)
+        .fails(&["swarm", "join", "--token", &other_ca, "10.99.0.1:2377"]);
+    assert!(
+        e.to_lowercase().contains("could not join") || e.contains("CA"),
+        "{e}"
+    );
+    assert!(
+        c.node(1).log_tail(200).contains("refused"),
+        "refusal logged with its reason"
+    );
+
+    for i in [2, 3] {
+        let n = c.node(i);
+        n.ok(&[
+            "swarm",
+            "join",
+            "--token",
+            &worker,
+            "--advertise-addr",
+            &n.ip,
+            "10.99.0.1:2377",
+        ]);
+    }
+    wait_for(Duration::from_secs(20), "three ready nodes", || {
+        let ls = nodes(c.node(1));
+        let ready = ls.values().filter(|(s, _, _)| s == "Ready").count();
+        if ready == 3 && ls.get("node-1").is_some_and(|n| n.2 == "Leader") {
+            Ok(())
+        } else {
+            Err(format!("{ls:?}"))
+        }
+    });
+    // A worker is not a manager.
+    let e = c.node(2).fails(&["node", "ls"]);
+    assert!(e.contains("not a swarm manager"), "{e}");
+    let info = c.node(2).ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ]);
+    assert_eq!(info.trim(), "active false");
+
+    // Tasks spread over the three nodes.
+    c.node(1).ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "spread",
+        "--replicas",
+        "6",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    wait_for(
+        Duration::from_secs(60),
+        "6 tasks running, 2 per node",
+        || {
+            let per = running_per_node(c.node(1), "spread");
+            if per.len() == 3 && per.values().all(|n| *n == 2) {
+                Ok(())
+            } else {
+                Err(format!("{per:?}"))
+            }
+        },
+    );
+
+    // Node 3 dies with its containers: it is marked down and its tasks run elsewhere.
+    let lost = Instant::now();
+    c.node_mut(3).kill();
+    wait_down_and(c.node(1), "node-3", "spread", |per| {
+        per.values().sum::<usize>() == 6 && !per.contains_key("node-3")
+    });
+    eprintln!("node loss: 6/6 running again after {:?}", lost.elapsed());
+
+    // It comes back: ready again, and it runs none of its old tasks (no 7th replica).
+    c.node_mut(3).spawn();
+    wait_until(Duration::from_secs(30), "node-3 ready again", || {
+        nodes(c.node(1))
+            .get("node-3")
+            .is_some_and(|n| n.0 == "Ready")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let running_on_3 = c
+        .node(3)
+        .containers()
+        .into_iter()
+        .filter(|(id, _)| {
+            let out = std::process::Command::new("docker")
+                .args([
+                    "-H",
+                    "unix:///var/run/docker.sock",
+                    "inspect",
+                    "-f",
+                    "{{.State.Running}}",
+                    id,
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "true"
+        })
+        .count();
+    assert_eq!(
+        running_on_3, 0,
+        "stale tasks on the returning node are not running"
+    );
+    assert_eq!(
+        running_per_node(c.node(1), "spread")
+            .values()
+            .sum::<usize>(),
+        6
+    );
+
+    // Drain node 2: its tasks move to node 1 (node 3 is active again and may take some too).
+    c.node(1)
+        .ok(&["node", "update", "--availability", "drain", "node-2"]);
+    wait_for(Duration::from_secs(30), "node-2 drained", || {
+        let per = running_per_node(c.node(1), "spread");
+        if !per.contains_key("node-2") && per.values().sum::<usize>() == 6 {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+    assert_eq!(nodes(c.node(1))["node-2"].1, "Drain");
+
+    c.node(1)
+        .ok(&["node", "update", "--availability", "active", "node-2"]);
+
+    // Roles: the last manager cannot go; a promoted worker joins raft; demoted, it leaves it.
+    let e = c.node(1).fails(&["node", "demote", "node-1"]);
+    assert!(e.contains("last manager"), "{e}");
+    c.node(1).ok(&["node", "promote", "node-2"]);
+    wait_for(
+        Duration::from_secs(30),
+        "node-2 a reachable manager",
+        || {
+            let ls = nodes(c.node(1));
+            if ls.get("node-2").is_some_and(|n| n.2 == "Reachable") {
+                Ok(())
+            } else {
+                Err(format!("{ls:?}"))
+            }
+        },
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "node-2 answers as a manager",
+        || c.node(2).docker(&["node", "ls"]).status.success(),
+    );
+    let e = c.node(1).fails(&["node", "rm", "node-2"]);
+    assert!(e.contains("demoted"), "{e}");
+    c.node(1).ok(&["node", "demote", "node-2"]);
+    wait_for(Duration::from_secs(30), "node-2 a worker again", || {
+        let ls = nodes(c.node(1));
+        let out = c.node(2).docker(&["node", "ls"]);
+        if ls.get("node-2").is_some_and(|n| n.2.is_empty()) && !out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{ls:?}"))
+        }
+    });
+
+    // A removed node's certificate is refused when it comes back.
+    let e = c.node(1).fails(&["node", "rm", "node-3"]);
+    assert!(e.contains("not down"), "{e}");
+    c.node_mut(3).kill();
+    wait_until(Duration::from_secs(20), "node-3 down", || {
+        nodes(c.node(1))
+            .get("node-3")
+            .is_some_and(|n| n.0 == "Down")
+    });
+    c.node(1).ok(&["node", "rm", "node-3"]);
+    c.node_mut(3).spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "the removed node is refused",
+        || {
+            c.node(1)
+                .log_tail(400)
+                .contains("was removed from the swarm")
+        },
+    );
+    assert!(!nodes(c.node(1)).contains_key("node-3"));
+
+    // A worker leaves; its containers go with it.
+    c.node(2).ok(&["swarm", "leave"]);
+    wait_until(Duration::from_secs(20), "node-2 containers removed", || {
+        c.node(2).containers().is_empty()
+    });
+    wait_for(Duration::from_secs(30), "6 running on node-1", || {
+        let per = running_per_node(c.node(1), "spread");
+        if per.get("node-1") == Some(&6) {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+    c.node(1).ok(&["service", "rm", "spread"]);
+}
+
+#[test]
+fn managers_replicate_and_replace_a_lost_leader() {
+    let mut c = Cluster::start("managers", 3);
+    c.form(3);
+    wait_for(
+        Duration::from_secs(30),
+        "three managers, one leader",
+        || {
+            let ls = nodes(c.node(1));
+            let leaders = ls.values().filter(|n| n.2 == "Leader").count();
+            let reachable = ls.values().filter(|n| n.2 == "Reachable").count();
+            if leaders == 1 && reachable == 2 {
+                Ok(())
+            } else {
+                Err(format!("{ls:?}"))
+            }
+        },
+    );
+    // Any manager answers, with the same state.
+    c.node(2).ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    let ls3 = c.node(3).ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert!(
+        ls3.contains("web"),
+        "a follower reads its own write's result: {ls3}"
+    );
+    wait_for(Duration::from_secs(60), "3 running", || {
+        let per = running_per_node(c.node(1), "web");
+        if per.values().sum::<usize>() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+
+    // The leader (node 1) dies: the others elect a new one and keep taking writes.
+    let t = Instant::now();
+    c.node_mut(1).kill();
+    wait_until(Duration::from_secs(20), "a write is accepted again", || {
+        c.node(2)
+            .docker(&["service", "update", "-d", "--label-add", "k=v", "web"])
+            .status
+            .success()
+    });
+    eprintln!("leader loss: write accepted after {:?}", t.elapsed());
+    wait_for(
+        Duration::from_secs(30),
+        "node-1 down, 3 running elsewhere",
+        || {
+            let per = running_per_node(c.node(2), "web");
+            let ls = nodes(c.node(2));
+            let n1 = ls.get("node-1").cloned().unwrap_or_default();
+            if n1.0 == "Down"
+                && n1.2 == "Unreachable"
+                && per.values().sum::<usize>() == 3
+                && !per.contains_key("node-1")
+            {
+                Ok(())
+            } else {
+                Err(format!("{ls:?} {per:?}"))
+            }
+        },
+    );
+
+    // Two of three gone: no quorum, writes fail clearly, the last tasks keep running.
+    c.node_mut(2).kill();
+    let e = c.node(3).fails(&["service", "scale", "-d", "web=5"]);
+    assert!(e.contains("quorum") || e.contains("leader"), "{e}");
+    assert!(!c.node(3).containers().is_empty());
+
+    // The survivor recovers the swarm from its own state.
+    c.node(3).ok(&["swarm", "init", "--force-new-cluster"]);
+    c.node(3).ok(&["service", "scale", "-d", "web=5"]);
+    wait_for(Duration::from_secs(60), "5 running on node-3", || {
+        let per = running_per_node(c.node(3), "web");
+        if per.get("node-3") == Some(&5) {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+    let ls = nodes(c.node(3));
+    assert_eq!(ls["node-3"].2, "Leader", "{ls:?}");
+    assert_eq!(ls["node-2"].0, "Down", "{ls:?}");
+    // An old manager that comes back is told it is a worker now, and the new leader stays.
+    c.node_mut(2).spawn();
+    wait_for(Duration::from_secs(30), "node-2 back as a worker", || {
+        let ls = nodes(c.node(3));
+        let n2 = ls.get("node-2").cloned().unwrap_or_default();
+        let out = c.node(2).docker(&["node", "ls"]);
+        if n2.0 == "Ready" && n2.2.is_empty() && !out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{ls:?}"))
+        }
+    });
+    assert_eq!(nodes(c.node(3))["node-3"].2, "Leader");
+    c.node(3).ok(&["service", "rm", "web"]);
+}
+
+#[test]
+fn a_partitioned_worker_is_marked_down_and_comes_back() {
+    let c = Cluster::start("partition", 2);
+    c.form(1);
+    c.node(1)
+        .ok(&["swarm", "update", "--dispatcher-heartbeat", "1s"]);
+    let hb = c.node(1).ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}",
+    ]);
+    assert_eq!(hb.trim(), "1s", "heartbeat period stored");
+    c.node(1).ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "p",
+        "--replicas",
+        "4",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    wait_for(Duration::from_secs(60), "2 running per node", || {
+        let per = running_per_node(c.node(1), "p");
+        if per.get("node-1") == Some(&2) && per.get("node-2") == Some(&2) {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+
+    // Cut off (no connection reset: only missing heartbeats tell): down after 3 periods.
+    let t = Instant::now();
+    c.node(2).cut();
+    wait_down_and(c.node(1), "node-2", "p", |per| {
+        per.get("node-1") == Some(&4)
+    });
+    eprintln!(
+        "partition: node-2 down and tasks moved after {:?}",
+        t.elapsed()
+    );
+    // Its containers still run meanwhile: it cannot know yet.
+    assert!(!c.node(2).containers().is_empty());
+
+    // Healed: it reconnects, is ready again, and stops the tasks that were replaced.
+    c.node(2).heal();
+    wait_until(Duration::from_secs(30), "node-2 ready again", || {
+        nodes(c.node(1))
+            .get("node-2")
+            .is_some_and(|n| n.0 == "Ready")
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "stale tasks on node-2 stopped",
+        || {
+            c.node(2).containers().into_iter().all(|(id, _)| {
+                let out = std::process::Command::new("docker")
+                    .args([
+                        "-H",
+                        "unix:///var/run/docker.sock",
+                        "inspect",
+                        "-f",
+                        "{{.State.Running}}",
+                        &id,
+                    ])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim() != "true"
+            })
+        },
+    );
+    let per = running_per_node(c.node(1), "p");
+    assert_eq!(per.values().sum::<usize>(), 4, "{per:?}");
+    c.node(1).ok(&["service", "rm", "p"]);
+}
