@@ -87,7 +87,13 @@ impl Handlers for ManagerRpc {
             let cluster_id = c.id.clone().unwrap_or_default();
             let expiry = cert_expiry(&c);
             if peer.leaf().is_some() {
-                // Renewal (or a new role) for a node that already has a certificate.
+                // Renewal (or a new role) for a node that already has a certificate. A leader
+                // that a quorum does not confirm has a stale view of roles: not from it.
+                if store.is_leader() && !store.confirm_leader(Duration::from_secs(1)).await {
+                    return Err(Status::unavailable(
+                        "this manager cannot confirm its leadership; ask another manager",
+                    ));
+                }
                 let me = peer.node("issue")?;
                 not_removed(&store, &peer, "issue", &me.node_id)?;
                 let node = db::get::<Node>(&store, &me.node_id).ok_or_else(|| {

@@ -171,6 +171,18 @@ fn workers_join_run_tasks_and_survive_node_loss() {
         },
     );
 
+    // Per-node views: a node's tasks, and the human-readable inspect.
+    let ps3 = c
+        .node(1)
+        .ok(&["node", "ps", "node-3", "--format", "{{.Name}} {{.Node}}"]);
+    assert_eq!(ps3.lines().count(), 2, "{ps3}");
+    assert!(ps3.lines().all(|l| l.ends_with(" node-3")), "{ps3}");
+    let pretty = c.node(1).ok(&["node", "inspect", "--pretty", "node-1"]);
+    assert!(
+        pretty.contains("Manager Status:") && pretty.contains("Leader"),
+        "{pretty}"
+    );
+
     // Node 3 dies with its containers: it is marked down and its tasks run elsewhere.
     let lost = Instant::now();
     c.node_mut(3).kill();

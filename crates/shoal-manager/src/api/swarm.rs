@@ -739,6 +739,8 @@ pub async fn start_node(
         let m = Manager::start(&d.data_dir, identity.clone(), cert, bootstrap).await?;
         manager = Some(Arc::new(m));
     }
+    // Published before the session starts: a role change it reports must find the manager.
+    *d.manager.write().await = manager.clone();
     let session = match NodeSession::start(
         &d.data_dir,
         &identity,
@@ -751,6 +753,7 @@ pub async fn start_node(
     {
         Ok(s) => s,
         Err(e) => {
+            *d.manager.write().await = None;
             if let Some(m) = manager {
                 m.shutdown().await;
             }
@@ -759,7 +762,6 @@ pub async fn start_node(
     };
     tokio::spawn(renewal_loop(Arc::downgrade(d), session.stopped()));
     *d.node.write().await = Some((identity, Arc::new(session)));
-    *d.manager.write().await = manager;
     Ok(())
 }
 
@@ -780,9 +782,17 @@ fn role_watcher(d: &AppState) -> crate::session::OnRole {
     Box::new(move |role, raft_id| {
         let Some(d) = weak.upgrade() else { return };
         tokio::spawn(async move {
-            if let Err(e) = change_role(&d, &role, raft_id).await {
-                tracing::error!(error = %e, %role, "changing this node's role");
+            // The managers may be electing a leader right now: retry for a while.
+            for attempt in 1..=20u32 {
+                match change_role(&d, &role, raft_id).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %role, attempt, "changing this node's role")
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
+            tracing::error!(%role, "gave up changing this node's role; restart the daemon to retry");
         });
     })
 }
@@ -799,7 +809,7 @@ async fn change_role(d: &AppState, role: &str, raft_id: u64) -> std::result::Res
     tracing::info!(from = %identity.role, to = %role, "the swarm changed this node's role");
     let dir = certs_dir(&d.data_dir);
     let old = NodeCert::load(&dir).map_err(|e| e.to_string())?;
-    let (cert, issued) = renew_certificate(&identity, &old).await?;
+    let (cert, issued) = renew_certificate(&identity, &old, Some(role)).await?;
     if issued.role != role {
         return Err(format!(
             "the managers issued a {} certificate, not {role}; will retry on the next change",
@@ -830,6 +840,7 @@ async fn change_role(d: &AppState, role: &str, raft_id: u64) -> std::result::Res
 async fn renew_certificate(
     identity: &Identity,
     old: &NodeCert,
+    want_role: Option<&str>,
 ) -> std::result::Result<(NodeCert, shoal_rpc::pb::IssueResponse), String> {
     let tls = shoal_pki::client_config(old).map_err(|e| e.to_string())?;
     let key = NodeKey::generate().map_err(|e| e.to_string())?;
@@ -851,6 +862,11 @@ async fn renew_certificate(
         match r {
             Ok(r) => {
                 let issued = r.into_inner();
+                // A manager with a stale copy of the state may still see the old role.
+                if want_role.is_some_and(|w| w != issued.role) {
+                    last = format!("{addr} issued a {} certificate", issued.role);
+                    continue;
+                }
                 let cert = key
                     .into_node_cert(issued.cert_pem.clone(), issued.ca_pem.clone())
                     .map_err(|e| e.to_string())?;
@@ -882,7 +898,7 @@ async fn renewal_loop(
             continue;
         }
         let _lock = d.lifecycle.lock().await;
-        match renew_certificate(&identity, &cert).await {
+        match renew_certificate(&identity, &cert, None).await {
             Ok((new, _)) => {
                 if let Err(e) = new.save(&dir) {
                     tracing::error!(error = %e, "saving the renewed certificate");

@@ -300,7 +300,7 @@ impl Drop for Cluster {
                 eprintln!(
                     "---- node-{} daemon log (last lines) ----\n{}",
                     n.index,
-                    n.log_tail(60)
+                    n.log_tail(80)
                 );
             }
         }
