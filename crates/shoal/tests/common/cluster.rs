@@ -134,6 +134,9 @@ impl ClusterNode {
             let _ = c.wait();
         }
         if let Some(id) = id {
+            // A killed daemon leaves its network plugin's socket behind.
+            let short: String = id.chars().take(12).collect();
+            let _ = std::fs::remove_file(format!("/run/docker/plugins/shoal-{short}.sock"));
             for (c, _) in engine_containers(&format!("com.docker.swarm.node.id={id}")) {
                 let _ = Command::new("docker")
                     .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &c])
