@@ -60,37 +60,37 @@ impl<'a> Payloads<'a> {
 
     fn secret(&mut self, id: &str) -> Option<FilePayload> {
         let store = self.store;
-        self.secrets
-            .entry(id.to_string())
-            .or_insert_with(|| {
-                db::get::<Secret>(store, id).map(|s| {
-                    let spec = s.obj.spec.unwrap_or_default();
-                    FilePayload {
-                        id: id.to_string(),
-                        name: spec.name.unwrap_or_default(),
-                        data: decode(spec.data.as_deref()),
-                    }
-                })
-            })
-            .clone()
+        cached(&mut self.secrets, id, || {
+            let spec = db::get::<Secret>(store, id)?.obj.spec.unwrap_or_default();
+            Some((spec.name, spec.data))
+        })
     }
 
     fn config(&mut self, id: &str) -> Option<FilePayload> {
         let store = self.store;
-        self.configs
-            .entry(id.to_string())
-            .or_insert_with(|| {
-                db::get::<Config>(store, id).map(|c| {
-                    let spec = c.obj.spec.unwrap_or_default();
-                    FilePayload {
-                        id: id.to_string(),
-                        name: spec.name.unwrap_or_default(),
-                        data: decode(spec.data.as_deref()),
-                    }
-                })
-            })
-            .clone()
+        cached(&mut self.configs, id, || {
+            let spec = db::get::<Config>(store, id)?.obj.spec.unwrap_or_default();
+            Some((spec.name, spec.data))
+        })
     }
+}
+
+/// A payload from the cache, or read once through `read` (name and base64 data).
+fn cached(
+    cache: &mut HashMap<String, Option<FilePayload>>,
+    id: &str,
+    read: impl FnOnce() -> Option<(Option<String>, Option<String>)>,
+) -> Option<FilePayload> {
+    cache
+        .entry(id.to_string())
+        .or_insert_with(|| {
+            read().map(|(name, data)| FilePayload {
+                id: id.to_string(),
+                name: name.unwrap_or_default(),
+                data: decode(data.as_deref()),
+            })
+        })
+        .clone()
 }
 
 /// One node's assignments: `tasks` are the tasks assigned to it (any order).

@@ -4,7 +4,7 @@
 //! firewall is not involved. A node can be killed (process and containers), restarted, and cut
 //! off from the others.
 
-use super::{engine_containers, images, serial, wait_until};
+use super::{docker_at, engine_containers, expect_failure, expect_ok, images, serial, wait_until};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::MutexGuard;
@@ -57,38 +57,17 @@ impl ClusterNode {
 
     /// Runs the docker CLI against this node.
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running docker")
+        docker_at(&self.socket, args)
     }
 
     /// Runs docker and returns stdout, failing the test if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "node {}: docker {} failed: {}",
-            self.index,
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        expect_ok(self.docker(args), args)
     }
 
     /// Runs docker expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            !out.status.success(),
-            "node {}: docker {} should have failed",
-            self.index,
-            args.join(" ")
-        );
-        String::from_utf8_lossy(&out.stderr).to_string()
+        expect_failure(self.docker(args), args)
     }
 
     /// Starts (or restarts) the daemon inside the node's namespace.

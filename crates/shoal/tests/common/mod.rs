@@ -94,36 +94,17 @@ impl Node {
 
     /// Runs the docker CLI against this node.
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .args(args)
-            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
-            .current_dir(repo())
-            .stdin(Stdio::null())
-            .output()
-            .expect("running docker")
+        docker_at(&self.socket, args)
     }
 
     /// Runs the docker CLI and returns stdout, failing the test on a non-zero exit.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        expect_ok(self.docker(args), args)
     }
 
     /// Runs the docker CLI expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            !out.status.success(),
-            "docker {args:?} unexpectedly succeeded: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).to_string()
+        expect_failure(self.docker(args), args)
     }
 
     /// `REPLICAS` column of `docker service ls` for a service.
@@ -210,6 +191,38 @@ pub fn engine_containers(label: &str) -> Vec<(String, String)> {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
         })
         .collect()
+}
+
+/// Runs the docker CLI against the shoal API socket at `socket`.
+pub fn docker_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running docker")
+}
+
+/// stdout of a docker run that must have succeeded.
+pub fn expect_ok(out: Output, args: &[&str]) -> String {
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// stderr of a docker run that must have failed.
+pub fn expect_failure(out: Output, args: &[&str]) -> String {
+    assert!(
+        !out.status.success(),
+        "docker {args:?} unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
 }
 
 /// Polls `f` until true, or fails the test after `limit`.
