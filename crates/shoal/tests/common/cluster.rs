@@ -272,6 +272,16 @@ impl Cluster {
                 &format!("{}:2377", first.ip),
             ]);
         }
+        // Tasks are not rebalanced later, so tests start once every node can take some.
+        let n = self.nodes.len();
+        wait_until(Duration::from_secs(30), "every node ready", || {
+            first
+                .ok(&["node", "ls", "--format", "{{.Status}}"])
+                .lines()
+                .filter(|l| l.trim() == "Ready")
+                .count()
+                == n
+        });
     }
 }
 
