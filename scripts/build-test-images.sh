@@ -2,14 +2,18 @@
 # Builds the local test images (no registry is reachable): a busybox image from Debian's
 # busybox-static, and on top of it an HTTP responder that answers with its hostname.
 #   shoal-test/busybox:latest   sh, wget, nslookup, nc, ... with glibc NSS so names resolve
-#   shoal-test/web:latest       `web-serve`: httpd on $PORT (default 80) serving its hostname
-# Idempotent: an image that already exists is rebuilt only with --force.
+#   shoal-test/web:latest       `web-serve`: httpd on $PORT (default 80) serving its hostname,
+#                               and on /cgi-bin/whoami "<hostname> <client address>"
+# Idempotent: an image that already exists at the current version is rebuilt only with --force.
 set -euo pipefail
 
 force=0
 [ "${1:-}" = "--force" ] && force=1
 
+# Bump when an image's content changes, so machines holding an older build rebuild it.
+WEB_VERSION=2
 have() { docker image inspect "$1" >/dev/null 2>&1; }
+version_of() { docker image inspect -f '{{index .Config.Labels "shoal.test.version"}}' "$1" 2>/dev/null || true; }
 
 bb=$(command -v busybox || true)
 if [ -z "$bb" ] || ! "$bb" --list >/dev/null 2>&1; then
@@ -47,15 +51,18 @@ if [ $force = 1 ] || ! have shoal-test/busybox:latest; then
   echo "built shoal-test/busybox:latest"
 fi
 
-if [ $force = 1 ] || ! have shoal-test/web:latest; then
+if [ $force = 1 ] || [ "$(version_of shoal-test/web:latest)" != "$WEB_VERSION" ]; then
   build_busybox_root "$root/web"
   cat > "$root/web/bin/web-serve" <<'SH'
 #!/bin/sh
 # Answers every GET with this container's hostname (and, on /env, its environment).
 port=${PORT:-80}
-mkdir -p /www
+mkdir -p /www/cgi-bin
 hostname > /www/index.html
 env > /www/env
+# The client's address as the task sees it (the routing mesh should not hide it).
+printf '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n%%s %%s\\n" "$(hostname)" "$REMOTE_ADDR"\n' > /www/cgi-bin/whoami
+chmod 755 /www/cgi-bin/whoami
 # httpd as PID 1 would ignore SIGTERM; exit promptly on it as a well-behaved service does.
 httpd -f -p "$port" -h /www &
 pid=$!
@@ -67,6 +74,7 @@ SH
     --change 'CMD ["/bin/web-serve"]' \
     --change 'ENV PATH=/bin' \
     --change 'EXPOSE 80' \
+    --change "LABEL shoal.test.version=$WEB_VERSION" \
     - shoal-test/web:latest >/dev/null
   echo "built shoal-test/web:latest"
 fi

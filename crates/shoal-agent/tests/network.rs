@@ -149,6 +149,8 @@ fn spec(tag: &str, name: &str, subnet: ipnet::Ipv4Net, internal: bool) -> Networ
         subnet,
         gateway: host(subnet, 1),
         internal,
+        vni: 0,
+        ingress: false,
     }
 }
 
@@ -437,6 +439,7 @@ async fn vip_dns_published_ports_isolation_and_cleanup() {
     world
         .run(move |agent, _tag| async move {
             let table = |web2_healthy: bool, web1_healthy: bool| RoutingTable {
+                peers: Default::default(),
                 services: vec![route(
                     "web",
                     &a,
@@ -664,6 +667,7 @@ async fn internal_network_dnsrr_tcp_dns_and_remove_network() {
     world
         .run(move |agent, _| async move {
             let table = RoutingTable {
+                peers: Default::default(),
                 services: vec![route("db", &net, None, true, &[(t1, true), (t2, true)])],
                 published: vec![],
             };

@@ -67,6 +67,24 @@ pub struct NetworkInfo {
     pub internal: bool,
     /// The routing mesh's network.
     pub ingress: bool,
+    /// VXLAN network identifier that carries the network between nodes.
+    #[serde(default)]
+    pub vni: u32,
+    /// The other nodes that carry the network, with their tasks' addresses on it, so the node
+    /// can reach them over VXLAN without flooding ARP.
+    #[serde(default)]
+    pub peers: Vec<OverlayPeer>,
+}
+
+/// Another node on an overlay network: where its VXLAN endpoint is and which addresses live there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayPeer {
+    /// The node's ID (names its bridge's MAC address on every overlay).
+    pub node_id: String,
+    /// The node's address, where its VXLAN packets go (UDP 4789).
+    pub addr: Ipv4Addr,
+    /// Addresses of that node's live tasks on the network.
+    pub endpoints: Vec<Ipv4Addr>,
 }
 
 /// How a service answers on one network.

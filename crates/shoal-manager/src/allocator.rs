@@ -23,6 +23,40 @@ pub fn network_subnet(n: &Network) -> Option<(Ipv4Cidr, Ipv4Addr)> {
     Some((subnet, gateway))
 }
 
+/// Docker's driver option holding an overlay network's VXLAN ID.
+pub const VNI_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
+/// The first VXLAN ID user networks get (ingress has 4096, as in Swarm).
+pub const FIRST_VNI: u32 = 4097;
+
+/// The VXLAN ID of a swarm network: the one recorded at creation, or for a network stored
+/// without one, a stable ID derived from its ID (above the range creation hands out).
+pub fn network_vni(n: &Network) -> u32 {
+    if let Some(v) = n
+        .options
+        .as_ref()
+        .and_then(|o| o.get(VNI_OPTION))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|v| *v > 0 && *v < (1 << 24))
+    {
+        return v;
+    }
+    let id = n.id.as_deref().unwrap_or_default();
+    // FNV-1a, folded into the upper half of the 24-bit VNI space.
+    let h = id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    (1 << 23) | (h & 0x7f_ffff)
+}
+
+/// The lowest VXLAN ID no network uses yet.
+pub fn free_vni(state: &ClusterState) -> u32 {
+    let used: HashSet<u32> = state.networks.iter().map(|n| network_vni(&n.obj)).collect();
+    (FIRST_VNI..)
+        .find(|v| !used.contains(v))
+        .unwrap_or(FIRST_VNI)
+}
+
 /// Addresses in use on each network: gateways, VIPs and task addresses.
 #[derive(Debug, Default)]
 pub struct Ipam {

@@ -1,13 +1,13 @@
 //! The dispatcher: turns the store into each node's assignments, and agents' status reports into
 //! store writes. In-process today; the node-to-node RPC carries the same messages later.
 
-use crate::allocator::network_subnet;
+use crate::allocator::{network_subnet, network_vni};
 use crate::db::{self, Versioned};
 use crate::state::{ClusterState, Delta, LiveState, SharedReader, SharedState};
 use base64::Engine as _;
 use shoal_api::dispatch::{
-    FilePayload, NetworkInfo, NodeAssignments, PublishedPort, ServiceRoute, TaskEndpoint,
-    TaskStatusReport,
+    FilePayload, NetworkInfo, NodeAssignments, OverlayPeer, PublishedPort, ServiceRoute,
+    TaskEndpoint, TaskStatusReport,
 };
 use shoal_api::models::{
     Config, EndpointPortConfigPublishModeEnum, EndpointSpecModeEnum, Secret, TaskState,
@@ -150,6 +150,10 @@ fn fill(
         .collect();
     secrets.sort_by(|a, b| a.id.cmp(&b.id));
     configs.sort_by(|a, b| a.id.cmp(&b.id));
+    // The routing mesh: every node answers published ports, so every node carries ingress.
+    if let Some(ingress) = &routing.mesh {
+        net_ids.insert(ingress.clone(), ());
+    }
     let mut networks = Vec::new();
     for n in &state.networks {
         let Some(id) = n.obj.id.clone() else { continue };
@@ -157,6 +161,7 @@ fn fill(
             continue;
         }
         if let Some((subnet, gateway)) = network_subnet(&n.obj) {
+            let peers = routing.peers(&id, node_id);
             networks.push(NetworkInfo {
                 id,
                 name: n.obj.name.clone().unwrap_or_default(),
@@ -164,6 +169,8 @@ fn fill(
                 gateway,
                 internal: n.obj.internal.unwrap_or(false),
                 ingress: n.obj.ingress.unwrap_or(false),
+                vni: network_vni(&n.obj),
+                peers,
             });
         }
     }
@@ -254,6 +261,12 @@ struct Routing {
     services: Vec<(Vec<ServiceRoute>, Vec<PortRouting>)>,
     /// Services whose running tasks appear in routes (they have networks or published ports).
     routed: HashSet<String>,
+    /// Per network: (node, address) of every live task on it, sorted.
+    endpoints: HashMap<String, Vec<(String, Ipv4Addr)>>,
+    /// Where each node's VXLAN packets go (its address as the swarm knows it).
+    node_addrs: BTreeMap<String, Ipv4Addr>,
+    /// The ingress network, when some service publishes a port through the routing mesh.
+    mesh: Option<String>,
 }
 
 impl Routing {
@@ -277,10 +290,40 @@ impl Routing {
         let mut services: Vec<&Versioned<shoal_api::objects::StoredService>> =
             state.services.values().collect();
         services.sort_by(|a, b| a.obj.id().cmp(b.obj.id()));
+        let mut endpoints: HashMap<String, Vec<(String, Ipv4Addr)>> = HashMap::new();
+        for t in &state.tasks {
+            let t = &t.obj;
+            let (Some(node), false) = (t.node_id(), is_terminal(t.state())) else {
+                continue;
+            };
+            for a in &t.networks_attachments {
+                if let Some(addr) = a.addresses.first().and_then(|c| addr_of(c)) {
+                    endpoints
+                        .entry(a.network.id.clone())
+                        .or_default()
+                        .push((node.to_string(), addr));
+                }
+            }
+        }
+        for list in endpoints.values_mut() {
+            list.sort();
+        }
+        let node_addrs = state
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let addr = n.obj.status.as_ref()?.addr.as_deref()?.parse().ok()?;
+                Some((n.obj.id.clone()?, addr))
+            })
+            .collect();
         let mut out = Routing {
             services: Vec::with_capacity(services.len()),
             routed: HashSet::new(),
+            endpoints,
+            node_addrs,
+            mesh: None,
         };
+        let mut mesh = false;
         for svc in services {
             let s = &svc.obj;
             let tasks = running.get(s.id()).map(Vec::as_slice).unwrap_or_default();
@@ -349,6 +392,8 @@ impl Routing {
                     })
                     .collect();
                 targets.sort_by_key(|(_, a)| *a);
+                let host = p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST);
+                mesh |= !host;
                 ports.push(PortRouting {
                     protocol: p
                         .protocol
@@ -356,7 +401,7 @@ impl Routing {
                         .filter(|p| !p.is_empty())
                         .unwrap_or_else(|| "tcp".into()),
                     published: published as u16,
-                    host: p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST),
+                    host,
                     targets,
                 });
             }
@@ -365,7 +410,39 @@ impl Routing {
             }
             out.services.push((routes, ports));
         }
+        if mesh {
+            out.mesh = state
+                .networks
+                .iter()
+                .find(|n| n.obj.ingress == Some(true))
+                .and_then(|n| n.obj.id.clone());
+        }
         out
+    }
+
+    /// The other nodes on network `net_id` as `node_id` must know them: those with live tasks
+    /// on it, and on ingress (the mesh) every node, since any node may forward to any task.
+    fn peers(&self, net_id: &str, node_id: &str) -> Vec<OverlayPeer> {
+        let mut by_node: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+        if self.mesh.as_deref() == Some(net_id) {
+            for n in self.node_addrs.keys() {
+                by_node.entry(n.as_str()).or_default();
+            }
+        }
+        for (n, addr) in self.endpoints.get(net_id).into_iter().flatten() {
+            by_node.entry(n.as_str()).or_default().push(*addr);
+        }
+        by_node
+            .into_iter()
+            .filter(|(n, _)| *n != node_id)
+            .filter_map(|(n, endpoints)| {
+                Some(OverlayPeer {
+                    node_id: n.to_string(),
+                    addr: *self.node_addrs.get(n)?,
+                    endpoints,
+                })
+            })
+            .collect()
     }
 
     /// Adds the routes a node on networks `nets` gets, and every published port.
@@ -393,11 +470,18 @@ impl Routing {
     }
 }
 
-/// What about a task its service's routes depend on: where it runs and its addresses, if it is
-/// running (routes list only running tasks). A change elsewhere leaves every route alone.
-fn route_footprint(t: Option<&StoredTask>) -> Option<(Option<&str>, &[NetworkAttachment])> {
-    t.filter(|t| t.state() == TaskState::RUNNING && t.desired() == TaskState::RUNNING)
-        .map(|t| (t.node_id(), t.networks_attachments.as_slice()))
+/// What about a task routes and overlay peers depend on: whether it is running (routes list only
+/// running tasks), where it is and its addresses, while it is live (overlay peers list every
+/// live task, so a starting task is reachable before it runs). A change elsewhere leaves every
+/// route alone.
+fn route_footprint(t: Option<&StoredTask>) -> Option<(bool, Option<&str>, &[NetworkAttachment])> {
+    t.filter(|t| !is_terminal(t.state())).map(|t| {
+        (
+            t.state() == TaskState::RUNNING && t.desired() == TaskState::RUNNING,
+            t.node_id(),
+            t.networks_attachments.as_slice(),
+        )
+    })
 }
 
 /// The dispatcher has stopped (its manager is shutting down).
@@ -1050,11 +1134,75 @@ mod tests {
             }
             out.secrets.sort_by(|a, b| a.id.cmp(&b.id));
             out.configs.sort_by(|a, b| a.id.cmp(&b.id));
+            let mesh = state.services.values().any(|s| {
+                s.obj
+                    .service
+                    .endpoint
+                    .iter()
+                    .flat_map(|e| e.ports.iter().flatten())
+                    .any(|p| {
+                        p.published_port.unwrap_or(0) > 0
+                            && p.publish_mode != Some(EndpointPortConfigPublishModeEnum::HOST)
+                    })
+            });
+            for n in &state.networks {
+                if let (true, Some(true), Some(id)) = (mesh, n.obj.ingress, n.obj.id.clone()) {
+                    net_ids.insert(id, ());
+                }
+            }
             for n in &state.networks {
                 let Some(id) = n.obj.id.clone() else { continue };
+                let carried_by_all = mesh && n.obj.ingress == Some(true);
                 if !net_ids.contains_key(&id) {
                     continue;
                 }
+                let mut by_node: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+                if carried_by_all {
+                    for node in &state.nodes {
+                        let has_addr = node.obj.status.as_ref().and_then(|s| s.addr.as_ref());
+                        if let (Some(nid), Some(_)) = (node.obj.id.clone(), has_addr) {
+                            by_node.entry(nid).or_default();
+                        }
+                    }
+                }
+                for t in &state.tasks {
+                    let (Some(node), false) = (t.obj.node_id(), is_terminal(t.obj.state())) else {
+                        continue;
+                    };
+                    for a in t
+                        .obj
+                        .networks_attachments
+                        .iter()
+                        .filter(|a| a.network.id == id)
+                    {
+                        if let Some(addr) = a.addresses.first().and_then(|c| addr_of(c)) {
+                            by_node.entry(node.to_string()).or_default().push(addr);
+                        }
+                    }
+                }
+                let peers = by_node
+                    .into_iter()
+                    .filter(|(n, _)| n != node_id)
+                    .filter_map(|(n, mut endpoints)| {
+                        let addr = state
+                            .nodes
+                            .iter()
+                            .find(|x| x.obj.id.as_deref() == Some(n.as_str()))?
+                            .obj
+                            .status
+                            .as_ref()?
+                            .addr
+                            .as_deref()?
+                            .parse()
+                            .ok()?;
+                        endpoints.sort();
+                        Some(OverlayPeer {
+                            node_id: n,
+                            addr,
+                            endpoints,
+                        })
+                    })
+                    .collect();
                 if let Some((subnet, gateway)) = network_subnet(&n.obj) {
                     out.networks.push(NetworkInfo {
                         id,
@@ -1063,10 +1211,22 @@ mod tests {
                         gateway,
                         internal: n.obj.internal.unwrap_or(false),
                         ingress: n.obj.ingress.unwrap_or(false),
+                        vni: network_vni(&n.obj),
+                        peers,
                     });
                 }
             }
             routes(state, node_id, &net_ids, &mut out);
+            // Roles came with issue 4; these tests have no managers (raft id 0).
+            if let Some(n) = state
+                .nodes
+                .iter()
+                .find(|n| n.obj.id.as_deref() == Some(node_id))
+            {
+                let manager = n.obj.spec.as_ref().and_then(|s| s.role)
+                    == Some(shoal_api::models::NodeSpecRoleEnum::MANAGER);
+                out.role = if manager { "manager" } else { "worker" }.into();
+            }
             out
         }
 
@@ -1297,6 +1457,14 @@ mod tests {
         ];
         for svc in &services {
             ops.push(db::put(svc, Expect::Absent).unwrap());
+        }
+        // Nodes with addresses, so overlay peers are compared too (n4 has none: no peer).
+        for i in 0..4 {
+            let node: shoal_api::models::Node = serde_json::from_value(serde_json::json!({
+                "ID": format!("n{i}"), "Status": {"State": "ready", "Addr": format!("192.0.2.{}", i + 1)}
+            }))
+            .unwrap();
+            ops.push(db::put(&node, Expect::Absent).unwrap());
         }
         db::write(&store, ops).await.unwrap();
 

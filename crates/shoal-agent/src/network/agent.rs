@@ -16,7 +16,7 @@ use super::nft::{self, Model};
 use super::plugin::{
     PluginNet, PluginServer, PluginState, OPT_BRIDGE, OPT_GATEWAY, OPT_NETWORK_ID,
 };
-use super::{iptables, names, NetworkError, NetworkSpec, RoutingTable};
+use super::{iptables, mesh, names, NetworkError, NetworkSpec, OverlayPeer, RoutingTable};
 
 /// Label on Docker networks naming the shoal node that made them.
 const LABEL_NODE: &str = "com.shoal.node.id";
@@ -43,6 +43,8 @@ pub struct NetworkAgent {
 
 struct Inner {
     node_id: String,
+    /// MAC address of every bridge of this node (see `names::node_mac`).
+    node_mac: [u8; 6],
     driver: String,
     table: String,
     link_alias: String,
@@ -64,6 +66,8 @@ struct State {
     applied: Option<Model>,
     /// Search domains of task containers, besides the host's (see `set_search_domains`).
     extra_search: Vec<String>,
+    /// The routing mesh's return path as last applied.
+    mesh: mesh::ReturnPath,
 }
 
 impl State {
@@ -79,6 +83,10 @@ struct LocalNet {
     spec: NetworkSpec,
     bridge: String,
     bridge_index: u32,
+    /// The VXLAN device's index (none for a network kept on this node, VNI 0).
+    vxlan_index: Option<u32>,
+    /// The peers last written to the VXLAN device's tables.
+    peers_applied: Option<Vec<OverlayPeer>>,
     docker_name: String,
     docker_id: String,
     dns: DnsServer,
@@ -133,7 +141,12 @@ impl NetworkAgent {
                 "dockerd runs in another network namespace; veths will be moved there"
             );
         }
-        nft::apply("create table", &nft::full_script(&table, &Model::default())).await?;
+        let empty = Model {
+            node_mac: names::node_mac(&cfg.node_id),
+            ..Model::default()
+        };
+        nft::apply("create table", &nft::full_script(&table, &empty)).await?;
+        mesh::clear().await?;
         let plugin_state = Arc::new(PluginState {
             links: links.clone(),
             docker: cfg.docker.clone(),
@@ -146,6 +159,7 @@ impl NetworkAgent {
         tracing::info!(%driver, %table, "network agent started");
         Ok(NetworkAgent {
             inner: Arc::new(Inner {
+                node_mac: names::node_mac(&cfg.node_id),
                 node_id: cfg.node_id,
                 driver,
                 table,
@@ -158,7 +172,7 @@ impl NetworkAgent {
                 plugin_state,
                 plugin: Mutex::new(Some(plugin)),
                 state: Mutex::new(State {
-                    applied: Some(Model::default()),
+                    applied: Some(empty),
                     ..State::default()
                 }),
             }),
@@ -204,6 +218,27 @@ impl NetworkAgent {
                 net.subnet.prefix_len(),
             )
             .await?;
+        // Other nodes know this MAC: it tells them which node forwarded a connection.
+        inner
+            .links
+            .set_mac(bridge_index, &bridge, inner.node_mac)
+            .await?;
+        let vxlan_index = if net.vni == 0 {
+            None
+        } else {
+            Some(
+                inner
+                    .links
+                    .ensure_vxlan(
+                        &names::vxlan_name(&net.id),
+                        &inner.link_alias,
+                        net.vni,
+                        bridge_index,
+                        names::OVERLAY_MTU,
+                    )
+                    .await?,
+            )
+        };
         // Lets DNAT-ed connections from 127.0.0.1 (curl localhost:<published>) leave via the bridge.
         netlink::set_link_sysctl(&bridge, "route_localnet", "1")?;
         iptables::allow_bridge(&bridge, &inner.iptables_comment).await?;
@@ -231,6 +266,8 @@ impl NetworkAgent {
                 spec: net.clone(),
                 bridge: bridge.clone(),
                 bridge_index,
+                vxlan_index,
+                peers_applied: None,
                 docker_name: docker_name.clone(),
                 docker_id,
                 dns,
@@ -326,6 +363,10 @@ impl NetworkAgent {
         } = local;
         drop(dns);
         self.sync(&mut st).await?;
+        inner
+            .links
+            .delete_link(&names::vxlan_name(&spec.id))
+            .await?;
         inner.links.delete_link(&bridge).await?;
         iptables::remove_rules(&inner.iptables_comment, Some(&bridge)).await?;
         tracing::info!(network = %spec.name, id = %spec.id, "network removed");
@@ -356,7 +397,8 @@ impl NetworkAgent {
     /// Brings nftables, VIP addresses and DNS records in line with (networks, table).
     async fn sync(&self, st: &mut State) -> Result<(), NetworkError> {
         let inner = &self.inner;
-        let desired = Model::build(st.networks.values().map(|n| &n.spec), &st.table);
+        let mut desired = Model::build(st.networks.values().map(|n| &n.spec), &st.table);
+        desired.node_mac = inner.node_mac;
         let script = match &st.applied {
             Some(old) => nft::diff_script(&inner.table, old, &desired),
             None => Some(nft::full_script(&inner.table, &desired)),
@@ -368,7 +410,7 @@ impl NetworkAgent {
                 st.applied = None;
                 let full = nft::full_script(&inner.table, &desired);
                 match nft::apply("rebuild table", &full).await {
-                    Ok(()) => st.applied = Some(desired),
+                    Ok(()) => st.applied = Some(desired.clone()),
                     // DNS and VIP addresses below do not depend on nftables: keep them current,
                     // and rebuild the table on the next sync.
                     Err(e) => {
@@ -377,23 +419,103 @@ impl NetworkAgent {
                     }
                 }
             } else {
-                st.applied = Some(desired);
+                st.applied = Some(desired.clone());
             }
         } else {
-            st.applied = Some(desired);
+            st.applied = Some(desired.clone());
         }
-
-        let search = st.search(&inner.host_search);
-        for local in st.networks.values() {
-            local
-                .dns
-                .update(Records::build(&local.spec, &st.table, &search));
-            if let Err(e) = self.sync_vips(local, &st.table).await {
-                tracing::warn!(network = %local.spec.name, error = %e, "cannot update VIP addresses");
+        let want = mesh::ReturnPath {
+            bridge: st
+                .networks
+                .values()
+                .find(|n| n.spec.ingress)
+                .map(|n| n.bridge.clone()),
+            peers: desired.peers.clone(),
+        };
+        match mesh::apply(&st.mesh, &want).await {
+            Ok(()) => st.mesh = want,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot update the routing mesh's return path");
+                st.mesh = mesh::ReturnPath::default();
+                let _ = mesh::clear().await;
                 first_err.get_or_insert(e);
             }
         }
+
+        let search = st.search(&inner.host_search);
+        let State {
+            networks, table, ..
+        } = st;
+        for local in networks.values_mut() {
+            local
+                .dns
+                .update(Records::build(&local.spec, table, &search));
+            if let Err(e) = self.sync_vips(local, table).await {
+                tracing::warn!(network = %local.spec.name, error = %e, "cannot update VIP addresses");
+                first_err.get_or_insert(e);
+            }
+            let peers = table.peers.get(&local.spec.id).cloned().unwrap_or_default();
+            if local.peers_applied.as_ref() != Some(&peers) {
+                match self.sync_overlay(local, &peers).await {
+                    Ok(()) => local.peers_applied = Some(peers),
+                    Err(e) => {
+                        tracing::warn!(network = %local.spec.name, error = %e, "cannot update VXLAN peers");
+                        local.peers_applied = None;
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Points the network's VXLAN device at the other nodes: each peer's bridge MAC and each of
+    /// its tasks' MACs go to that node's address, and each task address resolves to its MAC
+    /// locally (the device answers ARP, so nothing is flooded between nodes).
+    async fn sync_overlay(
+        &self,
+        local: &LocalNet,
+        peers: &[OverlayPeer],
+    ) -> Result<(), NetworkError> {
+        let Some(vx) = local.vxlan_index else {
+            return Ok(());
+        };
+        let links = &self.inner.links;
+        let mut want_fdb: BTreeMap<[u8; 6], Ipv4Addr> = BTreeMap::new();
+        let mut want_neigh: BTreeMap<Ipv4Addr, [u8; 6]> = BTreeMap::new();
+        for p in peers {
+            want_fdb.insert(names::node_mac(&p.node_id), p.addr);
+            for e in &p.endpoints {
+                let mac = names::endpoint_mac(*e);
+                want_fdb.insert(mac, p.addr);
+                want_neigh.insert(*e, mac);
+            }
+        }
+        let have_fdb: BTreeMap<[u8; 6], Ipv4Addr> =
+            links.vxlan_fdb(vx).await?.into_iter().collect();
+        let have_neigh: BTreeMap<Ipv4Addr, [u8; 6]> =
+            links.static_neighbours(vx).await?.into_iter().collect();
+        for (addr, _) in have_neigh
+            .iter()
+            .filter(|(a, _)| !want_neigh.contains_key(*a))
+        {
+            links.neigh_del(vx, *addr).await?;
+        }
+        for (mac, dst) in have_fdb.iter().filter(|(m, _)| !want_fdb.contains_key(*m)) {
+            links.fdb_del(vx, *mac, *dst).await?;
+        }
+        for (mac, dst) in &want_fdb {
+            if have_fdb.get(mac) != Some(dst) {
+                links.fdb_set(vx, *mac, *dst).await?;
+            }
+        }
+        for (addr, mac) in &want_neigh {
+            if have_neigh.get(addr) != Some(mac) {
+                links.neigh_set(vx, *addr, *mac).await?;
+            }
+        }
+        tracing::debug!(network = %local.spec.name, peers = peers.len(), fdb = want_fdb.len(), "VXLAN peers updated");
+        Ok(())
     }
 
     /// Puts each VIP of the network on its bridge as a /32, so the node answers ARP for it.
@@ -459,6 +581,8 @@ impl NetworkAgent {
             Err(e) => note(Err(e)),
         }
         note(nft::delete_table(&inner.table).await);
+        note(mesh::clear().await);
+        st.mesh = mesh::ReturnPath::default();
         note(iptables::remove_rules(&inner.iptables_comment, None).await);
         tracing::info!(driver = %inner.driver, "network agent cleaned up");
         first_err.map_or(Ok(()), Err)
@@ -522,6 +646,12 @@ fn validate(net: &NetworkSpec) -> Result<(), NetworkError> {
             format!("gateway {} is not a host of {}", net.gateway, net.subnet),
         ));
     }
+    if net.vni >= 1 << 24 {
+        return Err(NetworkError::invalid(
+            what(),
+            format!("VXLAN ID {} does not fit in 24 bits", net.vni),
+        ));
+    }
     if net.subnet.prefix_len() > 30 {
         return Err(NetworkError::invalid(
             what(),
@@ -549,6 +679,8 @@ mod tests {
             subnet: "10.0.0.0/24".parse().unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),
             internal: false,
+            vni: 0,
+            ingress: false,
         };
         assert!(validate(&n).is_ok());
         n.gateway = "10.0.1.1".parse().unwrap();

@@ -16,6 +16,8 @@ fn spec(n: &NetworkInfo) -> Result<NetworkSpec, String> {
         subnet,
         gateway: n.gateway,
         internal: n.internal,
+        vni: n.vni,
+        ingress: n.ingress,
     })
 }
 
@@ -55,6 +57,11 @@ pub fn routing_table(a: &NodeAssignments) -> RoutingTable {
                 published: p.published,
                 targets: p.targets.clone(),
             })
+            .collect(),
+        peers: a
+            .networks
+            .iter()
+            .map(|n| (n.id.clone(), n.peers.clone()))
             .collect(),
     }
 }

@@ -468,6 +468,8 @@ mod tests {
             subnet: "10.0.0.0/24".parse().unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),
             internal: false,
+            vni: 0,
+            ingress: false,
         }
     }
 
@@ -478,6 +480,7 @@ mod tests {
             healthy,
         };
         RoutingTable {
+            peers: Default::default(),
             services: vec![
                 ServiceRoute {
                     service_id: "s1".into(),

@@ -6,6 +6,13 @@ const IFNAMSIZ_MAX: usize = 15;
 
 /// Prefix of every bridge shoal creates; nftables and iptables rules match on it.
 pub const BRIDGE_PREFIX: &str = "shl-";
+/// Prefix of the VXLAN device that carries a network to the other nodes.
+pub const VXLAN_PREFIX: &str = "shx-";
+/// UDP port of VXLAN (IANA's, as Swarm uses).
+pub const VXLAN_PORT: u16 = 4789;
+/// MTU of everything on an overlay: a 1500-byte underlay minus VXLAN's 50 bytes, as in Swarm.
+pub const OVERLAY_MTU: u32 = 1450;
+
 /// Prefix of the bridge-side end of a task's veth pair.
 pub const VETH_HOST_PREFIX: &str = "shv-";
 /// Prefix of the container-side end of a task's veth pair (Docker renames it to `ethN`).
@@ -35,6 +42,39 @@ pub fn bridge_name(network_id: &str) -> String {
     let name = format!("{BRIDGE_PREFIX}{}", alnum(network_id, 10));
     debug_assert!(name.len() <= IFNAMSIZ_MAX);
     name
+}
+
+/// The VXLAN device of a network: `shx-` and the first 10 characters of its ID.
+pub fn vxlan_name(network_id: &str) -> String {
+    format!("{VXLAN_PREFIX}{}", alnum(network_id, 10))
+}
+
+/// The MAC address of a task's interface, derived from its address as Docker does
+/// (`02:42` + the IPv4 address): every node can install it without asking.
+pub fn endpoint_mac(addr: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+/// The MAC address of a node's bridges (`02:53` + a hash of the node ID): other nodes know
+/// it, which is how they tell a connection forwarded by that node (the routing mesh) and send
+/// its replies back through it.
+pub fn node_mac(node_id: &str) -> [u8; 6] {
+    let h = node_id
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ b as u32).wrapping_mul(0x0100_0193)
+        })
+        .to_be_bytes();
+    [0x02, 0x53, h[0], h[1], h[2], h[3]]
+}
+
+/// A MAC address as nftables and `ip` print it.
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The two ends of an endpoint's veth pair: (bridge side, container side).
@@ -104,6 +144,20 @@ mod tests {
         let (h, c) = veth_names(long);
         assert!(h.len() <= IFNAMSIZ_MAX && c.len() <= IFNAMSIZ_MAX);
         assert_ne!(h, c);
+    }
+
+    #[test]
+    fn macs_are_unicast_locally_administered_and_distinct() {
+        let t = endpoint_mac("10.0.1.5".parse().unwrap());
+        assert_eq!(mac_string(&t), "02:42:0a:00:01:05");
+        let a = node_mac("node-a");
+        let b = node_mac("node-b");
+        assert_ne!(a, b);
+        for m in [t, a, b] {
+            assert_eq!(m[0] & 0x03, 0x02, "not a locally administered unicast MAC");
+        }
+        assert_ne!(a[..2], t[..2], "node MACs must not collide with task MACs");
+        assert_eq!(vxlan_name(&"x".repeat(30)).len(), 14);
     }
 
     #[test]

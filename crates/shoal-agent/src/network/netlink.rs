@@ -10,7 +10,11 @@ use std::os::unix::fs::MetadataExt;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan};
 
 use super::NetworkError;
 
@@ -95,6 +99,225 @@ impl Links {
             .map_err(|e| NetworkError::netlink("bring up bridge", name, e))?;
         self.add_address(index, name, gw, prefix).await?;
         Ok(index)
+    }
+
+    /// Gives link `index` the MAC address `mac`.
+    pub async fn set_mac(&self, index: u32, name: &str, mac: [u8; 6]) -> Result<(), NetworkError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink("set MAC address", name, e))
+    }
+
+    /// Creates VXLAN device `name` (VNI `vni`, UDP 4789, no learning, ARP answered locally from
+    /// its neighbour table) if missing, enslaves it to `bridge_index` and brings it up; returns
+    /// its index. An existing device with another VNI is replaced.
+    pub async fn ensure_vxlan(
+        &self,
+        name: &str,
+        alias: &str,
+        vni: u32,
+        bridge_index: u32,
+        mtu: u32,
+    ) -> Result<u32, NetworkError> {
+        if let Some(i) = self.index(name).await? {
+            if self.vxlan_id(i).await? == Some(vni) {
+                return self.enslave_up(i, name, alias, bridge_index).await;
+            }
+            self.delete_link(name).await?;
+        }
+        let add = LinkVxlan::new(name, vni)
+            .port(super::names::VXLAN_PORT)
+            .learning(false)
+            .proxy(true)
+            .mtu(mtu)
+            .build();
+        match self.handle.link().add(add).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(EEXIST) => {}
+            Err(e) => return Err(NetworkError::netlink("create vxlan", name, e)),
+        }
+        let i = self
+            .index(name)
+            .await?
+            .ok_or_else(|| NetworkError::invalid(name, "vxlan vanished right after creation"))?;
+        self.enslave_up(i, name, alias, bridge_index).await
+    }
+
+    async fn enslave_up(
+        &self,
+        index: u32,
+        name: &str,
+        alias: &str,
+        bridge_index: u32,
+    ) -> Result<u32, NetworkError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(bridge_index)
+                    .alias(alias)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink("attach vxlan to bridge", name, e))?;
+        Ok(index)
+    }
+
+    /// The VNI of VXLAN link `index`, `None` if it is not a VXLAN device.
+    async fn vxlan_id(&self, index: u32) -> Result<Option<u32>, NetworkError> {
+        use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkInfo};
+        let mut s = self.handle.link().get().match_index(index).execute();
+        let msg = match s.try_next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(NetworkError::netlink("look up link", index.to_string(), e)),
+        };
+        for a in &msg.attributes {
+            if let LinkAttribute::LinkInfo(infos) = a {
+                for i in infos {
+                    if let LinkInfo::Data(InfoData::Vxlan(v)) = i {
+                        for x in v {
+                            if let InfoVxlan::Id(id) = x {
+                                return Ok(Some(*id));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The remote entries of VXLAN device `index`: (MAC, node address).
+    pub async fn vxlan_fdb(&self, index: u32) -> Result<Vec<([u8; 6], Ipv4Addr)>, NetworkError> {
+        let msgs = self.neighbours(AddressFamily::Bridge).await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter_map(|m| Some((lladdr(m)?, dest_v4(m)?)))
+            .collect())
+    }
+
+    /// The static neighbours (address, MAC) of link `index`.
+    pub async fn static_neighbours(
+        &self,
+        index: u32,
+    ) -> Result<Vec<(Ipv4Addr, [u8; 6])>, NetworkError> {
+        let msgs = self.neighbours(AddressFamily::Inet).await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter(|m| {
+                m.header.state == rtnetlink::packet_route::neighbour::NeighbourState::Permanent
+            })
+            .filter_map(|m| Some((dest_v4(m)?, lladdr(m)?)))
+            .collect())
+    }
+
+    async fn neighbours(
+        &self,
+        family: AddressFamily,
+    ) -> Result<Vec<NeighbourMessage>, NetworkError> {
+        self.handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetworkError::netlink("list neighbours", "all", e))
+    }
+
+    /// Points `mac` at node `dst` on VXLAN device `index` (replacing any earlier entry).
+    pub async fn fdb_set(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> Result<(), NetworkError> {
+        self.handle
+            .neighbours()
+            .add_bridge(index, &mac)
+            .flags(NeighbourFlags::Own)
+            .destination(IpAddr::V4(dst))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                NetworkError::netlink("add vxlan fdb entry", super::names::mac_string(&mac), e)
+            })
+    }
+
+    /// Removes `mac`'s entry from VXLAN device `index`; already gone is fine.
+    pub async fn fdb_del(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> Result<(), NetworkError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        match self.handle.neighbours().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT)) => Ok(()),
+            Err(e) => Err(NetworkError::netlink(
+                "delete vxlan fdb entry",
+                super::names::mac_string(&mac),
+                e,
+            )),
+        }
+    }
+
+    /// Makes `addr` resolve to `mac` on link `index` without ARP.
+    pub async fn neigh_set(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), NetworkError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(addr))
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink("add neighbour", addr.to_string(), e))
+    }
+
+    /// Removes the neighbour entry of `addr` on link `index`; already gone is fine.
+    pub async fn neigh_del(&self, index: u32, addr: Ipv4Addr) -> Result<(), NetworkError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = index;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        match self.handle.neighbours().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT)) => Ok(()),
+            Err(e) => Err(NetworkError::netlink(
+                "delete neighbour",
+                addr.to_string(),
+                e,
+            )),
+        }
     }
 
     /// The IPv4 addresses (with prefix length) on link `index`.
@@ -207,12 +430,13 @@ impl Links {
         bridge_index: u32,
         alias: &str,
         peer_netns_pid: Option<u32>,
+        mtu: u32,
     ) -> Result<(), NetworkError> {
         // A leftover pair from an endpoint Docker retried is replaced.
         self.delete_link(host).await?;
         self.handle
             .link()
-            .add(LinkVeth::new(host, peer).build())
+            .add(LinkVeth::new(host, peer).mtu(mtu).build())
             .execute()
             .await
             .map_err(|e| NetworkError::netlink("create veth", format!("{host}/{peer}"), e))?;
@@ -224,6 +448,7 @@ impl Links {
             .link()
             .set(
                 LinkUnspec::new_with_index(host_index)
+                    .mtu(mtu)
                     .controller(bridge_index)
                     .alias(alias)
                     .up()
@@ -240,6 +465,13 @@ impl Links {
             .execute()
             .await
             .map_err(|e| NetworkError::netlink("set hairpin mode", host, e))?;
+        // The container's end too: frames bigger than the overlay carries would be dropped.
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_name(peer).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink("set veth MTU", peer, e))?;
         if let Some(pid) = peer_netns_pid {
             self.handle
                 .link()
@@ -280,6 +512,20 @@ impl Links {
         }
         Ok(out)
     }
+}
+
+fn lladdr(m: &NeighbourMessage) -> Option<[u8; 6]> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(l) => l.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+fn dest_v4(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })
 }
 
 /// Whether `br_netfilter` is loaded (without it bridged traffic skips conntrack and replies

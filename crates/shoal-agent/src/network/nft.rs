@@ -14,6 +14,15 @@
 //!   a loopback client reaches a published port, and traffic leaving non-internal networks.
 //! - `input`/`forward` (filter): refuse VIPs and published ports without healthy tasks; isolate
 //!   networks from each other and from the outside.
+//! - `mesh_mark` (filter, prerouting, before NAT): the return path of the routing mesh without
+//!   SNAT. A connection that another node forwarded to a task here arrives with that node's
+//!   bridge MAC as source (`@peer_ids` maps it to a mark kept in the connection); the task's
+//!   replies get that mark back as packet mark, which policy routing (`mesh.rs`) sends back over
+//!   VXLAN to the node that holds the connection's NAT state. Replies to a node's own gateway
+//!   address (a connection the peer node itself opened) never reach routing, as that address is
+//!   local here too: the table `bridge shoal_<node tag>` rewrites their destination MAC to the
+//!   peer's bridge instead. The mark is cleared before a frame enters a VXLAN device (whose
+//!   own packet would otherwise follow the policy route back into the bridge).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -26,6 +35,8 @@ use super::{NetworkError, NetworkSpec, Protocol, RoutingTable};
 
 /// Connection mark bit for connections that came in through a published port.
 pub(crate) const PUBLISHED_MARK: u32 = 0x0010_0000;
+/// Connection mark bits naming the peer node that forwarded a connection here (mesh return).
+pub(crate) const PEER_MARK_MASK: u32 = 0x0000_ffff;
 
 /// What the table should contain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,12 +49,17 @@ pub(crate) struct Model {
     pub published: BTreeMap<(Protocol, u16), Vec<SocketAddrV4>>,
     /// Every backend address (a task reaching itself through a VIP must be masqueraded).
     pub hairpin: BTreeSet<Ipv4Addr>,
+    /// Peer node bridge MAC -> its mark (in `PEER_MARK_MASK`), for the mesh's return path.
+    pub peers: BTreeMap<[u8; 6], u32>,
+    /// This node's bridge MAC.
+    pub node_mac: [u8; 6],
 }
 
 /// A network's isolation parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NetRules {
     pub subnet: ipnet::Ipv4Net,
+    pub gateway: Ipv4Addr,
     pub internal: bool,
 }
 
@@ -69,6 +85,7 @@ impl Model {
                 names::bridge_name(&n.id),
                 NetRules {
                     subnet: n.subnet.trunc(),
+                    gateway: n.gateway,
                     internal: n.internal,
                 },
             );
@@ -107,14 +124,72 @@ impl Model {
             targets.dedup();
             m.hairpin.extend(targets.iter().map(|t| *t.ip()));
         }
+        let peer_nodes: BTreeSet<&str> = table
+            .peers
+            .iter()
+            .filter(|(net, _)| local.contains(*net))
+            .flat_map(|(_, ps)| ps.iter().map(|p| p.node_id.as_str()))
+            .collect();
+        m.peers = peer_marks(peer_nodes);
         m
     }
 }
 
+/// A mark per peer node, stable while the node stays a peer: a 16-bit hash of its ID, moved to
+/// the next free value on a collision (peers in ID order, so every sync picks the same).
+fn peer_marks<'a>(nodes: impl IntoIterator<Item = &'a str>) -> BTreeMap<[u8; 6], u32> {
+    let mut used = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let h = n.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ b as u32).wrapping_mul(0x0100_0193)
+        });
+        let mut mark = (h ^ (h >> 16)) & PEER_MARK_MASK;
+        while mark == 0 || used.contains(&mark) {
+            mark = (mark + 1) & PEER_MARK_MASK;
+        }
+        used.insert(mark);
+        out.insert(names::node_mac(n), mark);
+    }
+    out
+}
+
+fn peer_elements(t: &str, m: &Model, out: &mut String) {
+    for (mac, mark) in &m.peers {
+        let mac = names::mac_string(mac);
+        let _ = writeln!(
+            out,
+            "add element ip {t} peer_ids {{ {mac} : {mark:#010x} }}"
+        );
+        let _ = writeln!(
+            out,
+            "add element bridge {t} peer_macs {{ {mark:#010x} : {mac} }}"
+        );
+    }
+}
+
 /// The static part: sets, maps and base chains.
-fn skeleton(t: &str) -> String {
+fn skeleton(t: &str, node_mac: &[u8; 6]) -> String {
     format!(
-        r#"table ip {t} {{
+        r#"table bridge {t} {{
+  map peer_macs {{ type mark : ether_addr; }}
+  set gateways {{ type ipv4_addr; }}
+  chain mesh_return {{
+    type filter hook prerouting priority 1; policy accept;
+    meta mark and {pm:#010x} != 0 ether daddr {mac} ip daddr @gateways ether daddr set meta mark and {pm:#010x} map @peer_macs
+  }}
+  chain mesh_unmark {{
+    type filter hook postrouting priority 0; policy accept;
+    oifname "{vp}*" meta mark and {pm:#010x} != 0 meta mark set meta mark and {npm:#010x}
+  }}
+}}
+table ip {t} {{
+  map peer_ids {{ type ether_addr : mark; }}
+  chain mesh_mark {{
+    type filter hook prerouting priority -150; policy accept;
+    ct state new ether saddr @peer_ids ct mark set ether saddr map @peer_ids
+    ct direction reply ct mark and {pm:#010x} != 0 meta mark set ct mark and {pm:#010x}
+  }}
   map vips {{ type ipv4_addr : verdict; }}
   set vips_down {{ type ipv4_addr; }}
   map published {{ type inet_proto . inet_service : verdict; }}
@@ -158,12 +233,20 @@ fn skeleton(t: &str) -> String {
 "#,
         bp = names::BRIDGE_PREFIX,
         mark = PUBLISHED_MARK,
+        pm = PEER_MARK_MASK,
+        npm = !PEER_MARK_MASK,
+        vp = names::VXLAN_PREFIX,
+        mac = names::mac_string(node_mac),
     )
 }
 
-/// Rules of the three per-network chains (flushed and refilled whenever the networks change).
+/// Rules of the three per-network chains and the gateways set (flushed and refilled whenever
+/// the networks change).
 fn network_rules(t: &str, m: &Model, out: &mut String) {
     let bp = names::BRIDGE_PREFIX;
+    for n in m.networks.values() {
+        let _ = writeln!(out, "add element bridge {t} gateways {{ {} }}", n.gateway);
+    }
     for (b, n) in &m.networks {
         let _ = writeln!(
             out,
@@ -285,9 +368,13 @@ fn published_key(key: (Protocol, u16), targets: &[SocketAddrV4]) -> (&'static st
 /// A script that replaces the whole table with `m` in one transaction.
 pub(crate) fn full_script(t: &str, m: &Model) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "table ip {t}\ndelete table ip {t}");
-    out.push_str(&skeleton(t));
+    let _ = writeln!(
+        out,
+        "table ip {t}\ndelete table ip {t}\ntable bridge {t}\ndelete table bridge {t}"
+    );
+    out.push_str(&skeleton(t, &m.node_mac));
     network_rules(t, m, &mut out);
+    peer_elements(t, m, &mut out);
     for (chain, s) in &m.services {
         let _ = writeln!(out, "add chain ip {t} {chain}");
         service_rule(t, chain, s, &mut out);
@@ -315,6 +402,9 @@ pub(crate) fn full_script(t: &str, m: &Model) -> String {
 pub(crate) fn diff_script(t: &str, old: &Model, new: &Model) -> Option<String> {
     // Phases keep one transaction valid: element deletions, then chain changes, then element
     // additions, then chain deletions (a chain must not be referenced when it goes).
+    if old.node_mac != new.node_mac {
+        return Some(full_script(t, new));
+    }
     let mut del_elems = String::new();
     let mut chains = String::new();
     let mut add_elems = String::new();
@@ -324,6 +414,7 @@ pub(crate) fn diff_script(t: &str, old: &Model, new: &Model) -> Option<String> {
         for c in ["net_forward", "net_input", "net_postrouting"] {
             let _ = writeln!(chains, "flush chain ip {t} {c}");
         }
+        let _ = writeln!(chains, "flush set bridge {t} gateways");
         network_rules(t, new, &mut chains);
     }
 
@@ -390,6 +481,12 @@ pub(crate) fn diff_script(t: &str, old: &Model, new: &Model) -> Option<String> {
         }
     }
 
+    if old.peers != new.peers {
+        let _ = writeln!(del_elems, "flush map ip {t} peer_ids");
+        let _ = writeln!(del_elems, "flush map bridge {t} peer_macs");
+        peer_elements(t, new, &mut add_elems);
+    }
+
     for a in old.hairpin.difference(&new.hairpin) {
         let _ = writeln!(del_elems, "delete element ip {t} hairpin {{ {a} . {a} }}");
     }
@@ -445,7 +542,7 @@ pub(crate) async fn apply(op: &'static str, script: &str) -> Result<(), NetworkE
 pub(crate) async fn delete_table(t: &str) -> Result<(), NetworkError> {
     apply(
         "delete table",
-        &format!("table ip {t}\ndelete table ip {t}\n"),
+        &format!("table ip {t}\ndelete table ip {t}\ntable bridge {t}\ndelete table bridge {t}\n"),
     )
     .await
 }
@@ -463,6 +560,8 @@ mod tests {
             gateway: subnet.hosts().next().unwrap(),
             subnet,
             internal,
+            vni: 0,
+            ingress: false,
         }
     }
 
@@ -489,6 +588,7 @@ mod tests {
     fn model_keeps_healthy_local_tasks_only() {
         let nets = [net("n1", "10.0.0.0/24", false)];
         let table = RoutingTable {
+            peers: Default::default(),
             services: vec![
                 svc(
                     "a",
@@ -514,6 +614,7 @@ mod tests {
     fn diff_touches_only_the_changed_service() {
         let nets = [net("n1", "10.0.0.0/24", false)];
         let mut table = RoutingTable {
+            peers: Default::default(),
             services: vec![
                 svc(
                     "a",
@@ -552,6 +653,7 @@ mod tests {
     fn service_losing_all_tasks_moves_to_vips_down() {
         let nets = [net("n1", "10.0.0.0/24", false)];
         let mut table = RoutingTable {
+            peers: Default::default(),
             services: vec![svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])],
             published: vec![],
         };
@@ -578,6 +680,7 @@ mod tests {
     fn removed_service_drops_element_before_chain() {
         let nets = [net("n1", "10.0.0.0/24", false)];
         let table = RoutingTable {
+            peers: Default::default(),
             services: vec![svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])],
             published: vec![],
         };

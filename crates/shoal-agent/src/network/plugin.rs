@@ -299,12 +299,36 @@ async fn delete_network(State(st): State<Arc<PluginState>>, body: Bytes) -> Resp
     reply(json!({}))
 }
 
+#[derive(Deserialize)]
+struct CreateEndpointReq {
+    #[serde(rename = "Interface", default)]
+    interface: Option<EndpointInterface>,
+}
+
+#[derive(Deserialize)]
+struct EndpointInterface {
+    #[serde(rename = "Address", default)]
+    address: String,
+    #[serde(rename = "MacAddress", default)]
+    mac_address: String,
+}
+
 async fn create_endpoint(body: Bytes) -> Response {
-    // Docker already chose the address (IPAM); we add nothing to the interface.
-    if let Err(resp) = parse::<EndpointReq>("CreateEndpoint", &body) {
-        return *resp;
+    let req: CreateEndpointReq = match parse("CreateEndpoint", &body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    // Docker already chose the address (IPAM). The MAC follows from it, so other nodes can
+    // point their VXLAN entries at the container without learning it.
+    let Some(iface) = req.interface.filter(|i| i.mac_address.is_empty()) else {
+        return reply(json!({ "Interface": {} }));
+    };
+    match iface.address.split('/').next().map(str::parse::<Ipv4Addr>) {
+        Some(Ok(ip)) => reply(json!({
+            "Interface": { "MacAddress": names::mac_string(&names::endpoint_mac(ip)) }
+        })),
+        _ => reply(json!({ "Interface": {} })),
     }
-    reply(json!({ "Interface": {} }))
 }
 
 async fn endpoint_info(body: Bytes) -> Response {
@@ -331,7 +355,14 @@ async fn join(State(st): State<Arc<PluginState>>, body: Bytes) -> Response {
     let (host, peer) = names::veth_names(&req.endpoint_id);
     if let Err(e) = st
         .links
-        .create_veth(&host, &peer, bridge_index, &st.alias, st.dockerd_pid)
+        .create_veth(
+            &host,
+            &peer,
+            bridge_index,
+            &st.alias,
+            st.dockerd_pid,
+            names::OVERLAY_MTU,
+        )
         .await
     {
         return fail("Join", e);

@@ -1,6 +1,7 @@
 //! The data the rest of the agent hands to the network module: what a network is and what the
 //! routing picture (services, tasks, published ports) looks like. Plain data, no I/O.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// A swarm network as the allocator defined it; the same on every node.
@@ -16,6 +17,10 @@ pub struct NetworkSpec {
     pub gateway: Ipv4Addr,
     /// No traffic leaves the network (no masquerade, no forwarding off the bridge, no upstream DNS).
     pub internal: bool,
+    /// VXLAN ID that carries the network to other nodes; 0 keeps it on this node only.
+    pub vni: u32,
+    /// The routing mesh's network: replies of forwarded connections return through it.
+    pub ingress: bool,
 }
 
 /// The whole routing picture of the cluster as this node should see it; replaced as a unit.
@@ -25,11 +30,13 @@ pub struct RoutingTable {
     pub services: Vec<ServiceRoute>,
     /// Ports published through the routing mesh.
     pub published: Vec<PublishedPort>,
+    /// Per network ID: the other nodes on it and their tasks' addresses.
+    pub peers: BTreeMap<String, Vec<OverlayPeer>>,
 }
 
 /// A service as seen from one network, and one task's address on it: the dispatcher's own types,
 /// so routes reach the network agent without conversion.
-pub use shoal_api::dispatch::{ServiceRoute, TaskEndpoint};
+pub use shoal_api::dispatch::{OverlayPeer, ServiceRoute, TaskEndpoint};
 
 /// Transport protocol of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -176,13 +176,10 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
             .nth(1)
             .ok_or_else(|| ApiError::invalid_arg("subnet too small"))?,
     };
-    let vni = 4097 + state.networks.len();
+    let vni = crate::allocator::free_vni(&state);
     let nid = id::new_id();
     let mut options = r.options.clone().unwrap_or_default();
-    options.insert(
-        "com.docker.network.driver.overlay.vxlanid_list".into(),
-        vni.to_string(),
-    );
+    options.insert(crate::allocator::VNI_OPTION.into(), vni.to_string());
     let net = Network {
         name: Some(r.name.clone()),
         id: Some(nid.clone()),

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 const HUB: &str = "shoal-hub";
 const BRIDGE: &str = "shbr0";
+/// The address of the hub namespace, a client that is none of the nodes.
+pub const CLIENT: &str = "10.99.0.254";
 
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
@@ -50,6 +52,18 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
+    /// Runs a command in the node's network namespace and returns its stdout.
+    pub fn sh(&self, cmd: &[&str]) -> String {
+        let ns = ns(self.index);
+        let mut args = vec!["netns", "exec", ns.as_str()];
+        args.extend_from_slice(cmd);
+        let out = Command::new("ip")
+            .args(&args)
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     /// The name it shows in `docker node ls`.
     pub fn name(&self) -> String {
         format!("node-{}", self.index)
@@ -194,6 +208,16 @@ impl Cluster {
         must(&["netns", "add", HUB]);
         must(&["-n", HUB, "link", "add", BRIDGE, "type", "bridge"]);
         must(&["-n", HUB, "link", "set", BRIDGE, "up"]);
+        // A client outside every node (the routing mesh's caller).
+        must(&[
+            "-n",
+            HUB,
+            "addr",
+            "add",
+            &format!("{CLIENT}/24"),
+            "dev",
+            BRIDGE,
+        ]);
         for i in 1..=n {
             let node = ns(i);
             must(&["netns", "add", &node]);
@@ -238,6 +262,17 @@ impl Cluster {
             root,
             _serial: serial,
         }
+    }
+
+    /// An HTTP GET from the hub namespace (a client outside every node); the body if it answered.
+    pub fn client_get(&self, url: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", HUB, "curl", "-s", "-f", "-m", "3", url])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
     }
 
     /// Node `i` (1-based).
@@ -287,6 +322,16 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // SHOAL_TEST_HOLD=<seconds>: keep a failed test's cluster up that long, to look inside.
+        if let (true, Some(secs)) = (
+            std::thread::panicking(),
+            std::env::var("SHOAL_TEST_HOLD")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok()),
+        ) {
+            eprintln!("holding the cluster for {secs} s (SHOAL_TEST_HOLD)");
+            std::thread::sleep(Duration::from_secs(secs));
+        }
         if std::thread::panicking() {
             for n in &self.nodes {
                 eprintln!(

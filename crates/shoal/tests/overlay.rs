@@ -1,0 +1,256 @@
+//! Networking across nodes, each a real daemon in its own network namespace, driven by the docker
+//! CLI: tasks on different nodes reach each other by name over the VXLAN overlay, the VIP spreads
+//! over tasks on every node, a published port answers on a node without tasks (keeping the
+//! client's address), networks stay isolated, the mesh survives a node's loss, and removing
+//! everything leaves nothing behind on the nodes.
+
+mod common;
+
+use common::cluster::{Cluster, ClusterNode, CLIENT};
+use common::{wait_for, wait_until};
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+use std::time::Duration;
+
+/// `docker service ls` as name -> replicas ("2/2").
+fn replicas(n: &ClusterNode) -> HashMap<String, String> {
+    n.ok(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"])
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.trim().to_string()))
+        .collect()
+}
+
+fn wait_replicas(n: &ClusterNode, want: &[(&str, &str)]) {
+    wait_for(Duration::from_secs(60), "services converged", || {
+        let now = replicas(n);
+        if want
+            .iter()
+            .all(|(s, r)| now.get(*s).map(String::as_str) == Some(*r))
+        {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+}
+
+/// The running container of `service` on the node with ID `node_id`.
+fn container_on(service: &str, node_id: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args([
+            "-H",
+            "unix:///var/run/docker.sock",
+            "ps",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={service}"),
+            "--filter",
+            &format!("label=com.docker.swarm.node.id={node_id}"),
+            "--format",
+            "{{.ID}}",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+/// Runs `sh -c script` in a container; stdout if it succeeded.
+fn exec(container: &str, script: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args([
+            "-H",
+            "unix:///var/run/docker.sock",
+            "exec",
+            container,
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Names of the links in a node's namespace that start with `prefix`.
+fn links(n: &ClusterNode, prefix: &str) -> Vec<String> {
+    n.sh(&["ip", "-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
+    let mut c = Cluster::start("overlay", 3);
+    c.form(1);
+    let m = c.node(1);
+    m.ok(&["network", "create", "-d", "overlay", "appnet"]);
+    m.ok(&["network", "create", "-d", "overlay", "other"]);
+    // Everything runs on the workers: node-1 (the manager) has no task at all.
+    for args in [
+        &["--name", "api", "--replicas", "2", "--network", "appnet"][..],
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--network",
+            "appnet",
+            "--publish",
+            "8080:80",
+        ][..],
+        &["--name", "lone", "--network", "other"][..],
+    ] {
+        let mut cmd = vec![
+            "service",
+            "create",
+            "--detach",
+            "--constraint",
+            "node.role==worker",
+        ];
+        cmd.extend_from_slice(args);
+        cmd.push("shoal-test/web");
+        m.ok(&cmd);
+    }
+    wait_replicas(m, &[("api", "2/2"), ("web", "2/2"), ("lone", "1/1")]);
+    let (n2, n3) = (c.node(2).node_id(), c.node(3).node_id());
+    let api_nodes: BTreeSet<String> = m
+        .ok(&["service", "ps", "api", "--format", "{{.Node}}"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        api_nodes,
+        BTreeSet::from(["node-2".to_string(), "node-3".to_string()]),
+        "api's replicas should be spread over both workers"
+    );
+
+    // By name across nodes: web on node-2 reaches both api tasks (one of them on node-3)
+    // through api's VIP, and tasks.api lists both addresses.
+    let web2 = container_on("web", &n2).expect("web task on node-2");
+    let mut seen = BTreeSet::new();
+    wait_until(
+        Duration::from_secs(30),
+        "web on node-2 reached both api tasks by name",
+        || {
+            if let Some(host) = exec(&web2, "timeout 3 wget -q -O- http://api/") {
+                seen.insert(host);
+            }
+            seen.len() == 2
+        },
+    );
+    let tasks = exec(&web2, "nslookup tasks.api 2>/dev/null").unwrap_or_default();
+    let addrs = tasks
+        .lines()
+        .filter(|l| l.starts_with("Address") && !l.contains("#53") && !l.contains(":53"))
+        .count();
+    assert_eq!(addrs, 2, "tasks.api should list both tasks:\n{tasks}");
+    // Large transfers cross the overlay too (MTU): 200 kB from the api task on node-3.
+    let api3 = container_on("api", &n3).expect("api task on node-3");
+    let api3_addr = exec(&api3, "hostname -i").expect("api address");
+    assert!(exec(&api3, "head -c 200000 /dev/zero > /www/big && echo ok").is_some());
+    let got = exec(
+        &web2,
+        &format!("timeout 5 wget -q -O- http://{api3_addr}/big | wc -c"),
+    );
+    assert_eq!(got.as_deref(), Some("200000"), "200 kB across nodes");
+
+    // The routing mesh: node-1 runs no task, yet its published port answers, from both web
+    // tasks, and the tasks see the client's own address.
+    for node in [1, 2, 3] {
+        let url = format!("http://{}:8080/cgi-bin/whoami", c.node(node).ip);
+        let mut hosts = BTreeSet::new();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("both web tasks answered through node-{node}"),
+            || {
+                if let Some(body) = c.client_get(&url) {
+                    assert!(
+                        body.contains(CLIENT),
+                        "the task saw another source than the client {CLIENT}: {body}"
+                    );
+                    hosts.insert(body.split_whitespace().next().unwrap_or("").to_string());
+                }
+                hosts.len() == 2
+            },
+        );
+    }
+
+    // Isolation: from appnet, lone (on other) neither resolves nor answers at its address.
+    let lone = container_on("lone", &n2)
+        .or_else(|| container_on("lone", &n3))
+        .expect("lone's task");
+    let lone_addr = exec(&lone, "hostname -i").expect("lone's address");
+    assert!(
+        exec(&web2, "nslookup lone >/dev/null 2>&1").is_none(),
+        "lone resolved from appnet"
+    );
+    assert!(
+        exec(&web2, &format!("timeout 3 wget -q -O- http://{lone_addr}/")).is_none(),
+        "appnet reached lone's address {lone_addr} on another network"
+    );
+
+    // Losing node-3 (one web and one api task): node-1's published port keeps answering.
+    c.node_mut(3).kill();
+    let m = c.node(1);
+    let url = format!("http://{}:8080/", m.ip);
+    let mut in_a_row = 0;
+    wait_until(
+        Duration::from_secs(30),
+        "node-1:8080 answered 20 times in a row after node-3 died",
+        || {
+            if c.client_get(&url).is_some() {
+                in_a_row += 1;
+            } else {
+                in_a_row = 0;
+            }
+            in_a_row >= 20
+        },
+    );
+    wait_replicas(m, &[("api", "2/2"), ("web", "2/2")]);
+
+    // Cleanup: with the services and networks gone, the nodes keep no bridge, VXLAN device,
+    // engine network or load-balancing rule of theirs.
+    for s in ["web", "api", "lone"] {
+        m.ok(&["service", "rm", s]);
+    }
+    m.ok(&["network", "rm", "appnet", "other"]);
+    for i in [1, 2] {
+        let n = c.node(i);
+        let tag: String = n.node_id().chars().take(12).collect();
+        wait_for(
+            Duration::from_secs(30),
+            &format!("node-{i} cleaned up"),
+            || {
+                let left = [links(n, "shl-"), links(n, "shx-"), links(n, "shv-")].concat();
+                let nets = String::from_utf8_lossy(
+                    &Command::new("docker")
+                        .args(["network", "ls", "--format", "{{.Name}}"])
+                        .output()
+                        .expect("docker network ls")
+                        .stdout,
+                )
+                .lines()
+                .filter(|l| l.starts_with(&format!("shoal-{tag}-")))
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+                let table = n.sh(&["nft", "list", "table", "ip", &format!("shoal_{tag}")]);
+                let chains = table.lines().filter(|l| l.contains("chain svc_")).count();
+                if left.is_empty() && nets.is_empty() && chains == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "links {left:?}, networks {nets:?}, {chains} service chains"
+                    ))
+                }
+            },
+        );
+    }
+}
