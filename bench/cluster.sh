@@ -19,6 +19,14 @@
 #                 times (the node comes back and the service is recreated in between).
 #   m  memory     a fresh 2-node cluster (node-1 manager, node-2 worker); VmRSS of both daemons
 #                 idle, then with a service of MEM_REPLICAS replicas spread over the two.
+#   o  overlay    a fresh 3-node cluster (node-1 manager without tasks, node-2 and node-3
+#                 workers). One task of shoal-test/web (busybox httpd, a new connection per
+#                 request) on node-2, published on 8080. wrk (WRK_SECS s, WRK_CONNS connections)
+#                 from node-1 to the task's address (direct, over VXLAN), to the service's VIP,
+#                 and from a client outside the nodes to node-1:8080 (the routing mesh, node-1
+#                 runs no task): requests/s and latency, each as a ratio of direct. Then
+#                 ROUTE_RUNS times: a new service with one task on node-3, published on 8081;
+#                 seconds from its task's Running timestamp to the first answer through node-1.
 #
 # Usage: bench/cluster.sh              (as root) all parts
 #        PARTS=fw KILLS=3 W_KILLS=5 bench/cluster.sh     a quicker subset
@@ -26,7 +34,7 @@
 #                                      against its fresh numbers instead of the recorded ones
 #        bench/cluster.sh --cleanup    remove what a killed (kill -9) run left behind
 # Environment:
-#   PARTS=fwnm  KILLS=10  W_KILLS=20  REPLICAS=20  NL_RUNS=3  MEM_REPLICAS=200
+#   PARTS=fwnmo  KILLS=10  W_KILLS=20  REPLICAS=20  NL_RUNS=3  MEM_REPLICAS=200
 #   WRITE_INTERVAL=0.25  WRITE_TIMEOUT=30  TIMEOUT=180 (any single wait)  SETTLE=2 (seconds
 #   between a node showing Reachable again and the next kill)  UNREACHABLE_WAIT=30 (failover:
 #   before restarting the killed leader, wait up to this long for the others to show it
@@ -58,12 +66,15 @@ SWARM_NODELOSS_OTHERS="17.45 17.03"
 SWARM_F_SOURCE="recorded in bench/README.md (swarm-peer.sh, 2026-11-22)"
 SWARM_N_SOURCE=$SWARM_F_SOURCE
 
-PARTS=${PARTS:-fwnm}
+PARTS=${PARTS:-fwnmo}
 KILLS=${KILLS:-10}
 W_KILLS=${W_KILLS:-20}
 REPLICAS=${REPLICAS:-20}
 NL_RUNS=${NL_RUNS:-3}
 MEM_REPLICAS=${MEM_REPLICAS:-200}
+WRK_SECS=${WRK_SECS:-10}
+WRK_CONNS=${WRK_CONNS:-16}
+ROUTE_RUNS=${ROUTE_RUNS:-5}
 WRITE_INTERVAL=${WRITE_INTERVAL:-0.25}
 WRITE_TIMEOUT=${WRITE_TIMEOUT:-30}
 TIMEOUT=${TIMEOUT:-180}
@@ -679,11 +690,76 @@ run_memory() {
   echo "$MEMORY_RESULT"
 }
 
+# wrk URL [node|hub]: "requests/s p50 p99" of a WRK_SECS s run from node-1 or the hub.
+wrk_run() {
+  local url=$1 where=$2 out
+  if [ "$where" = hub ]; then
+    out=$(ip netns exec "$(ns_hub)" wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECS}s" --latency "$url" 2>&1)
+  else
+    out=$(ns_exec 1 wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECS}s" --latency "$url" 2>&1)
+  fi
+  awk '/Requests\/sec:/ { r = $2 } $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 }
+       END { printf "%s %s %s\n", r, p50, p99 }' <<< "$out"
+}
+
+# Polls URL from the hub (or node-1) until it answers.
+answers() {
+  if [ "$2" = hub ]; then
+    ip netns exec "$(ns_hub)" curl -sf -m 2 -o /dev/null "$1"
+  else
+    ns_exec 1 curl -sf -m 2 -o /dev/null "$1"
+  fi
+}
+
+run_overlay() {
+  local client ingress_id task_addr vip cid d v m r i t_run t_ok delays=()
+  log "overlay: fresh 3-node cluster (node-1 manager without tasks, 2 workers)"
+  form_cluster 3 1 || return 1
+  client=$NS_SUBNET.254
+  ip -n "$(ns_hub)" addr add "$client/24" dev "$NS_BRIDGE" 2>/dev/null
+  sh 1 network create -d overlay obench >/dev/null || return 1
+  sh 1 service create --detach --name ovs --network obench --publish 8080:80 \
+    --constraint node.hostname==node-2 --no-resolve-image shoal-test/web >/dev/null || return 1
+  wait_until svc_full ovs 1 || { log "ovs did not start"; return 1; }
+  ingress_id=$(sh 1 network inspect ingress --format '{{.Id}}')
+  vip=$(sh 1 service inspect ovs --format '{{range .Endpoint.VirtualIPs}}{{.NetworkID}} {{.Addr}}{{"\n"}}{{end}}' |
+    awk -v n="$ingress_id" '$1 == n { sub(/\/.*/, "", $2); print $2 }')
+  cid=$(engine ps -q --filter label=com.docker.swarm.service.name=ovs | head -1)
+  task_addr=$(engine inspect "$cid" --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{$v.IPAddress}}{{"\n"}}{{end}}' |
+    awk '$1 ~ /-ingress$/ { print $2 }')
+  log "task $task_addr on node-2, VIP $vip, mesh via node-1 $(ns_ip 1):8080"
+  wait_until answers "http://$task_addr/" node && wait_until answers "http://$vip/" node &&
+    wait_until answers "http://$(ns_ip 1):8080/" hub || { log "a path does not answer"; return 1; }
+  d=$(wrk_run "http://$task_addr/" node)
+  v=$(wrk_run "http://$vip/" node)
+  m=$(wrk_run "http://$(ns_ip 1):8080/" hub)
+  log "direct $d | vip $v | mesh $m (requests/s p50 p99)"
+  r=$(awk -v d="$d" -v v="$v" -v m="$m" 'BEGIN { split(d, a); split(v, b); split(m, c);
+      printf "direct %.0f req/s (p50 %s, p99 %s); VIP %.0f req/s = %.1f%% of direct (p50 %s, p99 %s); mesh via a node without tasks %.0f req/s = %.1f%% of direct (p50 %s, p99 %s)",
+      a[1], a[2], a[3], b[1], 100 * b[1] / a[1], b[2], b[3], c[1], 100 * c[1] / a[1], c[2], c[3] }')
+  for ((i = 1; i <= ROUTE_RUNS; i++)); do
+    sh 1 service create --detach --name ovt --network obench --publish 8081:80 \
+      --constraint node.hostname==node-3 --no-resolve-image shoal-test/web >/dev/null || return 1
+    until answers "http://$(ns_ip 1):8081/" hub; do sleep 0.01; done
+    t_ok=$(now)
+    t_run=$(sh 1 inspect "$(sh 1 service ps ovt -q --filter desired-state=running | head -1)" \
+      --format '{{.Status.Timestamp}}' | xargs -I{} date -d {} +%s.%N)
+    delays+=("$(diff_s "$t_run" "$t_ok")")
+    sh 1 service rm ovt >/dev/null
+    wait_until svc_containers_gone ovt
+    sleep 1
+  done
+  log "running -> first answer through node-1: ${delays[*]} s"
+  OVERLAY_RESULT="overlay (wrk -c$WRK_CONNS ${WRK_SECS}s, busybox httpd, one task on node-2): $r; new task running -> first answer through the mesh on another node: median $(printf "%s\n" "${delays[@]}" | median) s over $ROUTE_RUNS (${delays[*]})"
+  echo "$OVERLAY_RESULT"
+}
+
 # ----------------------------------------------------------------------------------------------
 FAILOVER_RESULT=
 LOSTW_RESULT=
 NODELOSS_RESULT=
 MEMORY_RESULT=
+OVERLAY_RESULT=
 ns_create 5 || exit 1
 case $PARTS in *[fwn]*)
   if form_cluster 5 3; then
@@ -694,18 +770,23 @@ case $PARTS in *[fwn]*)
   reset_cluster ;;
 esac
 case $PARTS in *m*) run_memory >/dev/null ;; esac
+case $PARTS in *o*)
+  case $PARTS in *m*) reset_cluster ;; esac
+  run_overlay >/dev/null ;;
+esac
 
 echo
 echo "shoal $("$SHOAL" --version 2>/dev/null | awk '{ print $2 }') x 5 daemons in network namespaces on one Docker Engine $(engine version --format '{{.Server.Version}}' 2>/dev/null), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date +%F)"
 echo "Docker Swarm numbers: failover $SWARM_F_SOURCE; node loss $SWARM_N_SOURCE"
 rc=0
-for p in f w n m; do
+for p in f w n m o; do
   case $PARTS in *$p*) ;; *) continue ;; esac
   case $p in
     f) r=$FAILOVER_RESULT ;;
     w) r=$LOSTW_RESULT ;;
     n) r=$NODELOSS_RESULT ;;
     m) r=$MEMORY_RESULT ;;
+    o) r=$OVERLAY_RESULT ;;
   esac
   if [ -n "$r" ]; then echo "$r"; else echo "part $p: failed, see the log above"; rc=1; fi
 done

@@ -88,8 +88,11 @@ fn links(n: &ClusterNode, prefix: &str) -> Vec<String> {
 
 #[test]
 fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let mut c = Cluster::start("overlay", 3);
     c.form(1);
+    phase("cluster formed");
     let m = c.node(1);
     m.ok(&["network", "create", "-d", "overlay", "appnet"]);
     m.ok(&["network", "create", "-d", "overlay", "other"]);
@@ -132,6 +135,7 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
         "api's replicas should be spread over both workers"
     );
 
+    phase("services running");
     // By name across nodes: web on node-2 reaches both api tasks (one of them on node-3)
     // through api's VIP, and tasks.api lists both addresses.
     let web2 = container_on("web", &n2).expect("web task on node-2");
@@ -162,6 +166,7 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
     );
     assert_eq!(got.as_deref(), Some("200000"), "200 kB across nodes");
 
+    phase("by name across nodes done");
     // The routing mesh: node-1 runs no task, yet its published port answers, from both web
     // tasks, and the tasks see the client's own address.
     for node in [1, 2, 3] {
@@ -183,6 +188,7 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
         );
     }
 
+    phase("mesh done");
     // Isolation: from appnet, lone (on other) neither resolves nor answers at its address.
     let lone = container_on("lone", &n2)
         .or_else(|| container_on("lone", &n3))
@@ -197,6 +203,7 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
         "appnet reached lone's address {lone_addr} on another network"
     );
 
+    phase("isolation done");
     // Losing node-3 (one web and one api task): node-1's published port keeps answering.
     c.node_mut(3).kill();
     let m = c.node(1);
@@ -216,6 +223,7 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
     );
     wait_replicas(m, &[("api", "2/2"), ("web", "2/2")]);
 
+    phase("node loss survived");
     // Cleanup: with the services and networks gone, the nodes keep no bridge, VXLAN device,
     // engine network or load-balancing rule of theirs.
     for s in ["web", "api", "lone"] {
@@ -253,4 +261,5 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
             },
         );
     }
+    phase("cleaned up");
 }

@@ -38,6 +38,67 @@ fn ns(i: usize) -> String {
     format!("shoal-n{i}")
 }
 
+/// Answers Docker's calls to a dead node's network plugin with success, so that removing the
+/// node's containers does not wait on a plugin that will never answer; removes the socket when
+/// dropped.
+struct PluginStandIn {
+    path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PluginStandIn {
+    fn start(path: &std::path::Path) -> PluginStandIn {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let _ = std::fs::remove_file(path);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = std::os::unix::net::UnixListener::bind(path).ok();
+        let flag = stop.clone();
+        let thread = listener.map(|l| {
+            let _ = l.set_nonblocking(true);
+            std::thread::spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    let Ok((mut conn, _)) = l.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+                    let mut buf = [0u8; 8192];
+                    let n = conn.read(&mut buf).unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]);
+                    let body = if req.contains("Plugin.Activate") {
+                        r#"{"Implements":["NetworkDriver","IpamDriver"]}"#
+                    } else {
+                        "{}"
+                    };
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.plugins.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            })
+        });
+        PluginStandIn {
+            path: path.to_path_buf(),
+            stop,
+            thread,
+        }
+    }
+}
+
+impl Drop for PluginStandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// One node of a [`Cluster`].
 pub struct ClusterNode {
     /// 1-based index.
@@ -127,14 +188,19 @@ impl ClusterNode {
             let _ = c.wait();
         }
         if let Some(id) = id {
-            // A killed daemon leaves its network plugin's socket behind.
+            // The node's containers die with it. Docker tears their network endpoints down
+            // through the node's plugin, which died too, and would retry it for minutes per
+            // endpoint: a stand-in answers on the plugin's socket meanwhile, as the dead
+            // machine's own engine would not have asked.
             let short: String = id.chars().take(12).collect();
-            let _ = std::fs::remove_file(format!("/run/docker/plugins/shoal-{short}.sock"));
+            let sock = PathBuf::from(format!("/run/docker/plugins/shoal-{short}.sock"));
+            let stand_in = PluginStandIn::start(&sock);
             for (c, _) in engine_containers(&format!("com.docker.swarm.node.id={id}")) {
                 let _ = Command::new("docker")
                     .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &c])
                     .output();
             }
+            drop(stand_in);
         }
     }
 
