@@ -200,6 +200,26 @@ impl ClusterNode {
                     .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &c])
                     .output();
             }
+            // Its engine networks too: nothing would remove them later (a restarted node makes
+            // new ones), and removing them without the plugin takes minutes as well.
+            let nets = Command::new("docker")
+                .args([
+                    "-H",
+                    "unix:///var/run/docker.sock",
+                    "network",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &format!("driver=shoal-{short}"),
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            for n in nets.split_whitespace() {
+                let _ = Command::new("docker")
+                    .args(["-H", "unix:///var/run/docker.sock", "network", "rm", n])
+                    .output();
+            }
             drop(stand_in);
         }
     }
