@@ -399,6 +399,15 @@ impl NetworkAgent {
         let inner = &self.inner;
         let mut desired = Model::build(st.networks.values().map(|n| &n.spec), &st.table);
         desired.node_mac = inner.node_mac;
+        // The mesh's return path follows the same peers; taken before the model is stored.
+        let want = mesh::ReturnPath {
+            bridge: st
+                .networks
+                .values()
+                .find(|n| n.spec.ingress)
+                .map(|n| n.bridge.clone()),
+            peers: desired.peers.clone(),
+        };
         let script = match &st.applied {
             Some(old) => nft::diff_script(&inner.table, old, &desired),
             None => Some(nft::full_script(&inner.table, &desired)),
@@ -410,7 +419,7 @@ impl NetworkAgent {
                 st.applied = None;
                 let full = nft::full_script(&inner.table, &desired);
                 match nft::apply("rebuild table", &full).await {
-                    Ok(()) => st.applied = Some(desired.clone()),
+                    Ok(()) => st.applied = Some(desired),
                     // DNS and VIP addresses below do not depend on nftables: keep them current,
                     // and rebuild the table on the next sync.
                     Err(e) => {
@@ -419,19 +428,11 @@ impl NetworkAgent {
                     }
                 }
             } else {
-                st.applied = Some(desired.clone());
+                st.applied = Some(desired);
             }
         } else {
-            st.applied = Some(desired.clone());
+            st.applied = Some(desired);
         }
-        let want = mesh::ReturnPath {
-            bridge: st
-                .networks
-                .values()
-                .find(|n| n.spec.ingress)
-                .map(|n| n.bridge.clone()),
-            peers: desired.peers.clone(),
-        };
         match mesh::apply(&st.mesh, &want).await {
             Ok(()) => st.mesh = want,
             Err(e) => {

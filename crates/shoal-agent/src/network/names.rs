@@ -60,13 +60,15 @@ pub fn endpoint_mac(addr: std::net::Ipv4Addr) -> [u8; 6] {
 /// it, which is how they tell a connection forwarded by that node (the routing mesh) and send
 /// its replies back through it.
 pub fn node_mac(node_id: &str) -> [u8; 6] {
-    let h = node_id
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| {
-            (h ^ b as u32).wrapping_mul(0x0100_0193)
-        })
-        .to_be_bytes();
+    let h = fnv1a(node_id).to_be_bytes();
     [0x02, 0x53, h[0], h[1], h[2], h[3]]
+}
+
+/// FNV-1a of `s`: a stable, well-spread hash for names derived from IDs.
+pub fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// A MAC address as nftables and `ip` print it.

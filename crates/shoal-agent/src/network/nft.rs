@@ -141,9 +141,7 @@ fn peer_marks<'a>(nodes: impl IntoIterator<Item = &'a str>) -> BTreeMap<[u8; 6],
     let mut used = BTreeSet::new();
     let mut out = BTreeMap::new();
     for n in nodes {
-        let h = n.bytes().fold(0x811c_9dc5u32, |h, b| {
-            (h ^ b as u32).wrapping_mul(0x0100_0193)
-        });
+        let h = names::fnv1a(n);
         let mut mark = (h ^ (h >> 16)) & PEER_MARK_MASK;
         while mark == 0 || used.contains(&mark) {
             mark = (mark + 1) & PEER_MARK_MASK;
