@@ -76,6 +76,25 @@ fn exec(container: &str, script: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The address of a container on the engine network whose name ends with `suffix`.
+fn engine_addr(container: &str, suffix: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args([
+            "-H",
+            "unix:///var/run/docker.sock",
+            "inspect",
+            container,
+            "--format",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{$v.IPAddress}}\n{{end}}",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (net, addr) = l.split_once(' ')?;
+        net.ends_with(suffix).then(|| addr.to_string())
+    })
+}
+
 /// Names of the links in a node's namespace that start with `prefix`.
 fn links(n: &ClusterNode, prefix: &str) -> Vec<String> {
     n.sh(&["ip", "-o", "link", "show"])
@@ -189,6 +208,42 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
     }
 
     phase("mesh done");
+    // A node's own connections to a task on another node: node-1 (no task of web) reaches the
+    // web task on node-2 at its ingress address and through web's ingress VIP, and node-2
+    // reaches the api task on node-3 at its appnet address.
+    let web2_ingress = engine_addr(&web2, "-ingress").expect("web's ingress address");
+    let ingress_id = m.ok(&["network", "inspect", "ingress", "--format", "{{.Id}}"]);
+    let web_vip = m
+        .ok(&[
+            "service",
+            "inspect",
+            "web",
+            "--format",
+            "{{range .Endpoint.VirtualIPs}}{{.NetworkID}} {{.Addr}}\n{{end}}",
+        ])
+        .lines()
+        .find_map(|l| {
+            let (net, addr) = l.split_once(' ')?;
+            (net == ingress_id.trim()).then(|| addr.split('/').next().unwrap_or(addr).to_string())
+        })
+        .expect("web's VIP on ingress");
+    for (node, url) in [
+        (1, format!("http://{web2_ingress}/")),
+        (1, format!("http://{web_vip}/")),
+        (2, format!("http://{api3_addr}/")),
+    ] {
+        wait_until(
+            Duration::from_secs(15),
+            &format!("node-{node} itself reached {url} on another node"),
+            || {
+                !c.node(node)
+                    .sh(&["curl", "-s", "-f", "-m", "3", &url])
+                    .is_empty()
+            },
+        );
+    }
+
+    phase("node-originated connections done");
     // Isolation: from appnet, lone (on other) neither resolves nor answers at its address.
     let lone = container_on("lone", &n2)
         .or_else(|| container_on("lone", &n3))

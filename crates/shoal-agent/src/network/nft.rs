@@ -11,7 +11,9 @@
 //!   `fib daddr type local` + `meta l4proto . th dport vmap @published` does the same for
 //!   published ports (and marks the connection so isolation lets it cross networks).
 //! - `postrouting` (nat): masquerade when a task reaches itself through a VIP (`@hairpin`), when
-//!   a loopback client reaches a published port, and traffic leaving non-internal networks.
+//!   the node itself opened a DNAT-ed connection into a bridge (its source is a local address:
+//!   127.0.0.1, or the VIP itself, which every node of the network holds, so a remote task's
+//!   reply would stay on that task's node), and traffic leaving non-internal networks.
 //! - `input`/`forward` (filter): refuse VIPs and published ports without healthy tasks; isolate
 //!   networks from each other and from the outside.
 //! - `mesh_mark` (filter, prerouting, before NAT): the return path of the routing mesh without
@@ -209,7 +211,7 @@ table ip {t} {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ct status dnat ip saddr . ip daddr @hairpin masquerade
-    ct status dnat ip saddr 127.0.0.0/8 oifname "{bp}*" masquerade
+    ct status dnat oifname "{bp}*" fib saddr type local masquerade
     jump net_postrouting
   }}
   chain input {{

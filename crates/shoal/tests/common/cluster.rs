@@ -415,8 +415,15 @@ impl Drop for Cluster {
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok()),
         ) {
-            eprintln!("holding the cluster for {secs} s (SHOAL_TEST_HOLD)");
-            std::thread::sleep(Duration::from_secs(secs));
+            let release = self.root.join("release");
+            eprintln!(
+                "holding the cluster for {secs} s (SHOAL_TEST_HOLD); `touch {}` ends it",
+                release.display()
+            );
+            let until = std::time::Instant::now() + Duration::from_secs(secs);
+            while std::time::Instant::now() < until && !release.exists() {
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
         if std::thread::panicking() {
             for n in &self.nodes {
