@@ -136,20 +136,32 @@ pub async fn run<E: Executor>(
         if let Ok(mut m) = last.lock() {
             m.retain(|id, _| ids.contains(id));
         }
-        if first || gone || last_sweep.elapsed() > Duration::from_secs(10) {
-            sweep(&cfg, &ids).await;
-            if let Some(net) = &cfg.network {
+        // Networks no assignment needs any more go as soon as the containers on them are
+        // swept; one Docker still holds (an endpoint not yet released) is retried in a second.
+        let stale: Vec<String> = match &cfg.network {
+            Some(_) => {
                 let wanted: HashSet<&str> = a.networks.iter().map(|n| n.id.as_str()).collect();
-                let stale: Vec<String> = nets
-                    .keys()
+                nets.keys()
                     .filter(|k| !wanted.contains(k.as_str()))
                     .cloned()
-                    .collect();
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let mut retry_soon = false;
+        if first || gone || !stale.is_empty() || last_sweep.elapsed() > Duration::from_secs(10) {
+            sweep(&cfg, &ids).await;
+            if let Some(net) = &cfg.network {
                 for id in stale {
-                    if let Err(e) = net.remove(&id).await {
-                        tracing::warn!(network = %id, error = %e, "removing unused network");
+                    match net.remove(&id).await {
+                        Ok(()) => {
+                            nets.remove(&id);
+                        }
+                        Err(e) => {
+                            tracing::warn!(network = %id, error = %e, "removing unused network; retrying");
+                            retry_soon = true;
+                        }
                     }
-                    nets.remove(&id);
                 }
             }
             last_sweep = Instant::now();
@@ -159,7 +171,7 @@ pub async fn run<E: Executor>(
         tokio::select! {
             _ = stop.cancelled() => break,
             r = assignments.changed() => if r.is_err() { break },
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(if retry_soon { 1 } else { 10 })) => {}
         }
     }
     for (_, r) in runners {

@@ -346,30 +346,28 @@ impl NetworkAgent {
     pub async fn remove_network(&self, network_id: &str) -> Result<(), NetworkError> {
         let inner = &self.inner;
         let mut st = inner.state.lock().await;
-        let Some(local) = st.networks.remove(network_id) else {
-            return Ok(());
-        };
-        match inner.docker.remove_network(&local.docker_id).await {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => {
-                let err = NetworkError::docker("remove network", &local.docker_name, e);
-                st.networks.insert(network_id.to_string(), local);
-                return Err(err);
+        if let Some(local) = st.networks.remove(network_id) {
+            match inner.docker.remove_network(&local.docker_id).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    let err = NetworkError::docker("remove network", &local.docker_name, e);
+                    st.networks.insert(network_id.to_string(), local);
+                    return Err(err);
+                }
             }
+            tracing::info!(network = %local.spec.name, id = %network_id, "network removed");
+            drop(local);
+            self.sync(&mut st).await?;
         }
-        let LocalNet {
-            bridge, spec, dns, ..
-        } = local;
-        drop(dns);
-        self.sync(&mut st).await?;
+        // The devices and rules go by name, so a retry after a failure here still removes them.
+        let bridge = names::bridge_name(network_id);
         inner
             .links
-            .delete_link(&names::vxlan_name(&spec.id))
+            .delete_link(&names::vxlan_name(network_id))
             .await?;
         inner.links.delete_link(&bridge).await?;
         iptables::remove_rules(&inner.iptables_comment, Some(&bridge)).await?;
-        tracing::info!(network = %spec.name, id = %spec.id, "network removed");
         Ok(())
     }
 
