@@ -13,7 +13,7 @@ use bollard::Docker;
 use futures::StreamExt;
 use shoal_api::objects::StoredTask;
 use shoal_api::{labels, template};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -111,6 +111,14 @@ pub trait Executor: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
     /// Removes it (and its anonymous volumes).
     fn remove(&self, id: &str) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
+    /// Network-attachment task IDs that plain containers on the engine still name (their
+    /// `ATTACHMENTS_LABEL`), so attachments whose container is gone can be given back. An
+    /// engine without plain containers (a simulated node) has none.
+    fn attached(
+        &self,
+    ) -> impl std::future::Future<Output = Result<HashSet<String>, ExecError>> + Send {
+        async { Ok(HashSet::new()) }
+    }
 }
 
 /// Concurrent container create/start calls per node (measured in bench/service-scale.sh).
@@ -323,6 +331,29 @@ impl DockerExecutor {
 }
 
 impl Executor for DockerExecutor {
+    async fn attached(&self) -> Result<HashSet<String>, ExecError> {
+        let label = shoal_api::dispatch::ATTACHMENTS_LABEL;
+        let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(engine(
+                "listing attached containers of node",
+                self.node_id.clone(),
+            ))?;
+        Ok(list
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get(label))
+            .flat_map(|v| v.split(','))
+            .map(str::to_string)
+            .collect())
+    }
+
     async fn list(&self) -> Result<Vec<Found>, ExecError> {
         let filters = HashMap::from([(
             "label".to_string(),

@@ -105,7 +105,8 @@ pub async fn run<E: Executor>(
                 continue;
             }
             let found = adopt.remove(t.id());
-            if is_terminal(t.state()) {
+            // A network attachment's container is the user's own, not the agent's to run.
+            if is_terminal(t.state()) || t.is_attachment() {
                 continue;
             }
             let prep = prepare(&cfg, t, &a, &nets);
@@ -151,6 +152,7 @@ pub async fn run<E: Executor>(
         let mut retry_soon = false;
         if first || gone || !stale.is_empty() || last_sweep.elapsed() > Duration::from_secs(10) {
             sweep(&cfg, &ids).await;
+            release_attachments(&cfg, &a, &reports).await;
             if let Some(net) = &cfg.network {
                 for id in stale {
                     match net.remove(&id).await {
@@ -223,6 +225,62 @@ async fn sweep<E: Executor>(cfg: &WorkerConfig<E>, ids: &HashSet<String>) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "listing containers for cleanup"),
+    }
+}
+
+/// How long a new network attachment may wait for its container (the proxy creates it right
+/// after the address arrives) before the node gives the address back.
+const ATTACHMENT_GRACE: Duration = Duration::from_secs(15);
+
+/// Reports network attachments done with once no container names them any more (the
+/// container was removed, or its create never happened): the manager then deletes them.
+async fn release_attachments<E: Executor>(
+    cfg: &WorkerConfig<E>,
+    a: &NodeAssignments,
+    reports: &mpsc::Sender<Vec<TaskStatusReport>>,
+) {
+    let mine: Vec<&StoredTask> = a
+        .tasks
+        .iter()
+        .filter(|t| t.is_attachment() && !is_terminal(t.state()))
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    let named = match cfg.executor.attached().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing attached containers");
+            return;
+        }
+    };
+    let now = chrono::Utc::now();
+    let done: Vec<TaskStatusReport> = mine
+        .into_iter()
+        .filter(|t| !named.contains(t.id()))
+        .filter(|t| {
+            let created = t
+                .task
+                .created_at
+                .as_deref()
+                .and_then(shoal_api::id::parse_time);
+            created.is_none_or(|c| (now - c).to_std().unwrap_or_default() > ATTACHMENT_GRACE)
+        })
+        .map(|t| {
+            tracing::info!(task = %t.id(), "network attachment without a container; releasing it");
+            TaskStatusReport {
+                task_id: t.id().to_string(),
+                status: TaskStatus {
+                    state: Some(TaskState::SHUTDOWN),
+                    message: Some("container removed".into()),
+                    timestamp: Some(shoal_api::id::now()),
+                    ..Default::default()
+                },
+            }
+        })
+        .collect();
+    if !done.is_empty() && reports.send(done).await.is_err() {
+        tracing::warn!("session closed; attachments are released on the next sweep");
     }
 }
 

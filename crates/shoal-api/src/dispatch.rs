@@ -149,7 +149,22 @@ pub enum AgentMessage {
     Reports(Vec<TaskStatusReport>),
     /// Still here.
     Heartbeat,
+    /// A plain container on this node wants an address on an attachable swarm network
+    /// (`docker run --network <name>`): the leader stores a network-attachment task with this
+    /// ID for the node, or answers [`ManagerMessage::Attached`] with the reason it cannot.
+    Attach {
+        /// ID the node chose for the attachment task (a repeat is harmless).
+        task_id: String,
+        /// The network's name or ID, as the user gave it.
+        network: String,
+        /// Extra DNS names of the container on that network.
+        aliases: Vec<String>,
+    },
 }
+
+/// Label on a plain container naming its network-attachment tasks (comma-separated), so the
+/// node releases their addresses once the container is gone.
+pub const ATTACHMENTS_LABEL: &str = "com.shoal.network.attachments";
 
 /// What the leader sends a node over the dispatcher session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +178,13 @@ pub enum ManagerMessage {
     Assignments(Box<NodeAssignments>),
     /// The managers' addresses, so the node can fail over to another one.
     Managers(Vec<String>),
+    /// The answer to [`AgentMessage::Attach`]: stored (no error), or why not.
+    Attached {
+        /// The attachment task's ID.
+        task_id: String,
+        /// Why it was refused (unknown network, not attachable, no free address...).
+        error: Option<String>,
+    },
 }
 
 /// IPv4 CIDR as a validated string type, so this crate needs no network library.

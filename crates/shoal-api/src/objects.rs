@@ -179,6 +179,14 @@ impl StoredTask {
     pub fn slot(&self) -> u64 {
         self.task.slot.unwrap_or(0).max(0) as u64
     }
+    /// A network attachment (a plain container's address on an attachable network), not a
+    /// service's task: it has no container of its own for the agent to run.
+    pub fn is_attachment(&self) -> bool {
+        self.task
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.network_attachment_spec.is_some())
+    }
 }
 
 /// Order of task states, so "at most running" and "terminal" comparisons read like Swarm's.

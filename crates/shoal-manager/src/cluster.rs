@@ -4,7 +4,9 @@ use crate::rpc::ManagerRpc;
 use crate::session::{self, Dispatcher};
 use crate::{control, membership};
 use futures::future::BoxFuture;
-use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
+use shoal_api::dispatch::{AgentMessage, NetworkInfo, NodeAssignments, TaskStatusReport};
+use shoal_api::models::{TaskState, TaskStatus};
+use shoal_api::objects::NetworkAttachment;
 use shoal_pki::NodeCert;
 use shoal_store::{Store, StoreOptions};
 use std::path::{Path, PathBuf};
@@ -186,6 +188,10 @@ impl Manager {
 pub struct NodeSession {
     stop: CancellationToken,
     tls: session::ClientTls,
+    assignments: watch::Receiver<NodeAssignments>,
+    reports: mpsc::Sender<Vec<TaskStatusReport>>,
+    requests: mpsc::Sender<AgentMessage>,
+    attached: tokio::sync::broadcast::Sender<(String, Option<String>)>,
 }
 
 impl NodeSession {
@@ -208,6 +214,7 @@ impl NodeSession {
         let managers = Arc::new(parking_lot::Mutex::new(managers));
         let dir = dir.to_path_buf();
         let saved = identity.clone();
+        let (attached, _) = tokio::sync::broadcast::channel(64);
         let cfg = session::ClientConfig {
             node_id: identity.node_id.clone(),
             managers,
@@ -222,16 +229,102 @@ impl NodeSession {
                     tracing::warn!(error = %e, "saving the managers' addresses");
                 }
             }),
+            attached: attached.clone(),
         };
         let (atx, arx) = watch::channel(NodeAssignments::default());
         let (rtx, rrx) = mpsc::channel(1024);
+        let (qtx, qrx) = mpsc::channel(64);
         let stop = CancellationToken::new();
-        tokio::spawn(session::run_client(cfg, atx, rrx, stop.clone()));
-        if let Err(e) = agent.start(identity.node_id.clone(), arx, rtx).await {
+        tokio::spawn(session::run_client(cfg, atx, rrx, qrx, stop.clone()));
+        if let Err(e) = agent
+            .start(identity.node_id.clone(), arx.clone(), rtx.clone())
+            .await
+        {
             stop.cancel();
             return Err(e);
         }
-        Ok(NodeSession { stop, tls })
+        Ok(NodeSession {
+            stop,
+            tls,
+            assignments: arx,
+            reports: rtx,
+            requests: qtx,
+            attached,
+        })
+    }
+
+    /// Asks the leader for an address on the attachable network `network` (name or ID) for a
+    /// plain container of this node, and waits until this node's assignments carry it: the
+    /// attachment (with its address) and the network as the node realizes it.
+    pub async fn attach(
+        &self,
+        task_id: &str,
+        network: &str,
+        aliases: Vec<String>,
+        limit: std::time::Duration,
+    ) -> Result<(NetworkAttachment, NetworkInfo), String> {
+        let mut answers = self.attached.subscribe();
+        let mut assignments = self.assignments.clone();
+        let request = AgentMessage::Attach {
+            task_id: task_id.to_string(),
+            network: network.to_string(),
+            aliases,
+        };
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| "this node's session with the swarm has ended".to_string())?;
+        let wait = async {
+            loop {
+                let ready = {
+                    let a = assignments.borrow_and_update();
+                    a.tasks
+                        .iter()
+                        .find(|t| t.id() == task_id)
+                        .and_then(|t| t.networks_attachments.first())
+                        .filter(|att| !att.addresses.is_empty())
+                        .and_then(|att| {
+                            let net = a.networks.iter().find(|n| n.id == att.network.id)?;
+                            Some((att.clone(), net.clone()))
+                        })
+                };
+                if let Some(r) = ready {
+                    return Ok(r);
+                }
+                tokio::select! {
+                    r = assignments.changed() => if r.is_err() {
+                        return Err("this node's session with the swarm has ended".to_string());
+                    },
+                    a = answers.recv() => match a {
+                        Ok((id, Some(e))) if id == task_id => return Err(e),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return Err("this node's session with the swarm has ended".into()),
+                    },
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+            Err(format!(
+                "could not attach to network {network}: no answer from the swarm within {} s",
+                limit.as_secs()
+            ))
+        })
+    }
+
+    /// Gives an attachment's address back (its container is gone, or was never made).
+    pub async fn release(&self, task_id: &str, why: &str) {
+        let report = TaskStatusReport {
+            task_id: task_id.to_string(),
+            status: TaskStatus {
+                state: Some(TaskState::SHUTDOWN),
+                message: Some(why.to_string()),
+                timestamp: Some(shoal_api::id::now()),
+                ..Default::default()
+            },
+        };
+        if self.reports.send(vec![report]).await.is_err() {
+            tracing::warn!(task = %task_id, "session ended; the attachment is released by the node's sweep");
+        }
     }
 
     /// Ends the session (the agent is stopped separately).

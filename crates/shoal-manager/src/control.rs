@@ -355,9 +355,42 @@ async fn write_in_batches(store: &Store, ops: OpsBySlot) -> Result<(), ApiError>
         .map(|_| ())
 }
 
+/// Gives a network attachment its address and, as its node is known from the start, marks it
+/// assigned; false (left pending with the reason) when the network is full.
+fn allocate_attachment(t: &mut StoredTask, ipam: &mut Ipam) -> bool {
+    for a in t
+        .networks_attachments
+        .iter_mut()
+        .filter(|a| a.addresses.is_empty())
+    {
+        match ipam.allocate(&a.network.id) {
+            Ok(addr) => a.addresses.push(addr),
+            Err(e) => {
+                let s = t.task.status.get_or_insert_with(Default::default);
+                if s.err.as_deref() != Some(e.message.as_str()) {
+                    s.state = Some(TaskState::PENDING);
+                    s.message = Some("pending address allocation".into());
+                    s.err = Some(e.message);
+                    s.timestamp = Some(id::now());
+                }
+                return false;
+            }
+        }
+    }
+    let s = t.task.status.get_or_insert_with(Default::default);
+    s.state = Some(TaskState::ASSIGNED);
+    s.message = Some("network attachment".into());
+    s.err = None;
+    s.timestamp = Some(id::now());
+    false
+}
+
 /// Gives a task its network addresses if it lacks them; false (task left pending with the
 /// reason) when a network has no free address.
 fn allocate(t: &mut StoredTask, state: &ClusterState, ipam: &mut Ipam) -> bool {
+    if t.is_attachment() {
+        return allocate_attachment(t, ipam);
+    }
     let Some(svc) = state.services.get(t.service_id()) else {
         return false;
     };

@@ -613,11 +613,14 @@ impl Sessions {
                 }
             }
             if !routes {
+                // Network attachments have no service, but their addresses are peers' endpoints.
                 let routed = |t: Option<&StoredTask>| {
                     t.is_some_and(|t| {
-                        self.routing
-                            .as_ref()
-                            .is_none_or(|r| r.routed.contains(t.service_id()))
+                        t.is_attachment()
+                            || self
+                                .routing
+                                .as_ref()
+                                .is_none_or(|r| r.routed.contains(t.service_id()))
                     })
                 };
                 let moved = route_footprint(c.before.as_deref()) != route_footprint(now);
@@ -1512,6 +1515,18 @@ mod tests {
                         continue;
                     }
                     t.obj.clone()
+                } else if rng.random_bool(0.2) {
+                    // A plain container's network attachment: no service, a peer's endpoint.
+                    let id = format!("a{step}-{}", ops.len());
+                    let mut t = task(&id, "n0", None, TaskState::NEW);
+                    t.task.spec = Some(shoal_api::models::TaskSpec {
+                        network_attachment_spec: Some(Default::default()),
+                        ..Default::default()
+                    });
+                    let host = 3 + rng.random_range(0..200);
+                    t.networks_attachments
+                        .push(attach("app", &format!("10.0.1.{host}/24")));
+                    t
                 } else {
                     let svc = &services[rng.random_range(0..services.len())];
                     let id = format!("t{step}-{}", ops.len());

@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod api;
+pub mod attachment;
 pub mod cluster;
 pub mod control;
 pub mod db;

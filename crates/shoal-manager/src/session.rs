@@ -210,9 +210,10 @@ impl Dispatcher {
             s.cancel();
         });
 
-        // The node's messages: reports, heartbeats, its description.
+        // The node's messages: reports, heartbeats, its description, attachment requests.
         let d = self.clone();
         let s = session.clone();
+        let replies = tx.clone();
         tokio::spawn(async move {
             let mut inbound = inbound;
             loop {
@@ -238,6 +239,25 @@ impl Dispatcher {
                     }
                     Ok(AgentMessage::Hello { description }) => {
                         d.describe(&node, description.map(|b| *b)).await;
+                    }
+                    Ok(AgentMessage::Attach {
+                        task_id,
+                        network,
+                        aliases,
+                    }) => {
+                        let (store, out, node) =
+                            (d.store.clone(), replies.clone(), node_id.clone());
+                        tokio::spawn(async move {
+                            let error = crate::attachment::create(
+                                &store, &node, &task_id, &network, aliases,
+                            )
+                            .await
+                            .err();
+                            if let Some(e) = &error {
+                                tracing::info!(node = %node, %network, error = %e, "attachment refused");
+                            }
+                            send(&out, &ManagerMessage::Attached { task_id, error }).await;
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(node = %node_id, error = %e, "undecodable session message")
@@ -381,6 +401,8 @@ pub struct ClientConfig {
     pub role: parking_lot::Mutex<(String, u64)>,
     /// Called when the assignments carry another role.
     pub on_role: OnRole,
+    /// Where the leader's answers to attachment requests go (task ID, refusal).
+    pub attached: tokio::sync::broadcast::Sender<(String, Option<String>)>,
 }
 
 /// Keeps this node's session with the leader, failing over between managers, until `stop`.
@@ -389,6 +411,7 @@ pub async fn run_client(
     cfg: ClientConfig,
     assignments: watch::Sender<NodeAssignments>,
     mut reports: mpsc::Receiver<Vec<TaskStatusReport>>,
+    mut requests: mpsc::Receiver<AgentMessage>,
     stop: CancellationToken,
 ) {
     let mut next: Option<String> = None;
@@ -407,7 +430,8 @@ pub async fn run_client(
             if stop.is_cancelled() {
                 return;
             }
-            match one_session(&cfg, &addr, &assignments, &mut reports, &stop).await {
+            let chans = (&mut reports, &mut requests);
+            match one_session(&cfg, &addr, &assignments, chans, &stop).await {
                 Ok(()) => {
                     failures = 0;
                     if stop.is_cancelled() {
@@ -437,7 +461,10 @@ async fn one_session(
     cfg: &ClientConfig,
     addr: &str,
     assignments: &watch::Sender<NodeAssignments>,
-    reports: &mut mpsc::Receiver<Vec<TaskStatusReport>>,
+    (reports, requests): (
+        &mut mpsc::Receiver<Vec<TaskStatusReport>>,
+        &mut mpsc::Receiver<AgentMessage>,
+    ),
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let tls = cfg.tls.read().clone();
@@ -489,8 +516,16 @@ async fn one_session(
                             (cfg.on_managers)(&list);
                         }
                     }
+                    Ok(ManagerMessage::Attached { task_id, error }) => {
+                        let _ = cfg.attached.send((task_id, error));
+                    }
                     Err(e) => tracing::warn!(error = %e, "undecodable session message"),
                 }
+            }
+            r = requests.recv() => {
+                let Some(r) = r else { return Ok(()) };
+                let m = encode(&r).map_err(|e| e.to_string())?;
+                tx.send(m).await.map_err(|_| "session closed".to_string())?;
             }
             r = reports.recv() => {
                 let Some(r) = r else { return Ok(()) };

@@ -155,6 +155,29 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
     );
 
     phase("services running");
+    // `docker network inspect` lists the nodes that carry appnet (node-1 has no task on it),
+    // and with --verbose each service's VIP and tasks.
+    let peers = m.ok(&[
+        "network",
+        "inspect",
+        "appnet",
+        "--format",
+        "{{range .Peers}}{{.Name}}={{.IP}} {{end}}",
+    ]);
+    assert_eq!(
+        peers.split_whitespace().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["node-2=10.99.0.2", "node-3=10.99.0.3"]),
+        "appnet's peers"
+    );
+    let verbose = m.ok(&[
+        "network",
+        "inspect",
+        "--verbose",
+        "appnet",
+        "--format",
+        "{{range $name, $s := .Services}}{{$name}}:{{len $s.Tasks}} {{end}}",
+    ]);
+    assert_eq!(verbose.trim(), "api:2 web:2", "appnet's services and tasks");
     // By name across nodes: web on node-2 reaches both api tasks (one of them on node-3)
     // through api's VIP, and tasks.api lists both addresses.
     let web2 = container_on("web", &n2).expect("web task on node-2");
@@ -317,4 +340,156 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
         );
     }
     phase("cleaned up");
+}
+
+/// The container of `docker run --name <name>` on the shared engine.
+fn engine_container(name: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["-H", "unix:///var/run/docker.sock", "ps", "-q", "--filter"])
+        .arg(format!("name=^{name}$"))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+#[test]
+fn plain_containers_join_attachable_networks_on_managers_and_workers() {
+    let c = Cluster::start("attach", 2);
+    c.form(1);
+    let m = c.node(1);
+    m.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--attachable",
+        "attnet",
+    ]);
+    m.ok(&["network", "create", "-d", "overlay", "closed"]);
+    m.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "api",
+        "--network",
+        "attnet",
+        "--constraint",
+        "node.hostname==node-2",
+        "shoal-test/web",
+    ]);
+    wait_replicas(m, &[("api", "1/1")]);
+    let n2 = c.node(2).node_id();
+    let api = container_on("api", &n2).expect("api task on node-2");
+    let api_addr = exec(&api, "hostname -i").expect("api's address");
+
+    // On the manager (node-1, no task there): a plain container on attnet reaches api on
+    // node-2 by its service name (the VIP), through tasks.api, and at its address.
+    m.ok(&[
+        "run",
+        "--pull",
+        "never",
+        "-d",
+        "--name",
+        "probe1",
+        "--network",
+        "attnet",
+        "shoal-test/busybox",
+        "sleep",
+        "300",
+    ]);
+    let probe1 = engine_container("probe1").expect("probe1 on the engine");
+    let probe1_addr = exec(&probe1, "hostname -i").unwrap_or_default();
+    assert!(
+        probe1_addr.starts_with(api_addr.rsplit_once('.').map_or("", |(a, _)| a)),
+        "probe1 ({probe1_addr}) is not on attnet's subnet (api at {api_addr})"
+    );
+    for url in [
+        "http://api/",
+        "http://tasks.api/",
+        &format!("http://{api_addr}/"),
+    ] {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("probe1 on node-1 reached {url}"),
+            || exec(&probe1, &format!("timeout 3 wget -q -O- {url}")).is_some(),
+        );
+    }
+    // The other way: api's task reaches the attached container at its address.
+    assert!(
+        exec(&api, &format!("ping -c 1 -W 2 {probe1_addr}")).is_some(),
+        "api on node-2 could not reach probe1 at {probe1_addr}"
+    );
+
+    // On the worker, through its own socket, a one-off `docker run --rm`.
+    let out = c.node(2).ok(&[
+        "run",
+        "--pull",
+        "never",
+        "--rm",
+        "--network",
+        "attnet",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "timeout 3 wget -q -O- http://api/",
+    ]);
+    assert!(
+        !out.trim().is_empty(),
+        "docker run on the worker got no answer from api"
+    );
+
+    // Refusals name the network and the reason, and create nothing.
+    let err = m.fails(&[
+        "run",
+        "--pull",
+        "never",
+        "--rm",
+        "--network",
+        "closed",
+        "shoal-test/busybox",
+        "true",
+    ]);
+    assert!(
+        err.contains("closed") && err.contains("not manually attachable"),
+        "unexpected refusal: {err}"
+    );
+    // A network neither the swarm nor the engine knows: the engine's own answer.
+    let err = m.fails(&[
+        "run",
+        "--pull",
+        "never",
+        "--rm",
+        "--network",
+        "nosuchnet",
+        "shoal-test/busybox",
+        "true",
+    ]);
+    assert!(
+        err.contains("nosuchnet") && err.contains("not found"),
+        "{err}"
+    );
+
+    // Removing the container gives its address back: with api gone too, node-1 no longer
+    // carries attnet.
+    m.ok(&["rm", "-f", "probe1"]);
+    m.ok(&["service", "rm", "api"]);
+    wait_for(
+        Duration::from_secs(30),
+        "node-1 dropped attnet after its container went",
+        || {
+            let left = links(m, "shl-").len();
+            // Only ingress may remain (it has no task either, so none at all is expected).
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} bridges left: {:?}", links(m, "shl-")))
+            }
+        },
+    );
+    let tasks = m.ok(&["network", "rm", "attnet", "closed"]);
+    assert!(tasks.contains("attnet"));
 }

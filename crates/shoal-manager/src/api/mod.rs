@@ -1,6 +1,7 @@
 //! The Docker Engine API, swarm subset: routes, request parsing and Docker's error format. Every
 //! other endpoint goes to the node's own engine through [`crate::proxy::EngineProxy`].
 
+mod containers;
 mod filters;
 mod logs;
 mod networks;
@@ -235,6 +236,14 @@ pub fn app(
             get(networks::inspect).delete(networks::remove),
         )
         .route("/distribution/{*name}", any(system::distribution))
+        .route(
+            "/containers/create",
+            post(containers::create).fallback(proxy),
+        )
+        .route(
+            "/containers/{id}",
+            axum::routing::delete(containers::remove).fallback(proxy),
+        )
         .fallback(proxy)
         .layer(axum::middleware::from_fn(check_version))
         .with_state(state);

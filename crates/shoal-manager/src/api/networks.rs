@@ -81,15 +81,96 @@ fn view(n: &Network) -> serde_json::Value {
     v
 }
 
-/// `GET /networks/{id}`: a swarm network, else the engine's.
+/// The nodes that carry `network_id` (those with a live task or attachment on it), as
+/// `docker network inspect` shows them in `Peers`; and, for `--verbose`, its services with
+/// their VIPs and tasks.
+fn peers_and_services(
+    state: &ClusterState,
+    network_id: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    use shoal_api::objects::is_terminal;
+    let mut peers: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    let mut services: serde_json::Map<String, serde_json::Value> = Default::default();
+    let node_of = |id: &str| state.nodes.iter().find(|n| n.obj.id.as_deref() == Some(id));
+    for t in state.tasks.iter().map(|t| &t.obj) {
+        let Some(att) = t
+            .networks_attachments
+            .iter()
+            .find(|a| a.network.id == network_id)
+        else {
+            continue;
+        };
+        let (Some(node_id), false) = (t.node_id(), is_terminal(t.state())) else {
+            continue;
+        };
+        let node = node_of(node_id);
+        let host = node
+            .and_then(|n| n.obj.description.as_ref()?.hostname.clone())
+            .unwrap_or_else(|| node_id.to_string());
+        let ip = node
+            .and_then(|n| n.obj.status.as_ref()?.addr.clone())
+            .unwrap_or_default();
+        peers.insert(
+            host.clone(),
+            serde_json::json!({ "Name": host, "IP": ip.clone() }),
+        );
+        let Some(svc) = state.services.get(t.service_id()) else {
+            continue;
+        };
+        let name = svc
+            .obj
+            .service
+            .spec
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_default();
+        let vip = svc
+            .obj
+            .service
+            .endpoint
+            .iter()
+            .flat_map(|e| e.virtual_ips.iter().flatten())
+            .find(|v| v.network_id.as_deref() == Some(network_id))
+            .and_then(|v| v.addr.clone())
+            .map(|a| a.split('/').next().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        let entry = services.entry(name).or_insert_with(
+            || serde_json::json!({ "VIP": vip, "Ports": [], "LocalLBIndex": 0, "Tasks": [] }),
+        );
+        if let Some(list) = entry["Tasks"].as_array_mut() {
+            list.push(serde_json::json!({
+                "Name": format!("{}.{}.{}", svc.obj.name(), t.slot().max(1), t.id()),
+                "EndpointID": "",
+                "EndpointIP": att.addresses.first().map(|a| a.split('/').next().unwrap_or_default()).unwrap_or_default(),
+                "Info": { "Host IP": ip },
+            }));
+        }
+    }
+    (
+        serde_json::Value::Array(peers.into_values().collect()),
+        serde_json::Value::Object(services),
+    )
+}
+
+/// `GET /networks/{id}`: a swarm network (with its peers, and with `verbose=true` its
+/// services and tasks), else the engine's.
 pub async fn inspect(
     State(d): State<AppState>,
     Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Result<Response> {
     if let Ok(m) = d.manager().await {
         if let Some(n) = db::lookup::<Network>(&m.store, &key) {
-            return Ok(json(StatusCode::OK, &view(&n.obj)));
+            let mut v = view(&n.obj);
+            let state = ClusterState::load(&m.store);
+            let (peers, services) =
+                peers_and_services(&state, n.obj.id.as_deref().unwrap_or_default());
+            v["Peers"] = peers;
+            if q.get("verbose").is_some_and(|x| x == "true" || x == "1") {
+                v["Services"] = services;
+            }
+            return Ok(json(StatusCode::OK, &v));
         }
     }
     Ok(proxy(State(d), req).await)

@@ -104,6 +104,12 @@ pub fn plan(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Plan {
         .collect();
     let mut by_service: HashMap<&str, Vec<(&StoredTask, u64)>> = HashMap::new();
     for t in &state.tasks {
+        if t.obj.is_attachment() {
+            if crate::attachment::finished(&t.obj, |n| known.contains(n)) {
+                plan.deleted.push((t.obj.id().to_string(), t.version));
+            }
+            continue;
+        }
         // A replicated task on a down or drained node is shut down and left out of its slot, so
         // the slot gets a replacement elsewhere in this same pass. When a down node comes back,
         // its agent sees the task's desired state and stops the container.

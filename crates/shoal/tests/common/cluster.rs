@@ -441,7 +441,12 @@ impl Drop for Cluster {
             }
             n.kill();
         }
-        for (id, _) in engine_containers("com.docker.swarm.node.id") {
+        // Task containers, and plain containers a test attached to swarm networks.
+        let plain = engine_containers(shoal_api_attachments_label());
+        for (id, _) in engine_containers("com.docker.swarm.node.id")
+            .into_iter()
+            .chain(plain)
+        {
             let _ = Command::new("docker")
                 .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &id])
                 .output();
@@ -462,4 +467,10 @@ impl ClusterNode {
             "up",
         ]);
     }
+}
+
+/// The label shoal puts on plain containers attached to swarm networks
+/// (`shoal_api::dispatch::ATTACHMENTS_LABEL`, spelled out: the tests drive the binary only).
+fn shoal_api_attachments_label() -> &'static str {
+    "com.shoal.network.attachments"
 }
