@@ -93,9 +93,17 @@ async fn engine_has(d: &AppState, name: &str) -> bool {
 }
 
 /// The name of the engine network this node made for swarm network `network_id`, once the
-/// node's agent has made it.
-async fn engine_network(d: &AppState, network_id: &str) -> std::result::Result<String, ApiError> {
-    let filters = json!({ "label": [format!("com.shoal.network.id={network_id}")] }).to_string();
+/// node's agent has made it (an engine shared by several nodes holds one per node).
+async fn engine_network(
+    d: &AppState,
+    node_id: &str,
+    network_id: &str,
+) -> std::result::Result<String, ApiError> {
+    let filters = json!({ "label": [
+        format!("com.shoal.network.id={network_id}"),
+        format!("com.shoal.node.id={node_id}"),
+    ] })
+    .to_string();
     let path = format!(
         "/networks?filters={}",
         percent_encoding::utf8_percent_encode(&filters, percent_encoding::NON_ALPHANUMERIC)
@@ -150,8 +158,13 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(proxy(State(d), pass(parts, bytes)).await);
     };
-    let session: Option<Arc<NodeSession>> = d.node.read().await.as_ref().map(|(_, s)| s.clone());
-    let (Some(session), names) = (session, requested_networks(&v)) else {
+    let node: Option<(String, Arc<NodeSession>)> = d
+        .node
+        .read()
+        .await
+        .as_ref()
+        .map(|(id, s)| (id.node_id.clone(), s.clone()));
+    let (Some((node_id, session)), names) = (node, requested_networks(&v)) else {
         return Ok(proxy(State(d), pass(parts, bytes)).await);
     };
     let mut swarm = Vec::new();
@@ -188,7 +201,7 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
             }
         };
         tasks.push(task_id);
-        let engine_name = match engine_network(&d, &net.id).await {
+        let engine_name = match engine_network(&d, &node_id, &net.id).await {
             Ok(n) => n,
             Err(e) => {
                 release_all(&session, &tasks, "container create failed").await;
