@@ -698,8 +698,10 @@ wrk_run() {
   else
     out=$(ns_exec 1 wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECS}s" --latency "$url" 2>&1)
   fi
+  # Failed connections and error answers are counted apart: requests/s counts every answer.
   awk '/Requests\/sec:/ { r = $2 } $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 }
-       END { printf "%s %s %s\n", r, p50, p99 }' <<< "$out"
+       /Socket errors:/ { gsub(",", ""); e = $4 + $6 + $8 + $10 } /Non-2xx/ { n = $NF }
+       END { printf "%s %s %s %d\n", r, p50, p99, e + n }' <<< "$out"
 }
 
 # Polls URL from the hub (or node-1) until it answers.
@@ -733,17 +735,17 @@ run_overlay() {
   d=$(wrk_run "http://$task_addr/" node)
   v=$(wrk_run "http://$vip/" node)
   m=$(wrk_run "http://$(ns_ip 1):8080/" hub)
-  log "direct $d | vip $v | mesh $m (requests/s p50 p99)"
+  log "direct $d | vip $v | mesh $m (requests/s p50 p99 errors)"
   r=$(awk -v d="$d" -v v="$v" -v m="$m" 'BEGIN { split(d, a); split(v, b); split(m, c);
-      printf "direct %.0f req/s (p50 %s, p99 %s); VIP %.0f req/s = %.1f%% of direct (p50 %s, p99 %s); mesh via a node without tasks %.0f req/s = %.1f%% of direct (p50 %s, p99 %s)",
-      a[1], a[2], a[3], b[1], 100 * b[1] / a[1], b[2], b[3], c[1], 100 * c[1] / a[1], c[2], c[3] }')
+      printf "direct %.0f req/s (p50 %s, p99 %s, %d errors); VIP %.0f req/s = %.1f%% of direct (p50 %s, p99 %s, %d errors); mesh via a node without tasks %.0f req/s = %.1f%% of direct (p50 %s, p99 %s, %d errors)",
+      a[1], a[2], a[3], a[4], b[1], 100 * b[1] / a[1], b[2], b[3], b[4], c[1], 100 * c[1] / a[1], c[2], c[3], c[4] }')
   for ((i = 1; i <= ROUTE_RUNS; i++)); do
     sh 1 service create --detach --name ovt --network obench --publish 8081:80 \
       --constraint node.hostname==node-3 --no-resolve-image shoal-test/web >/dev/null || return 1
     until answers "http://$(ns_ip 1):8081/" hub; do sleep 0.01; done
     t_ok=$(now)
     t_run=$(sh 1 inspect "$(sh 1 service ps ovt -q --filter desired-state=running | head -1)" \
-      --format '{{.Status.Timestamp}}' | xargs -I{} date -d {} +%s.%N)
+      --format '{{json .Status.Timestamp}}' | tr -d '"' | xargs -I{} date -d {} +%s.%N)
     delays+=("$(diff_s "$t_run" "$t_ok")")
     sh 1 service rm ovt >/dev/null
     wait_until svc_containers_gone ovt

@@ -231,6 +231,54 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
     }
 
     phase("mesh done");
+    // The manager's daemon restarts (kill -9, then a new process on its data): its published
+    // port answers throughout, from the rules the old process left until the new one has
+    // replaced them with its first assignments.
+    let url = format!("http://{}:8080/", c.node(1).ip);
+    let probing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = {
+        let (probing, url) = (probing.clone(), url.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let t0 = std::time::Instant::now();
+            while probing.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        "shoal-hub",
+                        "curl",
+                        "-s",
+                        "-f",
+                        "-m",
+                        "1",
+                        &url,
+                    ])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if got {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{:.2}s", t0.elapsed().as_secs_f64()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    c.node_mut(1).restart_daemon();
+    wait_replicas(c.node(1), &[("web", "2/2")]);
+    std::thread::sleep(Duration::from_secs(3));
+    probing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = prober.join().expect("prober thread");
+    assert!(
+        failed.is_empty() && ok > 10,
+        "node-1:8080 through its daemon's restart: {ok} answered, failed at {failed:?}"
+    );
+    let m = c.node(1);
+
+    phase("daemon restart survived");
     // A node's own connections to a task on another node: node-1 (no task of web) reaches the
     // web task on node-2 at its ingress address and through web's ingress VIP, and node-2
     // reaches the api task on node-3 at its appnet address.

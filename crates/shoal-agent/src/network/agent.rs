@@ -68,6 +68,11 @@ struct State {
     extra_search: Vec<String>,
     /// The routing mesh's return path as last applied.
     mesh: mesh::ReturnPath,
+    /// False until the first sync has replaced whatever return path a previous run left.
+    mesh_known: bool,
+    /// False until the first routing table arrives: a network set up before it (the worker
+    /// ensures networks first) must not replace what a previous run left with an empty picture.
+    routed: bool,
 }
 
 impl State {
@@ -141,12 +146,20 @@ impl NetworkAgent {
                 "dockerd runs in another network namespace; veths will be moved there"
             );
         }
+        // A restarted daemon keeps the table and the mesh's return path it left, so VIPs and
+        // published ports go on answering until the first assignments arrive; that first sync
+        // replaces both whole (`applied: None`, `mesh_known: false`).
         let empty = Model {
             node_mac: names::node_mac(&cfg.node_id),
             ..Model::default()
         };
-        nft::apply("create table", &nft::full_script(&table, &empty)).await?;
-        mesh::clear().await?;
+        let applied = if nft::table_exists(&table).await {
+            tracing::info!(%table, "keeping the nftables table until the first assignments");
+            None
+        } else {
+            nft::apply("create table", &nft::full_script(&table, &empty)).await?;
+            Some(empty)
+        };
         let plugin_state = Arc::new(PluginState {
             links: links.clone(),
             docker: cfg.docker.clone(),
@@ -172,7 +185,7 @@ impl NetworkAgent {
                 plugin_state,
                 plugin: Mutex::new(Some(plugin)),
                 state: Mutex::new(State {
-                    applied: Some(empty),
+                    applied,
                     ..State::default()
                 }),
             }),
@@ -376,6 +389,7 @@ impl NetworkAgent {
     pub async fn apply_routing(&self, table: &RoutingTable) -> Result<(), NetworkError> {
         let mut st = self.inner.state.lock().await;
         st.table = table.clone();
+        st.routed = true;
         self.sync(&mut st).await
     }
 
@@ -394,6 +408,9 @@ impl NetworkAgent {
 
     /// Brings nftables, VIP addresses and DNS records in line with (networks, table).
     async fn sync(&self, st: &mut State) -> Result<(), NetworkError> {
+        if !st.routed {
+            return Ok(());
+        }
         let inner = &self.inner;
         let mut desired = Model::build(st.networks.values().map(|n| &n.spec), &st.table);
         desired.node_mac = inner.node_mac;
@@ -430,6 +447,15 @@ impl NetworkAgent {
             }
         } else {
             st.applied = Some(desired);
+        }
+        if !st.mesh_known {
+            match mesh::clear().await {
+                Ok(()) => st.mesh_known = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot clear the routing mesh's old return path");
+                    first_err.get_or_insert(e);
+                }
+            }
         }
         match mesh::apply(&st.mesh, &want).await {
             Ok(()) => st.mesh = want,

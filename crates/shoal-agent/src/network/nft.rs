@@ -365,6 +365,17 @@ fn published_key(key: (Protocol, u16), targets: &[SocketAddrV4]) -> (&'static st
     (set, format!("{} . {}", key.0.as_str(), key.1))
 }
 
+/// Whether this namespace already has the node's table (a previous run of the daemon left it).
+pub(crate) async fn table_exists(t: &str) -> bool {
+    tokio::process::Command::new("nft")
+        .args(["list", "table", "ip", t])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
 /// A script that replaces the whole table with `m` in one transaction.
 pub(crate) fn full_script(t: &str, m: &Model) -> String {
     let mut out = String::new();

@@ -180,6 +180,16 @@ impl ClusterNode {
             .to_string()
     }
 
+    /// `kill -9` of the daemon alone, then a new one on the same data: what it left in the
+    /// namespace (bridges, rules) and its containers are still there.
+    pub fn restart_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+
     /// `kill -9` of the daemon and every container it ran: the whole node is gone.
     pub fn kill(&mut self) {
         let id = self.node_id_from_disk();
