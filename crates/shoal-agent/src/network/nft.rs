@@ -11,9 +11,10 @@
 //!   `fib daddr type local` + `meta l4proto . th dport vmap @published` does the same for
 //!   published ports (and marks the connection so isolation lets it cross networks).
 //! - `postrouting` (nat): masquerade when a task reaches itself through a VIP (`@hairpin`), when
-//!   the node itself opened a DNAT-ed connection into a bridge (its source is a local address:
-//!   127.0.0.1, or the VIP itself, which every node of the network holds, so a remote task's
-//!   reply would stay on that task's node), and traffic leaving non-internal networks.
+//!   the node itself opened a DNAT-ed connection into a bridge from a local address other than
+//!   a VIP (127.0.0.1, its own address: a remote task's reply would not come back), and traffic
+//!   leaving non-internal networks. A node calling a VIP has the VIP as source; it is not
+//!   NAT-ed: the reply is sent back like a reply to a gateway address (below).
 //! - `input`/`forward` (filter): refuse VIPs and published ports without healthy tasks; isolate
 //!   networks from each other and from the outside.
 //! - `mesh_mark` (filter, prerouting, before NAT): the return path of the routing mesh without
@@ -51,6 +52,11 @@ pub(crate) struct Model {
     pub published: BTreeMap<(Protocol, u16), Vec<SocketAddrV4>>,
     /// Every backend address (a task reaching itself through a VIP must be masqueraded).
     pub hairpin: BTreeSet<Ipv4Addr>,
+    /// Every VIP here. Every node of a network holds its VIPs, so when the node itself calls a
+    /// VIP (the kernel then picks the VIP as source), a remote task's reply to it must be sent
+    /// back to this node like a reply to the gateway address, not NAT-ed (NAT would have to
+    /// find a free port per connection in one address pair and runs out under load).
+    pub vip_addrs: BTreeSet<Ipv4Addr>,
     /// Peer node bridge MAC -> its mark (in `PEER_MARK_MASK`), for the mesh's return path.
     pub peers: BTreeMap<[u8; 6], u32>,
     /// This node's bridge MAC.
@@ -109,6 +115,7 @@ impl Model {
                 .map(|t| t.addr)
                 .collect();
             m.hairpin.extend(backends.iter().copied());
+            m.vip_addrs.insert(vip);
             m.services.insert(
                 names::service_chain(&s.service_id, &s.network_id),
                 ServiceLb {
@@ -174,9 +181,11 @@ fn skeleton(t: &str, node_mac: &[u8; 6]) -> String {
         r#"table bridge {t} {{
   map peer_macs {{ type mark : ether_addr; }}
   set gateways {{ type ipv4_addr; }}
+  set vips {{ type ipv4_addr; }}
   chain mesh_return {{
     type filter hook prerouting priority 1; policy accept;
     meta mark and {pm:#010x} != 0 ether daddr {mac} ip daddr @gateways ether daddr set meta mark and {pm:#010x} map @peer_macs
+    meta mark and {pm:#010x} != 0 ether daddr {mac} ip daddr @vips ether daddr set meta mark and {pm:#010x} map @peer_macs
   }}
   chain mesh_unmark {{
     type filter hook postrouting priority 0; policy accept;
@@ -195,6 +204,7 @@ table ip {t} {{
   map published {{ type inet_proto . inet_service : verdict; }}
   set published_down {{ type inet_proto . inet_service; }}
   set hairpin {{ type ipv4_addr . ipv4_addr; }}
+  set vip_addrs {{ type ipv4_addr; }}
   chain net_forward {{ }}
   chain net_input {{ }}
   chain net_postrouting {{ }}
@@ -211,7 +221,7 @@ table ip {t} {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ct status dnat ip saddr . ip daddr @hairpin masquerade
-    ct status dnat oifname "{bp}*" fib saddr type local masquerade
+    ct status dnat oifname "{bp}*" ip saddr != @vip_addrs fib saddr type local masquerade
     jump net_postrouting
   }}
   chain input {{
@@ -405,7 +415,15 @@ pub(crate) fn full_script(t: &str, m: &Model) -> String {
     for a in &m.hairpin {
         let _ = writeln!(out, "add element ip {t} hairpin {{ {a} . {a} }}");
     }
+    for a in &m.vip_addrs {
+        vip_addr_elements("add", t, *a, &mut out);
+    }
     out
+}
+
+fn vip_addr_elements(op: &str, t: &str, a: Ipv4Addr, out: &mut String) {
+    let _ = writeln!(out, "{op} element ip {t} vip_addrs {{ {a} }}");
+    let _ = writeln!(out, "{op} element bridge {t} vips {{ {a} }}");
 }
 
 /// A script that turns the applied model `old` into `new`, touching only what differs; `None`
@@ -503,6 +521,12 @@ pub(crate) fn diff_script(t: &str, old: &Model, new: &Model) -> Option<String> {
     }
     for a in new.hairpin.difference(&old.hairpin) {
         let _ = writeln!(add_elems, "add element ip {t} hairpin {{ {a} . {a} }}");
+    }
+    for a in old.vip_addrs.difference(&new.vip_addrs) {
+        vip_addr_elements("delete", t, *a, &mut del_elems);
+    }
+    for a in new.vip_addrs.difference(&old.vip_addrs) {
+        vip_addr_elements("add", t, *a, &mut add_elems);
     }
 
     let script = del_elems + &chains + &add_elems + &del_chains;
