@@ -330,22 +330,31 @@ impl DockerExecutor {
     }
 }
 
-impl Executor for DockerExecutor {
-    async fn attached(&self) -> Result<HashSet<String>, ExecError> {
-        let label = shoal_api::dispatch::ATTACHMENTS_LABEL;
-        let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
-        let list = self
-            .docker
+impl DockerExecutor {
+    /// Every container on the engine, running or not, that matches the label filter `label`.
+    async fn containers_labelled(
+        &self,
+        label: String,
+        what: &'static str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, ExecError> {
+        let filters = HashMap::from([("label".to_string(), vec![label])]);
+        self.docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(filters),
                 ..Default::default()
             }))
             .await
-            .map_err(engine(
-                "listing attached containers of node",
-                self.node_id.clone(),
-            ))?;
+            .map_err(engine(what, self.node_id.clone()))
+    }
+}
+
+impl Executor for DockerExecutor {
+    async fn attached(&self) -> Result<HashSet<String>, ExecError> {
+        let label = shoal_api::dispatch::ATTACHMENTS_LABEL;
+        let list = self
+            .containers_labelled(label.to_string(), "listing attached containers of node")
+            .await?;
         Ok(list
             .iter()
             .filter_map(|c| c.labels.as_ref()?.get(label))
@@ -355,19 +364,10 @@ impl Executor for DockerExecutor {
     }
 
     async fn list(&self) -> Result<Vec<Found>, ExecError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{}={}", labels::NODE_ID, self.node_id)],
-        )]);
+        let label = format!("{}={}", labels::NODE_ID, self.node_id);
         let list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(engine("listing containers of node", self.node_id.clone()))?;
+            .containers_labelled(label, "listing containers of node")
+            .await?;
         Ok(list
             .into_iter()
             .filter_map(|c| {

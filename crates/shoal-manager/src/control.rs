@@ -355,6 +355,18 @@ async fn write_in_batches(store: &Store, ops: OpsBySlot) -> Result<(), ApiError>
         .map(|_| ())
 }
 
+/// Leaves a task pending with the reason its address could not be allocated (written once,
+/// so an unchanged reason does not rewrite the task every pass).
+fn pending_allocation(t: &mut StoredTask, e: ApiError) {
+    let s = t.task.status.get_or_insert_with(Default::default);
+    if s.err.as_deref() != Some(e.message.as_str()) {
+        s.state = Some(TaskState::PENDING);
+        s.message = Some("pending address allocation".into());
+        s.err = Some(e.message);
+        s.timestamp = Some(id::now());
+    }
+}
+
 /// Gives a network attachment its address and, as its node is known from the start, marks it
 /// assigned; false (left pending with the reason) when the network is full.
 fn allocate_attachment(t: &mut StoredTask, ipam: &mut Ipam) -> bool {
@@ -366,13 +378,7 @@ fn allocate_attachment(t: &mut StoredTask, ipam: &mut Ipam) -> bool {
         match ipam.allocate(&a.network.id) {
             Ok(addr) => a.addresses.push(addr),
             Err(e) => {
-                let s = t.task.status.get_or_insert_with(Default::default);
-                if s.err.as_deref() != Some(e.message.as_str()) {
-                    s.state = Some(TaskState::PENDING);
-                    s.message = Some("pending address allocation".into());
-                    s.err = Some(e.message);
-                    s.timestamp = Some(id::now());
-                }
+                pending_allocation(t, e);
                 return false;
             }
         }
@@ -401,13 +407,7 @@ fn allocate(t: &mut StoredTask, state: &ClusterState, ipam: &mut Ipam) -> bool {
     match attach_task(t, state, ipam) {
         Ok(()) => true,
         Err(e) => {
-            let s = t.task.status.get_or_insert_with(Default::default);
-            if s.err.as_deref() != Some(e.message.as_str()) {
-                s.state = Some(TaskState::PENDING);
-                s.message = Some("pending address allocation".into());
-                s.err = Some(e.message);
-                s.timestamp = Some(id::now());
-            }
+            pending_allocation(t, e);
             false
         }
     }

@@ -490,36 +490,27 @@ fn plain_containers_join_attachable_networks_on_managers_and_workers() {
         "docker run on the worker got no answer from api"
     );
 
-    // Refusals name the network and the reason, and create nothing.
-    let err = m.fails(&[
-        "run",
-        "--pull",
-        "never",
-        "--rm",
-        "--network",
-        "closed",
-        "shoal-test/busybox",
-        "true",
-    ]);
-    assert!(
-        err.contains("closed") && err.contains("not manually attachable"),
-        "unexpected refusal: {err}"
-    );
-    // A network neither the swarm nor the engine knows: the engine's own answer.
-    let err = m.fails(&[
-        "run",
-        "--pull",
-        "never",
-        "--rm",
-        "--network",
-        "nosuchnet",
-        "shoal-test/busybox",
-        "true",
-    ]);
-    assert!(
-        err.contains("nosuchnet") && err.contains("not found"),
-        "{err}"
-    );
+    // Refusals name the network and the reason, and create nothing; a network neither the
+    // swarm nor the engine knows gets the engine's own answer.
+    for (net, why) in [
+        ("closed", "not manually attachable"),
+        ("nosuchnet", "not found"),
+    ] {
+        let err = m.fails(&[
+            "run",
+            "--pull",
+            "never",
+            "--rm",
+            "--network",
+            net,
+            "shoal-test/busybox",
+            "true",
+        ]);
+        assert!(
+            err.contains(net) && err.contains(why),
+            "docker run --network {net}: {err}"
+        );
+    }
 
     // Removing the container gives its address back: with api gone too, node-1 no longer
     // carries attnet.

@@ -221,7 +221,27 @@ fn services_scale_restart_and_report_as_swarm_does() {
             && c.lines().all(|l| l.starts_with("Running"))
             && engine_containers("com.docker.swarm.service.name=web").len() >= 2
     });
-    let c = node.ok(&["ps", "-q", "--filter", "name=web.1."]);
+    // The running task of slot 1 (its predecessor's container may still be stopping).
+    let task = node
+        .ok(&[
+            "service",
+            "ps",
+            "web",
+            "--filter",
+            "desired-state=running",
+            "--no-trunc",
+            "--format",
+            "{{.Name}} {{.ID}}",
+        ])
+        .lines()
+        .find_map(|l| l.strip_prefix("web.1 ").map(str::to_string))
+        .expect("a running task in slot 1");
+    let c = node.ok(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.task.id={task}"),
+    ]);
     let env = node.ok(&["exec", c.trim(), "sh", "-c", "echo $A$B; hostname"]);
     assert_eq!(
         env.trim(),
