@@ -21,10 +21,12 @@
 #                 idle, then with a service of MEM_REPLICAS replicas spread over the two.
 #   o  overlay    a fresh 3-node cluster (node-1 manager without tasks, node-2 and node-3
 #                 workers). One task of shoal-test/web (busybox httpd, a new connection per
-#                 request) on node-2, published on 8080. wrk (WRK_SECS s, WRK_CONNS connections)
-#                 from node-1 to the task's address (direct, over VXLAN), to the service's VIP,
-#                 and from a client outside the nodes to node-1:8080 (the routing mesh, node-1
-#                 runs no task): requests/s and latency, each as a ratio of direct. Then
+#                 request) on node-2, published on 8080. wrk (WRK_SECS s, WRK_CONNS connections,
+#                 runs WRK_PAUSE s apart) from node-1 to the task's address (direct, over
+#                 VXLAN), from node-1 to the service's VIP, from a container on node-1 (attached
+#                 to the network) to the service's name, and from a client outside the nodes to
+#                 node-1:8080 (the routing mesh, node-1 runs no task): requests/s and latency,
+#                 each as a ratio of direct. Then
 #                 ROUTE_RUNS times: a new service with one task on node-3, published on 8081;
 #                 seconds from its task's Running timestamp to the first answer through node-1.
 #
@@ -72,7 +74,8 @@ W_KILLS=${W_KILLS:-20}
 REPLICAS=${REPLICAS:-20}
 NL_RUNS=${NL_RUNS:-3}
 MEM_REPLICAS=${MEM_REPLICAS:-200}
-WRK_SECS=${WRK_SECS:-10}
+WRK_SECS=${WRK_SECS:-5}
+WRK_PAUSE=${WRK_PAUSE:-61}
 WRK_CONNS=${WRK_CONNS:-16}
 ROUTE_RUNS=${ROUTE_RUNS:-5}
 WRITE_INTERVAL=${WRITE_INTERVAL:-0.25}
@@ -247,6 +250,7 @@ fi
 
 cleanup() {
   trap - EXIT INT TERM
+  [ -n "${HOLD:-}" ] && { log "holding the nodes for $HOLD s (HOLD)"; sleep "$HOLD"; }
   log "cleaning up"
   ns_cleanup
 }
@@ -690,14 +694,22 @@ run_memory() {
   echo "$MEMORY_RESULT"
 }
 
-# wrk URL [node|hub]: "requests/s p50 p99" of a WRK_SECS s run from node-1 or the hub.
+# wrk URL [node|hub|container]: "requests/s p50 p99 errors" of a WRK_SECS s run from node-1,
+# the hub, or a container on node-1 attached to the service's network (the host's wrk, mounted
+# in). busybox httpd closes every connection first, so each run leaves one TIME_WAIT socket per
+# request in the task; runs are WRK_PAUSE s apart so they drain (60 s) and a run does not pay
+# for the previous one's port reuse.
 wrk_run() {
   local url=$1 where=$2 out
-  if [ "$where" = hub ]; then
-    out=$(ip netns exec "$(ns_hub)" wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECS}s" --latency "$url" 2>&1)
-  else
-    out=$(ns_exec 1 wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECS}s" --latency "$url" 2>&1)
-  fi
+  sleep "$WRK_PAUSE"
+  case $where in
+    hub) out=$(ip netns exec "$(ns_hub)" wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECS}s" --latency "$url" 2>&1) ;;
+    container)
+      out=$(sh 1 run --pull never --rm --network obench -v /usr/bin/wrk:/usr/bin/wrk:ro \
+        -v /lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro -v /lib64:/lib64:ro shoal-test/busybox \
+        /usr/bin/wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECS}s" --latency "$url" 2>&1) ;;
+    *) out=$(ns_exec 1 wrk -t2 -c"$WRK_CONNS" -d"${WRK_SECS}s" --latency "$url" 2>&1) ;;
+  esac
   # Failed connections and error answers are counted apart: requests/s counts every answer.
   awk '/Requests\/sec:/ { r = $2 } $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 }
        /Socket errors:/ { gsub(",", ""); e = $4 + $6 + $8 + $10 } /Non-2xx/ { n = $NF }
@@ -719,7 +731,7 @@ run_overlay() {
   form_cluster 3 1 || return 1
   client=$NS_SUBNET.254
   ip -n "$(ns_hub)" addr add "$client/24" dev "$NS_BRIDGE" 2>/dev/null
-  sh 1 network create -d overlay obench >/dev/null || return 1
+  sh 1 network create -d overlay --attachable obench >/dev/null || return 1
   sh 1 service create --detach --name ovs --network obench --publish 8080:80 \
     --constraint node.hostname==node-2 --no-resolve-image shoal-test/web >/dev/null || return 1
   wait_until svc_full ovs 1 || { log "ovs did not start"; return 1; }
@@ -732,13 +744,15 @@ run_overlay() {
   log "task $task_addr on node-2, VIP $vip, mesh via node-1 $(ns_ip 1):8080"
   wait_until answers "http://$task_addr/" node && wait_until answers "http://$vip/" node &&
     wait_until answers "http://$(ns_ip 1):8080/" hub || { log "a path does not answer"; return 1; }
+  log "wrk runs of ${WRK_SECS} s, ${WRK_PAUSE} s apart"
   d=$(wrk_run "http://$task_addr/" node)
   v=$(wrk_run "http://$vip/" node)
+  k=$(wrk_run "http://ovs:80/" container)
   m=$(wrk_run "http://$(ns_ip 1):8080/" hub)
-  log "direct $d | vip $v | mesh $m (requests/s p50 p99 errors)"
-  r=$(awk -v d="$d" -v v="$v" -v m="$m" 'BEGIN { split(d, a); split(v, b); split(m, c);
-      printf "direct %.0f req/s (p50 %s, p99 %s, %d errors); VIP %.0f req/s = %.1f%% of direct (p50 %s, p99 %s, %d errors); mesh via a node without tasks %.0f req/s = %.1f%% of direct (p50 %s, p99 %s, %d errors)",
-      a[1], a[2], a[3], a[4], b[1], 100 * b[1] / a[1], b[2], b[3], b[4], c[1], 100 * c[1] / a[1], c[2], c[3], c[4] }')
+  log "direct $d | vip from node $v | vip from container $k | mesh $m (requests/s p50 p99 errors)"
+  r=$(awk -v d="$d" -v v="$v" -v k="$k" -v m="$m" 'BEGIN { split(d, a); split(v, b); split(k, e); split(m, c);
+      printf "direct from node-1 %.0f req/s (p50 %s, p99 %s, %d errors); VIP from node-1 %.0f req/s = %.1f%% of direct (p50 %s, p99 %s, %d errors); VIP from a container on node-1 %.0f req/s = %.1f%% of direct (p50 %s, p99 %s, %d errors); mesh via a node without tasks %.0f req/s = %.1f%% of direct (p50 %s, p99 %s, %d errors)",
+      a[1], a[2], a[3], a[4], b[1], 100 * b[1] / a[1], b[2], b[3], b[4], e[1], 100 * e[1] / a[1], e[2], e[3], e[4], c[1], 100 * c[1] / a[1], c[2], c[3], c[4] }')
   for ((i = 1; i <= ROUTE_RUNS; i++)); do
     sh 1 service create --detach --name ovt --network obench --publish 8081:80 \
       --constraint node.hostname==node-3 --no-resolve-image shoal-test/web >/dev/null || return 1
