@@ -166,7 +166,11 @@ async fn leader_loss_elects_another_and_quorum_loss_fails_writes_clearly() {
         matches!(s[1].leader().map(|l| l.0), Some(2) | Some(3))
     })
     .await;
-    assert_eq!(data(&s[2], "svc", "b").as_deref(), Some("2"));
+    // Acknowledged means applied on s[1] and on a quorum's disks; s[2] applies it soon after.
+    wait("the write applied on the third node", || {
+        data(&s[2], "svc", "b").as_deref() == Some("2")
+    })
+    .await;
 
     // The old leader cannot commit alone: its write fails as unavailable, not silently.
     let e = s[0]
