@@ -80,6 +80,17 @@ pub struct Prepared {
     pub files: Vec<(PathBuf, String)>,
 }
 
+/// A container's health check verdict, as Docker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No verdict yet (the start period, or no check has passed).
+    Starting,
+    /// The last checks passed.
+    Healthy,
+    /// Failed as many checks in a row as its retries allow.
+    Unhealthy,
+}
+
 /// The executor's steps, as a trait so a simulated node can stand in for benchmarks.
 pub trait Executor: Send + Sync + 'static {
     /// Task containers this node has (labelled with its node ID).
@@ -111,6 +122,14 @@ pub trait Executor: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
     /// Removes it (and its anonymous volumes).
     fn remove(&self, id: &str) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
+    /// The container's health as its HEALTHCHECK reports it; `None` when it has no check.
+    fn health(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Health>, ExecError>> + Send {
+        let _ = id;
+        async { Ok(None) }
+    }
     /// Network-attachment task IDs that plain containers on the engine still name (their
     /// `ATTACHMENTS_LABEL`), so attachments whose container is gone can be given back. An
     /// engine without plain containers (a simulated node) has none.
@@ -466,6 +485,32 @@ impl Executor for DockerExecutor {
                 ))?;
         }
         Ok(created.id)
+    }
+
+    async fn health(&self, id: &str) -> Result<Option<Health>, ExecError> {
+        use bollard::models::HealthStatusEnum as S;
+        let c = self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(engine("inspecting container health", id))?;
+        // The check comes from the spec or the image; Docker fills in its status only once
+        // the container runs, so a configured check without a status yet is still starting.
+        let test = c.config.and_then(|c| c.healthcheck).and_then(|h| h.test);
+        let configured = test
+            .as_ref()
+            .and_then(|t| t.first())
+            .is_some_and(|kind| kind != "NONE");
+        let status = c.state.and_then(|s| s.health).and_then(|h| h.status);
+        Ok(match status {
+            Some(S::HEALTHY) => Some(Health::Healthy),
+            Some(S::UNHEALTHY) => Some(Health::Unhealthy),
+            _ if configured => Some(Health::Starting),
+            _ => None,
+        })
     }
 
     async fn start(&self, id: &str) -> Result<Option<i64>, ExecError> {

@@ -2,7 +2,7 @@
 //! Swarm's states (preparing, starting, running, then complete, failed or shutdown) and reports
 //! each step; on start it adopts the containers it finds instead of starting duplicates.
 
-use crate::executor::{Executor, Found, Prepared};
+use crate::executor::{Executor, Found, Health, Prepared};
 use crate::files::Files;
 use futures::future::BoxFuture;
 use shoal_api::dispatch::{NetworkInfo, NodeAssignments, TaskStatusReport};
@@ -485,8 +485,12 @@ async fn run_task<E: Executor>(
             .await;
             match ex.start(&id).await {
                 Ok(pid) => {
-                    r.send(TaskState::RUNNING, "started", None, cstatus(&id, pid, None))
-                        .await;
+                    // A container with a health check stays `starting` until it is healthy,
+                    // as in Swarm: it is not counted as up nor load-balanced before.
+                    if !matches!(ex.health(&id).await, Ok(Some(h)) if h != Health::Healthy) {
+                        r.send(TaskState::RUNNING, "started", None, cstatus(&id, pid, None))
+                            .await;
+                    }
                     (id, pid)
                 }
                 Err(e) => {
@@ -502,9 +506,38 @@ async fn run_task<E: Executor>(
             }
         }
     };
-    let _ = pid;
+    // Health: polled only for containers that have a check; quickly until the first verdict.
+    let mut no_check = !matches!(ex.health(&cid).await, Ok(Some(_)));
+    let mut up = no_check || task.state() == TaskState::RUNNING;
     loop {
+        let poll = Duration::from_millis(if up { 1000 } else { 250 });
         tokio::select! {
+            _ = tokio::time::sleep(poll), if !no_check => {
+                match ex.health(&cid).await {
+                    Ok(Some(Health::Healthy)) if !up => {
+                        up = true;
+                        r.send(TaskState::RUNNING, "started", None, cstatus(&cid, pid, None)).await;
+                    }
+                    Ok(Some(Health::Unhealthy)) => {
+                        // Reported first, so routing drops the task at the verdict, not after
+                        // the stop grace period.
+                        tracing::info!(task = %task.id(), container = %cid, "unhealthy container; stopping it");
+                        r.send(
+                            TaskState::FAILED,
+                            "unhealthy",
+                            Some("task: unhealthy container".into()),
+                            cstatus(&cid, None, None),
+                        )
+                        .await;
+                        if let Err(e) = ex.stop(&cid, grace, signal.clone()).await {
+                            tracing::warn!(task = %task.id(), error = %e, "stopping container");
+                        }
+                        return;
+                    }
+                    Ok(None) => no_check = true,
+                    _ => {}
+                }
+            }
             code = ex.wait(&cid) => {
                 match code {
                     Ok(code) => finish(&r, &cid, code).await,

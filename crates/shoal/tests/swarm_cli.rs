@@ -631,3 +631,60 @@ fn global_mode_logs_and_rollback() {
     let v = node.ok(&["exec", c.trim(), "sh", "-c", "echo ${V:-unset}"]);
     assert_eq!(v.trim(), "unset");
 }
+
+#[test]
+fn health_checks_gate_running_and_replace_unhealthy_tasks() {
+    let node = Node::start("health");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    node.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "hc",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        // Failures before the first success do not count (Docker's start period).
+        "--health-start-period",
+        "60s",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    let states = || {
+        node.ok(&[
+            "service",
+            "ps",
+            "hc",
+            "--format",
+            "{{.DesiredState}} {{.CurrentState}} {{.Error}}",
+        ])
+    };
+    // Not healthy yet: the task stays starting and does not count as a running replica.
+    wait_until(Duration::from_secs(30), "hc's container exists", || {
+        !node.containers("hc").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(node.replicas("hc"), "0/1", "{}", states());
+    assert!(states().contains("Starting"), "{}", states());
+    // Healthy: running.
+    let (c, _) = node.containers("hc")[0].clone();
+    node.ok(&["exec", &c, "touch", "/tmp/ok"]);
+    node.wait_replicas("hc", "1/1");
+    // Unhealthy: the task fails with the reason and a replacement is started.
+    node.ok(&["exec", &c, "rm", "/tmp/ok"]);
+    wait_until(
+        Duration::from_secs(30),
+        "hc's unhealthy task failed and was replaced",
+        || {
+            let s = states();
+            s.contains("task: unhealthy container")
+                && s.lines().filter(|l| l.starts_with("Running")).count() == 1
+        },
+    );
+    node.ok(&["service", "rm", "hc"]);
+}

@@ -2,6 +2,23 @@
 
 use super::filters::Filters;
 use super::{json, parse_body, AppState, Result};
+
+/// A service spec as the docker CLI sends it: its Go types name the container's health check
+/// `Healthcheck`, where the API's schema (and so bollard's models) says `HealthCheck`; both are
+/// taken.
+fn parse_spec(body: &[u8]) -> std::result::Result<ServiceSpec, shoal_api::ApiError> {
+    let mut v: serde_json::Value = parse_body(body)?;
+    if let Some(cs) = v
+        .pointer_mut("/TaskTemplate/ContainerSpec")
+        .and_then(|c| c.as_object_mut())
+    {
+        if let Some(hc) = cs.remove("Healthcheck") {
+            cs.entry("HealthCheck").or_insert(hc);
+        }
+    }
+    serde_json::from_value(v)
+        .map_err(|e| shoal_api::ApiError::invalid(format!("invalid service spec: {e}")))
+}
 use crate::allocator::{service_networks, Ipam};
 use crate::db::{self, Versioned};
 use crate::state::{node_schedulable, ClusterState};
@@ -238,7 +255,7 @@ fn endpoint(
 /// `POST /services/create`.
 pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let m = d.manager().await?;
-    let mut spec: ServiceSpec = parse_body(&body)?;
+    let mut spec: ServiceSpec = parse_spec(&body)?;
     validate::service_spec(&spec)?;
     let _alloc = m.alloc.lock().await;
     let state = ClusterState::load(&m.store);
@@ -274,7 +291,7 @@ pub async fn update(
     let m = d.manager().await?;
     let version: u64 = super::version_param(&q)?;
     let rollback = q.get("rollback").is_some_and(|r| r == "previous");
-    let mut spec: ServiceSpec = parse_body(&body)?;
+    let mut spec: ServiceSpec = parse_spec(&body)?;
     let _alloc = m.alloc.lock().await;
     let cur = find_service(&m.store, &key)?;
     if cur.version != version {
