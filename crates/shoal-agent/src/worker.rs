@@ -268,15 +268,7 @@ async fn release_attachments<E: Executor>(
         })
         .map(|t| {
             tracing::info!(task = %t.id(), "network attachment without a container; releasing it");
-            TaskStatusReport {
-                task_id: t.id().to_string(),
-                status: TaskStatus {
-                    state: Some(TaskState::SHUTDOWN),
-                    message: Some("container removed".into()),
-                    timestamp: Some(shoal_api::id::now()),
-                    ..Default::default()
-                },
-            }
+            TaskStatusReport::attachment_released(t.id(), "container removed")
         })
         .collect();
     if !done.is_empty() && reports.send(done).await.is_err() {
@@ -403,10 +395,15 @@ async fn run_task<E: Executor>(
         .map(|g| g / 1_000_000_000)
         .unwrap_or(10);
     let signal = cs.stop_signal.clone().filter(|s| !s.is_empty());
+    // The container's health as the start or adoption learnt it (one inspect per task).
+    let health: Option<Health>;
     let (cid, pid) = match found {
         Some(f) if f.running => {
             tracing::info!(task = %task.id(), container = %f.id, "adopted running container");
-            if task.state() != TaskState::RUNNING {
+            health = ex.health(&f.id).await.ok().flatten();
+            if task.state() != TaskState::RUNNING
+                && !matches!(health, Some(h) if h != Health::Healthy)
+            {
                 r.send(
                     TaskState::RUNNING,
                     "started",
@@ -487,7 +484,8 @@ async fn run_task<E: Executor>(
                 Ok(pid) => {
                     // A container with a health check stays `starting` until it is healthy,
                     // as in Swarm: it is not counted as up nor load-balanced before.
-                    if !matches!(ex.health(&id).await, Ok(Some(h)) if h != Health::Healthy) {
+                    health = ex.health(&id).await.ok().flatten();
+                    if !matches!(health, Some(h) if h != Health::Healthy) {
                         r.send(TaskState::RUNNING, "started", None, cstatus(&id, pid, None))
                             .await;
                     }
@@ -507,8 +505,9 @@ async fn run_task<E: Executor>(
         }
     };
     // Health: polled only for containers that have a check; quickly until the first verdict.
-    let mut no_check = !matches!(ex.health(&cid).await, Ok(Some(_)));
-    let mut up = no_check || task.state() == TaskState::RUNNING;
+    let mut no_check = health.is_none();
+    let mut up =
+        !matches!(health, Some(h) if h != Health::Healthy) || task.state() == TaskState::RUNNING;
     loop {
         let poll = Duration::from_millis(if up { 1000 } else { 250 });
         tokio::select! {

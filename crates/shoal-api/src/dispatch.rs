@@ -137,6 +137,21 @@ pub struct TaskStatusReport {
     pub status: TaskStatus,
 }
 
+impl TaskStatusReport {
+    /// A network attachment done with (its container is gone): the manager deletes it.
+    pub fn attachment_released(task_id: &str, why: &str) -> Self {
+        TaskStatusReport {
+            task_id: task_id.to_string(),
+            status: TaskStatus {
+                state: Some(crate::models::TaskState::SHUTDOWN),
+                message: Some(why.to_string()),
+                timestamp: Some(crate::id::now()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
 /// What a node sends its manager over the dispatcher session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AgentMessage {

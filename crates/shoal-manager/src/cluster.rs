@@ -5,7 +5,6 @@ use crate::session::{self, Dispatcher};
 use crate::{control, membership};
 use futures::future::BoxFuture;
 use shoal_api::dispatch::{AgentMessage, NetworkInfo, NodeAssignments, TaskStatusReport};
-use shoal_api::models::{TaskState, TaskStatus};
 use shoal_api::objects::NetworkAttachment;
 use shoal_pki::NodeCert;
 use shoal_store::{Store, StoreOptions};
@@ -313,15 +312,7 @@ impl NodeSession {
 
     /// Gives an attachment's address back (its container is gone, or was never made).
     pub async fn release(&self, task_id: &str, why: &str) {
-        let report = TaskStatusReport {
-            task_id: task_id.to_string(),
-            status: TaskStatus {
-                state: Some(TaskState::SHUTDOWN),
-                message: Some(why.to_string()),
-                timestamp: Some(shoal_api::id::now()),
-                ..Default::default()
-            },
-        };
+        let report = TaskStatusReport::attachment_released(task_id, why);
         if self.reports.send(vec![report]).await.is_err() {
             tracing::warn!(task = %task_id, "session ended; the attachment is released by the node's sweep");
         }
