@@ -125,12 +125,18 @@ fn random_tag() -> String {
 }
 
 /// A random 10.231.x.0/24 subnet per network of the test (tests run in parallel).
+/// Subnets no other test of this process uses (the tests run in parallel in one namespace,
+/// and two picking one subnet collide on its DNS address), from a random start so that
+/// leftovers of an earlier run are unlikely to be hit either.
 fn random_subnets(n: usize) -> Vec<ipnet::Ipv4Net> {
-    let mut rng = rand::rng();
-    let base: u8 = rng.random_range(10..200);
-    (0..n)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = *START.get_or_init(|| rand::rng().random_range(0..190));
+    let first = NEXT.fetch_add(n as u32, Ordering::Relaxed);
+    (0..n as u32)
         .map(|i| {
-            format!("10.231.{}.0/24", base + i as u8 * 17 % 50)
+            format!("10.231.{}.0/24", 10 + (start + first + i) % 190)
                 .parse()
                 .unwrap()
         })

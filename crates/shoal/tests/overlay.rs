@@ -35,61 +35,50 @@ fn wait_replicas(n: &ClusterNode, want: &[(&str, &str)]) {
     });
 }
 
-/// The running container of `service` on the node with ID `node_id`.
-fn container_on(service: &str, node_id: &str) -> Option<String> {
+/// The docker CLI against the shared engine itself (not a shoal socket); stdout if it
+/// succeeded.
+fn engine(args: &[&str]) -> Option<String> {
     let out = Command::new("docker")
-        .args([
-            "-H",
-            "unix:///var/run/docker.sock",
-            "ps",
-            "--filter",
-            &format!("label=com.docker.swarm.service.name={service}"),
-            "--filter",
-            &format!("label=com.docker.swarm.node.id={node_id}"),
-            "--format",
-            "{{.ID}}",
-        ])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .map(str::to_string)
-}
-
-/// Runs `sh -c script` in a container; stdout if it succeeded.
-fn exec(container: &str, script: &str) -> Option<String> {
-    let out = Command::new("docker")
-        .args([
-            "-H",
-            "unix:///var/run/docker.sock",
-            "exec",
-            container,
-            "sh",
-            "-c",
-            script,
-        ])
+        .args(["-H", "unix:///var/run/docker.sock"])
+        .args(args)
         .output()
         .ok()?;
     out.status
         .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The running container of `service` on the node with ID `node_id`.
+fn container_on(service: &str, node_id: &str) -> Option<String> {
+    engine(&[
+        "ps",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+        "--filter",
+        &format!("label=com.docker.swarm.node.id={node_id}"),
+        "--format",
+        "{{.ID}}",
+    ])?
+    .lines()
+    .next()
+    .map(str::to_string)
+}
+
+/// Runs `sh -c script` in a container; stdout if it succeeded.
+fn exec(container: &str, script: &str) -> Option<String> {
+    engine(&["exec", container, "sh", "-c", script]).map(|o| o.trim().to_string())
 }
 
 /// The address of a container on the engine network whose name ends with `suffix`.
 fn engine_addr(container: &str, suffix: &str) -> Option<String> {
-    let out = Command::new("docker")
-        .args([
-            "-H",
-            "unix:///var/run/docker.sock",
-            "inspect",
-            container,
-            "--format",
-            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{$v.IPAddress}}\n{{end}}",
-        ])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+    engine(&[
+        "inspect",
+        container,
+        "--format",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{$v.IPAddress}}\n{{end}}",
+    ])?
+    .lines()
+    .find_map(|l| {
         let (net, addr) = l.split_once(' ')?;
         net.ends_with(suffix).then(|| addr.to_string())
     })
@@ -392,12 +381,7 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
 
 /// The container of `docker run --name <name>` on the shared engine.
 fn engine_container(name: &str) -> Option<String> {
-    let out = Command::new("docker")
-        .args(["-H", "unix:///var/run/docker.sock", "ps", "-q", "--filter"])
-        .arg(format!("name=^{name}$"))
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
+    engine(&["ps", "-q", "--filter", &format!("name=^{name}$")])?
         .lines()
         .next()
         .map(str::to_string)
