@@ -431,7 +431,7 @@ async fn run_task<E: Executor>(
                 .await;
                 return;
             }
-            if *desired.borrow() != TaskState::RUNNING {
+            if !matches!(*desired.borrow(), TaskState::RUNNING | TaskState::READY) {
                 r.send(TaskState::SHUTDOWN, "shutdown", None, None).await;
                 return;
             }
@@ -463,6 +463,17 @@ async fn run_task<E: Executor>(
                     }
                 }
             };
+            // A stop-first update prepares the replacement while the old task stops, and
+            // starts it once the manager says so.
+            if *desired.borrow() == TaskState::READY {
+                r.send(TaskState::READY, "ready", None, cstatus(&id, None, None))
+                    .await;
+                while *desired.borrow() == TaskState::READY {
+                    if desired.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
             if *desired.borrow() != TaskState::RUNNING {
                 r.send(
                     TaskState::SHUTDOWN,

@@ -21,7 +21,12 @@ pub fn new_hex_id() -> String {
 
 /// Now, in the RFC 3339 nanosecond form Docker uses for timestamps.
 pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    format_time(chrono::Utc::now())
+}
+
+/// A time in the form Docker uses, for decisions made at a given `now`.
+pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
 /// Parses a Docker timestamp; `None` if it is not one.

@@ -17,9 +17,41 @@ pub struct StoredService {
         skip_serializing_if = "Option::is_none"
     )]
     pub previous_spec: Option<ServiceSpec>,
-    /// Grows whenever the spec changes; a task made from an older one is out of date.
+    /// Names the current task template's content: a task made from another one is out of date.
+    /// A template seen before (a rollback) gets its old number back, so the tasks that never
+    /// left it are not replaced.
     #[serde(rename = "ShoalSpecVersion", default)]
     pub spec_version: u64,
+    /// The version of `previous_spec`, restored with it by a rollback.
+    #[serde(rename = "ShoalPreviousSpecVersion", default)]
+    pub previous_spec_version: u64,
+    /// The highest spec version ever given out, so a new template never reuses a number.
+    #[serde(rename = "ShoalLastSpecVersion", default)]
+    pub last_spec_version: u64,
+    /// Earlier specs, newest first (at most [`HISTORY_LIMIT`]), for `shoal service history`.
+    #[serde(
+        rename = "ShoalHistory",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub history: Vec<SpecRevision>,
+}
+
+/// How many earlier specs a service keeps (as Kubernetes keeps ten ReplicaSets by default).
+pub const HISTORY_LIMIT: usize = 10;
+
+/// One earlier spec of a service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SpecRevision {
+    /// The spec version its tasks carried.
+    #[serde(rename = "Version")]
+    pub version: u64,
+    /// When it stopped being the current spec.
+    #[serde(rename = "ReplacedAt", default)]
+    pub replaced_at: String,
+    /// The spec itself.
+    #[serde(rename = "Spec")]
+    pub spec: ServiceSpec,
 }
 
 /// Which kind of scheduling a service asks for.
@@ -94,6 +126,60 @@ impl StoredService {
     pub fn mode(&self) -> Mode {
         Mode::of(self.spec().mode.as_ref())
     }
+
+    /// Makes `spec` current and the old one previous (and, if its tasks differ, history).
+    /// Returns true when tasks must be replaced: the task template or endpoint changed. A
+    /// template seen before takes back its old version, so a rollback replaces only the tasks
+    /// the update had replaced.
+    pub fn replace_spec(&mut self, spec: ServiceSpec, now: &str) -> bool {
+        self.last_spec_version = self.last_spec_version.max(self.spec_version);
+        let old = self.spec().clone();
+        let old_version = self.spec_version;
+        let wanted = template_of(&spec);
+        let changed = wanted != template_of(&old);
+        let version = if !changed {
+            old_version
+        } else {
+            self.history
+                .iter()
+                .find(|r| template_of(&r.spec) == wanted)
+                .map(|r| r.version)
+                .or_else(|| {
+                    self.previous_spec
+                        .as_ref()
+                        .filter(|p| self.previous_spec_version > 0 && template_of(p) == wanted)
+                        .map(|_| self.previous_spec_version)
+                })
+                .unwrap_or(self.last_spec_version + 1)
+        };
+        if changed {
+            self.history
+                .retain(|r| r.version != old_version && r.version != version);
+            self.history.insert(
+                0,
+                SpecRevision {
+                    version: old_version,
+                    replaced_at: now.to_string(),
+                    spec: old.clone(),
+                },
+            );
+            self.history.truncate(HISTORY_LIMIT);
+        }
+        self.previous_spec = Some(old);
+        self.previous_spec_version = old_version;
+        self.service.spec = Some(spec);
+        self.spec_version = version;
+        self.last_spec_version = self.last_spec_version.max(version);
+        changed
+    }
+}
+
+/// What of a spec its tasks are made from: a change here replaces them.
+fn template_of(spec: &ServiceSpec) -> (serde_json::Value, serde_json::Value) {
+    (
+        serde_json::to_value(&spec.task_template).unwrap_or_default(),
+        serde_json::to_value(&spec.endpoint_spec).unwrap_or_default(),
+    )
 }
 
 /// One network a task is attached to, with its address there (Docker's `NetworksAttachments`).
@@ -148,6 +234,14 @@ pub struct StoredTask {
     /// The service's name, which the agent needs for container names and labels.
     #[serde(rename = "ShoalServiceName", default)]
     pub service_name: String,
+    /// When the manager learnt the task was running (and healthy), on its own clock: an
+    /// update's delay and failure monitor count from here.
+    #[serde(
+        rename = "ShoalRunningAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub running_at: Option<String>,
 }
 
 impl StoredTask {
@@ -174,6 +268,11 @@ impl StoredTask {
     /// Desired state (`running` if unset).
     pub fn desired(&self) -> TaskState {
         self.task.desired_state.unwrap_or(TaskState::RUNNING)
+    }
+    /// True while the task is meant to run: `running`, or `ready` (prepared, and started once
+    /// the task it replaces has stopped, as a stop-first update does).
+    pub fn meant_to_run(&self) -> bool {
+        matches!(self.desired(), TaskState::RUNNING | TaskState::READY)
     }
     /// Slot number of a replicated task (0 for global tasks).
     pub fn slot(&self) -> u64 {
@@ -254,6 +353,46 @@ mod tests {
         assert_eq!(Mode::of(Some(&m)), Mode::Replicated(3));
         let g: ServiceSpecMode = serde_json::from_str(r#"{"Global":{}}"#).unwrap();
         assert_eq!(Mode::of(Some(&g)), Mode::Global);
+    }
+
+    #[test]
+    fn a_template_seen_before_gets_its_version_back() {
+        let spec = |image: &str, replicas: i64| -> ServiceSpec {
+            serde_json::from_value(serde_json::json!({
+                "Name": "web",
+                "Mode": {"Replicated": {"Replicas": replicas}},
+                "TaskTemplate": {"ContainerSpec": {"Image": image}}
+            }))
+            .unwrap()
+        };
+        let mut s = StoredService::default();
+        s.service.spec = Some(spec("a", 1));
+        s.spec_version = 1;
+        assert!(
+            !s.replace_spec(spec("a", 3), "t1"),
+            "scaling replaces no task"
+        );
+        assert_eq!((s.spec_version, s.history.len()), (1, 0));
+        assert!(s.replace_spec(spec("b", 3), "t2"));
+        assert_eq!((s.spec_version, s.previous_spec_version), (2, 1));
+        // A rollback: the previous template, with its version, so slots never updated stay.
+        let prev = s.previous_spec.clone().unwrap();
+        assert!(s.replace_spec(prev, "t3"));
+        assert_eq!((s.spec_version, s.previous_spec_version), (1, 2));
+        assert!(s.replace_spec(spec("c", 3), "t4"));
+        assert_eq!(s.spec_version, 3, "a new template never reuses a number");
+        assert!(s.replace_spec(spec("b", 2), "t5"));
+        assert_eq!(s.spec_version, 2, "found in history");
+        let versions: Vec<u64> = s.history.iter().map(|r| r.version).collect();
+        assert_eq!(
+            versions,
+            vec![3, 1],
+            "newest first, the current one left out"
+        );
+        for i in 0..20 {
+            s.replace_spec(spec(&format!("img{i}"), 1), "t");
+        }
+        assert_eq!(s.history.len(), HISTORY_LIMIT);
     }
 
     #[test]

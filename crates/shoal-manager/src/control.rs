@@ -3,15 +3,15 @@
 //! slot only beyond [`MAX_OPS_PER_WRITE`] operations).
 
 use crate::allocator::{attach_task, Ipam};
-use crate::db::{self, Versioned};
+use crate::db;
 use crate::orchestrator;
 use crate::scheduler;
 use crate::state::{ClusterState, Delta, SharedReader, SharedState};
-use shoal_api::models::{ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskState};
-use shoal_api::objects::{is_terminal, state_rank, StoredService, StoredTask};
+use shoal_api::models::{ServiceUpdateStatusStateEnum, TaskState};
+use shoal_api::objects::{is_terminal, state_rank, StoredTask};
 use shoal_api::{id, ApiError};
 use shoal_store::{Expect, Op, Store};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -149,7 +149,7 @@ fn decide(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Result<De
     let mut waiting: Vec<StoredTask> = Vec::new();
     let mut before: Vec<(&StoredTask, u64)> = Vec::new();
     for t in &state.tasks {
-        if t.obj.desired() == TaskState::RUNNING
+        if t.obj.meant_to_run()
             && matches!(
                 t.obj.state(),
                 TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING
@@ -190,9 +190,8 @@ fn decide(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Result<De
             db::delete::<StoredTask>(id, Expect::Version(*v)),
         );
     }
-    for op in update_statuses(state)? {
-        let key = alone("service", op.key().1);
-        ops.push(key, op);
+    for (id, (svc, v)) in &plan.services {
+        ops.push(alone("service", id), db::put(svc, Expect::Version(*v))?);
     }
     Ok(Decision {
         ops,
@@ -253,11 +252,11 @@ impl Quiet {
             .collect();
         for t in &state.tasks {
             let t = &t.obj;
-            if t.desired() == TaskState::RUNNING
+            if t.meant_to_run()
                 && state
                     .services
                     .get(t.service_id())
-                    .is_some_and(|s| t.spec_version < s.obj.spec_version)
+                    .is_some_and(|s| t.spec_version != s.obj.spec_version)
             {
                 updating.insert(t.service_id().to_string());
             }
@@ -433,70 +432,13 @@ fn split_by_slot(mut ops: Vec<(SlotKey, Op)>) -> Vec<Vec<Op>> {
     batches
 }
 
-/// Marks a service's update (or rollback) completed once every task is up to date and running.
-fn update_statuses(state: &ClusterState) -> Result<Vec<Op>, ApiError> {
-    let mut ops = Vec::new();
-    // Services whose update or rollback is in progress -> whether every runnable task settled.
-    let mut settled: HashMap<&str, bool> = HashMap::new();
-    for svc in state.services.values() {
-        let state = svc.obj.service.update_status.as_ref().and_then(|u| u.state);
-        if matches!(
-            state,
-            Some(ServiceUpdateStatusStateEnum::UPDATING)
-                | Some(ServiceUpdateStatusStateEnum::ROLLBACK_STARTED)
-        ) {
-            settled.insert(svc.obj.id(), true);
-        }
-    }
-    if settled.is_empty() {
-        return Ok(ops);
-    }
-    for t in &state.tasks {
-        let t = &t.obj;
-        if t.desired() != TaskState::RUNNING {
-            continue;
-        }
-        let (Some(ok), Some(svc)) = (
-            settled.get_mut(t.service_id()),
-            state.services.get(t.service_id()),
-        ) else {
-            continue;
-        };
-        *ok &= t.spec_version >= svc.obj.spec_version && t.state() == TaskState::RUNNING;
-    }
-    for Versioned { obj: svc, version } in state.services.values() {
-        let Some(us) = &svc.service.update_status else {
-            continue;
-        };
-        let done_state = match us.state {
-            Some(ServiceUpdateStatusStateEnum::UPDATING) => ServiceUpdateStatusStateEnum::COMPLETED,
-            Some(ServiceUpdateStatusStateEnum::ROLLBACK_STARTED) => {
-                ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED
-            }
-            _ => continue,
-        };
-        if settled.get(svc.id()).copied().unwrap_or(false) {
-            let mut s: StoredService = svc.clone();
-            s.service.update_status = Some(ServiceUpdateStatus {
-                state: Some(done_state),
-                started_at: us.started_at.clone(),
-                completed_at: Some(id::now()),
-                message: Some(if done_state == ServiceUpdateStatusStateEnum::COMPLETED {
-                    "update completed".into()
-                } else {
-                    "rollback completed".into()
-                }),
-            });
-            ops.push(db::put(&s, Expect::Version(*version))?);
-        }
-    }
-    Ok(ops)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api::models::{Network, Node, ServiceSpec};
+    use crate::db::Versioned;
+    use shoal_api::models::{Network, Node, ServiceSpec, ServiceUpdateStatus};
+    use shoal_api::objects::StoredService;
+    use std::collections::HashMap;
 
     fn versioned<T>(obj: T) -> Versioned<T> {
         Versioned { obj, version: 1 }

@@ -125,7 +125,7 @@ fn fill(
     let mut net_ids: BTreeMap<String, ()> = BTreeMap::new();
     for t in &out.tasks {
         let live = !is_terminal(t.state());
-        if live && t.desired() == TaskState::RUNNING {
+        if live && t.meant_to_run() {
             let cs = t.task.spec.as_ref().and_then(|s| s.container_spec.as_ref());
             for s in cs.and_then(|c| c.secrets.as_ref()).into_iter().flatten() {
                 secret_ids.extend(s.secret_id.clone());
@@ -960,6 +960,9 @@ fn status_ops(store: &Store, reports: &[TaskStatusReport]) -> Vec<shoal_store::O
         }
         let mut task = t.obj;
         let mut status = r.status.clone();
+        if new_state == TaskState::RUNNING && cur != TaskState::RUNNING {
+            task.running_at = Some(shoal_api::id::now());
+        }
         if new_state == TaskState::RUNNING {
             status.port_status = ports
                 .entry(task.service_id().to_string())
@@ -1093,7 +1096,7 @@ mod tests {
                     continue;
                 }
                 let live = !is_terminal(t.obj.state());
-                if live && t.obj.desired() == TaskState::RUNNING {
+                if live && t.obj.meant_to_run() {
                     let cs = t
                         .obj
                         .task

@@ -140,7 +140,7 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
         let Some(&pos) = t.obj.node_id().and_then(|n| pos_of.get(n)) else {
             continue;
         };
-        if t.obj.desired() == TaskState::RUNNING && !is_terminal(t.obj.state()) {
+        if t.obj.meant_to_run() && !is_terminal(t.obj.state()) {
             load[pos] += 1;
             if let Some(m) = mine.get_mut(t.obj.service_id()) {
                 m[pos] += 1;
@@ -258,7 +258,7 @@ mod tests {
         let mut svc_load: HashMap<(String, String), usize> = HashMap::new();
         for t in &state.tasks {
             if let Some(n) = t.obj.node_id() {
-                if t.obj.desired() == TaskState::RUNNING && !is_terminal(t.obj.state()) {
+                if t.obj.meant_to_run() && !is_terminal(t.obj.state()) {
                     *load.entry(n.to_string()).or_default() += 1;
                     *svc_load
                         .entry((n.to_string(), t.obj.service_id().to_string()))

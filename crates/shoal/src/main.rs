@@ -1,6 +1,8 @@
 //! `shoal`: one binary for the node daemon (Docker-compatible API, manager, agent).
 
+mod client;
 mod daemon;
+mod service;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -17,6 +19,37 @@ struct Cli {
 enum Cmd {
     /// Run the node daemon: serves the Docker Engine API (swarm subset) on a unix socket.
     Daemon(DaemonArgs),
+    /// What the docker CLI cannot do with services (their earlier specs).
+    #[command(subcommand)]
+    Service(ServiceCmd),
+}
+
+/// `shoal service ...`.
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// List a service's revisions: the current spec and up to ten earlier ones.
+    History {
+        /// Service name or ID.
+        service: String,
+        /// The node's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
+    /// Roll a service back to any revision its history keeps (`docker service rollback`
+    /// goes back one).
+    Rollback {
+        /// Service name or ID.
+        service: String,
+        /// The revision, as `shoal service history` lists it.
+        #[arg(long)]
+        to: u64,
+        /// Return at once instead of following the rollback.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// The node's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
 }
 
 /// Flags of `shoal daemon`.
@@ -54,5 +87,19 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Daemon(args) => rt.block_on(daemon::run(args)),
+        Cmd::Service(ServiceCmd::History { service, host }) => {
+            rt.block_on(service::history(&client::socket(host.as_deref()), &service))
+        }
+        Cmd::Service(ServiceCmd::Rollback {
+            service,
+            to,
+            detach,
+            host,
+        }) => rt.block_on(service::rollback(
+            &client::socket(host.as_deref()),
+            &service,
+            to,
+            detach,
+        )),
     }
 }

@@ -688,3 +688,257 @@ fn health_checks_gate_running_and_replace_unhealthy_tasks() {
     );
     node.ok(&["service", "rm", "hc"]);
 }
+
+/// `UpdateStatus.State` and `.Message` of a service.
+fn update_status(node: &Node, service: &str) -> (String, String) {
+    let out = node.ok(&[
+        "service",
+        "inspect",
+        "-f",
+        "{{if .UpdateStatus}}{{.UpdateStatus.State}}|{{.UpdateStatus.Message}}{{end}}",
+        service,
+    ]);
+    let (s, m) = out.trim().split_once('|').unwrap_or(("", ""));
+    (s.to_string(), m.to_string())
+}
+
+/// IDs of a service's tasks whose container runs now.
+fn running_tasks(node: &Node, service: &str) -> Vec<String> {
+    node.ok(&[
+        "service",
+        "ps",
+        service,
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.ID}} {{.CurrentState}}",
+        "--no-trunc",
+    ])
+    .lines()
+    .filter(|l| l.contains(" Running "))
+    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+    .collect()
+}
+
+#[test]
+fn rolling_updates_roll_back_pause_and_start_first_through_the_cli() {
+    let node = Node::start("rolling");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--stop-grace-period",
+        "1s",
+        "--update-parallelism",
+        "2",
+        "--update-monitor",
+        "3s",
+        "--update-failure-action",
+        "rollback",
+        "--rollback-parallelism",
+        "0",
+        "shoal-test/web",
+    ]);
+    node.wait_replicas("web", "4/4");
+    let before = running_tasks(&node, "web");
+    assert_eq!(before.len(), 4);
+
+    // A broken image: the first batch fails, the update rolls itself back, and the two slots
+    // it never reached keep their tasks.
+    let out = node.docker(&["service", "update", "--image", "nosuch/image:1", "web"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("update rolled back due to failure or early termination of task"),
+        "{said}"
+    );
+    wait_until(Duration::from_secs(60), "rollback completed", || {
+        update_status(&node, "web").0 == "rollback_completed"
+    });
+    let image = node.ok(&[
+        "service",
+        "inspect",
+        "-f",
+        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+        "web",
+    ]);
+    assert_eq!(image.trim(), "shoal-test/web:latest");
+    node.wait_replicas("web", "4/4");
+    let after = running_tasks(&node, "web");
+    let kept = before.iter().filter(|t| after.contains(t)).count();
+    assert_eq!(
+        kept, 2,
+        "parallelism 2: two slots were never replaced, so the rollback must leave them"
+    );
+
+    // With failure action pause the CLI reports the pause, and the update stops there.
+    let err = node.fails(&[
+        "service",
+        "update",
+        "--update-failure-action",
+        "pause",
+        "--update-parallelism",
+        "1",
+        "--image",
+        "nosuch/image:2",
+        "web",
+    ]);
+    assert!(
+        err.contains(
+            "service update paused: update paused due to failure or early termination of task"
+        ),
+        "{err}"
+    );
+    assert_eq!(update_status(&node, "web").0, "paused");
+    std::thread::sleep(Duration::from_secs(2));
+    let old = running_tasks(&node, "web").len();
+    assert_eq!(
+        old, 3,
+        "a paused update went on: {old} tasks of the old image run"
+    );
+
+    // A good spec resumes; start-first with a delay replaces one slot at a time, a second
+    // apart, and never runs fewer than four tasks.
+    let watcher = {
+        let socket = node.socket.clone();
+        std::thread::spawn(move || {
+            let mut low = usize::MAX;
+            for _ in 0..100 {
+                let out = common::docker_at(
+                    &socket,
+                    &[
+                        "service",
+                        "ps",
+                        "web",
+                        "--filter",
+                        "desired-state=running",
+                        "--format",
+                        "{{.CurrentState}}",
+                    ],
+                );
+                let running = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with("Running"))
+                    .count();
+                low = low.min(running);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            low
+        })
+    };
+    let out = node.ok(&[
+        "service",
+        "update",
+        "--update-order",
+        "start-first",
+        "--update-delay",
+        "1s",
+        "--image",
+        "shoal-test/web",
+        "--env-add",
+        "V=3",
+        "web",
+    ]);
+    assert!(
+        out.contains("Service web converged") || out.contains("converged"),
+        "{out}"
+    );
+    assert_eq!(update_status(&node, "web").0, "completed");
+    let low = watcher.join().unwrap();
+    // The one slot the pause left failing has no running task until it is replaced.
+    assert!(low >= 3, "start-first let running tasks drop to {low}");
+    let mut started: Vec<chrono::DateTime<chrono::Utc>> = running_tasks(&node, "web")
+        .iter()
+        .map(|t| {
+            let ts = node.ok(&["inspect", "-f", "{{json .Status.Timestamp}}", t]);
+            let ts: String = serde_json::from_str(ts.trim()).unwrap();
+            chrono::DateTime::parse_from_rfc3339(&ts).unwrap().to_utc()
+        })
+        .collect();
+    started.sort();
+    assert_eq!(started.len(), 4);
+    let gaps: Vec<i64> = started
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
+    assert!(
+        gaps.iter().filter(|g| **g >= 900).count() >= 2,
+        "start-first with a 1 s delay replaced slots closer together: {gaps:?} ms"
+    );
+
+    // A manual rollback goes back to the spec before the last update.
+    node.ok(&["service", "update", "-d", "--env-add", "V=4", "web"]);
+    wait_until(Duration::from_secs(60), "update to V=4 completed", || {
+        update_status(&node, "web").0 == "completed"
+    });
+    node.ok(&["service", "rollback", "-d", "web"]);
+    wait_until(Duration::from_secs(60), "manual rollback completed", || {
+        update_status(&node, "web").0 == "rollback_completed"
+    });
+    let env = node.ok(&[
+        "service",
+        "inspect",
+        "-f",
+        "{{.Spec.TaskTemplate.ContainerSpec.Env}}",
+        "web",
+    ]);
+    assert!(env.contains("V=3") && !env.contains("V=4"), "{env}");
+    node.wait_replicas("web", "4/4");
+
+    // Beyond Swarm's one step back: `shoal service history` lists the earlier specs, and
+    // `shoal service rollback --to` goes back to any of them.
+    let shoal = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .arg("--host")
+            .arg(&node.socket)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, listed, err) = shoal(&["service", "history", "web"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[0].starts_with("REVISION"), "{listed}");
+    assert!(
+        lines[1].contains("current") && lines[1].contains("V=3"),
+        "{listed}"
+    );
+    // The first spec: the good image without any V= env.
+    let first = lines
+        .iter()
+        .skip(1)
+        .find(|l| l.contains("shoal-test/web") && !l.contains("V="))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no original revision in {listed}"))
+        .to_string();
+    assert!(
+        lines.iter().any(|l| l.contains("nosuch/image:2")),
+        "{listed}"
+    );
+    let (ok, _, err) = shoal(&["service", "rollback", "web", "--to", "999"]);
+    assert!(!ok && err.contains("has no revision 999"), "{err}");
+    let (ok, _, err) = shoal(&["service", "rollback", "web", "--to", &first]);
+    assert!(ok, "{err}");
+    assert_eq!(update_status(&node, "web").0, "rollback_completed");
+    let env = node.ok(&[
+        "service",
+        "inspect",
+        "-f",
+        "{{.Spec.TaskTemplate.ContainerSpec.Env}}",
+        "web",
+    ]);
+    assert!(!env.contains("V="), "{env}");
+    node.wait_replicas("web", "4/4");
+}

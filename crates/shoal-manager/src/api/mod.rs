@@ -212,6 +212,11 @@ pub fn app(
         )
         .route("/services/{id}/update", post(services::update))
         .route("/services/{id}/logs", get(logs::service_logs))
+        .route("/shoal/v1/services/{id}/history", get(services::history))
+        .route(
+            "/shoal/v1/services/{id}/rollback",
+            post(services::rollback_to),
+        )
         .route("/tasks", get(services::list_tasks))
         .route("/tasks/{id}", get(services::inspect_task))
         .route("/tasks/{id}/logs", get(logs::task_logs))

@@ -271,6 +271,7 @@ pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     svc.service.updated_at = Some(now);
     svc.service.spec = Some(spec);
     svc.spec_version = 1;
+    svc.last_spec_version = 1;
     let mut ipam = Ipam::from_state(&state);
     svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
     db::write(&m.store, vec![db::put(&svc, Expect::Absent)?]).await?;
@@ -319,22 +320,18 @@ pub async fn update(
         return Err(ApiError::invalid_arg("Mode: service mode change is not allowed").into());
     }
     let mut svc = cur.obj.clone();
-    let template_changed = serde_json::to_value(&spec.task_template).ok()
-        != serde_json::to_value(&old.task_template).ok()
-        || serde_json::to_value(&spec.endpoint_spec).ok()
-            != serde_json::to_value(&old.endpoint_spec).ok();
-    svc.previous_spec = Some(old);
-    svc.service.spec = Some(spec);
-    svc.service.updated_at = Some(id::now());
+    let now = id::now();
+    let template_changed = svc.replace_spec(spec, &now);
+    svc.service.updated_at = Some(now.clone());
+    let status = svc.service.update_status.as_ref().and_then(|u| u.state);
     if template_changed {
-        svc.spec_version += 1;
         svc.service.update_status = Some(ServiceUpdateStatus {
             state: Some(if rollback {
                 ServiceUpdateStatusStateEnum::ROLLBACK_STARTED
             } else {
                 ServiceUpdateStatusStateEnum::UPDATING
             }),
-            started_at: Some(id::now()),
+            started_at: Some(now),
             completed_at: None,
             message: Some(if rollback {
                 "manually requested rollback".into()
@@ -342,10 +339,93 @@ pub async fn update(
                 "update in progress".into()
             }),
         });
+    } else if matches!(
+        status,
+        Some(ServiceUpdateStatusStateEnum::PAUSED | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED)
+    ) {
+        // Any update resumes a paused one, as in Swarm: the control loop starts it again if
+        // tasks are still out of date.
+        svc.service.update_status = None;
     }
     let mut ipam = Ipam::from_state(&state);
     svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
     db::write(&m.store, vec![db::put(&svc, Expect::Version(version))?]).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
+}
+
+/// `GET /shoal/v1/services/{id}/history`: the current spec and the earlier ones kept, newest
+/// first, for `shoal service history`.
+pub async fn history(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
+    let m = d.manager().await?;
+    let s = find_service(&m.store, &key)?.obj;
+    let mut out = vec![serde_json::json!({
+        "Version": s.spec_version,
+        "Current": true,
+        "Since": s.service.updated_at,
+        "Spec": s.spec(),
+    })];
+    for r in &s.history {
+        out.push(serde_json::json!({
+            "Version": r.version,
+            "Current": false,
+            "ReplacedAt": r.replaced_at,
+            "Spec": r.spec,
+        }));
+    }
+    Ok(json(StatusCode::OK, &out))
+}
+
+/// `POST /shoal/v1/services/{id}/rollback?revision=N`: goes back to any spec the history
+/// keeps (beyond Swarm, which keeps one), as a rollback with the rollback settings.
+pub async fn rollback_to(
+    State(d): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let m = d.manager().await?;
+    let revision: u64 = q
+        .get("revision")
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| ApiError::invalid("revision: a revision number is required"))?;
+    let _alloc = m.alloc.lock().await;
+    let cur = find_service(&m.store, &key)?;
+    if revision == cur.obj.spec_version {
+        return Err(ApiError::invalid(format!(
+            "revision: {revision} is the current spec of service {}",
+            cur.obj.name()
+        ))
+        .into());
+    }
+    let spec = cur
+        .obj
+        .history
+        .iter()
+        .find(|r| r.version == revision)
+        .map(|r| r.spec.clone())
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "revision: service {} has no revision {revision} (see shoal service history)",
+                cur.obj.name()
+            ))
+        })?;
+    let state = ClusterState::load(&m.store);
+    let mut spec = spec;
+    resolve(&mut spec, &state, &m.store)?;
+    let mut svc = cur.obj.clone();
+    let now = id::now();
+    if svc.replace_spec(spec, &now) {
+        svc.service.update_status = Some(ServiceUpdateStatus {
+            state: Some(ServiceUpdateStatusStateEnum::ROLLBACK_STARTED),
+            started_at: Some(now.clone()),
+            completed_at: None,
+            message: Some(format!("rollback to revision {revision} requested")),
+        });
+    }
+    svc.service.updated_at = Some(now);
+    let mut ipam = Ipam::from_state(&state);
+    svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
+    db::write(&m.store, vec![db::put(&svc, Expect::Version(cur.version))?]).await?;
+    tracing::info!(service = %svc.name(), revision, "rollback to an earlier revision");
     Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
 }
 
@@ -499,9 +579,8 @@ pub async fn list_tasks(
         .filter(|t| {
             f.any("desired-state", |x| match x {
                 "running" => t.desired() == TaskState::RUNNING,
-                "shutdown" => {
-                    t.desired() != TaskState::RUNNING && t.desired() != TaskState::ACCEPTED
-                }
+                "ready" => t.desired() == TaskState::READY,
+                "shutdown" => !t.meant_to_run() && t.desired() != TaskState::ACCEPTED,
                 "accepted" => t.desired() == TaskState::ACCEPTED,
                 _ => false,
             })
@@ -525,7 +604,7 @@ pub async fn list_tasks(
                 || state
                     .services
                     .get(t.service_id())
-                    .is_some_and(|s| t.spec_version >= s.obj.spec_version)
+                    .is_some_and(|s| t.spec_version == s.obj.spec_version)
         })
         .collect();
     tasks.sort_by(|a, b| a.task.created_at.cmp(&b.task.created_at));

@@ -7,6 +7,7 @@ pub mod global;
 pub mod reaper;
 pub mod replicated;
 pub mod restart;
+pub mod updater;
 
 use crate::state::ClusterState;
 use shoal_api::id;
@@ -23,6 +24,9 @@ pub struct Plan {
     pub created: Vec<StoredTask>,
     /// Tasks to delete (ID, version read).
     pub deleted: Vec<(String, u64)>,
+    /// Services to rewrite (an update's status, or a rollback), keyed by ID, with the version
+    /// they were read at.
+    pub services: HashMap<String, (StoredService, u64)>,
     /// Earliest instant a pass must run again even if nothing changes (a restart delay ending).
     pub wake_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -42,6 +46,19 @@ impl Plan {
     pub fn wake(&mut self, at: chrono::DateTime<chrono::Utc>) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
+}
+
+/// A new task for a service, before allocation and scheduling, meant to run now (or, with
+/// `desired` ready, once the task it replaces has stopped).
+pub fn new_task_wanting(
+    svc: &StoredService,
+    slot: u64,
+    node: Option<&str>,
+    desired: TaskState,
+) -> StoredTask {
+    let mut t = new_task(svc, slot, node, Vec::new());
+    t.task.desired_state = Some(desired);
+    t
 }
 
 /// A new task for a service, before allocation and scheduling.
@@ -73,6 +90,7 @@ pub fn new_task(
         networks_attachments: attachments,
         spec_version: svc.spec_version,
         service_name: svc.name().to_string(),
+        running_at: None,
     }
 }
 
@@ -116,7 +134,7 @@ pub fn plan(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Plan {
         if t.obj
             .node_id()
             .is_some_and(|n| lost.contains(n) || !known.contains(n))
-            && t.obj.desired() == TaskState::RUNNING
+            && t.obj.meant_to_run()
             && !shoal_api::objects::is_terminal(t.obj.state())
             && state
                 .services
@@ -135,10 +153,10 @@ pub fn plan(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Plan {
         let tasks = by_service.remove(svc.obj.id()).unwrap_or_default();
         match svc.obj.mode() {
             shoal_api::objects::Mode::Replicated(n) => {
-                replicated::reconcile(&svc.obj, n, &tasks, now, &mut plan)
+                replicated::reconcile(svc, n, &tasks, now, &mut plan)
             }
             shoal_api::objects::Mode::Global => {
-                global::reconcile(&svc.obj, state, &tasks, now, &mut plan)
+                global::reconcile(svc, state, &tasks, now, &mut plan)
             }
             // Jobs arrive with the jobs issue; until then they are refused at the API.
             _ => {}

@@ -35,7 +35,7 @@ fn key(t: &StoredTask) -> SlotKey<'_> {
 /// Keeps at most the history limit of tasks per slot (or per node for global services).
 pub fn history(state: &ClusterState, plan: &mut Plan) {
     let limit = state.history_limit();
-    let old = |t: &StoredTask| t.desired() != TaskState::RUNNING && is_terminal(t.state());
+    let old = |t: &StoredTask| !t.meant_to_run() && is_terminal(t.state());
     // Only a slot with an old task can have one to forget: find those first, so that the usual
     // pass (every slot holding just its live task) costs one scan and no grouping.
     let with_old: HashSet<SlotKey> = state

@@ -1,121 +1,80 @@
 //! Replicated services: slots 1..=N, each with exactly one task meant to run.
 
-use super::restart::{self, Verdict};
-use super::{new_task, Plan};
+use super::updater::{self, Judgement, SlotView};
+use super::{new_task_wanting, Plan};
+use crate::db::Versioned;
 use shoal_api::models::TaskState;
-use shoal_api::objects::{is_terminal, state_rank, StoredService, StoredTask};
+use shoal_api::objects::{StoredService, StoredTask};
 use std::collections::BTreeMap;
 
-/// Brings a replicated service's tasks toward `replicas` running, up-to-date tasks.
+/// Brings a replicated service's tasks toward `replicas` running, up-to-date tasks, replacing
+/// out-of-date ones as the update settings allow.
 pub fn reconcile(
-    svc: &StoredService,
+    svc: &Versioned<StoredService>,
     replicas: u64,
     tasks: &[(&StoredTask, u64)],
     now: chrono::DateTime<chrono::Utc>,
     plan: &mut Plan,
 ) {
+    if updater::judge(svc, tasks, replicas, now, plan) == Judgement::Stopped {
+        return;
+    }
+    let s = &svc.obj;
+    let settings = updater::Settings::of(s);
     let mut slots: BTreeMap<u64, Vec<(&StoredTask, u64)>> = BTreeMap::new();
     for (t, v) in tasks {
         slots.entry(t.slot()).or_default().push((t, *v));
     }
-    let parallelism = svc
-        .spec()
-        .update_config
-        .as_ref()
-        .and_then(|u| u.parallelism)
-        .unwrap_or(1)
-        .max(0) as u64;
-    // Slots whose fresh task has not reached running yet count against the update parallelism.
-    let mut in_flight = 0u64;
+    let mut views = Vec::with_capacity(replicas as usize);
     let mut outdated = Vec::new();
-
-    for slot in 1..=replicas {
+    for n in 1..=replicas {
         let empty = Vec::new();
-        let slot_tasks = slots.get(&slot).unwrap_or(&empty);
-        let mut runnable: Vec<&(&StoredTask, u64)> = slot_tasks
-            .iter()
-            .filter(|(t, _)| t.desired() == TaskState::RUNNING)
-            .collect();
-        // Keep the most advanced runnable task; stop any duplicates.
-        runnable.sort_by_key(|(t, _)| std::cmp::Reverse(live_rank(t)));
-        for (dup, v) in runnable.iter().skip(1) {
-            plan.set_desired(dup, *v, TaskState::SHUTDOWN);
+        let make = |desired| new_task_wanting(s, n, None, desired);
+        let view = updater::slot(
+            s,
+            &settings,
+            slots.get(&n).unwrap_or(&empty),
+            &make,
+            now,
+            plan,
+        );
+        if let SlotView::Outdated(t, v) = view {
+            outdated.push((n, t, v));
         }
-        match runnable.first() {
-            None => plan.created.push(new_task(svc, slot, None, Vec::new())),
-            Some((t, v)) if is_terminal(t.state()) => {
-                let history: Vec<&StoredTask> = slot_tasks
-                    .iter()
-                    .filter(|(h, _)| h.id() != t.id() && is_terminal(h.state()))
-                    .map(|(h, _)| *h)
-                    .collect();
-                match restart::decide(svc, t, &history, now) {
-                    Verdict::Now => {
-                        plan.set_desired(t, *v, TaskState::SHUTDOWN);
-                        plan.created.push(new_task(svc, slot, None, Vec::new()));
-                    }
-                    Verdict::At(at) => plan.wake(at),
-                    Verdict::Never => {}
-                }
-            }
-            Some((t, v)) => {
-                if t.spec_version < svc.spec_version {
-                    outdated.push((*t, *v, slot));
-                } else if t.state() != TaskState::RUNNING {
-                    in_flight += 1;
-                }
-            }
-        }
+        views.push(view);
     }
-    // Rolling update: replace outdated tasks, `parallelism` at a time (0 = all at once).
-    let budget = if parallelism == 0 {
-        u64::MAX
-    } else {
-        parallelism.saturating_sub(in_flight)
-    };
-    for (t, v, slot) in outdated
-        .into_iter()
-        .take(budget.min(usize::MAX as u64) as usize)
-    {
-        plan.set_desired(t, v, TaskState::SHUTDOWN);
-        plan.created.push(new_task(svc, slot, None, Vec::new()));
+    let admitted = updater::admit(svc, &views, now, plan);
+    for (n, t, v) in outdated.into_iter().take(admitted) {
+        let make = |desired| new_task_wanting(s, n, None, desired);
+        updater::replace(&settings, t, v, &make, plan);
     }
     // Scale down: slots above the replica count stop.
-    for (slot, slot_tasks) in slots.range(replicas + 1..) {
-        let _ = slot;
+    for slot_tasks in slots.range(replicas + 1..).map(|(_, t)| t) {
         for (t, v) in slot_tasks {
-            if t.desired() == TaskState::RUNNING {
+            if t.meant_to_run() {
                 plan.set_desired(t, *v, TaskState::SHUTDOWN);
             }
         }
     }
 }
 
-/// How far along a task is, for choosing which duplicate to keep (terminal ones rank lowest).
-fn live_rank(t: &StoredTask) -> u8 {
-    if is_terminal(t.state()) {
-        0
-    } else {
-        state_rank(t.state()) + 1
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::orchestrator::new_task;
     use shoal_api::models::{ServiceSpec, TaskStatus};
 
-    fn svc(json: &str) -> StoredService {
+    fn svc(json: &str) -> Versioned<StoredService> {
         let spec: ServiceSpec = serde_json::from_str(json).unwrap();
         let mut s = StoredService::default();
         s.service.id = Some("svc".into());
         s.service.spec = Some(spec);
         s.spec_version = 1;
-        s
+        Versioned { obj: s, version: 1 }
     }
 
     fn task(id: &str, slot: u64, state: TaskState, desired: TaskState, ts: &str) -> StoredTask {
-        let mut t = new_task(&svc(r#"{"Name":"web"}"#), slot, None, vec![]);
+        let mut t = new_task(&svc(r#"{"Name":"web"}"#).obj, slot, None, vec![]);
         t.task.id = Some(id.into());
         t.task.desired_state = Some(desired);
         t.task.status = Some(TaskStatus {
@@ -243,7 +202,7 @@ mod tests {
         let mut s = svc(
             r#"{"Name":"w","Mode":{"Replicated":{"Replicas":3}},"UpdateConfig":{"Parallelism":2}}"#,
         );
-        s.spec_version = 2;
+        s.obj.spec_version = 2;
         let ts: Vec<StoredTask> = (1..=3)
             .map(|i| {
                 task(
