@@ -112,6 +112,230 @@ impl Candidates {
     }
 }
 
+/// What a service asks of placement beyond constraints. Services asking none of it (most)
+/// take the indexed path; the others a scan of every node per task, which these features need.
+#[derive(Debug, Default)]
+struct Demands {
+    /// `--replicas-max-per-node`.
+    max_per_node: Option<usize>,
+    /// `--reserve-cpu` in nano CPUs and `--reserve-memory` in bytes.
+    cpu: i64,
+    memory: i64,
+    /// `--placement-pref spread=<label>`, outermost first: the label keys, as written.
+    spread: Vec<String>,
+    /// `Placement.Platforms` as (os, architecture), normalized.
+    platforms: Vec<(String, String)>,
+}
+
+impl Demands {
+    fn of(svc: &StoredService) -> Option<Demands> {
+        let t = svc.spec().task_template.as_ref()?;
+        let p = t.placement.as_ref();
+        let r = t.resources.as_ref().and_then(|r| r.reservations.as_ref());
+        let d = Demands {
+            max_per_node: p
+                .and_then(|p| p.max_replicas)
+                .filter(|m| *m > 0)
+                .map(|m| m as usize),
+            cpu: r.and_then(|r| r.nano_cpus).unwrap_or(0).max(0),
+            memory: r.and_then(|r| r.memory_bytes).unwrap_or(0).max(0),
+            spread: p
+                .and_then(|p| p.preferences.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|pref| pref.spread.as_ref()?.spread_descriptor.clone())
+                .collect(),
+            platforms: p
+                .and_then(|p| p.platforms.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|pl| {
+                    (
+                        pl.os.clone().unwrap_or_default().to_lowercase(),
+                        normalize_arch(pl.architecture.as_deref().unwrap_or("")),
+                    )
+                })
+                .collect(),
+        };
+        let any = d.max_per_node.is_some()
+            || d.cpu > 0
+            || d.memory > 0
+            || !d.spread.is_empty()
+            || !d.platforms.is_empty();
+        any.then_some(d)
+    }
+}
+
+/// Architecture names as Go spells them (`x86_64` is `amd64`), so a node's `uname -m` and an
+/// image's platform compare.
+fn normalize_arch(a: &str) -> String {
+    match a.to_lowercase().as_str() {
+        "x86_64" | "x86-64" => "amd64".into(),
+        "aarch64" | "arm64/v8" => "arm64".into(),
+        "armv7l" | "armhf" | "arm/v7" => "arm".into(),
+        "i386" | "i686" => "386".into(),
+        other => other.to_string(),
+    }
+}
+
+/// True if the node's platform is one the service's images support (any, if none listed).
+fn platform_ok(d: &Demands, node: &Node) -> bool {
+    if d.platforms.is_empty() {
+        return true;
+    }
+    let pl = node.description.as_ref().and_then(|d| d.platform.as_ref());
+    let os = pl
+        .and_then(|p| p.os.as_deref())
+        .unwrap_or("")
+        .to_lowercase();
+    let arch = normalize_arch(pl.and_then(|p| p.architecture.as_deref()).unwrap_or(""));
+    d.platforms
+        .iter()
+        .any(|(o, a)| (o.is_empty() || *o == os) && (a.is_empty() || *a == arch))
+}
+
+/// A node's value for a spread descriptor (`node.labels.zone`, `engine.labels.x`); nodes
+/// without the label form a group of their own, as in Swarm.
+fn spread_value<'a>(key: &str, node: &'a Node) -> &'a str {
+    let labels = if let Some(k) = key.strip_prefix("node.labels.") {
+        node.spec
+            .as_ref()
+            .and_then(|s| s.labels.as_ref())
+            .and_then(|l| l.get(k))
+    } else if let Some(k) = key.strip_prefix("engine.labels.") {
+        node.description
+            .as_ref()
+            .and_then(|d| d.engine.as_ref())
+            .and_then(|e| e.labels.as_ref())
+            .and_then(|l| l.get(k))
+    } else {
+        None
+    };
+    labels.map(String::as_str).unwrap_or("")
+}
+
+/// A task's reservations (nano CPUs, bytes).
+fn reserved(t: &StoredTask) -> (i64, i64) {
+    let r = t
+        .task
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.reservations.as_ref());
+    (
+        r.and_then(|r| r.nano_cpus).unwrap_or(0).max(0),
+        r.and_then(|r| r.memory_bytes).unwrap_or(0).max(0),
+    )
+}
+
+/// A node's capacity (nano CPUs, bytes); unknown counts as unlimited.
+fn capacity(n: &Node) -> (i64, i64) {
+    let r = n.description.as_ref().and_then(|d| d.resources.as_ref());
+    (
+        r.and_then(|r| r.nano_cpus)
+            .filter(|c| *c > 0)
+            .unwrap_or(i64::MAX),
+        r.and_then(|r| r.memory_bytes)
+            .filter(|m| *m > 0)
+            .unwrap_or(i64::MAX),
+    )
+}
+
+/// Why no node fits, counted per node by the first filter it fails, worded as Swarm words it.
+#[derive(Default)]
+struct Refusals {
+    unavailable: usize,
+    constrained: usize,
+    platform: usize,
+    max_replicas: usize,
+    resources: usize,
+}
+
+impl Refusals {
+    fn message(&self) -> String {
+        let mut why = Vec::new();
+        let on = |n: usize| format!("{n} node{}", plural(n));
+        if self.unavailable > 0 {
+            why.push(format!(
+                "{} not available for new tasks",
+                on(self.unavailable)
+            ));
+        }
+        if self.constrained > 0 {
+            why.push(format!(
+                "scheduling constraints not satisfied on {}",
+                on(self.constrained)
+            ));
+        }
+        if self.platform > 0 {
+            why.push(format!("unsupported platform on {}", on(self.platform)));
+        }
+        if self.max_replicas > 0 {
+            why.push(format!(
+                "max replicas per node limit exceed on {}",
+                on(self.max_replicas)
+            ));
+        }
+        if self.resources > 0 {
+            why.push(format!("insufficient resources on {}", on(self.resources)));
+        }
+        format!("no suitable node ({})", why.join("; "))
+    }
+}
+
+/// The slow path: the node for one task of a service with [`Demands`], or why there is none.
+/// `mine` and `load` count tasks per node position, `used` reservations per node position.
+fn place_demanding(
+    svc: &StoredService,
+    d: &Demands,
+    state: &ClusterState,
+    mine: &[usize],
+    load: &[usize],
+    used: &[(i64, i64)],
+) -> Result<usize, String> {
+    let mut refused = Refusals::default();
+    let mut fits: Vec<usize> = Vec::new();
+    for (pos, n) in state.nodes.iter().enumerate() {
+        let n = &n.obj;
+        let (cpu, mem) = capacity(n);
+        let (cpu_used, mem_used) = used.get(pos).copied().unwrap_or((0, 0));
+        if !node_schedulable(n) {
+            refused.unavailable += 1;
+        } else if !constraints_met(svc, n) {
+            refused.constrained += 1;
+        } else if !platform_ok(d, n) {
+            refused.platform += 1;
+        } else if d.max_per_node.is_some_and(|m| mine[pos] >= m) {
+            refused.max_replicas += 1;
+        } else if cpu_used.saturating_add(d.cpu) > cpu || mem_used.saturating_add(d.memory) > mem {
+            refused.resources += 1;
+        } else {
+            fits.push(pos);
+        }
+    }
+    // Spread preferences, outermost first: keep the group (by label value) holding the fewest
+    // of the service's tasks among the nodes that fit.
+    for key in &d.spread {
+        let mut groups: HashMap<&str, (usize, Vec<usize>)> = HashMap::new();
+        for &pos in &fits {
+            let g = groups
+                .entry(spread_value(key, &state.nodes[pos].obj))
+                .or_default();
+            g.0 += mine[pos];
+            g.1.push(pos);
+        }
+        if let Some((_, (_, members))) = groups
+            .into_iter()
+            .min_by(|a, b| (a.1 .0, a.0).cmp(&(b.1 .0, b.0)))
+        {
+            fits = members;
+        }
+    }
+    fits.into_iter()
+        .min_by_key(|&pos| (mine[pos], load[pos], pos))
+        .ok_or_else(|| refused.message())
+}
+
 /// Assigns nodes to the tasks that need one; returns how many were placed.
 ///
 /// Spread: the eligible node with the fewest running-or-starting tasks of the same service,
@@ -135,7 +359,17 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
             }
         }
     }
+    let demands: HashMap<&str, Demands> = mine
+        .keys()
+        .filter_map(|sid| {
+            let svc = &state.services.get(*sid)?.obj;
+            Demands::of(svc).map(|d| (*sid, d))
+        })
+        .collect();
     let mut load = vec![0usize; state.nodes.len()];
+    // Reservations per node, needed only when a service to place reserves something.
+    let count_used = demands.values().any(|d| d.cpu > 0 || d.memory > 0);
+    let mut used = vec![(0i64, 0i64); if count_used { state.nodes.len() } else { 0 }];
     for t in &state.tasks {
         let Some(&pos) = t.obj.node_id().and_then(|n| pos_of.get(n)) else {
             continue;
@@ -145,8 +379,18 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
             if let Some(m) = mine.get_mut(t.obj.service_id()) {
                 m[pos] += 1;
             }
+            if count_used {
+                let (c, m) = reserved(&t.obj);
+                used[pos].0 = used[pos].0.saturating_add(c);
+                used[pos].1 = used[pos].1.saturating_add(m);
+            }
         }
     }
+    // Per-node counts of the services that take the slow path.
+    let mut slow_mine: HashMap<&str, Vec<usize>> = demands
+        .keys()
+        .filter_map(|sid| Some((*sid, mine.remove(*sid)?)))
+        .collect();
     let mut candidates: HashMap<String, Candidates> = HashMap::new();
     let mut placed = 0;
     for t in tasks.iter_mut() {
@@ -159,6 +403,23 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
             continue;
         }
         let sid = svc.obj.id();
+        if let (Some(d), Some(counts)) = (demands.get(sid), slow_mine.get_mut(sid)) {
+            match place_demanding(&svc.obj, d, state, counts, &load, &used) {
+                Ok(pos) => {
+                    load[pos] += 1;
+                    counts[pos] += 1;
+                    if count_used {
+                        used[pos].0 = used[pos].0.saturating_add(d.cpu);
+                        used[pos].1 = used[pos].1.saturating_add(d.memory);
+                    }
+                    let node = state.nodes[pos].obj.id.as_deref().unwrap_or_default();
+                    assign(t, node);
+                    placed += 1;
+                }
+                Err(err) => pending(t, err),
+            }
+            continue;
+        }
         let c = candidates.entry(sid.to_string()).or_insert_with(|| {
             let counts = mine
                 .remove(sid)
@@ -189,18 +450,22 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
                         plural(constrained)
                     ));
                 }
-                let err = format!("no suitable node ({})", why.join("; "));
-                let status = t.task.status.get_or_insert_with(Default::default);
-                if status.state != Some(TaskState::PENDING) || status.err.as_deref() != Some(&err) {
-                    status.state = Some(TaskState::PENDING);
-                    status.message = Some("pending task scheduling".into());
-                    status.err = Some(err);
-                    status.timestamp = Some(id::now());
-                }
+                pending(t, format!("no suitable node ({})", why.join("; ")));
             }
         }
     }
     placed
+}
+
+/// Leaves a task pending with the reason (rewritten only when the reason changes).
+fn pending(t: &mut StoredTask, err: String) {
+    let status = t.task.status.get_or_insert_with(Default::default);
+    if status.state != Some(TaskState::PENDING) || status.err.as_deref() != Some(&err) {
+        status.state = Some(TaskState::PENDING);
+        status.message = Some("pending task scheduling".into());
+        status.err = Some(err);
+        status.timestamp = Some(id::now());
+    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -435,6 +700,137 @@ mod tests {
         assert_eq!(
             t.task.status.as_ref().and_then(|s| s.err.as_deref()),
             Some("no suitable node (1 node not available for new tasks; scheduling constraints not satisfied on 2 nodes)")
+        );
+    }
+
+    /// Nodes (id, zone label, cpus, GiB, arch) and one service from its spec JSON.
+    fn cluster(nodes: &[(&str, &str, i64, i64, &str)], spec: &str) -> ClusterState {
+        use crate::db::Versioned;
+        let mut state = ClusterState::default();
+        for (id, zone, cpus, gib, arch) in nodes {
+            state.nodes.push(Versioned {
+                obj: node(&format!(
+                    r#"{{"ID":"{id}","Spec":{{"Role":"worker","Labels":{{"zone":"{zone}"}}}},"Status":{{"State":"ready"}},
+                    "Description":{{"Platform":{{"OS":"linux","Architecture":"{arch}"}},
+                    "Resources":{{"NanoCPUs":{},"MemoryBytes":{}}}}}}}"#,
+                    cpus * 1_000_000_000,
+                    gib << 30
+                )),
+                version: 1,
+            });
+        }
+        let mut svc = StoredService::default();
+        svc.service.id = Some("s".into());
+        svc.service.spec = Some(serde_json::from_str(spec).unwrap());
+        state.services.insert(
+            "s".into(),
+            Versioned {
+                obj: svc,
+                version: 1,
+            },
+        );
+        state
+    }
+
+    /// Places `n` tasks of service "s" one pass at a time, as the control loop would; returns
+    /// the node of each placed one and the pending reason of the first left over.
+    fn place(state: &mut ClusterState, n: usize) -> (Vec<String>, Option<String>) {
+        let svc = state.services["s"].obj.clone();
+        let mut tasks: Vec<StoredTask> = (0..n)
+            .map(|i| crate::orchestrator::new_task(&svc, i as u64 + 1, None, vec![]))
+            .collect();
+        let mut refs: Vec<&mut StoredTask> = tasks.iter_mut().collect();
+        schedule(state, &mut refs);
+        let nodes = tasks
+            .iter()
+            .filter_map(|t| t.node_id().map(str::to_string))
+            .collect();
+        let why = tasks
+            .iter()
+            .find(|t| t.node_id().is_none())
+            .and_then(|t| t.task.status.as_ref()?.err.clone());
+        for t in tasks {
+            state
+                .tasks
+                .push(crate::db::Versioned { obj: t, version: 1 });
+        }
+        (nodes, why)
+    }
+
+    #[test]
+    fn spread_preference_balances_label_values_not_nodes() {
+        // Zone a has three nodes, zone b one: six tasks go three and three.
+        let mut state = cluster(
+            &[
+                ("a1", "a", 4, 4, "x86_64"),
+                ("a2", "a", 4, 4, "x86_64"),
+                ("a3", "a", 4, 4, "x86_64"),
+                ("b1", "b", 4, 4, "x86_64"),
+            ],
+            r#"{"Name":"s","TaskTemplate":{"Placement":{"Preferences":[{"Spread":{"SpreadDescriptor":"node.labels.zone"}}]}}}"#,
+        );
+        let (nodes, why) = place(&mut state, 6);
+        assert_eq!(why, None);
+        assert_eq!(nodes.iter().filter(|n| *n == "b1").count(), 3, "{nodes:?}");
+        for a in ["a1", "a2", "a3"] {
+            assert_eq!(nodes.iter().filter(|n| *n == a).count(), 1, "{nodes:?}");
+        }
+    }
+
+    #[test]
+    fn replicas_max_per_node_leaves_the_rest_pending() {
+        let mut state = cluster(
+            &[("n1", "a", 4, 4, "x86_64"), ("n2", "a", 4, 4, "x86_64")],
+            r#"{"Name":"s","TaskTemplate":{"Placement":{"MaxReplicas":2}}}"#,
+        );
+        let (nodes, why) = place(&mut state, 5);
+        assert_eq!(nodes.len(), 4);
+        assert_eq!(
+            why.as_deref(),
+            Some("no suitable node (max replicas per node limit exceed on 2 nodes)")
+        );
+    }
+
+    #[test]
+    fn reservations_count_against_node_resources() {
+        // 1.5 CPUs each: two fit on the 4-CPU node, one on the 2-CPU node, the fourth waits.
+        let mut state = cluster(
+            &[("big", "a", 4, 8, "x86_64"), ("small", "a", 2, 8, "x86_64")],
+            r#"{"Name":"s","TaskTemplate":{"Resources":{"Reservations":{"NanoCPUs":1500000000,"MemoryBytes":1073741824}}}}"#,
+        );
+        let (nodes, why) = place(&mut state, 4);
+        let mut sorted = nodes.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec!["big", "big", "small"]);
+        assert_eq!(
+            why.as_deref(),
+            Some("no suitable node (insufficient resources on 2 nodes)")
+        );
+        // Memory too: 5 GiB each fits once per 8 GiB node.
+        let mut state = cluster(
+            &[("big", "a", 4, 8, "x86_64"), ("small", "a", 2, 8, "x86_64")],
+            r#"{"Name":"s","TaskTemplate":{"Resources":{"Reservations":{"MemoryBytes":5368709120}}}}"#,
+        );
+        let (nodes, _) = place(&mut state, 3);
+        assert_eq!(nodes.len(), 2);
+    }
+
+    #[test]
+    fn images_for_another_architecture_wait_for_a_node_that_runs_them() {
+        let mut state = cluster(
+            &[("pi", "a", 4, 4, "aarch64"), ("pc", "a", 4, 4, "x86_64")],
+            r#"{"Name":"s","TaskTemplate":{"Placement":{"Platforms":[{"OS":"linux","Architecture":"arm64"}]}}}"#,
+        );
+        let (nodes, _) = place(&mut state, 2);
+        assert_eq!(nodes, vec!["pi", "pi"]);
+        let mut state = cluster(
+            &[("pc", "a", 4, 4, "x86_64")],
+            r#"{"Name":"s","TaskTemplate":{"Placement":{"Platforms":[{"OS":"linux","Architecture":"arm64"}]}}}"#,
+        );
+        let (_, why) = place(&mut state, 1);
+        assert_eq!(
+            why.as_deref(),
+            Some("no suitable node (unsupported platform on 1 node)")
         );
     }
 }

@@ -942,3 +942,64 @@ fn rolling_updates_roll_back_pause_and_start_first_through_the_cli() {
     assert!(!env.contains("V="), "{env}");
     node.wait_replicas("web", "4/4");
 }
+
+#[test]
+fn placement_limits_leave_tasks_pending_with_swarms_reason() {
+    let node = Node::start("placement");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    node.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "capped",
+        "--replicas",
+        "3",
+        "--replicas-max-per-node",
+        "1",
+        "--placement-pref",
+        "spread=node.labels.zone",
+        "shoal-test/web",
+    ]);
+    node.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "huge",
+        "--reserve-memory",
+        "100000g",
+        "shoal-test/web",
+    ]);
+    node.wait_replicas("capped", "1/3");
+    let pending = |svc: &str| {
+        node.ok(&[
+            "service",
+            "ps",
+            svc,
+            "--no-trunc",
+            "--format",
+            "{{.CurrentState}}|{{.Error}}",
+        ])
+    };
+    wait_until(Duration::from_secs(20), "two capped tasks pending", || {
+        pending("capped")
+            .lines()
+            .filter(|l| {
+                l.starts_with("Pending")
+                    && l.contains("no suitable node (max replicas per node limit exceed on 1 node)")
+            })
+            .count()
+            == 2
+    });
+    wait_until(Duration::from_secs(20), "the huge task pending", || {
+        pending("huge").lines().any(|l| {
+            l.starts_with("Pending")
+                && l.contains("no suitable node (insufficient resources on 1 node)")
+        })
+    });
+    assert_eq!(node.replicas("huge"), "0/1");
+    // Lowering the reservation lets it run.
+    node.ok(&["service", "update", "-d", "--reserve-memory", "16m", "huge"]);
+    node.wait_replicas("huge", "1/1");
+}
