@@ -7,7 +7,7 @@ use crate::db;
 use crate::orchestrator;
 use crate::scheduler;
 use crate::state::{ClusterState, Delta, SharedReader, SharedState};
-use shoal_api::models::{ServiceUpdateStatusStateEnum, TaskState};
+use shoal_api::models::TaskState;
 use shoal_api::objects::{is_terminal, state_rank, StoredTask};
 use shoal_api::{id, ApiError};
 use shoal_store::{Expect, Op, Store};
@@ -241,13 +241,7 @@ impl Quiet {
         let mut updating: HashSet<String> = state
             .services
             .values()
-            .filter(|s| {
-                matches!(
-                    s.obj.service.update_status.as_ref().and_then(|u| u.state),
-                    Some(ServiceUpdateStatusStateEnum::UPDATING)
-                        | Some(ServiceUpdateStatusStateEnum::ROLLBACK_STARTED)
-                )
-            })
+            .filter(|s| orchestrator::updater::in_progress(&s.obj))
             .map(|s| s.obj.id().to_string())
             .collect();
         for t in &state.tasks {
@@ -436,7 +430,9 @@ fn split_by_slot(mut ops: Vec<(SlotKey, Op)>) -> Vec<Vec<Op>> {
 mod tests {
     use super::*;
     use crate::db::Versioned;
-    use shoal_api::models::{Network, Node, ServiceSpec, ServiceUpdateStatus};
+    use shoal_api::models::{
+        Network, Node, ServiceSpec, ServiceUpdateStatus, ServiceUpdateStatusStateEnum,
+    };
     use shoal_api::objects::StoredService;
     use std::collections::HashMap;
 

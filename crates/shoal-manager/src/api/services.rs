@@ -319,38 +319,53 @@ pub async fn update(
     if mode_kind(Mode::of(spec.mode.as_ref())) != mode_kind(Mode::of(old.mode.as_ref())) {
         return Err(ApiError::invalid_arg("Mode: service mode change is not allowed").into());
     }
+    let start = if rollback {
+        (
+            ServiceUpdateStatusStateEnum::ROLLBACK_STARTED,
+            "manually requested rollback".to_string(),
+        )
+    } else {
+        (
+            ServiceUpdateStatusStateEnum::UPDATING,
+            "update in progress".to_string(),
+        )
+    };
+    store_spec(&m.store, &state, &cur, spec, start).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
+}
+
+/// Writes `spec` as the service's current one (read at `cur`). If its tasks must be replaced,
+/// the update starts in `start`'s state with its message; otherwise a paused update is
+/// cleared, so any update call resumes it as in Swarm (the control loop starts it again if
+/// tasks are still out of date).
+async fn store_spec(
+    store: &shoal_store::Store,
+    state: &ClusterState,
+    cur: &Versioned<StoredService>,
+    spec: ServiceSpec,
+    start: (ServiceUpdateStatusStateEnum, String),
+) -> std::result::Result<(), ApiError> {
     let mut svc = cur.obj.clone();
     let now = id::now();
-    let template_changed = svc.replace_spec(spec, &now);
-    svc.service.updated_at = Some(now.clone());
     let status = svc.service.update_status.as_ref().and_then(|u| u.state);
-    if template_changed {
+    if svc.replace_spec(spec, &now) {
         svc.service.update_status = Some(ServiceUpdateStatus {
-            state: Some(if rollback {
-                ServiceUpdateStatusStateEnum::ROLLBACK_STARTED
-            } else {
-                ServiceUpdateStatusStateEnum::UPDATING
-            }),
-            started_at: Some(now),
+            state: Some(start.0),
+            started_at: Some(now.clone()),
             completed_at: None,
-            message: Some(if rollback {
-                "manually requested rollback".into()
-            } else {
-                "update in progress".into()
-            }),
+            message: Some(start.1),
         });
     } else if matches!(
         status,
         Some(ServiceUpdateStatusStateEnum::PAUSED | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED)
     ) {
-        // Any update resumes a paused one, as in Swarm: the control loop starts it again if
-        // tasks are still out of date.
         svc.service.update_status = None;
     }
-    let mut ipam = Ipam::from_state(&state);
-    svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
-    db::write(&m.store, vec![db::put(&svc, Expect::Version(version))?]).await?;
-    Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
+    svc.service.updated_at = Some(now);
+    let mut ipam = Ipam::from_state(state);
+    svc.service.endpoint = Some(endpoint(&svc, state, &mut ipam)?);
+    db::write(store, vec![db::put(&svc, Expect::Version(cur.version))?]).await?;
+    Ok(())
 }
 
 /// `GET /shoal/v1/services/{id}/history`: the current spec and the earlier ones kept, newest
@@ -411,21 +426,12 @@ pub async fn rollback_to(
     let state = ClusterState::load(&m.store);
     let mut spec = spec;
     resolve(&mut spec, &state, &m.store)?;
-    let mut svc = cur.obj.clone();
-    let now = id::now();
-    if svc.replace_spec(spec, &now) {
-        svc.service.update_status = Some(ServiceUpdateStatus {
-            state: Some(ServiceUpdateStatusStateEnum::ROLLBACK_STARTED),
-            started_at: Some(now.clone()),
-            completed_at: None,
-            message: Some(format!("rollback to revision {revision} requested")),
-        });
-    }
-    svc.service.updated_at = Some(now);
-    let mut ipam = Ipam::from_state(&state);
-    svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
-    db::write(&m.store, vec![db::put(&svc, Expect::Version(cur.version))?]).await?;
-    tracing::info!(service = %svc.name(), revision, "rollback to an earlier revision");
+    let start = (
+        ServiceUpdateStatusStateEnum::ROLLBACK_STARTED,
+        format!("rollback to revision {revision} requested"),
+    );
+    store_spec(&m.store, &state, &cur, spec, start).await?;
+    tracing::info!(service = %cur.obj.name(), revision, "rollback to an earlier revision");
     Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
 }
 

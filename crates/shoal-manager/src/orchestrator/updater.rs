@@ -113,6 +113,29 @@ pub fn in_progress(svc: &StoredService) -> bool {
     )
 }
 
+/// The status a pass writes: `started` is the update's start (kept across its states).
+fn update_status(
+    state: Status,
+    started: Option<String>,
+    completed: Option<String>,
+    message: impl Into<String>,
+) -> Option<ServiceUpdateStatus> {
+    Some(ServiceUpdateStatus {
+        state: Some(state),
+        started_at: started,
+        completed_at: completed,
+        message: Some(message.into()),
+    })
+}
+
+/// When the update in progress started.
+fn started_at(svc: &StoredService) -> Option<String> {
+    svc.service
+        .update_status
+        .as_ref()
+        .and_then(|u| u.started_at.clone())
+}
+
 fn paused(svc: &StoredService) -> bool {
     matches!(status(svc), Some(Status::PAUSED | Status::ROLLBACK_PAUSED))
 }
@@ -288,12 +311,7 @@ pub fn judge(
     if settings.action == FailureAction::Continue {
         return Judgement::Proceed;
     }
-    let started = time(
-        s.service
-            .update_status
-            .as_ref()
-            .and_then(|u| u.started_at.as_deref()),
-    );
+    let started = time(started_at(s).as_deref());
     let mut failed: Vec<(&StoredTask, chrono::DateTime<chrono::Utc>)> = Vec::new();
     for (t, _) in tasks {
         if t.spec_version != s.spec_version
@@ -331,14 +349,12 @@ pub fn judge(
     match (settings.action, rolling_back(s), previous) {
         (FailureAction::Rollback, false, Some(prev)) => {
             next.replace_spec(prev, &stamp);
-            next.service.update_status = Some(ServiceUpdateStatus {
-                state: Some(Status::ROLLBACK_STARTED),
-                started_at: Some(stamp.clone()),
-                completed_at: None,
-                message: Some(format!(
-                    "update rolled back due to failure or early termination of task {task}"
-                )),
-            });
+            next.service.update_status = update_status(
+                Status::ROLLBACK_STARTED,
+                Some(stamp.clone()),
+                None,
+                format!("update rolled back due to failure or early termination of task {task}"),
+            );
             tracing::warn!(service = %s.name(), %task, "update failed; rolling back");
         }
         (_, back, _) => {
@@ -347,18 +363,12 @@ pub fn judge(
             } else {
                 (Status::PAUSED, "update")
             };
-            next.service.update_status = Some(ServiceUpdateStatus {
-                state: Some(state),
-                started_at: s
-                    .service
-                    .update_status
-                    .as_ref()
-                    .and_then(|u| u.started_at.clone()),
-                completed_at: None,
-                message: Some(format!(
-                    "{what} paused due to failure or early termination of task {task}"
-                )),
-            });
+            next.service.update_status = update_status(
+                state,
+                started_at(s),
+                None,
+                format!("{what} paused due to failure or early termination of task {task}"),
+            );
             tracing::warn!(service = %s.name(), %task, "{what} paused after a task failed");
         }
     }
@@ -394,12 +404,8 @@ pub fn admit(
         // Tasks out of date without an update in progress: an update resumed after a pause
         // (any update call clears the pause, as in Swarm), or an old store.
         let mut next = s.clone();
-        next.service.update_status = Some(ServiceUpdateStatus {
-            state: Some(Status::UPDATING),
-            started_at: Some(stamp),
-            completed_at: None,
-            message: Some("update in progress".into()),
-        });
+        next.service.update_status =
+            update_status(Status::UPDATING, Some(stamp), None, "update in progress");
         plan.services
             .insert(s.id().to_string(), (next, svc.version));
     } else if outdated == 0 && busy == 0 {
@@ -417,26 +423,14 @@ pub fn admit(
             if done > now {
                 plan.wake(done);
             } else {
-                let back = rolling_back(s);
+                let (state, message) = if rolling_back(s) {
+                    (Status::ROLLBACK_COMPLETED, "rollback completed")
+                } else {
+                    (Status::COMPLETED, "update completed")
+                };
                 let mut next = s.clone();
-                next.service.update_status = Some(ServiceUpdateStatus {
-                    state: Some(if back {
-                        Status::ROLLBACK_COMPLETED
-                    } else {
-                        Status::COMPLETED
-                    }),
-                    started_at: s
-                        .service
-                        .update_status
-                        .as_ref()
-                        .and_then(|u| u.started_at.clone()),
-                    completed_at: Some(stamp),
-                    message: Some(if back {
-                        "rollback completed".into()
-                    } else {
-                        "update completed".into()
-                    }),
-                });
+                next.service.update_status =
+                    update_status(state, started_at(s), Some(stamp), message);
                 plan.services
                     .insert(s.id().to_string(), (next, svc.version));
             }
@@ -546,7 +540,9 @@ mod tests {
         fn step(&mut self) {
             let list: Vec<(&StoredTask, u64)> = self.tasks.values().map(|(t, v)| (t, *v)).collect();
             let mut plan = Plan::default();
-            let Mode(n) = Mode::of(&self.svc.obj);
+            let shoal_api::objects::Mode::Replicated(n) = self.svc.obj.mode() else {
+                panic!("the simulation runs replicated services");
+            };
             replicated::reconcile(&self.svc, n, &list, self.now, &mut plan);
             for (id, (t, _)) in plan.updated {
                 self.version += 1;
@@ -599,6 +595,11 @@ mod tests {
             status(&self.svc.obj)
         }
 
+        fn message(&self) -> String {
+            let status = self.svc.obj.service.update_status.as_ref();
+            status.and_then(|u| u.message.clone()).unwrap_or_default()
+        }
+
         /// Per slot: (running tasks, running tasks of the current spec).
         fn running(&self) -> BTreeMap<u64, (usize, usize)> {
             let mut out = BTreeMap::new();
@@ -612,16 +613,6 @@ mod tests {
                 }
             }
             out
-        }
-    }
-
-    struct Mode(u64);
-    impl Mode {
-        fn of(s: &StoredService) -> Mode {
-            match s.mode() {
-                shoal_api::objects::Mode::Replicated(n) => Mode(n),
-                _ => Mode(0),
-            }
         }
     }
 
@@ -720,14 +711,7 @@ mod tests {
             !untouched.is_empty(),
             "the update replaced every slot before it noticed"
         );
-        let msg = sim
-            .svc
-            .obj
-            .service
-            .update_status
-            .as_ref()
-            .and_then(|u| u.message.clone())
-            .unwrap();
+        let msg = sim.message();
         assert!(
             msg.starts_with("update rolled back due to failure or early termination of task "),
             "{msg}"
@@ -758,14 +742,7 @@ mod tests {
         sim.update("bad:2");
         sim.run(15);
         assert_eq!(sim.state(), Some(Status::PAUSED));
-        let msg = sim
-            .svc
-            .obj
-            .service
-            .update_status
-            .as_ref()
-            .and_then(|u| u.message.clone())
-            .unwrap();
+        let msg = sim.message();
         assert!(
             msg.starts_with("update paused due to failure or early termination of task "),
             "{msg}"
