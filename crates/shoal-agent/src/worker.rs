@@ -7,7 +7,7 @@ use crate::files::Files;
 use futures::future::BoxFuture;
 use shoal_api::dispatch::{NetworkInfo, NodeAssignments, TaskStatusReport};
 use shoal_api::models::{ContainerStatus, TaskState, TaskStatus};
-use shoal_api::objects::{is_terminal, state_rank, StoredTask};
+use shoal_api::objects::{is_terminal, runs, state_rank, StoredTask};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -431,7 +431,7 @@ async fn run_task<E: Executor>(
                 .await;
                 return;
             }
-            if !matches!(*desired.borrow(), TaskState::RUNNING | TaskState::READY) {
+            if !runs(*desired.borrow()) && *desired.borrow() != TaskState::READY {
                 r.send(TaskState::SHUTDOWN, "shutdown", None, None).await;
                 return;
             }
@@ -474,7 +474,7 @@ async fn run_task<E: Executor>(
                     }
                 }
             }
-            if *desired.borrow() != TaskState::RUNNING {
+            if !runs(*desired.borrow()) {
                 r.send(
                     TaskState::SHUTDOWN,
                     "shutdown",
@@ -559,7 +559,7 @@ async fn run_task<E: Executor>(
                 if ch.is_err() {
                     return;
                 }
-                if *desired.borrow() != TaskState::RUNNING {
+                if !runs(*desired.borrow()) {
                     if let Err(e) = ex.stop(&cid, grace, signal.clone()).await {
                         tracing::warn!(task = %task.id(), error = %e, "stopping container");
                     }

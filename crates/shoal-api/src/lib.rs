@@ -1,6 +1,7 @@
 //! The data shoal speaks: Docker's swarm objects (from `bollard`'s generated models), the extra
 //! fields shoal keeps beside them, Docker's error format and spec validation. Pure data, no I/O.
 
+pub mod cron;
 pub mod dispatch;
 pub mod error;
 pub mod id;

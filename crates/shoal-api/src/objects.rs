@@ -35,6 +35,16 @@ pub struct StoredService {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub history: Vec<SpecRevision>,
+    /// A periodic job's next due run (RFC 3339); None until the control loop first plans it.
+    #[serde(
+        rename = "ShoalCronNext",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cron_next: Option<String>,
+    /// Due runs of a periodic job that were skipped because the previous run had not finished.
+    #[serde(rename = "ShoalCronSkipped", default)]
+    pub cron_skipped: u64,
 }
 
 /// How many earlier specs a service keeps (as Kubernetes keeps ten ReplicaSets by default).
@@ -73,6 +83,11 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// True for modes whose tasks run to completion.
+    pub fn is_job(self) -> bool {
+        matches!(self, Mode::ReplicatedJob { .. } | Mode::GlobalJob)
+    }
+
     /// The mode a spec asks for (replicated 1 when none is given, as Docker defaults).
     pub fn of(mode: Option<&ServiceSpecMode>) -> Mode {
         let Some(m) = mode else {
@@ -81,8 +96,8 @@ impl Mode {
         if m.global.is_some() {
             Mode::Global
         } else if let Some(j) = &m.replicated_job {
-            let total = j.total_completions.unwrap_or(1).max(0) as u64;
             let max_concurrent = j.max_concurrent.unwrap_or(1).max(0) as u64;
+            let total = j.total_completions.unwrap_or(max_concurrent as i64).max(0) as u64;
             Mode::ReplicatedJob {
                 total,
                 max_concurrent: if max_concurrent == 0 {
@@ -125,6 +140,23 @@ impl StoredService {
     /// The scheduling mode.
     pub fn mode(&self) -> Mode {
         Mode::of(self.spec().mode.as_ref())
+    }
+    /// The current job iteration: a job's tasks from another one are stale.
+    pub fn job_iteration(&self) -> u64 {
+        self.service
+            .job_status
+            .as_ref()
+            .and_then(|j| j.job_iteration.as_ref())
+            .and_then(|v| v.index)
+            .unwrap_or(0)
+    }
+    /// A periodic job's schedule label, if it has one.
+    pub fn cron(&self) -> Option<&str> {
+        self.spec()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::cron::LABEL))
+            .map(String::as_str)
     }
 
     /// Makes `spec` current and the old one previous (and, if its tasks differ, history).
@@ -269,10 +301,18 @@ impl StoredTask {
     pub fn desired(&self) -> TaskState {
         self.task.desired_state.unwrap_or(TaskState::RUNNING)
     }
-    /// True while the task is meant to run: `running`, or `ready` (prepared, and started once
-    /// the task it replaces has stopped, as a stop-first update does).
+    /// True while the task is meant to run: `running`, `complete` (a job's task, run until it
+    /// exits), or `ready` (prepared, and started once the task it replaces has stopped, as a
+    /// stop-first update does).
     pub fn meant_to_run(&self) -> bool {
-        matches!(self.desired(), TaskState::RUNNING | TaskState::READY)
+        matches!(
+            self.desired(),
+            TaskState::RUNNING | TaskState::COMPLETE | TaskState::READY
+        )
+    }
+    /// The job iteration the task was made for (None for a service's task).
+    pub fn job_iteration(&self) -> Option<u64> {
+        self.task.job_iteration.as_ref().and_then(|v| v.index)
     }
     /// Slot number of a replicated task (0 for global tasks).
     pub fn slot(&self) -> u64 {
@@ -307,6 +347,12 @@ pub fn state_rank(s: TaskState) -> u8 {
         TaskState::REMOVE => 13,
         TaskState::ORPHANED => 14,
     }
+}
+
+/// True for a desired state that has the container running now: `running`, or `complete` for a
+/// job's task (run to completion).
+pub fn runs(desired: TaskState) -> bool {
+    matches!(desired, TaskState::RUNNING | TaskState::COMPLETE)
 }
 
 /// True for states a task never leaves (it has stopped, one way or another).

@@ -106,6 +106,30 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
             }
         }
     }
+    if crate::objects::Mode::of(spec.mode.as_ref()).is_job() {
+        // Swarm's rule: an update runs a job again; there is no rolling update to configure.
+        if spec.update_config.is_some() {
+            return Err(ApiError::invalid_arg(
+                "UpdateConfig: jobs may not have an update config",
+            ));
+        }
+        if spec.rollback_config.is_some() {
+            return Err(ApiError::invalid_arg(
+                "RollbackConfig: jobs may not have a rollback config",
+            ));
+        }
+    }
+    if let Some(expr) = spec.labels.as_ref().and_then(|l| l.get(crate::cron::LABEL)) {
+        if !crate::objects::Mode::of(spec.mode.as_ref()).is_job() {
+            return Err(ApiError::invalid_arg(format!(
+                "Labels.{}: a schedule needs a job (--mode replicated-job or global-job)",
+                crate::cron::LABEL
+            )));
+        }
+        crate::cron::Schedule::parse(expr).map_err(|e| {
+            ApiError::invalid_arg(format!("Labels.{}: {expr:?}: {e}", crate::cron::LABEL))
+        })?;
+    }
     if let Some(rp) = &tt.restart_policy {
         non_negative("TaskTemplate.RestartPolicy.Delay", rp.delay)?;
         non_negative("TaskTemplate.RestartPolicy.MaxAttempts", rp.max_attempts)?;
@@ -350,6 +374,18 @@ mod tests {
             (
                 r#"{"Name":"x","TaskTemplate":{"ContainerSpec":{"Image":"a"}},"Mode":{"Replicated":{"Replicas":1},"Global":{}}}"#,
                 "only one",
+            ),
+            (
+                r#"{"Name":"x","Mode":{"GlobalJob":{}},"UpdateConfig":{},"TaskTemplate":{"ContainerSpec":{"Image":"a"}}}"#,
+                "UpdateConfig: jobs may not have an update config",
+            ),
+            (
+                r#"{"Name":"x","Labels":{"shoal.cron":"* * * * *"},"TaskTemplate":{"ContainerSpec":{"Image":"a"}}}"#,
+                "Labels.shoal.cron: a schedule needs a job",
+            ),
+            (
+                r#"{"Name":"x","Labels":{"shoal.cron":"61 * * * *"},"Mode":{"GlobalJob":{}},"TaskTemplate":{"ContainerSpec":{"Image":"a"}}}"#,
+                "Labels.shoal.cron: \"61 * * * *\": minute: 61 is outside 0-59",
             ),
             (
                 r#"{"Name":"x","TaskTemplate":{"ContainerSpec":{"Image":"a","Mounts":[{"Type":"bind","Source":"rel","Target":"/x"}]}}}"#,

@@ -273,7 +273,7 @@ impl Routing {
     fn new(state: &ClusterState) -> Self {
         let mut running: HashMap<&str, Vec<&StoredTask>> = HashMap::new();
         for t in &state.tasks {
-            if t.obj.state() == TaskState::RUNNING && t.obj.desired() == TaskState::RUNNING {
+            if t.obj.state() == TaskState::RUNNING && shoal_api::objects::runs(t.obj.desired()) {
                 running.entry(t.obj.service_id()).or_default().push(&t.obj);
             }
         }
@@ -477,7 +477,7 @@ impl Routing {
 fn route_footprint(t: Option<&StoredTask>) -> Option<(bool, Option<&str>, &[NetworkAttachment])> {
     t.filter(|t| !is_terminal(t.state())).map(|t| {
         (
-            t.state() == TaskState::RUNNING && t.desired() == TaskState::RUNNING,
+            t.state() == TaskState::RUNNING && shoal_api::objects::runs(t.desired()),
             t.node_id(),
             t.networks_attachments.as_slice(),
         )
@@ -1249,7 +1249,8 @@ mod tests {
         ) {
             let mut running: HashMap<&str, Vec<&StoredTask>> = HashMap::new();
             for t in &state.tasks {
-                if t.obj.state() == TaskState::RUNNING && t.obj.desired() == TaskState::RUNNING {
+                if t.obj.state() == TaskState::RUNNING && shoal_api::objects::runs(t.obj.desired())
+                {
                     running.entry(t.obj.service_id()).or_default().push(&t.obj);
                 }
             }

@@ -171,6 +171,59 @@ fn workers_join_run_tasks_and_survive_node_loss() {
         },
     );
 
+    // Jobs across nodes: a global job completes once on each of the three; a replicated job
+    // kept off node-1 by a constraint completes its four tasks on the other two.
+    let out = c.node(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "each",
+        "--mode",
+        "global-job",
+        "shoal-test/busybox",
+        "true",
+    ]);
+    assert!(out.contains("job complete"), "{out}");
+    let done_on = |svc: &str| -> Vec<String> {
+        let mut v: Vec<String> = c
+            .node(1)
+            .ok(&[
+                "service",
+                "ps",
+                svc,
+                "--format",
+                "{{.Node}} {{.CurrentState}}",
+            ])
+            .lines()
+            .filter(|l| l.contains(" Complete "))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(done_on("each"), vec!["node-1", "node-2", "node-3"]);
+    let out = c.node(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "batch",
+        "--mode",
+        "replicated-job",
+        "--replicas",
+        "4",
+        "--max-concurrent",
+        "2",
+        "--constraint",
+        "node.hostname!=node-1",
+        "shoal-test/busybox",
+        "true",
+    ]);
+    assert!(out.contains("job complete"), "{out}");
+    let on = done_on("batch");
+    assert_eq!(on.len(), 4, "{on:?}");
+    assert!(on.iter().all(|n| n != "node-1"), "{on:?}");
+    c.node(1).ok(&["service", "rm", "each", "batch"]);
+
     // Per-node views: a node's tasks, and the human-readable inspect.
     let ps3 = c
         .node(1)

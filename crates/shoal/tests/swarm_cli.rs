@@ -1003,3 +1003,238 @@ fn placement_limits_leave_tasks_pending_with_swarms_reason() {
     node.ok(&["service", "update", "-d", "--reserve-memory", "16m", "huge"]);
     node.wait_replicas("huge", "1/1");
 }
+
+/// (start, finish) of every engine container a service ran, oldest first.
+fn run_times(node: &Node, service: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = node
+        .containers(service)
+        .iter()
+        .map(|(id, _)| {
+            let o = std::process::Command::new("docker")
+                .args([
+                    "-H",
+                    "unix:///var/run/docker.sock",
+                    "inspect",
+                    "--format",
+                    "{{.State.StartedAt}} {{.State.FinishedAt}}",
+                    id,
+                ])
+                .output()
+                .unwrap();
+            let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let (a, b) = s.split_once(' ').unwrap_or_default();
+            // Still running: finished at the end of time.
+            let b = if b.starts_with("0001-") { "9999" } else { b };
+            (a.to_string(), b.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The most containers of `runs` that were running at the same instant (RFC 3339 times in
+/// one zone and precision compare as strings).
+fn most_at_once(runs: &[(String, String)]) -> usize {
+    runs.iter()
+        .map(|(start, _)| runs.iter().filter(|(s, f)| s <= start && start < f).count())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn jobs_run_to_completion_retry_by_policy_and_repeat_on_a_schedule() {
+    let node = Node::start("jobs");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    let job_iteration = |svc: &str| -> u64 {
+        node.ok(&[
+            "service",
+            "inspect",
+            svc,
+            "--format",
+            "{{.JobStatus.JobIteration.Index}}",
+        ])
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let states = |svc: &str| -> Vec<String> {
+        node.ok(&[
+            "service",
+            "ps",
+            svc,
+            "--format",
+            "{{.DesiredState}} {{.CurrentState}}",
+        ])
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect()
+    };
+
+    // Replicated job: the CLI follows it to "job complete"; never more than 2 at once.
+    let out = node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "batch",
+        "--mode",
+        "replicated-job",
+        "--replicas",
+        "4",
+        "--max-concurrent",
+        "2",
+        "shoal-test/busybox",
+        "sleep",
+        "1",
+    ]);
+    assert!(out.contains("job complete"), "{out}");
+    assert_eq!(node.replicas("batch"), "0/0");
+    let ls = node.ok(&["service", "ls", "--filter", "name=batch"]);
+    assert!(
+        ls.contains("replicated job") && ls.contains("(4/4 completed)"),
+        "{ls}"
+    );
+    assert_eq!(states("batch"), vec!["Complete Complete"; 4]);
+    let runs = run_times(&node, "batch");
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    assert_eq!(most_at_once(&runs), 2, "max-concurrent not kept: {runs:?}");
+
+    // An update runs the job again as a new iteration; the old tasks become history.
+    let out = node.ok(&["service", "update", "--force", "batch"]);
+    assert!(out.contains("job complete"), "{out}");
+    assert_eq!(job_iteration("batch"), 1);
+    let st = states("batch");
+    assert_eq!(st.iter().filter(|s| *s == "Complete Complete").count(), 4);
+    assert_eq!(st.iter().filter(|s| *s == "Shutdown Complete").count(), 4);
+
+    // A failing job is retried by its restart policy, then left failed.
+    node.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "broken",
+        "--mode",
+        "replicated-job",
+        "--restart-max-attempts",
+        "1",
+        "--restart-delay",
+        "0s",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    let failed = || {
+        node.ok(&[
+            "service",
+            "ps",
+            "broken",
+            "--format",
+            "{{.CurrentState}}|{{.Error}}",
+        ])
+        .lines()
+        .filter(|l| l.starts_with("Failed") && l.contains("non-zero exit (3)"))
+        .count()
+    };
+    wait_until(Duration::from_secs(30), "a try and one retry", || {
+        failed() == 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(failed(), 2, "retried past --restart-max-attempts");
+    assert!(node
+        .ok(&["service", "ls", "--filter", "name=broken"])
+        .contains("(0/1 completed)"));
+
+    // Global job: once on the node.
+    let out = node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "everywhere",
+        "--mode",
+        "global-job",
+        "shoal-test/busybox",
+        "true",
+    ]);
+    assert!(out.contains("job complete"), "{out}");
+    assert_eq!(states("everywhere"), vec!["Complete Complete"]);
+
+    // Periodic job: nothing at create, a run each tick, and a tick that finds the last run
+    // still going is skipped (3 s runs on a 2 s schedule never overlap).
+    node.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "tick",
+        "--mode",
+        "replicated-job",
+        "--label",
+        "shoal.cron=@every 2s",
+        "shoal-test/busybox",
+        "sleep",
+        "3",
+    ]);
+    assert!(
+        states("tick").is_empty(),
+        "a periodic job ran at create: {:?}",
+        states("tick")
+    );
+    wait_until(
+        Duration::from_secs(40),
+        "three runs of the periodic job",
+        || job_iteration("tick") >= 3,
+    );
+    let runs = run_times(&node, "tick");
+    node.ok(&["service", "rm", "tick"]);
+    assert!(runs.len() >= 2, "{runs:?}");
+    assert_eq!(most_at_once(&runs), 1, "periodic runs overlapped: {runs:?}");
+    assert!(
+        node.log().contains("skipping this run"),
+        "no tick was skipped"
+    );
+
+    // Compose: a stack's one-off job (deploy.mode replicated-job) runs to completion.
+    let compose = node.dir.join("jobs.yml");
+    std::fs::write(
+        &compose,
+        "version: \"3.9\"\nservices:\n  migrate:\n    image: shoal-test/busybox\n    command: [\"true\"]\n    deploy:\n      mode: replicated-job\n      replicas: 2\n",
+    )
+    .unwrap();
+    node.ok(&["stack", "deploy", "-c", compose.to_str().unwrap(), "ops"]);
+    wait_until(Duration::from_secs(30), "the stack's job done", || {
+        node.ok(&["service", "ls", "--filter", "name=ops_migrate"])
+            .contains("(2/2 completed)")
+    });
+
+    // A schedule needs a job and must parse; the error names the label.
+    let err = node.fails(&[
+        "service",
+        "create",
+        "--name",
+        "nope",
+        "--label",
+        "shoal.cron=@every 2s",
+        "shoal-test/busybox",
+        "true",
+    ]);
+    assert!(
+        err.contains("Labels.shoal.cron: a schedule needs a job"),
+        "{err}"
+    );
+    let err = node.fails(&[
+        "service",
+        "create",
+        "--name",
+        "nope",
+        "--mode",
+        "global-job",
+        "--label",
+        "shoal.cron=0 25 * * *",
+        "shoal-test/busybox",
+        "true",
+    ]);
+    assert!(err.contains("hour: 25 is outside 0-23"), "{err}");
+    let ls = node.ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert!(!ls.contains("nope"), "{ls}");
+}

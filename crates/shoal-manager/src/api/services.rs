@@ -21,6 +21,7 @@ fn parse_spec(body: &[u8]) -> std::result::Result<ServiceSpec, shoal_api::ApiErr
 }
 use crate::allocator::{service_networks, Ipam};
 use crate::db::{self, Versioned};
+use crate::orchestrator::jobs;
 use crate::state::{node_schedulable, ClusterState};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -67,13 +68,10 @@ fn resolve(
         let r = mode.replicated.get_or_insert_with(Default::default);
         r.replicas.get_or_insert(1);
     }
-    if matches!(
-        Mode::of(spec.mode.as_ref()),
-        Mode::ReplicatedJob { .. } | Mode::GlobalJob
-    ) {
-        return Err(ApiError::invalid_arg(
-            "Mode: replicated-job and global-job services are not supported by shoal yet",
-        ));
+    // As Docker's daemon: one at a time, as many completions as may run at once.
+    if let Some(j) = mode.replicated_job.as_mut() {
+        let concurrent = *j.max_concurrent.get_or_insert(1);
+        j.total_completions.get_or_insert(concurrent);
     }
     let tt = spec.task_template.get_or_insert_with(Default::default);
     // The deprecated top-level Networks field means the same as TaskTemplate.Networks.
@@ -272,6 +270,9 @@ pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     svc.service.spec = Some(spec);
     svc.spec_version = 1;
     svc.last_spec_version = 1;
+    if svc.mode().is_job() {
+        svc.service.job_status = Some(jobs::initial_status(svc.cron().is_some()));
+    }
     let mut ipam = Ipam::from_state(&state);
     svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
     db::write(&m.store, vec![db::put(&svc, Expect::Absent)?]).await?;
@@ -347,25 +348,53 @@ async fn store_spec(
 ) -> std::result::Result<(), ApiError> {
     let mut svc = cur.obj.clone();
     let now = id::now();
-    let status = svc.service.update_status.as_ref().and_then(|u| u.state);
-    if svc.replace_spec(spec, &now) {
-        svc.service.update_status = Some(ServiceUpdateStatus {
-            state: Some(start.0),
-            started_at: Some(now.clone()),
-            completed_at: None,
-            message: Some(start.1),
-        });
-    } else if matches!(
-        status,
-        Some(ServiceUpdateStatusStateEnum::PAUSED | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED)
-    ) {
-        svc.service.update_status = None;
+    if svc.mode().is_job() {
+        rerun_job(&mut svc, spec, &now);
+    } else {
+        let status = svc.service.update_status.as_ref().and_then(|u| u.state);
+        if svc.replace_spec(spec, &now) {
+            svc.service.update_status = Some(ServiceUpdateStatus {
+                state: Some(start.0),
+                started_at: Some(now.clone()),
+                completed_at: None,
+                message: Some(start.1),
+            });
+        } else if matches!(
+            status,
+            Some(
+                ServiceUpdateStatusStateEnum::PAUSED
+                    | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED
+            )
+        ) {
+            svc.service.update_status = None;
+        }
     }
     svc.service.updated_at = Some(now);
     let mut ipam = Ipam::from_state(state);
     svc.service.endpoint = Some(endpoint(&svc, state, &mut ipam)?);
     db::write(store, vec![db::put(&svc, Expect::Version(cur.version))?]).await?;
     Ok(())
+}
+
+/// A job has no rolling update: an update runs it again, as a new iteration. A periodic job
+/// runs at its ticks, and again now only when forced (`docker service update --force`); a
+/// changed schedule is planned afresh.
+fn rerun_job(svc: &mut StoredService, spec: ServiceSpec, now: &str) {
+    let forced = |s: &ServiceSpec| s.task_template.as_ref().and_then(|t| t.force_update);
+    let run_now = svc.cron().is_none() || forced(&spec) != forced(svc.spec());
+    let schedule = |s: &ServiceSpec| {
+        s.labels
+            .as_ref()
+            .and_then(|l| l.get(shoal_api::cron::LABEL))
+            .cloned()
+    };
+    if schedule(&spec) != schedule(svc.spec()) {
+        svc.cron_next = None;
+    }
+    svc.replace_spec(spec, now);
+    if run_now {
+        jobs::next_iteration(svc, now);
+    }
 }
 
 /// `GET /shoal/v1/services/{id}/history`: the current spec and the earlier ones kept, newest
@@ -498,6 +527,9 @@ fn service_status(svc: &StoredService, state: &ClusterState) -> ServiceServiceSt
         .tasks
         .iter()
         .filter(|t| t.obj.service_id() == svc.id());
+    if svc.mode().is_job() {
+        return job_status(svc, tasks.map(|t| &t.obj));
+    }
     let running = tasks
         .clone()
         .filter(|t| t.obj.desired() == TaskState::RUNNING && t.obj.state() == TaskState::RUNNING)
@@ -584,7 +616,8 @@ pub async fn list_tasks(
         .filter(|t| f.any("id", |x| t.id().starts_with(x)))
         .filter(|t| {
             f.any("desired-state", |x| match x {
-                "running" => t.desired() == TaskState::RUNNING,
+                // A job's task, run to completion, is running as far as a user asks.
+                "running" => shoal_api::objects::runs(t.desired()),
                 "ready" => t.desired() == TaskState::READY,
                 "shutdown" => !t.meant_to_run() && t.desired() != TaskState::ACCEPTED,
                 "accepted" => t.desired() == TaskState::ACCEPTED,
@@ -616,6 +649,36 @@ pub async fn list_tasks(
     tasks.sort_by(|a, b| a.task.created_at.cmp(&b.task.created_at));
     let out: Vec<serde_json::Value> = tasks.into_iter().map(api_view).collect();
     Ok(json(StatusCode::OK, &out))
+}
+
+/// A job's counts, from its current iteration's tasks: running, wanted running now (for a
+/// replicated job the lesser of max-concurrent and the completions left), and completed.
+fn job_status<'a>(
+    svc: &StoredService,
+    tasks: impl Iterator<Item = &'a StoredTask>,
+) -> ServiceServiceStatus {
+    let iteration = svc.job_iteration();
+    let (mut running, mut completed, mut pending) = (0, 0, 0);
+    for t in tasks.filter(|t| t.job_iteration() == Some(iteration)) {
+        match t.state() {
+            TaskState::RUNNING if t.meant_to_run() => running += 1,
+            TaskState::COMPLETE => completed += 1,
+            s if t.meant_to_run() && !shoal_api::objects::is_terminal(s) => pending += 1,
+            _ => {}
+        }
+    }
+    let desired = match svc.mode() {
+        Mode::ReplicatedJob {
+            total,
+            max_concurrent,
+        } => max_concurrent.min(total.saturating_sub(completed)),
+        _ => running + pending,
+    };
+    ServiceServiceStatus {
+        running_tasks: Some(running),
+        desired_tasks: Some(desired),
+        completed_tasks: Some(completed),
+    }
 }
 
 /// A task's display name, as the CLI and container names use it.

@@ -4,6 +4,7 @@
 //! writes what they return.
 
 pub mod global;
+pub mod jobs;
 pub mod reaper;
 pub mod replicated;
 pub mod restart;
@@ -128,18 +129,21 @@ pub fn plan(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Plan {
             }
             continue;
         }
-        // A replicated task on a down or drained node is shut down and left out of its slot, so
-        // the slot gets a replacement elsewhere in this same pass. When a down node comes back,
-        // its agent sees the task's desired state and stops the container.
+        // A replicated (or replicated job's) task on a down or drained node is shut down and left
+        // out of its slot, so the slot gets a replacement elsewhere in this same pass. When a
+        // down node comes back, its agent sees the task's desired state and stops the container.
         if t.obj
             .node_id()
             .is_some_and(|n| lost.contains(n) || !known.contains(n))
             && t.obj.meant_to_run()
             && !shoal_api::objects::is_terminal(t.obj.state())
-            && state
-                .services
-                .get(t.obj.service_id())
-                .is_some_and(|s| matches!(s.obj.mode(), shoal_api::objects::Mode::Replicated(_)))
+            && state.services.get(t.obj.service_id()).is_some_and(|s| {
+                matches!(
+                    s.obj.mode(),
+                    shoal_api::objects::Mode::Replicated(_)
+                        | shoal_api::objects::Mode::ReplicatedJob { .. }
+                )
+            })
         {
             plan.set_desired(&t.obj, t.version, TaskState::SHUTDOWN);
             continue;
@@ -158,8 +162,17 @@ pub fn plan(state: &ClusterState, now: chrono::DateTime<chrono::Utc>) -> Plan {
             shoal_api::objects::Mode::Global => {
                 global::reconcile(svc, state, &tasks, now, &mut plan)
             }
-            // Jobs arrive with the jobs issue; until then they are refused at the API.
-            _ => {}
+            shoal_api::objects::Mode::ReplicatedJob {
+                total,
+                max_concurrent,
+            } => {
+                let p = jobs::replicated(svc, total, max_concurrent, &tasks, now, &mut plan);
+                jobs::periodic(svc, &p, now, &mut plan);
+            }
+            shoal_api::objects::Mode::GlobalJob => {
+                let p = jobs::global(svc, state, &tasks, now, &mut plan);
+                jobs::periodic(svc, &p, now, &mut plan);
+            }
         }
     }
     // Tasks whose service is gone.
