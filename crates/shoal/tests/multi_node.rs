@@ -236,6 +236,37 @@ fn workers_join_run_tasks_and_survive_node_loss() {
         "{pretty}"
     );
 
+    // Spread over a node label: zone a is node-1 alone, zone b nodes 2 and 3. Six replicas go
+    // three to each zone, so node-1 runs three (a spread by node alone would give it two).
+    for (n, zone) in [("node-1", "a"), ("node-2", "b"), ("node-3", "b")] {
+        c.node(1)
+            .ok(&["node", "update", "--label-add", &format!("zone={zone}"), n]);
+    }
+    c.node(1).ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "zoned",
+        "--replicas",
+        "6",
+        "--placement-pref",
+        "spread=node.labels.zone",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    wait_for(Duration::from_secs(60), "zoned: 3 in each zone", || {
+        let per = running_per_node(c.node(1), "zoned");
+        let b = per.get("node-2").copied().unwrap_or(0) + per.get("node-3").copied().unwrap_or(0);
+        if per.get("node-1") == Some(&3) && b == 3 {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+    c.node(1).ok(&["service", "rm", "zoned"]);
+
     // Node 3 dies with its containers: it is marked down and its tasks run elsewhere.
     let lost = Instant::now();
     c.node_mut(3).kill();
