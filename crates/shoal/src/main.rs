@@ -35,6 +35,14 @@ enum ServiceCmd {
         #[arg(long, short = 'H')]
         host: Option<String>,
     },
+    /// Show a periodic job's schedule: its last and next run and the runs it skipped.
+    Schedule {
+        /// Service name or ID.
+        service: String,
+        /// The node's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
     /// Roll a service back to any revision its history keeps (`docker service rollback`
     /// goes back one).
     Rollback {
@@ -90,6 +98,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Service(ServiceCmd::History { service, host }) => {
             rt.block_on(service::history(&client::socket(host.as_deref()), &service))
         }
+        Cmd::Service(ServiceCmd::Schedule { service, host }) => rt.block_on(service::schedule(
+            &client::socket(host.as_deref()),
+            &service,
+        )),
         Cmd::Service(ServiceCmd::Rollback {
             service,
             to,

@@ -56,6 +56,26 @@ pub async fn history(socket: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a periodic job's schedule, as the manager keeps it.
+pub async fn schedule(socket: &Path, name: &str) -> anyhow::Result<()> {
+    let s = client::call(
+        socket,
+        "GET",
+        &format!("/shoal/v1/services/{name}/schedule"),
+        None,
+    )
+    .await?;
+    println!("Schedule:   {}", s["Schedule"].as_str().unwrap_or("-"));
+    println!("Iteration:  {}", s["Iteration"]);
+    println!("Last run:   {}", short_time(s["LastRun"].as_str()));
+    println!("Next run:   {}", short_time(s["NextRun"].as_str()));
+    println!(
+        "Skipped:    {} (due while the last run was still going)",
+        s["Skipped"]
+    );
+    Ok(())
+}
+
 fn short_time(t: Option<&str>) -> String {
     t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.to_utc().format("%Y-%m-%d %H:%M:%S UTC").to_string())

@@ -213,6 +213,7 @@ pub fn app(
         .route("/services/{id}/update", post(services::update))
         .route("/services/{id}/logs", get(logs::service_logs))
         .route("/shoal/v1/services/{id}/history", get(services::history))
+        .route("/shoal/v1/services/{id}/schedule", get(services::schedule))
         .route(
             "/shoal/v1/services/{id}/rollback",
             post(services::rollback_to),

@@ -397,6 +397,31 @@ fn rerun_job(svc: &mut StoredService, spec: ServiceSpec, now: &str) {
     }
 }
 
+/// `GET /shoal/v1/services/{id}/schedule`: a periodic job's schedule, last and next run and
+/// skipped runs, for `shoal service schedule` (Docker's API has no place for them).
+pub async fn schedule(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
+    let m = d.manager().await?;
+    let s = find_service(&m.store, &key)?.obj;
+    let Some(expr) = s.cron() else {
+        return Err(ApiError::invalid(format!(
+            "service {} has no {} label: it is not a periodic job",
+            s.name(),
+            shoal_api::cron::LABEL
+        ))
+        .into());
+    };
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "Schedule": expr,
+            "Iteration": s.job_iteration(),
+            "LastRun": s.service.job_status.as_ref().and_then(|j| j.last_execution.clone()),
+            "NextRun": s.cron_next,
+            "Skipped": s.cron_skipped,
+        }),
+    ))
+}
+
 /// `GET /shoal/v1/services/{id}/history`: the current spec and the earlier ones kept, newest
 /// first, for `shoal service history`.
 pub async fn history(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
