@@ -8,6 +8,8 @@
 #   rollback  an update whose tasks fail at once (entrypoint /bin/false) with
 #             --update-failure-action rollback; wall time from the update call until
 #             UpdateStatus says rollback_completed, and whether the old tasks all run again.
+#   job       a replicated job of N completions (entrypoint /bin/true), JOB_CONCURRENT at
+#             once; wall time from `service create -d` until `service ls` shows N/N completed.
 # Each is repeated REPEAT times; the table shows medians and the shoal/swarm ratio.
 #
 # Usage: bench/rolling-update.sh         (as root, from anywhere in the repo)
@@ -29,6 +31,7 @@ N=${N:-20}
 P=${P:-2}
 REPEAT=${REPEAT:-3}
 MONITOR=${MONITOR:-5s}
+JOB_CONCURRENT=${JOB_CONCURRENT:-5}
 PARTS=${PARTS:-bc}
 SHOAL=${SHOAL:-$ROOT/target/release/shoal}
 BUILD=${BUILD:-1}
@@ -64,6 +67,7 @@ wait_until() {
 
 service_containers() {
   edocker ps -aq --filter "label=com.docker.swarm.service.name=$SVC" 2>/dev/null
+  edocker ps -aq --filter "label=com.docker.swarm.service.name=$SVC-job" 2>/dev/null
 }
 remove_service_containers() {
   service_containers | xargs -r docker rm -f >/dev/null 2>&1
@@ -82,7 +86,7 @@ stop_shoal() {
 
 leave_swarm() {
   [ "$SWARM_INITED" = 1 ] || return 0
-  edocker service rm "$SVC" >/dev/null 2>&1
+  edocker service rm "$SVC" "$SVC-job" >/dev/null 2>&1
   edocker swarm leave --force >/dev/null 2>&1
   SWARM_INITED=0
   if [ "$GWBRIDGE_EXISTED" = 0 ]; then
@@ -168,6 +172,21 @@ bench_part() {
   done
   sdocker service rm "$SVC" >/dev/null 2>&1
   wait_until bash -c "[ -z \"\$(DOCKER_HOST=$ENGINE_HOST docker ps -aq --filter label=com.docker.swarm.service.name=$SVC)\" ]"
+  for i in $(seq 1 "$REPEAT"); do
+    t0=$(now_ns)
+    sdocker service create -d --no-resolve-image --name "$SVC-job" --mode replicated-job \
+      --replicas "$N" --max-concurrent "$JOB_CONCURRENT" --entrypoint /bin/true "$image" >/dev/null ||
+      { log "($part) job create failed"; return 1; }
+    wait_until job_done || { log "($part) job did not complete"; return 1; }
+    echo "$(ms_since "$t0")" >>"$TMP/${part}_job"
+    log "($part) job $i: $N completions in $(tail -1 "$TMP/${part}_job") ms"
+    sdocker service rm "$SVC-job" >/dev/null 2>&1
+    wait_until bash -c "[ -z \"\$(DOCKER_HOST=$ENGINE_HOST docker ps -aq --filter label=com.docker.swarm.service.name=$SVC-job)\" ]"
+  done
+}
+
+job_done() {
+  sdocker service ls --filter "name=$SVC-job" --format '{{.Replicas}}' 2>/dev/null | grep -qF "($N/$N completed)"
 }
 
 bench_swarm() {
@@ -225,7 +244,8 @@ fmt='%-46s %10s %10s %12s\n'
            completed:"update: UpdateStatus completed" \
            rollback:"failing update: rollback_completed" \
            rollback_running:"failing update: all $N running again" \
-           kept:"failing update: tasks never replaced (of $N)"; do
+           kept:"failing update: tasks never replaced (of $N)" \
+           job:"job: $N completions, $JOB_CONCURRENT at once"; do
     k=${m%%:*}; label=${m#*:}
     b=$(val "b_$k"); c=$(val "c_$k")
     printf "$fmt" "$label" "$b" "$c" "$(ratio "$c" "$b")"
