@@ -7,6 +7,14 @@ use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 /// The service label that makes a job periodic.
 pub const LABEL: &str = "shoal.cron";
 
+/// A spec's schedule label, if it has one.
+pub fn of(spec: &crate::models::ServiceSpec) -> Option<&str> {
+    spec.labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL))
+        .map(String::as_str)
+}
+
 /// A parsed schedule: when a periodic job is due next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Schedule {

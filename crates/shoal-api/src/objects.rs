@@ -152,11 +152,7 @@ impl StoredService {
     }
     /// A periodic job's schedule label, if it has one.
     pub fn cron(&self) -> Option<&str> {
-        self.spec()
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(crate::cron::LABEL))
-            .map(String::as_str)
+        crate::cron::of(self.spec())
     }
 
     /// Makes `spec` current and the old one previous (and, if its tasks differ, history).

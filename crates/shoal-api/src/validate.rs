@@ -119,7 +119,7 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
             ));
         }
     }
-    if let Some(expr) = spec.labels.as_ref().and_then(|l| l.get(crate::cron::LABEL)) {
+    if let Some(expr) = crate::cron::of(spec) {
         if !crate::objects::Mode::of(spec.mode.as_ref()).is_job() {
             return Err(ApiError::invalid_arg(format!(
                 "Labels.{}: a schedule needs a job (--mode replicated-job or global-job)",

@@ -894,19 +894,7 @@ fn rolling_updates_roll_back_pause_and_start_first_through_the_cli() {
 
     // Beyond Swarm's one step back: `shoal service history` lists the earlier specs, and
     // `shoal service rollback --to` goes back to any of them.
-    let shoal = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(args)
-            .arg("--host")
-            .arg(&node.socket)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let shoal = |args: &[&str]| node.shoal(args);
     let (ok, listed, err) = shoal(&["service", "history", "web"]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = listed.lines().collect();
@@ -1186,15 +1174,8 @@ fn jobs_run_to_completion_retry_by_policy_and_repeat_on_a_schedule() {
         || job_iteration("tick") >= 3,
     );
     let shoal = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(args)
-            .arg("--host")
-            .arg(&node.socket)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        let (ok, out, err) = node.shoal(args);
+        (ok, out + &err)
     };
     let (ok, shown) = shoal(&["service", "schedule", "tick"]);
     assert!(ok, "{shown}");

@@ -382,13 +382,7 @@ async fn store_spec(
 fn rerun_job(svc: &mut StoredService, spec: ServiceSpec, now: &str) {
     let forced = |s: &ServiceSpec| s.task_template.as_ref().and_then(|t| t.force_update);
     let run_now = svc.cron().is_none() || forced(&spec) != forced(svc.spec());
-    let schedule = |s: &ServiceSpec| {
-        s.labels
-            .as_ref()
-            .and_then(|l| l.get(shoal_api::cron::LABEL))
-            .cloned()
-    };
-    if schedule(&spec) != schedule(svc.spec()) {
+    if shoal_api::cron::of(&spec) != svc.cron() {
         svc.cron_next = None;
     }
     svc.replace_spec(spec, now);

@@ -41,6 +41,17 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Counts a decided slot; false for an empty one, which the caller may fill.
+    fn count(&mut self, slot: Slot) -> bool {
+        match slot {
+            Slot::Done => self.done += 1,
+            Slot::Active => self.active += 1,
+            Slot::Failed => self.failed += 1,
+            Slot::Empty => return false,
+        }
+        true
+    }
+
     /// True once nothing of the iteration runs or will run again.
     pub fn finished(&self) -> bool {
         self.active == 0
@@ -154,11 +165,8 @@ pub fn replicated(
             free.push(n);
             continue;
         };
-        match slot(s, ts, || job_task(s, n, None), now, plan) {
-            Slot::Done => progress.done += 1,
-            Slot::Active => progress.active += 1,
-            Slot::Failed => progress.failed += 1,
-            Slot::Empty => free.push(n),
+        if !progress.count(slot(s, ts, || job_task(s, n, None), now, plan)) {
+            free.push(n);
         }
     }
     // Slots beyond the total (a periodic job's total lowered without a new iteration).
@@ -208,14 +216,9 @@ pub fn global(
     for node in eligible {
         let ts = per_node.remove(node).unwrap_or_default();
         let make = || job_task(s, 0, Some(node));
-        match slot(s, &ts, make, now, plan) {
-            Slot::Done => progress.done += 1,
-            Slot::Active => progress.active += 1,
-            Slot::Failed => progress.failed += 1,
-            Slot::Empty => {
-                plan.created.push(make());
-                progress.active += 1;
-            }
+        if !progress.count(slot(s, &ts, make, now, plan)) {
+            plan.created.push(make());
+            progress.active += 1;
         }
     }
     // Nodes gone, drained, or no longer matching the constraints.

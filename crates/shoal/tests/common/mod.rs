@@ -140,6 +140,21 @@ impl Node {
         engine_containers(&format!("com.docker.swarm.service.name={service}"))
     }
 
+    /// Runs the `shoal` CLI against this node: (success, stdout, stderr).
+    pub fn shoal(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .arg("--host")
+            .arg(&self.socket)
+            .output()
+            .expect("running shoal");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     /// Daemon log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
