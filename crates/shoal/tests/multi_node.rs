@@ -171,6 +171,18 @@ fn workers_join_run_tasks_and_survive_node_loss() {
         },
     );
 
+    // Per-node views: a node's tasks, and the human-readable inspect.
+    let ps3 = c
+        .node(1)
+        .ok(&["node", "ps", "node-3", "--format", "{{.Name}} {{.Node}}"]);
+    assert_eq!(ps3.lines().count(), 2, "{ps3}");
+    assert!(ps3.lines().all(|l| l.ends_with(" node-3")), "{ps3}");
+    let pretty = c.node(1).ok(&["node", "inspect", "--pretty", "node-1"]);
+    assert!(
+        pretty.contains("Manager Status:") && pretty.contains("Leader"),
+        "{pretty}"
+    );
+
     // Jobs across nodes: a global job completes once on each of the three; a replicated job
     // kept off node-1 by a constraint completes its four tasks on the other two.
     let out = c.node(1).ok(&[
@@ -223,18 +235,6 @@ fn workers_join_run_tasks_and_survive_node_loss() {
     assert_eq!(on.len(), 4, "{on:?}");
     assert!(on.iter().all(|n| n != "node-1"), "{on:?}");
     c.node(1).ok(&["service", "rm", "each", "batch"]);
-
-    // Per-node views: a node's tasks, and the human-readable inspect.
-    let ps3 = c
-        .node(1)
-        .ok(&["node", "ps", "node-3", "--format", "{{.Name}} {{.Node}}"]);
-    assert_eq!(ps3.lines().count(), 2, "{ps3}");
-    assert!(ps3.lines().all(|l| l.ends_with(" node-3")), "{ps3}");
-    let pretty = c.node(1).ok(&["node", "inspect", "--pretty", "node-1"]);
-    assert!(
-        pretty.contains("Manager Status:") && pretty.contains("Leader"),
-        "{pretty}"
-    );
 
     // Spread over a node label: zone a is node-1 alone, zone b nodes 2 and 3. Six replicas go
     // three to each zone, so node-1 runs three (a spread by node alone would give it two).
