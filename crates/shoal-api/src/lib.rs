@@ -1,4 +1,4 @@
-//! The data shoal speaks: Docker's swarm objects (from `bollard`'s generated models), the extra
+//! The data shoal speaks: Docker's swarm objects (from `bollard-stubs`, the models bollard generates from moby's swagger), the extra
 //! fields shoal keeps beside them, Docker's error format and spec validation. Pure data, no I/O.
 
 pub mod cron;
@@ -11,7 +11,7 @@ pub mod template;
 pub mod validate;
 
 /// Docker's models, re-exported so every crate names them the same way.
-pub use bollard::models;
+pub use bollard_stubs::models;
 pub use error::ApiError;
 
 /// Store kinds: one per object type, the keys under which `shoal-store` files objects.
