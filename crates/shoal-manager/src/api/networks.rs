@@ -163,7 +163,7 @@ pub async fn inspect(
     if let Ok(m) = d.manager().await {
         if let Some(n) = db::lookup::<Network>(&m.store, &key) {
             let mut v = view(&n.obj);
-            let state = ClusterState::load(&m.store);
+            let state = crate::state::load(&m.store);
             let (peers, services) =
                 peers_and_services(&state, n.obj.id.as_deref().unwrap_or_default());
             v["Peers"] = peers;
@@ -210,7 +210,7 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
         );
     }
     let _alloc = m.alloc.lock().await;
-    let state = ClusterState::load(&m.store);
+    let state = crate::state::load(&m.store);
     let cfg = r
         .ipam
         .as_ref()

@@ -2,7 +2,6 @@
 //! spread (fewest tasks of the same service, then fewest tasks overall).
 
 use crate::state::{node_schedulable, ClusterState};
-use shoal_api::id;
 use shoal_api::models::{Node, NodeSpecRoleEnum, TaskState};
 use shoal_api::objects::{is_terminal, StoredService, StoredTask};
 use std::collections::{BTreeSet, HashMap};
@@ -241,18 +240,30 @@ fn capacity(n: &Node) -> (i64, i64) {
     )
 }
 
-/// Why no node fits, counted per node by the first filter it fails, worded as Swarm words it.
-#[derive(Default)]
-struct Refusals {
-    unavailable: usize,
-    constrained: usize,
-    platform: usize,
-    max_replicas: usize,
-    resources: usize,
+/// Why no node fits a task: every node counted once, under the first filter (in Swarm's order)
+/// that refused it, so `docker service ps` can say what to change.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Explain {
+    /// Nodes down, paused or drained.
+    pub unavailable: usize,
+    /// Nodes failing a placement constraint.
+    pub constrained: usize,
+    /// Nodes of another OS or architecture than the service's platforms.
+    pub platform: usize,
+    /// Nodes already holding `--replicas-max-per-node` of the service's tasks.
+    pub max_replicas: usize,
+    /// Nodes without the CPU or memory the task reserves.
+    pub resources: usize,
 }
 
-impl Refusals {
-    fn message(&self) -> String {
+impl Explain {
+    /// Nodes counted.
+    pub fn total(&self) -> usize {
+        self.unavailable + self.constrained + self.platform + self.max_replicas + self.resources
+    }
+
+    /// The reason in Swarm's words, e.g. `no suitable node (insufficient resources on 2 nodes)`.
+    pub fn message(&self) -> String {
         let mut why = Vec::new();
         let on = |n: usize| format!("{n} node{}", plural(n));
         if self.unavailable > 0 {
@@ -292,8 +303,8 @@ fn place_demanding(
     mine: &[usize],
     load: &[usize],
     used: &[(i64, i64)],
-) -> Result<usize, String> {
-    let mut refused = Refusals::default();
+) -> Result<usize, Explain> {
+    let mut refused = Explain::default();
     let mut fits: Vec<usize> = Vec::new();
     for (pos, n) in state.nodes.iter().enumerate() {
         let n = &n.obj;
@@ -333,7 +344,7 @@ fn place_demanding(
     }
     fits.into_iter()
         .min_by_key(|&pos| (mine[pos], load[pos], pos))
-        .ok_or_else(|| refused.message())
+        .ok_or(refused)
 }
 
 /// Assigns nodes to the tasks that need one; returns how many were placed.
@@ -342,7 +353,7 @@ fn place_demanding(
 /// then the fewest overall, then the first in node order. Counts are taken once per call and
 /// kept up to date as tasks are placed, so a call costs O(tasks + placements x log nodes)
 /// rather than O(placements x nodes).
-pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
+pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask], now: &str) -> usize {
     let pos_of: HashMap<&str, usize> = state
         .nodes
         .iter()
@@ -398,7 +409,7 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
             continue;
         };
         if let Some(node) = t.node_id().map(str::to_string) {
-            assign(t, &node);
+            assign(t, &node, now);
             placed += 1;
             continue;
         }
@@ -413,10 +424,10 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
                         used[pos].1 = used[pos].1.saturating_add(d.memory);
                     }
                     let node = state.nodes[pos].obj.id.as_deref().unwrap_or_default();
-                    assign(t, node);
+                    assign(t, node, now);
                     placed += 1;
                 }
-                Err(err) => pending(t, err),
+                Err(why) => pending(t, why.message(), now),
             }
             continue;
         }
@@ -432,25 +443,16 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
                 load[pos] += 1;
                 c.placed(pos, old, &load);
                 let node = state.nodes[pos].obj.id.as_deref().unwrap_or_default();
-                assign(t, node);
+                assign(t, node, now);
                 placed += 1;
             }
             None => {
-                let (unavailable, constrained) = (c.unavailable, c.constrained);
-                let mut why = Vec::new();
-                if unavailable > 0 {
-                    why.push(format!(
-                        "{unavailable} node{} not available for new tasks",
-                        plural(unavailable)
-                    ));
-                }
-                if constrained > 0 {
-                    why.push(format!(
-                        "scheduling constraints not satisfied on {constrained} node{}",
-                        plural(constrained)
-                    ));
-                }
-                pending(t, format!("no suitable node ({})", why.join("; ")));
+                let why = Explain {
+                    unavailable: c.unavailable,
+                    constrained: c.constrained,
+                    ..Default::default()
+                };
+                pending(t, why.message(), now);
             }
         }
     }
@@ -458,13 +460,13 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
 }
 
 /// Leaves a task pending with the reason (rewritten only when the reason changes).
-fn pending(t: &mut StoredTask, err: String) {
+fn pending(t: &mut StoredTask, err: String, now: &str) {
     let status = t.task.status.get_or_insert_with(Default::default);
     if status.state != Some(TaskState::PENDING) || status.err.as_deref() != Some(&err) {
         status.state = Some(TaskState::PENDING);
         status.message = Some("pending task scheduling".into());
         status.err = Some(err);
-        status.timestamp = Some(id::now());
+        status.timestamp = Some(now.to_string());
     }
 }
 
@@ -476,13 +478,13 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn assign(t: &mut StoredTask, node: &str) {
+fn assign(t: &mut StoredTask, node: &str, now: &str) {
     t.task.node_id = Some(node.to_string());
     let status = t.task.status.get_or_insert_with(Default::default);
     status.state = Some(TaskState::ASSIGNED);
     status.message = Some("scheduler assigned task to node".into());
     status.err = None;
-    status.timestamp = Some(id::now());
+    status.timestamp = Some(now.to_string());
 }
 
 #[cfg(test)]
@@ -537,7 +539,7 @@ mod tests {
                 continue;
             };
             if let Some(node) = t.node_id().map(str::to_string) {
-                assign(t, &node);
+                assign(t, &node, crate::testkit::T0);
                 placed += 1;
                 continue;
             }
@@ -564,7 +566,7 @@ mod tests {
                 *svc_load
                     .entry((node.clone(), svc.obj.id().to_string()))
                     .or_default() += 1;
-                assign(t, &node);
+                assign(t, &node, crate::testkit::T0);
                 placed += 1;
             }
         }
@@ -573,10 +575,10 @@ mod tests {
 
     #[test]
     fn indexed_spread_decides_as_a_scan_of_every_node() {
-        use crate::db::Versioned;
+        use crate::state::Versioned;
         use rand::Rng;
-        let mut rng = rand::rng();
         for round in 0..200 {
+            let (mut rng, seed) = crate::testkit::rng(0x5c4ed, round);
             let mut state = ClusterState::default();
             let nodes = rng.random_range(1..12);
             for i in 0..nodes {
@@ -621,7 +623,7 @@ mod tests {
                 );
             }
             let services = state.services.len();
-            let mk = |rng: &mut rand::rngs::ThreadRng, id: String, node: Option<String>| {
+            let mk = |rng: &mut rand::rngs::StdRng, id: String, node: Option<String>| {
                 let mut t = StoredTask::default();
                 t.task.id = Some(id);
                 t.task.service_id = Some(format!("s{}", rng.random_range(0..services + 1)));
@@ -655,12 +657,12 @@ mod tests {
             let (mut a, mut b) = (new.clone(), new);
             let mut ra: Vec<&mut StoredTask> = a.iter_mut().collect();
             let mut rb: Vec<&mut StoredTask> = b.iter_mut().collect();
-            let placed = schedule(&state, &mut ra);
-            assert_eq!(placed, reference(&state, &mut rb), "round {round}");
+            let placed = schedule(&state, &mut ra, crate::testkit::T0);
+            assert_eq!(placed, reference(&state, &mut rb), "seed {seed}");
             for (x, y) in a.iter().zip(&b) {
-                assert_eq!(x.node_id(), y.node_id(), "round {round}, task {}", x.id());
+                assert_eq!(x.node_id(), y.node_id(), "seed {seed}, task {}", x.id());
                 if x.node_id().is_none() && state.services.contains_key(x.service_id()) {
-                    assert_eq!(x.state(), TaskState::PENDING, "round {round}");
+                    assert_eq!(x.state(), TaskState::PENDING, "seed {seed}");
                 }
             }
         }
@@ -668,7 +670,7 @@ mod tests {
 
     #[test]
     fn pending_reason_counts_unavailable_and_constrained_nodes() {
-        use crate::db::Versioned;
+        use crate::state::Versioned;
         let mut state = ClusterState::default();
         for (id, st) in [("a", "down"), ("b", "ready"), ("c", "ready")] {
             state.nodes.push(Versioned {
@@ -695,7 +697,7 @@ mod tests {
         );
         let mut t = StoredTask::default();
         t.task.service_id = Some("s".into());
-        assert_eq!(schedule(&state, &mut [&mut t]), 0);
+        assert_eq!(schedule(&state, &mut [&mut t], crate::testkit::T0), 0);
         assert_eq!(t.state(), TaskState::PENDING);
         assert_eq!(
             t.task.status.as_ref().and_then(|s| s.err.as_deref()),
@@ -705,7 +707,7 @@ mod tests {
 
     /// Nodes (id, zone label, cpus, GiB, arch) and one service from its spec JSON.
     fn cluster(nodes: &[(&str, &str, i64, i64, &str)], spec: &str) -> ClusterState {
-        use crate::db::Versioned;
+        use crate::state::Versioned;
         let mut state = ClusterState::default();
         for (id, zone, cpus, gib, arch) in nodes {
             state.nodes.push(Versioned {
@@ -740,7 +742,7 @@ mod tests {
             .map(|i| crate::orchestrator::new_task(&svc, i as u64 + 1, None, vec![]))
             .collect();
         let mut refs: Vec<&mut StoredTask> = tasks.iter_mut().collect();
-        schedule(state, &mut refs);
+        schedule(state, &mut refs, crate::testkit::T0);
         let nodes = tasks
             .iter()
             .filter_map(|t| t.node_id().map(str::to_string))
@@ -752,7 +754,7 @@ mod tests {
         for t in tasks {
             state
                 .tasks
-                .push(crate::db::Versioned { obj: t, version: 1 });
+                .push(crate::state::Versioned { obj: t, version: 1 });
         }
         (nodes, why)
     }
