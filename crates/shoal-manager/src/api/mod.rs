@@ -2,6 +2,7 @@
 //! other endpoint goes to the node's own engine through [`crate::proxy::EngineProxy`].
 
 mod containers;
+mod decode;
 mod filters;
 mod logs;
 mod networks;
@@ -94,15 +95,15 @@ pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     }
 }
 
-/// Parses a JSON body, refusing malformed input with Docker's 400.
+/// Parses a JSON body as dockerd does (field names in any case), refusing malformed input and
+/// wrong types with Docker's 400 naming the field.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid(
             "request body is empty; a JSON object was expected",
         ));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("invalid JSON in request body: {e}")))
+    decode::from_slice(body)
 }
 
 /// The `version` query parameter every update must quote (Docker's optimistic concurrency).

@@ -16,8 +16,7 @@ fn parse_spec(body: &[u8]) -> std::result::Result<ServiceSpec, shoal_api::ApiErr
             cs.entry("HealthCheck").or_insert(hc);
         }
     }
-    serde_json::from_value(v)
-        .map_err(|e| shoal_api::ApiError::invalid(format!("invalid service spec: {e}")))
+    super::decode::from_value(v)
 }
 use crate::allocator::{service_networks, Ipam};
 use crate::db::{self, Versioned};
