@@ -7,7 +7,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use shoal_api::models::{ManagerStatus, Node, NodeSpec, NodeSpecRoleEnum, NodeState, Reachability};
+use shoal_api::models::{
+    ManagerStatus, Node, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState,
+    Reachability,
+};
 use shoal_api::{id, ApiError};
 use shoal_store::Expect;
 use std::collections::HashMap;
@@ -123,6 +126,7 @@ pub async fn update(
     let m = d.manager().await?;
     let version: u64 = super::version_param(&q)?;
     let spec: NodeSpec = parse_body(&body)?;
+    check_spec(&spec)?;
     let cur = find(&m.store, &key)?;
     if cur.version != version {
         return Err(ApiError::out_of_sequence().into());
@@ -172,6 +176,31 @@ pub async fn update(
     ops.insert(0, db::put(&node, Expect::Version(version))?);
     db::write(&m.store, ops).await?;
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
+}
+
+/// As dockerd (`convert.NodeSpecToGRPC`): a node's spec names its role and availability; the
+/// CLI always sends both, and an empty one would leave the node neither worker nor manager.
+fn check_spec(spec: &NodeSpec) -> std::result::Result<(), ApiError> {
+    let named = |v: Option<String>| format!("{:?}", v.unwrap_or_default());
+    if !matches!(
+        spec.role,
+        Some(NodeSpecRoleEnum::WORKER | NodeSpecRoleEnum::MANAGER)
+    ) {
+        return Err(ApiError::invalid(format!(
+            "invalid Role: {}",
+            named(spec.role.map(|r| r.to_string()))
+        )));
+    }
+    if matches!(
+        spec.availability,
+        None | Some(NodeSpecAvailabilityEnum::EMPTY)
+    ) {
+        return Err(ApiError::invalid(format!(
+            "invalid Availability: {}",
+            named(spec.availability.map(|a| a.to_string()))
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses to take `node_id` out of the voting managers when that would leave no manager, or
