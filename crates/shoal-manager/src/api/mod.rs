@@ -173,6 +173,30 @@ async fn check_version(req: Request, next: axum::middleware::Next) -> Response {
     next.run(req).await
 }
 
+/// axum's own refusals (a body too large to read, a path that does not decode) are plain text;
+/// Docker's clients read `{"message": ...}` from every error, so shoal's routes answer them so.
+async fn docker_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let text = match axum::body::to_bytes(resp.into_body(), 64 << 10).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(e) => format!("reading the error: {e}"),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    Error(ApiError::new(status.as_u16(), message)).into_response()
+}
+
 /// Forwards anything shoal does not answer to the engine, with the client's original URI.
 pub async fn proxy(State(d): State<AppState>, mut req: Request) -> Response {
     if let Some(ClientUri(u)) = req.extensions().get::<ClientUri>().cloned() {
@@ -251,6 +275,7 @@ pub fn app(
             "/containers/{id}",
             axum::routing::delete(containers::remove).fallback(proxy),
         )
+        .route_layer(axum::middleware::from_fn(docker_errors))
         .fallback(proxy)
         .layer(axum::middleware::from_fn(check_version))
         .with_state(state);
