@@ -1,0 +1,14 @@
+//! The HTTP API tested in-process: every swarm endpoint's happy path (status and the key fields,
+//! by moby's Go field names) and its refusals (status, Docker's `{"message": ...}` naming the
+//! field and the problem, and nothing changed), through the real router and a real store.
+//! The fast tier: no daemon, no engine, no sleeps beyond waiting on a condition.
+
+mod bodies;
+mod harness;
+mod networks;
+mod nodes;
+mod objects;
+mod services;
+mod swarm;
+mod system;
+mod tasks;
