@@ -106,6 +106,27 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::R
     decode::from_slice(body)
 }
 
+/// Refuses `name` when another object of the kind has it in other letter case: swarmkit keeps
+/// names unique without regard to case (its store indexes them lowercased), and a service name
+/// is a DNS name, where `web` and `WEB` are one. The store itself refuses exact duplicates.
+pub fn name_free<T: crate::db::Stored>(
+    store: &shoal_store::Store,
+    what: &str,
+    name: &str,
+) -> std::result::Result<(), ApiError> {
+    let taken = crate::db::list::<T>(store).into_iter().any(|o| {
+        o.obj
+            .name()
+            .is_some_and(|n| n != name && n.eq_ignore_ascii_case(name))
+    });
+    if taken {
+        return Err(ApiError::conflict(format!(
+            "rpc error: code = AlreadyExists desc = {what} {name} already exists"
+        )));
+    }
+    Ok(())
+}
+
 /// The `version` query parameter every update must quote (Docker's optimistic concurrency).
 pub fn version_param(
     q: &std::collections::HashMap<String, String>,

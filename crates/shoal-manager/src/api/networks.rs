@@ -212,6 +212,8 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
             ApiError::invalid_arg("Ingress: the cluster already has its ingress network").into(),
         );
     }
+    super::name_free::<Network>(&m.store, "network", &r.name)
+        .map_err(|_| ApiError::conflict(format!("network with name {} already exists", r.name)))?;
     let _alloc = m.alloc.lock().await;
     let state = ClusterState::load(&m.store);
     let cfg = r

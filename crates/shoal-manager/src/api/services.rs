@@ -261,6 +261,7 @@ pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     if spec.name.as_deref().unwrap_or("").is_empty() {
         spec.name = Some(format!("svc-{}", &sid[..10]));
     }
+    super::name_free::<StoredService>(&m.store, "service", spec.name.as_deref().unwrap_or(""))?;
     let now = id::now();
     let mut svc = StoredService::default();
     svc.service.id = Some(sid.clone());

@@ -163,6 +163,11 @@ async fn create_refusals_change_nothing() {
             409,
             &["network with name taken already exists"],
         ),
+        (
+            overlay(json!({"Name": "TAKEN"})),
+            409,
+            &["network with name TAKEN already exists"],
+        ),
     ];
     for (body, status, parts) in &cases {
         let a = n.post_raw("/networks/create", body.clone()).await;

@@ -164,6 +164,8 @@ async fn create_refusals(k: Kind) {
     let before = n.read(&format!("/{}", k.path)).await;
     let too_big = b64(&"x".repeat(k.max + 1));
     let conflict = format!("{} taken already exists", k.what);
+    // Names are unique without regard to case, as in swarmkit.
+    let conflict_case = format!("{} Taken already exists", k.what);
     let cases: Vec<(String, u16, Vec<&str>)> = vec![
         ("{".into(), 400, vec!["invalid JSON"]),
         ("".into(), 400, vec!["empty"]),
@@ -212,6 +214,11 @@ async fn create_refusals(k: Kind) {
             r#"{"Name": "taken", "Data": "eQ=="}"#.into(),
             409,
             vec![conflict.as_str()],
+        ),
+        (
+            r#"{"Name": "Taken", "Data": "eQ=="}"#.into(),
+            409,
+            vec![conflict_case.as_str()],
         ),
     ];
     for (body, status, parts) in &cases {

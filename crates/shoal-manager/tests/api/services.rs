@@ -243,6 +243,12 @@ async fn create_refusals_change_nothing() {
             &["EndpointSpec.Ports[0].TargetPort"],
         ),
         (spec("web").to_string(), 409, &["web already exists"]),
+        // Names are unique without regard to case, as in swarmkit (they are DNS names).
+        (
+            spec("WEB").to_string(),
+            409,
+            &["service WEB already exists"],
+        ),
     ];
     for (body, status, parts) in &cases {
         let a = n.post_raw("/services/create", body.clone()).await;
