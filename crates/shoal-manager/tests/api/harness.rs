@@ -211,6 +211,11 @@ impl Node {
         n
     }
 
+    /// Stops answering as the engine (its socket stays, nobody accepts).
+    pub fn stop_engine(&self) {
+        self.engine.abort();
+    }
+
     /// Where the node keeps its swarm state.
     pub fn data_dir(&self) -> std::path::PathBuf {
         self.daemon.data_dir.clone()

@@ -114,3 +114,21 @@ async fn versions_outside_the_range_are_refused_with_dockers_words() {
         .refused(400, &["too new"]);
     assert_eq!(n.read("/services").await, serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn without_the_engine_version_and_info_still_give_shoals_part() {
+    let n = Node::manager().await;
+    n.stop_engine();
+    let v = n.read("/version").await;
+    assert_eq!(v["ApiVersion"], "1.50");
+    assert!(
+        v.get("message").is_none(),
+        "the engine's error is not a field: {v}"
+    );
+    let i = n.read("/info").await;
+    assert_eq!(i["Swarm"]["ControlAvailable"], true);
+    assert!(
+        i.get("message").is_none(),
+        "the engine's error is not a field: {i}"
+    );
+}
