@@ -200,6 +200,13 @@ async fn update_rotates_the_join_token_asked_for() {
     );
 }
 
+/// `spec` with the value at `pointer` replaced, as a body.
+fn with(spec: &serde_json::Value, pointer: &str, v: serde_json::Value) -> String {
+    let mut s = spec.clone();
+    *s.pointer_mut(pointer).expect("the field is in the spec") = v;
+    s.to_string()
+}
+
 #[tokio::test]
 async fn update_refusals_change_nothing() {
     let n = Node::manager().await;
@@ -236,6 +243,32 @@ async fn update_refusals_change_nothing() {
             r#"{"Orchestration": {"TaskHistoryRetentionLimit": -1}}"#.into(),
             400,
             &["Orchestration.TaskHistoryRetentionLimit", "negative"],
+        ),
+        // swarmkit's validateClusterSpec: a one-second certificate would have every node
+        // renewing, or failing to join.
+        (
+            at.clone(),
+            with(&spec, "/CAConfig/NodeCertExpiry", json!(1_000_000_000i64)),
+            400,
+            &[
+                "CAConfig.NodeCertExpiry",
+                "minimum certificate expiry time is: 1h0m0s",
+            ],
+        ),
+        (
+            at.clone(),
+            with(&spec, "/Dispatcher/HeartbeatPeriod", json!(-1)),
+            400,
+            &[
+                "Dispatcher.HeartbeatPeriod",
+                "cannot be a negative duration",
+            ],
+        ),
+        (
+            at.clone(),
+            with(&spec, "/Name", json!("prod")),
+            400,
+            &["modification of cluster name is not allowed"],
         ),
     ];
     for (uri, body, status, parts) in &cases {
