@@ -159,6 +159,9 @@ async fn list_filters_and_sorts_by_name() {
         ("{", &["filters"][..]),
         ("\"name\"", &["filters", "object"][..]),
         ("{\"colour\":[\"red\"]}", &["invalid filter 'colour'"][..]),
+        // A value of another shape read as no filter: every service matched.
+        ("{\"name\":[5]}", &["invalid filter 'name'"][..]),
+        ("{\"name\":true}", &["invalid filter 'name'"][..]),
     ] {
         n.get(&format!("/services?filters={}", enc(raw)))
             .await
