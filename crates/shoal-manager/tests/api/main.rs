@@ -9,6 +9,7 @@ mod networks;
 mod nodes;
 mod objects;
 mod services;
+mod shoal_ext;
 mod swarm;
 mod system;
 mod tasks;

@@ -71,6 +71,21 @@ async fn init_takes_the_spec_given() {
     assert_eq!(s["DataPathPort"], 7789);
 }
 
+#[tokio::test]
+async fn init_takes_lowercase_keys_as_dockerd_does() {
+    let n = Node::new().await;
+    n.post(
+        "/swarm/init",
+        json!({"advertiseAddr": "127.0.0.1:0", "dataPathPort": 7790,
+               "spec": {"labels": {"Env": "test"}}}),
+    )
+    .await
+    .ok(200);
+    let s = n.read("/swarm").await;
+    assert_eq!(s["DataPathPort"], 7790);
+    assert_eq!(s["Spec"]["Labels"], json!({"Env": "test"}));
+}
+
 /// What a node outside any swarm answers: nothing of the swarm exists.
 async fn still_outside(n: &Node) {
     n.get("/swarm")
@@ -351,6 +366,12 @@ async fn join_refusals_name_the_field_and_leave_the_node_outside() {
         ),
         (
             r#"{"RemoteAddrs": ["127.0.0.1:1"], "JoinToken": "SWMTKN-1-abc"}"#.into(),
+            400,
+            &["JoinToken", "invalid join token"],
+        ),
+        // Lowercase keys are read as dockerd reads them: the token is there, and malformed.
+        (
+            r#"{"remoteAddrs": ["127.0.0.1:1"], "joinToken": "SWMTKN-1-abc"}"#.into(),
             400,
             &["JoinToken", "invalid join token"],
         ),
