@@ -199,7 +199,10 @@ impl Node {
     }
 
     /// A node that has initialised a single-manager swarm through the API (raft bootstraps a
-    /// single voter; the RPC listener takes a free port).
+    /// single voter). Port 0 in the advertised address gives the RPC listener a free port, so
+    /// tests run in parallel (`Manager::start` listens on every interface at that port; nothing
+    /// connects to it). The node's own session then has no manager to reach, so the node stays
+    /// `ready` for three heartbeat periods (15 s), far longer than any test here.
     pub async fn manager() -> Node {
         let n = Node::new().await;
         n.post(

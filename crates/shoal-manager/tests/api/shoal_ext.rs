@@ -27,7 +27,9 @@ async fn history_and_rollback_to_a_revision() {
             (
                 r["Version"].as_u64().unwrap(),
                 r["Current"].as_bool().unwrap(),
-                r["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].as_str().unwrap(),
+                r["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+                    .as_str()
+                    .unwrap(),
             )
         })
         .collect();
