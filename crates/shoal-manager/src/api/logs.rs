@@ -49,7 +49,7 @@ pub async fn task_logs(
 /// `all`, a `since` that is not a Unix time (`seconds[.nanoseconds]`). In the words of moby's
 /// swarm router and `Cluster.ServiceLogs`; dockerd answers 500 for the last two, shoal 400.
 fn check_options(q: &HashMap<String, String>) -> std::result::Result<(), ApiError> {
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
+    let flag = |k: &str| super::bool_param(q, k);
     if !flag("stdout") && !flag("stderr") {
         return Err(ApiError::invalid(
             "Bad parameters: you must choose at least one stream",
@@ -105,7 +105,7 @@ async fn stream(
     tasks: Vec<StoredTask>,
     q: HashMap<String, String>,
 ) -> Result<Response> {
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
+    let flag = |k: &str| super::bool_param(&q, k);
     let timestamps = flag("timestamps");
     let mut params = vec![
         ("stdout", flag("stdout")),

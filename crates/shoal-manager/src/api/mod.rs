@@ -127,6 +127,15 @@ pub fn name_free<T: crate::db::Stored>(
     Ok(())
 }
 
+/// A boolean query parameter as dockerd reads it (`httputils.BoolValue`): anything but absent,
+/// empty, `0`, `no`, `false` or `none` (in any case) is true, so `stdout=TRUE` streams.
+pub fn bool_param(q: &std::collections::HashMap<String, String>, key: &str) -> bool {
+    q.get(key).is_some_and(|v| {
+        let v = v.trim().to_ascii_lowercase();
+        !matches!(v.as_str(), "" | "0" | "no" | "false" | "none")
+    })
+}
+
 /// The `version` query parameter every update must quote (Docker's optimistic concurrency).
 pub fn version_param(
     q: &std::collections::HashMap<String, String>,
@@ -308,6 +317,18 @@ use tower::Layer;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn booleans_read_as_dockerd_reads_them() {
+        let q = |v: &str| std::collections::HashMap::from([("force".to_string(), v.to_string())]);
+        for v in ["1", "true", "TRUE", "yes", "on"] {
+            assert!(bool_param(&q(v), "force"), "{v}");
+        }
+        for v in ["", "0", "no", "False", "none", " false "] {
+            assert!(!bool_param(&q(v), "force"), "{v:?}");
+        }
+        assert!(!bool_param(&Default::default(), "force"));
+    }
 
     #[test]
     fn version_compare() {

@@ -248,7 +248,7 @@ pub async fn remove(
     let m = d.manager().await?;
     let n = find(&m.store, &key)?;
     let id = n.obj.id.clone().unwrap_or_default();
-    let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
+    let force = super::bool_param(&q, "force");
     if n.obj.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER) {
         return Err(ApiError::invalid_arg(format!("rpc error: code = FailedPrecondition desc = node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal")).into());
     }

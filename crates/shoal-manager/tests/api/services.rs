@@ -450,7 +450,11 @@ async fn logs_refuse_what_dockerd_refuses() {
     let cases: &[(&str, &[&str])] = &[
         ("", &["you must choose at least one stream"]),
         (
-            "?stdout=0&stderr=false",
+            "?stdout=0&stderr=false&details=no",
+            &["you must choose at least one stream"],
+        ),
+        (
+            "?stdout=none&stderr=NO",
             &["you must choose at least one stream"],
         ),
         (
@@ -468,10 +472,13 @@ async fn logs_refuse_what_dockerd_refuses() {
             .await
             .refused(400, parts);
     }
-    // What the CLI sends: a stream, with no task running yet, ends at once.
+    // What the CLI sends (and booleans as dockerd reads them): with no task running yet, the
+    // stream ends at once.
     for q in [
         "stdout=1&stderr=1&tail=all&timestamps=1",
         "stdout=1&tail=10&since=1700000000.000000001",
+        "stdout=TRUE",
+        "stderr=yes",
     ] {
         let a = n.get(&format!("/services/web/logs?{q}")).await;
         a.ok(200);
