@@ -16,8 +16,7 @@ fn parse_spec(body: &[u8]) -> std::result::Result<ServiceSpec, shoal_api::ApiErr
             cs.entry("HealthCheck").or_insert(hc);
         }
     }
-    serde_json::from_value(v)
-        .map_err(|e| shoal_api::ApiError::invalid(format!("invalid service spec: {e}")))
+    super::decode::from_value(v)
 }
 use crate::allocator::{endpoint, Ipam};
 use crate::db::{self, Versioned};
@@ -127,6 +126,7 @@ pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     if spec.name.as_deref().unwrap_or("").is_empty() {
         spec.name = Some(format!("svc-{}", &sid[..10]));
     }
+    super::name_free::<StoredService>(&m.store, "service", spec.name.as_deref().unwrap_or(""))?;
     let now = id::now();
     let mut svc = StoredService::default();
     svc.service.id = Some(sid.clone());
