@@ -322,54 +322,170 @@ mod tests {
     use crate::executor::{ExecError, Prepared};
     use shoal_api::models::TaskStatus;
 
-    /// Records what the worker asks of it; one pre-existing container for task "t1".
-    #[derive(Default)]
+    /// Records what the worker asks of it, over containers kept in a list: `existing` at
+    /// first, plus those it prepares. A container's `wait` returns 143 once it is shut down.
     struct Recording {
+        containers: std::sync::Mutex<Vec<Found>>,
+        calls: std::sync::Mutex<Vec<String>>,
         removed: std::sync::Mutex<Vec<String>>,
+        stopped: watch::Sender<HashSet<String>>,
+    }
+
+    impl Recording {
+        fn with(existing: Vec<Found>) -> Self {
+            Recording {
+                containers: std::sync::Mutex::new(existing),
+                calls: Default::default(),
+                removed: Default::default(),
+                stopped: watch::channel(HashSet::new()).0,
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        fn record(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    impl Default for Recording {
+        /// One running container, "c1", of task "t1".
+        fn default() -> Self {
+            Recording::with(vec![Found {
+                id: "c1".into(),
+                task_id: "t1".into(),
+                running: true,
+                started: true,
+                pid: None,
+            }])
+        }
     }
 
     impl Executor for Recording {
         async fn list(&self) -> Result<Vec<Found>, ExecError> {
-            let gone = self.removed.lock().unwrap().contains(&"c1".to_string());
-            Ok(if gone {
-                vec![]
-            } else {
-                vec![Found {
-                    id: "c1".into(),
-                    task_id: "t1".into(),
-                    running: true,
-                    started: true,
-                    pid: None,
-                }]
-            })
+            let removed = self.removed.lock().unwrap().clone();
+            let all = self.containers.lock().unwrap().clone();
+            Ok(all
+                .into_iter()
+                .filter(|c| !removed.contains(&c.id))
+                .collect())
         }
-        async fn prepare(&self, _: &StoredTask, _: &Prepared) -> Result<String, ExecError> {
-            Ok("new".into())
+        async fn prepare(&self, t: &StoredTask, _: &Prepared) -> Result<String, ExecError> {
+            self.record(format!("prepare {}", t.id()));
+            let id = format!("new-{}", t.id());
+            self.containers.lock().unwrap().push(Found {
+                id: id.clone(),
+                task_id: t.id().into(),
+                running: false,
+                started: false,
+                pid: None,
+            });
+            Ok(id)
         }
-        async fn start(&self, _: &str) -> Result<Option<i64>, ExecError> {
-            Ok(None)
+        async fn start(&self, id: &str) -> Result<Option<i64>, ExecError> {
+            self.record(format!("start {id}"));
+            Ok(Some(42))
         }
-        async fn wait(&self, _: &str) -> Result<i64, ExecError> {
-            futures::future::pending().await
+        async fn wait(&self, id: &str) -> Result<i64, ExecError> {
+            let mut rx = self.stopped.subscribe();
+            let _ = rx.wait_for(|s| s.contains(id)).await;
+            Ok(143)
         }
-        async fn shutdown(&self, _: &str) -> Result<(), ExecError> {
+        async fn shutdown(&self, id: &str) -> Result<(), ExecError> {
+            self.record(format!("shutdown {id}"));
+            self.stopped.send_modify(|s| {
+                s.insert(id.to_string());
+            });
             Ok(())
         }
         async fn remove(&self, id: &str) -> Result<(), ExecError> {
+            self.record(format!("remove {id}"));
             self.removed.lock().unwrap().push(id.into());
             Ok(())
         }
     }
 
-    fn running_task(id: &str) -> StoredTask {
+    /// The next status the worker reports, within a few seconds.
+    async fn next_report(rx: &mut mpsc::Receiver<Vec<TaskStatusReport>>) -> TaskStatus {
+        let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a report within 5 s")
+            .expect("reports channel open");
+        assert_eq!(batch.len(), 1, "one report per step: {batch:?}");
+        batch.into_iter().next().unwrap().status
+    }
+
+    fn task(id: &str, desired: TaskState, state: TaskState) -> StoredTask {
         let mut t = StoredTask::default();
         t.task.id = Some(id.into());
-        t.task.desired_state = Some(TaskState::RUNNING);
+        t.task.desired_state = Some(desired);
         t.task.status = Some(TaskStatus {
-            state: Some(TaskState::RUNNING),
+            state: Some(state),
             ..Default::default()
         });
         t
+    }
+
+    #[tokio::test]
+    async fn runs_a_new_task_through_prepare_start_shutdown_and_removal() {
+        let dir = std::env::temp_dir().join(format!("shoal-worker-run-{}", std::process::id()));
+        let exec = Arc::new(Recording::with(vec![]));
+        let cfg = WorkerConfig {
+            node_id: "n1".into(),
+            executor: exec.clone(),
+            files: Files::new(dir.clone()).unwrap(),
+            network: None,
+        };
+        let (atx, arx) = watch::channel(NodeAssignments::default());
+        let (rtx, mut rrx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(run(cfg, arx, rtx, stop.clone()));
+        let assigned = |desired, stored| NodeAssignments {
+            tasks: vec![task("t2", desired, stored)],
+            ..Default::default()
+        };
+
+        atx.send_replace(assigned(TaskState::RUNNING, TaskState::ASSIGNED));
+        let states: Vec<(TaskState, Option<String>, Option<i64>)> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let s = next_report(&mut rrx).await;
+                let c = s.container_status.unwrap_or_default();
+                v.push((s.state.unwrap(), c.container_id, c.pid));
+            }
+            v
+        };
+        assert_eq!(
+            states,
+            vec![
+                (TaskState::PREPARING, None, None),
+                (TaskState::STARTING, Some("new-t2".into()), None),
+                (TaskState::RUNNING, Some("new-t2".into()), Some(42)),
+            ]
+        );
+        assert_eq!(exec.calls(), vec!["prepare t2", "start new-t2"]);
+
+        // Desired shutdown (the manager has stored `running`): the container is stopped, then
+        // the task reported shut down with the exit code.
+        atx.send_replace(assigned(TaskState::SHUTDOWN, TaskState::RUNNING));
+        let s = next_report(&mut rrx).await;
+        assert_eq!(s.state, Some(TaskState::SHUTDOWN));
+        assert_eq!(s.container_status.unwrap().exit_code, Some(143));
+        assert_eq!(exec.calls().last().unwrap(), "shutdown new-t2");
+
+        // The task leaves the node: its container is removed.
+        atx.send_replace(NodeAssignments::default());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(exec.calls().last().unwrap(), "remove new-t2");
+        stop.cancel();
+        let _ = worker.await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn running_task(id: &str) -> StoredTask {
+        task(id, TaskState::RUNNING, TaskState::RUNNING)
     }
 
     #[tokio::test]
