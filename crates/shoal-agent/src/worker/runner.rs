@@ -154,12 +154,15 @@ pub(super) async fn run_task<E: Executor>(
             let container = c.status(u.state);
             r.send(u, container).await;
         }
+        // Every action but `Prepare` comes from a container the runner made or adopted, so it
+        // has an ID.
         let id = c.id.clone().unwrap_or_default();
         match next.action {
             TaskAction::Prepare => {
                 let made = match prep.take() {
                     Some(Ok(p)) => ex.prepare(&task, &p).await.map_err(|e| e.to_string()),
                     Some(Err(e)) => Err(e.to_string()),
+                    // The step prepares once: then the container exists or the task is rejected.
                     None => Err("prepared once already".to_string()),
                 };
                 match made {
