@@ -1,7 +1,8 @@
 //! A running manager: the store plus its control loops, started at `swarm init` or on restart.
 
+use crate::dispatcher::Dispatcher;
+use crate::node::session;
 use crate::rpc::ManagerRpc;
-use crate::session::{self, Dispatcher};
 use crate::{control, membership};
 use futures::future::BoxFuture;
 use shoal_api::dispatch::{AgentMessage, NetworkInfo, NodeAssignments, TaskStatusReport};

@@ -3,7 +3,7 @@
 //! may do what with the cluster's state in hand, and logs every refusal with its reason.
 
 use crate::db::{self, Member, Removed, RootCa};
-use crate::session::Dispatcher;
+use crate::dispatcher::Dispatcher;
 use futures::future::BoxFuture;
 use shoal_api::id;
 use shoal_api::models::{

@@ -777,7 +777,7 @@ pub async fn unlock() -> Result<Response> {
 }
 
 /// Reacts to `docker node promote/demote` of this node, seen in its assignments.
-fn role_watcher(d: &AppState) -> crate::session::OnRole {
+fn role_watcher(d: &AppState) -> crate::node::session::OnRole {
     let weak = Arc::downgrade(d);
     Box::new(move |role, raft_id| {
         let Some(d) = weak.upgrade() else { return };
