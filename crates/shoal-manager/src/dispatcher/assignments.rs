@@ -10,6 +10,7 @@ use base64::Engine as _;
 use shoal_api::dispatch::{FilePayload, NetworkInfo, NodeAssignments};
 use shoal_api::models::{Config, Secret};
 use shoal_api::objects::{is_terminal, StoredTask};
+use shoal_api::Role;
 use shoal_store::Store;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -181,10 +182,10 @@ fn fill(
             let raft_id = db::get::<db::Member>(payloads.store, node_id)
                 .map(|m| m.obj.raft_id)
                 .unwrap_or(0);
-            ("manager".to_string(), raft_id)
+            (Some(Role::Manager), raft_id)
         }
-        Some(_) => ("worker".to_string(), 0),
-        None => (String::new(), 0),
+        Some(_) => (Some(Role::Worker), 0),
+        None => (None, 0),
     };
     replace_if_changed(&mut out.role, role, &mut changed);
     replace_if_changed(&mut out.raft_id, raft_id, &mut changed);

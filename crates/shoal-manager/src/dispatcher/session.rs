@@ -74,13 +74,12 @@ impl Dispatcher {
     ) -> Result<SessionStream, Status> {
         if !self.store.confirm_leader(Duration::from_secs(1)).await {
             // Point elsewhere only: a leader that cannot confirm itself is no help.
-            let hint = self
+            let leader = self
                 .store
                 .leader()
                 .filter(|(id, _)| *id != self.store.raft_id())
-                .map(|(_, a)| format!("; leader is {a}"))
-                .unwrap_or_default();
-            return Err(Status::unavailable(format!("not the raft leader{hint}")));
+                .map(|(_, addr)| shoal_rpc::LeaderHint { addr });
+            return Err(shoal_rpc::not_leader(leader.as_ref()));
         }
         let Some(node) = db::get::<Node>(&self.store, &node_id) else {
             tracing::warn!(node = %node_id, reason = "unknown node", "refused a session");
@@ -198,7 +197,8 @@ impl Dispatcher {
                                 &store, &node, &task_id, &network, aliases,
                             )
                             .await
-                            .err();
+                            .err()
+                            .map(|e| e.to_string());
                             if let Some(e) = &error {
                                 tracing::info!(node = %node, %network, error = %e, "attachment refused");
                             }

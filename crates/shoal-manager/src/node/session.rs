@@ -1,174 +1,213 @@
-//! The node's side of its dispatcher session: keeps one session with the raft leader, failing
-//! over between managers, and carries assignments down and reports, heartbeats and requests up.
+//! This node's membership at work: the agent, and its session with the leader that feeds it
+//! (managers and workers alike). Also what the node asks the leader for over that session
+//! (addresses for plain containers on attachable networks).
 
-use crate::dispatcher::session::DEFAULT_HEARTBEAT;
-use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments, TaskStatusReport};
-use shoal_api::models::NodeDescription;
-use shoal_rpc::pb;
+use super::client::{self, ClientConfig};
+use super::Identity;
+use futures::future::BoxFuture;
+use shoal_api::dispatch::{AgentMessage, NetworkInfo, NodeAssignments, TaskStatusReport};
+use shoal_api::objects::NetworkAttachment;
+use shoal_api::Role;
+use shoal_pki::NodeCert;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-/// A node's client TLS settings, swappable while it runs (certificate renewal).
-pub type ClientTls = Arc<parking_lot::RwLock<Arc<shoal_pki::rustls::ClientConfig>>>;
+/// Why the agent would not start; the agent lives in the binary, so its errors come boxed.
+pub type AgentError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Called with the leader's list of managers when it changes.
-pub type OnManagers = Box<dyn Fn(&[String]) + Send + Sync>;
-/// Called when the swarm changes this node's role: ("manager" or "worker", raft id).
-pub type OnRole = Box<dyn Fn(String, u64) + Send + Sync>;
-
-/// What a node's side of the session needs.
-pub struct ClientConfig {
-    /// This node.
-    pub node_id: String,
-    /// Managers to try, in order; updated from the leader's list.
-    pub managers: Arc<parking_lot::Mutex<Vec<String>>>,
-    /// Mutual TLS with this node's certificate (swapped when it is renewed).
-    pub tls: ClientTls,
-    /// What this node says of itself in every new session.
-    pub description: Option<NodeDescription>,
-    /// Called with the leader's list of managers when it changes (to persist it).
-    pub on_managers: OnManagers,
-    /// The role this node runs as now, and its raft id.
-    pub role: parking_lot::Mutex<(String, u64)>,
-    /// Called when the assignments carry another role.
-    pub on_role: OnRole,
-    /// Where the leader's answers to attachment requests go (task ID, refusal).
-    pub attached: tokio::sync::broadcast::Sender<(String, Option<String>)>,
+/// The node-side half the manager hands assignments to (the agent, wired in by the binary).
+pub trait AgentHost: Send + Sync {
+    /// Starts the agent for `node_id` on these channels.
+    fn start(
+        &self,
+        node_id: String,
+        assignments: watch::Receiver<NodeAssignments>,
+        reports: mpsc::Sender<Vec<TaskStatusReport>>,
+    ) -> BoxFuture<'_, Result<(), AgentError>>;
+    /// Stops the agent; with `remove` it also removes every container and network it made.
+    fn stop(&self, remove: bool) -> BoxFuture<'_, ()>;
 }
 
-/// Keeps this node's session with the leader, failing over between managers, until `stop`.
-/// Assignments go into `assignments`; reports are taken from `reports`.
-pub async fn run_client(
-    cfg: ClientConfig,
-    assignments: watch::Sender<NodeAssignments>,
-    mut reports: mpsc::Receiver<Vec<TaskStatusReport>>,
-    mut requests: mpsc::Receiver<AgentMessage>,
+/// Why this node's session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeSessionError {
+    /// The node certificate does not make TLS settings.
+    #[error("TLS settings from the node certificate: {0}")]
+    Tls(#[from] shoal_pki::PkiError),
+    /// The agent would not start.
+    #[error("starting the agent: {0}")]
+    Agent(#[source] AgentError),
+}
+
+/// Why a plain container got no address on an attachable network. The messages are what the
+/// user sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// The leader refused, in these words (unknown network, not attachable...).
+    #[error("{0}")]
+    Refused(String),
+    /// The session with the leader ended before an answer.
+    #[error("this node's session with the swarm has ended")]
+    SessionEnded,
+    /// No answer in time.
+    #[error("could not attach to network {network}: no answer from the swarm within {secs} s")]
+    Timeout {
+        /// The network asked for.
+        network: String,
+        /// How long the node waited.
+        secs: u64,
+    },
+}
+
+/// This node's session with the leader and the agent it feeds; managers and workers alike.
+pub struct NodeSession {
     stop: CancellationToken,
-) {
-    let mut next: Option<String> = None;
-    let mut failures = 0u32;
-    loop {
-        let list = cfg.managers.lock().clone();
-        // A hint is followed once; then every known manager is tried again in turn.
-        let tried_hint = next.is_some();
-        let mut candidates: Vec<String> = next.take().into_iter().collect();
-        for a in list {
-            if !candidates.contains(&a) {
-                candidates.push(a);
-            }
+    tls: client::ClientTls,
+    assignments: watch::Receiver<NodeAssignments>,
+    reports: mpsc::Sender<Vec<TaskStatusReport>>,
+    requests: mpsc::Sender<AgentMessage>,
+    attached: tokio::sync::broadcast::Sender<(String, Option<String>)>,
+}
+
+impl NodeSession {
+    /// Starts the agent and keeps its session with the leader until [`NodeSession::stop`].
+    pub async fn start(
+        dir: &Path,
+        identity: &Identity,
+        cert: &NodeCert,
+        description: Option<shoal_api::models::NodeDescription>,
+        agent: &dyn AgentHost,
+        on_role: client::OnRole,
+    ) -> Result<NodeSession, NodeSessionError> {
+        let tls: client::ClientTls =
+            Arc::new(parking_lot::RwLock::new(shoal_pki::client_config(cert)?));
+        let mut managers = identity.managers.clone();
+        if identity.role == Role::Manager && !managers.contains(&identity.addr) {
+            managers.insert(0, identity.addr.clone());
         }
-        for addr in candidates {
-            if stop.is_cancelled() {
-                return;
-            }
-            let chans = (&mut reports, &mut requests);
-            match one_session(&cfg, &addr, &assignments, chans, &stop).await {
-                Ok(()) => {
-                    failures = 0;
-                    if stop.is_cancelled() {
-                        return;
-                    }
+        let managers = Arc::new(parking_lot::Mutex::new(managers));
+        let dir = dir.to_path_buf();
+        let saved = identity.clone();
+        let (attached, _) = tokio::sync::broadcast::channel(64);
+        let cfg = ClientConfig {
+            node_id: identity.node_id.clone(),
+            managers,
+            tls: tls.clone(),
+            description,
+            role: parking_lot::Mutex::new((identity.role, identity.raft_id)),
+            on_role,
+            on_managers: Box::new(move |list| {
+                let mut id = Identity::load(&dir).unwrap_or_else(|| saved.clone());
+                id.managers = list.to_vec();
+                if let Err(e) = id.save(&dir) {
+                    tracing::warn!(error = %e, "saving the managers' addresses");
                 }
-                Err(e) => {
-                    tracing::debug!(manager = %addr, error = %e, "no session");
-                    let hint = e.split("leader is ").nth(1).map(|h| h.trim().to_string());
-                    if let Some(hint) = hint.filter(|h| *h != addr && !tried_hint) {
-                        next = Some(hint);
-                        break;
-                    }
-                }
-            }
+            }),
+            attached: attached.clone(),
+        };
+        let (atx, arx) = watch::channel(NodeAssignments::default());
+        let (rtx, rrx) = mpsc::channel(1024);
+        let (qtx, qrx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        tokio::spawn(client::run_client(cfg, atx, rrx, qrx, stop.clone()));
+        if let Err(e) = agent
+            .start(identity.node_id.clone(), arx.clone(), rtx.clone())
+            .await
+        {
+            stop.cancel();
+            return Err(NodeSessionError::Agent(e));
         }
-        failures = failures.saturating_add(1);
-        let backoff = Duration::from_millis(100 * u64::from(failures.min(10)));
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        Ok(NodeSession {
+            stop,
+            tls,
+            assignments: arx,
+            reports: rtx,
+            requests: qtx,
+            attached,
+        })
+    }
+
+    /// Asks the leader for an address on the attachable network `network` (name or ID) for a
+    /// plain container of this node, and waits until this node's assignments carry it: the
+    /// attachment (with its address) and the network as the node realizes it.
+    pub async fn attach(
+        &self,
+        task_id: &str,
+        network: &str,
+        aliases: Vec<String>,
+        limit: std::time::Duration,
+    ) -> Result<(NetworkAttachment, NetworkInfo), AttachError> {
+        let mut answers = self.attached.subscribe();
+        let mut assignments = self.assignments.clone();
+        let request = AgentMessage::Attach {
+            task_id: task_id.to_string(),
+            network: network.to_string(),
+            aliases,
+        };
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| AttachError::SessionEnded)?;
+        let wait = async {
+            loop {
+                let ready = {
+                    let a = assignments.borrow_and_update();
+                    a.tasks
+                        .iter()
+                        .find(|t| t.id() == task_id)
+                        .and_then(|t| t.networks_attachments.first())
+                        .filter(|att| !att.addresses.is_empty())
+                        .and_then(|att| {
+                            let net = a.networks.iter().find(|n| n.id == att.network.id)?;
+                            Some((att.clone(), net.clone()))
+                        })
+                };
+                if let Some(r) = ready {
+                    return Ok(r);
+                }
+                tokio::select! {
+                    r = assignments.changed() => if r.is_err() {
+                        return Err(AttachError::SessionEnded);
+                    },
+                    a = answers.recv() => match a {
+                        Ok((id, Some(e))) if id == task_id => return Err(AttachError::Refused(e)),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return Err(AttachError::SessionEnded),
+                    },
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+            Err(AttachError::Timeout {
+                network: network.to_string(),
+                secs: limit.as_secs(),
+            })
+        })
+    }
+
+    /// Gives an attachment's address back (its container is gone, or was never made).
+    pub async fn release(&self, task_id: &str, why: &str) {
+        let report = TaskStatusReport::attachment_released(task_id, why);
+        if self.reports.send(vec![report]).await.is_err() {
+            tracing::warn!(task = %task_id, "session ended; the attachment is released by the node's sweep");
         }
     }
-}
 
-async fn one_session(
-    cfg: &ClientConfig,
-    addr: &str,
-    assignments: &watch::Sender<NodeAssignments>,
-    (reports, requests): (
-        &mut mpsc::Receiver<Vec<TaskStatusReport>>,
-        &mut mpsc::Receiver<AgentMessage>,
-    ),
-    stop: &CancellationToken,
-) -> Result<(), String> {
-    let tls = cfg.tls.read().clone();
-    let channel = shoal_rpc::connect(addr, tls).map_err(|e| e.to_string())?;
-    let mut client = pb::dispatcher_client::DispatcherClient::new(channel)
-        .max_decoding_message_size(shoal_rpc::MAX_MESSAGE);
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
-    let encode = |m: &AgentMessage| serde_json::to_vec(m).map(|json| pb::AgentMessage { json });
-    let hello = encode(&AgentMessage::Hello {
-        description: cfg.description.clone().map(Box::new),
-    })
-    .map_err(|e| e.to_string())?;
-    tx.send(hello).await.map_err(|e| e.to_string())?;
-    let mut inbound = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.session(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
-    .await
-    .map_err(|_| "session request timed out".to_string())?
-    .map_err(|s| s.message().to_string())?
-    .into_inner();
-    tracing::info!(manager = %addr, node = %cfg.node_id, "session with the leader");
-    let mut heartbeat = tokio::time::interval(DEFAULT_HEARTBEAT / 2);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            m = inbound.message() => {
-                let m = match m {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return Err("session ended by the manager".into()),
-                    Err(s) => return Err(s.message().to_string()),
-                };
-                match serde_json::from_slice::<ManagerMessage>(&m.json) {
-                    Ok(ManagerMessage::Welcome { heartbeat_ms }) => {
-                        let period = Duration::from_millis((heartbeat_ms / 2).max(100));
-                        heartbeat = tokio::time::interval(period);
-                    }
-                    Ok(ManagerMessage::Assignments(a)) => {
-                        let wanted = (a.role.clone(), a.raft_id);
-                        if !wanted.0.is_empty() && *cfg.role.lock() != wanted {
-                            *cfg.role.lock() = wanted.clone();
-                            (cfg.on_role)(wanted.0, wanted.1);
-                        }
-                        assignments.send_replace(*a);
-                    }
-                    Ok(ManagerMessage::Managers(list)) => {
-                        if !list.is_empty() && *cfg.managers.lock() != list {
-                            *cfg.managers.lock() = list.clone();
-                            (cfg.on_managers)(&list);
-                        }
-                    }
-                    Ok(ManagerMessage::Attached { task_id, error }) => {
-                        let _ = cfg.attached.send((task_id, error));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "undecodable session message"),
-                }
-            }
-            r = requests.recv() => {
-                let Some(r) = r else { return Ok(()) };
-                let m = encode(&r).map_err(|e| e.to_string())?;
-                tx.send(m).await.map_err(|_| "session closed".to_string())?;
-            }
-            r = reports.recv() => {
-                let Some(r) = r else { return Ok(()) };
-                let m = encode(&AgentMessage::Reports(r)).map_err(|e| e.to_string())?;
-                tx.send(m).await.map_err(|_| "session closed".to_string())?;
-            }
-            _ = heartbeat.tick() => {
-                let m = encode(&AgentMessage::Heartbeat).map_err(|e| e.to_string())?;
-                tx.send(m).await.map_err(|_| "session closed".to_string())?;
-            }
-        }
+    /// Ends the session (the agent is stopped separately).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Cancelled when the session ends, for work that lives as long as it.
+    pub fn stopped(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Uses `cert` for the next connection to a manager (a renewed certificate).
+    pub fn set_cert(&self, cert: &NodeCert) -> Result<(), shoal_pki::PkiError> {
+        *self.tls.write() = shoal_pki::client_config(cert)?;
+        Ok(())
     }
 }
