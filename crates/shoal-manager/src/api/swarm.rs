@@ -208,7 +208,6 @@ pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
             format!("{ip}:2377")
         }
     };
-
     // `Availability` is in Docker's API but not in the generated model.
     let availability = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
