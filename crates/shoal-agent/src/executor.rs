@@ -14,6 +14,7 @@ use futures::StreamExt;
 use shoal_api::objects::StoredTask;
 use shoal_api::{labels, template};
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,7 +53,8 @@ pub enum PullPolicy {
     Never,
 }
 
-/// A task container as found on the engine.
+/// A task container as found on the engine: what the worker adopts after a restart, and what
+/// the sweep removes once its task is gone.
 #[derive(Debug, Clone)]
 pub struct Found {
     /// Container ID.
@@ -61,9 +63,7 @@ pub struct Found {
     pub task_id: String,
     /// Running now.
     pub running: bool,
-    /// Exit code if it stopped.
-    pub exit_code: Option<i64>,
-    /// Was started at least once.
+    /// Was started at least once (a stopped one has an exit code `wait` returns at once).
     pub started: bool,
     /// Process ID if running.
     pub pid: Option<i64>,
@@ -91,51 +91,43 @@ pub enum Health {
     Unhealthy,
 }
 
-/// The executor's steps, as a trait so a simulated node can stand in for benchmarks.
+/// What runs a task's container: the worker decides (`worker::step`), the executor acts. As
+/// small as swarmkit's controller: prepare, start, wait, shutdown, remove, plus the inspections
+/// the worker cannot do without (each says why). A trait so a simulated node can stand in for
+/// benchmarks and a recording one for the worker's tests.
 pub trait Executor: Send + Sync + 'static {
-    /// Task containers this node has (labelled with its node ID).
-    fn list(&self) -> impl std::future::Future<Output = Result<Vec<Found>, ExecError>> + Send;
-    /// Makes sure the image is present.
-    fn ensure_image(
-        &self,
-        image: &str,
-    ) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
-    /// Creates the task's container; returns its ID.
-    fn create(
+    /// Task containers this node has (labelled with its node ID), running or not. Needed for
+    /// adoption: after a restart the worker takes over these instead of starting duplicates,
+    /// and removes those whose task left the node.
+    fn list(&self) -> impl Future<Output = Result<Vec<Found>, ExecError>> + Send;
+    /// Makes everything ready so that `start` runs the task at once: the image (pulled if the
+    /// policy allows), the container with its networks and files. Returns the container's ID.
+    fn prepare(
         &self,
         task: &StoredTask,
         prep: &Prepared,
-    ) -> impl std::future::Future<Output = Result<String, ExecError>> + Send;
-    /// Starts it.
-    fn start(
-        &self,
-        id: &str,
-    ) -> impl std::future::Future<Output = Result<Option<i64>, ExecError>> + Send;
-    /// Waits for it to stop; returns the exit code.
-    fn wait(&self, id: &str) -> impl std::future::Future<Output = Result<i64, ExecError>> + Send;
-    /// Stops it: the stop signal, then SIGKILL after `grace_secs`.
-    fn stop(
-        &self,
-        id: &str,
-        grace_secs: i64,
-        signal: Option<String>,
-    ) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
-    /// Removes it (and its anonymous volumes).
-    fn remove(&self, id: &str) -> impl std::future::Future<Output = Result<(), ExecError>> + Send;
+    ) -> impl Future<Output = Result<String, ExecError>> + Send;
+    /// Starts the prepared container; returns its process ID when the engine tells it.
+    fn start(&self, id: &str) -> impl Future<Output = Result<Option<i64>, ExecError>> + Send;
+    /// Waits for the container to stop (returns at once if it has); returns the exit code.
+    fn wait(&self, id: &str) -> impl Future<Output = Result<i64, ExecError>> + Send;
+    /// Stops the container the way its task asked: the stop signal, then SIGKILL after the
+    /// stop grace period (both given to the container at `prepare`, so an adopted container
+    /// stops the same way). Already stopped or gone counts as done.
+    fn shutdown(&self, id: &str) -> impl Future<Output = Result<(), ExecError>> + Send;
+    /// Removes the container and its anonymous volumes; gone already counts as done.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), ExecError>> + Send;
     /// The container's health as its HEALTHCHECK reports it; `None` when it has no check.
-    fn health(
-        &self,
-        id: &str,
-    ) -> impl std::future::Future<Output = Result<Option<Health>, ExecError>> + Send {
+    /// Needed because a task with a check is `running` only once healthy, and fails when
+    /// unhealthy, and the engine tells the verdict only on inspection.
+    fn health(&self, id: &str) -> impl Future<Output = Result<Option<Health>, ExecError>> + Send {
         let _ = id;
         async { Ok(None) }
     }
     /// Network-attachment task IDs that plain containers on the engine still name (their
-    /// `ATTACHMENTS_LABEL`), so attachments whose container is gone can be given back. An
-    /// engine without plain containers (a simulated node) has none.
-    fn attached(
-        &self,
-    ) -> impl std::future::Future<Output = Result<HashSet<String>, ExecError>> + Send {
+    /// `ATTACHMENTS_LABEL`). Needed to give back the addresses of attachments whose container
+    /// is gone; an engine without plain containers (a simulated node) has none.
+    fn attached(&self) -> impl Future<Output = Result<HashSet<String>, ExecError>> + Send {
         async { Ok(HashSet::new()) }
     }
 }
@@ -366,44 +358,8 @@ impl DockerExecutor {
             .await
             .map_err(engine(what, self.node_id.clone()))
     }
-}
 
-impl Executor for DockerExecutor {
-    async fn attached(&self) -> Result<HashSet<String>, ExecError> {
-        let label = shoal_api::dispatch::ATTACHMENTS_LABEL;
-        let list = self
-            .containers_labelled(label.to_string(), "listing attached containers of node")
-            .await?;
-        Ok(list
-            .iter()
-            .filter_map(|c| c.labels.as_ref()?.get(label))
-            .flat_map(|v| v.split(','))
-            .map(str::to_string)
-            .collect())
-    }
-
-    async fn list(&self) -> Result<Vec<Found>, ExecError> {
-        let label = format!("{}={}", labels::NODE_ID, self.node_id);
-        let list = self
-            .containers_labelled(label, "listing containers of node")
-            .await?;
-        Ok(list
-            .into_iter()
-            .filter_map(|c| {
-                let task_id = c.labels.as_ref()?.get(labels::TASK_ID)?.clone();
-                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
-                Some(Found {
-                    id: c.id?,
-                    task_id,
-                    running: state == "running" || state == "restarting",
-                    exit_code: None,
-                    started: state != "created",
-                    pid: None,
-                })
-            })
-            .collect())
-    }
-
+    /// Makes sure the image is present, pulling it if the policy allows.
     async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {
         let fresh = self
             .images
@@ -447,6 +403,7 @@ impl Executor for DockerExecutor {
         Ok(())
     }
 
+    /// Creates the task's container and connects its networks; returns its ID.
     async fn create(&self, task: &StoredTask, prep: &Prepared) -> Result<String, ExecError> {
         let _permit = self.starts.acquire().await;
         let name = Self::container_name(task);
@@ -485,6 +442,54 @@ impl Executor for DockerExecutor {
                 ))?;
         }
         Ok(created.id)
+    }
+}
+
+impl Executor for DockerExecutor {
+    async fn attached(&self) -> Result<HashSet<String>, ExecError> {
+        let label = shoal_api::dispatch::ATTACHMENTS_LABEL;
+        let list = self
+            .containers_labelled(label.to_string(), "listing attached containers of node")
+            .await?;
+        Ok(list
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get(label))
+            .flat_map(|v| v.split(','))
+            .map(str::to_string)
+            .collect())
+    }
+
+    async fn list(&self) -> Result<Vec<Found>, ExecError> {
+        let label = format!("{}={}", labels::NODE_ID, self.node_id);
+        let list = self
+            .containers_labelled(label, "listing containers of node")
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let task_id = c.labels.as_ref()?.get(labels::TASK_ID)?.clone();
+                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+                Some(Found {
+                    id: c.id?,
+                    task_id,
+                    running: state == "running" || state == "restarting",
+                    started: state != "created",
+                    pid: None,
+                })
+            })
+            .collect())
+    }
+
+    async fn prepare(&self, task: &StoredTask, prep: &Prepared) -> Result<String, ExecError> {
+        let image = task
+            .task
+            .spec
+            .as_ref()
+            .and_then(|s| s.container_spec.as_ref())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        self.ensure_image(&image).await?;
+        self.create(task, prep).await
     }
 
     async fn health(&self, id: &str) -> Result<Option<Health>, ExecError> {
@@ -541,21 +546,12 @@ impl Executor for DockerExecutor {
         }
     }
 
-    async fn stop(
-        &self,
-        id: &str,
-        grace_secs: i64,
-        signal: Option<String>,
-    ) -> Result<(), ExecError> {
+    async fn shutdown(&self, id: &str) -> Result<(), ExecError> {
+        // No timeout or signal here: the engine uses the container's own StopTimeout and
+        // StopSignal, set from the task's spec at create (Docker's default 10 s otherwise).
         let r = self
             .docker
-            .stop_container(
-                id,
-                Some(StopContainerOptions {
-                    t: Some(grace_secs.clamp(0, i32::MAX as i64) as i32),
-                    signal,
-                }),
-            )
+            .stop_container(id, None::<StopContainerOptions>)
             .await;
         match r {
             Ok(()) => Ok(()),

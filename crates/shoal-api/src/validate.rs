@@ -3,7 +3,8 @@
 
 use crate::error::ApiError;
 use crate::models::{
-    EndpointPortConfigProtocolEnum, MountType, ServiceSpec, TaskSpecRestartPolicyConditionEnum,
+    EndpointPortConfigProtocolEnum, MountType, ServiceSpec, SwarmSpec,
+    TaskSpecRestartPolicyConditionEnum,
 };
 use std::collections::HashSet;
 
@@ -13,6 +14,9 @@ pub const MAX_REPLICAS: i64 = 100_000;
 pub const MAX_SECRET_SIZE: usize = 500 * 1024;
 /// Largest config, as in swarmkit.
 pub const MAX_CONFIG_SIZE: usize = 1000 * 1024;
+/// Shortest node certificate life, in nanoseconds, as swarmkit's `ca.MinNodeCertExpiration`
+/// (1h): shorter, nodes would spend their time renewing, or fail to join at all.
+pub const MIN_NODE_CERT_EXPIRY_NS: i64 = 3_600_000_000_000;
 
 type Result<T = ()> = std::result::Result<T, ApiError>;
 
@@ -293,6 +297,36 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
     Ok(())
 }
 
+/// Checks a spec for `swarm update` as swarmkit's `validateClusterSpec` does. `current_name` is
+/// the cluster's, which cannot change; an absent or zero value means "keep what is set".
+pub fn swarm_spec(spec: &SwarmSpec, current_name: &str) -> Result {
+    if let Some(name) = spec.name.as_deref().filter(|n| !n.is_empty()) {
+        if name != current_name {
+            return Err(ApiError::invalid_arg(format!(
+                "Name: modification of cluster name is not allowed ({current_name:?} to {name:?})"
+            )));
+        }
+    }
+    let expiry = spec.ca_config.as_ref().and_then(|c| c.node_cert_expiry);
+    if let Some(e) = expiry.filter(|e| *e != 0 && *e < MIN_NODE_CERT_EXPIRY_NS) {
+        return Err(ApiError::invalid_arg(format!(
+            "CAConfig.NodeCertExpiry: minimum certificate expiry time is: 1h0m0s (got {e}ns)"
+        )));
+    }
+    let heartbeat = spec.dispatcher.as_ref().and_then(|d| d.heartbeat_period);
+    if let Some(h) = heartbeat.filter(|h| *h < 0) {
+        return Err(ApiError::invalid_arg(format!(
+            "Dispatcher.HeartbeatPeriod: heartbeat time period cannot be a negative duration (got {h}ns)"
+        )));
+    }
+    non_negative(
+        "Orchestration.TaskHistoryRetentionLimit",
+        spec.orchestration
+            .as_ref()
+            .and_then(|o| o.task_history_retention_limit),
+    )
+}
+
 fn replicas(field: &str, n: i64) -> Result {
     if n < 0 {
         return Err(ApiError::invalid_arg(format!(
@@ -425,6 +459,46 @@ mod tests {
             ),
         ];
         for (json, want) in cases {
+            let msg = check(json).expect_err(json);
+            assert!(msg.contains(want), "{json}: {msg:?} lacks {want:?}");
+            assert!(
+                msg.starts_with("rpc error: code = InvalidArgument"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn swarm_specs_as_swarmkit_checks_them() {
+        let check = |json: &str| {
+            let spec: SwarmSpec = serde_json::from_str(json).unwrap();
+            swarm_spec(&spec, "default").map_err(|e| e.message)
+        };
+        check(r#"{"Name":"default","CAConfig":{"NodeCertExpiry":3600000000000},"Dispatcher":{"HeartbeatPeriod":0}}"#)
+            .unwrap();
+        check(r#"{"Name":"","CAConfig":{"NodeCertExpiry":0}}"#).unwrap();
+        for (json, want) in [
+            (
+                r#"{"Name":"prod"}"#,
+                "Name: modification of cluster name is not allowed",
+            ),
+            (
+                r#"{"CAConfig":{"NodeCertExpiry":1000000000}}"#,
+                "CAConfig.NodeCertExpiry: minimum certificate expiry time is: 1h0m0s",
+            ),
+            (
+                r#"{"CAConfig":{"NodeCertExpiry":-1}}"#,
+                "CAConfig.NodeCertExpiry: minimum",
+            ),
+            (
+                r#"{"Dispatcher":{"HeartbeatPeriod":-1}}"#,
+                "Dispatcher.HeartbeatPeriod: heartbeat time period cannot be a negative duration",
+            ),
+            (
+                r#"{"Orchestration":{"TaskHistoryRetentionLimit":-2}}"#,
+                "Orchestration.TaskHistoryRetentionLimit: must not be negative",
+            ),
+        ] {
             let msg = check(json).expect_err(json);
             assert!(msg.contains(want), "{json}: {msg:?} lacks {want:?}");
             assert!(

@@ -122,16 +122,12 @@ impl Executor for SimEngine {
                 id: id.clone(),
                 task_id: c.task_id.clone(),
                 running: c.started && c.exit_code.is_none(),
-                exit_code: c.exit_code,
                 started: c.started,
                 pid: None,
             })
             .collect())
     }
-    async fn ensure_image(&self, _image: &str) -> Result<(), ExecError> {
-        Ok(())
-    }
-    async fn create(
+    async fn prepare(
         &self,
         task: &shoal_api::objects::StoredTask,
         _prep: &Prepared,
@@ -163,7 +159,7 @@ impl Executor for SimEngine {
         rx.wait_for(|s| *s).await.map_err(|_| gone(id))?;
         Ok(0)
     }
-    async fn stop(&self, id: &str, _grace: i64, _signal: Option<String>) -> Result<(), ExecError> {
+    async fn shutdown(&self, id: &str) -> Result<(), ExecError> {
         let mut map = self.containers.lock().map_err(|_| gone(id))?;
         if let Some(c) = map.get_mut(id) {
             c.exit_code = Some(0);

@@ -111,10 +111,3 @@ fn task(
     }];
     Ok(t)
 }
-
-/// Whether an attachment task is done with: reported terminal by its node, or its node is
-/// gone from the swarm (`known` says which nodes are members).
-pub fn finished(t: &StoredTask, known: impl Fn(&str) -> bool) -> bool {
-    t.is_attachment()
-        && (shoal_api::objects::is_terminal(t.state()) || !t.node_id().is_some_and(known))
-}

@@ -9,14 +9,7 @@ use shoal_api::objects::{version, StoredService, StoredTask};
 use shoal_api::ApiError;
 use shoal_store::{Expect, Object, Op, Store, StoreError};
 
-/// An object read from the store together with the version a write must quote.
-#[derive(Debug, Clone)]
-pub struct Versioned<T> {
-    /// The object.
-    pub obj: T,
-    /// Store version (Docker's `Version.Index`).
-    pub version: u64,
-}
+pub use shoal_control::state::Versioned;
 
 /// Objects shoal stores, and how each one's ID, name and version are reached.
 pub trait Stored: Serialize + DeserializeOwned + Clone {

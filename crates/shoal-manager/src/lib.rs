@@ -1,7 +1,6 @@
 //! The manager: the Docker-compatible API, the control loops (orchestrator, allocator, scheduler)
 //! and the dispatcher that feeds agents. Only the raft leader runs the loops.
 
-pub mod allocator;
 pub mod api;
 pub mod attachment;
 pub mod cluster;
@@ -10,9 +9,10 @@ pub mod db;
 pub mod dispatcher;
 pub mod membership;
 pub mod node;
-pub mod orchestrator;
 pub mod proxy;
 pub mod routes;
 pub mod rpc;
-pub mod scheduler;
 pub mod state;
+
+// The decisions moved to `shoal-control`; these paths stay for the manager's own modules.
+pub use shoal_control::{allocator, orchestrator, scheduler};

@@ -351,7 +351,7 @@ mod tests {
             ops.push(db::put(&node, Expect::Absent).unwrap());
         }
         db::write(&store, ops).await.unwrap();
-        let routing = Routing::new(&ClusterState::load(&store));
+        let routing = Routing::new(&crate::state::load(&store));
         assert_eq!(routing.mesh.as_deref(), Some("ingress"));
 
         let nets = BTreeMap::from([("app".to_string(), ())]);

@@ -1,53 +1,29 @@
-//! A consistent snapshot of the store for one pass of the control loops.
+//! The manager's decoded view of the store: a snapshot ([`load`]), or one kept current from the
+//! store's change stream ([`LiveState`], shared by the control loop and the dispatcher through
+//! [`SharedState`]). What it holds is `shoal_control`'s [`ClusterState`].
 
-use crate::db::{self, Stored, Versioned};
+use crate::db::{self, Stored};
 use shoal_api::kind;
-use shoal_api::models::{Network, Node, NodeSpecAvailabilityEnum, NodeState, Swarm};
+use shoal_api::models::Swarm;
 use shoal_api::objects::{StoredService, StoredTask};
+pub use shoal_control::changes::{Delta, TaskChange};
+pub use shoal_control::state::{node_schedulable, ClusterState, Versioned};
 use shoal_store::{Action, Change, ChangeSet, Object, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
-/// Everything the control loops decide from, read once per pass.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterState {
-    /// Services by ID.
-    pub services: HashMap<String, Versioned<StoredService>>,
-    /// All tasks.
-    pub tasks: Vec<Versioned<StoredTask>>,
-    /// All nodes.
-    pub nodes: Vec<Versioned<Node>>,
-    /// Swarm networks.
-    pub networks: Vec<Versioned<Network>>,
-    /// The cluster object.
-    pub cluster: Option<Versioned<Swarm>>,
-}
-
-impl ClusterState {
-    /// Reads the snapshot.
-    pub fn load(store: &Store) -> Self {
-        Self {
-            services: db::list::<StoredService>(store)
-                .into_iter()
-                .map(|s| (s.obj.id().to_string(), s))
-                .collect(),
-            tasks: db::list(store),
-            nodes: db::list(store),
-            networks: db::list(store),
-            cluster: db::list::<Swarm>(store).into_iter().next(),
-        }
-    }
-
-    /// How many old tasks per slot to keep (Swarm's TaskHistoryRetentionLimit, default 5).
-    pub fn history_limit(&self) -> usize {
-        self.cluster
-            .as_ref()
-            .and_then(|c| c.obj.spec.as_ref())
-            .and_then(|s| s.orchestration.as_ref())
-            .and_then(|o| o.task_history_retention_limit)
-            .map(|l| l.max(1) as usize)
-            .unwrap_or(5)
+/// Reads a snapshot of the whole store.
+pub fn load(store: &Store) -> ClusterState {
+    ClusterState {
+        services: db::list::<StoredService>(store)
+            .into_iter()
+            .map(|s| (s.obj.id().to_string(), s))
+            .collect(),
+        tasks: db::list(store),
+        nodes: db::list(store),
+        networks: db::list(store),
+        cluster: db::list::<Swarm>(store).into_iter().next(),
     }
 }
 
@@ -65,61 +41,6 @@ fn decode<T: Stored>(o: &Object) -> Option<Versioned<T>> {
             tracing::error!(kind = %o.kind, id = %o.id, error = %e, "stored object does not decode; skipped");
             None
         }
-    }
-}
-
-/// One task changed by a refresh: what it was before (if it existed) and whether it exists now.
-#[derive(Debug, Clone)]
-pub struct TaskChange {
-    /// The task's ID.
-    pub id: String,
-    /// The task as it was before the change, if the view held it (shared: every reader of a
-    /// [`SharedState`] gets the same copy).
-    pub before: Option<Arc<StoredTask>>,
-    /// False if the task is gone (deleted, or its new document does not decode).
-    pub exists: bool,
-}
-
-/// What a [`LiveState::refresh`] changed, so a consumer can limit its work to that.
-#[derive(Debug, Default, Clone)]
-pub struct Delta {
-    /// The view was loaded from scratch (the first time, or the change stream lagged): treat
-    /// everything as changed.
-    pub reloaded: bool,
-    /// Change sets applied.
-    pub change_sets: usize,
-    /// Tasks changed, in the order first seen; a task changed twice appears twice.
-    pub tasks: Vec<TaskChange>,
-    /// A service was created, updated or removed.
-    pub services: bool,
-    /// A node changed.
-    pub nodes: bool,
-    /// A network changed.
-    pub networks: bool,
-    /// The cluster object changed.
-    pub cluster: bool,
-    /// Something of another kind changed (secrets, configs).
-    pub other: bool,
-}
-
-impl Delta {
-    /// True if nothing changed.
-    pub fn is_empty(&self) -> bool {
-        !self.reloaded
-            && self.tasks.is_empty()
-            && !(self.services || self.nodes || self.networks || self.cluster || self.other)
-    }
-
-    /// Adds what `other` changed after this.
-    pub fn merge(&mut self, other: Delta) {
-        self.reloaded |= other.reloaded;
-        self.change_sets += other.change_sets;
-        self.tasks.extend(other.tasks);
-        self.services |= other.services;
-        self.nodes |= other.nodes;
-        self.networks |= other.networks;
-        self.cluster |= other.cluster;
-        self.other |= other.other;
     }
 }
 
@@ -215,7 +136,7 @@ impl LiveState {
     fn reload(&mut self) {
         // Everything still queued is older than what the load reads; the load covers it.
         while let Ok(_) | Err(TryRecvError::Lagged(_)) = self.changes.try_recv() {}
-        self.state = ClusterState::load(&self.store);
+        self.state = crate::state::load(&self.store);
         self.task_pos = self
             .state
             .tasks
@@ -471,21 +392,10 @@ fn upsert_sorted<T: Stored>(
     true
 }
 
-/// True if a node may receive new tasks.
-pub fn node_schedulable(n: &Node) -> bool {
-    let ready = n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY);
-    let active = n
-        .spec
-        .as_ref()
-        .and_then(|s| s.availability)
-        .map(|a| a == NodeSpecAvailabilityEnum::ACTIVE)
-        .unwrap_or(true);
-    ready && active
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_api::models::Node;
     use shoal_api::models::TaskState;
     use shoal_store::{Expect, StoreOptions, StoreTuning};
 
@@ -561,7 +471,7 @@ mod tests {
         .unwrap();
         let mut live = LiveState::new(store.clone());
         assert!(live.refresh().reloaded, "the first view is a load");
-        assert_eq!(summary(live.state()), summary(&ClusterState::load(&store)));
+        assert_eq!(summary(live.state()), summary(&crate::state::load(&store)));
 
         let a = db::get::<StoredTask>(&store, "a").unwrap();
         let mut svc = StoredService::default();
@@ -620,7 +530,7 @@ mod tests {
                 ("b", Some("n2"), true),
             ]
         );
-        assert_eq!(summary(live.state()), summary(&ClusterState::load(&store)));
+        assert_eq!(summary(live.state()), summary(&crate::state::load(&store)));
         assert!(live.task("a").is_none());
         assert_eq!(live.task("b").and_then(|t| t.obj.node_id()), Some("n1"));
         let ids: Vec<&str> = live
@@ -654,7 +564,7 @@ mod tests {
         }
         let d = live.refresh();
         assert!(d.reloaded, "five change sets cannot fit a buffer of two");
-        assert_eq!(summary(live.state()), summary(&ClusterState::load(&store)));
+        assert_eq!(summary(live.state()), summary(&crate::state::load(&store)));
         assert_eq!(live.state().tasks.len(), 5);
         store.shutdown().await.unwrap();
     }

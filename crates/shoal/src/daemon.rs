@@ -37,10 +37,57 @@ struct Running {
 }
 
 impl LocalAgent {
-    fn docker(&self) -> Result<bollard::Docker, String> {
+    fn docker(&self) -> anyhow::Result<bollard::Docker> {
         let path = self.engine.display().to_string();
         bollard::Docker::connect_with_unix(&path, 300, bollard::API_DEFAULT_VERSION)
-            .map_err(|e| format!("connecting to the engine at {path}: {e}"))
+            .with_context(|| format!("connecting to the engine at {path}"))
+    }
+
+    /// The Docker executor, secret files, node networking and the worker over them.
+    async fn start_worker(
+        &self,
+        node_id: String,
+        assignments: watch::Receiver<NodeAssignments>,
+        reports: mpsc::Sender<Vec<TaskStatusReport>>,
+    ) -> anyhow::Result<()> {
+        let docker = self
+            .docker()?
+            .negotiate_version()
+            .await
+            .context("negotiating the engine API version")?;
+        let executor = Arc::new(DockerExecutor::new(
+            docker.clone(),
+            node_id.clone(),
+            self.pull,
+        ));
+        let files = Files::new(self.files_root.join(&node_id[..node_id.len().min(12)]))?;
+        let net = NetworkAgent::start(NetworkConfig {
+            node_id: node_id.clone(),
+            docker: docker.clone(),
+            plugin_dir: PathBuf::from("/run/docker/plugins"),
+            upstream_dns: upstream_dns(),
+        })
+        .await
+        .context("starting node networking")?;
+        let network: Option<Arc<dyn NetworkBackend>> = Some(Arc::new(net));
+        let stop = CancellationToken::new();
+        let cfg = WorkerConfig {
+            node_id,
+            executor: executor.clone(),
+            files: files.clone(),
+            network: network.clone(),
+        };
+        let handle = tokio::spawn(worker::run(cfg, assignments, reports, stop.clone()));
+        if let Ok(mut g) = self.running.lock() {
+            *g = Some(Running {
+                stop,
+                handle,
+                executor,
+                files,
+                network,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -52,45 +99,9 @@ impl AgentHost for LocalAgent {
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
     ) -> BoxFuture<'_, Result<(), AgentError>> {
         Box::pin(async move {
-            let docker = self
-                .docker()?
-                .negotiate_version()
+            self.start_worker(node_id, assignments, reports)
                 .await
-                .map_err(|e| format!("negotiating the engine API version: {e}"))?;
-            let executor = Arc::new(DockerExecutor::new(
-                docker.clone(),
-                node_id.clone(),
-                self.pull,
-            ));
-            let files = Files::new(self.files_root.join(&node_id[..node_id.len().min(12)]))
-                .map_err(|e| e.to_string())?;
-            let net = NetworkAgent::start(NetworkConfig {
-                node_id: node_id.clone(),
-                docker: docker.clone(),
-                plugin_dir: PathBuf::from("/run/docker/plugins"),
-                upstream_dns: upstream_dns(),
-            })
-            .await
-            .map_err(|e| format!("starting node networking: {e}"))?;
-            let network: Option<Arc<dyn NetworkBackend>> = Some(Arc::new(net));
-            let stop = CancellationToken::new();
-            let cfg = WorkerConfig {
-                node_id,
-                executor: executor.clone(),
-                files: files.clone(),
-                network: network.clone(),
-            };
-            let handle = tokio::spawn(worker::run(cfg, assignments, reports, stop.clone()));
-            if let Ok(mut g) = self.running.lock() {
-                *g = Some(Running {
-                    stop,
-                    handle,
-                    executor,
-                    files,
-                    network,
-                });
-            }
-            Ok(())
+                .map_err(|e| format!("{e:#}").into())
         })
     }
 

@@ -1,15 +1,20 @@
 //! The worker's view of node networking, implemented by [`NetworkAgent`].
 
 use super::{
-    NetworkAgent, NetworkSpec, Protocol, PublishedPort, RoutingTable, ServiceRoute, TaskEndpoint,
+    NetworkAgent, NetworkError, NetworkSpec, Protocol, PublishedPort, RoutingTable, ServiceRoute,
+    TaskEndpoint,
 };
 use crate::worker::NetworkBackend;
 use futures::future::BoxFuture;
 use shoal_api::dispatch::{NetworkInfo, NodeAssignments};
 
-fn spec(n: &NetworkInfo) -> Result<NetworkSpec, String> {
-    let subnet = ipnet::Ipv4Net::new(n.subnet.addr, n.subnet.prefix)
-        .map_err(|e| format!("network {}: subnet {}: {e}", n.name, n.subnet))?;
+fn spec(n: &NetworkInfo) -> Result<NetworkSpec, NetworkError> {
+    let subnet = ipnet::Ipv4Net::new(n.subnet.addr, n.subnet.prefix).map_err(|e| {
+        NetworkError::invalid(
+            format!("network {}", n.name),
+            format!("subnet {}: {e}", n.subnet),
+        )
+    })?;
     Ok(NetworkSpec {
         id: n.id.clone(),
         name: n.name.clone(),
@@ -67,19 +72,19 @@ pub fn routing_table(a: &NodeAssignments) -> RoutingTable {
 }
 
 impl NetworkBackend for NetworkAgent {
-    fn ensure(&self, net: &NetworkInfo) -> BoxFuture<'_, Result<String, String>> {
+    fn ensure(&self, net: &NetworkInfo) -> BoxFuture<'_, Result<String, NetworkError>> {
         let s = spec(net);
-        Box::pin(async move { self.ensure_network(&s?).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.ensure_network(&s?).await })
     }
 
-    fn route(&self, a: &NodeAssignments) -> BoxFuture<'_, Result<(), String>> {
+    fn route(&self, a: &NodeAssignments) -> BoxFuture<'_, Result<(), NetworkError>> {
         let table = routing_table(a);
-        Box::pin(async move { self.apply_routing(&table).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.apply_routing(&table).await })
     }
 
-    fn remove(&self, network_id: &str) -> BoxFuture<'_, Result<(), String>> {
+    fn remove(&self, network_id: &str) -> BoxFuture<'_, Result<(), NetworkError>> {
         let id = network_id.to_string();
-        Box::pin(async move { self.remove_network(&id).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.remove_network(&id).await })
     }
 
     fn cleanup(&self) -> BoxFuture<'_, ()> {

@@ -81,7 +81,7 @@ impl PluginState {
 
     /// The network behind `docker_id`, asking Docker for its driver options when the plugin
     /// has not seen it (the agent restarted while Docker kept the network).
-    async fn resolve(&self, docker_id: &str) -> Result<PluginNet, String> {
+    async fn resolve(&self, docker_id: &str) -> Result<PluginNet, NetworkError> {
         if let Some(n) = self.get(docker_id) {
             return Ok(n);
         }
@@ -89,10 +89,11 @@ impl PluginState {
             .docker
             .inspect_network(docker_id, None)
             .await
-            .map_err(|e| format!("unknown network {docker_id}: {e}"))?;
+            .map_err(|e| NetworkError::docker("inspecting unknown network", docker_id, e))?;
         let opts = inspect.options.unwrap_or_default();
-        let net = plugin_net_from(|k| opts.get(k).cloned())
-            .ok_or_else(|| format!("network {docker_id} lacks shoal driver options"))?;
+        let net = plugin_net_from(|k| opts.get(k).cloned()).ok_or_else(|| {
+            NetworkError::invalid(format!("network {docker_id}"), "lacks shoal driver options")
+        })?;
         self.register(docker_id, net.clone());
         Ok(net)
     }

@@ -23,14 +23,23 @@ impl Filters {
             if !allowed.contains(&k.as_str()) {
                 return Err(ApiError::invalid(format!("invalid filter '{k}'")));
             }
+            // A value of another shape matched everything (it read as no filter at all); Go's
+            // decoder refuses it, and so does dockerd.
+            let bad = || {
+                ApiError::invalid(format!(
+                    "invalid filter '{k}': {vals} is neither a list of strings nor {{\"value\": true}}"
+                ))
+            };
             let list: Vec<String> = match vals {
                 serde_json::Value::Array(a) => a
                     .iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect(),
-                serde_json::Value::Object(m) => m.keys().cloned().collect(),
+                    .map(|x| x.as_str().map(str::to_string).ok_or_else(bad))
+                    .collect::<Result<_, _>>()?,
+                serde_json::Value::Object(m) if m.values().all(|v| v.is_boolean()) => {
+                    m.keys().cloned().collect()
+                }
                 serde_json::Value::String(s) => vec![s.clone()],
-                _ => vec![],
+                _ => return Err(bad()),
             };
             out.insert(k.clone(), list);
         }
@@ -86,5 +95,24 @@ mod tests {
         );
         assert!(!f.labels("label", Some(&labels)));
         assert!(Filters::parse(&q, &["label"]).is_err());
+    }
+
+    #[test]
+    fn values_of_another_shape_are_refused_not_ignored() {
+        for raw in [
+            r#"{"name":[1]}"#,
+            r#"{"name":5}"#,
+            r#"{"name":null}"#,
+            r#"{"name":{"web":"yes"}}"#,
+        ] {
+            let q = HashMap::from([("filters".to_string(), raw.to_string())]);
+            let e = Filters::parse(&q, &["name"]).expect_err(raw);
+            assert_eq!(e.status, 400);
+            assert!(
+                e.message.starts_with("invalid filter 'name'"),
+                "{}",
+                e.message
+            );
+        }
     }
 }

@@ -19,6 +19,7 @@ pub async fn service_logs(
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
+    check_options(&q)?;
     let m = d.manager().await?;
     let svc = db::lookup::<StoredService>(&m.store, &key)
         .ok_or_else(|| ApiError::not_found(format!("service {key} not found")))?;
@@ -36,10 +37,47 @@ pub async fn task_logs(
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
+    check_options(&q)?;
     let m = d.manager().await?;
     let t = db::lookup::<StoredTask>(&m.store, &key)
         .ok_or_else(|| ApiError::not_found(format!("task {key} not found")))?;
     stream(d, vec![t.obj], q).await
+}
+
+/// Refuses what dockerd refuses before its log stream starts (once it starts, the status is
+/// 200 and an error can no longer be told): no stream chosen, a `tail` that is not a count or
+/// `all`, a `since` that is not a Unix time (`seconds[.nanoseconds]`). In the words of moby's
+/// swarm router and `Cluster.ServiceLogs`; dockerd answers 500 for the last two, shoal 400.
+fn check_options(q: &HashMap<String, String>) -> std::result::Result<(), ApiError> {
+    let flag = |k: &str| super::bool_param(q, k);
+    if !flag("stdout") && !flag("stderr") {
+        return Err(ApiError::invalid(
+            "Bad parameters: you must choose at least one stream",
+        ));
+    }
+    match q.get("tail").map(String::as_str) {
+        None | Some("") | Some("all") => {}
+        Some(t) => match t.parse::<i64>() {
+            Ok(n) if n < 0 => return Err(ApiError::invalid("negative tail values not supported")),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "tail value must be a positive integer or \"all\"",
+                ))
+            }
+        },
+    }
+    if let Some(since) = q.get("since").filter(|s| !s.is_empty()) {
+        let (secs, nanos) = since.split_once('.').unwrap_or((since, "0"));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let secs = secs.strip_prefix('-').unwrap_or(secs);
+        if !digits(secs) || !digits(nanos) {
+            return Err(ApiError::invalid(format!(
+                "could not parse since timestamp: {since:?} is not seconds[.nanoseconds] since the Unix epoch"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn details(t: &StoredTask) -> String {
@@ -67,7 +105,7 @@ async fn stream(
     tasks: Vec<StoredTask>,
     q: HashMap<String, String>,
 ) -> Result<Response> {
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
+    let flag = |k: &str| super::bool_param(&q, k);
     let timestamps = flag("timestamps");
     let mut params = vec![
         ("stdout", flag("stdout")),

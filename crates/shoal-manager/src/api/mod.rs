@@ -2,6 +2,7 @@
 //! other endpoint goes to the node's own engine through [`crate::proxy::EngineProxy`].
 
 mod containers;
+mod decode;
 mod filters;
 mod logs;
 mod networks;
@@ -95,15 +96,45 @@ pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     }
 }
 
-/// Parses a JSON body, refusing malformed input with Docker's 400.
+/// Parses a JSON body as dockerd does (field names in any case), refusing malformed input and
+/// wrong types with Docker's 400 naming the field.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid(
             "request body is empty; a JSON object was expected",
         ));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("invalid JSON in request body: {e}")))
+    decode::from_slice(body)
+}
+
+/// Refuses `name` when another object of the kind has it in other letter case: swarmkit keeps
+/// names unique without regard to case (its store indexes them lowercased), and a service name
+/// is a DNS name, where `web` and `WEB` are one. The store itself refuses exact duplicates.
+pub fn name_free<T: crate::db::Stored>(
+    store: &shoal_store::Store,
+    what: &str,
+    name: &str,
+) -> std::result::Result<(), ApiError> {
+    let taken = crate::db::list::<T>(store).into_iter().any(|o| {
+        o.obj
+            .name()
+            .is_some_and(|n| n != name && n.eq_ignore_ascii_case(name))
+    });
+    if taken {
+        return Err(ApiError::conflict(format!(
+            "rpc error: code = AlreadyExists desc = {what} {name} already exists"
+        )));
+    }
+    Ok(())
+}
+
+/// A boolean query parameter as dockerd reads it (`httputils.BoolValue`): anything but absent,
+/// empty, `0`, `no`, `false` or `none` (in any case) is true, so `stdout=TRUE` streams.
+pub fn bool_param(q: &std::collections::HashMap<String, String>, key: &str) -> bool {
+    q.get(key).is_some_and(|v| {
+        let v = v.trim().to_ascii_lowercase();
+        !matches!(v.as_str(), "" | "0" | "no" | "false" | "none")
+    })
 }
 
 /// The `version` query parameter every update must quote (Docker's optimistic concurrency).
@@ -171,6 +202,30 @@ async fn check_version(req: Request, next: axum::middleware::Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// axum's own refusals (a body too large to read, a path that does not decode) are plain text;
+/// Docker's clients read `{"message": ...}` from every error, so shoal's routes answer them so.
+async fn docker_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let text = match axum::body::to_bytes(resp.into_body(), 64 << 10).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(e) => format!("reading the error: {e}"),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    Error(ApiError::new(status.as_u16(), message)).into_response()
 }
 
 /// Forwards anything shoal does not answer to the engine, with the client's original URI.
@@ -251,6 +306,7 @@ pub fn app(
             "/containers/{id}",
             axum::routing::delete(containers::remove).fallback(proxy),
         )
+        .route_layer(axum::middleware::from_fn(docker_errors))
         .fallback(proxy)
         .layer(axum::middleware::from_fn(check_version))
         .with_state(state);
@@ -262,6 +318,18 @@ use tower::Layer;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn booleans_read_as_dockerd_reads_them() {
+        let q = |v: &str| std::collections::HashMap::from([("force".to_string(), v.to_string())]);
+        for v in ["1", "true", "TRUE", "yes", "on"] {
+            assert!(bool_param(&q(v), "force"), "{v}");
+        }
+        for v in ["", "0", "no", "False", "none", " false "] {
+            assert!(!bool_param(&q(v), "force"), "{v:?}");
+        }
+        assert!(!bool_param(&Default::default(), "force"));
+    }
 
     #[test]
     fn version_compare() {

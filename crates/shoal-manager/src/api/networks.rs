@@ -163,7 +163,7 @@ pub async fn inspect(
     if let Ok(m) = d.manager().await {
         if let Some(n) = db::lookup::<Network>(&m.store, &key) {
             let mut v = view(&n.obj);
-            let state = ClusterState::load(&m.store);
+            let state = crate::state::load(&m.store);
             let (peers, services) =
                 peers_and_services(&state, n.obj.id.as_deref().unwrap_or_default());
             v["Peers"] = peers;
@@ -179,9 +179,12 @@ pub async fn inspect(
 /// `POST /networks/create`: overlay networks become swarm networks; others are the engine's.
 pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
-    let bytes: Bytes = axum::body::to_bytes(body, 16 << 20)
-        .await
-        .map_err(|e| ApiError::invalid(format!("reading request body: {e}")))?;
+    let bytes: Bytes = axum::body::to_bytes(body, 16 << 20).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        let status = if too_large { 413 } else { 400 };
+        ApiError::new(status, format!("reading the request body: {e}"))
+    })?;
     let r: NetworkCreateRequest = parse_body(&bytes)?;
     let driver = r
         .driver
@@ -209,8 +212,10 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
             ApiError::invalid_arg("Ingress: the cluster already has its ingress network").into(),
         );
     }
+    super::name_free::<Network>(&m.store, "network", &r.name)
+        .map_err(|_| ApiError::conflict(format!("network with name {} already exists", r.name)))?;
     let _alloc = m.alloc.lock().await;
-    let state = ClusterState::load(&m.store);
+    let state = crate::state::load(&m.store);
     let cfg = r
         .ipam
         .as_ref()

@@ -7,7 +7,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use shoal_api::models::{ManagerStatus, Node, NodeSpec, NodeSpecRoleEnum, NodeState, Reachability};
+use shoal_api::models::{
+    ManagerStatus, Node, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState,
+    Reachability,
+};
 use shoal_api::{id, ApiError};
 use shoal_store::Expect;
 use std::collections::HashMap;
@@ -123,6 +126,7 @@ pub async fn update(
     let m = d.manager().await?;
     let version: u64 = super::version_param(&q)?;
     let spec: NodeSpec = parse_body(&body)?;
+    check_spec(&spec)?;
     let cur = find(&m.store, &key)?;
     if cur.version != version {
         return Err(ApiError::out_of_sequence().into());
@@ -174,6 +178,31 @@ pub async fn update(
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }
 
+/// As dockerd (`convert.NodeSpecToGRPC`): a node's spec names its role and availability; the
+/// CLI always sends both, and an empty one would leave the node neither worker nor manager.
+fn check_spec(spec: &NodeSpec) -> std::result::Result<(), ApiError> {
+    let named = |v: Option<String>| format!("{:?}", v.unwrap_or_default());
+    if !matches!(
+        spec.role,
+        Some(NodeSpecRoleEnum::WORKER | NodeSpecRoleEnum::MANAGER)
+    ) {
+        return Err(ApiError::invalid(format!(
+            "invalid Role: {}",
+            named(spec.role.map(|r| r.to_string()))
+        )));
+    }
+    if matches!(
+        spec.availability,
+        None | Some(NodeSpecAvailabilityEnum::EMPTY)
+    ) {
+        return Err(ApiError::invalid(format!(
+            "invalid Availability: {}",
+            named(spec.availability.map(|a| a.to_string()))
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses to take `node_id` out of the voting managers when that would leave no manager, or
 /// too few reachable ones for a quorum of those that remain.
 fn check_quorum_without(
@@ -219,7 +248,7 @@ pub async fn remove(
     let m = d.manager().await?;
     let n = find(&m.store, &key)?;
     let id = n.obj.id.clone().unwrap_or_default();
-    let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
+    let force = super::bool_param(&q, "force");
     if n.obj.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER) {
         return Err(ApiError::invalid_arg(format!("rpc error: code = FailedPrecondition desc = node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal")).into());
     }

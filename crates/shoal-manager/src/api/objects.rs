@@ -156,6 +156,7 @@ async fn create<T: Blob>(d: AppState, body: Bytes) -> Result<Response> {
     let spec: T::Spec = parse_body(&body)?;
     let name = T::spec_name(&spec).unwrap_or_default();
     validate::object_name(&name)?;
+    super::name_free::<T>(&m.store, T::WHAT, &name)?;
     let data = T::spec_data(&spec).unwrap_or_default();
     let raw = base64::engine::general_purpose::STANDARD
         .decode(data.as_bytes())

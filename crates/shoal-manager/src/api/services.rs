@@ -16,10 +16,9 @@ fn parse_spec(body: &[u8]) -> std::result::Result<ServiceSpec, shoal_api::ApiErr
             cs.entry("HealthCheck").or_insert(hc);
         }
     }
-    serde_json::from_value(v)
-        .map_err(|e| shoal_api::ApiError::invalid(format!("invalid service spec: {e}")))
+    super::decode::from_value(v)
 }
-use crate::allocator::{service_networks, Ipam};
+use crate::allocator::{endpoint, Ipam};
 use crate::db::{self, Versioned};
 use crate::orchestrator::jobs;
 use crate::state::{node_schedulable, ClusterState};
@@ -28,10 +27,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use shoal_api::models::{
-    Config, EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpecModeEnum, Network, NetworkAttachmentConfig, Node, Secret, ServiceEndpoint,
-    ServiceEndpointVirtualIps, ServiceServiceStatus, ServiceSpec, ServiceUpdateStatus,
-    ServiceUpdateStatusStateEnum, TaskState,
+    Config, Network, NetworkAttachmentConfig, Node, Secret, ServiceServiceStatus, ServiceSpec,
+    ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskState,
 };
 use shoal_api::objects::{Mode, StoredService, StoredTask};
 use shoal_api::{id, validate, ApiError};
@@ -117,151 +114,19 @@ fn resolve(
     Ok(())
 }
 
-/// Ports with defaults filled and free published ports assigned; refuses ports other services hold.
-fn allocate_ports(
-    spec: &ServiceSpec,
-    me: &str,
-    prev: Option<&ServiceEndpoint>,
-    state: &ClusterState,
-) -> std::result::Result<Vec<EndpointPortConfig>, ApiError> {
-    let mut taken: HashMap<(i64, String), (String, String)> = HashMap::new();
-    for s in state.services.values().filter(|s| s.obj.id() != me) {
-        for p in s
-            .obj
-            .service
-            .endpoint
-            .iter()
-            .flat_map(|e| e.ports.iter().flatten())
-        {
-            if let Some(pp) = p.published_port {
-                taken.insert(
-                    (pp, p.protocol.map(|x| x.to_string()).unwrap_or_default()),
-                    (s.obj.name().to_string(), s.obj.id().to_string()),
-                );
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for p in spec
-        .endpoint_spec
-        .iter()
-        .flat_map(|e| e.ports.iter().flatten())
-    {
-        let mut p = p.clone();
-        if p.protocol.is_none() || p.protocol == Some(EndpointPortConfigProtocolEnum::EMPTY) {
-            p.protocol = Some(EndpointPortConfigProtocolEnum::TCP);
-        }
-        if p.publish_mode.is_none()
-            || p.publish_mode == Some(EndpointPortConfigPublishModeEnum::EMPTY)
-        {
-            p.publish_mode = Some(EndpointPortConfigPublishModeEnum::INGRESS);
-        }
-        let proto = p.protocol.map(|x| x.to_string()).unwrap_or_default();
-        if p.published_port.unwrap_or(0) == 0
-            && p.publish_mode == Some(EndpointPortConfigPublishModeEnum::INGRESS)
-        {
-            let reuse = prev.and_then(|e| e.ports.as_ref()).and_then(|ps| {
-                ps.iter()
-                    .find(|o| o.target_port == p.target_port && o.protocol == p.protocol)
-                    .and_then(|o| o.published_port)
-            });
-            let port = reuse.or_else(|| {
-                (30000..=32767).find(|c| {
-                    !taken.contains_key(&(*c, proto.clone()))
-                        && !out
-                            .iter()
-                            .any(|o: &EndpointPortConfig| o.published_port == Some(*c))
-                })
-            });
-            p.published_port = Some(port.ok_or_else(|| {
-                ApiError::invalid_arg(
-                    "EndpointSpec.Ports: no free port left in the dynamic range 30000-32767",
-                )
-            })?);
-        }
-        if let Some(pp) = p.published_port.filter(|x| *x > 0) {
-            if let Some((name, sid)) = taken.get(&(pp, proto.clone())) {
-                return Err(ApiError::invalid_arg(format!(
-                    "port '{pp}' is already in use by service '{name}' ({sid}) as an ingress port"
-                )));
-            }
-        }
-        out.push(p);
-    }
-    Ok(out)
-}
-
-/// The service's endpoint: its ports and one VIP per network (none in dnsrr mode).
-fn endpoint(
-    svc: &StoredService,
-    state: &ClusterState,
-    ipam: &mut Ipam,
-) -> std::result::Result<ServiceEndpoint, ApiError> {
-    let spec = svc.spec();
-    let ports = allocate_ports(spec, svc.id(), svc.service.endpoint.as_ref(), state)?;
-    let dnsrr =
-        spec.endpoint_spec.as_ref().and_then(|e| e.mode) == Some(EndpointSpecModeEnum::DNSRR);
-    if dnsrr
-        && ports
-            .iter()
-            .any(|p| p.publish_mode == Some(EndpointPortConfigPublishModeEnum::INGRESS))
-    {
-        return Err(ApiError::invalid_arg(
-            "EndpointSpec: port published with ingress mode can't be used with dnsrr mode",
-        ));
-    }
-    let old: HashMap<String, String> = svc
-        .service
-        .endpoint
-        .iter()
-        .flat_map(|e| e.virtual_ips.iter().flatten())
-        .filter_map(|v| Some((v.network_id.clone()?, v.addr.clone()?)))
-        .collect();
-    let mut vips = Vec::new();
-    if !dnsrr {
-        // The service with its final ports decides whether it sits on the ingress network.
-        let mut probe = svc.clone();
-        probe.service.endpoint = Some(ServiceEndpoint {
-            ports: Some(ports.clone()),
-            ..Default::default()
-        });
-        for (net, _, _) in service_networks(&probe, state) {
-            let addr = match old.get(&net) {
-                Some(a) => a.clone(),
-                None => ipam.allocate(&net)?,
-            };
-            vips.push(ServiceEndpointVirtualIps {
-                network_id: Some(net),
-                addr: Some(addr),
-            });
-        }
-    }
-    Ok(ServiceEndpoint {
-        spec: Some(shoal_api::models::EndpointSpec {
-            mode: Some(if dnsrr {
-                EndpointSpecModeEnum::DNSRR
-            } else {
-                EndpointSpecModeEnum::VIP
-            }),
-            ports: spec.endpoint_spec.as_ref().and_then(|e| e.ports.clone()),
-        }),
-        ports: if ports.is_empty() { None } else { Some(ports) },
-        virtual_ips: if vips.is_empty() { None } else { Some(vips) },
-    })
-}
-
 /// `POST /services/create`.
 pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let m = d.manager().await?;
     let mut spec: ServiceSpec = parse_spec(&body)?;
     validate::service_spec(&spec)?;
     let _alloc = m.alloc.lock().await;
-    let state = ClusterState::load(&m.store);
+    let state = crate::state::load(&m.store);
     resolve(&mut spec, &state, &m.store)?;
     let sid = id::new_id();
     if spec.name.as_deref().unwrap_or("").is_empty() {
         spec.name = Some(format!("svc-{}", &sid[..10]));
     }
+    super::name_free::<StoredService>(&m.store, "service", spec.name.as_deref().unwrap_or(""))?;
     let now = id::now();
     let mut svc = StoredService::default();
     svc.service.id = Some(sid.clone());
@@ -271,7 +136,7 @@ pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     svc.spec_version = 1;
     svc.last_spec_version = 1;
     if svc.mode().is_job() {
-        svc.service.job_status = Some(jobs::initial_status(svc.cron().is_some()));
+        svc.service.job_status = Some(jobs::initial_status(svc.cron().is_some(), &id::now()));
     }
     let mut ipam = Ipam::from_state(&state);
     svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
@@ -304,7 +169,7 @@ pub async fn update(
         spec = cur.obj.previous_spec.clone().ok_or_else(|| ApiError::invalid(format!("rpc error: code = FailedPrecondition desc = service {} does not have a previous spec", cur.obj.id())))?;
     }
     validate::service_spec(&spec)?;
-    let state = ClusterState::load(&m.store);
+    let state = crate::state::load(&m.store);
     resolve(&mut spec, &state, &m.store)?;
     if spec.name.as_deref().unwrap_or("").is_empty() {
         spec.name = old.name.clone();
@@ -471,7 +336,7 @@ pub async fn rollback_to(
                 cur.obj.name()
             ))
         })?;
-    let state = ClusterState::load(&m.store);
+    let state = crate::state::load(&m.store);
     let mut spec = spec;
     resolve(&mut spec, &state, &m.store)?;
     let start = (
@@ -511,7 +376,7 @@ pub async fn list(
     let m = d.manager().await?;
     let f = Filters::parse(&q, &["id", "name", "label", "mode", "runtime"])?;
     let status = q.get("status").is_some_and(|v| v == "1" || v == "true");
-    let state = ClusterState::load(&m.store);
+    let state = crate::state::load(&m.store);
     let mut services: Vec<&Versioned<StoredService>> = state
         .services
         .values()
@@ -591,7 +456,7 @@ pub async fn list_tasks(
             "runtime",
         ],
     )?;
-    let state = ClusterState::load(&m.store);
+    let state = crate::state::load(&m.store);
     let service_ids: Vec<String> = f
         .get("service")
         .iter()

@@ -122,6 +122,14 @@ pub async fn update(
     if c.version != v {
         return Err(ApiError::out_of_sequence().into());
     }
+    shoal_api::validate::swarm_spec(
+        &spec,
+        c.obj
+            .spec
+            .as_ref()
+            .and_then(|s| s.name.as_deref())
+            .unwrap_or("default"),
+    )?;
     if spec
         .orchestration
         .as_ref()

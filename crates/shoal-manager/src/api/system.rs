@@ -70,9 +70,21 @@ pub async fn ping(State(d): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The engine's answer to a GET, or an empty object when it has none to give (stopped,
+/// unreachable): shoal's own part of `/version` and `/info` stands without it, and the engine's
+/// `{"message": ...}` must not pass for fields of a successful answer.
+async fn engine_part(d: &AppState, path: &str) -> std::result::Result<serde_json::Value, ApiError> {
+    let (status, v) = engine_json(d, Method::GET, path, None).await?;
+    if status.is_success() {
+        return Ok(v);
+    }
+    tracing::warn!(%status, answer = %v, path, "the engine has no answer; shoal answers its own part");
+    Ok(serde_json::json!({}))
+}
+
 /// `GET /version`: the engine's version, with shoal's API range and itself as a component.
 pub async fn version(State(d): State<AppState>) -> Result<Response> {
-    let (_, mut v) = engine_json(&d, Method::GET, "/version", None).await?;
+    let mut v = engine_part(&d, "/version").await?;
     if let Some(o) = v.as_object_mut() {
         o.insert("ApiVersion".into(), API_VERSION.into());
         o.insert("MinAPIVersion".into(), MIN_API_VERSION.into());
@@ -170,7 +182,7 @@ pub async fn swarm_info(d: &AppState) -> SwarmInfo {
 
 /// `GET /info`: the engine's info with shoal's swarm state.
 pub async fn info(State(d): State<AppState>) -> Result<Response> {
-    let (_, mut v) = engine_json(&d, Method::GET, "/info", None).await?;
+    let mut v = engine_part(&d, "/info").await?;
     let swarm = serde_json::to_value(swarm_info(&d).await)
         .map_err(|e| Error(ApiError::internal(format!("encoding swarm info: {e}"))))?;
     if let Some(o) = v.as_object_mut() {

@@ -47,7 +47,7 @@ async fn secrets_go_only_to_nodes_running_a_task_that_uses_them() {
         .unwrap(),
     ];
     db::write(&store, ops).await.unwrap();
-    let state = ClusterState::load(&store);
+    let state = crate::state::load(&store);
     let a = assignments(&store, &state, "node-a");
     assert_eq!(a.tasks.len(), 1);
     assert_eq!(a.secrets.len(), 1);
@@ -85,7 +85,7 @@ async fn settled(
 ) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let state = ClusterState::load(store);
+        let state = crate::state::load(store);
         let wrong: Vec<&str> = sessions
             .iter()
             .filter(|(n, rx)| *rx.borrow() != assignments(store, &state, n))
@@ -247,7 +247,7 @@ async fn shared_sessions_send_what_a_full_recomputation_gives() {
                 t.task.service_id = Some(svc.id().to_string());
                 let host = 3 + rng.random_range(0..200);
                 for (net, _, _) in
-                    crate::allocator::service_networks(svc, &ClusterState::load(&store))
+                    crate::allocator::service_networks(svc, &crate::state::load(&store))
                 {
                     let subnet = if net == "ingress" { 0 } else { 1 };
                     t.networks_attachments

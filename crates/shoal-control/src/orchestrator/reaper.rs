@@ -4,7 +4,7 @@ use super::Plan;
 use crate::state::ClusterState;
 use shoal_api::models::TaskState;
 use shoal_api::objects::{is_terminal, state_rank, StoredTask};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 /// Tasks whose service is gone: ask them to be removed, delete them once stopped.
 pub fn orphans(tasks: &[(&StoredTask, u64)], plan: &mut Plan) {
@@ -48,7 +48,7 @@ pub fn history(state: &ClusterState, plan: &mut Plan) {
     if with_old.is_empty() {
         return;
     }
-    let mut groups: HashMap<SlotKey, Vec<(&StoredTask, u64)>> = HashMap::new();
+    let mut groups: BTreeMap<SlotKey, Vec<(&StoredTask, u64)>> = BTreeMap::new();
     for t in &state.tasks {
         let k = key(&t.obj);
         if with_old.contains(&k) {
@@ -72,7 +72,7 @@ pub fn history(state: &ClusterState, plan: &mut Plan) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Versioned;
+    use crate::state::Versioned;
     use shoal_api::models::{ServiceSpec, SwarmSpec, SwarmSpecOrchestration, TaskStatus};
     use shoal_api::objects::StoredService;
 
@@ -154,7 +154,7 @@ mod tests {
             TaskState::FAILED,
             "2025-01-01T00:00:00Z",
         ));
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         history(&state(Some(3), tasks), &mut plan);
         let mut gone: Vec<&str> = plan.deleted.iter().map(|(id, _)| id.as_str()).collect();
         gone.sort();
@@ -184,7 +184,7 @@ mod tests {
                 &format!("2025-01-01T00:00:0{i}Z"),
             ));
         }
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         history(&state(None, tasks), &mut plan);
         let mut gone: Vec<&str> = plan.deleted.iter().map(|(id, _)| id.as_str()).collect();
         gone.sort();
@@ -202,7 +202,7 @@ mod tests {
         assigned.obj.task.node_id = Some("n".into());
         let mut done = task("d", 3, TaskState::REMOVE, TaskState::SHUTDOWN, "x");
         done.obj.task.node_id = Some("n".into());
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         let refs = vec![(&running.obj, 1), (&assigned.obj, 1), (&done.obj, 1)];
         orphans(&refs, &mut plan);
         assert_eq!(plan.updated["a"].0.desired(), TaskState::REMOVE);

@@ -2,7 +2,7 @@
 
 use super::updater::{self, Judgement, SlotView};
 use super::{new_task_wanting, Plan};
-use crate::db::Versioned;
+use crate::state::Versioned;
 use shoal_api::models::TaskState;
 use shoal_api::objects::{StoredService, StoredTask};
 use std::collections::BTreeMap;
@@ -106,7 +106,7 @@ mod tests {
             TaskState::RUNNING,
             "2025-01-01T00:00:00Z",
         );
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&s, 3, &[(&t1, 1), (&t5, 1)], now(), &mut plan);
         let mut slots: Vec<u64> = plan.created.iter().map(|t| t.slot()).collect();
         slots.sort();
@@ -126,7 +126,7 @@ mod tests {
             TaskState::RUNNING,
             "2025-01-01T00:00:00Z",
         );
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&s, 1, &[(&t, 1)], now(), &mut plan);
         assert!(plan.created.is_empty(), "replaced before the delay");
         assert_eq!(
@@ -135,7 +135,7 @@ mod tests {
         );
 
         let s = svc(r#"{"Name":"web","TaskTemplate":{"RestartPolicy":{"Delay":1000000000}}}"#);
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&s, 1, &[(&t, 1)], now(), &mut plan);
         assert_eq!(plan.created.len(), 1);
         assert_eq!(plan.created[0].slot(), 1);
@@ -152,7 +152,7 @@ mod tests {
             TaskState::RUNNING,
             "2025-01-01T00:00:00Z",
         );
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&none, 1, &[(&t, 1)], now(), &mut plan);
         assert!(plan.created.is_empty());
 
@@ -166,7 +166,7 @@ mod tests {
             TaskState::RUNNING,
             "2025-01-01T00:00:00Z",
         );
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&on_failure, 1, &[(&done, 1)], now(), &mut plan);
         assert!(plan.created.is_empty(), "on-failure restarted a clean exit");
 
@@ -186,7 +186,7 @@ mod tests {
             TaskState::SHUTDOWN,
             "2025-01-01T00:00:02Z",
         );
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(
             &capped,
             1,
@@ -215,7 +215,7 @@ mod tests {
             })
             .collect();
         let refs: Vec<(&StoredTask, u64)> = ts.iter().map(|t| (t, 1)).collect();
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&s, 3, &refs, now(), &mut plan);
         assert_eq!(plan.created.len(), 2);
         assert!(plan.created.iter().all(|t| t.spec_version == 2));

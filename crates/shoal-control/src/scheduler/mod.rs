@@ -1,340 +1,18 @@
-//! Placement: which node runs a task. Pure: filters (availability, constraints, resources) then
-//! spread (fewest tasks of the same service, then fewest tasks overall).
+//! Placement: which node runs a task. Pure: filters ([`filter`]: availability, constraints,
+//! platform, per-node cap, resources) then spread ([`spread`]: fewest tasks of the same service,
+//! then fewest tasks overall). A task no node fits stays pending with an [`Explain`].
 
-use crate::state::{node_schedulable, ClusterState};
-use shoal_api::id;
-use shoal_api::models::{Node, NodeSpecRoleEnum, TaskState};
-use shoal_api::objects::{is_terminal, StoredService, StoredTask};
-use std::collections::{BTreeSet, HashMap};
+pub mod filter;
+pub mod spread;
 
-/// True if `node` satisfies every placement constraint of the service.
-pub fn constraints_met(svc: &StoredService, node: &Node) -> bool {
-    svc.spec()
-        .task_template
-        .as_ref()
-        .and_then(|t| t.placement.as_ref())
-        .and_then(|p| p.constraints.as_ref())
-        .is_none_or(|cs| cs.iter().all(|c| constraint_met(c, node)))
-}
+pub use filter::{constraint_met, constraints_met, Explain};
 
-/// Evaluates one `key==value` / `key!=value` constraint against a node.
-pub fn constraint_met(c: &str, node: &Node) -> bool {
-    let (key, want, equal) = if let Some((k, v)) = c.split_once("!=") {
-        (k.trim(), v.trim(), false)
-    } else if let Some((k, v)) = c.split_once("==") {
-        (k.trim(), v.trim(), true)
-    } else {
-        return false;
-    };
-    let spec = node.spec.as_ref();
-    let desc = node.description.as_ref();
-    let have: Option<&str> = match key {
-        "node.id" => node.id.as_deref(),
-        "node.hostname" => desc.and_then(|d| d.hostname.as_deref()),
-        "node.role" => spec.and_then(|s| s.role).map(|r| match r {
-            NodeSpecRoleEnum::MANAGER => "manager",
-            _ => "worker",
-        }),
-        "node.platform.os" => desc
-            .and_then(|d| d.platform.as_ref())
-            .and_then(|p| p.os.as_deref()),
-        "node.platform.arch" => desc
-            .and_then(|d| d.platform.as_ref())
-            .and_then(|p| p.architecture.as_deref()),
-        k if k.starts_with("node.labels.") => spec
-            .and_then(|s| s.labels.as_ref())
-            .and_then(|l| l.get(&k["node.labels.".len()..]))
-            .map(String::as_str),
-        k if k.starts_with("engine.labels.") => desc
-            .and_then(|d| d.engine.as_ref())
-            .and_then(|e| e.labels.as_ref())
-            .and_then(|l| l.get(&k["engine.labels.".len()..]))
-            .map(String::as_str),
-        _ => None,
-    };
-    let matches = have.is_some_and(|h| h.eq_ignore_ascii_case(want));
-    matches == equal
-}
-
-/// Where one service's tasks may go during a [`schedule`] call.
-struct Candidates {
-    /// Eligible nodes ordered by (tasks of this service, tasks overall, position in the node
-    /// list). The overall count of an entry may be stale (another service placed a task on the
-    /// node since): counts only grow, so a stale entry sorts too early and is fixed when it
-    /// reaches the front.
-    order: BTreeSet<(usize, usize, usize)>,
-    /// Tasks of this service per node position.
-    mine: Vec<usize>,
-    /// Nodes not available for new tasks, and nodes failing the constraints (for the message).
-    unavailable: usize,
-    constrained: usize,
-}
-
-impl Candidates {
-    fn new(svc: &StoredService, state: &ClusterState, mine: Vec<usize>, load: &[usize]) -> Self {
-        let mut c = Candidates {
-            order: BTreeSet::new(),
-            mine,
-            unavailable: 0,
-            constrained: 0,
-        };
-        for (pos, n) in state.nodes.iter().enumerate() {
-            if !node_schedulable(&n.obj) {
-                c.unavailable += 1;
-            } else if !constraints_met(svc, &n.obj) {
-                c.constrained += 1;
-            } else {
-                c.order.insert((c.mine[pos], load[pos], pos));
-            }
-        }
-        c
-    }
-
-    /// The eligible node with the fewest tasks of this service, then the fewest overall, then
-    /// the first in the node list: the node a scan over every node would pick.
-    fn best(&mut self, load: &[usize]) -> Option<usize> {
-        loop {
-            let first = *self.order.first()?;
-            let (_, seen, pos) = first;
-            if seen == load[pos] {
-                return Some(pos);
-            }
-            self.order.remove(&first);
-            self.order.insert((self.mine[pos], load[pos], pos));
-        }
-    }
-
-    /// Records a task of this service placed on `pos` (whose overall count is already raised).
-    fn placed(&mut self, pos: usize, old_load: usize, load: &[usize]) {
-        self.order.remove(&(self.mine[pos], old_load, pos));
-        self.mine[pos] += 1;
-        self.order.insert((self.mine[pos], load[pos], pos));
-    }
-}
-
-/// What a service asks of placement beyond constraints. Services asking none of it (most)
-/// take the indexed path; the others a scan of every node per task, which these features need.
-#[derive(Debug, Default)]
-struct Demands {
-    /// `--replicas-max-per-node`.
-    max_per_node: Option<usize>,
-    /// `--reserve-cpu` in nano CPUs and `--reserve-memory` in bytes.
-    cpu: i64,
-    memory: i64,
-    /// `--placement-pref spread=<label>`, outermost first: the label keys, as written.
-    spread: Vec<String>,
-    /// `Placement.Platforms` as (os, architecture), normalized.
-    platforms: Vec<(String, String)>,
-}
-
-impl Demands {
-    fn of(svc: &StoredService) -> Option<Demands> {
-        let t = svc.spec().task_template.as_ref()?;
-        let p = t.placement.as_ref();
-        let r = t.resources.as_ref().and_then(|r| r.reservations.as_ref());
-        let d = Demands {
-            max_per_node: p
-                .and_then(|p| p.max_replicas)
-                .filter(|m| *m > 0)
-                .map(|m| m as usize),
-            cpu: r.and_then(|r| r.nano_cpus).unwrap_or(0).max(0),
-            memory: r.and_then(|r| r.memory_bytes).unwrap_or(0).max(0),
-            spread: p
-                .and_then(|p| p.preferences.as_ref())
-                .into_iter()
-                .flatten()
-                .filter_map(|pref| pref.spread.as_ref()?.spread_descriptor.clone())
-                .collect(),
-            platforms: p
-                .and_then(|p| p.platforms.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|pl| {
-                    (
-                        pl.os.clone().unwrap_or_default().to_lowercase(),
-                        normalize_arch(pl.architecture.as_deref().unwrap_or("")),
-                    )
-                })
-                .collect(),
-        };
-        let any = d.max_per_node.is_some()
-            || d.cpu > 0
-            || d.memory > 0
-            || !d.spread.is_empty()
-            || !d.platforms.is_empty();
-        any.then_some(d)
-    }
-}
-
-/// Architecture names as Go spells them (`x86_64` is `amd64`), so a node's `uname -m` and an
-/// image's platform compare.
-fn normalize_arch(a: &str) -> String {
-    match a.to_lowercase().as_str() {
-        "x86_64" | "x86-64" => "amd64".into(),
-        "aarch64" | "arm64/v8" => "arm64".into(),
-        "armv7l" | "armhf" | "arm/v7" => "arm".into(),
-        "i386" | "i686" => "386".into(),
-        other => other.to_string(),
-    }
-}
-
-/// True if the node's platform is one the service's images support (any, if none listed).
-fn platform_ok(d: &Demands, node: &Node) -> bool {
-    if d.platforms.is_empty() {
-        return true;
-    }
-    let pl = node.description.as_ref().and_then(|d| d.platform.as_ref());
-    let os = pl
-        .and_then(|p| p.os.as_deref())
-        .unwrap_or("")
-        .to_lowercase();
-    let arch = normalize_arch(pl.and_then(|p| p.architecture.as_deref()).unwrap_or(""));
-    d.platforms
-        .iter()
-        .any(|(o, a)| (o.is_empty() || *o == os) && (a.is_empty() || *a == arch))
-}
-
-/// A node's value for a spread descriptor (`node.labels.zone`, `engine.labels.x`); nodes
-/// without the label form a group of their own, as in Swarm.
-fn spread_value<'a>(key: &str, node: &'a Node) -> &'a str {
-    let labels = if let Some(k) = key.strip_prefix("node.labels.") {
-        node.spec
-            .as_ref()
-            .and_then(|s| s.labels.as_ref())
-            .and_then(|l| l.get(k))
-    } else if let Some(k) = key.strip_prefix("engine.labels.") {
-        node.description
-            .as_ref()
-            .and_then(|d| d.engine.as_ref())
-            .and_then(|e| e.labels.as_ref())
-            .and_then(|l| l.get(k))
-    } else {
-        None
-    };
-    labels.map(String::as_str).unwrap_or("")
-}
-
-/// A task's reservations (nano CPUs, bytes).
-fn reserved(t: &StoredTask) -> (i64, i64) {
-    let r = t
-        .task
-        .spec
-        .as_ref()
-        .and_then(|s| s.resources.as_ref())
-        .and_then(|r| r.reservations.as_ref());
-    (
-        r.and_then(|r| r.nano_cpus).unwrap_or(0).max(0),
-        r.and_then(|r| r.memory_bytes).unwrap_or(0).max(0),
-    )
-}
-
-/// A node's capacity (nano CPUs, bytes); unknown counts as unlimited.
-fn capacity(n: &Node) -> (i64, i64) {
-    let r = n.description.as_ref().and_then(|d| d.resources.as_ref());
-    (
-        r.and_then(|r| r.nano_cpus)
-            .filter(|c| *c > 0)
-            .unwrap_or(i64::MAX),
-        r.and_then(|r| r.memory_bytes)
-            .filter(|m| *m > 0)
-            .unwrap_or(i64::MAX),
-    )
-}
-
-/// Why no node fits, counted per node by the first filter it fails, worded as Swarm words it.
-#[derive(Default)]
-struct Refusals {
-    unavailable: usize,
-    constrained: usize,
-    platform: usize,
-    max_replicas: usize,
-    resources: usize,
-}
-
-impl Refusals {
-    fn message(&self) -> String {
-        let mut why = Vec::new();
-        let on = |n: usize| format!("{n} node{}", plural(n));
-        if self.unavailable > 0 {
-            why.push(format!(
-                "{} not available for new tasks",
-                on(self.unavailable)
-            ));
-        }
-        if self.constrained > 0 {
-            why.push(format!(
-                "scheduling constraints not satisfied on {}",
-                on(self.constrained)
-            ));
-        }
-        if self.platform > 0 {
-            why.push(format!("unsupported platform on {}", on(self.platform)));
-        }
-        if self.max_replicas > 0 {
-            why.push(format!(
-                "max replicas per node limit exceed on {}",
-                on(self.max_replicas)
-            ));
-        }
-        if self.resources > 0 {
-            why.push(format!("insufficient resources on {}", on(self.resources)));
-        }
-        format!("no suitable node ({})", why.join("; "))
-    }
-}
-
-/// The slow path: the node for one task of a service with [`Demands`], or why there is none.
-/// `mine` and `load` count tasks per node position, `used` reservations per node position.
-fn place_demanding(
-    svc: &StoredService,
-    d: &Demands,
-    state: &ClusterState,
-    mine: &[usize],
-    load: &[usize],
-    used: &[(i64, i64)],
-) -> Result<usize, String> {
-    let mut refused = Refusals::default();
-    let mut fits: Vec<usize> = Vec::new();
-    for (pos, n) in state.nodes.iter().enumerate() {
-        let n = &n.obj;
-        let (cpu, mem) = capacity(n);
-        let (cpu_used, mem_used) = used.get(pos).copied().unwrap_or((0, 0));
-        if !node_schedulable(n) {
-            refused.unavailable += 1;
-        } else if !constraints_met(svc, n) {
-            refused.constrained += 1;
-        } else if !platform_ok(d, n) {
-            refused.platform += 1;
-        } else if d.max_per_node.is_some_and(|m| mine[pos] >= m) {
-            refused.max_replicas += 1;
-        } else if cpu_used.saturating_add(d.cpu) > cpu || mem_used.saturating_add(d.memory) > mem {
-            refused.resources += 1;
-        } else {
-            fits.push(pos);
-        }
-    }
-    // Spread preferences, outermost first: keep the group (by label value) holding the fewest
-    // of the service's tasks among the nodes that fit.
-    for key in &d.spread {
-        let mut groups: HashMap<&str, (usize, Vec<usize>)> = HashMap::new();
-        for &pos in &fits {
-            let g = groups
-                .entry(spread_value(key, &state.nodes[pos].obj))
-                .or_default();
-            g.0 += mine[pos];
-            g.1.push(pos);
-        }
-        if let Some((_, (_, members))) = groups
-            .into_iter()
-            .min_by(|a, b| (a.1 .0, a.0).cmp(&(b.1 .0, b.0)))
-        {
-            fits = members;
-        }
-    }
-    fits.into_iter()
-        .min_by_key(|&pos| (mine[pos], load[pos], pos))
-        .ok_or_else(|| refused.message())
-}
+use crate::state::ClusterState;
+use filter::{place_demanding, reserved, Demands};
+use shoal_api::models::TaskState;
+use shoal_api::objects::{is_terminal, StoredTask};
+use spread::Candidates;
+use std::collections::HashMap;
 
 /// Assigns nodes to the tasks that need one; returns how many were placed.
 ///
@@ -342,7 +20,7 @@ fn place_demanding(
 /// then the fewest overall, then the first in node order. Counts are taken once per call and
 /// kept up to date as tasks are placed, so a call costs O(tasks + placements x log nodes)
 /// rather than O(placements x nodes).
-pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
+pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask], now: &str) -> usize {
     let pos_of: HashMap<&str, usize> = state
         .nodes
         .iter()
@@ -398,7 +76,7 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
             continue;
         };
         if let Some(node) = t.node_id().map(str::to_string) {
-            assign(t, &node);
+            assign(t, &node, now);
             placed += 1;
             continue;
         }
@@ -413,10 +91,10 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
                         used[pos].1 = used[pos].1.saturating_add(d.memory);
                     }
                     let node = state.nodes[pos].obj.id.as_deref().unwrap_or_default();
-                    assign(t, node);
+                    assign(t, node, now);
                     placed += 1;
                 }
-                Err(err) => pending(t, err),
+                Err(why) => pending(t, why.message(), now),
             }
             continue;
         }
@@ -432,25 +110,16 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
                 load[pos] += 1;
                 c.placed(pos, old, &load);
                 let node = state.nodes[pos].obj.id.as_deref().unwrap_or_default();
-                assign(t, node);
+                assign(t, node, now);
                 placed += 1;
             }
             None => {
-                let (unavailable, constrained) = (c.unavailable, c.constrained);
-                let mut why = Vec::new();
-                if unavailable > 0 {
-                    why.push(format!(
-                        "{unavailable} node{} not available for new tasks",
-                        plural(unavailable)
-                    ));
-                }
-                if constrained > 0 {
-                    why.push(format!(
-                        "scheduling constraints not satisfied on {constrained} node{}",
-                        plural(constrained)
-                    ));
-                }
-                pending(t, format!("no suitable node ({})", why.join("; ")));
+                let why = Explain {
+                    unavailable: c.unavailable,
+                    constrained: c.constrained,
+                    ..Default::default()
+                };
+                pending(t, why.message(), now);
             }
         }
     }
@@ -458,13 +127,13 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
 }
 
 /// Leaves a task pending with the reason (rewritten only when the reason changes).
-fn pending(t: &mut StoredTask, err: String) {
+fn pending(t: &mut StoredTask, err: String, now: &str) {
     let status = t.task.status.get_or_insert_with(Default::default);
     if status.state != Some(TaskState::PENDING) || status.err.as_deref() != Some(&err) {
         status.state = Some(TaskState::PENDING);
         status.message = Some("pending task scheduling".into());
         status.err = Some(err);
-        status.timestamp = Some(id::now());
+        status.timestamp = Some(now.to_string());
     }
 }
 
@@ -476,18 +145,21 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn assign(t: &mut StoredTask, node: &str) {
+fn assign(t: &mut StoredTask, node: &str, now: &str) {
     t.task.node_id = Some(node.to_string());
     let status = t.task.status.get_or_insert_with(Default::default);
     status.state = Some(TaskState::ASSIGNED);
     status.message = Some("scheduler assigned task to node".into());
     status.err = None;
-    status.timestamp = Some(id::now());
+    status.timestamp = Some(now.to_string());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::node_schedulable;
+    use shoal_api::models::Node;
+    use shoal_api::objects::StoredService;
 
     fn node(json: &str) -> Node {
         serde_json::from_str(json).unwrap()
@@ -537,7 +209,7 @@ mod tests {
                 continue;
             };
             if let Some(node) = t.node_id().map(str::to_string) {
-                assign(t, &node);
+                assign(t, &node, crate::testkit::T0);
                 placed += 1;
                 continue;
             }
@@ -564,7 +236,7 @@ mod tests {
                 *svc_load
                     .entry((node.clone(), svc.obj.id().to_string()))
                     .or_default() += 1;
-                assign(t, &node);
+                assign(t, &node, crate::testkit::T0);
                 placed += 1;
             }
         }
@@ -573,10 +245,10 @@ mod tests {
 
     #[test]
     fn indexed_spread_decides_as_a_scan_of_every_node() {
-        use crate::db::Versioned;
+        use crate::state::Versioned;
         use rand::Rng;
-        let mut rng = rand::rng();
         for round in 0..200 {
+            let (mut rng, seed) = crate::testkit::rng(0x5c4ed, round);
             let mut state = ClusterState::default();
             let nodes = rng.random_range(1..12);
             for i in 0..nodes {
@@ -621,7 +293,7 @@ mod tests {
                 );
             }
             let services = state.services.len();
-            let mk = |rng: &mut rand::rngs::ThreadRng, id: String, node: Option<String>| {
+            let mk = |rng: &mut rand::rngs::StdRng, id: String, node: Option<String>| {
                 let mut t = StoredTask::default();
                 t.task.id = Some(id);
                 t.task.service_id = Some(format!("s{}", rng.random_range(0..services + 1)));
@@ -655,12 +327,12 @@ mod tests {
             let (mut a, mut b) = (new.clone(), new);
             let mut ra: Vec<&mut StoredTask> = a.iter_mut().collect();
             let mut rb: Vec<&mut StoredTask> = b.iter_mut().collect();
-            let placed = schedule(&state, &mut ra);
-            assert_eq!(placed, reference(&state, &mut rb), "round {round}");
+            let placed = schedule(&state, &mut ra, crate::testkit::T0);
+            assert_eq!(placed, reference(&state, &mut rb), "seed {seed}");
             for (x, y) in a.iter().zip(&b) {
-                assert_eq!(x.node_id(), y.node_id(), "round {round}, task {}", x.id());
+                assert_eq!(x.node_id(), y.node_id(), "seed {seed}, task {}", x.id());
                 if x.node_id().is_none() && state.services.contains_key(x.service_id()) {
-                    assert_eq!(x.state(), TaskState::PENDING, "round {round}");
+                    assert_eq!(x.state(), TaskState::PENDING, "seed {seed}");
                 }
             }
         }
@@ -668,7 +340,7 @@ mod tests {
 
     #[test]
     fn pending_reason_counts_unavailable_and_constrained_nodes() {
-        use crate::db::Versioned;
+        use crate::state::Versioned;
         let mut state = ClusterState::default();
         for (id, st) in [("a", "down"), ("b", "ready"), ("c", "ready")] {
             state.nodes.push(Versioned {
@@ -695,7 +367,7 @@ mod tests {
         );
         let mut t = StoredTask::default();
         t.task.service_id = Some("s".into());
-        assert_eq!(schedule(&state, &mut [&mut t]), 0);
+        assert_eq!(schedule(&state, &mut [&mut t], crate::testkit::T0), 0);
         assert_eq!(t.state(), TaskState::PENDING);
         assert_eq!(
             t.task.status.as_ref().and_then(|s| s.err.as_deref()),
@@ -705,7 +377,7 @@ mod tests {
 
     /// Nodes (id, zone label, cpus, GiB, arch) and one service from its spec JSON.
     fn cluster(nodes: &[(&str, &str, i64, i64, &str)], spec: &str) -> ClusterState {
-        use crate::db::Versioned;
+        use crate::state::Versioned;
         let mut state = ClusterState::default();
         for (id, zone, cpus, gib, arch) in nodes {
             state.nodes.push(Versioned {
@@ -740,7 +412,7 @@ mod tests {
             .map(|i| crate::orchestrator::new_task(&svc, i as u64 + 1, None, vec![]))
             .collect();
         let mut refs: Vec<&mut StoredTask> = tasks.iter_mut().collect();
-        schedule(state, &mut refs);
+        schedule(state, &mut refs, crate::testkit::T0);
         let nodes = tasks
             .iter()
             .filter_map(|t| t.node_id().map(str::to_string))
@@ -752,7 +424,7 @@ mod tests {
         for t in tasks {
             state
                 .tasks
-                .push(crate::db::Versioned { obj: t, version: 1 });
+                .push(crate::state::Versioned { obj: t, version: 1 });
         }
         (nodes, why)
     }

@@ -1,16 +1,24 @@
-//! The worker: turns the node's assignments into containers. One runner per task moves it through
-//! Swarm's states (preparing, starting, running, then complete, failed or shutdown) and reports
-//! each step; on start it adopts the containers it finds instead of starting duplicates.
+//! The worker: turns the node's assignments into containers. One runner per task (`runner`)
+//! moves it through Swarm's states (preparing, starting, running, then complete, failed or
+//! shutdown) as the pure task step (`step`) decides, and reports each one; on start it adopts
+//! the containers it finds instead of starting duplicates, and it removes those of tasks the
+//! node no longer has.
 
-use crate::executor::{Executor, Found, Health, Prepared};
+mod runner;
+pub mod step;
+
+use crate::executor::{Executor, Found};
 use crate::files::Files;
+use crate::network::NetworkError;
 use futures::future::BoxFuture;
+use runner::{prepare, run_task, LastReported, Reporter};
 use shoal_api::dispatch::{NetworkInfo, NodeAssignments, TaskStatusReport};
-use shoal_api::models::{ContainerStatus, TaskState, TaskStatus};
-use shoal_api::objects::{is_terminal, runs, state_rank, StoredTask};
+use shoal_api::models::TaskState;
+use shoal_api::objects::{is_terminal, state_rank, StoredTask};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use step::{step, Observation, Observed, TaskAction};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,11 +26,11 @@ use tokio_util::sync::CancellationToken;
 /// Node networking as the worker needs it; implemented by the network agent.
 pub trait NetworkBackend: Send + Sync + 'static {
     /// Makes a network usable here; returns the engine network name to attach containers to.
-    fn ensure(&self, net: &NetworkInfo) -> BoxFuture<'_, Result<String, String>>;
+    fn ensure(&self, net: &NetworkInfo) -> BoxFuture<'_, Result<String, NetworkError>>;
     /// Applies DNS records, VIPs and published ports.
-    fn route(&self, a: &NodeAssignments) -> BoxFuture<'_, Result<(), String>>;
+    fn route(&self, a: &NodeAssignments) -> BoxFuture<'_, Result<(), NetworkError>>;
     /// Removes a network no task here uses any more.
-    fn remove(&self, network_id: &str) -> BoxFuture<'_, Result<(), String>>;
+    fn remove(&self, network_id: &str) -> BoxFuture<'_, Result<(), NetworkError>>;
     /// Removes everything it made.
     fn cleanup(&self) -> BoxFuture<'_, ()>;
 }
@@ -217,6 +225,15 @@ async fn sweep<E: Executor>(cfg: &WorkerConfig<E>, ids: &HashSet<String>) {
     match cfg.executor.list().await {
         Ok(found) => {
             for f in found.into_iter().filter(|f| !ids.contains(&f.task_id)) {
+                let unassigned = Observation {
+                    desired: None,
+                    reported: TaskState::SHUTDOWN,
+                    container: observed(&f),
+                    failure: None,
+                };
+                if step(&unassigned).action != TaskAction::Remove {
+                    continue;
+                }
                 tracing::info!(task = %f.task_id, container = %f.id, "removing container of a task this node no longer has");
                 if let Err(e) = cfg.executor.remove(&f.id).await {
                     tracing::warn!(container = %f.id, error = %e, "removing container");
@@ -225,6 +242,17 @@ async fn sweep<E: Executor>(cfg: &WorkerConfig<E>, ids: &HashSet<String>) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "listing containers for cleanup"),
+    }
+}
+
+/// A listed container as the step sees it; health and exit code do not matter for removal.
+fn observed(f: &Found) -> Observed {
+    if f.running {
+        Observed::Running { health: None }
+    } else if f.started {
+        Observed::Exited { code: None }
+    } else {
+        Observed::Created
     }
 }
 
@@ -288,367 +316,176 @@ pub async fn remove_all<E: Executor>(executor: &E, files: &Files) {
     files.cleanup();
 }
 
-fn prepare<E: Executor>(
-    cfg: &WorkerConfig<E>,
-    t: &StoredTask,
-    a: &NodeAssignments,
-    nets: &HashMap<String, String>,
-) -> Result<Prepared, String> {
-    let mut p = Prepared::default();
-    if cfg.network.is_some() {
-        for att in &t.networks_attachments {
-            let name = nets.get(&att.network.id).ok_or_else(|| {
-                format!(
-                    "network {} is not available on this node",
-                    att.network.spec.name
-                )
-            })?;
-            let ip = att
-                .addresses
-                .first()
-                .and_then(|c| c.split('/').next())
-                .unwrap_or_default()
-                .to_string();
-            p.networks.push((name.clone(), ip));
-        }
-        if let Some(first) = t.networks_attachments.first() {
-            if let Some(n) = a.networks.iter().find(|n| n.id == first.network.id) {
-                p.dns.push(n.gateway.to_string());
-            }
-        }
-    }
-    p.files = cfg
-        .files
-        .prepare(t, &a.secrets, &a.configs)
-        .map_err(|e| e.to_string())?;
-    Ok(p)
-}
-
-/// The last status each runner reported, kept so a report the manager never stored is sent again.
-type LastReported = Arc<std::sync::Mutex<HashMap<String, TaskStatus>>>;
-
-struct Reporter {
-    task_id: String,
-    tx: mpsc::Sender<Vec<TaskStatusReport>>,
-    last: LastReported,
-}
-
-impl Reporter {
-    async fn send(
-        &self,
-        state: TaskState,
-        message: &str,
-        err: Option<String>,
-        container: Option<ContainerStatus>,
-    ) {
-        let status = TaskStatus {
-            timestamp: Some(shoal_api::id::now()),
-            state: Some(state),
-            message: Some(message.to_string()),
-            err,
-            container_status: container,
-            port_status: None,
-        };
-        if let Ok(mut m) = self.last.lock() {
-            m.insert(self.task_id.clone(), status.clone());
-        }
-        if self
-            .tx
-            .send(vec![TaskStatusReport {
-                task_id: self.task_id.clone(),
-                status,
-            }])
-            .await
-            .is_err()
-        {
-            tracing::debug!(task = %self.task_id, "dispatcher gone; status not reported");
-        }
-    }
-}
-
-fn cstatus(id: &str, pid: Option<i64>, exit: Option<i64>) -> Option<ContainerStatus> {
-    Some(ContainerStatus {
-        container_id: Some(id.to_string()),
-        pid,
-        exit_code: exit,
-    })
-}
-
-/// One task's life on this node.
-async fn run_task<E: Executor>(
-    cfg: Arc<WorkerConfig<E>>,
-    task: StoredTask,
-    found: Option<Found>,
-    prep: Result<Prepared, String>,
-    mut desired: watch::Receiver<TaskState>,
-    r: Reporter,
-) {
-    let ex = &cfg.executor;
-    let cs = task
-        .task
-        .spec
-        .as_ref()
-        .and_then(|s| s.container_spec.clone())
-        .unwrap_or_default();
-    let grace = cs
-        .stop_grace_period
-        .map(|g| g / 1_000_000_000)
-        .unwrap_or(10);
-    let signal = cs.stop_signal.clone().filter(|s| !s.is_empty());
-    // The container's health as the start or adoption learnt it (one inspect per task).
-    let health: Option<Health>;
-    let (cid, pid) = match found {
-        Some(f) if f.running => {
-            tracing::info!(task = %task.id(), container = %f.id, "adopted running container");
-            health = ex.health(&f.id).await.ok().flatten();
-            if task.state() != TaskState::RUNNING
-                && !matches!(health, Some(h) if h != Health::Healthy)
-            {
-                r.send(
-                    TaskState::RUNNING,
-                    "started",
-                    None,
-                    cstatus(&f.id, f.pid, None),
-                )
-                .await;
-            }
-            (f.id, f.pid)
-        }
-        Some(f) if f.started => {
-            // It stopped while the agent was away: report how it ended.
-            let code = ex.wait(&f.id).await.unwrap_or(-1);
-            finish(&r, &f.id, code).await;
-            return;
-        }
-        other => {
-            if other.is_none() && state_rank(task.state()) >= state_rank(TaskState::STARTING) {
-                r.send(
-                    TaskState::FAILED,
-                    "container lost",
-                    Some("task container was removed while the agent was not running".into()),
-                    None,
-                )
-                .await;
-                return;
-            }
-            if !runs(*desired.borrow()) && *desired.borrow() != TaskState::READY {
-                r.send(TaskState::SHUTDOWN, "shutdown", None, None).await;
-                return;
-            }
-            r.send(TaskState::PREPARING, "preparing", None, None).await;
-            let prep = match prep {
-                Ok(p) => p,
-                Err(e) => {
-                    r.send(TaskState::REJECTED, "preparing", Some(e), None)
-                        .await;
-                    return;
-                }
-            };
-            let id = match other {
-                Some(f) => f.id,
-                None => {
-                    let image = cs.image.clone().unwrap_or_default();
-                    if let Err(e) = ex.ensure_image(&image).await {
-                        r.send(TaskState::REJECTED, "preparing", Some(e.to_string()), None)
-                            .await;
-                        return;
-                    }
-                    match ex.create(&task, &prep).await {
-                        Ok(id) => id,
-                        Err(e) => {
-                            r.send(TaskState::REJECTED, "preparing", Some(e.to_string()), None)
-                                .await;
-                            return;
-                        }
-                    }
-                }
-            };
-            // A stop-first update prepares the replacement while the old task stops, and
-            // starts it once the manager says so.
-            if *desired.borrow() == TaskState::READY {
-                r.send(TaskState::READY, "ready", None, cstatus(&id, None, None))
-                    .await;
-                while *desired.borrow() == TaskState::READY {
-                    if desired.changed().await.is_err() {
-                        return;
-                    }
-                }
-            }
-            if !runs(*desired.borrow()) {
-                r.send(
-                    TaskState::SHUTDOWN,
-                    "shutdown",
-                    None,
-                    cstatus(&id, None, None),
-                )
-                .await;
-                return;
-            }
-            r.send(
-                TaskState::STARTING,
-                "starting",
-                None,
-                cstatus(&id, None, None),
-            )
-            .await;
-            match ex.start(&id).await {
-                Ok(pid) => {
-                    // A container with a health check stays `starting` until it is healthy,
-                    // as in Swarm: it is not counted as up nor load-balanced before.
-                    health = ex.health(&id).await.ok().flatten();
-                    if !matches!(health, Some(h) if h != Health::Healthy) {
-                        r.send(TaskState::RUNNING, "started", None, cstatus(&id, pid, None))
-                            .await;
-                    }
-                    (id, pid)
-                }
-                Err(e) => {
-                    r.send(
-                        TaskState::FAILED,
-                        "starting",
-                        Some(format!("starting container failed: {e}")),
-                        cstatus(&id, None, None),
-                    )
-                    .await;
-                    return;
-                }
-            }
-        }
-    };
-    // Health: polled only for containers that have a check; quickly until the first verdict.
-    let mut no_check = health.is_none();
-    let mut up =
-        !matches!(health, Some(h) if h != Health::Healthy) || task.state() == TaskState::RUNNING;
-    loop {
-        let poll = Duration::from_millis(if up { 1000 } else { 250 });
-        tokio::select! {
-            _ = tokio::time::sleep(poll), if !no_check => {
-                match ex.health(&cid).await {
-                    Ok(Some(Health::Healthy)) if !up => {
-                        up = true;
-                        r.send(TaskState::RUNNING, "started", None, cstatus(&cid, pid, None)).await;
-                    }
-                    Ok(Some(Health::Unhealthy)) => {
-                        // Reported first, so routing drops the task at the verdict, not after
-                        // the stop grace period.
-                        tracing::info!(task = %task.id(), container = %cid, "unhealthy container; stopping it");
-                        r.send(
-                            TaskState::FAILED,
-                            "unhealthy",
-                            Some("task: unhealthy container".into()),
-                            cstatus(&cid, None, None),
-                        )
-                        .await;
-                        if let Err(e) = ex.stop(&cid, grace, signal.clone()).await {
-                            tracing::warn!(task = %task.id(), error = %e, "stopping container");
-                        }
-                        return;
-                    }
-                    Ok(None) => no_check = true,
-                    _ => {}
-                }
-            }
-            code = ex.wait(&cid) => {
-                match code {
-                    Ok(code) => finish(&r, &cid, code).await,
-                    Err(e) => r.send(TaskState::FAILED, "failed", Some(e.to_string()), cstatus(&cid, None, None)).await,
-                }
-                return;
-            }
-            ch = desired.changed() => {
-                if ch.is_err() {
-                    return;
-                }
-                if !runs(*desired.borrow()) {
-                    if let Err(e) = ex.stop(&cid, grace, signal.clone()).await {
-                        tracing::warn!(task = %task.id(), error = %e, "stopping container");
-                    }
-                    let code = ex.wait(&cid).await.ok();
-                    r.send(TaskState::SHUTDOWN, "shutdown", None, cstatus(&cid, None, code)).await;
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn finish(r: &Reporter, cid: &str, code: i64) {
-    if code == 0 {
-        r.send(
-            TaskState::COMPLETE,
-            "finished",
-            None,
-            cstatus(cid, None, Some(0)),
-        )
-        .await;
-    } else {
-        r.send(
-            TaskState::FAILED,
-            "failed",
-            Some(format!("task: non-zero exit ({code})")),
-            cstatus(cid, None, Some(code)),
-        )
-        .await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::ExecError;
+    use crate::executor::{ExecError, Prepared};
+    use shoal_api::models::TaskStatus;
 
-    /// Records what the worker asks of it; one pre-existing container for task "t1".
-    #[derive(Default)]
+    /// Records what the worker asks of it, over containers kept in a list: `existing` at
+    /// first, plus those it prepares. A container's `wait` returns 143 once it is shut down.
     struct Recording {
+        containers: std::sync::Mutex<Vec<Found>>,
+        calls: std::sync::Mutex<Vec<String>>,
         removed: std::sync::Mutex<Vec<String>>,
+        stopped: watch::Sender<HashSet<String>>,
+    }
+
+    impl Recording {
+        fn with(existing: Vec<Found>) -> Self {
+            Recording {
+                containers: std::sync::Mutex::new(existing),
+                calls: Default::default(),
+                removed: Default::default(),
+                stopped: watch::channel(HashSet::new()).0,
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        fn record(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    impl Default for Recording {
+        /// One running container, "c1", of task "t1".
+        fn default() -> Self {
+            Recording::with(vec![Found {
+                id: "c1".into(),
+                task_id: "t1".into(),
+                running: true,
+                started: true,
+                pid: None,
+            }])
+        }
     }
 
     impl Executor for Recording {
         async fn list(&self) -> Result<Vec<Found>, ExecError> {
-            let gone = self.removed.lock().unwrap().contains(&"c1".to_string());
-            Ok(if gone {
-                vec![]
-            } else {
-                vec![Found {
-                    id: "c1".into(),
-                    task_id: "t1".into(),
-                    running: true,
-                    exit_code: None,
-                    started: true,
-                    pid: None,
-                }]
-            })
+            let removed = self.removed.lock().unwrap().clone();
+            let all = self.containers.lock().unwrap().clone();
+            Ok(all
+                .into_iter()
+                .filter(|c| !removed.contains(&c.id))
+                .collect())
         }
-        async fn ensure_image(&self, _: &str) -> Result<(), ExecError> {
-            Ok(())
+        async fn prepare(&self, t: &StoredTask, _: &Prepared) -> Result<String, ExecError> {
+            self.record(format!("prepare {}", t.id()));
+            let id = format!("new-{}", t.id());
+            self.containers.lock().unwrap().push(Found {
+                id: id.clone(),
+                task_id: t.id().into(),
+                running: false,
+                started: false,
+                pid: None,
+            });
+            Ok(id)
         }
-        async fn create(&self, _: &StoredTask, _: &Prepared) -> Result<String, ExecError> {
-            Ok("new".into())
+        async fn start(&self, id: &str) -> Result<Option<i64>, ExecError> {
+            self.record(format!("start {id}"));
+            Ok(Some(42))
         }
-        async fn start(&self, _: &str) -> Result<Option<i64>, ExecError> {
-            Ok(None)
+        async fn wait(&self, id: &str) -> Result<i64, ExecError> {
+            let mut rx = self.stopped.subscribe();
+            let _ = rx.wait_for(|s| s.contains(id)).await;
+            Ok(143)
         }
-        async fn wait(&self, _: &str) -> Result<i64, ExecError> {
-            futures::future::pending().await
-        }
-        async fn stop(&self, _: &str, _: i64, _: Option<String>) -> Result<(), ExecError> {
+        async fn shutdown(&self, id: &str) -> Result<(), ExecError> {
+            self.record(format!("shutdown {id}"));
+            self.stopped.send_modify(|s| {
+                s.insert(id.to_string());
+            });
             Ok(())
         }
         async fn remove(&self, id: &str) -> Result<(), ExecError> {
+            self.record(format!("remove {id}"));
             self.removed.lock().unwrap().push(id.into());
             Ok(())
         }
     }
 
-    fn running_task(id: &str) -> StoredTask {
+    /// The next status the worker reports, within a few seconds.
+    async fn next_report(rx: &mut mpsc::Receiver<Vec<TaskStatusReport>>) -> TaskStatus {
+        let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a report within 5 s")
+            .expect("reports channel open");
+        assert_eq!(batch.len(), 1, "one report per step: {batch:?}");
+        batch.into_iter().next().unwrap().status
+    }
+
+    fn task(id: &str, desired: TaskState, state: TaskState) -> StoredTask {
         let mut t = StoredTask::default();
         t.task.id = Some(id.into());
-        t.task.desired_state = Some(TaskState::RUNNING);
+        t.task.desired_state = Some(desired);
         t.task.status = Some(TaskStatus {
-            state: Some(TaskState::RUNNING),
+            state: Some(state),
             ..Default::default()
         });
         t
+    }
+
+    #[tokio::test]
+    async fn runs_a_new_task_through_prepare_start_shutdown_and_removal() {
+        let dir = std::env::temp_dir().join(format!("shoal-worker-run-{}", std::process::id()));
+        let exec = Arc::new(Recording::with(vec![]));
+        let cfg = WorkerConfig {
+            node_id: "n1".into(),
+            executor: exec.clone(),
+            files: Files::new(dir.clone()).unwrap(),
+            network: None,
+        };
+        let (atx, arx) = watch::channel(NodeAssignments::default());
+        let (rtx, mut rrx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(run(cfg, arx, rtx, stop.clone()));
+        let assigned = |desired, stored| NodeAssignments {
+            tasks: vec![task("t2", desired, stored)],
+            ..Default::default()
+        };
+
+        atx.send_replace(assigned(TaskState::RUNNING, TaskState::ASSIGNED));
+        let states: Vec<(TaskState, Option<String>, Option<i64>)> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let s = next_report(&mut rrx).await;
+                let c = s.container_status.unwrap_or_default();
+                v.push((s.state.unwrap(), c.container_id, c.pid));
+            }
+            v
+        };
+        assert_eq!(
+            states,
+            vec![
+                (TaskState::PREPARING, None, None),
+                (TaskState::STARTING, Some("new-t2".into()), None),
+                (TaskState::RUNNING, Some("new-t2".into()), Some(42)),
+            ]
+        );
+        assert_eq!(exec.calls(), vec!["prepare t2", "start new-t2"]);
+
+        // Desired shutdown (the manager has stored `running`): the container is stopped, then
+        // the task reported shut down with the exit code.
+        atx.send_replace(assigned(TaskState::SHUTDOWN, TaskState::RUNNING));
+        let s = next_report(&mut rrx).await;
+        assert_eq!(s.state, Some(TaskState::SHUTDOWN));
+        assert_eq!(s.container_status.unwrap().exit_code, Some(143));
+        assert_eq!(exec.calls().last().unwrap(), "shutdown new-t2");
+
+        // The task leaves the node: its container is removed.
+        atx.send_replace(NodeAssignments::default());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(exec.calls().last().unwrap(), "remove new-t2");
+        stop.cancel();
+        let _ = worker.await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn running_task(id: &str) -> StoredTask {
+        task(id, TaskState::RUNNING, TaskState::RUNNING)
     }
 
     #[tokio::test]

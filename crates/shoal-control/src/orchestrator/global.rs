@@ -2,8 +2,8 @@
 
 use super::updater::{self, Judgement, SlotView};
 use super::{new_task_wanting, Plan};
-use crate::db::Versioned;
 use crate::scheduler::constraints_met;
+use crate::state::Versioned;
 use crate::state::{node_schedulable, ClusterState};
 use shoal_api::models::TaskState;
 use shoal_api::objects::{StoredService, StoredTask};

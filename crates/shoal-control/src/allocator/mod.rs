@@ -1,5 +1,12 @@
-//! Addresses: the subnet of each swarm network, service VIPs and task addresses. Pure functions
-//! over what the store already holds, so a restart recomputes the same picture.
+//! Addresses: the subnet and VXLAN ID of each swarm network, service VIPs and published ports
+//! ([`endpoint`]), and task addresses ([`tasks`]). Pure functions over what the store already
+//! holds, so a restart recomputes the same picture: nothing about allocation is kept elsewhere.
+
+pub mod endpoint;
+pub mod tasks;
+
+pub use endpoint::endpoint;
+pub use tasks::allocate;
 
 use crate::state::ClusterState;
 use shoal_api::dispatch::ipnet_str::Ipv4Cidr;
@@ -220,7 +227,7 @@ pub fn free_subnet(state: &ClusterState) -> Option<Ipv4Cidr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Versioned;
+    use crate::state::Versioned;
 
     fn net(id: &str, subnet: &str) -> Versioned<Network> {
         let n: Network = serde_json::from_str(&format!(

@@ -8,9 +8,9 @@
 //! is never run again in the same iteration.
 
 use super::restart::{self, Verdict};
-use super::{new_task_wanting, Plan};
-use crate::db::Versioned;
+use super::{new_task_wanting, Note, Plan};
 use crate::scheduler::constraints_met;
+use crate::state::Versioned;
 use crate::state::{node_schedulable, ClusterState};
 use shoal_api::models::{ServiceJobStatus, TaskState};
 use shoal_api::objects::{is_terminal, version, StoredService, StoredTask};
@@ -110,7 +110,7 @@ fn slot(
     match restart::decide(svc, stopped, &history, now) {
         Verdict::Now => {
             plan.set_desired(stopped, *v, TaskState::SHUTDOWN);
-            plan.created.push(make());
+            plan.create(make());
             Slot::Active
         }
         Verdict::At(at) => {
@@ -182,7 +182,7 @@ pub fn replicated(
         .saturating_sub(busy)
         .min(total.saturating_sub(progress.done + busy));
     for n in free.into_iter().take(wanted as usize) {
-        plan.created.push(job_task(s, n, None));
+        plan.create(job_task(s, n, None));
         progress.active += 1;
     }
     progress
@@ -217,7 +217,7 @@ pub fn global(
         let ts = per_node.remove(node).unwrap_or_default();
         let make = || job_task(s, 0, Some(node));
         if !progress.count(slot(s, &ts, make, now, plan)) {
-            plan.created.push(make());
+            plan.create(make());
             progress.active += 1;
         }
     }
@@ -232,10 +232,10 @@ pub fn global(
 
 /// The status a new job service starts with: iteration 0, run now (a periodic job waits for
 /// its first tick instead).
-pub fn initial_status(periodic: bool) -> ServiceJobStatus {
+pub fn initial_status(periodic: bool, now: &str) -> ServiceJobStatus {
     ServiceJobStatus {
         job_iteration: version(0),
-        last_execution: (!periodic).then(shoal_api::id::now),
+        last_execution: (!periodic).then(|| now.to_string()),
     }
 }
 
@@ -280,11 +280,17 @@ pub fn periodic(
     let mut next = s.clone();
     let stamp = shoal_api::id::format_time(now);
     if progress.finished() {
-        tracing::info!(service = %s.name(), iteration = s.job_iteration() + 1, "periodic job due; starting it");
+        plan.notes.push(Note::PeriodicJobDue {
+            service: s.name().to_string(),
+            iteration: s.job_iteration() + 1,
+        });
         next_iteration(&mut next, &stamp);
     } else {
         next.cron_skipped += 1;
-        tracing::warn!(service = %s.name(), skipped = next.cron_skipped, "periodic job due while its last run is still going; skipping this run");
+        plan.notes.push(Note::PeriodicJobSkipped {
+            service: s.name().to_string(),
+            skipped: next.cron_skipped,
+        });
     }
     next.cron_next = schedule.next_after(now).map(shoal_api::id::format_time);
     plan.services
@@ -301,7 +307,7 @@ mod tests {
         let mut s = StoredService::default();
         s.service.id = Some("job".into());
         s.service.spec = Some(spec);
-        s.service.job_status = Some(initial_status(s.cron().is_some()));
+        s.service.job_status = Some(initial_status(s.cron().is_some(), crate::testkit::T0));
         s.spec_version = 1;
         Versioned { obj: s, version: 1 }
     }
@@ -332,7 +338,7 @@ mod tests {
     #[test]
     fn replicated_job_runs_at_most_max_concurrent_until_total_complete() {
         let s = svc(JOB);
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         let p = replicated(&s, 5, 2, &[], now(), &mut plan);
         let slots: Vec<u64> = plan.created.iter().map(|t| t.slot()).collect();
         assert_eq!(slots, vec![0, 1]);
@@ -350,7 +356,7 @@ mod tests {
             task(&s.obj, "d", 3, TaskState::RUNNING),
         ];
         let refs: Vec<_> = ts.iter().map(|t| (t, 1)).collect();
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         let p = replicated(&s, 5, 2, &refs, now(), &mut plan);
         assert_eq!(
             plan.created.iter().map(|t| t.slot()).collect::<Vec<_>>(),
@@ -363,7 +369,7 @@ mod tests {
             .map(|i| task(&s.obj, &format!("t{i}"), i, TaskState::COMPLETE))
             .collect();
         let refs: Vec<_> = ts.iter().map(|t| (t, 1)).collect();
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         let p = replicated(&s, 5, 2, &refs, now(), &mut plan);
         assert!(plan.created.is_empty() && plan.updated.is_empty());
         assert!(p.finished());
@@ -374,7 +380,7 @@ mod tests {
     fn failed_tasks_retry_in_their_slot_by_the_policy_and_any_never_reruns_a_completion() {
         let s = svc(JOB);
         let failed = task(&s.obj, "f", 0, TaskState::FAILED);
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         replicated(&s, 5, 1, &[(&failed, 1)], now(), &mut plan);
         assert_eq!(plan.created.len(), 1);
         assert_eq!(plan.created[0].slot(), 0, "retried in another slot");
@@ -388,7 +394,7 @@ mod tests {
         let mut old = task(&capped.obj, "o", 0, TaskState::FAILED);
         old.task.desired_state = Some(TaskState::SHUTDOWN);
         let last = task(&capped.obj, "l", 0, TaskState::FAILED);
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         let p = replicated(&capped, 3, 1, &[(&old, 1), (&last, 1)], now(), &mut plan);
         assert!(plan.created.is_empty());
         assert_eq!((p.failed, p.active), (1, 0));
@@ -400,7 +406,7 @@ mod tests {
             "TaskTemplate":{"RestartPolicy":{"Condition":"any","Delay":0}}}"#,
         );
         let done = task(&any.obj, "d", 0, TaskState::COMPLETE);
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         replicated(&any, 1, 1, &[(&done, 1)], now(), &mut plan);
         assert!(plan.created.is_empty());
     }
@@ -411,7 +417,7 @@ mod tests {
         let old_done = task(&s.obj, "a", 0, TaskState::COMPLETE);
         let old_running = task(&s.obj, "b", 1, TaskState::RUNNING);
         next_iteration(&mut s.obj, "2026-01-01T00:00:05Z");
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         replicated(
             &s,
             5,
@@ -434,7 +440,7 @@ mod tests {
         let s = svc(r#"{"Name":"j","Labels":{"shoal.cron":"*/5 * * * *"},
             "Mode":{"ReplicatedJob":{"TotalCompletions":1}}}"#);
         // Created: nothing runs, the first tick is planned.
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         let p = replicated(&s, 1, 1, &[], now(), &mut plan);
         assert!(plan.created.is_empty(), "a periodic job ran at create");
         periodic(&s, &p, now(), &mut plan);
@@ -452,14 +458,14 @@ mod tests {
             obj: planned.clone(),
             version: 2,
         };
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         periodic(&s, &Progress::default(), now(), &mut plan);
         assert!(plan.services.is_empty());
         assert_eq!(plan.wake_at, Some(at("2026-01-01T00:05:00Z")));
 
         // Due and the last run finished: iteration 1 starts, next tick planned.
         let tick = at("2026-01-01T00:05:00.2Z");
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         periodic(&s, &Progress::default(), tick, &mut plan);
         let started = &plan.services["job"].0;
         assert_eq!(started.job_iteration(), 1);
@@ -475,7 +481,7 @@ mod tests {
             obj: started.clone(),
             version: 3,
         };
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         replicated(&s, 1, 1, &[], tick, &mut plan);
         assert_eq!(plan.created.len(), 1);
         let running = {
@@ -486,7 +492,7 @@ mod tests {
 
         // The next tick while that run still goes: skipped, counted, iteration unchanged.
         let tick = at("2026-01-01T00:10:00Z");
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         let p = replicated(&s, 1, 1, &[(&running, 1)], tick, &mut plan);
         assert!(!p.finished());
         periodic(&s, &p, tick, &mut plan);
@@ -509,7 +515,7 @@ mod tests {
             Versioned { obj: n, version: 1 }
         };
         let state = ClusterState {
-            services: HashMap::new(),
+            services: Default::default(),
             tasks: Vec::new(),
             nodes: vec![
                 node("n1", "active"),
@@ -522,7 +528,7 @@ mod tests {
         let done = task(&s.obj, "d", 0, TaskState::COMPLETE);
         let mut on_drained = task(&s.obj, "r", 0, TaskState::RUNNING);
         on_drained.task.node_id = Some("n3".into());
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(&crate::testkit::inputs());
         let p = global(
             &s,
             &state,

@@ -1,0 +1,16 @@
+//! The HTTP API tested in-process: every swarm endpoint's happy path (status and the key fields,
+//! by moby's Go field names) and its refusals (status, Docker's `{"message": ...}` naming the
+//! field and the problem, and nothing changed), through the real router and a real store.
+//! The fast tier: no daemon, no engine, no sleeps beyond waiting on a condition.
+//! Run: `cargo test -p shoal-manager --test api` (64 tests, about 4 s on 2 cores).
+
+mod bodies;
+mod harness;
+mod networks;
+mod nodes;
+mod objects;
+mod services;
+mod shoal_ext;
+mod swarm;
+mod system;
+mod tasks;

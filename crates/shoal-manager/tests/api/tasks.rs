@@ -1,0 +1,98 @@
+//! `/tasks` and `/tasks/{id}`: the tasks the control loop made, as `docker service ps` reads them.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+
+async fn two_services(n: &Node) -> (String, String) {
+    let web = n.service(spec("web")).await;
+    let mut db = spec("db");
+    db["Labels"] = json!({"tier": "back"});
+    db["Mode"]["Replicated"]["Replicas"] = json!(2);
+    let db = n.service(db).await;
+    n.wait_for("/tasks", |t| t.as_array().unwrap().len() == 3)
+        .await;
+    (web, db)
+}
+
+fn count(v: &Value) -> usize {
+    v.as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn list_filters_as_service_ps_uses_them() {
+    let n = Node::manager().await;
+    let (web, db) = two_services(&n).await;
+    let node = n.read("/info").await["Swarm"]["NodeID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cases = [
+        (json!({"service": ["web"]}), 1),
+        (json!({"service": [&web]}), 1),
+        (json!({"service": [&db[..6]]}), 2),
+        (json!({"service": ["nosuch"]}), 0),
+        (json!({"service": [&web], "_up-to-date": ["true"]}), 1),
+        (json!({"desired-state": ["running"]}), 3),
+        (json!({"desired-state": ["shutdown"]}), 0),
+        (json!({"node": [&node]}), 3),
+        (json!({"node": [HOSTNAME]}), 3),
+        (json!({"node": ["self"]}), 3),
+        (json!({"label": ["tier=back"]}), 2),
+        (json!({"name": ["db."]}), 2),
+        (json!({"name": ["web.1"]}), 1),
+    ];
+    for (f, want) in cases {
+        let uri = format!("/tasks?filters={}", enc(&f.to_string()));
+        assert_eq!(count(&n.read(&uri).await), want, "{f}");
+    }
+    for (raw, parts) in [
+        ("{", &["filters"][..]),
+        ("5", &["filters", "object"][..]),
+        ("{\"colour\":[\"red\"]}", &["invalid filter 'colour'"][..]),
+    ] {
+        n.get(&format!("/tasks?filters={}", enc(raw)))
+            .await
+            .refused(400, parts);
+    }
+}
+
+#[tokio::test]
+async fn inspect_shows_a_task_by_id_and_prefix() {
+    let n = Node::manager().await;
+    let (web, _) = two_services(&n).await;
+    let uri = format!(
+        "/tasks?filters={}",
+        enc(&json!({"service": [&web]}).to_string())
+    );
+    let t = n.read(&uri).await[0].clone();
+    let id = t["ID"].as_str().unwrap();
+    let one = n.read(&format!("/tasks/{id}")).await;
+    assert_eq!(one["ID"], id);
+    assert_eq!(one["ServiceID"], web.as_str());
+    assert_eq!(one["Slot"], 1);
+    assert!(one["Version"]["Index"].as_u64().unwrap() > 0);
+    assert!(one["Status"]["State"].is_string());
+    assert!(one["Status"]["Timestamp"].is_string());
+    assert!(
+        one.as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("Shoal")),
+        "{one}"
+    );
+    assert_eq!(n.read(&format!("/tasks/{}", &id[..8])).await["ID"], id);
+
+    n.get("/tasks/nosuch")
+        .await
+        .refused(404, &["task nosuch not found"]);
+    n.get("/tasks/nosuch/logs?stdout=1")
+        .await
+        .refused(404, &["task nosuch not found"]);
+    n.get(&format!("/tasks/{id}/logs"))
+        .await
+        .refused(400, &["you must choose at least one stream"]);
+    n.get(&format!("/tasks/{id}/logs?stdout=1&tail=x"))
+        .await
+        .refused(400, &["tail value must be a positive integer"]);
+    n.get(&format!("/tasks/{id}/logs?stdout=1")).await.ok(200);
+}
