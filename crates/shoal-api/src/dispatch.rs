@@ -21,10 +21,10 @@ pub struct NodeAssignments {
     pub services: Vec<ServiceRoute>,
     /// Ports published on this node.
     pub published: Vec<PublishedPort>,
-    /// The node's role as the swarm sees it ("manager" or "worker"), so a promoted or demoted
-    /// node starts or stops its manager.
+    /// The node's role as the swarm sees it (none while the node is unknown), so a promoted or
+    /// demoted node starts or stops its manager.
     #[serde(default)]
-    pub role: String,
+    pub role: Option<crate::Role>,
     /// The node's raft id when it is a manager.
     #[serde(default)]
     pub raft_id: u64,
@@ -266,30 +266,35 @@ pub mod ipnet_str {
         }
     }
 
+    /// Why a string is not an IPv4 network in CIDR form.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum CidrError {
+        /// Not `a.b.c.d/n` with n at most 32.
+        #[error("invalid CIDR address: {0}")]
+        Malformed(String),
+        /// An address inside the network rather than the network itself.
+        #[error("invalid subnet {0}: it has host bits set")]
+        HostBits(String),
+    }
+
     impl std::str::FromStr for Ipv4Cidr {
-        type Err = String;
-        fn from_str(s: &str) -> Result<Self, String> {
-            let (a, p) = s
-                .split_once('/')
-                .ok_or_else(|| format!("invalid CIDR address: {s}"))?;
-            let addr: Ipv4Addr = a
-                .parse()
-                .map_err(|_| format!("invalid CIDR address: {s}"))?;
-            let prefix: u8 = p
-                .parse()
-                .map_err(|_| format!("invalid CIDR address: {s}"))?;
-            let net =
-                Ipv4Cidr::new(addr, prefix).ok_or_else(|| format!("invalid CIDR address: {s}"))?;
+        type Err = CidrError;
+        fn from_str(s: &str) -> Result<Self, CidrError> {
+            let malformed = || CidrError::Malformed(s.to_string());
+            let (a, p) = s.split_once('/').ok_or_else(malformed)?;
+            let addr: Ipv4Addr = a.parse().map_err(|_| malformed())?;
+            let prefix: u8 = p.parse().map_err(|_| malformed())?;
+            let net = Ipv4Cidr::new(addr, prefix).ok_or_else(malformed)?;
             if net.addr != addr {
-                return Err(format!("invalid subnet {s}: it has host bits set"));
+                return Err(CidrError::HostBits(s.to_string()));
             }
             Ok(net)
         }
     }
 
     impl TryFrom<String> for Ipv4Cidr {
-        type Error = String;
-        fn try_from(s: String) -> Result<Self, String> {
+        type Error = CidrError;
+        fn try_from(s: String) -> Result<Self, CidrError> {
             s.parse()
         }
     }
@@ -311,7 +316,14 @@ pub mod ipnet_str {
             assert!(!n.contains("10.0.2.1".parse().unwrap()));
             assert_eq!(n.nth(1), Some("10.0.1.1".parse().unwrap()));
             assert_eq!(n.nth(256), None);
-            assert!("10.0.1.5/24".parse::<Ipv4Cidr>().is_err());
+            assert_eq!(
+                "10.0.1.5/24".parse::<Ipv4Cidr>(),
+                Err(CidrError::HostBits("10.0.1.5/24".into()))
+            );
+            assert_eq!(
+                "10.0.1.0/33".parse::<Ipv4Cidr>(),
+                Err(CidrError::Malformed("10.0.1.0/33".into()))
+            );
             assert!("10.0.0.0/8".parse::<Ipv4Cidr>().unwrap().overlaps(&n));
             assert!(!"10.0.2.0/24".parse::<Ipv4Cidr>().unwrap().overlaps(&n));
         }

@@ -7,12 +7,14 @@ pub mod error;
 pub mod id;
 pub mod labels;
 pub mod objects;
+pub mod role;
 pub mod template;
 pub mod validate;
 
 /// Docker's models, re-exported so every crate names them the same way.
 pub use bollard_stubs::models;
 pub use error::ApiError;
+pub use role::Role;
 
 /// Store kinds: one per object type, the keys under which `shoal-store` files objects.
 pub mod kind {

@@ -3,8 +3,8 @@
 //! A real store (openraft on redb, fsync) in a temporary directory, the cluster object and N ready
 //! nodes shaped as `swarm init` writes its own, then services created one write at a time as
 //! `docker service create` would. The manager side is the production code: `control::run_shared`
-//! and one `dispatcher::Dispatcher` serving every node's session, both on one `SharedState`
-//! view of the store, and `dispatcher::collect_reports`, one per node as `cluster::Manager` wires
+//! and one `dispatcher::assignments::AssignmentFeed` serving every node's session, both on one `SharedState`
+//! view of the store, and `dispatcher::reports::collect_reports`, one per node as `cluster::Manager` wires
 //! the local node's session (`--collectors shared`: one for all nodes, on one channel). The node
 //! side is the agent's real `worker::run` per node, over a simulated `Executor` (containers are
 //! entries in a map; nothing touches Docker).
@@ -29,8 +29,9 @@ use shoal_api::models::{
 };
 use shoal_api::objects::StoredService;
 use shoal_api::{id, kind};
+use shoal_manager::dispatcher::{assignments::AssignmentFeed, reports};
 use shoal_manager::state::SharedState;
-use shoal_manager::{control, db, dispatcher};
+use shoal_manager::{control, db};
 use shoal_store::{Expect, Store, StoreOptions};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -448,13 +449,9 @@ async fn run(args: Args) -> Result<(), String> {
     // One view of the store for the control loop and the dispatcher: each change decoded once.
     let view = SharedState::new(store.clone());
     tokio::spawn(control::run_shared(view.reader(), alloc, stop.clone()));
-    let sessions = dispatcher::Dispatcher::spawn_shared(view.reader(), stop.clone());
+    let sessions = AssignmentFeed::spawn_shared(view.reader(), stop.clone());
     let (shared_reports, rrx) = mpsc::channel(1024);
-    tokio::spawn(dispatcher::collect_reports(
-        store.clone(),
-        rrx,
-        stop.clone(),
-    ));
+    tokio::spawn(reports::collect_reports(store.clone(), rrx, stop.clone()));
     for n in &nodes {
         let node_id = n.id.clone().unwrap_or_default();
         let (atx, arx) = watch::channel(NodeAssignments::default());
@@ -463,11 +460,7 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let rtx = if args.per_node_collectors {
             let (rtx, rrx) = mpsc::channel(1024);
-            tokio::spawn(dispatcher::collect_reports(
-                store.clone(),
-                rrx,
-                stop.clone(),
-            ));
+            tokio::spawn(reports::collect_reports(store.clone(), rrx, stop.clone()));
             rtx
         } else {
             shared_reports.clone()

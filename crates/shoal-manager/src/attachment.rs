@@ -11,28 +11,58 @@ use shoal_api::objects::{AttachedNetwork, AttachedNetworkSpec, NetworkAttachment
 use shoal_api::{id, ApiError};
 use shoal_store::{Expect, Store};
 
+/// Why a node's container gets no address on a network. The messages are what the user sees
+/// (the leader sends them back over the node's session).
+#[derive(Debug, thiserror::Error)]
+pub enum AttachmentError {
+    /// The task ID the node picked belongs to another task.
+    #[error("task ID {task_id} is already in use")]
+    TaskIdInUse {
+        /// The contested ID.
+        task_id: String,
+    },
+    /// No swarm network has that name or ID.
+    #[error("could not attach to network {network}: network not found")]
+    NetworkNotFound {
+        /// The name or ID asked for.
+        network: String,
+    },
+    /// The network is ingress, or was created without `--attachable`.
+    #[error(
+        "could not attach to network {name}: network {name} not manually attachable \
+         (create it with --attachable)"
+    )]
+    NotAttachable {
+        /// The network's name.
+        name: String,
+    },
+    /// Storing the attachment task failed.
+    #[error("{0}")]
+    Store(#[from] ApiError),
+}
+
 /// Stores the attachment task `task_id` on `network` for `node_id`; a repeat of the same
-/// request is accepted. The error is the message the user sees.
+/// request is accepted.
 pub async fn create(
     store: &Store,
     node_id: &str,
     task_id: &str,
     network: &str,
     aliases: Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), AttachmentError> {
     if let Some(t) = db::get::<StoredTask>(store, task_id) {
         return if t.obj.is_attachment() && t.obj.node_id() == Some(node_id) {
             Ok(())
         } else {
-            Err(format!("task ID {task_id} is already in use"))
+            Err(AttachmentError::TaskIdInUse {
+                task_id: task_id.to_string(),
+            })
         };
     }
     let task = task(store, node_id, task_id, network, aliases)?;
-    let op = db::put(&task, Expect::Absent).map_err(|e| e.message)?;
-    db::write(store, vec![op])
-        .await
-        .map(|_| ())
-        .map_err(|e: ApiError| e.message)
+    let op = db::put(&task, Expect::Absent)?;
+    db::write(store, vec![op]).await?;
+    Ok(())
 }
 
 /// The attachment task, or why `network` cannot be attached to.
@@ -42,16 +72,15 @@ fn task(
     task_id: &str,
     network: &str,
     aliases: Vec<String>,
-) -> Result<StoredTask, String> {
+) -> Result<StoredTask, AttachmentError> {
     let n = db::lookup::<Network>(store, network)
-        .ok_or_else(|| format!("could not attach to network {network}: network not found"))?
+        .ok_or_else(|| AttachmentError::NetworkNotFound {
+            network: network.to_string(),
+        })?
         .obj;
     let name = n.name.clone().unwrap_or_default();
     if n.ingress == Some(true) || n.attachable != Some(true) {
-        return Err(format!(
-            "could not attach to network {name}: network {name} not manually attachable \
-             (create it with --attachable)"
-        ));
+        return Err(AttachmentError::NotAttachable { name });
     }
     let now = id::now();
     let mut t = StoredTask::default();

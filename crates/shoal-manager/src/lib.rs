@@ -8,9 +8,10 @@ pub mod control;
 pub mod db;
 pub mod dispatcher;
 pub mod membership;
+pub mod node;
 pub mod proxy;
+pub mod routes;
 pub mod rpc;
-pub mod session;
 pub mod state;
 
 // The decisions moved to `shoal-control`; these paths stay for the manager's own modules.

@@ -3,7 +3,7 @@
 //! may do what with the cluster's state in hand, and logs every refusal with its reason.
 
 use crate::db::{self, Member, Removed, RootCa};
-use crate::session::Dispatcher;
+use crate::dispatcher::Dispatcher;
 use futures::future::BoxFuture;
 use shoal_api::id;
 use shoal_api::models::{
@@ -119,7 +119,7 @@ impl Handlers for ManagerRpc {
                     node_id: me.node_id,
                     cert_pem,
                     ca_pem: ca.cert_pem().to_string(),
-                    role: role_name(role).to_string(),
+                    role: role.to_string(),
                     raft_id,
                 });
             }
@@ -228,7 +228,7 @@ impl Handlers for ManagerRpc {
                 node_id,
                 cert_pem,
                 ca_pem: ca.cert_pem().to_string(),
-                role: role_name(role).to_string(),
+                role: role.to_string(),
                 raft_id,
             })
         })
@@ -283,13 +283,5 @@ fn api_status(e: shoal_api::ApiError) -> Status {
         409 => Status::already_exists(e.message),
         503 => Status::unavailable(e.message),
         _ => Status::internal(e.message),
-    }
-}
-
-/// The role as node.json and the join answer name it.
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Manager => "manager",
-        Role::Worker => "worker",
     }
 }

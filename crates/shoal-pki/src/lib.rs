@@ -16,7 +16,7 @@ mod tls;
 #[cfg(test)]
 mod tls_tests;
 
-pub use node::{identity_of_der, NodeCert, NodeIdentity, NodeKey, Role};
+pub use node::{identity_of_der, role_of_ou, role_ou, NodeCert, NodeIdentity, NodeKey, Role};
 /// Re-exported so callers build connectors and acceptors against the exact rustls we configure.
 pub use rustls;
 pub use tls::{
@@ -252,7 +252,7 @@ impl ClusterCa {
                 what: "loading the CA as issuer",
                 source,
             })?;
-        let role = id.role.as_str();
+        let role = role_ou(id.role);
         let mut params = rcgen::CertificateParams::new(vec![role.to_string(), id.node_id.clone()])
             .map_err(|source| PkiError::Crypto {
                 what: "node certificate parameters",

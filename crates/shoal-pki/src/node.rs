@@ -8,38 +8,24 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// What a node may do in the cluster; written into its certificate's OU and a DNS SAN so peers
-/// can tell managers from workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Runs tasks; may only talk to managers as a client.
-    Worker,
-    /// Holds the raft store and serves other nodes.
-    Manager,
-}
+/// What a node may do in the cluster (shoal-api's one role type); written into its
+/// certificate's OU and a DNS SAN so peers can tell managers from workers.
+pub use shoal_api::Role;
 
-impl Role {
-    /// The OU and DNS SAN Swarm uses for this role, so our certificates read like Swarm's.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Worker => "swarm-worker",
-            Role::Manager => "swarm-manager",
-        }
-    }
-
-    /// The role a certificate's OU names, if it is one of ours.
-    pub fn from_ou(ou: &str) -> Option<Role> {
-        match ou {
-            "swarm-worker" => Some(Role::Worker),
-            "swarm-manager" => Some(Role::Manager),
-            _ => None,
-        }
+/// The OU and DNS SAN Swarm uses for this role, so our certificates read like Swarm's.
+pub fn role_ou(role: Role) -> &'static str {
+    match role {
+        Role::Worker => "swarm-worker",
+        Role::Manager => "swarm-manager",
     }
 }
 
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// The role a certificate's OU names, if it is one of ours.
+pub fn role_of_ou(ou: &str) -> Option<Role> {
+    match ou {
+        "swarm-worker" => Some(Role::Worker),
+        "swarm-manager" => Some(Role::Manager),
+        _ => None,
     }
 }
 
@@ -64,7 +50,7 @@ impl NodeIdentity {
                 self.node_id
             )));
         }
-        if Role::from_ou(&self.node_id.to_ascii_lowercase()).is_some() {
+        if role_of_ou(&self.node_id.to_ascii_lowercase()).is_some() {
             return Err(PkiError::InvalidIdentity(format!(
                 "node id {:?} is a role name",
                 self.node_id
@@ -123,7 +109,7 @@ fn identity_of(
     let node_id = one(Box::new(subject.iter_common_name()), "CN")?;
     let ou = one(Box::new(subject.iter_organizational_unit()), "OU")?;
     let cluster_id = one(Box::new(subject.iter_organization()), "O")?;
-    let role = Role::from_ou(&ou)
+    let role = role_of_ou(&ou)
         .ok_or_else(|| PkiError::InvalidIdentity(format!("unknown role OU {ou:?}")))?;
     Ok(NodeIdentity {
         node_id,

@@ -37,7 +37,7 @@ fn expired_node(ca: &ClusterCa, node_id: &str, role: Role) -> NodeCert {
 
 /// What each side saw: the server the client's identity (None: no client certificate), the
 /// client the negotiated ALPN.
-struct Outcome {
+struct HandshakeOutcome {
     server: io::Result<Option<NodeIdentity>>,
     client: io::Result<Option<Vec<u8>>>,
 }
@@ -45,7 +45,7 @@ struct Outcome {
 async fn handshake(
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
-) -> Outcome {
+) -> HandshakeOutcome {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let acceptor = TlsAcceptor::from(server);
@@ -79,7 +79,7 @@ async fn handshake(
     }
     .await;
     let server = server.await.unwrap();
-    Outcome { server, client }
+    HandshakeOutcome { server, client }
 }
 
 /// The certificate problem a side reported, failing the test if it failed otherwise.

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod leader;
 mod server;
 
 /// The generated protocol types and tonic stubs.
@@ -17,6 +18,7 @@ pub mod pb {
 }
 
 pub use client::{connect, Pool};
+pub use leader::{leader_hint, not_leader, LeaderHint};
 pub use server::{bind, serve, Handlers, PeerInfo, ServerTls, SessionStream};
 
 /// Largest message accepted: whole raft snapshots travel in one message.

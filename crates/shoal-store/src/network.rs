@@ -91,14 +91,25 @@ pub(crate) struct SnapshotMessage {
     pub(crate) data: Vec<u8>,
 }
 
+/// A store message between managers that would not encode or decode.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CodecError {
+    /// Encoding for the wire failed.
+    #[error("encode: {0}")]
+    Encode(#[source] postcard::Error),
+    /// What arrived is not a message of the expected type (or another version's).
+    #[error("decode: {0}")]
+    Decode(#[source] postcard::Error),
+}
+
 /// Encodes a store message (postcard: compact, and the raft log already uses it).
-pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(v).map_err(|e| format!("encode: {e}"))
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
+    postcard::to_allocvec(v).map_err(CodecError::Encode)
 }
 
 /// Decodes a store message.
-pub(crate) fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
-    postcard::from_bytes(b).map_err(|e| format!("decode: {e}"))
+pub(crate) fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, CodecError> {
+    postcard::from_bytes(b).map_err(CodecError::Decode)
 }
 
 /// Creates a connection to a peer manager for openraft.
@@ -136,8 +147,10 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
 /// What can go wrong with one exchange, before it is shaped into openraft's error types.
 enum CallError {
+    /// The peer could not be reached (or no transport is configured).
     Unreachable(String),
-    Protocol(String),
+    /// The peer's answer (or our request) is not a valid message.
+    Protocol(CodecError),
 }
 
 impl PeerConnection {

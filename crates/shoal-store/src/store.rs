@@ -355,7 +355,7 @@ impl Store {
         addr: &str,
         ops: &[Op],
     ) -> Result<u64, StoreError> {
-        let payload = network::encode(&ops).map_err(StoreError::Invalid)?;
+        let payload = network::encode(&ops).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let answer = transport
             .call(addr, RpcKind::Propose, payload)
             .await
@@ -388,7 +388,8 @@ impl Store {
     /// Serves a message another manager's transport sent: raft traffic and forwarded writes.
     /// The answer is encoded for [`RaftTransport::call`]'s caller.
     pub async fn handle_rpc(&self, kind: RpcKind, payload: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let bad = |e: String| StoreError::Invalid(format!("{} message: {e}", kind.as_str()));
+        let bad =
+            |e: network::CodecError| StoreError::Invalid(format!("{} message: {e}", kind.as_str()));
         let raft = &self.inner.raft;
         let out = match kind {
             RpcKind::AppendEntries => {
@@ -414,7 +415,7 @@ impl Store {
                 network::encode(&r)
             }
         };
-        out.map_err(StoreError::Raft)
+        out.map_err(|e| StoreError::Raft(e.to_string()))
     }
 
     /// The address a member was added with.

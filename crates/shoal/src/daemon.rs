@@ -10,9 +10,8 @@ use shoal_agent::files::Files;
 use shoal_agent::network::{NetworkAgent, NetworkConfig};
 use shoal_agent::worker::{self, NetworkBackend, WorkerConfig};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
-use shoal_manager::api::swarm;
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::cluster::{certs_dir, AgentHost, Identity};
+use shoal_manager::node::{self, certs_dir, AgentError, AgentHost, Identity};
 use shoal_manager::proxy::EngineProxy;
 use shoal_pki::NodeCert;
 use std::os::unix::fs::PermissionsExt;
@@ -98,11 +97,11 @@ impl AgentHost for LocalAgent {
         node_id: String,
         assignments: watch::Receiver<NodeAssignments>,
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<(), AgentError>> {
         Box::pin(async move {
             self.start_worker(node_id, assignments, reports)
                 .await
-                .map_err(|e| format!("{e:#}"))
+                .map_err(|e| format!("{e:#}").into())
         })
     }
 
@@ -173,7 +172,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             )
         })?;
         let bootstrap = identity.raft_id == 1;
-        swarm::start_node(&daemon, identity, &cert, None, bootstrap)
+        node::start_node(&daemon, identity, &cert, None, bootstrap)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
     }

@@ -7,7 +7,7 @@
 
 use super::system::engine_json;
 use super::{proxy, AppState, Result};
-use crate::cluster::NodeSession;
+use crate::node::NodeSession;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -192,12 +192,16 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
         let (att, net) = match attached {
             Ok(x) => x,
             // Not a swarm network either: the engine answers as it always does.
-            Err(e) if e.contains("network not found") && tasks.is_empty() && swarm.len() == 1 => {
+            Err(e)
+                if e.to_string().contains("network not found")
+                    && tasks.is_empty()
+                    && swarm.len() == 1 =>
+            {
                 return Ok(proxy(State(d), pass(parts, bytes)).await);
             }
             Err(e) => {
                 release_all(&session, &tasks, "container create failed").await;
-                return Err(refusal(e).into());
+                return Err(refusal(e.to_string()).into());
             }
         };
         tasks.push(task_id);

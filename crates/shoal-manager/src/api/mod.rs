@@ -10,9 +10,10 @@ mod nodes;
 mod objects;
 mod services;
 pub mod swarm;
-mod system;
+pub(crate) mod system;
 
-use crate::cluster::{AgentHost, Identity, Manager, NodeSession};
+use crate::cluster::Manager;
+use crate::node::{AgentHost, Identity, NodeSession};
 use crate::proxy::EngineProxy;
 use axum::body::Body;
 use axum::extract::{Request, State};

@@ -226,7 +226,9 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
     let subnet: Ipv4Cidr = match cfg.subnet.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => s
             .parse()
-            .map_err(|e: String| ApiError::invalid_arg(format!("IPAM.Config[0].Subnet: {e}")))?,
+            .map_err(|e: shoal_api::dispatch::ipnet_str::CidrError| {
+                ApiError::invalid_arg(format!("IPAM.Config[0].Subnet: {e}"))
+            })?,
         None => free_subnet(&state)
             .ok_or_else(|| ApiError::invalid_arg("no free subnet left in 10.0.0.0/8"))?,
     };

@@ -1,6 +1,6 @@
 //! One shoal node in-process: the API's router over a real store in a temp dir, driven with
 //! `tower::ServiceExt::oneshot`. No daemon process and no Docker Engine: the agent is a
-//! stand-in behind `cluster::AgentHost` (the real one is tested end to end), and the engine
+//! stand-in behind `node::AgentHost` (the real one is tested end to end), and the engine
 //! is a unix socket that answers only what the swarm endpoints read (`/_ping`, `/version`,
 //! `/info`) and 404 for the rest.
 
@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::cluster::AgentHost;
+use shoal_manager::node::{AgentError, AgentHost};
 use shoal_manager::proxy::EngineProxy;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,7 +42,7 @@ impl AgentHost for StandInAgent {
         _node_id: String,
         _assignments: watch::Receiver<NodeAssignments>,
         _reports: mpsc::Sender<Vec<TaskStatusReport>>,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<(), AgentError>> {
         self.starts.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Ok(()) })
     }

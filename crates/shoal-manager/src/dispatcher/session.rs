@@ -1,0 +1,263 @@
+//! Sessions: every node, managers included, holds one with the raft leader. The leader streams
+//! the node's assignments and takes its task reports, heartbeats, description and attachment
+//! requests; what it hears feeds [`super::liveness`].
+
+use super::assignments::AssignmentFeed;
+use super::liveness::{self, Liveness};
+use super::reports;
+use crate::db;
+use futures::StreamExt;
+use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments, TaskStatusReport};
+use shoal_api::models::{Node, NodeDescription, Swarm};
+use shoal_rpc::{pb, SessionStream};
+use shoal_store::{Expect, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+/// Swarm's default `Dispatcher.HeartbeatPeriod`.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// A node whose session ended is marked down after this long without a new one; a node that
+/// is still connected but silent is marked down after three heartbeat periods.
+pub const DISCONNECT_GRACE: Duration = Duration::from_millis(1500);
+
+/// The heartbeat period the swarm's spec asks for.
+pub fn heartbeat_period(store: &Store) -> Duration {
+    db::list::<Swarm>(store)
+        .into_iter()
+        .next()
+        .and_then(|c| c.obj.spec?.dispatcher?.heartbeat_period)
+        .filter(|ns| *ns > 0)
+        .map(|ns| Duration::from_nanos(ns as u64))
+        .unwrap_or(DEFAULT_HEARTBEAT)
+}
+
+/// The leader's side of every session.
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Store,
+    assignments: AssignmentFeed,
+    reports: mpsc::Sender<Vec<TaskStatusReport>>,
+    liveness: Arc<Liveness>,
+    stop: CancellationToken,
+}
+
+impl Dispatcher {
+    /// Starts the report writer and the liveness checker; both act only while this manager leads.
+    pub fn start(store: Store, stop: CancellationToken) -> Dispatcher {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(reports::collect_reports(store.clone(), rx, stop.clone()));
+        let d = Dispatcher {
+            // One view of the state computes every node's assignments, patched per change.
+            assignments: AssignmentFeed::spawn(store.clone(), stop.clone()),
+            store,
+            reports: tx,
+            liveness: Arc::new(Liveness::default()),
+            stop,
+        };
+        tokio::spawn(liveness::watch_nodes(
+            d.store.clone(),
+            d.liveness.clone(),
+            d.stop.clone(),
+        ));
+        d
+    }
+
+    /// Serves one node's session. Refused on a manager that is not the leader, with the leader's
+    /// address in the message so the node can go there.
+    pub async fn open(
+        &self,
+        node_id: String,
+        inbound: Streaming<pb::AgentMessage>,
+    ) -> Result<SessionStream, Status> {
+        if !self.store.confirm_leader(Duration::from_secs(1)).await {
+            // Point elsewhere only: a leader that cannot confirm itself is no help.
+            let leader = self
+                .store
+                .leader()
+                .filter(|(id, _)| *id != self.store.raft_id())
+                .map(|(_, addr)| shoal_rpc::LeaderHint { addr });
+            return Err(shoal_rpc::not_leader(leader.as_ref()));
+        }
+        let Some(node) = db::get::<Node>(&self.store, &node_id) else {
+            tracing::warn!(node = %node_id, reason = "unknown node", "refused a session");
+            return Err(Status::permission_denied(format!(
+                "node {node_id} is not a member of this swarm"
+            )));
+        };
+        let heartbeat = heartbeat_period(&self.store);
+        let session = self.stop.child_token();
+        let (tx, rx) = mpsc::channel::<Result<pb::ManagerMessage, Status>>(16);
+        send(
+            &tx,
+            &ManagerMessage::Welcome {
+                heartbeat_ms: heartbeat.as_millis() as u64,
+            },
+        )
+        .await;
+        self.liveness.connected(&node_id);
+        tracing::info!(node = %node_id, "session opened");
+
+        // Assignments, computed from this leader's store, until the session or leadership ends.
+        let (atx, mut arx) = watch::channel(NodeAssignments::default());
+        if self.assignments.serve(node_id.clone(), atx).is_err() {
+            return Err(Status::unavailable("the dispatcher is shutting down"));
+        }
+        let store = self.store.clone();
+        let out = tx.clone();
+        let s = session.clone();
+        tokio::spawn(async move {
+            let mut managers = Vec::new();
+            let mut period = heartbeat;
+            let mut leadership = store.raft().metrics();
+            loop {
+                // `swarm update --dispatcher-heartbeat` reaches open sessions too.
+                let p = heartbeat_period(&store);
+                if p != period {
+                    period = p;
+                    let welcome = ManagerMessage::Welcome {
+                        heartbeat_ms: p.as_millis() as u64,
+                    };
+                    if !send(&out, &welcome).await {
+                        break;
+                    }
+                }
+                let now = manager_addrs(&store);
+                if now != managers {
+                    managers = now;
+                    if !send(&out, &ManagerMessage::Managers(managers.clone())).await {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    r = arx.changed() => {
+                        if r.is_err() { break; }
+                        let a = arx.borrow_and_update().clone();
+                        if !send(&out, &ManagerMessage::Assignments(Box::new(a))).await { break; }
+                    }
+                    r = leadership.changed() => {
+                        if r.is_err() || !store.is_leader() {
+                            tracing::info!("no longer the leader: ending sessions");
+                            break;
+                        }
+                    }
+                    _ = tokio::time::sleep(period.min(Duration::from_secs(5))) => {
+                        if !store.confirm_leader(Duration::from_secs(2)).await {
+                            tracing::info!("leadership not confirmed by a quorum: ending sessions");
+                            break;
+                        }
+                    }
+                }
+            }
+            s.cancel();
+        });
+
+        // The node's messages: reports, heartbeats, its description, attachment requests.
+        let d = self.clone();
+        let s = session.clone();
+        let replies = tx.clone();
+        tokio::spawn(async move {
+            let mut inbound = inbound;
+            loop {
+                let msg = tokio::select! {
+                    _ = s.cancelled() => break,
+                    m = inbound.message() => m,
+                };
+                let m = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(node = %node_id, error = %e, "session stream failed");
+                        break;
+                    }
+                };
+                d.liveness.touch(&node_id);
+                match serde_json::from_slice::<AgentMessage>(&m.json) {
+                    Ok(AgentMessage::Heartbeat) => {}
+                    Ok(AgentMessage::Reports(r)) => {
+                        if d.reports.send(r).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(AgentMessage::Hello { description }) => {
+                        d.describe(&node, description.map(|b| *b)).await;
+                    }
+                    Ok(AgentMessage::Attach {
+                        task_id,
+                        network,
+                        aliases,
+                    }) => {
+                        let (store, out, node) =
+                            (d.store.clone(), replies.clone(), node_id.clone());
+                        tokio::spawn(async move {
+                            let error = crate::attachment::create(
+                                &store, &node, &task_id, &network, aliases,
+                            )
+                            .await
+                            .err()
+                            .map(|e| e.to_string());
+                            if let Some(e) = &error {
+                                tracing::info!(node = %node, %network, error = %e, "attachment refused");
+                            }
+                            send(&out, &ManagerMessage::Attached { task_id, error }).await;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node_id, error = %e, "undecodable session message")
+                    }
+                }
+            }
+            d.liveness.disconnected(&node_id);
+            tracing::info!(node = %node_id, "session closed");
+            s.cancel();
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(stream.boxed())
+    }
+
+    /// Refreshes the node's description (hostname, resources) from what it says of itself.
+    async fn describe(&self, node: &db::Versioned<Node>, description: Option<NodeDescription>) {
+        let Some(desc) = description else { return };
+        let Some(mut cur) = db::get::<Node>(&self.store, node.obj.id.as_deref().unwrap_or(""))
+        else {
+            return;
+        };
+        if cur.obj.description.as_ref() == Some(&desc) {
+            return;
+        }
+        cur.obj.description = Some(desc);
+        if let Ok(op) = db::put(&cur.obj, Expect::Version(cur.version)) {
+            if let Err(e) = db::write(&self.store, vec![op]).await {
+                tracing::debug!(error = ?e, "updating a node's description");
+            }
+        }
+    }
+}
+
+/// Addresses of the managers, leader first, for nodes to fail over between.
+pub fn manager_addrs(store: &Store) -> Vec<String> {
+    let m = store.membership();
+    let mut out: Vec<String> = Vec::new();
+    if let Some((_, a)) = store.leader() {
+        out.push(a);
+    }
+    for a in m.voters.values() {
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+async fn send(tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>, m: &ManagerMessage) -> bool {
+    match serde_json::to_vec(m) {
+        Ok(json) => tx.send(Ok(pb::ManagerMessage { json })).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding a session message");
+            false
+        }
+    }
+}

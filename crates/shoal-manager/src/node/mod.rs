@@ -1,0 +1,22 @@
+//! The node's lifecycle: what a machine does to be part of a swarm, manager or worker. `init`
+//! creates a swarm, `join` enters one, `leave` forgets it, `role` follows promote/demote,
+//! `renewal` keeps the certificate fresh, `start` brings it all up (join and daemon restart),
+//! `session` and `client` keep its dispatcher session with the leader. The API's handlers only
+//! validate and call in here.
+
+pub mod client;
+mod error;
+mod identity;
+pub mod init;
+pub mod join;
+pub mod leave;
+pub mod local;
+mod renewal;
+mod role;
+pub mod session;
+mod start;
+
+pub use error::NodeError;
+pub use identity::{certs_dir, Identity};
+pub use session::{AgentError, AgentHost, NodeSession};
+pub use start::start_node;

@@ -1,0 +1,50 @@
+//! Starting a node that is in a swarm: the manager if it is one, and always its session.
+
+use super::renewal::renewal_loop;
+use super::role::role_watcher;
+use super::{Identity, NodeError, NodeSession};
+use crate::api::AppState;
+use crate::cluster::Manager;
+use shoal_api::Role;
+use shoal_pki::NodeCert;
+use std::sync::Arc;
+
+/// Starts what a node in a swarm runs: the manager if it is one, and always the agent's
+/// session. Used by join and by a daemon restart.
+pub async fn start_node(
+    d: &AppState,
+    identity: Identity,
+    cert: &NodeCert,
+    description: Option<shoal_api::models::NodeDescription>,
+    bootstrap: bool,
+) -> Result<(), NodeError> {
+    let mut manager = None;
+    if identity.role == Role::Manager {
+        let m = Manager::start(&d.data_dir, identity.clone(), cert, bootstrap).await?;
+        manager = Some(Arc::new(m));
+    }
+    // Published before the session starts: a role change it reports must find the manager.
+    *d.manager.write().await = manager.clone();
+    let session = match NodeSession::start(
+        &d.data_dir,
+        &identity,
+        cert,
+        description,
+        d.agent.as_ref(),
+        role_watcher(d),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            *d.manager.write().await = None;
+            if let Some(m) = manager {
+                m.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    };
+    tokio::spawn(renewal_loop(Arc::downgrade(d), session.stopped()));
+    *d.node.write().await = Some((identity, Arc::new(session)));
+    Ok(())
+}
