@@ -2,7 +2,7 @@
 //!
 //! A real store (openraft on redb, fsync) in a temporary directory, the cluster object and N ready
 //! nodes shaped as `swarm init` writes its own, then services created one write at a time as
-//! `docker service create` would. The manager side is the production code: `control::run_shared`
+//! `docker service create` would. The manager side is the production code: `control::run`
 //! and one `dispatcher::assignments::AssignmentFeed` serving every node's session, both on one `SharedState`
 //! view of the store, and `dispatcher::reports::collect_reports`, one per node as `cluster::Manager` wires
 //! the local node's session (`--collectors shared`: one for all nodes, on one channel). The node
@@ -448,8 +448,8 @@ async fn run(args: Args) -> Result<(), String> {
     let alloc = Arc::new(tokio::sync::Mutex::new(()));
     // One view of the store for the control loop and the dispatcher: each change decoded once.
     let view = SharedState::new(store.clone());
-    tokio::spawn(control::run_shared(view.reader(), alloc, stop.clone()));
-    let sessions = AssignmentFeed::spawn_shared(view.reader(), stop.clone());
+    tokio::spawn(control::run(view.reader(), alloc, stop.clone()));
+    let sessions = AssignmentFeed::spawn(view.reader(), stop.clone());
     let (shared_reports, rrx) = mpsc::channel(1024);
     tokio::spawn(reports::collect_reports(store.clone(), rrx, stop.clone()));
     for n in &nodes {

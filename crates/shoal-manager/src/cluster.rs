@@ -3,6 +3,7 @@
 use crate::dispatcher::Dispatcher;
 use crate::node::Identity;
 use crate::rpc::ManagerRpc;
+use crate::state::SharedState;
 use crate::{control, membership};
 use shoal_pki::NodeCert;
 use shoal_store::{Store, StoreOptions};
@@ -99,7 +100,10 @@ impl Manager {
         })?;
         let stop = CancellationToken::new();
         let alloc = Arc::new(Mutex::new(()));
-        let dispatcher = Dispatcher::start(store.clone(), stop.clone());
+        // One decoded view of the store, kept current from its change stream, read by both the
+        // control loop and the dispatcher's assignments: each change is decoded once.
+        let shared = SharedState::new(store.clone());
+        let dispatcher = Dispatcher::start(store.clone(), shared.reader(), stop.clone());
         let handlers = Arc::new(ManagerRpc {
             store: store.clone(),
             dispatcher,
@@ -112,7 +116,7 @@ impl Manager {
                 tracing::error!(error = %e, "node-to-node RPC server stopped");
             }
         });
-        tokio::spawn(control::run(store.clone(), alloc.clone(), stop.clone()));
+        tokio::spawn(control::run(shared.reader(), alloc.clone(), stop.clone()));
         tokio::spawn(membership::run(store.clone(), stop.clone()));
         Ok(Manager {
             store,

@@ -3,7 +3,7 @@
 //! slot only beyond [`MAX_OPS_PER_WRITE`] operations).
 
 use crate::db;
-use crate::state::{ClusterState, SharedReader, SharedState};
+use crate::state::{ClusterState, SharedReader};
 use shoal_api::objects::StoredTask;
 use shoal_api::ApiError;
 use shoal_control::orchestrator::Note;
@@ -19,18 +19,14 @@ use tokio_util::sync::CancellationToken;
 /// [`write_in_batches`]). Big enough that `--replicas 4000` is still one raft entry.
 pub const MAX_OPS_PER_WRITE: usize = 4096;
 
-/// Runs passes until cancelled. `alloc` serializes address allocation with the API.
-pub async fn run(store: Store, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
-    run_shared(SharedState::new(store).reader(), alloc, stop).await
-}
-
-/// [`run`] on a view shared with other loops (the dispatcher), so each change is decoded once.
+/// Runs passes until cancelled, on a view shared with the dispatcher (each change is decoded
+/// once). `alloc` serializes address allocation with the API.
 ///
 /// Changes are coalesced for 5 ms, or for as long as the last pass took (at most 250 ms) so
 /// that passes over a large cluster cannot take the whole CPU while status reports stream in.
 /// After a pass that had nothing to write, changes that cannot alter any decision (see
 /// [`Quiet`]) run no pass.
-pub async fn run_shared(mut view: SharedReader, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
+pub async fn run(mut view: SharedReader, alloc: Arc<Mutex<()>>, stop: CancellationToken) {
     let store = view.store().clone();
     let mut quiet: Option<Quiet> = None;
     let mut timer = true;

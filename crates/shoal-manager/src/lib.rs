@@ -13,6 +13,3 @@ pub mod proxy;
 pub mod routes;
 pub mod rpc;
 pub mod state;
-
-// The decisions moved to `shoal-control`; these paths stay for the manager's own modules.
-pub use shoal_control::{allocator, orchestrator, scheduler};

@@ -109,7 +109,7 @@ impl Routing {
                 .filter_map(|v| Some((v.network_id.clone()?, addr_of(v.addr.as_deref()?)?)))
                 .collect();
             let mut routes = Vec::new();
-            for (net_id, _, aliases) in crate::allocator::service_networks(s, state) {
+            for (net_id, _, aliases) in shoal_control::allocator::service_networks(s, state) {
                 let endpoints: Vec<TaskEndpoint> = tasks
                     .iter()
                     .filter_map(|t| {

@@ -4,7 +4,6 @@
 use super::filters::Filters;
 use super::system::engine_json;
 use super::{json, parse_body, proxy, AppState, Result};
-use crate::allocator::free_subnet;
 use crate::db;
 use crate::state::ClusterState;
 use axum::body::{Body, Bytes};
@@ -15,6 +14,7 @@ use shoal_api::dispatch::ipnet_str::Ipv4Cidr;
 use shoal_api::models::{Ipam, IpamConfig, Network, NetworkCreateRequest};
 use shoal_api::objects::StoredService;
 use shoal_api::{id, validate, ApiError};
+use shoal_control::allocator::free_subnet;
 use shoal_store::Expect;
 use std::collections::HashMap;
 
@@ -239,7 +239,7 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
         .into());
     }
     for other in &state.networks {
-        if let Some((s, _)) = crate::allocator::network_subnet(&other.obj) {
+        if let Some((s, _)) = shoal_control::allocator::network_subnet(&other.obj) {
             if s.overlaps(&subnet) {
                 return Err(ApiError::new(403, format!("invalid pool request: Pool overlaps with other one on this address space: {subnet} overlaps {s} of network {}", other.obj.name.clone().unwrap_or_default())).into());
             }
@@ -264,10 +264,10 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
             .nth(1)
             .ok_or_else(|| ApiError::invalid_arg("subnet too small"))?,
     };
-    let vni = crate::allocator::free_vni(&state);
+    let vni = shoal_control::allocator::free_vni(&state);
     let nid = id::new_id();
     let mut options = r.options.clone().unwrap_or_default();
-    options.insert(crate::allocator::VNI_OPTION.into(), vni.to_string());
+    options.insert(shoal_control::allocator::VNI_OPTION.into(), vni.to_string());
     let net = Network {
         name: Some(r.name.clone()),
         id: Some(nid.clone()),

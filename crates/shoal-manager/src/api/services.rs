@@ -18,9 +18,7 @@ fn parse_spec(body: &[u8]) -> std::result::Result<ServiceSpec, shoal_api::ApiErr
     }
     super::decode::from_value(v)
 }
-use crate::allocator::{endpoint, Ipam};
 use crate::db::{self, Versioned};
-use crate::orchestrator::jobs;
 use crate::state::{node_schedulable, ClusterState};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -32,6 +30,8 @@ use shoal_api::models::{
 };
 use shoal_api::objects::{Mode, StoredService, StoredTask};
 use shoal_api::{id, validate, ApiError};
+use shoal_control::allocator::{endpoint, Ipam};
+use shoal_control::orchestrator::jobs;
 use shoal_store::Expect;
 use std::collections::HashMap;
 
@@ -423,7 +423,9 @@ fn service_status(svc: &StoredService, state: &ClusterState) -> ServiceServiceSt
         Mode::Global => state
             .nodes
             .iter()
-            .filter(|n| node_schedulable(&n.obj) && crate::scheduler::constraints_met(svc, &n.obj))
+            .filter(|n| {
+                node_schedulable(&n.obj) && shoal_control::scheduler::constraints_met(svc, &n.obj)
+            })
             .count() as u64,
         _ => 0,
     };

@@ -2,15 +2,15 @@
 //! and streamed to its session. On each change (coalesced) only the nodes the change concerns
 //! are recomputed, patched in place, and sent only if they differ.
 
-use crate::allocator::{network_subnet, network_vni};
 use crate::db;
 use crate::routes::{route_footprint, Routing};
-use crate::state::{ClusterState, Delta, LiveState, SharedReader, SharedState};
+use crate::state::{ClusterState, Delta, LiveState, SharedReader};
 use base64::Engine as _;
 use shoal_api::dispatch::{FilePayload, NetworkInfo, NodeAssignments};
 use shoal_api::models::{Config, Secret};
 use shoal_api::objects::{is_terminal, StoredTask};
 use shoal_api::Role;
+use shoal_control::allocator::{network_subnet, network_vni};
 use shoal_store::Store;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -259,13 +259,7 @@ pub struct AssignmentFeed {
 
 impl AssignmentFeed {
     /// Starts serving; stops when `stop` is cancelled.
-    pub fn spawn(store: Store, stop: CancellationToken) -> AssignmentFeed {
-        Self::spawn_shared(SharedState::new(store).reader(), stop)
-    }
-
-    /// [`AssignmentFeed::spawn`] on a view shared with other loops (the control loop), so each
-    /// change is decoded once.
-    pub fn spawn_shared(view: SharedReader, stop: CancellationToken) -> AssignmentFeed {
+    pub fn spawn(view: SharedReader, stop: CancellationToken) -> AssignmentFeed {
         let (sessions, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_feeds(view, rx, stop));
         AssignmentFeed { sessions }

@@ -6,6 +6,7 @@ use super::assignments::AssignmentFeed;
 use super::liveness::{self, Liveness};
 use super::reports;
 use crate::db;
+use crate::state::SharedReader;
 use futures::StreamExt;
 use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments, TaskStatusReport};
 use shoal_api::models::{Node, NodeDescription, Swarm};
@@ -45,13 +46,15 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts the report writer and the liveness checker; both act only while this manager leads.
-    pub fn start(store: Store, stop: CancellationToken) -> Dispatcher {
+    /// Starts the report writer and the liveness checker (both act only while this manager
+    /// leads) and the assignments feed, which reads `view`: the one decoded view of the store the
+    /// control loop shares.
+    pub fn start(store: Store, view: SharedReader, stop: CancellationToken) -> Dispatcher {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(reports::collect_reports(store.clone(), rx, stop.clone()));
         let d = Dispatcher {
             // One view of the state computes every node's assignments, patched per change.
-            assignments: AssignmentFeed::spawn(store.clone(), stop.clone()),
+            assignments: AssignmentFeed::spawn(view, stop.clone()),
             store,
             reports: tx,
             liveness: Arc::new(Liveness::default()),

@@ -4,6 +4,7 @@
 use super::*;
 use crate::db::Versioned;
 use crate::dispatcher::fixtures::{attach, open_store, service, task};
+use crate::state::SharedState;
 use shoal_api::models::{SecretSpec, ServiceSpec, TaskState};
 use shoal_api::objects::StoredService;
 use shoal_store::Expect;
@@ -180,7 +181,7 @@ async fn shared_sessions_send_what_a_full_recomputation_gives() {
     db::write(&store, ops).await.unwrap();
 
     let stop = CancellationToken::new();
-    let d = AssignmentFeed::spawn(store.clone(), stop.clone());
+    let d = AssignmentFeed::spawn(SharedState::new(store.clone()).reader(), stop.clone());
     let mut sessions = Vec::new();
     for i in 0..4 {
         let (tx, rx) = watch::channel(NodeAssignments::default());
@@ -247,7 +248,7 @@ async fn shared_sessions_send_what_a_full_recomputation_gives() {
                 t.task.service_id = Some(svc.id().to_string());
                 let host = 3 + rng.random_range(0..200);
                 for (net, _, _) in
-                    crate::allocator::service_networks(svc, &crate::state::load(&store))
+                    shoal_control::allocator::service_networks(svc, &crate::state::load(&store))
                 {
                     let subnet = if net == "ingress" { 0 } else { 1 };
                     t.networks_attachments
@@ -313,7 +314,7 @@ async fn only_the_nodes_a_change_concerns_are_sent_anything() {
     .await
     .unwrap();
     let stop = CancellationToken::new();
-    let d = AssignmentFeed::spawn(store.clone(), stop.clone());
+    let d = AssignmentFeed::spawn(SharedState::new(store.clone()).reader(), stop.clone());
     let (atx, mut arx) = watch::channel(NodeAssignments::default());
     let (btx, mut brx) = watch::channel(NodeAssignments::default());
     d.serve("node-a".into(), atx).unwrap();
