@@ -9,7 +9,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use shoal_agent::network::{
     NetworkAgent, NetworkConfig, NetworkSpec, Protocol, PublishedPort, RoutingTable, ServiceRoute,
     TaskEndpoint,
@@ -119,8 +119,56 @@ impl Drop for World {
     }
 }
 
+/// The seed of this process's random choices (node tags, subnets, ports): `SHOAL_TEST_SEED`
+/// if set, else a fresh one (not a fixed default: the tests run in the host's namespace, and a
+/// run killed midway leaves names and subnets that the next run must not pick again). Every
+/// test prints it, so a failing test's output says how to replay its choices.
+fn seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        std::env::var("SHOAL_TEST_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                nanos ^ u64::from(std::process::id()).rotate_left(32)
+            })
+    })
+}
+
+/// A generator for the calling test: the process's seed mixed with the test's name, what it is
+/// for and how many it asked for before (FNV-1a), so a test draws the same values on a replay
+/// whatever runs beside it, and two draws in one test (two nodes' tags) differ.
+fn test_rng(what: &str) -> rand::rngs::StdRng {
+    static CALLS: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+    let test = std::thread::current().name().unwrap_or("").to_string();
+    let key = format!("{test}/{what}");
+    let n = {
+        let mut calls = CALLS.lock().unwrap_or_else(|e| e.into_inner());
+        match calls.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                calls.push((key.clone(), 0));
+                0
+            }
+        }
+    };
+    let mixed = format!("{key}/{n}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64 ^ seed(), |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    eprintln!("{test}: random {what} from SHOAL_TEST_SEED={}", seed());
+    rand::rngs::StdRng::seed_from_u64(mixed)
+}
+
 fn random_tag() -> String {
-    let n: u64 = rand::rng().random();
+    let n: u64 = test_rng("tag").random();
     format!("t{:011x}", n & 0xfff_ffff_ffff)
 }
 
@@ -132,7 +180,8 @@ fn random_subnets(n: usize) -> Vec<ipnet::Ipv4Net> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = *START.get_or_init(|| rand::rng().random_range(0..190));
+    let start =
+        *START.get_or_init(|| rand::rngs::StdRng::seed_from_u64(seed()).random_range(0..190));
     let first = NEXT.fetch_add(n as u32, Ordering::Relaxed);
     (0..n as u32)
         .map(|i| {
@@ -439,7 +488,7 @@ async fn vip_dns_published_ports_isolation_and_cleanup() {
             &["sleep", "3600"],
         )
         .await;
-    let port: u16 = rand::rng().random_range(20000..30000);
+    let port: u16 = test_rng("port").random_range(20000..30000);
     let published = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
 
     world

@@ -282,6 +282,7 @@ fn workers_join_run_tasks_and_survive_node_loss() {
             .get("node-3")
             .is_some_and(|n| n.0 == "Ready")
     });
+    // The subject is that nothing starts on it: a fixed look two seconds after it is ready.
     std::thread::sleep(Duration::from_secs(2));
     let running_on_3 = c
         .node(3)

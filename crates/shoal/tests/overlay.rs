@@ -225,40 +225,54 @@ fn overlay_spans_nodes_and_the_mesh_answers_on_every_node() {
     // replaced them with its first assignments.
     let url = format!("http://{}:8080/", c.node(1).ip);
     let probing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let prober = {
-        let (probing, url) = (probing.clone(), url.clone());
+        let (probing, answered, url) = (probing.clone(), answered.clone(), url.clone());
+        let hub = format!("--net=/run/netns/{}", c.hub.name);
         std::thread::spawn(move || {
             let (mut ok, mut failed) = (0u32, Vec::new());
             let t0 = std::time::Instant::now();
             while probing.load(std::sync::atomic::Ordering::Relaxed) {
-                let got = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        "shoal-hub",
-                        "curl",
-                        "-s",
-                        "-f",
-                        "-m",
-                        "1",
-                        &url,
-                    ])
+                let got = Command::new("nsenter")
+                    .args([hub.as_str(), "curl", "-s", "-f", "-m", "1", &url])
                     .output()
                     .is_ok_and(|o| o.status.success());
                 if got {
                     ok += 1;
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     failed.push(format!("{:.2}s", t0.elapsed().as_secs_f64()));
                 }
+                // The probing rate, not a wait for anything.
                 std::thread::sleep(Duration::from_millis(50));
             }
             (ok, failed)
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    let answers_so_far = || answered.load(std::sync::atomic::Ordering::Relaxed);
+    // The prober is under way (a few answers) before the restart.
+    wait_for(
+        Duration::from_secs(20),
+        "the prober's first answers",
+        || match answers_so_far() {
+            n if n >= 3 => Ok(()),
+            n => Err(format!("{n} answers")),
+        },
+    );
     c.node_mut(1).restart_daemon();
     wait_replicas(c.node(1), &[("web", "2/2")]);
-    std::thread::sleep(Duration::from_secs(3));
+    // And it goes on answering while the new process replaces the old rules with its first
+    // assignments: thirty more answers (about three seconds of probing; the subject here is
+    // "no probe fails for a while", so this counts probes rather than waiting for a state).
+    let after = answers_so_far();
+    wait_for(
+        Duration::from_secs(30),
+        "thirty answers after the restart",
+        || match answers_so_far() - after {
+            n if n >= 30 => Ok(()),
+            n => Err(format!("{n} answers since")),
+        },
+    );
     probing.store(false, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = prober.join().expect("prober thread");
     assert!(

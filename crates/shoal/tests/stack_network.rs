@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{engine_containers, http_get, wait_for, wait_until, Node};
+use common::{wait_for, wait_until, Node};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ fn sample_stack_deploys_answers_and_is_removed_cleanly() {
         Duration::from_secs(30),
         "every web replica answered",
         || {
-            if let Some(body) = http_get("http://127.0.0.1:8080/") {
+            if let Some(body) = node.http_get("http://127.0.0.1:8080/") {
                 assert!(body.contains("secret api_token: present"), "{body}");
                 if let Some(rest) = body.lines().next().and_then(|l| l.split("web ").nth(1)) {
                     let mut it = rest.split(" -> api ");
@@ -61,14 +61,15 @@ fn sample_stack_deploys_answers_and_is_removed_cleanly() {
     );
 
     // Non-swarm endpoints pass through to the engine: ps, logs, exec.
-    let c = node.ok(&["ps", "-q", "--filter", "name=demo_web.1."]);
+    let c = node.ps_q("name=demo_web.1.");
     let host = node.ok(&["exec", c.trim(), "hostname"]);
     assert!(!host.trim().is_empty());
     node.ok(&["logs", c.trim()]);
 
     node.ok(&["stack", "rm", "demo"]);
     wait_until(Duration::from_secs(30), "stack containers gone", || {
-        engine_containers("com.docker.stack.namespace=demo").is_empty()
+        node.engine_containers("com.docker.stack.namespace=demo")
+            .is_empty()
     });
     wait_until(Duration::from_secs(10), "stack objects gone", || {
         node.ok(&[
@@ -84,7 +85,7 @@ fn sample_stack_deploys_answers_and_is_removed_cleanly() {
             && node.ok(&["config", "ls", "-q"]).trim().is_empty()
     });
     assert!(
-        http_get("http://127.0.0.1:8080/").is_none(),
+        node.http_get("http://127.0.0.1:8080/").is_none(),
         "the published port still answers after stack rm"
     );
 }
@@ -175,7 +176,7 @@ fn names_resolve_to_vips_tasks_balance_and_networks_are_isolated() {
     ]);
     let vip = vip.trim().split('/').next().unwrap_or_default().to_string();
     assert!(vip.starts_with("10.0.40."), "{vip}");
-    let client = node.ok(&["ps", "-q", "--filter", "name=client.1."]);
+    let client = node.ps_q("name=client.1.");
     let client = client.trim();
     let sh = |c: &str, cmd: &str| -> String {
         let out = node.docker(&["exec", c, "sh", "-c", cmd]);
@@ -210,7 +211,7 @@ fn names_resolve_to_vips_tasks_balance_and_networks_are_isolated() {
     assert_eq!(seen.len(), 2, "VIP balances over both tasks: {seen:?}");
 
     // The other network neither resolves nor reaches blue's services.
-    let outsider = node.ok(&["ps", "-q", "--filter", "name=outsider.1."]);
+    let outsider = node.ps_q("name=outsider.1.");
     let outsider = outsider.trim();
     assert!(
         !sh(outsider, "nslookup echo").contains(&vip),
@@ -251,10 +252,11 @@ fn names_resolve_to_vips_tasks_balance_and_networks_are_isolated() {
         "shoal-test/web",
     ]);
     node.wait_replicas("hosted", "1/1");
-    let hosted = node.ok(&["ps", "-q", "--filter", "name=hosted.1."]);
+    let hosted = node.ps_q("name=hosted.1.");
     let hostname = node.ok(&["exec", hosted.trim(), "hostname"]);
     wait_until(Duration::from_secs(20), "host-mode port answers", || {
-        http_get("http://127.0.0.1:18081/").is_some_and(|b| b.trim() == hostname.trim())
+        node.http_get("http://127.0.0.1:18081/")
+            .is_some_and(|b| b.trim() == hostname.trim())
     });
     let ports = node.ok(&["service", "ps", "hosted", "--format", "{{.Ports}}"]);
     assert!(
@@ -263,7 +265,7 @@ fn names_resolve_to_vips_tasks_balance_and_networks_are_isolated() {
     );
     node.ok(&["service", "rm", "hosted"]);
     wait_until(Duration::from_secs(20), "host-mode port closes", || {
-        http_get("http://127.0.0.1:18081/").is_none()
+        node.http_get("http://127.0.0.1:18081/").is_none()
     });
 
     // A scaled-down service leaves the rotation.
@@ -282,7 +284,8 @@ fn names_resolve_to_vips_tasks_balance_and_networks_are_isolated() {
         node.ok(&["service", "rm", s]);
     }
     wait_until(Duration::from_secs(30), "containers gone", || {
-        engine_containers("com.docker.swarm.node.id").is_empty()
+        node.engine_containers("com.docker.swarm.node.id")
+            .is_empty()
     });
     node.ok(&["network", "rm", "blue", "red"]);
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{engine_containers, wait_until, Node};
+use common::{wait_until, Node};
 use std::time::Duration;
 
 #[test]
@@ -133,6 +133,8 @@ fn services_scale_restart_and_report_as_swarm_does() {
                         "-q",
                         "--filter",
                         "label=com.docker.swarm.service.name=web",
+                        "--filter",
+                        &format!("label=com.docker.swarm.node.id={}", node.node_id().unwrap()),
                     ])
                     .output()
                     .unwrap()
@@ -145,7 +147,7 @@ fn services_scale_restart_and_report_as_swarm_does() {
     );
 
     // A container removed by hand is replaced after the restart delay; ps shows why.
-    let victim = node.ok(&["ps", "-q", "--filter", "name=web.1."]);
+    let victim = node.ps_q("name=web.1.");
     node.ok(&["rm", "-f", victim.trim()]);
     wait_until(Duration::from_secs(30), "replacement running", || {
         let ps = node.ok(&[
@@ -219,7 +221,10 @@ fn services_scale_restart_and_report_as_swarm_does() {
         ]);
         c.lines().count() == 2
             && c.lines().all(|l| l.starts_with("Running"))
-            && engine_containers("com.docker.swarm.service.name=web").len() >= 2
+            && node
+                .engine_containers("com.docker.swarm.service.name=web")
+                .len()
+                >= 2
     });
     // The running task of slot 1 (its predecessor's container may still be stopping).
     let task = node
@@ -521,7 +526,7 @@ fn secrets_and_configs_reach_tasks_read_only_and_never_leak() {
         "source=app_conf,target=/etc/app.conf",
         "shoal-test/web",
     ]);
-    let c = node.ok(&["ps", "-q", "--filter", "name=app.1."]);
+    let c = node.ps_q("name=app.1.");
     let out = node.ok(&["exec", c.trim(), "sh", "-c", "cat /run/secrets/db_pw /etc/pw /etc/app.conf; stat -c %a /etc/pw; echo x > /run/secrets/db_pw && echo writable || echo readonly"]);
     assert_eq!(out, "hunter2\nhunter2\nhunter2\n400\nreadonly\n");
     let err = node.fails(&["secret", "rm", "db_pw"]);
@@ -620,14 +625,9 @@ fn global_mode_logs_and_rollback() {
     wait_until(
         Duration::from_secs(20),
         "one agent container running",
-        || {
-            node.ok(&["ps", "-q", "--filter", "name=agent."])
-                .lines()
-                .count()
-                == 1
-        },
+        || node.ps_q("name=agent.").lines().count() == 1,
     );
-    let c = node.ok(&["ps", "-q", "--filter", "name=agent."]);
+    let c = node.ps_q("name=agent.");
     let v = node.ok(&["exec", c.trim(), "sh", "-c", "echo ${V:-unset}"]);
     assert_eq!(v.trim(), "unset");
 }
@@ -668,11 +668,29 @@ fn health_checks_gate_running_and_replace_unhealthy_tasks() {
     wait_until(Duration::from_secs(30), "hc's container exists", || {
         !node.containers("hc").is_empty()
     });
-    std::thread::sleep(Duration::from_secs(4));
+    // Three failed checks (the start period keeps them from counting): by then a task that
+    // ignored health would be running.
+    let (c, _) = node.containers("hc")[0].clone();
+    common::wait_for(
+        Duration::from_secs(30),
+        "three failed health checks",
+        || {
+            let out = std::process::Command::new("docker")
+                .args(["-H", "unix:///var/run/docker.sock", "inspect", "-f"])
+                .arg("{{if .State.Health}}{{len .State.Health.Log}}{{end}}")
+                .arg(&c)
+                .output()
+                .unwrap();
+            let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            match seen.parse::<usize>() {
+                Ok(n) if n >= 3 => Ok(()),
+                _ => Err(format!("health log entries: {seen:?}")),
+            }
+        },
+    );
     assert_eq!(node.replicas("hc"), "0/1", "{}", states());
     assert!(states().contains("Starting"), "{}", states());
     // Healthy: running.
-    let (c, _) = node.containers("hc")[0].clone();
     node.ok(&["exec", &c, "touch", "/tmp/ok"]);
     node.wait_replicas("hc", "1/1");
     // Unhealthy: the task fails with the reason and a replacement is started.
@@ -797,6 +815,8 @@ fn rolling_updates_roll_back_pause_and_start_first_through_the_cli() {
         "{err}"
     );
     assert_eq!(update_status(&node, "web").0, "paused");
+    // The subject is that nothing happens: no condition to wait for, so a fixed look after two
+    // seconds.
     std::thread::sleep(Duration::from_secs(2));
     let old = running_tasks(&node, "web").len();
     assert_eq!(
@@ -828,6 +848,7 @@ fn rolling_updates_roll_back_pause_and_start_first_through_the_cli() {
                     .filter(|l| l.starts_with("Running"))
                     .count();
                 low = low.min(running);
+                // The sampling rate of the watcher, not a wait for anything.
                 std::thread::sleep(Duration::from_millis(100));
             }
             low
@@ -1127,6 +1148,7 @@ fn jobs_run_to_completion_retry_by_policy_and_repeat_on_a_schedule() {
     wait_until(Duration::from_secs(30), "a try and one retry", || {
         failed() == 2
     });
+    // The subject is that no third try comes (its restart delay has passed by then).
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(failed(), 2, "retried past --restart-max-attempts");
     assert!(node

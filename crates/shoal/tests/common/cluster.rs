@@ -1,54 +1,33 @@
 //! Multi-node harness: each node is a real `shoal daemon` in its own network namespace with its
 //! own address (10.99.0.i), data directory and API socket, all sharing the machine's Docker
 //! Engine. The namespaces hang off a bridge in a hub namespace of their own, so the host's
-//! firewall is not involved. A node can be killed (process and containers), restarted, and cut
-//! off from the others.
+//! firewall is not involved, and every cluster has its own hub and namespaces (unique names),
+//! so clusters of several tests run side by side. A node can be killed (process and
+//! containers), restarted, and cut off from the others.
 
-use super::{docker_at, engine_containers, expect_failure, expect_ok, images, serial, wait_until};
+use super::{
+    docker_at, expect_failure, expect_ok, images, ip_must as must, ip_quiet as ip, netns_name,
+    node_id_on_disk, remove_node_leftovers, wait_until, Netns,
+};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::MutexGuard;
+use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-const HUB: &str = "shoal-hub";
 const BRIDGE: &str = "shbr0";
 /// The address of the hub namespace, a client that is none of the nodes.
 pub const CLIENT: &str = "10.99.0.254";
 
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn must(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ns(i: usize) -> String {
-    format!("shoal-n{i}")
-}
-
 /// Answers Docker's calls to a dead node's network plugin with success, so that removing the
 /// node's containers does not wait on a plugin that will never answer; removes the socket when
 /// dropped.
-struct PluginStandIn {
+pub(crate) struct PluginStandIn {
     path: PathBuf,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PluginStandIn {
-    fn start(path: &std::path::Path) -> PluginStandIn {
+    pub(crate) fn start(path: &std::path::Path) -> PluginStandIn {
         use std::io::{Read, Write};
         use std::sync::atomic::Ordering;
         let _ = std::fs::remove_file(path);
@@ -109,19 +88,22 @@ pub struct ClusterNode {
     pub dir: PathBuf,
     /// Its API socket.
     pub socket: PathBuf,
+    /// Its network namespace.
+    pub netns: Netns,
+    /// The cluster's hub namespace, where its link to the others can be cut.
+    hub: String,
     child: Option<Child>,
 }
 
 impl ClusterNode {
     /// Runs a command in the node's network namespace and returns its stdout.
     pub fn sh(&self, cmd: &[&str]) -> String {
-        let ns = ns(self.index);
-        let mut args = vec!["netns", "exec", ns.as_str()];
-        args.extend_from_slice(cmd);
-        let out = Command::new("ip")
-            .args(&args)
+        let out = self
+            .netns
+            .command(cmd[0])
+            .args(&cmd[1..])
             .output()
-            .expect("ip netns exec");
+            .expect("nsenter");
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
@@ -152,10 +134,9 @@ impl ClusterNode {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .unwrap();
-        // nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup mounts.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", ns(self.index)))
-            .arg(env!("CARGO_BIN_EXE_shoal"))
+        let child = self
+            .netns
+            .command(env!("CARGO_BIN_EXE_shoal"))
             .args(["daemon", "--data-dir"])
             .arg(self.dir.join("data"))
             .arg("--socket")
@@ -198,52 +179,18 @@ impl ClusterNode {
             let _ = c.wait();
         }
         if let Some(id) = id {
-            // The node's containers die with it. Docker tears their network endpoints down
-            // through the node's plugin, which died too, and would retry it for minutes per
-            // endpoint: a stand-in answers on the plugin's socket meanwhile, as the dead
-            // machine's own engine would not have asked.
-            let short: String = id.chars().take(12).collect();
-            let sock = PathBuf::from(format!("/run/docker/plugins/shoal-{short}.sock"));
-            let stand_in = PluginStandIn::start(&sock);
-            for (c, _) in engine_containers(&format!("com.docker.swarm.node.id={id}")) {
-                let _ = Command::new("docker")
-                    .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &c])
-                    .output();
-            }
-            // Its engine networks too: nothing would remove them later (a restarted node makes
-            // new ones), and removing them without the plugin takes minutes as well.
-            let nets = Command::new("docker")
-                .args([
-                    "-H",
-                    "unix:///var/run/docker.sock",
-                    "network",
-                    "ls",
-                    "-q",
-                    "--filter",
-                    &format!("driver=shoal-{short}"),
-                ])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default();
-            for n in nets.split_whitespace() {
-                let _ = Command::new("docker")
-                    .args(["-H", "unix:///var/run/docker.sock", "network", "rm", n])
-                    .output();
-            }
-            drop(stand_in);
+            remove_node_leftovers(&id);
         }
     }
 
     fn node_id_from_disk(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.dir.join("data/node.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v["node_id"].as_str().map(str::to_string)
+        node_id_on_disk(&self.dir.join("data"))
     }
 
     /// Containers of this node on the engine, running or not, as (id, name).
     pub fn containers(&self) -> Vec<(String, String)> {
         match self.node_id_from_disk() {
-            Some(id) => engine_containers(&format!("com.docker.swarm.node.id={id}")),
+            Some(id) => super::engine_containers(&format!("com.docker.swarm.node.id={id}")),
             None => Vec::new(),
         }
     }
@@ -252,7 +199,7 @@ impl ClusterNode {
     pub fn cut(&self) {
         must(&[
             "-n",
-            HUB,
+            &self.hub,
             "link",
             "set",
             &format!("shh{}", self.index),
@@ -264,7 +211,7 @@ impl ClusterNode {
     pub fn heal(&self) {
         must(&[
             "-n",
-            HUB,
+            &self.hub,
             "link",
             "set",
             &format!("shh{}", self.index),
@@ -285,90 +232,72 @@ pub struct Cluster {
     /// The nodes, index 0 is node-1 (10.99.0.1).
     pub nodes: Vec<ClusterNode>,
     root: PathBuf,
-    _serial: MutexGuard<'static, ()>,
-}
-
-fn teardown_network(max: usize) {
-    for i in 1..=max {
-        ip(&["netns", "del", &ns(i)]);
-    }
-    ip(&["netns", "del", HUB]);
+    /// The hub namespace: the nodes' bridge and a client that is none of them ([`CLIENT`]).
+    pub hub: Netns,
 }
 
 impl Cluster {
     /// Creates the namespaces and starts `n` daemons (not yet in a swarm).
     pub fn start(name: &str, n: usize) -> Cluster {
         images();
-        let serial = serial();
-        teardown_network(9);
-        must(&["netns", "add", HUB]);
-        must(&["-n", HUB, "link", "add", BRIDGE, "type", "bridge"]);
-        must(&["-n", HUB, "link", "set", BRIDGE, "up"]);
+        let hub = Netns::create(netns_name(&format!("{name}-hub")));
+        let h = hub.name.as_str();
+        must(&["-n", h, "link", "add", BRIDGE, "type", "bridge"]);
+        must(&["-n", h, "link", "set", BRIDGE, "up"]);
         // A client outside every node (the routing mesh's caller).
         must(&[
             "-n",
-            HUB,
+            h,
             "addr",
             "add",
             &format!("{CLIENT}/24"),
             "dev",
             BRIDGE,
         ]);
+        let root = std::env::temp_dir().join(&hub.name);
+        let _ = std::fs::remove_dir_all(&root);
+        let mut nodes = Vec::new();
         for i in 1..=n {
-            let node = ns(i);
-            must(&["netns", "add", &node]);
-            must(&["-n", &node, "link", "set", "lo", "up"]);
+            let netns = Netns::create(netns_name(&format!("{name}-n{i}")));
+            let node = netns.name.as_str();
             let hub_side = format!("shh{i}");
             must(&[
-                "-n", HUB, "link", "add", &hub_side, "type", "veth", "peer", "name", "eth0",
-                "netns", &node,
+                "-n", h, "link", "add", &hub_side, "type", "veth", "peer", "name", "eth0", "netns",
+                node,
             ]);
-            must(&["-n", HUB, "link", "set", &hub_side, "master", BRIDGE]);
-            must(&["-n", HUB, "link", "set", &hub_side, "up"]);
+            must(&["-n", h, "link", "set", &hub_side, "master", BRIDGE]);
+            must(&["-n", h, "link", "set", &hub_side, "up"]);
             must(&[
                 "-n",
-                &node,
+                node,
                 "addr",
                 "add",
                 &format!("10.99.0.{i}/24"),
                 "dev",
                 "eth0",
             ]);
-            must(&["-n", &node, "link", "set", "eth0", "up"]);
-        }
-        let root =
-            std::env::temp_dir().join(format!("shoal-cluster-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let mut nodes = Vec::new();
-        for i in 1..=n {
+            must(&["-n", node, "link", "set", "eth0", "up"]);
             let dir = root.join(format!("node-{i}"));
             std::fs::create_dir_all(&dir).unwrap();
-            let mut node = ClusterNode {
+            nodes.push(ClusterNode {
                 index: i,
                 ip: format!("10.99.0.{i}"),
                 socket: dir.join("docker.sock"),
                 dir,
+                netns,
+                hub: hub.name.clone(),
                 child: None,
-            };
+            });
+        }
+        for node in &mut nodes {
             node.spawn();
-            nodes.push(node);
         }
-        Cluster {
-            nodes,
-            root,
-            _serial: serial,
-        }
+        Cluster { nodes, root, hub }
     }
 
     /// An HTTP GET from the hub namespace (a client outside every node); the body if it answered.
     pub fn client_get(&self, url: &str) -> Option<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", HUB, "curl", "-s", "-f", "-m", "3", url])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+        self.hub.http_get(url)
     }
 
     /// Node `i` (1-based).
@@ -449,19 +378,10 @@ impl Drop for Cluster {
             if n.child.is_some() {
                 let _ = n.docker(&["swarm", "leave", "--force"]);
             }
+            // Its task containers, and plain containers a test attached to its networks.
             n.kill();
         }
-        // Task containers, and plain containers a test attached to swarm networks.
-        let plain = engine_containers(shoal_api_attachments_label());
-        for (id, _) in engine_containers("com.docker.swarm.node.id")
-            .into_iter()
-            .chain(plain)
-        {
-            let _ = Command::new("docker")
-                .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &id])
-                .output();
-        }
-        teardown_network(self.nodes.len().max(9));
+        // The namespaces go when the nodes and the hub are dropped, after this.
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
@@ -470,17 +390,11 @@ impl ClusterNode {
     fn heal_quietly(&self) {
         ip(&[
             "-n",
-            HUB,
+            &self.hub,
             "link",
             "set",
             &format!("shh{}", self.index),
             "up",
         ]);
     }
-}
-
-/// The label shoal puts on plain containers attached to swarm networks
-/// (`shoal_api::dispatch::ATTACHMENTS_LABEL`, spelled out: the tests drive the binary only).
-fn shoal_api_attachments_label() -> &'static str {
-    "com.shoal.network.attachments"
 }

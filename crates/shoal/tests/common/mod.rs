@@ -1,20 +1,167 @@
 //! Test harness: a real `shoal daemon` on a temporary socket, driven by the real `docker` CLI.
-//! Daemon tests share the host's network namespace and Docker Engine, so they run one at a time.
+//! Each daemon runs in a network namespace of its own (its bridges, nftables table, published
+//! ports and port 2377 are its own), and everything it leaves on the shared Docker Engine carries
+//! its node ID, so tests run in parallel.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
 
 static IMAGES: Once = Once::new();
-static SERIAL: Mutex<()> = Mutex::new(());
+static SWEEP: Once = Once::new();
 
-/// Daemon tests share the host's engine, addresses and ports: one at a time per test binary.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// Prefix of every network namespace the tests create: `shoal-t<pid>-...`, so namespaces left
+/// by a test process that died can be told from those of a live one.
+const NETNS_PREFIX: &str = "shoal-t";
+
+/// A fresh network namespace name for this process: `shoal-t<pid>-<tag>-<n>`.
+pub fn netns_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{NETNS_PREFIX}{}-{tag}-{n}", std::process::id())
+}
+
+/// Deletes namespaces (and their daemons' data) left by test processes that are gone.
+fn sweep_stale_netns() {
+    SWEEP.call_once(|| {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                ip_quiet(&["netns", "del", &name]);
+            }
+        }
+    });
+}
+
+/// Runs `ip` and says whether it succeeded, output discarded (cleanup steps).
+pub fn ip_quiet(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `ip`, failing the test with its stderr if it fails.
+pub fn ip_must(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace with loopback up; deleted when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `name` (see [`netns_name`]).
+    pub fn create(name: String) -> Netns {
+        sweep_stale_netns();
+        ip_must(&["netns", "add", &name]);
+        ip_must(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// `nsenter --net=...` before `program`: a command run inside the namespace. Not
+    /// `ip netns exec`, which also remounts /sys and hides the cgroup mounts.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
+        c
+    }
+
+    /// Fetches a URL from inside the namespace with curl; None if it does not answer.
+    pub fn http_get(&self, url: &str) -> Option<String> {
+        let out = self
+            .command("curl")
+            .args(["-s", "--max-time", "3", url])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        ip_quiet(&["netns", "del", &self.name]);
+    }
+}
+
+/// The node ID a daemon wrote to `<data>/node.json` (none before it is in a swarm).
+pub fn node_id_on_disk(data: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data.join("node.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["node_id"].as_str().map(str::to_string)
+}
+
+/// Removes what a dead node `id` left on the engine: its containers and its engine networks.
+/// Docker tears their endpoints down through the node's network plugin, which died with it and
+/// would be retried for minutes per endpoint: a stand-in answers on the plugin's socket
+/// meanwhile, as the dead machine's own engine would not have asked.
+pub fn remove_node_leftovers(id: &str) {
+    let short: String = id.chars().take(12).collect();
+    let sock = PathBuf::from(format!("/run/docker/plugins/shoal-{short}.sock"));
+    let stand_in = cluster::PluginStandIn::start(&sock);
+    for (c, _) in engine_containers(&format!("com.docker.swarm.node.id={id}")) {
+        let _ = Command::new("docker")
+            .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &c])
+            .output();
+    }
+    // Nothing would remove its engine networks later (a restarted node makes new ones).
+    let nets = Command::new("docker")
+        .args([
+            "-H",
+            "unix:///var/run/docker.sock",
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("driver=shoal-{short}"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    for n in nets.split_whitespace() {
+        // Plain containers a test attached to the node's swarm networks go first.
+        let on = Command::new("docker")
+            .args(["-H", "unix:///var/run/docker.sock", "ps", "-aq", "--filter"])
+            .arg(format!("network={n}"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        for c in on.split_whitespace() {
+            let _ = Command::new("docker")
+                .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", c])
+                .output();
+        }
+        let _ = Command::new("docker")
+            .args(["-H", "unix:///var/run/docker.sock", "network", "rm", n])
+            .output();
+    }
+    drop(stand_in);
 }
 
 /// Root of the repository.
@@ -33,20 +180,23 @@ pub fn images() {
     });
 }
 
-/// One shoal node: its daemon process, data directory and socket.
+/// One shoal node: its daemon process, data directory, socket and network namespace.
 pub struct Node {
     pub dir: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
-    _serial: MutexGuard<'static, ()>,
+    /// Its node ID once seen on disk, kept to clean up after `swarm leave` removed the file.
+    id: std::cell::RefCell<Option<String>>,
+    // Dropped after the daemon (fields drop in order, after `Drop::drop`).
+    pub netns: Netns,
 }
 
 impl Node {
-    /// Starts a daemon on a fresh data directory.
+    /// Starts a daemon on a fresh data directory, in a network namespace of its own.
     pub fn start(name: &str) -> Node {
         images();
-        let serial = serial();
-        let dir = std::env::temp_dir().join(format!("shoal-test-{name}-{}", std::process::id()));
+        let netns = Netns::create(netns_name(name));
+        let dir = std::env::temp_dir().join(&netns.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("docker.sock");
@@ -54,7 +204,8 @@ impl Node {
             dir,
             socket,
             child: None,
-            _serial: serial,
+            id: std::cell::RefCell::new(None),
+            netns,
         };
         node.spawn();
         node
@@ -67,7 +218,9 @@ impl Node {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        let child = self
+            .netns
+            .command(env!("CARGO_BIN_EXE_shoal"))
             .args(["daemon", "--data-dir"])
             .arg(self.dir.join("data"))
             .arg("--socket")
@@ -82,6 +235,37 @@ impl Node {
         wait_until(Duration::from_secs(20), "daemon socket answers", || {
             self.docker(&["version"]).status.success()
         });
+    }
+
+    /// This node's ID (None before `swarm init`).
+    pub fn node_id(&self) -> Option<String> {
+        if let Some(id) = node_id_on_disk(&self.dir.join("data")) {
+            *self.id.borrow_mut() = Some(id);
+        }
+        self.id.borrow().clone()
+    }
+
+    /// Fetches a URL from inside the node's namespace (its published ports answer there).
+    pub fn http_get(&self, url: &str) -> Option<String> {
+        self.netns.http_get(url)
+    }
+
+    /// `docker ps -q --filter <filter>` through this node's API, limited to this node's task
+    /// containers (plain `ps` lists the whole shared engine).
+    pub fn ps_q(&self, filter: &str) -> String {
+        let mine = format!(
+            "label=com.docker.swarm.node.id={}",
+            self.node_id().unwrap_or_default()
+        );
+        self.ok(&["ps", "-q", "--filter", filter, "--filter", &mine])
+    }
+
+    /// This node's containers on the engine with a label filter, as (id, name).
+    pub fn engine_containers(&self, label: &str) -> Vec<(String, String)> {
+        let Some(id) = self.node_id() else {
+            return Vec::new();
+        };
+        engine_containers_all(&[label, &format!("com.docker.swarm.node.id={id}")])
     }
 
     /// `kill -9` of the daemon (its containers keep running).
@@ -128,16 +312,22 @@ impl Node {
 
     /// Waits until a service shows `want` in its REPLICAS column.
     pub fn wait_replicas(&self, service: &str, want: &str) {
-        wait_until(
+        wait_for(
             Duration::from_secs(60),
             &format!("{service} at {want}"),
-            || self.replicas(service) == want,
+            || match self.replicas(service) {
+                got if got == want => Ok(()),
+                got => Err(format!(
+                    "REPLICAS {got:?}; service ps:\n{}",
+                    String::from_utf8_lossy(&self.docker(&["service", "ps", service]).stdout)
+                )),
+            },
         );
     }
 
-    /// Engine containers of a service (by Swarm's label), as (id, name).
+    /// This node's engine containers of a service (by Swarm's labels), as (id, name).
     pub fn containers(&self, service: &str) -> Vec<(String, String)> {
-        engine_containers(&format!("com.docker.swarm.service.name={service}"))
+        self.engine_containers(&format!("com.docker.swarm.service.name={service}"))
     }
 
     /// Runs the `shoal` CLI against this node: (success, stdout, stderr).
@@ -170,15 +360,14 @@ impl Drop for Node {
             let tail = &lines[lines.len().saturating_sub(80)..];
             eprintln!("---- last daemon log lines ----\n{}", tail.join("\n"));
         }
+        let id = self.node_id();
         if self.child.is_some() {
             let _ = self.docker(&["swarm", "leave", "--force"]);
         }
         self.kill9();
-        // Whatever survived (a test that failed midway): remove by shoal's label.
-        for (id, _) in engine_containers("com.docker.swarm.node.id") {
-            let _ = Command::new("docker")
-                .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &id])
-                .output();
+        // Whatever survived (a test that failed midway): this node's containers and networks.
+        if let Some(id) = id {
+            remove_node_leftovers(&id);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -186,17 +375,18 @@ impl Drop for Node {
 
 /// Containers on the machine's engine carrying a label filter, as (id, name).
 pub fn engine_containers(label: &str) -> Vec<(String, String)> {
-    let out = Command::new("docker")
-        .args([
-            "-H",
-            "unix:///var/run/docker.sock",
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label={label}"),
-            "--format",
-            "{{.ID}} {{.Names}}",
-        ])
+    engine_containers_all(&[label])
+}
+
+/// Containers on the machine's engine carrying every one of the label filters, as (id, name).
+pub fn engine_containers_all(labels: &[&str]) -> Vec<(String, String)> {
+    let mut cmd = Command::new("docker");
+    cmd.args(["-H", "unix:///var/run/docker.sock", "ps", "-a"]);
+    for l in labels {
+        cmd.arg("--filter").arg(format!("label={l}"));
+    }
+    let out = cmd
+        .args(["--format", "{{.ID}} {{.Names}}"])
         .output()
         .expect("docker ps");
     String::from_utf8_lossy(&out.stdout)
@@ -264,17 +454,6 @@ pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> Result<(), S
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("timed out after {limit:?} waiting for: {what}; last seen: {last}");
-}
-
-/// Fetches a URL from the host with curl; None if it does not answer.
-pub fn http_get(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "3", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// Path helper.
