@@ -588,7 +588,8 @@ node_loss_run() {
   log "run $run: killing worker node-$victim (daemon kill -9, docker rm -f of its ${on_victim:-0} containers)"
   # The host engine's container events (read only), to tell afterwards who lost containers.
   local ev=$NS_DATA/events.$run evpid
-  engine events --filter type=container --filter event=die --filter event=destroy \
+  # Not through engine(): $! would be the function's subshell, and killing that leaves docker.
+  docker -H "$ENGINE" events --filter type=container --filter event=die --filter event=destroy \
     --filter label=com.docker.swarm.node.id \
     --format '{{.Time}} {{.Action}} {{index .Actor.Attributes "com.docker.swarm.node.id"}}' > "$ev" 2>/dev/null &
   evpid=$!
