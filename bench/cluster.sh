@@ -156,7 +156,9 @@ sh_kill_daemon() {
   local pid
   rm -f "$(ns_run_dir "$1")/alive"
   pid=$(sh_pid "$1")
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = shoal ] && kill -KILL "$pid"
+  # The kernel's comm is the binary's name cut to 15 characters (SHOAL=/somewhere/shoal-old).
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$(basename "$SHOAL" | cut -c1-15)" ] &&
+    kill -KILL "$pid"
   return 0
 }
 
@@ -586,7 +588,8 @@ node_loss_run() {
   log "run $run: killing worker node-$victim (daemon kill -9, docker rm -f of its ${on_victim:-0} containers)"
   # The host engine's container events (read only), to tell afterwards who lost containers.
   local ev=$NS_DATA/events.$run evpid
-  engine events --filter type=container --filter event=die --filter event=destroy \
+  # Not through engine(): $! would be the function's subshell, and killing that leaves docker.
+  docker -H "$ENGINE" events --filter type=container --filter event=die --filter event=destroy \
     --filter label=com.docker.swarm.node.id \
     --format '{{.Time}} {{.Action}} {{index .Actor.Attributes "com.docker.swarm.node.id"}}' > "$ev" 2>/dev/null &
   evpid=$!
@@ -606,6 +609,9 @@ node_loss_run() {
     fi
     if [ "$(since "$t0" | cut -d. -f1)" -ge "$TIMEOUT" ]; then
       log "service did not recover within $TIMEOUT s ($live tasks running on live nodes)"
+      # The recorder holds the script's descriptors (a caller's flock too): never leave it behind.
+      kill "$evpid" 2>/dev/null
+      wait "$evpid" 2>/dev/null
       return 1
     fi
     sleep 0.2
