@@ -21,8 +21,7 @@ pub async fn service_logs(
 ) -> Result<Response> {
     check_options(&q)?;
     let m = d.manager().await?;
-    let svc = db::lookup::<StoredService>(&m.store, &key)
-        .ok_or_else(|| ApiError::not_found(format!("service {key} not found")))?;
+    let svc = db::find::<StoredService>(&m.store, &key)?;
     let tasks: Vec<StoredTask> = db::list::<StoredTask>(&m.store)
         .into_iter()
         .map(|t| t.obj)
@@ -39,8 +38,7 @@ pub async fn task_logs(
 ) -> Result<Response> {
     check_options(&q)?;
     let m = d.manager().await?;
-    let t = db::lookup::<StoredTask>(&m.store, &key)
-        .ok_or_else(|| ApiError::not_found(format!("task {key} not found")))?;
+    let t = db::find::<StoredTask>(&m.store, &key)?;
     stream(d, vec![t.obj], q).await
 }
 

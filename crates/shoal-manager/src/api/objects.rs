@@ -2,7 +2,7 @@
 
 use super::filters::Filters;
 use super::{json, parse_body, AppState, Result};
-use crate::db::{self, Stored, Versioned};
+use crate::db::{self, Stored};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -127,14 +127,6 @@ impl Blob for Config {
     }
 }
 
-fn find<T: Blob>(
-    store: &shoal_store::Store,
-    key: &str,
-) -> std::result::Result<Versioned<T>, ApiError> {
-    db::lookup::<T>(store, key)
-        .ok_or_else(|| ApiError::not_found(format!("{} {key} not found", T::WHAT)))
-}
-
 async fn list<T: Blob>(d: AppState, q: HashMap<String, String>) -> Result<Response> {
     let m = d.manager().await?;
     let f = Filters::parse(&q, &["id", "label", "name", "names"])?;
@@ -189,7 +181,7 @@ async fn inspect<T: Blob>(d: AppState, key: String) -> Result<Response> {
     let m = d.manager().await?;
     Ok(json(
         StatusCode::OK,
-        &find::<T>(&m.store, &key)?.obj.public(),
+        &db::find::<T>(&m.store, &key)?.obj.public(),
     ))
 }
 
@@ -202,10 +194,7 @@ async fn update<T: Blob>(
     let m = d.manager().await?;
     let version: u64 = super::version_param(&q)?;
     let spec: T::Spec = parse_body(&body)?;
-    let cur = find::<T>(&m.store, &key)?;
-    if cur.version != version {
-        return Err(ApiError::out_of_sequence().into());
-    }
+    let cur = db::at_version(db::find::<T>(&m.store, &key)?, version)?;
     let same_name = T::spec_name(&spec).is_none_or(|n| Some(n) == cur.obj.name());
     let same_data = T::spec_data(&spec).is_none_or(|d| d.is_empty() || Some(d) == cur.obj.data());
     if !same_name || !same_data {
@@ -219,7 +208,7 @@ async fn update<T: Blob>(
 
 async fn remove<T: Blob>(d: AppState, key: String) -> Result<Response> {
     let m = d.manager().await?;
-    let cur = find::<T>(&m.store, &key)?;
+    let cur = db::find::<T>(&m.store, &key)?;
     let oid = cur.obj.id();
     let users: Vec<String> = db::list::<StoredService>(&m.store)
         .into_iter()
