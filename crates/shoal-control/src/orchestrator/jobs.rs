@@ -300,16 +300,13 @@ pub fn periodic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api::models::{ServiceSpec, TaskStatus};
+    use shoal_api::models::TaskStatus;
 
     fn svc(json: &str) -> Versioned<StoredService> {
-        let spec: ServiceSpec = serde_json::from_str(json).unwrap();
-        let mut s = StoredService::default();
-        s.service.id = Some("job".into());
-        s.service.spec = Some(spec);
+        let mut s = crate::testkit::service("job", json);
+        s.last_spec_version = 0;
         s.service.job_status = Some(initial_status(s.cron().is_some(), crate::testkit::T0));
-        s.spec_version = 1;
-        Versioned { obj: s, version: 1 }
+        crate::testkit::versioned(s)
     }
 
     fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
