@@ -619,6 +619,29 @@ mod tests {
         }
     }
 
+    /// Fails naming the line when `script` lacks any of `present` or holds any of `absent`.
+    fn has(script: &str, present: &[&str], absent: &[&str]) {
+        for p in present {
+            assert!(script.contains(p), "missing {p:?} in:\n{script}");
+        }
+        for a in absent {
+            assert!(!script.contains(a), "unexpected {a:?} in:\n{script}");
+        }
+    }
+
+    /// Service `a` on network `n1` with one healthy task.
+    fn one_task_service() -> ServiceRoute {
+        svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])
+    }
+
+    /// A routing table of `services` alone.
+    fn routes(services: Vec<ServiceRoute>) -> RoutingTable {
+        RoutingTable {
+            services,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn model_keeps_healthy_local_tasks_only() {
         let nets = [net("n1", "10.0.0.0/24", false)];
@@ -669,29 +692,23 @@ mod tests {
         table.services[0].tasks[1].healthy = false;
         let new = Model::build(&nets, &table);
         let script = diff_script("T", &old, &new).unwrap();
-        assert!(script.contains("flush chain ip T svc_a_n1"), "{script}");
-        assert!(
-            script.contains("numgen random mod 1 map { 0 : 10.0.0.2 }"),
-            "{script}"
+
+        has(
+            &script,
+            &[
+                "flush chain ip T svc_a_n1",
+                "numgen random mod 1 map { 0 : 10.0.0.2 }",
+                "delete element ip T hairpin { 10.0.0.3 . 10.0.0.3 }",
+            ],
+            &["svc_b_n1", "net_forward", "pub_tcp_8080"],
         );
-        assert!(
-            script.contains("delete element ip T hairpin { 10.0.0.3 . 10.0.0.3 }"),
-            "{script}"
-        );
-        assert!(!script.contains("svc_b_n1"), "{script}");
-        assert!(!script.contains("net_forward"), "{script}");
-        assert!(!script.contains("pub_tcp_8080"), "{script}");
         assert_eq!(diff_script("T", &new, &new), None);
     }
 
     #[test]
     fn service_losing_all_tasks_moves_to_vips_down() {
         let nets = [net("n1", "10.0.0.0/24", false)];
-        let mut table = RoutingTable {
-            peers: Default::default(),
-            services: vec![svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])],
-            published: vec![],
-        };
+        let mut table = routes(vec![one_task_service()]);
         let old = Model::build(&nets, &table);
         table.services[0].tasks.clear();
         let new = Model::build(&nets, &table);
@@ -714,11 +731,7 @@ mod tests {
     #[test]
     fn removed_service_drops_element_before_chain() {
         let nets = [net("n1", "10.0.0.0/24", false)];
-        let table = RoutingTable {
-            peers: Default::default(),
-            services: vec![svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])],
-            published: vec![],
-        };
+        let table = routes(vec![one_task_service()]);
         let old = Model::build(&nets, &table);
         let new = Model::build(&nets, &RoutingTable::default());
         let script = diff_script("T", &old, &new).unwrap();
@@ -735,19 +748,15 @@ mod tests {
         ];
         let m = Model::build(&nets, &RoutingTable::default());
         let script = full_script("T", &m);
-        assert!(
-            script.contains("iifname \"shl-n1\" oifname \"shl-*\" drop"),
-            "{script}"
+        has(
+            &script,
+            &[
+                "iifname \"shl-n1\" oifname \"shl-*\" drop",
+                "iifname \"shl-n2\" drop",
+                "iifname \"shl-n1\" ip daddr { 10.0.1.0/24 } drop",
+                "ip saddr 10.0.0.0/24 oifname != \"shl-n1\" masquerade",
+            ],
+            &["ip saddr 10.0.1.0/24 oifname"],
         );
-        assert!(script.contains("iifname \"shl-n2\" drop"), "{script}");
-        assert!(
-            script.contains("iifname \"shl-n1\" ip daddr { 10.0.1.0/24 } drop"),
-            "{script}"
-        );
-        assert!(
-            script.contains("ip saddr 10.0.0.0/24 oifname != \"shl-n1\" masquerade"),
-            "{script}"
-        );
-        assert!(!script.contains("ip saddr 10.0.1.0/24 oifname"), "{script}");
     }
 }
