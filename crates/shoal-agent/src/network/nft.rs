@@ -759,4 +759,45 @@ mod tests {
             &["ip saddr 10.0.1.0/24 oifname"],
         );
     }
+
+    #[test]
+    fn published_port_is_written_and_diffed_like_a_service() {
+        let nets = [net("n1", "10.0.0.0/24", false)];
+        let port = |targets: &[&str]| PublishedPort {
+            protocol: Protocol::Tcp,
+            published: 8080,
+            targets: targets.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let with = |p: Vec<PublishedPort>| RoutingTable {
+            published: p,
+            ..routes(vec![])
+        };
+        let up = Model::build(&nets, &with(vec![port(&["10.0.0.2:80"])]));
+        has(
+            &full_script("T", &up),
+            &[
+                "add chain ip T pub_tcp_8080\nadd rule ip T pub_tcp_8080 ct mark set ct mark or 0x00100000 meta l4proto tcp dnat ip to numgen random mod 1 map { 0 : 10.0.0.2 . 80 }\nadd element ip T published { tcp . 8080 : goto pub_tcp_8080 }",
+            ],
+            &["add element ip T published_down"],
+        );
+        let down = Model::build(&nets, &with(vec![port(&[])]));
+        assert_eq!(
+            diff_script("T", &up, &down).as_deref(),
+            Some("delete element ip T published { tcp . 8080 }\ndelete element ip T hairpin { 10.0.0.2 . 10.0.0.2 }\nflush chain ip T pub_tcp_8080\nadd element ip T published_down { tcp . 8080 }\n")
+        );
+        let gone = Model::build(&nets, &with(vec![]));
+        assert_eq!(
+            diff_script("T", &down, &gone).as_deref(),
+            Some("delete element ip T published_down { tcp . 8080 }\ndelete chain ip T pub_tcp_8080\n")
+        );
+        let script = diff_script("T", &gone, &up).unwrap();
+        has(
+            &script,
+            &[
+                "add chain ip T pub_tcp_8080\nadd rule ip T pub_tcp_8080",
+                "add element ip T published { tcp . 8080 : goto pub_tcp_8080 }",
+            ],
+            &[],
+        );
+    }
 }
