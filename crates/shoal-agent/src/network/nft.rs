@@ -652,19 +652,15 @@ mod tests {
     #[test]
     fn model_keeps_healthy_local_tasks_only() {
         let nets = [net("n1", "10.0.0.0/24", false)];
-        let table = RoutingTable {
-            peers: Default::default(),
-            services: vec![
-                svc(
-                    "a",
-                    "n1",
-                    "10.0.0.100",
-                    &[("10.0.0.3", true), ("10.0.0.2", true), ("10.0.0.4", false)],
-                ),
-                svc("b", "n2", "10.0.1.100", &[("10.0.1.2", true)]),
-            ],
-            published: vec![],
-        };
+        let table = routes(vec![
+            svc(
+                "a",
+                "n1",
+                "10.0.0.100",
+                &[("10.0.0.3", true), ("10.0.0.2", true), ("10.0.0.4", false)],
+            ),
+            svc("b", "n2", "10.0.1.100", &[("10.0.1.2", true)]),
+        ]);
         let m = Model::build(&nets, &table);
         assert_eq!(m.services.len(), 1);
         let s = &m.services["svc_a_n1"];
@@ -679,8 +675,12 @@ mod tests {
     fn diff_touches_only_the_changed_service() {
         let nets = [net("n1", "10.0.0.0/24", false)];
         let mut table = RoutingTable {
-            peers: Default::default(),
-            services: vec![
+            published: vec![PublishedPort {
+                protocol: Protocol::Tcp,
+                published: 8080,
+                targets: vec!["10.0.0.2:80".parse().unwrap()],
+            }],
+            ..routes(vec![
                 svc(
                     "a",
                     "n1",
@@ -688,12 +688,7 @@ mod tests {
                     &[("10.0.0.2", true), ("10.0.0.3", true)],
                 ),
                 svc("b", "n1", "10.0.0.101", &[("10.0.0.4", true)]),
-            ],
-            published: vec![PublishedPort {
-                protocol: Protocol::Tcp,
-                published: 8080,
-                targets: vec!["10.0.0.2:80".parse().unwrap()],
-            }],
+            ])
         };
         let old = Model::build(&nets, &table);
         table.services[0].tasks[1].healthy = false;
