@@ -595,15 +595,9 @@ mod tests {
     use crate::network::{PublishedPort, ServiceRoute, TaskEndpoint};
 
     fn net(id: &str, subnet: &str, internal: bool) -> NetworkSpec {
-        let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
         NetworkSpec {
-            id: id.into(),
-            name: id.into(),
-            gateway: subnet.hosts().next().unwrap(),
-            subnet,
             internal,
-            vni: 0,
-            ingress: false,
+            ..NetworkSpec::local(id, id, subnet)
         }
     }
 
