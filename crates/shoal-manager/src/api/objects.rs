@@ -191,59 +191,58 @@ async fn remove<T: Blob>(d: AppState, key: String) -> Result<Response> {
     ))
 }
 
-/// `GET /secrets`.
-pub async fn list_secrets(
-    State(d): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response> {
-    list::<Secret>(d, q).await
+/// The five routes of one kind, each a thin axum handler over the generic one above.
+macro_rules! handlers {
+    ($ty:ident, $path:literal, $list:ident, $create:ident, $inspect:ident, $update:ident, $remove:ident) => {
+        #[doc = concat!("`GET /", $path, "`.")]
+        pub async fn $list(
+            State(d): State<AppState>,
+            Query(q): Query<HashMap<String, String>>,
+        ) -> Result<Response> {
+            list::<$ty>(d, q).await
+        }
+        #[doc = concat!("`POST /", $path, "/create`.")]
+        pub async fn $create(State(d): State<AppState>, body: Bytes) -> Result<Response> {
+            create::<$ty>(d, body).await
+        }
+        #[doc = concat!("`GET /", $path, "/{id}`.")]
+        pub async fn $inspect(
+            State(d): State<AppState>,
+            Path(k): Path<String>,
+        ) -> Result<Response> {
+            inspect::<$ty>(d, k).await
+        }
+        #[doc = concat!("`POST /", $path, "/{id}/update`.")]
+        pub async fn $update(
+            State(d): State<AppState>,
+            Path(k): Path<String>,
+            Query(q): Query<HashMap<String, String>>,
+            body: Bytes,
+        ) -> Result<Response> {
+            update::<$ty>(d, k, q, body).await
+        }
+        #[doc = concat!("`DELETE /", $path, "/{id}`.")]
+        pub async fn $remove(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
+            remove::<$ty>(d, k).await
+        }
+    };
 }
-/// `POST /secrets/create`.
-pub async fn create_secret(State(d): State<AppState>, body: Bytes) -> Result<Response> {
-    create::<Secret>(d, body).await
-}
-/// `GET /secrets/{id}`.
-pub async fn inspect_secret(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
-    inspect::<Secret>(d, k).await
-}
-/// `POST /secrets/{id}/update`.
-pub async fn update_secret(
-    State(d): State<AppState>,
-    Path(k): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Result<Response> {
-    update::<Secret>(d, k, q, body).await
-}
-/// `DELETE /secrets/{id}`.
-pub async fn remove_secret(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
-    remove::<Secret>(d, k).await
-}
-/// `GET /configs`.
-pub async fn list_configs(
-    State(d): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response> {
-    list::<Config>(d, q).await
-}
-/// `POST /configs/create`.
-pub async fn create_config(State(d): State<AppState>, body: Bytes) -> Result<Response> {
-    create::<Config>(d, body).await
-}
-/// `GET /configs/{id}`.
-pub async fn inspect_config(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
-    inspect::<Config>(d, k).await
-}
-/// `POST /configs/{id}/update`.
-pub async fn update_config(
-    State(d): State<AppState>,
-    Path(k): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Result<Response> {
-    update::<Config>(d, k, q, body).await
-}
-/// `DELETE /configs/{id}`.
-pub async fn remove_config(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
-    remove::<Config>(d, k).await
-}
+
+handlers!(
+    Secret,
+    "secrets",
+    list_secrets,
+    create_secret,
+    inspect_secret,
+    update_secret,
+    remove_secret
+);
+handlers!(
+    Config,
+    "configs",
+    list_configs,
+    create_config,
+    inspect_config,
+    update_config,
+    remove_config
+);
