@@ -199,7 +199,7 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
         ("Secrets", "SecretID", "secret"),
         cs.secrets.iter().flatten().map(|s| {
             let id = s.secret_id.as_deref().unwrap_or("");
-            FileRef {
+            MountedRef {
                 id,
                 label: s.secret_name.as_deref().unwrap_or(id),
                 file: s.file.as_ref().and_then(|f| f.name.as_deref()),
@@ -210,7 +210,7 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
     )?;
     file_refs(
         ("Configs", "ConfigID", "config"),
-        cs.configs.iter().flatten().map(|c| FileRef {
+        cs.configs.iter().flatten().map(|c| MountedRef {
             id: c.config_id.as_deref().unwrap_or(""),
             label: c.config_name.as_deref().unwrap_or("?"),
             file: c.file.as_ref().and_then(|f| f.name.as_deref()),
@@ -302,7 +302,7 @@ pub fn swarm_spec(spec: &SwarmSpec, current_name: &str) -> Result {
 }
 
 /// A secret or config a task mounts as a file: its ID, how to name it in errors, its file name.
-struct FileRef<'a> {
+struct MountedRef<'a> {
     id: &'a str,
     label: &'a str,
     file: Option<&'a str>,
@@ -312,7 +312,7 @@ struct FileRef<'a> {
 /// and no two land on the same path (`target` says where a file lands, in words of the kind).
 fn file_refs<'a>(
     (field, id_field, noun): (&str, &str, &str),
-    refs: impl Iterator<Item = FileRef<'a>>,
+    refs: impl Iterator<Item = MountedRef<'a>>,
     target: fn(&str) -> String,
     duplicate: impl Fn(&str) -> String,
 ) -> Result {

@@ -419,7 +419,7 @@ mod tests {
 
     /// A worker running over `exec` with its files in a fresh temp dir, and the ends the
     /// tests drive it by.
-    struct Running {
+    struct WorkerUnderTest {
         atx: watch::Sender<NodeAssignments>,
         rrx: mpsc::Receiver<Vec<TaskStatusReport>>,
         stop: CancellationToken,
@@ -427,7 +427,7 @@ mod tests {
         dir: std::path::PathBuf,
     }
 
-    impl Running {
+    impl WorkerUnderTest {
         /// Stops the worker and removes its files.
         async fn finish(self) {
             self.stop.cancel();
@@ -436,7 +436,7 @@ mod tests {
         }
     }
 
-    fn start(name: &str, exec: Arc<Recording>) -> Running {
+    fn start(name: &str, exec: Arc<Recording>) -> WorkerUnderTest {
         let dir = std::env::temp_dir().join(format!("shoal-worker-{name}-{}", std::process::id()));
         let cfg = WorkerConfig {
             node_id: "n1".into(),
@@ -448,7 +448,7 @@ mod tests {
         let (rtx, rrx) = mpsc::channel(16);
         let stop = CancellationToken::new();
         let worker = tokio::spawn(run(cfg, arx, rtx, stop.clone()));
-        Running {
+        WorkerUnderTest {
             atx,
             rrx,
             stop,
