@@ -195,55 +195,29 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
             }
         }
     }
-    let mut targets = HashSet::new();
-    for s in cs.secrets.iter().flatten() {
-        let id = s.secret_id.as_deref().unwrap_or("");
-        if id.is_empty() {
-            return Err(ApiError::invalid_arg(
-                "ContainerSpec.Secrets: SecretID must be provided",
-            ));
-        }
-        let file = s
-            .file
-            .as_ref()
-            .and_then(|f| f.name.as_deref())
-            .unwrap_or("");
-        if file.is_empty() {
-            return Err(ApiError::invalid_arg(format!(
-                "ContainerSpec.Secrets: secret {}: File.Name must be provided",
-                s.secret_name.as_deref().unwrap_or(id)
-            )));
-        }
-        if !targets.insert(secret_target(file)) {
-            return Err(ApiError::invalid_arg(format!(
-                "ContainerSpec.Secrets: secret references {file:?} more than once"
-            )));
-        }
-    }
-    let mut targets = HashSet::new();
-    for c in cs.configs.iter().flatten() {
-        if c.config_id.as_deref().unwrap_or("").is_empty() {
-            return Err(ApiError::invalid_arg(
-                "ContainerSpec.Configs: ConfigID must be provided",
-            ));
-        }
-        let file = c
-            .file
-            .as_ref()
-            .and_then(|f| f.name.as_deref())
-            .unwrap_or("");
-        if file.is_empty() {
-            return Err(ApiError::invalid_arg(format!(
-                "ContainerSpec.Configs: config {}: File.Name must be provided",
-                c.config_name.as_deref().unwrap_or("?")
-            )));
-        }
-        if !targets.insert(config_target(file)) {
-            return Err(ApiError::invalid_arg(format!(
-                "ContainerSpec.Configs: config target {file:?} used more than once"
-            )));
-        }
-    }
+    file_refs(
+        ("Secrets", "SecretID", "secret"),
+        cs.secrets.iter().flatten().map(|s| {
+            let id = s.secret_id.as_deref().unwrap_or("");
+            MountedRef {
+                id,
+                label: s.secret_name.as_deref().unwrap_or(id),
+                file: s.file.as_ref().and_then(|f| f.name.as_deref()),
+            }
+        }),
+        secret_target,
+        |file| format!("secret references {file:?} more than once"),
+    )?;
+    file_refs(
+        ("Configs", "ConfigID", "config"),
+        cs.configs.iter().flatten().map(|c| MountedRef {
+            id: c.config_id.as_deref().unwrap_or(""),
+            label: c.config_name.as_deref().unwrap_or("?"),
+            file: c.file.as_ref().and_then(|f| f.name.as_deref()),
+        }),
+        config_target,
+        |file| format!("config target {file:?} used more than once"),
+    )?;
     let nets = tt
         .networks
         .iter()
@@ -325,6 +299,45 @@ pub fn swarm_spec(spec: &SwarmSpec, current_name: &str) -> Result {
             .as_ref()
             .and_then(|o| o.task_history_retention_limit),
     )
+}
+
+/// A secret or config a task mounts as a file: its ID, how to name it in errors, its file name.
+struct MountedRef<'a> {
+    id: &'a str,
+    label: &'a str,
+    file: Option<&'a str>,
+}
+
+/// Checks the secrets or configs of a container spec alike: each names its object and a file,
+/// and no two land on the same path (`target` says where a file lands, in words of the kind).
+fn file_refs<'a>(
+    (field, id_field, noun): (&str, &str, &str),
+    refs: impl Iterator<Item = MountedRef<'a>>,
+    target: fn(&str) -> String,
+    duplicate: impl Fn(&str) -> String,
+) -> Result {
+    let mut targets = HashSet::new();
+    for r in refs {
+        if r.id.is_empty() {
+            return Err(ApiError::invalid_arg(format!(
+                "ContainerSpec.{field}: {id_field} must be provided"
+            )));
+        }
+        let file = r.file.unwrap_or("");
+        if file.is_empty() {
+            return Err(ApiError::invalid_arg(format!(
+                "ContainerSpec.{field}: {noun} {}: File.Name must be provided",
+                r.label
+            )));
+        }
+        if !targets.insert(target(file)) {
+            return Err(ApiError::invalid_arg(format!(
+                "ContainerSpec.{field}: {}",
+                duplicate(file)
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn replicas(field: &str, n: i64) -> Result {

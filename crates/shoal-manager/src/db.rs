@@ -138,7 +138,9 @@ stored!(
     |_o, _v| {}
 );
 
-fn decode<T: Stored>(o: &Object) -> Option<Versioned<T>> {
+/// Decodes a stored object for every reader of the store (the API and the live state): a
+/// document that does not decode is logged and skipped, never fatal.
+pub(crate) fn decode<T: Stored>(o: &Object) -> Option<Versioned<T>> {
     match serde_json::from_slice::<T>(&o.data) {
         Ok(mut obj) => {
             obj.set_version(o.version);
@@ -183,6 +185,21 @@ pub fn lookup<T: Stored>(store: &Store, key: &str) -> Option<Versioned<T>> {
         (Some(o), None) => decode(&o),
         _ => None,
     }
+}
+
+/// [`lookup`] for API handlers: a key that names nothing is the Docker error clients expect.
+pub fn find<T: Stored>(store: &Store, key: &str) -> Result<Versioned<T>, ApiError> {
+    lookup::<T>(store, key)
+        .ok_or_else(|| ApiError::not_found(format!("{} {key} not found", T::KIND)))
+}
+
+/// Refuses an update made against another version than the stored one, as swarm does, so
+/// that two clients updating the same object do not overwrite each other unseen.
+pub fn at_version<T>(cur: Versioned<T>, version: u64) -> Result<Versioned<T>, ApiError> {
+    if cur.version != version {
+        return Err(ApiError::out_of_sequence());
+    }
+    Ok(cur)
 }
 
 /// A write that replaces an object, refused if someone else changed it since `expect`.

@@ -8,7 +8,7 @@ use shoal_api::models::Swarm;
 use shoal_api::objects::{StoredService, StoredTask};
 pub use shoal_control::changes::{Delta, TaskChange};
 pub use shoal_control::state::{node_schedulable, ClusterState, Versioned};
-use shoal_store::{Action, Change, ChangeSet, Object, Store};
+use shoal_store::{Action, Change, ChangeSet, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -24,23 +24,6 @@ pub fn load(store: &Store) -> ClusterState {
         nodes: db::list(store),
         networks: db::list(store),
         cluster: db::list::<Swarm>(store).into_iter().next(),
-    }
-}
-
-/// Decodes a stored object the way `db` does (a document that does not decode is skipped).
-fn decode<T: Stored>(o: &Object) -> Option<Versioned<T>> {
-    match serde_json::from_slice::<T>(&o.data) {
-        Ok(mut obj) => {
-            obj.set_version(o.version);
-            Some(Versioned {
-                obj,
-                version: o.version,
-            })
-        }
-        Err(e) => {
-            tracing::error!(kind = %o.kind, id = %o.id, error = %e, "stored object does not decode; skipped");
-            None
-        }
     }
 }
 
@@ -365,7 +348,7 @@ impl SharedReader {
 fn live_object<T: Stored>(c: &Change) -> Option<Versioned<T>> {
     match c.action {
         Action::Deleted => None,
-        Action::Created | Action::Updated => c.object.as_ref().and_then(decode),
+        Action::Created | Action::Updated => c.object.as_ref().and_then(db::decode),
     }
 }
 

@@ -698,15 +698,7 @@ mod tests {
 
     #[test]
     fn specs_are_validated() {
-        let mut n = NetworkSpec {
-            id: "abc".into(),
-            name: "n".into(),
-            subnet: "10.0.0.0/24".parse().unwrap(),
-            gateway: "10.0.0.1".parse().unwrap(),
-            internal: false,
-            vni: 0,
-            ingress: false,
-        };
+        let mut n = NetworkSpec::local("abc", "n", "10.0.0.0/24");
         assert!(validate(&n).is_ok());
         n.gateway = "10.0.1.1".parse().unwrap();
         assert!(validate(&n).is_err());

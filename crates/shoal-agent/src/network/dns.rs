@@ -462,15 +462,7 @@ mod tests {
     use hickory_proto::op::Query;
 
     fn net() -> NetworkSpec {
-        NetworkSpec {
-            id: "n1".into(),
-            name: "front".into(),
-            subnet: "10.0.0.0/24".parse().unwrap(),
-            gateway: "10.0.0.1".parse().unwrap(),
-            internal: false,
-            vni: 0,
-            ingress: false,
-        }
+        NetworkSpec::local("n1", "front", "10.0.0.0/24")
     }
 
     fn table() -> RoutingTable {

@@ -21,6 +21,22 @@ async fn iptables(args: &[&str]) -> Result<std::process::Output, std::io::Error>
         .await
 }
 
+/// Runs an iptables command that changes a rule; it failing to run or exiting non-zero is an
+/// error naming `op` (what was being done) and iptables' own words.
+async fn change(args: &[&str], op: impl Fn() -> String) -> Result<(), NetworkError> {
+    let out = iptables(args).await.map_err(|e| NetworkError::Iptables {
+        op: op(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(NetworkError::Iptables {
+            op: op(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Whether Docker's `DOCKER-USER` chain exists (Docker manages iptables on this host).
 pub(crate) async fn docker_user_chain_exists() -> bool {
     matches!(iptables(&["-S", CHAIN]).await, Ok(o) if o.status.success())
@@ -58,18 +74,7 @@ pub(crate) async fn allow_bridge(bridge: &str, comment: &str) -> Result<(), Netw
             .into_iter()
             .chain(spec.iter().copied())
             .collect();
-        let out = iptables(&insert)
-            .await
-            .map_err(|e| NetworkError::Iptables {
-                op: format!("allow bridge {bridge}"),
-                detail: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(NetworkError::Iptables {
-                op: format!("allow bridge {bridge}"),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
+        change(&insert, || format!("allow bridge {bridge}")).await?;
     }
     Ok(())
 }
@@ -101,16 +106,7 @@ pub(crate) async fn remove_rules(comment: &str, bridge: Option<&str>) -> Result<
         }
         let mut args = vec!["-D", CHAIN];
         args.extend(words[2..].iter().map(|w| w.trim_matches('"')));
-        let res = iptables(&args).await.map_err(|e| NetworkError::Iptables {
-            op: format!("remove rule `{line}`"),
-            detail: e.to_string(),
-        })?;
-        if !res.status.success() {
-            return Err(NetworkError::Iptables {
-                op: format!("remove rule `{line}`"),
-                detail: String::from_utf8_lossy(&res.stderr).trim().to_string(),
-            });
-        }
+        change(&args, || format!("remove rule `{line}`")).await?;
     }
     Ok(())
 }

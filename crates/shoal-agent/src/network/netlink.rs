@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
 };
@@ -91,28 +91,41 @@ impl Links {
                 })?
             }
         };
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).alias(alias).up().build())
-            .execute()
-            .await
-            .map_err(|e| NetworkError::netlink("bring up bridge", name, e))?;
+        self.set_link(
+            LinkUnspec::new_with_index(index).alias(alias).up().build(),
+            "bring up bridge",
+            name,
+        )
+        .await?;
         self.add_address(index, name, gw, prefix).await?;
         Ok(index)
     }
 
-    /// Gives link `index` the MAC address `mac`.
-    pub async fn set_mac(&self, index: u32, name: &str, mac: [u8; 6]) -> Result<(), NetworkError> {
+    /// Changes a link's attributes; every `set` here fails the same way, naming what it did.
+    async fn set_link(
+        &self,
+        msg: LinkMessage,
+        op: &'static str,
+        object: &str,
+    ) -> Result<(), NetworkError> {
         self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .address(mac.to_vec())
-                    .build(),
-            )
+            .set(msg)
             .execute()
             .await
-            .map_err(|e| NetworkError::netlink("set MAC address", name, e))
+            .map_err(|e| NetworkError::netlink(op, object, e))
+    }
+
+    /// Gives link `index` the MAC address `mac`.
+    pub async fn set_mac(&self, index: u32, name: &str, mac: [u8; 6]) -> Result<(), NetworkError> {
+        self.set_link(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+            "set MAC address",
+            name,
+        )
+        .await
     }
 
     /// Creates VXLAN device `name` (VNI `vni`, UDP 4789, no learning, ARP answered locally from
@@ -157,18 +170,16 @@ impl Links {
         alias: &str,
         bridge_index: u32,
     ) -> Result<u32, NetworkError> {
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .controller(bridge_index)
-                    .alias(alias)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| NetworkError::netlink("attach vxlan to bridge", name, e))?;
+        self.set_link(
+            LinkUnspec::new_with_index(index)
+                .controller(bridge_index)
+                .alias(alias)
+                .up()
+                .build(),
+            "attach vxlan to bridge",
+            name,
+        )
+        .await?;
         Ok(index)
     }
 
@@ -272,15 +283,8 @@ impl Links {
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         m.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
-        match self.handle.neighbours().del(m).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT)) => Ok(()),
-            Err(e) => Err(NetworkError::netlink(
-                "delete vxlan fdb entry",
-                super::names::mac_string(&mac),
-                e,
-            )),
-        }
+        self.del_neighbour(m, "delete vxlan fdb entry", super::names::mac_string(&mac))
+            .await
     }
 
     /// Makes `addr` resolve to `mac` on link `index` without ARP.
@@ -309,14 +313,21 @@ impl Links {
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
                 addr,
             )));
+        self.del_neighbour(m, "delete neighbour", addr.to_string())
+            .await
+    }
+
+    /// Deletes one neighbour or fdb entry; one already gone is what the caller wanted.
+    async fn del_neighbour(
+        &self,
+        m: NeighbourMessage,
+        op: &'static str,
+        object: String,
+    ) -> Result<(), NetworkError> {
         match self.handle.neighbours().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(libc::ENOENT)) => Ok(()),
-            Err(e) => Err(NetworkError::netlink(
-                "delete neighbour",
-                addr.to_string(),
-                e,
-            )),
+            Err(e) => Err(NetworkError::netlink(op, object, e)),
         }
     }
 
@@ -444,19 +455,17 @@ impl Links {
             .index(host)
             .await?
             .ok_or_else(|| NetworkError::invalid(host, "veth vanished right after creation"))?;
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(host_index)
-                    .mtu(mtu)
-                    .controller(bridge_index)
-                    .alias(alias)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| NetworkError::netlink("attach veth to bridge", host, e))?;
+        self.set_link(
+            LinkUnspec::new_with_index(host_index)
+                .mtu(mtu)
+                .controller(bridge_index)
+                .alias(alias)
+                .up()
+                .build(),
+            "attach veth to bridge",
+            host,
+        )
+        .await?;
         // A task reaching its own service through the VIP: the DNAT-ed packet goes back out
         // of the port it came in on, which a bridge refuses unless the port is in hairpin mode.
         self.handle
@@ -466,21 +475,19 @@ impl Links {
             .await
             .map_err(|e| NetworkError::netlink("set hairpin mode", host, e))?;
         // The container's end too: frames bigger than the overlay carries would be dropped.
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_name(peer).mtu(mtu).build())
-            .execute()
-            .await
-            .map_err(|e| NetworkError::netlink("set veth MTU", peer, e))?;
+        self.set_link(
+            LinkUnspec::new_with_name(peer).mtu(mtu).build(),
+            "set veth MTU",
+            peer,
+        )
+        .await?;
         if let Some(pid) = peer_netns_pid {
-            self.handle
-                .link()
-                .set(LinkUnspec::new_with_name(peer).setns_by_pid(pid).build())
-                .execute()
-                .await
-                .map_err(|e| {
-                    NetworkError::netlink("move veth into dockerd's namespace", peer, e)
-                })?;
+            self.set_link(
+                LinkUnspec::new_with_name(peer).setns_by_pid(pid).build(),
+                "move veth into dockerd's namespace",
+                peer,
+            )
+            .await?;
         }
         Ok(())
     }

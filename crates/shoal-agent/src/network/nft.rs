@@ -297,82 +297,166 @@ fn network_rules(t: &str, m: &Model, out: &mut String) {
     }
 }
 
-fn service_rule(t: &str, chain: &str, s: &ServiceLb, out: &mut String) {
-    if s.backends.is_empty() {
-        return;
-    }
-    let elems: Vec<String> = s
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{i} : {a}"))
-        .collect();
-    let _ = writeln!(
-        out,
-        "add rule ip {t} {chain} dnat to numgen random mod {} map {{ {} }}",
-        s.backends.len(),
-        elems.join(", ")
-    );
+/// A load-balanced chain reached through an element of a verdict map: a service's VIP or a
+/// published port. Both are written and diffed alike; only their names and rules differ.
+trait Balanced: PartialEq {
+    /// What the model's map keys it by.
+    type Key: Ord;
+    /// The chain's name.
+    fn chain(key: &Self::Key) -> String;
+    /// The chain's rule (none without backends: the element then sits in the `_down` set).
+    fn rule(&self, t: &str, key: &Self::Key, out: &mut String);
+    /// The map element that sends traffic to the chain: (set, element).
+    fn element(&self, key: &Self::Key) -> (&'static str, String);
+    /// That element's key alone, as a delete names it: (set, key).
+    fn element_key(&self, key: &Self::Key) -> (&'static str, String);
 }
 
-fn published_rule(t: &str, key: (Protocol, u16), targets: &[SocketAddrV4], out: &mut String) {
-    if targets.is_empty() {
-        return;
-    }
-    let chain = names::published_chain(key.0, key.1);
-    let elems: Vec<String> = targets
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{i} : {} . {}", a.ip(), a.port()))
-        .collect();
-    let _ = writeln!(
-        out,
-        "add rule ip {t} {chain} ct mark set ct mark or {PUBLISHED_MARK:#010x} meta l4proto {} dnat ip to numgen random mod {} map {{ {} }}",
-        key.0.as_str(),
-        targets.len(),
-        elems.join(", ")
-    );
-}
+impl Balanced for ServiceLb {
+    type Key = String;
 
-fn vip_element(chain: &str, s: &ServiceLb) -> (&'static str, String) {
-    if s.backends.is_empty() {
-        ("vips_down", s.vip.to_string())
-    } else {
-        ("vips", format!("{} : goto {chain}", s.vip))
+    fn chain(chain: &String) -> String {
+        chain.clone()
     }
-}
 
-fn vip_key(s: &ServiceLb) -> (&'static str, String) {
-    if s.backends.is_empty() {
-        ("vips_down", s.vip.to_string())
-    } else {
-        ("vips", s.vip.to_string())
+    fn rule(&self, t: &str, chain: &String, out: &mut String) {
+        if self.backends.is_empty() {
+            return;
+        }
+        let elems: Vec<String> = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{i} : {a}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "add rule ip {t} {chain} dnat to numgen random mod {} map {{ {} }}",
+            self.backends.len(),
+            elems.join(", ")
+        );
     }
-}
 
-fn published_element(key: (Protocol, u16), targets: &[SocketAddrV4]) -> (&'static str, String) {
-    if targets.is_empty() {
-        ("published_down", format!("{} . {}", key.0.as_str(), key.1))
-    } else {
-        (
-            "published",
-            format!(
-                "{} . {} : goto {}",
-                key.0.as_str(),
-                key.1,
-                names::published_chain(key.0, key.1)
-            ),
-        )
+    fn element(&self, chain: &String) -> (&'static str, String) {
+        if self.backends.is_empty() {
+            ("vips_down", self.vip.to_string())
+        } else {
+            ("vips", format!("{} : goto {chain}", self.vip))
+        }
+    }
+
+    fn element_key(&self, _: &String) -> (&'static str, String) {
+        if self.backends.is_empty() {
+            ("vips_down", self.vip.to_string())
+        } else {
+            ("vips", self.vip.to_string())
+        }
     }
 }
 
-fn published_key(key: (Protocol, u16), targets: &[SocketAddrV4]) -> (&'static str, String) {
-    let set = if targets.is_empty() {
-        "published_down"
-    } else {
-        "published"
-    };
-    (set, format!("{} . {}", key.0.as_str(), key.1))
+impl Balanced for Vec<SocketAddrV4> {
+    type Key = (Protocol, u16);
+
+    fn chain(key: &(Protocol, u16)) -> String {
+        names::published_chain(key.0, key.1)
+    }
+
+    fn rule(&self, t: &str, key: &(Protocol, u16), out: &mut String) {
+        if self.is_empty() {
+            return;
+        }
+        let chain = Self::chain(key);
+        let elems: Vec<String> = self
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{i} : {} . {}", a.ip(), a.port()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "add rule ip {t} {chain} ct mark set ct mark or {PUBLISHED_MARK:#010x} meta l4proto {} dnat ip to numgen random mod {} map {{ {} }}",
+            key.0.as_str(),
+            self.len(),
+            elems.join(", ")
+        );
+    }
+
+    fn element(&self, key: &(Protocol, u16)) -> (&'static str, String) {
+        if self.is_empty() {
+            ("published_down", format!("{} . {}", key.0.as_str(), key.1))
+        } else {
+            (
+                "published",
+                format!("{} . {} : goto {}", key.0.as_str(), key.1, Self::chain(key)),
+            )
+        }
+    }
+
+    fn element_key(&self, key: &(Protocol, u16)) -> (&'static str, String) {
+        let set = if self.is_empty() {
+            "published_down"
+        } else {
+            "published"
+        };
+        (set, format!("{} . {}", key.0.as_str(), key.1))
+    }
+}
+
+/// Writes every chain of `map` with its rule and its element.
+fn add_all<B: Balanced>(t: &str, map: &BTreeMap<B::Key, B>, out: &mut String) {
+    for (key, b) in map {
+        let _ = writeln!(out, "add chain ip {t} {}", B::chain(key));
+        b.rule(t, key, out);
+        let (set, elem) = b.element(key);
+        let _ = writeln!(out, "add element ip {t} {set} {{ {elem} }}");
+    }
+}
+
+/// The four phases of a diff script, in the order they run.
+#[derive(Default)]
+struct Phases {
+    del_elems: String,
+    chains: String,
+    add_elems: String,
+    del_chains: String,
+}
+
+/// Turns the chains of `old` into those of `new`: gone ones lose their element then their
+/// chain, changed ones are flushed and rewritten (their element moved if it changed), new
+/// ones are added.
+fn diff_all<B: Balanced>(
+    t: &str,
+    old: &BTreeMap<B::Key, B>,
+    new: &BTreeMap<B::Key, B>,
+    p: &mut Phases,
+) {
+    for (key, o) in old {
+        let chain = B::chain(key);
+        match new.get(key) {
+            None => {
+                let (set, k) = o.element_key(key);
+                let _ = writeln!(p.del_elems, "delete element ip {t} {set} {{ {k} }}");
+                let _ = writeln!(p.del_chains, "delete chain ip {t} {chain}");
+            }
+            Some(n) if n != o => {
+                let _ = writeln!(p.chains, "flush chain ip {t} {chain}");
+                n.rule(t, key, &mut p.chains);
+                if o.element(key) != n.element(key) {
+                    let (set, k) = o.element_key(key);
+                    let _ = writeln!(p.del_elems, "delete element ip {t} {set} {{ {k} }}");
+                    let (set, elem) = n.element(key);
+                    let _ = writeln!(p.add_elems, "add element ip {t} {set} {{ {elem} }}");
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    let added = new.iter().filter(|(key, _)| !old.contains_key(key));
+    for (key, n) in added {
+        let _ = writeln!(p.chains, "add chain ip {t} {}", B::chain(key));
+        n.rule(t, key, &mut p.chains);
+        let (set, elem) = n.element(key);
+        let _ = writeln!(p.add_elems, "add element ip {t} {set} {{ {elem} }}");
+    }
 }
 
 /// Whether this namespace already has the node's table (a previous run of the daemon left it).
@@ -396,22 +480,8 @@ pub(crate) fn full_script(t: &str, m: &Model) -> String {
     out.push_str(&skeleton(t, &m.node_mac));
     network_rules(t, m, &mut out);
     peer_elements(t, m, &mut out);
-    for (chain, s) in &m.services {
-        let _ = writeln!(out, "add chain ip {t} {chain}");
-        service_rule(t, chain, s, &mut out);
-        let (set, elem) = vip_element(chain, s);
-        let _ = writeln!(out, "add element ip {t} {set} {{ {elem} }}");
-    }
-    for (key, targets) in &m.published {
-        let _ = writeln!(
-            out,
-            "add chain ip {t} {}",
-            names::published_chain(key.0, key.1)
-        );
-        published_rule(t, *key, targets, &mut out);
-        let (set, elem) = published_element(*key, targets);
-        let _ = writeln!(out, "add element ip {t} {set} {{ {elem} }}");
-    }
+    add_all(t, &m.services, &mut out);
+    add_all(t, &m.published, &mut out);
     for a in &m.hairpin {
         let _ = writeln!(out, "add element ip {t} hairpin {{ {a} . {a} }}");
     }
@@ -434,102 +504,39 @@ pub(crate) fn diff_script(t: &str, old: &Model, new: &Model) -> Option<String> {
     if old.node_mac != new.node_mac {
         return Some(full_script(t, new));
     }
-    let mut del_elems = String::new();
-    let mut chains = String::new();
-    let mut add_elems = String::new();
-    let mut del_chains = String::new();
+    let mut p = Phases::default();
 
     if old.networks != new.networks {
         for c in ["net_forward", "net_input", "net_postrouting"] {
-            let _ = writeln!(chains, "flush chain ip {t} {c}");
+            let _ = writeln!(p.chains, "flush chain ip {t} {c}");
         }
-        let _ = writeln!(chains, "flush set bridge {t} gateways");
-        network_rules(t, new, &mut chains);
+        let _ = writeln!(p.chains, "flush set bridge {t} gateways");
+        network_rules(t, new, &mut p.chains);
     }
 
-    for (chain, o) in &old.services {
-        match new.services.get(chain) {
-            None => {
-                let (set, key) = vip_key(o);
-                let _ = writeln!(del_elems, "delete element ip {t} {set} {{ {key} }}");
-                let _ = writeln!(del_chains, "delete chain ip {t} {chain}");
-            }
-            Some(n) if n != o => {
-                let _ = writeln!(chains, "flush chain ip {t} {chain}");
-                service_rule(t, chain, n, &mut chains);
-                if vip_element(chain, o) != vip_element(chain, n) {
-                    let (set, key) = vip_key(o);
-                    let _ = writeln!(del_elems, "delete element ip {t} {set} {{ {key} }}");
-                    let (set, elem) = vip_element(chain, n);
-                    let _ = writeln!(add_elems, "add element ip {t} {set} {{ {elem} }}");
-                }
-            }
-            Some(_) => {}
-        }
-    }
-    for (chain, n) in &new.services {
-        if !old.services.contains_key(chain) {
-            let _ = writeln!(chains, "add chain ip {t} {chain}");
-            service_rule(t, chain, n, &mut chains);
-            let (set, elem) = vip_element(chain, n);
-            let _ = writeln!(add_elems, "add element ip {t} {set} {{ {elem} }}");
-        }
-    }
-
-    for (key, o) in &old.published {
-        let chain = names::published_chain(key.0, key.1);
-        match new.published.get(key) {
-            None => {
-                let (set, k) = published_key(*key, o);
-                let _ = writeln!(del_elems, "delete element ip {t} {set} {{ {k} }}");
-                let _ = writeln!(del_chains, "delete chain ip {t} {chain}");
-            }
-            Some(n) if n != o => {
-                let _ = writeln!(chains, "flush chain ip {t} {chain}");
-                published_rule(t, *key, n, &mut chains);
-                if published_element(*key, o) != published_element(*key, n) {
-                    let (set, k) = published_key(*key, o);
-                    let _ = writeln!(del_elems, "delete element ip {t} {set} {{ {k} }}");
-                    let (set, elem) = published_element(*key, n);
-                    let _ = writeln!(add_elems, "add element ip {t} {set} {{ {elem} }}");
-                }
-            }
-            Some(_) => {}
-        }
-    }
-    for (key, n) in &new.published {
-        if !old.published.contains_key(key) {
-            let _ = writeln!(
-                chains,
-                "add chain ip {t} {}",
-                names::published_chain(key.0, key.1)
-            );
-            published_rule(t, *key, n, &mut chains);
-            let (set, elem) = published_element(*key, n);
-            let _ = writeln!(add_elems, "add element ip {t} {set} {{ {elem} }}");
-        }
-    }
+    diff_all(t, &old.services, &new.services, &mut p);
+    diff_all(t, &old.published, &new.published, &mut p);
 
     if old.peers != new.peers {
-        let _ = writeln!(del_elems, "flush map ip {t} peer_ids");
-        let _ = writeln!(del_elems, "flush map bridge {t} peer_macs");
-        peer_elements(t, new, &mut add_elems);
+        let _ = writeln!(p.del_elems, "flush map ip {t} peer_ids");
+        let _ = writeln!(p.del_elems, "flush map bridge {t} peer_macs");
+        peer_elements(t, new, &mut p.add_elems);
     }
 
     for a in old.hairpin.difference(&new.hairpin) {
-        let _ = writeln!(del_elems, "delete element ip {t} hairpin {{ {a} . {a} }}");
+        let _ = writeln!(p.del_elems, "delete element ip {t} hairpin {{ {a} . {a} }}");
     }
     for a in new.hairpin.difference(&old.hairpin) {
-        let _ = writeln!(add_elems, "add element ip {t} hairpin {{ {a} . {a} }}");
+        let _ = writeln!(p.add_elems, "add element ip {t} hairpin {{ {a} . {a} }}");
     }
     for a in old.vip_addrs.difference(&new.vip_addrs) {
-        vip_addr_elements("delete", t, *a, &mut del_elems);
+        vip_addr_elements("delete", t, *a, &mut p.del_elems);
     }
     for a in new.vip_addrs.difference(&old.vip_addrs) {
-        vip_addr_elements("add", t, *a, &mut add_elems);
+        vip_addr_elements("add", t, *a, &mut p.add_elems);
     }
 
-    let script = del_elems + &chains + &add_elems + &del_chains;
+    let script = p.del_elems + &p.chains + &p.add_elems + &p.del_chains;
     (!script.is_empty()).then_some(script)
 }
 
@@ -588,15 +595,9 @@ mod tests {
     use crate::network::{PublishedPort, ServiceRoute, TaskEndpoint};
 
     fn net(id: &str, subnet: &str, internal: bool) -> NetworkSpec {
-        let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
         NetworkSpec {
-            id: id.into(),
-            name: id.into(),
-            gateway: subnet.hosts().next().unwrap(),
-            subnet,
             internal,
-            vni: 0,
-            ingress: false,
+            ..NetworkSpec::local(id, id, subnet)
         }
     }
 
@@ -619,22 +620,41 @@ mod tests {
         }
     }
 
+    /// Fails naming the line when `script` lacks any of `present` or holds any of `absent`.
+    fn has(script: &str, present: &[&str], absent: &[&str]) {
+        for p in present {
+            assert!(script.contains(p), "missing {p:?} in:\n{script}");
+        }
+        for a in absent {
+            assert!(!script.contains(a), "unexpected {a:?} in:\n{script}");
+        }
+    }
+
+    /// Service `a` on network `n1` with one healthy task.
+    fn one_task_service() -> ServiceRoute {
+        svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])
+    }
+
+    /// A routing table of `services` alone.
+    fn routes(services: Vec<ServiceRoute>) -> RoutingTable {
+        RoutingTable {
+            services,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn model_keeps_healthy_local_tasks_only() {
         let nets = [net("n1", "10.0.0.0/24", false)];
-        let table = RoutingTable {
-            peers: Default::default(),
-            services: vec![
-                svc(
-                    "a",
-                    "n1",
-                    "10.0.0.100",
-                    &[("10.0.0.3", true), ("10.0.0.2", true), ("10.0.0.4", false)],
-                ),
-                svc("b", "n2", "10.0.1.100", &[("10.0.1.2", true)]),
-            ],
-            published: vec![],
-        };
+        let table = routes(vec![
+            svc(
+                "a",
+                "n1",
+                "10.0.0.100",
+                &[("10.0.0.3", true), ("10.0.0.2", true), ("10.0.0.4", false)],
+            ),
+            svc("b", "n2", "10.0.1.100", &[("10.0.1.2", true)]),
+        ]);
         let m = Model::build(&nets, &table);
         assert_eq!(m.services.len(), 1);
         let s = &m.services["svc_a_n1"];
@@ -649,8 +669,12 @@ mod tests {
     fn diff_touches_only_the_changed_service() {
         let nets = [net("n1", "10.0.0.0/24", false)];
         let mut table = RoutingTable {
-            peers: Default::default(),
-            services: vec![
+            published: vec![PublishedPort {
+                protocol: Protocol::Tcp,
+                published: 8080,
+                targets: vec!["10.0.0.2:80".parse().unwrap()],
+            }],
+            ..routes(vec![
                 svc(
                     "a",
                     "n1",
@@ -658,40 +682,29 @@ mod tests {
                     &[("10.0.0.2", true), ("10.0.0.3", true)],
                 ),
                 svc("b", "n1", "10.0.0.101", &[("10.0.0.4", true)]),
-            ],
-            published: vec![PublishedPort {
-                protocol: Protocol::Tcp,
-                published: 8080,
-                targets: vec!["10.0.0.2:80".parse().unwrap()],
-            }],
+            ])
         };
         let old = Model::build(&nets, &table);
         table.services[0].tasks[1].healthy = false;
         let new = Model::build(&nets, &table);
         let script = diff_script("T", &old, &new).unwrap();
-        assert!(script.contains("flush chain ip T svc_a_n1"), "{script}");
-        assert!(
-            script.contains("numgen random mod 1 map { 0 : 10.0.0.2 }"),
-            "{script}"
+
+        has(
+            &script,
+            &[
+                "flush chain ip T svc_a_n1",
+                "numgen random mod 1 map { 0 : 10.0.0.2 }",
+                "delete element ip T hairpin { 10.0.0.3 . 10.0.0.3 }",
+            ],
+            &["svc_b_n1", "net_forward", "pub_tcp_8080"],
         );
-        assert!(
-            script.contains("delete element ip T hairpin { 10.0.0.3 . 10.0.0.3 }"),
-            "{script}"
-        );
-        assert!(!script.contains("svc_b_n1"), "{script}");
-        assert!(!script.contains("net_forward"), "{script}");
-        assert!(!script.contains("pub_tcp_8080"), "{script}");
         assert_eq!(diff_script("T", &new, &new), None);
     }
 
     #[test]
     fn service_losing_all_tasks_moves_to_vips_down() {
         let nets = [net("n1", "10.0.0.0/24", false)];
-        let mut table = RoutingTable {
-            peers: Default::default(),
-            services: vec![svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])],
-            published: vec![],
-        };
+        let mut table = routes(vec![one_task_service()]);
         let old = Model::build(&nets, &table);
         table.services[0].tasks.clear();
         let new = Model::build(&nets, &table);
@@ -714,11 +727,7 @@ mod tests {
     #[test]
     fn removed_service_drops_element_before_chain() {
         let nets = [net("n1", "10.0.0.0/24", false)];
-        let table = RoutingTable {
-            peers: Default::default(),
-            services: vec![svc("a", "n1", "10.0.0.100", &[("10.0.0.2", true)])],
-            published: vec![],
-        };
+        let table = routes(vec![one_task_service()]);
         let old = Model::build(&nets, &table);
         let new = Model::build(&nets, &RoutingTable::default());
         let script = diff_script("T", &old, &new).unwrap();
@@ -735,19 +744,56 @@ mod tests {
         ];
         let m = Model::build(&nets, &RoutingTable::default());
         let script = full_script("T", &m);
-        assert!(
-            script.contains("iifname \"shl-n1\" oifname \"shl-*\" drop"),
-            "{script}"
+        has(
+            &script,
+            &[
+                "iifname \"shl-n1\" oifname \"shl-*\" drop",
+                "iifname \"shl-n2\" drop",
+                "iifname \"shl-n1\" ip daddr { 10.0.1.0/24 } drop",
+                "ip saddr 10.0.0.0/24 oifname != \"shl-n1\" masquerade",
+            ],
+            &["ip saddr 10.0.1.0/24 oifname"],
         );
-        assert!(script.contains("iifname \"shl-n2\" drop"), "{script}");
-        assert!(
-            script.contains("iifname \"shl-n1\" ip daddr { 10.0.1.0/24 } drop"),
-            "{script}"
+    }
+
+    #[test]
+    fn published_port_is_written_and_diffed_like_a_service() {
+        let nets = [net("n1", "10.0.0.0/24", false)];
+        let port = |targets: &[&str]| PublishedPort {
+            protocol: Protocol::Tcp,
+            published: 8080,
+            targets: targets.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let with = |p: Vec<PublishedPort>| RoutingTable {
+            published: p,
+            ..routes(vec![])
+        };
+        let up = Model::build(&nets, &with(vec![port(&["10.0.0.2:80"])]));
+        has(
+            &full_script("T", &up),
+            &[
+                "add chain ip T pub_tcp_8080\nadd rule ip T pub_tcp_8080 ct mark set ct mark or 0x00100000 meta l4proto tcp dnat ip to numgen random mod 1 map { 0 : 10.0.0.2 . 80 }\nadd element ip T published { tcp . 8080 : goto pub_tcp_8080 }",
+            ],
+            &["add element ip T published_down"],
         );
-        assert!(
-            script.contains("ip saddr 10.0.0.0/24 oifname != \"shl-n1\" masquerade"),
-            "{script}"
+        let down = Model::build(&nets, &with(vec![port(&[])]));
+        assert_eq!(
+            diff_script("T", &up, &down).as_deref(),
+            Some("delete element ip T published { tcp . 8080 }\ndelete element ip T hairpin { 10.0.0.2 . 10.0.0.2 }\nflush chain ip T pub_tcp_8080\nadd element ip T published_down { tcp . 8080 }\n")
         );
-        assert!(!script.contains("ip saddr 10.0.1.0/24 oifname"), "{script}");
+        let gone = Model::build(&nets, &with(vec![]));
+        assert_eq!(
+            diff_script("T", &down, &gone).as_deref(),
+            Some("delete element ip T published_down { tcp . 8080 }\ndelete chain ip T pub_tcp_8080\n")
+        );
+        let script = diff_script("T", &gone, &up).unwrap();
+        has(
+            &script,
+            &[
+                "add chain ip T pub_tcp_8080\nadd rule ip T pub_tcp_8080",
+                "add element ip T published { tcp . 8080 : goto pub_tcp_8080 }",
+            ],
+            &[],
+        );
     }
 }

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::ipam::Pools;
+use super::ipam::{IpamError, Pools};
 use super::netlink::Links;
 use super::{names, NetworkError};
 
@@ -194,57 +194,54 @@ async fn ipam_address_spaces() -> Response {
     }))
 }
 
-async fn request_pool(State(st): State<Arc<PluginState>>, body: Bytes) -> Response {
-    let req: RequestPoolReq = match parse("RequestPool", &body) {
+/// One IPAM call: decode the request, run `call` on the node's pools, answer its value or its
+/// error in the plugin protocol's words.
+fn with_pools<R, E>(
+    st: &PluginState,
+    op: &str,
+    body: &Bytes,
+    call: impl FnOnce(&mut Pools, R) -> Result<Value, E>,
+) -> Response
+where
+    R: for<'de> Deserialize<'de>,
+    E: std::fmt::Display,
+{
+    let req: R = match parse(op, body) {
         Ok(r) => r,
         Err(resp) => return *resp,
     };
-    let options = req.options.unwrap_or_default();
-    let res = st
-        .pools
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .request_pool(&req.address_space, &req.pool, &options, req.v6);
+    let res = call(&mut st.pools.lock().unwrap_or_else(|e| e.into_inner()), req);
     match res {
-        Ok((pool_id, subnet)) => {
-            tracing::debug!(%pool_id, sub_pool = %req.sub_pool, "IPAM pool requested");
-            reply(json!({ "PoolID": pool_id, "Pool": subnet.to_string(), "Data": {} }))
-        }
-        Err(e) => fail("RequestPool", e),
+        Ok(v) => reply(v),
+        Err(e) => fail(op, e),
     }
+}
+
+async fn request_pool(State(st): State<Arc<PluginState>>, body: Bytes) -> Response {
+    with_pools(&st, "RequestPool", &body, |pools, req: RequestPoolReq| {
+        let options = req.options.unwrap_or_default();
+        let (pool_id, subnet) =
+            pools.request_pool(&req.address_space, &req.pool, &options, req.v6)?;
+        tracing::debug!(%pool_id, sub_pool = %req.sub_pool, "IPAM pool requested");
+        Ok::<_, IpamError>(json!({ "PoolID": pool_id, "Pool": subnet.to_string(), "Data": {} }))
+    })
 }
 
 async fn release_pool(State(st): State<Arc<PluginState>>, body: Bytes) -> Response {
-    let req: PoolReq = match parse("ReleasePool", &body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
-    st.pools
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .release_pool(&req.pool_id);
-    tracing::debug!(pool_id = %req.pool_id, "IPAM pool released");
-    reply(json!({}))
+    with_pools(&st, "ReleasePool", &body, |pools, req: PoolReq| {
+        pools.release_pool(&req.pool_id);
+        tracing::debug!(pool_id = %req.pool_id, "IPAM pool released");
+        Ok::<_, std::convert::Infallible>(json!({}))
+    })
 }
 
 async fn request_address(State(st): State<Arc<PluginState>>, body: Bytes) -> Response {
-    let req: AddressReq = match parse("RequestAddress", &body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
-    let options = req.options.unwrap_or_default();
-    let res = st
-        .pools
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .request_address(&req.pool_id, &req.address, &options);
-    match res {
-        Ok(address) => {
-            tracing::debug!(pool_id = %req.pool_id, %address, "IPAM address handed out");
-            reply(json!({ "Address": address, "Data": {} }))
-        }
-        Err(e) => fail("RequestAddress", e),
-    }
+    with_pools(&st, "RequestAddress", &body, |pools, req: AddressReq| {
+        let options = req.options.unwrap_or_default();
+        let address = pools.request_address(&req.pool_id, &req.address, &options)?;
+        tracing::debug!(pool_id = %req.pool_id, %address, "IPAM address handed out");
+        Ok::<_, IpamError>(json!({ "Address": address, "Data": {} }))
+    })
 }
 
 async fn release_address(body: Bytes) -> Response {

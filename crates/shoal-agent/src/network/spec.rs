@@ -23,6 +23,23 @@ pub struct NetworkSpec {
     pub ingress: bool,
 }
 
+#[cfg(test)]
+impl NetworkSpec {
+    /// A network kept on this node (VNI 0) for unit tests, its gateway the subnet's first host.
+    pub(crate) fn local(id: &str, name: &str, subnet: &str) -> NetworkSpec {
+        let subnet: ipnet::Ipv4Net = subnet.parse().expect("test subnet");
+        NetworkSpec {
+            id: id.into(),
+            name: name.into(),
+            gateway: subnet.hosts().next().expect("subnet has hosts"),
+            subnet,
+            internal: false,
+            vni: 0,
+            ingress: false,
+        }
+    }
+}
+
 /// The whole routing picture of the cluster as this node should see it; replaced as a unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutingTable {

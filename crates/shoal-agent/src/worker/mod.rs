@@ -417,6 +417,46 @@ mod tests {
         batch.into_iter().next().unwrap().status
     }
 
+    /// A worker running over `exec` with its files in a fresh temp dir, and the ends the
+    /// tests drive it by.
+    struct WorkerUnderTest {
+        atx: watch::Sender<NodeAssignments>,
+        rrx: mpsc::Receiver<Vec<TaskStatusReport>>,
+        stop: CancellationToken,
+        worker: tokio::task::JoinHandle<()>,
+        dir: std::path::PathBuf,
+    }
+
+    impl WorkerUnderTest {
+        /// Stops the worker and removes its files.
+        async fn finish(self) {
+            self.stop.cancel();
+            let _ = self.worker.await;
+            let _ = std::fs::remove_dir_all(self.dir);
+        }
+    }
+
+    fn start(name: &str, exec: Arc<Recording>) -> WorkerUnderTest {
+        let dir = std::env::temp_dir().join(format!("shoal-worker-{name}-{}", std::process::id()));
+        let cfg = WorkerConfig {
+            node_id: "n1".into(),
+            executor: exec,
+            files: Files::new(dir.clone()).unwrap(),
+            network: None,
+        };
+        let (atx, arx) = watch::channel(NodeAssignments::default());
+        let (rtx, rrx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(run(cfg, arx, rtx, stop.clone()));
+        WorkerUnderTest {
+            atx,
+            rrx,
+            stop,
+            worker,
+            dir,
+        }
+    }
+
     fn task(id: &str, desired: TaskState, state: TaskState) -> StoredTask {
         let mut t = StoredTask::default();
         t.task.id = Some(id.into());
@@ -430,28 +470,19 @@ mod tests {
 
     #[tokio::test]
     async fn runs_a_new_task_through_prepare_start_shutdown_and_removal() {
-        let dir = std::env::temp_dir().join(format!("shoal-worker-run-{}", std::process::id()));
         let exec = Arc::new(Recording::with(vec![]));
-        let cfg = WorkerConfig {
-            node_id: "n1".into(),
-            executor: exec.clone(),
-            files: Files::new(dir.clone()).unwrap(),
-            network: None,
-        };
-        let (atx, arx) = watch::channel(NodeAssignments::default());
-        let (rtx, mut rrx) = mpsc::channel(16);
-        let stop = CancellationToken::new();
-        let worker = tokio::spawn(run(cfg, arx, rtx, stop.clone()));
+        let mut w = start("run", exec.clone());
         let assigned = |desired, stored| NodeAssignments {
             tasks: vec![task("t2", desired, stored)],
             ..Default::default()
         };
 
-        atx.send_replace(assigned(TaskState::RUNNING, TaskState::ASSIGNED));
+        w.atx
+            .send_replace(assigned(TaskState::RUNNING, TaskState::ASSIGNED));
         let states: Vec<(TaskState, Option<String>, Option<i64>)> = {
             let mut v = Vec::new();
             for _ in 0..3 {
-                let s = next_report(&mut rrx).await;
+                let s = next_report(&mut w.rrx).await;
                 let c = s.container_status.unwrap_or_default();
                 v.push((s.state.unwrap(), c.container_id, c.pid));
             }
@@ -469,19 +500,18 @@ mod tests {
 
         // Desired shutdown (the manager has stored `running`): the container is stopped, then
         // the task reported shut down with the exit code.
-        atx.send_replace(assigned(TaskState::SHUTDOWN, TaskState::RUNNING));
-        let s = next_report(&mut rrx).await;
+        w.atx
+            .send_replace(assigned(TaskState::SHUTDOWN, TaskState::RUNNING));
+        let s = next_report(&mut w.rrx).await;
         assert_eq!(s.state, Some(TaskState::SHUTDOWN));
         assert_eq!(s.container_status.unwrap().exit_code, Some(143));
         assert_eq!(exec.calls().last().unwrap(), "shutdown new-t2");
 
         // The task leaves the node: its container is removed.
-        atx.send_replace(NodeAssignments::default());
+        w.atx.send_replace(NodeAssignments::default());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(exec.calls().last().unwrap(), "remove new-t2");
-        stop.cancel();
-        let _ = worker.await;
-        let _ = std::fs::remove_dir_all(dir);
+        w.finish().await;
     }
 
     fn running_task(id: &str) -> StoredTask {
@@ -490,18 +520,8 @@ mod tests {
 
     #[tokio::test]
     async fn adopts_and_sweeps_only_after_real_assignments() {
-        let dir = std::env::temp_dir().join(format!("shoal-worker-test-{}", std::process::id()));
         let exec = Arc::new(Recording::default());
-        let cfg = WorkerConfig {
-            node_id: "n1".into(),
-            executor: exec.clone(),
-            files: Files::new(dir.clone()).unwrap(),
-            network: None,
-        };
-        let (atx, arx) = watch::channel(NodeAssignments::default());
-        let (rtx, mut rrx) = mpsc::channel(16);
-        let stop = CancellationToken::new();
-        let worker = tokio::spawn(run(cfg, arx, rtx, stop.clone()));
+        let mut w = start("test", exec.clone());
 
         // The placeholder value must not make the worker remove anything.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -511,7 +531,7 @@ mod tests {
         );
 
         // Real assignments holding the task: the running container is adopted, not replaced.
-        atx.send_replace(NodeAssignments {
+        w.atx.send_replace(NodeAssignments {
             tasks: vec![running_task("t1")],
             ..Default::default()
         });
@@ -521,16 +541,14 @@ mod tests {
             "an assigned task's container was removed"
         );
         assert!(
-            rrx.try_recv().is_err(),
+            w.rrx.try_recv().is_err(),
             "an adopted running task needs no new report"
         );
 
         // The task leaves the assignments: its container goes.
-        atx.send_replace(NodeAssignments::default());
+        w.atx.send_replace(NodeAssignments::default());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(*exec.removed.lock().unwrap(), vec!["c1".to_string()]);
-        stop.cancel();
-        let _ = worker.await;
-        let _ = std::fs::remove_dir_all(dir);
+        w.finish().await;
     }
 }

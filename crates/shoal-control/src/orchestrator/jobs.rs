@@ -123,11 +123,12 @@ fn slot(
 
 /// Splits a job's tasks into those of the current iteration and stops the rest: a new
 /// iteration replaces the old one's running tasks, and its finished ones become history.
+/// `None` while the job is idle (a periodic job before its first tick): nothing to run.
 fn current<'a>(
     svc: &StoredService,
     tasks: &[(&'a StoredTask, u64)],
     plan: &mut Plan,
-) -> Vec<(&'a StoredTask, u64)> {
+) -> Option<Vec<(&'a StoredTask, u64)>> {
     let iteration = svc.job_iteration();
     let mut out = Vec::new();
     for (t, v) in tasks {
@@ -137,7 +138,17 @@ fn current<'a>(
             plan.set_desired(t, *v, TaskState::SHUTDOWN);
         }
     }
-    out
+    (!idle(svc)).then_some(out)
+}
+
+/// Stops the tasks still meant to run among `tasks`: those of slots or nodes the job no
+/// longer has.
+fn stop_leftovers<'a>(tasks: impl Iterator<Item = &'a (&'a StoredTask, u64)>, plan: &mut Plan) {
+    for (t, v) in tasks {
+        if t.meant_to_run() && !is_terminal(t.state()) {
+            plan.set_desired(t, *v, TaskState::SHUTDOWN);
+        }
+    }
 }
 
 /// Runs a replicated job toward `total` completions, at most `max_concurrent` tasks at once.
@@ -150,11 +161,10 @@ pub fn replicated(
     plan: &mut Plan,
 ) -> Progress {
     let s = &svc.obj;
-    let mine = current(s, tasks, plan);
+    let Some(mine) = current(s, tasks, plan) else {
+        return Progress::default();
+    };
     let mut progress = Progress::default();
-    if idle(s) {
-        return progress;
-    }
     let mut slots: BTreeMap<u64, Vec<(&StoredTask, u64)>> = BTreeMap::new();
     for (t, v) in mine {
         slots.entry(t.slot()).or_default().push((t, v));
@@ -170,11 +180,7 @@ pub fn replicated(
         }
     }
     // Slots beyond the total (a periodic job's total lowered without a new iteration).
-    for (t, v) in slots.range(total..).flat_map(|(_, ts)| ts) {
-        if t.meant_to_run() && !is_terminal(t.state()) {
-            plan.set_desired(t, *v, TaskState::SHUTDOWN);
-        }
-    }
+    stop_leftovers(slots.range(total..).flat_map(|(_, ts)| ts), plan);
     // A failed slot keeps its seat, as in Swarm: the job stops short of its total rather than
     // retrying past the restart policy in another slot.
     let busy = progress.active + progress.failed;
@@ -197,11 +203,10 @@ pub fn global(
     plan: &mut Plan,
 ) -> Progress {
     let s = &svc.obj;
-    let mine = current(s, tasks, plan);
+    let Some(mine) = current(s, tasks, plan) else {
+        return Progress::default();
+    };
     let mut progress = Progress::default();
-    if idle(s) {
-        return progress;
-    }
     let mut per_node: HashMap<&str, Vec<(&StoredTask, u64)>> = HashMap::new();
     for (t, v) in mine {
         if let Some(n) = t.node_id() {
@@ -222,11 +227,7 @@ pub fn global(
         }
     }
     // Nodes gone, drained, or no longer matching the constraints.
-    for (t, v) in per_node.values().flatten() {
-        if t.meant_to_run() && !is_terminal(t.state()) {
-            plan.set_desired(t, *v, TaskState::SHUTDOWN);
-        }
-    }
+    stop_leftovers(per_node.values().flatten(), plan);
     progress
 }
 
@@ -300,20 +301,22 @@ pub fn periodic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api::models::{ServiceSpec, TaskStatus};
+    use shoal_api::models::TaskStatus;
 
     fn svc(json: &str) -> Versioned<StoredService> {
-        let spec: ServiceSpec = serde_json::from_str(json).unwrap();
-        let mut s = StoredService::default();
-        s.service.id = Some("job".into());
-        s.service.spec = Some(spec);
+        let mut s = crate::testkit::service("job", json);
+        s.last_spec_version = 0;
         s.service.job_status = Some(initial_status(s.cron().is_some(), crate::testkit::T0));
-        s.spec_version = 1;
-        Versioned { obj: s, version: 1 }
+        crate::testkit::versioned(s)
     }
 
     fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
         shoal_api::id::parse_time(s).unwrap()
+    }
+
+    /// When the planned service's next cron run is due.
+    fn next_tick(s: &StoredService) -> Option<chrono::DateTime<chrono::Utc>> {
+        s.cron_next.as_deref().and_then(shoal_api::id::parse_time)
     }
 
     fn now() -> chrono::DateTime<chrono::Utc> {
@@ -445,13 +448,7 @@ mod tests {
         assert!(plan.created.is_empty(), "a periodic job ran at create");
         periodic(&s, &p, now(), &mut plan);
         let planned = &plan.services["job"].0;
-        assert_eq!(
-            planned
-                .cron_next
-                .as_deref()
-                .and_then(shoal_api::id::parse_time),
-            Some(at("2026-01-01T00:05:00Z"))
-        );
+        assert_eq!(next_tick(planned), Some(at("2026-01-01T00:05:00Z")));
 
         // Before the tick: a wake-up at the tick, no write.
         let s = Versioned {
@@ -470,13 +467,7 @@ mod tests {
         let started = &plan.services["job"].0;
         assert_eq!(started.job_iteration(), 1);
         assert_eq!(started.cron_skipped, 0);
-        assert_eq!(
-            started
-                .cron_next
-                .as_deref()
-                .and_then(shoal_api::id::parse_time),
-            Some(at("2026-01-01T00:10:00Z"))
-        );
+        assert_eq!(next_tick(started), Some(at("2026-01-01T00:10:00Z")));
         let s = Versioned {
             obj: started.clone(),
             version: 3,

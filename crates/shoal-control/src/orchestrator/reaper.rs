@@ -75,20 +75,21 @@ mod tests {
     use crate::state::Versioned;
     use shoal_api::models::{ServiceSpec, SwarmSpec, SwarmSpecOrchestration, TaskStatus};
     use shoal_api::objects::StoredService;
+    use TaskState::{COMPLETE, FAILED, REMOVE, RUNNING, SHUTDOWN};
 
     fn task(
         id: &str,
         slot: u64,
         desired: TaskState,
         state: TaskState,
-        created: &str,
+        created_secs: u32,
     ) -> Versioned<StoredTask> {
         let mut t = StoredTask::default();
         t.task.id = Some(id.into());
         t.task.service_id = Some("s".into());
         t.task.slot = Some(slot as i64);
         t.task.desired_state = Some(desired);
-        t.task.created_at = Some(created.into());
+        t.task.created_at = Some(format!("2025-01-01T00:00:{created_secs:02}Z"));
         t.task.status = Some(TaskStatus {
             state: Some(state),
             ..Default::default()
@@ -131,29 +132,11 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_history_per_slot_within_the_limit() {
-        let mut tasks = vec![task(
-            "live",
-            1,
-            TaskState::RUNNING,
-            TaskState::RUNNING,
-            "2025-01-01T00:00:09Z",
-        )];
+        let mut tasks = vec![task("live", 1, RUNNING, RUNNING, 9)];
         for i in 0..6 {
-            tasks.push(task(
-                &format!("old{i}"),
-                1,
-                TaskState::SHUTDOWN,
-                TaskState::FAILED,
-                &format!("2025-01-01T00:00:0{i}Z"),
-            ));
+            tasks.push(task(&format!("old{i}"), 1, SHUTDOWN, FAILED, i));
         }
-        tasks.push(task(
-            "other-slot",
-            2,
-            TaskState::SHUTDOWN,
-            TaskState::FAILED,
-            "2025-01-01T00:00:00Z",
-        ));
+        tasks.push(task("other-slot", 2, SHUTDOWN, FAILED, 0));
         let mut plan = Plan::new(&crate::testkit::inputs());
         history(&state(Some(3), tasks), &mut plan);
         let mut gone: Vec<&str> = plan.deleted.iter().map(|(id, _)| id.as_str()).collect();
@@ -168,21 +151,9 @@ mod tests {
 
     #[test]
     fn default_limit_is_five_and_stopping_tasks_are_kept() {
-        let mut tasks = vec![task(
-            "stopping",
-            1,
-            TaskState::SHUTDOWN,
-            TaskState::RUNNING,
-            "2025-01-01T00:00:09Z",
-        )];
+        let mut tasks = vec![task("stopping", 1, SHUTDOWN, RUNNING, 9)];
         for i in 0..6 {
-            tasks.push(task(
-                &format!("old{i}"),
-                1,
-                TaskState::SHUTDOWN,
-                TaskState::COMPLETE,
-                &format!("2025-01-01T00:00:0{i}Z"),
-            ));
+            tasks.push(task(&format!("old{i}"), 1, SHUTDOWN, COMPLETE, i));
         }
         let mut plan = Plan::new(&crate::testkit::inputs());
         history(&state(None, tasks), &mut plan);
@@ -197,10 +168,10 @@ mod tests {
 
     #[test]
     fn tasks_of_removed_services_are_stopped_then_deleted() {
-        let running = task("r", 1, TaskState::RUNNING, TaskState::RUNNING, "x");
-        let mut assigned = task("a", 2, TaskState::RUNNING, TaskState::RUNNING, "x");
+        let running = task("r", 1, RUNNING, RUNNING, 0);
+        let mut assigned = task("a", 2, RUNNING, RUNNING, 0);
         assigned.obj.task.node_id = Some("n".into());
-        let mut done = task("d", 3, TaskState::REMOVE, TaskState::SHUTDOWN, "x");
+        let mut done = task("d", 3, REMOVE, SHUTDOWN, 0);
         done.obj.task.node_id = Some("n".into());
         let mut plan = Plan::new(&crate::testkit::inputs());
         let refs = vec![(&running.obj, 1), (&assigned.obj, 1), (&done.obj, 1)];

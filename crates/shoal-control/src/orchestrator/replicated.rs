@@ -62,24 +62,23 @@ pub fn reconcile(
 mod tests {
     use super::*;
     use crate::orchestrator::new_task;
-    use shoal_api::models::{ServiceSpec, TaskStatus};
+    use shoal_api::models::TaskStatus;
+    use TaskState::{COMPLETE, FAILED, RUNNING, SHUTDOWN};
 
     fn svc(json: &str) -> Versioned<StoredService> {
-        let spec: ServiceSpec = serde_json::from_str(json).unwrap();
-        let mut s = StoredService::default();
-        s.service.id = Some("svc".into());
-        s.service.spec = Some(spec);
-        s.spec_version = 1;
-        Versioned { obj: s, version: 1 }
+        let mut s = crate::testkit::service("svc", json);
+        s.last_spec_version = 0;
+        crate::testkit::versioned(s)
     }
 
-    fn task(id: &str, slot: u64, state: TaskState, desired: TaskState, ts: &str) -> StoredTask {
+    /// A task of `svc` in `slot`, whose status is dated `secs` seconds into 2025.
+    fn task(id: &str, slot: u64, state: TaskState, desired: TaskState, secs: u32) -> StoredTask {
         let mut t = new_task(&svc(r#"{"Name":"web"}"#).obj, slot, None, vec![]);
         t.task.id = Some(id.into());
         t.task.desired_state = Some(desired);
         t.task.status = Some(TaskStatus {
             state: Some(state),
-            timestamp: Some(ts.into()),
+            timestamp: Some(format!("2025-01-01T00:00:{secs:02}Z")),
             ..Default::default()
         });
         t
@@ -92,20 +91,8 @@ mod tests {
     #[test]
     fn creates_missing_slots_and_stops_extra_ones() {
         let s = svc(r#"{"Name":"web","Mode":{"Replicated":{"Replicas":3}}}"#);
-        let t1 = task(
-            "a",
-            1,
-            TaskState::RUNNING,
-            TaskState::RUNNING,
-            "2025-01-01T00:00:00Z",
-        );
-        let t5 = task(
-            "e",
-            5,
-            TaskState::RUNNING,
-            TaskState::RUNNING,
-            "2025-01-01T00:00:00Z",
-        );
+        let t1 = task("a", 1, RUNNING, RUNNING, 0);
+        let t5 = task("e", 5, RUNNING, RUNNING, 0);
         let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&s, 3, &[(&t1, 1), (&t5, 1)], now(), &mut plan);
         let mut slots: Vec<u64> = plan.created.iter().map(|t| t.slot()).collect();
@@ -119,13 +106,7 @@ mod tests {
     fn failed_task_is_replaced_after_the_restart_delay() {
         let s = svc(r#"{"Name":"web","Mode":{"Replicated":{"Replicas":1}},
             "TaskTemplate":{"RestartPolicy":{"Delay":20000000000}}}"#);
-        let t = task(
-            "a",
-            1,
-            TaskState::FAILED,
-            TaskState::RUNNING,
-            "2025-01-01T00:00:00Z",
-        );
+        let t = task("a", 1, FAILED, RUNNING, 0);
         let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&s, 1, &[(&t, 1)], now(), &mut plan);
         assert!(plan.created.is_empty(), "replaced before the delay");
@@ -145,13 +126,7 @@ mod tests {
     #[test]
     fn restart_condition_and_attempts() {
         let none = svc(r#"{"Name":"w","TaskTemplate":{"RestartPolicy":{"Condition":"none"}}}"#);
-        let t = task(
-            "a",
-            1,
-            TaskState::FAILED,
-            TaskState::RUNNING,
-            "2025-01-01T00:00:00Z",
-        );
+        let t = task("a", 1, FAILED, RUNNING, 0);
         let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&none, 1, &[(&t, 1)], now(), &mut plan);
         assert!(plan.created.is_empty());
@@ -159,33 +134,15 @@ mod tests {
         let on_failure = svc(
             r#"{"Name":"w","TaskTemplate":{"RestartPolicy":{"Condition":"on-failure","Delay":0}}}"#,
         );
-        let done = task(
-            "a",
-            1,
-            TaskState::COMPLETE,
-            TaskState::RUNNING,
-            "2025-01-01T00:00:00Z",
-        );
+        let done = task("a", 1, COMPLETE, RUNNING, 0);
         let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(&on_failure, 1, &[(&done, 1)], now(), &mut plan);
         assert!(plan.created.is_empty(), "on-failure restarted a clean exit");
 
         let capped =
             svc(r#"{"Name":"w","TaskTemplate":{"RestartPolicy":{"MaxAttempts":2,"Delay":0}}}"#);
-        let old1 = task(
-            "o1",
-            1,
-            TaskState::FAILED,
-            TaskState::SHUTDOWN,
-            "2025-01-01T00:00:01Z",
-        );
-        let old2 = task(
-            "o2",
-            1,
-            TaskState::FAILED,
-            TaskState::SHUTDOWN,
-            "2025-01-01T00:00:02Z",
-        );
+        let old1 = task("o1", 1, FAILED, SHUTDOWN, 1);
+        let old2 = task("o2", 1, FAILED, SHUTDOWN, 2);
         let mut plan = Plan::new(&crate::testkit::inputs());
         reconcile(
             &capped,
@@ -204,15 +161,7 @@ mod tests {
         );
         s.obj.spec_version = 2;
         let ts: Vec<StoredTask> = (1..=3)
-            .map(|i| {
-                task(
-                    &format!("t{i}"),
-                    i,
-                    TaskState::RUNNING,
-                    TaskState::RUNNING,
-                    "2025-01-01T00:00:00Z",
-                )
-            })
+            .map(|i| task(&format!("t{i}"), i, RUNNING, RUNNING, 0))
             .collect();
         let refs: Vec<(&StoredTask, u64)> = ts.iter().map(|t| (t, 1)).collect();
         let mut plan = Plan::new(&crate::testkit::inputs());

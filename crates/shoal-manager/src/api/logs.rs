@@ -19,16 +19,15 @@ pub async fn service_logs(
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    check_options(&q)?;
-    let m = d.manager().await?;
-    let svc = db::lookup::<StoredService>(&m.store, &key)
-        .ok_or_else(|| ApiError::not_found(format!("service {key} not found")))?;
-    let tasks: Vec<StoredTask> = db::list::<StoredTask>(&m.store)
-        .into_iter()
-        .map(|t| t.obj)
-        .filter(|t| t.service_id() == svc.obj.id())
-        .collect();
-    stream(d, tasks, q).await
+    logs_of(d, q, |store| {
+        let svc = db::find::<StoredService>(store, &key)?;
+        Ok(db::list::<StoredTask>(store)
+            .into_iter()
+            .map(|t| t.obj)
+            .filter(|t| t.service_id() == svc.obj.id())
+            .collect())
+    })
+    .await
 }
 
 /// `GET /tasks/{id}/logs`.
@@ -37,11 +36,23 @@ pub async fn task_logs(
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
+    logs_of(d, q, |store| {
+        Ok(vec![db::find::<StoredTask>(store, &key)?.obj])
+    })
+    .await
+}
+
+/// What both log endpoints do around choosing their tasks: refuse bad options before anything
+/// else, then stream the logs of the tasks `tasks` picks.
+async fn logs_of(
+    d: AppState,
+    q: HashMap<String, String>,
+    tasks: impl FnOnce(&shoal_store::Store) -> std::result::Result<Vec<StoredTask>, ApiError>,
+) -> Result<Response> {
     check_options(&q)?;
     let m = d.manager().await?;
-    let t = db::lookup::<StoredTask>(&m.store, &key)
-        .ok_or_else(|| ApiError::not_found(format!("task {key} not found")))?;
-    stream(d, vec![t.obj], q).await
+    let tasks = tasks(&m.store)?;
+    stream(d, tasks, q).await
 }
 
 /// Refuses what dockerd refuses before its log stream starts (once it starts, the status is

@@ -152,6 +152,42 @@ fn peers_and_services(
     )
 }
 
+/// A swarm overlay network as the store keeps it, with Docker's defaults: not internal, not
+/// attachable, not the ingress, no options or labels. `networks create` and `swarm init`'s
+/// ingress network both start from it.
+pub(crate) fn overlay(
+    name: &str,
+    id: &str,
+    created: String,
+    subnet: &str,
+    gateway: &str,
+) -> Network {
+    Network {
+        name: Some(name.to_string()),
+        id: Some(id.to_string()),
+        created: Some(created),
+        scope: Some("swarm".into()),
+        driver: Some("overlay".into()),
+        enable_ipv4: Some(true),
+        enable_ipv6: Some(false),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![IpamConfig {
+                subnet: Some(subnet.to_string()),
+                gateway: Some(gateway.to_string()),
+                ..Default::default()
+            }]),
+            options: None,
+        }),
+        internal: Some(false),
+        attachable: Some(false),
+        ingress: Some(false),
+        options: Some(HashMap::new()),
+        labels: Some(HashMap::new()),
+        ..Default::default()
+    }
+}
+
 /// `GET /networks/{id}`: a swarm network (with its peers, and with `verbose=true` its
 /// services and tasks), else the engine's.
 pub async fn inspect(
@@ -269,28 +305,17 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
     let mut options = r.options.clone().unwrap_or_default();
     options.insert(shoal_control::allocator::VNI_OPTION.into(), vni.to_string());
     let net = Network {
-        name: Some(r.name.clone()),
-        id: Some(nid.clone()),
-        created: Some(id::now()),
-        scope: Some("swarm".into()),
-        driver: Some("overlay".into()),
-        enable_ipv4: Some(true),
-        enable_ipv6: Some(false),
-        ipam: Some(Ipam {
-            driver: Some("default".into()),
-            config: Some(vec![IpamConfig {
-                subnet: Some(subnet.to_string()),
-                gateway: Some(gateway.to_string()),
-                ..Default::default()
-            }]),
-            options: None,
-        }),
         internal: Some(r.internal.unwrap_or(false)),
         attachable: Some(r.attachable.unwrap_or(false)),
-        ingress: Some(false),
         options: Some(options),
         labels: Some(r.labels.clone().unwrap_or_default()),
-        ..Default::default()
+        ..overlay(
+            &r.name,
+            &nid,
+            id::now(),
+            &subnet.to_string(),
+            &gateway.to_string(),
+        )
     };
     match db::write(&m.store, vec![db::put(&net, Expect::Absent)?]).await {
         Err(e) if e.status == 409 => {

@@ -127,10 +127,7 @@ pub async fn update(
     let version: u64 = super::version_param(&q)?;
     let spec: NodeSpec = parse_body(&body)?;
     check_spec(&spec)?;
-    let cur = find(&m.store, &key)?;
-    if cur.version != version {
-        return Err(ApiError::out_of_sequence().into());
-    }
+    let cur = db::at_version(find(&m.store, &key)?, version)?;
     let mut node = cur.obj.clone();
     let old = node.spec.clone().unwrap_or_default();
     let node_id = node.id.clone().unwrap_or_default();

@@ -2,7 +2,7 @@
 
 use super::filters::Filters;
 use super::{json, parse_body, AppState, Result};
-use crate::db::{self, Stored, Versioned};
+use crate::db::{self, Stored};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -16,7 +16,6 @@ use std::collections::HashMap;
 
 /// What secrets and configs share, so one set of handlers serves both.
 trait Blob: Stored {
-    const WHAT: &'static str;
     const MAX: usize;
     type Spec: serde::de::DeserializeOwned + Clone;
     fn spec_name(s: &Self::Spec) -> Option<String>;
@@ -31,109 +30,63 @@ trait Blob: Stored {
     fn used_by(svc: &StoredService, id: &str) -> bool;
 }
 
-impl Blob for Secret {
-    const WHAT: &'static str = "secret";
-    const MAX: usize = validate::MAX_SECRET_SIZE;
-    type Spec = SecretSpec;
-    fn spec_name(s: &SecretSpec) -> Option<String> {
-        s.name.clone()
-    }
-    fn spec_data(s: &SecretSpec) -> Option<String> {
-        s.data.clone()
-    }
-    fn spec_labels(s: &SecretSpec) -> Option<HashMap<String, String>> {
-        s.labels.clone()
-    }
-    fn make(id: String, now: String, spec: SecretSpec) -> Self {
-        Secret {
-            id: Some(id),
-            version: None,
-            created_at: Some(now.clone()),
-            updated_at: Some(now),
-            spec: Some(spec),
+/// The two kinds differ only in their names, their size limit, whether the data is secret, and
+/// where a service refers to them; this writes the rest once.
+macro_rules! blob {
+    ($ty:ident, $spec:ident, $max:expr, hide_data: $hide:literal, $refs:ident, $ref_id:ident) => {
+        impl Blob for $ty {
+            const MAX: usize = $max;
+            type Spec = $spec;
+            fn spec_name(s: &$spec) -> Option<String> {
+                s.name.clone()
+            }
+            fn spec_data(s: &$spec) -> Option<String> {
+                s.data.clone()
+            }
+            fn spec_labels(s: &$spec) -> Option<HashMap<String, String>> {
+                s.labels.clone()
+            }
+            fn make(id: String, now: String, spec: $spec) -> Self {
+                $ty {
+                    id: Some(id),
+                    version: None,
+                    created_at: Some(now.clone()),
+                    updated_at: Some(now),
+                    spec: Some(spec),
+                }
+            }
+            fn labels(&self) -> Option<HashMap<String, String>> {
+                self.spec.as_ref().and_then(|s| s.labels.clone())
+            }
+            fn set_labels(&mut self, l: Option<HashMap<String, String>>) {
+                if let Some(s) = self.spec.as_mut() {
+                    s.labels = l
+                }
+            }
+            fn data(&self) -> Option<String> {
+                self.spec.as_ref().and_then(|s| s.data.clone())
+            }
+            fn public(&self) -> Self {
+                let mut o = self.clone();
+                if let Some(spec) = o.spec.as_mut().filter(|_| $hide) {
+                    spec.data = None;
+                }
+                o
+            }
+            fn used_by(svc: &StoredService, id: &str) -> bool {
+                svc.spec()
+                    .task_template
+                    .as_ref()
+                    .and_then(|t| t.container_spec.as_ref())
+                    .and_then(|c| c.$refs.as_ref())
+                    .is_some_and(|s| s.iter().any(|r| r.$ref_id.as_deref() == Some(id)))
+            }
         }
-    }
-    fn labels(&self) -> Option<HashMap<String, String>> {
-        self.spec.as_ref().and_then(|s| s.labels.clone())
-    }
-    fn set_labels(&mut self, l: Option<HashMap<String, String>>) {
-        if let Some(s) = self.spec.as_mut() {
-            s.labels = l
-        }
-    }
-    fn data(&self) -> Option<String> {
-        self.spec.as_ref().and_then(|s| s.data.clone())
-    }
-    fn public(&self) -> Self {
-        let mut s = self.clone();
-        if let Some(spec) = s.spec.as_mut() {
-            spec.data = None;
-        }
-        s
-    }
-    fn used_by(svc: &StoredService, id: &str) -> bool {
-        svc.spec()
-            .task_template
-            .as_ref()
-            .and_then(|t| t.container_spec.as_ref())
-            .and_then(|c| c.secrets.as_ref())
-            .is_some_and(|s| s.iter().any(|r| r.secret_id.as_deref() == Some(id)))
-    }
+    };
 }
 
-impl Blob for Config {
-    const WHAT: &'static str = "config";
-    const MAX: usize = validate::MAX_CONFIG_SIZE;
-    type Spec = ConfigSpec;
-    fn spec_name(s: &ConfigSpec) -> Option<String> {
-        s.name.clone()
-    }
-    fn spec_data(s: &ConfigSpec) -> Option<String> {
-        s.data.clone()
-    }
-    fn spec_labels(s: &ConfigSpec) -> Option<HashMap<String, String>> {
-        s.labels.clone()
-    }
-    fn make(id: String, now: String, spec: ConfigSpec) -> Self {
-        Config {
-            id: Some(id),
-            version: None,
-            created_at: Some(now.clone()),
-            updated_at: Some(now),
-            spec: Some(spec),
-        }
-    }
-    fn labels(&self) -> Option<HashMap<String, String>> {
-        self.spec.as_ref().and_then(|s| s.labels.clone())
-    }
-    fn set_labels(&mut self, l: Option<HashMap<String, String>>) {
-        if let Some(s) = self.spec.as_mut() {
-            s.labels = l
-        }
-    }
-    fn data(&self) -> Option<String> {
-        self.spec.as_ref().and_then(|s| s.data.clone())
-    }
-    fn public(&self) -> Self {
-        self.clone()
-    }
-    fn used_by(svc: &StoredService, id: &str) -> bool {
-        svc.spec()
-            .task_template
-            .as_ref()
-            .and_then(|t| t.container_spec.as_ref())
-            .and_then(|c| c.configs.as_ref())
-            .is_some_and(|s| s.iter().any(|r| r.config_id.as_deref() == Some(id)))
-    }
-}
-
-fn find<T: Blob>(
-    store: &shoal_store::Store,
-    key: &str,
-) -> std::result::Result<Versioned<T>, ApiError> {
-    db::lookup::<T>(store, key)
-        .ok_or_else(|| ApiError::not_found(format!("{} {key} not found", T::WHAT)))
-}
+blob!(Secret, SecretSpec, validate::MAX_SECRET_SIZE, hide_data: true, secrets, secret_id);
+blob!(Config, ConfigSpec, validate::MAX_CONFIG_SIZE, hide_data: false, configs, config_id);
 
 async fn list<T: Blob>(d: AppState, q: HashMap<String, String>) -> Result<Response> {
     let m = d.manager().await?;
@@ -156,7 +109,7 @@ async fn create<T: Blob>(d: AppState, body: Bytes) -> Result<Response> {
     let spec: T::Spec = parse_body(&body)?;
     let name = T::spec_name(&spec).unwrap_or_default();
     validate::object_name(&name)?;
-    super::name_free::<T>(&m.store, T::WHAT, &name)?;
+    super::name_free::<T>(&m.store, T::KIND, &name)?;
     let data = T::spec_data(&spec).unwrap_or_default();
     let raw = base64::engine::general_purpose::STANDARD
         .decode(data.as_bytes())
@@ -164,7 +117,7 @@ async fn create<T: Blob>(d: AppState, body: Bytes) -> Result<Response> {
     if raw.is_empty() || raw.len() > T::MAX {
         return Err(ApiError::invalid_arg(format!(
             "{} data must be larger than 0 and less than {} bytes",
-            T::WHAT,
+            T::KIND,
             T::MAX
         ))
         .into());
@@ -174,12 +127,12 @@ async fn create<T: Blob>(d: AppState, body: Bytes) -> Result<Response> {
     match db::write(&m.store, vec![db::put(&obj, Expect::Absent)?]).await {
         Err(e) if e.status == 409 => Err(ApiError::conflict(format!(
             "rpc error: code = AlreadyExists desc = {} {name} already exists",
-            T::WHAT
+            T::KIND
         ))
         .into()),
         Err(e) => Err(e.into()),
         Ok(_) => {
-            tracing::info!(kind = T::WHAT, name = %name, id = %oid, "created");
+            tracing::info!(kind = T::KIND, name = %name, id = %oid, "created");
             Ok(json(StatusCode::CREATED, &serde_json::json!({"ID": oid})))
         }
     }
@@ -189,7 +142,7 @@ async fn inspect<T: Blob>(d: AppState, key: String) -> Result<Response> {
     let m = d.manager().await?;
     Ok(json(
         StatusCode::OK,
-        &find::<T>(&m.store, &key)?.obj.public(),
+        &db::find::<T>(&m.store, &key)?.obj.public(),
     ))
 }
 
@@ -202,10 +155,7 @@ async fn update<T: Blob>(
     let m = d.manager().await?;
     let version: u64 = super::version_param(&q)?;
     let spec: T::Spec = parse_body(&body)?;
-    let cur = find::<T>(&m.store, &key)?;
-    if cur.version != version {
-        return Err(ApiError::out_of_sequence().into());
-    }
+    let cur = db::at_version(db::find::<T>(&m.store, &key)?, version)?;
     let same_name = T::spec_name(&spec).is_none_or(|n| Some(n) == cur.obj.name());
     let same_data = T::spec_data(&spec).is_none_or(|d| d.is_empty() || Some(d) == cur.obj.data());
     if !same_name || !same_data {
@@ -219,7 +169,7 @@ async fn update<T: Blob>(
 
 async fn remove<T: Blob>(d: AppState, key: String) -> Result<Response> {
     let m = d.manager().await?;
-    let cur = find::<T>(&m.store, &key)?;
+    let cur = db::find::<T>(&m.store, &key)?;
     let oid = cur.obj.id();
     let users: Vec<String> = db::list::<StoredService>(&m.store)
         .into_iter()
@@ -229,7 +179,7 @@ async fn remove<T: Blob>(d: AppState, key: String) -> Result<Response> {
     if !users.is_empty() {
         return Err(ApiError::invalid_arg(format!(
             "{} '{}' is in use by the following service: {}",
-            T::WHAT,
+            T::KIND,
             cur.obj.name().unwrap_or_default(),
             users.join(", ")
         ))
@@ -241,59 +191,58 @@ async fn remove<T: Blob>(d: AppState, key: String) -> Result<Response> {
     ))
 }
 
-/// `GET /secrets`.
-pub async fn list_secrets(
-    State(d): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response> {
-    list::<Secret>(d, q).await
+/// The five routes of one kind, each a thin axum handler over the generic one above.
+macro_rules! handlers {
+    ($ty:ident, $path:literal, $list:ident, $create:ident, $inspect:ident, $update:ident, $remove:ident) => {
+        #[doc = concat!("`GET /", $path, "`.")]
+        pub async fn $list(
+            State(d): State<AppState>,
+            Query(q): Query<HashMap<String, String>>,
+        ) -> Result<Response> {
+            list::<$ty>(d, q).await
+        }
+        #[doc = concat!("`POST /", $path, "/create`.")]
+        pub async fn $create(State(d): State<AppState>, body: Bytes) -> Result<Response> {
+            create::<$ty>(d, body).await
+        }
+        #[doc = concat!("`GET /", $path, "/{id}`.")]
+        pub async fn $inspect(
+            State(d): State<AppState>,
+            Path(k): Path<String>,
+        ) -> Result<Response> {
+            inspect::<$ty>(d, k).await
+        }
+        #[doc = concat!("`POST /", $path, "/{id}/update`.")]
+        pub async fn $update(
+            State(d): State<AppState>,
+            Path(k): Path<String>,
+            Query(q): Query<HashMap<String, String>>,
+            body: Bytes,
+        ) -> Result<Response> {
+            update::<$ty>(d, k, q, body).await
+        }
+        #[doc = concat!("`DELETE /", $path, "/{id}`.")]
+        pub async fn $remove(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
+            remove::<$ty>(d, k).await
+        }
+    };
 }
-/// `POST /secrets/create`.
-pub async fn create_secret(State(d): State<AppState>, body: Bytes) -> Result<Response> {
-    create::<Secret>(d, body).await
-}
-/// `GET /secrets/{id}`.
-pub async fn inspect_secret(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
-    inspect::<Secret>(d, k).await
-}
-/// `POST /secrets/{id}/update`.
-pub async fn update_secret(
-    State(d): State<AppState>,
-    Path(k): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Result<Response> {
-    update::<Secret>(d, k, q, body).await
-}
-/// `DELETE /secrets/{id}`.
-pub async fn remove_secret(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
-    remove::<Secret>(d, k).await
-}
-/// `GET /configs`.
-pub async fn list_configs(
-    State(d): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response> {
-    list::<Config>(d, q).await
-}
-/// `POST /configs/create`.
-pub async fn create_config(State(d): State<AppState>, body: Bytes) -> Result<Response> {
-    create::<Config>(d, body).await
-}
-/// `GET /configs/{id}`.
-pub async fn inspect_config(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
-    inspect::<Config>(d, k).await
-}
-/// `POST /configs/{id}/update`.
-pub async fn update_config(
-    State(d): State<AppState>,
-    Path(k): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Result<Response> {
-    update::<Config>(d, k, q, body).await
-}
-/// `DELETE /configs/{id}`.
-pub async fn remove_config(State(d): State<AppState>, Path(k): Path<String>) -> Result<Response> {
-    remove::<Config>(d, k).await
-}
+
+handlers!(
+    Secret,
+    "secrets",
+    list_secrets,
+    create_secret,
+    inspect_secret,
+    update_secret,
+    remove_secret
+);
+handlers!(
+    Config,
+    "configs",
+    list_configs,
+    create_config,
+    inspect_config,
+    update_config,
+    remove_config
+);

@@ -65,34 +65,35 @@ impl Settings {
         let ns = |v: Option<i64>, default: i64| {
             chrono::Duration::nanoseconds(v.unwrap_or(default).max(0))
         };
-        if rolling_back(svc) {
+        // The two configs have the same knobs and defaults; only their failure actions differ.
+        let ((parallelism, delay, monitor, ratio), action, start_first) = if rolling_back(svc) {
             let c = spec.rollback_config.clone().unwrap_or_default();
-            Settings {
-                parallelism: c.parallelism.unwrap_or(1).max(0) as u64,
-                delay: ns(c.delay, 0),
-                monitor: ns(c.monitor.filter(|m| *m > 0), DEFAULT_MONITOR_NS),
-                max_failure_ratio: c.max_failure_ratio.unwrap_or(0.0),
-                // A rollback is never rolled back.
-                action: match c.failure_action {
-                    Some(RollbackAction::CONTINUE) => FailureAction::Continue,
-                    _ => FailureAction::Pause,
-                },
-                start_first: c.order == Some(RollbackOrder::START_FIRST),
-            }
+            // A rollback is never rolled back.
+            let action = match c.failure_action {
+                Some(RollbackAction::CONTINUE) => FailureAction::Continue,
+                _ => FailureAction::Pause,
+            };
+            let start_first = c.order == Some(RollbackOrder::START_FIRST);
+            let knobs = (c.parallelism, c.delay, c.monitor, c.max_failure_ratio);
+            (knobs, action, start_first)
         } else {
             let c = spec.update_config.clone().unwrap_or_default();
-            Settings {
-                parallelism: c.parallelism.unwrap_or(1).max(0) as u64,
-                delay: ns(c.delay, 0),
-                monitor: ns(c.monitor.filter(|m| *m > 0), DEFAULT_MONITOR_NS),
-                max_failure_ratio: c.max_failure_ratio.unwrap_or(0.0),
-                action: match c.failure_action {
-                    Some(UpdateAction::CONTINUE) => FailureAction::Continue,
-                    Some(UpdateAction::ROLLBACK) => FailureAction::Rollback,
-                    _ => FailureAction::Pause,
-                },
-                start_first: c.order == Some(UpdateOrder::START_FIRST),
-            }
+            let action = match c.failure_action {
+                Some(UpdateAction::CONTINUE) => FailureAction::Continue,
+                Some(UpdateAction::ROLLBACK) => FailureAction::Rollback,
+                _ => FailureAction::Pause,
+            };
+            let start_first = c.order == Some(UpdateOrder::START_FIRST);
+            let knobs = (c.parallelism, c.delay, c.monitor, c.max_failure_ratio);
+            (knobs, action, start_first)
+        };
+        Settings {
+            parallelism: parallelism.unwrap_or(1).max(0) as u64,
+            delay: ns(delay, 0),
+            monitor: ns(monitor.filter(|m| *m > 0), DEFAULT_MONITOR_NS),
+            max_failure_ratio: ratio.unwrap_or(0.0),
+            action,
+            start_first,
         }
     }
 }
