@@ -85,13 +85,8 @@ pub async fn run(mut view: SharedReader, alloc: Arc<Mutex<()>>, stop: Cancellati
         tokio::select! {
             _ = stop.cancelled() => return,
             open = view.changed() => {
-                if !open { return; }
                 // Coalesce bursts of changes into one pass.
-                let settle = took.clamp(Duration::from_millis(5), Duration::from_millis(250));
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(settle) => {}
-                }
+                if !open || !crate::state::settle(took, &stop).await { return; }
             }
             _ = tokio::time::sleep_until(wake_at) => timer = true,
         }

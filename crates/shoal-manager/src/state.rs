@@ -275,6 +275,18 @@ impl SharedState {
     }
 }
 
+/// Lets a burst of changes settle before a loop acts on them: 5 ms, or as long as the loop's
+/// last run took (at most 250 ms), so a big cluster's loops cannot take the whole CPU while
+/// reports stream in. False if `stop` fired meanwhile.
+pub async fn settle(took: std::time::Duration, stop: &tokio_util::sync::CancellationToken) -> bool {
+    use std::time::Duration;
+    let pause = took.clamp(Duration::from_millis(5), Duration::from_millis(250));
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(pause) => true,
+    }
+}
+
 impl SharedReader {
     /// The store the view follows.
     pub fn store(&self) -> &Store {

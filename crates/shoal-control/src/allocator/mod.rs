@@ -32,8 +32,10 @@ pub fn network_subnet(n: &Network) -> Option<(Ipv4Cidr, Ipv4Addr)> {
 
 /// Docker's driver option holding an overlay network's VXLAN ID.
 pub const VNI_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
-/// The first VXLAN ID user networks get (ingress has 4096, as in Swarm).
-pub const FIRST_VNI: u32 = 4097;
+/// The ingress network's VXLAN ID, as in Swarm.
+pub const INGRESS_VNI: u32 = 4096;
+/// The first VXLAN ID user networks get (the one after the ingress network's).
+pub const FIRST_VNI: u32 = INGRESS_VNI + 1;
 
 /// The VXLAN ID of a swarm network: the one recorded at creation, or for a network stored
 /// without one, a stable ID derived from its ID (above the range creation hands out).

@@ -5,7 +5,7 @@ mod containers;
 mod decode;
 mod filters;
 mod logs;
-mod networks;
+pub(crate) mod networks;
 mod nodes;
 mod objects;
 mod services;

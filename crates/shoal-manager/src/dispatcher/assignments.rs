@@ -466,13 +466,8 @@ async fn run_feeds(
                 None => accepting = false,
             },
             open = view.changed() => {
-                if !open { return; }
-                // Coalesce bursts of changes; longer when computing takes long (many nodes).
-                let settle = took.clamp(Duration::from_millis(5), Duration::from_millis(250));
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(settle) => {}
-                }
+                // Coalesce bursts of changes into one pass.
+                if !open || !crate::state::settle(took, &stop).await { return; }
             }
         }
     }

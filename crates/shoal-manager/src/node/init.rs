@@ -10,9 +10,9 @@ use crate::api::AppState;
 use crate::cluster::Manager;
 use crate::db::{self, Member, RootCa, Stored};
 use shoal_api::models::{
-    Ipam, IpamConfig, JoinTokens, Network, Node, NodeSpecRoleEnum, NodeState, NodeStatus, Swarm,
-    SwarmSpec, SwarmSpecCaConfig, SwarmSpecDispatcher, SwarmSpecEncryptionConfig,
-    SwarmSpecOrchestration, SwarmSpecRaft, SwarmSpecTaskDefaults, TlsInfo,
+    JoinTokens, Network, Node, NodeSpecRoleEnum, NodeState, NodeStatus, Swarm, SwarmSpec,
+    SwarmSpecCaConfig, SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration,
+    SwarmSpecRaft, SwarmSpecTaskDefaults, TlsInfo,
 };
 use shoal_api::{id, Role};
 use shoal_pki::{ClusterCa, JoinToken, NodeCert, NodeIdentity, NodeKey};
@@ -83,31 +83,18 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
     };
     let node = local_node(d, &identity, &now).await;
     let ingress = Network {
-        name: Some("ingress".into()),
-        id: Some(id::new_id()),
-        created: Some(now.clone()),
-        scope: Some("swarm".into()),
-        driver: Some("overlay".into()),
-        enable_ipv4: Some(true),
-        enable_ipv6: Some(false),
-        ipam: Some(Ipam {
-            driver: Some("default".into()),
-            config: Some(vec![IpamConfig {
-                subnet: Some("10.0.0.0/24".into()),
-                gateway: Some("10.0.0.1".into()),
-                ..Default::default()
-            }]),
-            options: None,
-        }),
-        internal: Some(false),
-        attachable: Some(false),
         ingress: Some(true),
         options: Some(HashMap::from([(
-            "com.docker.network.driver.overlay.vxlanid_list".to_string(),
-            "4096".to_string(),
+            shoal_control::allocator::VNI_OPTION.to_string(),
+            shoal_control::allocator::INGRESS_VNI.to_string(),
         )])),
-        labels: Some(HashMap::new()),
-        ..Default::default()
+        ..crate::api::networks::overlay(
+            "ingress",
+            &id::new_id(),
+            now.clone(),
+            "10.0.0.0/24",
+            "10.0.0.1",
+        )
     };
     let (ca_cert, ca_key) = ca.to_pem_pair();
     let ops = vec![
