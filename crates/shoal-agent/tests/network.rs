@@ -11,7 +11,7 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 use rand::{Rng, SeedableRng};
 use shoal_agent::network::{
-    NetworkAgent, NetworkConfig, NetworkSpec, Protocol, PublishedPort, RoutingTable, ServiceRoute,
+    MeshPort, NetworkAgent, NetworkConfig, NetworkSpec, Protocol, RoutingTable, ServiceRoute,
     TaskEndpoint,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -502,7 +502,7 @@ async fn vip_dns_published_ports_isolation_and_cleanup() {
                     false,
                     &[(web1, web1_healthy), (web2, web2_healthy)],
                 )],
-                published: vec![PublishedPort {
+                published: vec![MeshPort {
                     protocol: Protocol::Tcp,
                     published: port,
                     targets: [(web1, web1_healthy), (web2, web2_healthy)]

@@ -212,9 +212,9 @@ async fn write(store: &Store, tasks: usize, p: Pass) -> Result<(), ApiError> {
 /// What a pass's operations are grouped by when they must be split: a service's slot (or, for
 /// global services, its node), so that stopping a task and creating its replacement stay in one
 /// atomic write. Deletions and service updates stand alone.
-type SlotKey = (&'static str, String, u64, String);
+type BatchKey = (&'static str, String, u64, String);
 
-fn slot_of(t: &StoredTask) -> SlotKey {
+fn slot_of(t: &StoredTask) -> BatchKey {
     let node = if t.slot() == 0 {
         t.node_id().unwrap_or_default().to_string()
     } else {
@@ -223,18 +223,18 @@ fn slot_of(t: &StoredTask) -> SlotKey {
     ("slot", t.service_id().to_string(), t.slot(), node)
 }
 
-fn alone(kind: &'static str, id: &str) -> SlotKey {
+fn alone(kind: &'static str, id: &str) -> BatchKey {
     (kind, id.to_string(), 0, String::new())
 }
 
 /// A pass's operations in the order they were decided, each with its slot.
 #[derive(Default)]
 struct OpsBySlot {
-    ops: Vec<(SlotKey, Op)>,
+    ops: Vec<(BatchKey, Op)>,
 }
 
 impl OpsBySlot {
-    fn push(&mut self, key: SlotKey, op: Op) {
+    fn push(&mut self, key: BatchKey, op: Op) {
         self.ops.push((key, op));
     }
 }
@@ -261,12 +261,12 @@ async fn write_in_batches(store: &Store, ops: OpsBySlot) -> Result<(), ApiError>
 }
 
 /// Cuts operations into batches of about [`MAX_OPS_PER_WRITE`], never splitting a slot.
-fn split_by_slot(mut ops: Vec<(SlotKey, Op)>) -> Vec<Vec<Op>> {
+fn split_by_slot(mut ops: Vec<(BatchKey, Op)>) -> Vec<Vec<Op>> {
     // Stable: within a slot, the decided order is kept.
     ops.sort_by(|a, b| a.0.cmp(&b.0));
     let mut batches: Vec<Vec<Op>> = Vec::new();
     let mut current: Vec<Op> = Vec::new();
-    let mut last: Option<SlotKey> = None;
+    let mut last: Option<BatchKey> = None;
     for (key, op) in ops {
         if current.len() >= MAX_OPS_PER_WRITE && last.as_ref() != Some(&key) {
             batches.push(std::mem::take(&mut current));

@@ -97,7 +97,7 @@ pub enum ProxyError {
     #[error(
         "the Docker Engine at {socket} sent no usable Api-Version header in /_ping (got {got:?})"
     )]
-    ApiVersion {
+    VersionNumber {
         /// The engine socket that was dialled.
         socket: PathBuf,
         /// The header value, if any.
@@ -114,21 +114,21 @@ impl ProxyError {
             ProxyError::Handshake { .. }
             | ProxyError::Request { .. }
             | ProxyError::PingStatus { .. }
-            | ProxyError::ApiVersion { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::VersionNumber { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 }
 
 /// An API version `major.minor`, ordered numerically (1.9 < 1.41 < 1.50).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct ApiVersion {
+struct VersionNumber {
     major: u32,
     minor: u32,
 }
 
-impl ApiVersion {
+impl VersionNumber {
     /// Parses `1.41`; anything else (`1`, `1.x`, `1.41.2`) is not a Docker API version.
-    fn parse(s: &str) -> Option<ApiVersion> {
+    fn parse(s: &str) -> Option<VersionNumber> {
         let (major, minor) = s.split_once('.')?;
         if major.is_empty()
             || minor.is_empty()
@@ -137,7 +137,7 @@ impl ApiVersion {
         {
             return None;
         }
-        Some(ApiVersion {
+        Some(VersionNumber {
             major: major.parse().ok()?,
             minor: minor.parse().ok()?,
         })
@@ -147,14 +147,14 @@ impl ApiVersion {
 /// Forwards Docker Engine API calls that shoal does not answer itself to the node's engine.
 #[derive(Clone, Debug)]
 pub struct EngineProxy {
-    inner: Arc<Inner>,
+    inner: Arc<ProxyConfig>,
 }
 
 #[derive(Debug)]
-struct Inner {
+struct ProxyConfig {
     socket: PathBuf,
     api_version: String,
-    api: ApiVersion,
+    api: VersionNumber,
 }
 
 impl EngineProxy {
@@ -183,8 +183,8 @@ impl EngineProxy {
             .map(str::to_owned);
         // Drain the tiny "OK" body so the connection closes cleanly; its content does not matter.
         let _ = resp.into_body().collect().await;
-        let Some(api) = got.as_deref().and_then(ApiVersion::parse) else {
-            return Err(ProxyError::ApiVersion {
+        let Some(api) = got.as_deref().and_then(VersionNumber::parse) else {
+            return Err(ProxyError::VersionNumber {
                 socket: engine_socket,
                 got,
             });
@@ -192,7 +192,7 @@ impl EngineProxy {
         let api_version = got.unwrap_or_default();
         debug!(socket = %engine_socket.display(), %api_version, "connected to the Docker Engine");
         Ok(EngineProxy {
-            inner: Arc::new(Inner {
+            inner: Arc::new(ProxyConfig {
                 socket: engine_socket,
                 api_version,
                 api,
@@ -400,7 +400,7 @@ fn end_to_end_headers(headers: &HeaderMap, upgrade: bool) -> HeaderMap {
 }
 
 /// Lowers a `/v<X.Y>` path prefix to at most the engine's version and keeps the query as is.
-fn rewrite_path_and_query(uri: &Uri, engine: ApiVersion) -> String {
+fn rewrite_path_and_query(uri: &Uri, engine: VersionNumber) -> String {
     let path = rewrite_path(uri.path(), engine);
     match uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -409,7 +409,7 @@ fn rewrite_path_and_query(uri: &Uri, engine: ApiVersion) -> String {
 }
 
 /// `/v1.50/containers/json` -> `/v1.41/containers/json` for a 1.41 engine; other paths unchanged.
-fn rewrite_path(path: &str, engine: ApiVersion) -> String {
+fn rewrite_path(path: &str, engine: VersionNumber) -> String {
     let Some(rest) = path.strip_prefix("/v") else {
         return path.to_owned();
     };
@@ -417,7 +417,7 @@ fn rewrite_path(path: &str, engine: ApiVersion) -> String {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    match ApiVersion::parse(version) {
+    match VersionNumber::parse(version) {
         Some(requested) if requested > engine => {
             format!("/v{}.{}{}", engine.major, engine.minor, tail)
         }
@@ -438,17 +438,17 @@ fn docker_error(status: StatusCode, message: &str) -> Response {
 mod tests {
     use super::*;
 
-    const V141: ApiVersion = ApiVersion {
+    const V141: VersionNumber = VersionNumber {
         major: 1,
         minor: 41,
     };
 
     #[test]
     fn parses_versions_numerically() {
-        assert!(ApiVersion::parse("1.9") < ApiVersion::parse("1.41"));
-        assert!(ApiVersion::parse("1.50") > ApiVersion::parse("1.41"));
+        assert!(VersionNumber::parse("1.9") < VersionNumber::parse("1.41"));
+        assert!(VersionNumber::parse("1.50") > VersionNumber::parse("1.41"));
         for bad in ["", "1", "1.", ".1", "1.x", "1.41.2", "v1.41", "1.-4"] {
-            assert_eq!(ApiVersion::parse(bad), None, "{bad:?}");
+            assert_eq!(VersionNumber::parse(bad), None, "{bad:?}");
         }
     }
 

@@ -225,10 +225,10 @@ const MAX_PENDING_TASK_CHANGES: usize = 1 << 20;
 /// is decoded once, and each reader still gets every change since its own last refresh.
 #[derive(Clone)]
 pub struct SharedState {
-    inner: Arc<Shared>,
+    inner: Arc<ViewShared>,
 }
 
-struct Shared {
+struct ViewShared {
     store: Store,
     live: tokio::sync::RwLock<LiveState>,
     /// Changes applied but not yet taken, per reader.
@@ -237,7 +237,7 @@ struct Shared {
 
 /// One loop's access to a [`SharedState`].
 pub struct SharedReader {
-    inner: Arc<Shared>,
+    inner: Arc<ViewShared>,
     pending: Arc<std::sync::Mutex<Delta>>,
     /// The store's change stream, used only to wake up: the view applies the changes.
     wake: broadcast::Receiver<Arc<ChangeSet>>,
@@ -248,7 +248,7 @@ impl SharedState {
     /// Loads the view from the store and follows its changes from then on.
     pub fn new(store: Store) -> Self {
         SharedState {
-            inner: Arc::new(Shared {
+            inner: Arc::new(ViewShared {
                 live: tokio::sync::RwLock::new(LiveState::new(store.clone())),
                 store,
                 readers: std::sync::Mutex::new(Vec::new()),

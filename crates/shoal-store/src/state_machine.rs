@@ -29,7 +29,7 @@ use crate::state::{self, Objects};
 const SNAPSHOT_FORMAT: u32 = 1;
 
 /// What the state machine shares with readers: the objects, the applied index, the watch stream.
-pub(crate) struct Shared {
+pub(crate) struct Applied {
     pub(crate) objects: RwLock<Objects>,
     pub(crate) last_applied: AtomicU64,
     pub(crate) changes: broadcast::Sender<Arc<ChangeSet>>,
@@ -37,7 +37,7 @@ pub(crate) struct Shared {
 
 /// The state machine driven by openraft's apply worker.
 pub(crate) struct StateMachine {
-    shared: Arc<Shared>,
+    shared: Arc<Applied>,
     applied: Option<LogId>,
     membership: StoredMembership,
     db: Arc<Database>,
@@ -146,7 +146,7 @@ pub(crate) fn load(db: &Database) -> Result<Loaded, StoreError> {
 impl StateMachine {
     /// Builds the state machine around a loaded snapshot.
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Applied>,
         applied: Option<LogId>,
         membership: StoredMembership,
         db: Arc<Database>,
@@ -348,7 +348,7 @@ mod tests {
 
     struct Harness {
         sm: StateMachine,
-        shared: Arc<Shared>,
+        shared: Arc<Applied>,
         _dir: tempfile::TempDir,
     }
 
@@ -357,7 +357,7 @@ mod tests {
         let db = Arc::new(db::open_database(&dir.path().join("t.redb")).unwrap());
         db::init_tables(&db).unwrap();
         let (writer, _thread) = Writer::start(db.clone(), db::Pending::default()).unwrap();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Applied {
             objects: RwLock::new(Objects::default()),
             last_applied: AtomicU64::new(0),
             changes: broadcast::channel(16).0,

@@ -19,7 +19,7 @@ use crate::network::{self, NetworkFactory, RaftTransport, RpcKind};
 use crate::object::{ChangeSet, Object, Op};
 use crate::proposer;
 use crate::raft_types::Raft;
-use crate::state_machine::{self, Shared, StateMachine};
+use crate::state_machine::{self, Applied, StateMachine};
 
 /// Name of the redb file inside the data directory.
 pub const DB_FILE: &str = "raft.redb";
@@ -109,10 +109,10 @@ impl Default for StoreTuning {
     }
 }
 
-struct Inner {
+struct StoreHandle {
     raft: Raft,
     proposals: mpsc::UnboundedSender<proposer::Request>,
-    shared: Arc<Shared>,
+    shared: Arc<Applied>,
     writer: Writer,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     db: Weak<Database>,
@@ -124,7 +124,7 @@ struct Inner {
 /// The replicated state store: cheap to clone, shared by the API server and the control loops.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    inner: Arc<StoreHandle>,
 }
 
 impl std::fmt::Debug for Store {
@@ -171,7 +171,7 @@ impl Store {
             applied,
             membership,
         } = loaded;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Applied {
             last_applied: AtomicU64::new(applied.map(|l| l.index).unwrap_or(0)),
             objects: RwLock::new(objects),
             changes,
@@ -204,7 +204,7 @@ impl Store {
             .map_err(|e| StoreError::Raft(format!("start raft: {e}")))?;
 
         let store = Store {
-            inner: Arc::new(Inner {
+            inner: Arc::new(StoreHandle {
                 proposals: proposer::spawn(raft.clone()),
                 raft,
                 shared,

@@ -38,10 +38,10 @@ pub struct NetworkConfig {
 /// The network side of one node; cheap to clone, all clones share one state.
 #[derive(Clone)]
 pub struct NetworkAgent {
-    inner: Arc<Inner>,
+    inner: Arc<AgentState>,
 }
 
-struct Inner {
+struct AgentState {
     node_id: String,
     /// MAC address of every bridge of this node (see `names::node_mac`).
     node_mac: [u8; 6],
@@ -171,7 +171,7 @@ impl NetworkAgent {
         let plugin = PluginServer::start(&cfg.plugin_dir, &driver, plugin_state.clone()).await?;
         tracing::info!(%driver, %table, "network agent started");
         Ok(NetworkAgent {
-            inner: Arc::new(Inner {
+            inner: Arc::new(AgentState {
                 node_mac: names::node_mac(&cfg.node_id),
                 node_id: cfg.node_id,
                 driver,

@@ -1,7 +1,7 @@
 //! The worker's view of node networking, implemented by [`NetworkAgent`].
 
 use super::{
-    NetworkAgent, NetworkError, NetworkSpec, Protocol, PublishedPort, RoutingTable, ServiceRoute,
+    MeshPort, NetworkAgent, NetworkError, NetworkSpec, Protocol, RoutingTable, ServiceRoute,
     TaskEndpoint,
 };
 use crate::worker::NetworkBackend;
@@ -53,7 +53,7 @@ pub fn routing_table(a: &NodeAssignments) -> RoutingTable {
         published: a
             .published
             .iter()
-            .map(|p| PublishedPort {
+            .map(|p| MeshPort {
                 protocol: if p.protocol == "udp" {
                     Protocol::Udp
                 } else {

@@ -294,15 +294,15 @@ async fn write_framed(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     s.write_all(&buf).await
 }
 
-type Shared = Arc<RwLock<Arc<Records>>>;
+type SharedRecords = Arc<RwLock<Arc<Records>>>;
 
-fn current(records: &Shared) -> Arc<Records> {
+fn current(records: &SharedRecords) -> Arc<Records> {
     records.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// A running DNS server of one network; stops when dropped.
 pub(crate) struct DnsServer {
-    records: Shared,
+    records: SharedRecords,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -329,7 +329,7 @@ impl DnsServer {
                 e,
             )
         })?;
-        let records: Shared = Arc::new(RwLock::new(Arc::new(records)));
+        let records: SharedRecords = Arc::new(RwLock::new(Arc::new(records)));
         let upstream: Arc<[SocketAddr]> = upstream.into();
         let limit = Arc::new(Semaphore::new(MAX_INFLIGHT));
         let udp_task = tokio::spawn(serve_udp(
@@ -365,7 +365,7 @@ impl Drop for DnsServer {
 
 async fn serve_udp(
     sock: Arc<UdpSocket>,
-    records: Shared,
+    records: SharedRecords,
     upstream: Arc<[SocketAddr]>,
     limit: Arc<Semaphore>,
 ) {
@@ -415,7 +415,7 @@ async fn serve_udp(
 
 async fn serve_tcp(
     listener: TcpListener,
-    records: Shared,
+    records: SharedRecords,
     upstream: Arc<[SocketAddr]>,
     limit: Arc<Semaphore>,
 ) {

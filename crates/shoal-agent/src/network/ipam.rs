@@ -25,7 +25,7 @@ const POOL_ID_SEP: char = '@';
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IpamError {
     /// Shoal networks always carry their subnet; there is no pool to choose from.
-    #[error("address space {space:?}: no Pool given; shoal networks are created with an explicit subnet")]
+    #[error("address space {space:?}: no RequestedPool given; shoal networks are created with an explicit subnet")]
     NoPool { space: String },
     /// The pool is not an IPv4 CIDR.
     #[error("pool {pool:?} is not an IPv4 CIDR: {reason}")]
@@ -53,7 +53,7 @@ pub(crate) enum IpamError {
 
 /// One pool as Docker requested it for one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Pool {
+struct RequestedPool {
     subnet: Ipv4Net,
     gateway: Option<Ipv4Addr>,
     /// Docker asks for a pool once per network; identical requests share the pool ID.
@@ -63,7 +63,7 @@ struct Pool {
 /// The pools Docker holds from this plugin.
 #[derive(Debug, Default)]
 pub(crate) struct Pools {
-    pools: HashMap<String, Pool>,
+    pools: HashMap<String, RequestedPool>,
 }
 
 /// The subnet a pool ID stands for: its prefix up to [`POOL_ID_SEP`]. Lets the plugin serve a
@@ -106,7 +106,7 @@ impl Pools {
             .and_then(|g| g.parse::<Ipv4Addr>().ok())
             .filter(|g| subnet.contains(g));
         let id = format!("{subnet}{POOL_ID_SEP}{network}");
-        let entry = self.pools.entry(id.clone()).or_insert(Pool {
+        let entry = self.pools.entry(id.clone()).or_insert(RequestedPool {
             subnet,
             gateway,
             refs: 0,
@@ -213,7 +213,7 @@ mod tests {
         let mut p = Pools::default();
         let none = HashMap::new();
         let e = p.request_pool("shoal-local", "", &none, false).unwrap_err();
-        assert!(e.to_string().contains("no Pool given"), "{e}");
+        assert!(e.to_string().contains("no RequestedPool given"), "{e}");
         assert!(p.request_pool("s", "10.1.2.0/24", &none, true).is_err());
         assert!(p.request_pool("s", "fe80::/64", &none, false).is_err());
         assert!(p.request_pool("s", "nonsense", &none, false).is_err());

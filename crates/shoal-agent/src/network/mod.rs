@@ -24,5 +24,5 @@ pub use agent::{NetworkAgent, NetworkConfig};
 pub use backend::routing_table;
 pub use error::NetworkError;
 pub use spec::{
-    NetworkSpec, OverlayPeer, Protocol, PublishedPort, RoutingTable, ServiceRoute, TaskEndpoint,
+    MeshPort, NetworkSpec, OverlayPeer, Protocol, RoutingTable, ServiceRoute, TaskEndpoint,
 };

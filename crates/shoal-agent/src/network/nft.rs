@@ -592,7 +592,7 @@ pub(crate) async fn delete_table(t: &str) -> Result<(), NetworkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::{PublishedPort, ServiceRoute, TaskEndpoint};
+    use crate::network::{MeshPort, ServiceRoute, TaskEndpoint};
 
     fn net(id: &str, subnet: &str, internal: bool) -> NetworkSpec {
         NetworkSpec {
@@ -669,7 +669,7 @@ mod tests {
     fn diff_touches_only_the_changed_service() {
         let nets = [net("n1", "10.0.0.0/24", false)];
         let mut table = RoutingTable {
-            published: vec![PublishedPort {
+            published: vec![MeshPort {
                 protocol: Protocol::Tcp,
                 published: 8080,
                 targets: vec!["10.0.0.2:80".parse().unwrap()],
@@ -759,12 +759,12 @@ mod tests {
     #[test]
     fn published_port_is_written_and_diffed_like_a_service() {
         let nets = [net("n1", "10.0.0.0/24", false)];
-        let port = |targets: &[&str]| PublishedPort {
+        let port = |targets: &[&str]| MeshPort {
             protocol: Protocol::Tcp,
             published: 8080,
             targets: targets.iter().map(|a| a.parse().unwrap()).collect(),
         };
-        let with = |p: Vec<PublishedPort>| RoutingTable {
+        let with = |p: Vec<MeshPort>| RoutingTable {
             published: p,
             ..routes(vec![])
         };

@@ -46,7 +46,7 @@ pub struct RoutingTable {
     /// One entry per (service, network) attachment.
     pub services: Vec<ServiceRoute>,
     /// Ports published through the routing mesh.
-    pub published: Vec<PublishedPort>,
+    pub published: Vec<MeshPort>,
     /// Per network ID: the other nodes on it and their tasks' addresses.
     pub peers: BTreeMap<String, Vec<OverlayPeer>>,
 }
@@ -76,7 +76,7 @@ impl Protocol {
 
 /// A port published on every local address of the node (ingress routing mesh).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishedPort {
+pub struct MeshPort {
     /// TCP or UDP.
     pub protocol: Protocol,
     /// The port on the node's addresses.

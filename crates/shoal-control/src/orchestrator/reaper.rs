@@ -21,9 +21,9 @@ pub fn orphans(tasks: &[(&StoredTask, u64)], plan: &mut Plan) {
 }
 
 /// A slot of a service: (service, slot, node for global services).
-type SlotKey<'a> = (&'a str, u64, &'a str);
+type HistorySlot<'a> = (&'a str, u64, &'a str);
 
-fn key(t: &StoredTask) -> SlotKey<'_> {
+fn key(t: &StoredTask) -> HistorySlot<'_> {
     let node = if t.slot() == 0 {
         t.node_id().unwrap_or("")
     } else {
@@ -38,7 +38,7 @@ pub fn history(state: &ClusterState, plan: &mut Plan) {
     let old = |t: &StoredTask| !t.meant_to_run() && is_terminal(t.state());
     // Only a slot with an old task can have one to forget: find those first, so that the usual
     // pass (every slot holding just its live task) costs one scan and no grouping.
-    let with_old: HashSet<SlotKey> = state
+    let with_old: HashSet<HistorySlot> = state
         .tasks
         .iter()
         .map(|t| &t.obj)
@@ -48,7 +48,7 @@ pub fn history(state: &ClusterState, plan: &mut Plan) {
     if with_old.is_empty() {
         return;
     }
-    let mut groups: BTreeMap<SlotKey, Vec<(&StoredTask, u64)>> = BTreeMap::new();
+    let mut groups: BTreeMap<HistorySlot, Vec<(&StoredTask, u64)>> = BTreeMap::new();
     for t in &state.tasks {
         let k = key(&t.obj);
         if with_old.contains(&k) {

@@ -32,15 +32,15 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
 
 /// A decoding error and the field it is about.
 #[derive(Debug)]
-struct Error {
+struct DecodeError {
     /// Dotted path of the field (`TaskTemplate.ContainerSpec.Image`), once known.
     path: Option<String>,
     message: String,
 }
 
-impl Error {
+impl DecodeError {
     /// Names the field unless a deeper one was named already.
-    fn at(mut self, path: &str) -> Error {
+    fn at(mut self, path: &str) -> DecodeError {
         if self.path.is_none() && !path.is_empty() {
             self.path = Some(path.to_string());
         }
@@ -48,7 +48,7 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
+impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.path {
             Some(p) => write!(f, "{p}: {}", self.message),
@@ -57,18 +57,18 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for DecodeError {}
 
-impl de::Error for Error {
+impl de::Error for DecodeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error {
+        DecodeError {
             path: None,
             message: msg.to_string(),
         }
     }
 }
 
-fn leaf(e: serde_json::Error) -> Error {
+fn leaf(e: serde_json::Error) -> DecodeError {
     de::Error::custom(e)
 }
 
@@ -129,16 +129,16 @@ struct Folding {
 /// deserializer; the caller names the field if it fails.
 macro_rules! leaf_methods {
     ($($method:ident),*) => {$(
-        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
             self.value.$method(visitor).map_err(leaf)
         }
     )*};
 }
 
 impl<'de> de::Deserializer<'de> for Folding {
-    type Error = Error;
+    type Error = DecodeError;
 
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         match self.value {
             Value::Object(obj) => visitor.visit_map(Entries::new(obj, self.path)),
             Value::Array(items) => visitor.visit_seq(Items::new(items, self.path)),
@@ -151,7 +151,7 @@ impl<'de> de::Deserializer<'de> for Folding {
         _name: &'static str,
         fields: &'static [&'static str],
         visitor: V,
-    ) -> Result<V::Value, Error> {
+    ) -> Result<V::Value, DecodeError> {
         match self.value {
             Value::Object(obj) => {
                 visitor.visit_map(Entries::new(fold_keys(obj, fields), self.path))
@@ -161,14 +161,14 @@ impl<'de> de::Deserializer<'de> for Folding {
         }
     }
 
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         match self.value {
             Value::Object(obj) => visitor.visit_map(Entries::new(obj, self.path)),
             other => other.deserialize_map(visitor).map_err(leaf),
         }
     }
 
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         match self.value {
             Value::Array(items) => visitor.visit_seq(Items::new(items, self.path)),
             other => other.deserialize_seq(visitor).map_err(leaf),
@@ -179,7 +179,7 @@ impl<'de> de::Deserializer<'de> for Folding {
         self,
         _len: usize,
         visitor: V,
-    ) -> Result<V::Value, Error> {
+    ) -> Result<V::Value, DecodeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -188,11 +188,11 @@ impl<'de> de::Deserializer<'de> for Folding {
         _name: &'static str,
         _len: usize,
         visitor: V,
-    ) -> Result<V::Value, Error> {
+    ) -> Result<V::Value, DecodeError> {
         self.deserialize_seq(visitor)
     }
 
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         match self.value {
             Value::Null => visitor.visit_none(),
             _ => visitor.visit_some(self),
@@ -203,7 +203,7 @@ impl<'de> de::Deserializer<'de> for Folding {
         self,
         _name: &'static str,
         visitor: V,
-    ) -> Result<V::Value, Error> {
+    ) -> Result<V::Value, DecodeError> {
         visitor.visit_newtype_struct(self)
     }
 
@@ -212,7 +212,7 @@ impl<'de> de::Deserializer<'de> for Folding {
         name: &'static str,
         variants: &'static [&'static str],
         visitor: V,
-    ) -> Result<V::Value, Error> {
+    ) -> Result<V::Value, DecodeError> {
         self.value
             .deserialize_enum(name, variants, visitor)
             .map_err(leaf)
@@ -222,13 +222,13 @@ impl<'de> de::Deserializer<'de> for Folding {
         self,
         name: &'static str,
         visitor: V,
-    ) -> Result<V::Value, Error> {
+    ) -> Result<V::Value, DecodeError> {
         self.value
             .deserialize_unit_struct(name, visitor)
             .map_err(leaf)
     }
 
-    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         visitor.visit_unit()
     }
 
@@ -274,28 +274,32 @@ impl Entries {
 }
 
 impl<'de> de::MapAccess<'de> for Entries {
-    type Error = Error;
+    type Error = DecodeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
-    ) -> Result<Option<K::Value>, Error> {
+    ) -> Result<Option<K::Value>, DecodeError> {
         let Some((key, value)) = self.iter.next() else {
             return Ok(None);
         };
         let path = join(&self.path, &key);
         let k = seed
-            .deserialize(IntoDeserializer::<Error>::into_deserializer(key.clone()))
+            .deserialize(IntoDeserializer::<DecodeError>::into_deserializer(
+                key.clone(),
+            ))
             .map_err(|e| e.at(&path))?;
         self.next = Some((key, value));
         Ok(Some(k))
     }
 
-    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, Error> {
-        let (key, value) = self
-            .next
-            .take()
-            .ok_or_else(|| <Error as de::Error>::custom("a value was asked for before its key"))?;
+    fn next_value_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<S::Value, DecodeError> {
+        let (key, value) = self.next.take().ok_or_else(|| {
+            <DecodeError as de::Error>::custom("a value was asked for before its key")
+        })?;
         let path = join(&self.path, &key);
         seed.deserialize(Folding {
             value,
@@ -321,12 +325,12 @@ impl Items {
 }
 
 impl<'de> de::SeqAccess<'de> for Items {
-    type Error = Error;
+    type Error = DecodeError;
 
     fn next_element_seed<S: DeserializeSeed<'de>>(
         &mut self,
         seed: S,
-    ) -> Result<Option<S::Value>, Error> {
+    ) -> Result<Option<S::Value>, DecodeError> {
         let Some((i, value)) = self.iter.next() else {
             return Ok(None);
         };
