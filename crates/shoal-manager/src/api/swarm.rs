@@ -87,6 +87,11 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
         )
         .into());
     }
+    if let Some(spec) = &req.spec {
+        // A new swarm takes the spec's name, so only the other rules apply.
+        let name = spec.name.as_deref().unwrap_or("default");
+        shoal_api::validate::swarm_spec(spec, name)?;
+    }
     let plan = InitPlan {
         addr: advertise_addr(&req)?,
         spec: req.spec,
@@ -130,17 +135,6 @@ pub async fn update(
             .and_then(|s| s.name.as_deref())
             .unwrap_or("default"),
     )?;
-    if spec
-        .orchestration
-        .as_ref()
-        .and_then(|o| o.task_history_retention_limit)
-        .is_some_and(|l| l < 0)
-    {
-        return Err(ApiError::invalid_arg(
-            "Orchestration.TaskHistoryRetentionLimit: must not be negative",
-        )
-        .into());
-    }
     let mut merged = c.obj.spec.clone().unwrap_or_else(default_spec);
     merge_spec(&mut merged, spec);
     c.obj.spec = Some(merged);

@@ -139,6 +139,22 @@ async fn init_refusals_leave_the_node_outside() {
             503,
             &["--force-new-cluster", "manager"],
         ),
+        // The spec is checked as `swarm update` checks it (swarmkit's validateClusterSpec).
+        (
+            r#"{"AdvertiseAddr": "127.0.0.1:0", "Spec": {"CAConfig": {"NodeCertExpiry": 1000000000}}}"#,
+            400,
+            &["CAConfig.NodeCertExpiry", "minimum"],
+        ),
+        (
+            r#"{"AdvertiseAddr": "127.0.0.1:0", "Spec": {"Dispatcher": {"HeartbeatPeriod": -1}}}"#,
+            400,
+            &["Dispatcher.HeartbeatPeriod", "negative"],
+        ),
+        (
+            r#"{"AdvertiseAddr": "127.0.0.1:0", "Spec": {"Orchestration": {"TaskHistoryRetentionLimit": -2}}}"#,
+            400,
+            &["TaskHistoryRetentionLimit"],
+        ),
     ];
     for (body, status, parts) in cases {
         let a = n.post_raw("/swarm/init", body.to_string()).await;
