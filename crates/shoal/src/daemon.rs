@@ -133,8 +133,23 @@ fn upstream_dns() -> Vec<std::net::SocketAddr> {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    // Everything the daemon creates is for root alone (keys, the raft store, sockets), whatever
+    // umask it was started with; files meant for others (secrets given to containers) get their
+    // modes set explicitly.
+    // SAFETY: umask only sets this process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+    let repaired = shoal_manager::node::datadir::secure(&args.data_dir)
+        .with_context(|| format!("securing the data dir {}", args.data_dir.display()))?;
+    for r in &repaired {
+        tracing::warn!(
+            path = %r.path.display(),
+            was = format_args!("{:o}", r.was),
+            now = format_args!("{:o}", r.now),
+            "data dir: repaired a mode looser than root-only"
+        );
+    }
     let engine = EngineProxy::connect(args.engine.clone())
         .await
         .with_context(|| {

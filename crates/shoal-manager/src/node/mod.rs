@@ -1,10 +1,12 @@
 //! The node's lifecycle: what a machine does to be part of a swarm, manager or worker. `init`
 //! creates a swarm, `join` enters one, `leave` forgets it, `role` follows promote/demote,
 //! `renewal` keeps the certificate fresh, `start` brings it all up (join and daemon restart),
-//! `session` and `client` keep its dispatcher session with the leader. The API's handlers only
+//! `session` and `client` keep its dispatcher session with the leader, `datadir` keeps its
+//! data directory root-only. The API's handlers only
 //! validate and call in here.
 
 pub mod client;
+pub mod datadir;
 mod error;
 mod identity;
 pub mod init;
