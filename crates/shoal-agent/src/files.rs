@@ -220,7 +220,31 @@ fn write(
     let uid: Option<u32> = uid.and_then(|u| u.parse().ok());
     let gid: Option<u32> = gid.and_then(|g| g.parse().ok());
     std::os::unix::fs::chown(&tmp, uid.or(Some(0)), gid.or(Some(0))).map_err(io("chown", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o7777))
+    // The requested permission bits only: a secret file is never setuid, setgid or sticky,
+    // whatever mode its spec asks for.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777))
         .map_err(io("chmod", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io("renaming", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_keep_the_requested_mode_but_never_setuid_setgid_or_sticky() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (asked, got) in [
+            (0o444, 0o444),
+            (0o6755, 0o755),
+            (0o1640, 0o640),
+            (0o400, 0o400),
+        ] {
+            let path = tmp.path().join(format!("task/secret-{asked:o}"));
+            write(&path, b"s3cr3t", asked, None, None).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, got, "asked {asked:o}");
+            assert_eq!(std::fs::read(&path).unwrap(), b"s3cr3t");
+        }
+    }
 }
