@@ -241,7 +241,11 @@ mod tests {
             (0o400, 0o400),
         ] {
             let path = tmp.path().join(format!("task/secret-{asked:o}"));
-            write(&path, b"s3cr3t", asked, None, None).unwrap();
+            // Owned by whoever runs the test, so it needs no root.
+            // SAFETY: getuid and getgid cannot fail.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let (uid, gid) = (uid.to_string(), gid.to_string());
+            write(&path, b"s3cr3t", asked, Some(&uid), Some(&gid)).unwrap();
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
             assert_eq!(mode, got, "asked {asked:o}");
             assert_eq!(std::fs::read(&path).unwrap(), b"s3cr3t");
