@@ -22,10 +22,9 @@ use shoal_agent::files::Files;
 use shoal_agent::worker::{self, WorkerConfig};
 use shoal_api::dispatch::NodeAssignments;
 use shoal_api::models::{
-    EndpointSpec, EndpointSpecModeEnum, EngineDescription, Ipam, IpamConfig, ManagerStatus,
-    Network, Node, NodeDescription, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum,
-    NodeState, NodeStatus, Platform, Reachability, ResourceObject, ServiceEndpoint, ServiceSpec,
-    Swarm, SwarmSpec, SwarmSpecDispatcher, SwarmSpecOrchestration, SwarmSpecRaft, TaskState,
+    EndpointSpec, EndpointSpecModeEnum, EngineDescription, ManagerStatus, Network, Node,
+    NodeDescription, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, NodeStatus,
+    Platform, Reachability, ResourceObject, ServiceEndpoint, ServiceSpec, Swarm, TaskState,
 };
 use shoal_api::objects::StoredService;
 use shoal_api::{id, kind};
@@ -183,24 +182,7 @@ fn cluster() -> Swarm {
         id: Some(id::new_id()),
         created_at: Some(now.clone()),
         updated_at: Some(now),
-        spec: Some(SwarmSpec {
-            name: Some("default".into()),
-            labels: Some(HashMap::new()),
-            orchestration: Some(SwarmSpecOrchestration {
-                task_history_retention_limit: Some(5),
-            }),
-            raft: Some(SwarmSpecRaft {
-                snapshot_interval: Some(10000),
-                keep_old_snapshots: Some(0),
-                log_entries_for_slow_followers: Some(500),
-                election_tick: Some(10),
-                heartbeat_tick: Some(1),
-            }),
-            dispatcher: Some(SwarmSpecDispatcher {
-                heartbeat_period: Some(5_000_000_000),
-            }),
-            ..Default::default()
-        }),
+        spec: Some(shoal_manager::node::init::default_spec()),
         root_rotation_in_progress: Some(false),
         data_path_port: Some(4789),
         default_addr_pool: Some(vec!["10.0.0.0/8".into()]),
@@ -211,29 +193,7 @@ fn cluster() -> Swarm {
 
 /// The ingress network `swarm init` creates.
 fn ingress() -> Network {
-    Network {
-        name: Some("ingress".into()),
-        id: Some(id::new_id()),
-        created: Some(id::now()),
-        scope: Some("swarm".into()),
-        driver: Some("overlay".into()),
-        enable_ipv4: Some(true),
-        enable_ipv6: Some(false),
-        ipam: Some(Ipam {
-            driver: Some("default".into()),
-            config: Some(vec![IpamConfig {
-                subnet: Some("10.0.0.0/24".into()),
-                gateway: Some("10.0.0.1".into()),
-                ..Default::default()
-            }]),
-            options: None,
-        }),
-        internal: Some(false),
-        attachable: Some(false),
-        ingress: Some(true),
-        labels: Some(HashMap::new()),
-        ..Default::default()
-    }
+    shoal_control::allocator::ingress_network(&id::new_id(), id::now())
 }
 
 /// A ready node, shaped as `swarm init` describes the local one; node 0 is the manager.

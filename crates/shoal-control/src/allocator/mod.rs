@@ -10,7 +10,7 @@ pub use tasks::allocate;
 
 use crate::state::ClusterState;
 use shoal_api::dispatch::ipnet_str::Ipv4Cidr;
-use shoal_api::models::{EndpointPortConfigPublishModeEnum, Network};
+use shoal_api::models::{EndpointPortConfigPublishModeEnum, IpamConfig, Network};
 use shoal_api::objects::{
     AttachedNetwork, AttachedNetworkSpec, NetworkAttachment, StoredService, StoredTask,
 };
@@ -224,6 +224,55 @@ pub fn free_subnet(state: &ClusterState) -> Option<Ipv4Cidr> {
         let c = Ipv4Cidr::new(Ipv4Addr::from(0x0A00_0000u32 + (i << 8)), 24)?;
         (!taken.iter().any(|t| t.overlaps(&c))).then_some(c)
     })
+}
+
+/// A swarm overlay network as the store keeps it, with Docker's defaults: not internal, not
+/// attachable, not the ingress, no options or labels. `networks create` and
+/// [`ingress_network`] both start from it.
+pub fn overlay_network(
+    name: &str,
+    id: &str,
+    created: String,
+    subnet: &str,
+    gateway: &str,
+) -> Network {
+    Network {
+        name: Some(name.to_string()),
+        id: Some(id.to_string()),
+        created: Some(created),
+        scope: Some("swarm".into()),
+        driver: Some("overlay".into()),
+        enable_ipv4: Some(true),
+        enable_ipv6: Some(false),
+        ipam: Some(shoal_api::models::Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![IpamConfig {
+                subnet: Some(subnet.to_string()),
+                gateway: Some(gateway.to_string()),
+                ..Default::default()
+            }]),
+            options: None,
+        }),
+        internal: Some(false),
+        attachable: Some(false),
+        ingress: Some(false),
+        options: Some(HashMap::new()),
+        labels: Some(HashMap::new()),
+        ..Default::default()
+    }
+}
+
+/// The ingress network `swarm init` creates: the routing mesh's overlay, 10.0.0.0/24 with Swarm's
+/// VXLAN ID.
+pub fn ingress_network(id: &str, created: String) -> Network {
+    Network {
+        ingress: Some(true),
+        options: Some(HashMap::from([(
+            VNI_OPTION.to_string(),
+            INGRESS_VNI.to_string(),
+        )])),
+        ..overlay_network("ingress", id, created, "10.0.0.0/24", "10.0.0.1")
+    }
 }
 
 #[cfg(test)]

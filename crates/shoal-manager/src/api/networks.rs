@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use shoal_api::dispatch::ipnet_str::Ipv4Cidr;
-use shoal_api::models::{Ipam, IpamConfig, Network, NetworkCreateRequest};
+use shoal_api::models::{Network, NetworkCreateRequest};
 use shoal_api::objects::StoredService;
 use shoal_api::{id, validate, ApiError};
 use shoal_control::allocator::free_subnet;
@@ -152,42 +152,6 @@ fn peers_and_services(
     )
 }
 
-/// A swarm overlay network as the store keeps it, with Docker's defaults: not internal, not
-/// attachable, not the ingress, no options or labels. `networks create` and `swarm init`'s
-/// ingress network both start from it.
-pub(crate) fn overlay(
-    name: &str,
-    id: &str,
-    created: String,
-    subnet: &str,
-    gateway: &str,
-) -> Network {
-    Network {
-        name: Some(name.to_string()),
-        id: Some(id.to_string()),
-        created: Some(created),
-        scope: Some("swarm".into()),
-        driver: Some("overlay".into()),
-        enable_ipv4: Some(true),
-        enable_ipv6: Some(false),
-        ipam: Some(Ipam {
-            driver: Some("default".into()),
-            config: Some(vec![IpamConfig {
-                subnet: Some(subnet.to_string()),
-                gateway: Some(gateway.to_string()),
-                ..Default::default()
-            }]),
-            options: None,
-        }),
-        internal: Some(false),
-        attachable: Some(false),
-        ingress: Some(false),
-        options: Some(HashMap::new()),
-        labels: Some(HashMap::new()),
-        ..Default::default()
-    }
-}
-
 /// `GET /networks/{id}`: a swarm network (with its peers, and with `verbose=true` its
 /// services and tasks), else the engine's.
 pub async fn inspect(
@@ -309,7 +273,7 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
         attachable: Some(r.attachable.unwrap_or(false)),
         options: Some(options),
         labels: Some(r.labels.clone().unwrap_or_default()),
-        ..overlay(
+        ..shoal_control::allocator::overlay_network(
             &r.name,
             &nid,
             id::now(),

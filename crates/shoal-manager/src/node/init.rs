@@ -10,9 +10,9 @@ use crate::api::AppState;
 use crate::cluster::Manager;
 use crate::db::{self, Member, RootCa, Stored};
 use shoal_api::models::{
-    JoinTokens, Network, Node, NodeSpecRoleEnum, NodeState, NodeStatus, Swarm, SwarmSpec,
-    SwarmSpecCaConfig, SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration,
-    SwarmSpecRaft, SwarmSpecTaskDefaults, TlsInfo,
+    JoinTokens, Node, NodeSpecRoleEnum, NodeState, NodeStatus, Swarm, SwarmSpec, SwarmSpecCaConfig,
+    SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration, SwarmSpecRaft,
+    SwarmSpecTaskDefaults, TlsInfo,
 };
 use shoal_api::{id, Role};
 use shoal_pki::{ClusterCa, JoinToken, NodeCert, NodeIdentity, NodeKey};
@@ -82,20 +82,7 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
         }),
     };
     let node = local_node(d, &identity, &now).await;
-    let ingress = Network {
-        ingress: Some(true),
-        options: Some(HashMap::from([(
-            shoal_control::allocator::VNI_OPTION.to_string(),
-            shoal_control::allocator::INGRESS_VNI.to_string(),
-        )])),
-        ..crate::api::networks::overlay(
-            "ingress",
-            &id::new_id(),
-            now.clone(),
-            "10.0.0.0/24",
-            "10.0.0.1",
-        )
-    };
+    let ingress = shoal_control::allocator::ingress_network(&id::new_id(), now.clone());
     let (ca_cert, ca_key) = ca.to_pem_pair();
     let ops = vec![
         db::put(&cluster, Expect::Absent)?,
