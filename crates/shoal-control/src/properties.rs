@@ -367,13 +367,15 @@ proptest! {
     #[test]
     fn the_same_state_and_inputs_give_the_same_plan(
         nodes in prop::collection::vec(node_gen(), 1..6),
-        services in prop::collection::vec(service_gen(), 1..4),
+        services in prop::collection::vec(service_gen(), 2..5),
         seed in any::<u64>(),
     ) {
+        // Two states built apart (a clone would share a hash map's seed, and so its order).
         let world = World::new(&nodes, &services);
+        let again = World::new(&nodes, &services);
         let inputs = Inputs::new(world.now, seed);
         let a = format!("{:?}", decide(&world.state, &inputs));
-        let b = format!("{:?}", decide(&world.state.clone(), &inputs));
+        let b = format!("{:?}", decide(&again.state, &inputs));
         prop_assert_eq!(a, b);
     }
 }
