@@ -133,9 +133,16 @@ impl Handlers for ManagerRpc {
                 ));
             }
             let tokens = c.join_tokens.clone().unwrap_or_default();
-            let role = if Some(req.token.as_str()) == tokens.manager.as_deref() {
+            // Both compared, each in constant time: the answer's timing tells a guesser nothing.
+            let presented = req.token.as_str();
+            let is = |t: &Option<String>| {
+                t.as_deref()
+                    .is_some_and(|t| shoal_pki::token_matches(presented, t))
+            };
+            let (manager, worker) = (is(&tokens.manager), is(&tokens.worker));
+            let role = if manager {
                 Role::Manager
-            } else if Some(req.token.as_str()) == tokens.worker.as_deref() {
+            } else if worker {
                 Role::Worker
             } else {
                 return Err(refuse(

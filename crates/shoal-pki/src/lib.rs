@@ -514,6 +514,22 @@ impl JoinToken {
     }
 }
 
+/// True when a presented join token is `expected`, compared in constant time: how long a
+/// refusal takes says nothing about how many leading characters of a guess were right.
+pub fn token_matches(presented: &str, expected: &str) -> bool {
+    let (a, b) = (presented.as_bytes(), expected.as_bytes());
+    if a.len() != b.len() {
+        // The length is public (every token has Swarm's fixed shape); the content is not.
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    // Keeps the compiler from turning the loop back into an early-exit comparison.
+    std::hint::black_box(diff) == 0
+}
+
 impl std::fmt::Display for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -584,6 +600,25 @@ mod tests {
             !back.matches_ca(other.cert_pem()),
             "a token must not match another CA"
         );
+    }
+
+    #[test]
+    fn token_comparison_sees_every_byte() {
+        let good = JoinToken::generate([7; 32]).to_string();
+        assert!(token_matches(&good, &good));
+        let n = good.len();
+        for at in [0, 9, n / 2, n - 1] {
+            let mut bad = good.clone().into_bytes();
+            bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+            let bad = String::from_utf8(bad).unwrap();
+            assert!(!token_matches(&bad, &good), "differs at byte {at}");
+        }
+        assert!(
+            !token_matches(&good[..n - 1], &good),
+            "a prefix is not the token"
+        );
+        assert!(!token_matches("", &good));
+        assert!(!token_matches(&format!("{good}x"), &good));
     }
 
     #[test]
