@@ -425,6 +425,7 @@ async fn run(args: Args) -> Result<(), String> {
         } else {
             shared_reports.clone()
         };
+        let rtx = from_node(&node_id, rtx);
         let cfg = WorkerConfig {
             node_id,
             executor: Arc::new(SimEngine::default()),
@@ -591,4 +592,25 @@ fn main() {
         eprintln!("scale: {e}");
         std::process::exit(1);
     }
+}
+
+/// The worker's reports tagged with its node, as its session tags them with its certificate's.
+fn from_node(
+    node: &str,
+    to: mpsc::Sender<reports::NodeReports>,
+) -> mpsc::Sender<Vec<shoal_api::dispatch::TaskStatusReport>> {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let node: Arc<str> = node.into();
+    tokio::spawn(async move {
+        while let Some(reports) = rx.recv().await {
+            let batch = reports::NodeReports {
+                node: node.clone(),
+                reports,
+            };
+            if to.send(batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    tx
 }

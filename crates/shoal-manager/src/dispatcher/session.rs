@@ -8,7 +8,7 @@ use super::reports;
 use crate::db;
 use crate::state::SharedReader;
 use futures::StreamExt;
-use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments, TaskStatusReport};
+use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments};
 use shoal_api::models::{Node, NodeDescription, Swarm};
 use shoal_rpc::{pb, SessionStream};
 use shoal_store::{Expect, Store};
@@ -40,7 +40,7 @@ pub fn heartbeat_period(store: &Store) -> Duration {
 pub struct Dispatcher {
     store: Store,
     assignments: AssignmentFeed,
-    reports: mpsc::Sender<Vec<TaskStatusReport>>,
+    reports: mpsc::Sender<reports::NodeReports>,
     liveness: Arc<Liveness>,
     stop: CancellationToken,
 }
@@ -162,6 +162,8 @@ impl Dispatcher {
         let d = self.clone();
         let s = session.clone();
         let replies = tx.clone();
+        // Reports carry the node of the session's certificate, never one the message names.
+        let reporter: Arc<str> = node_id.as_str().into();
         tokio::spawn(async move {
             let mut inbound = inbound;
             loop {
@@ -181,7 +183,11 @@ impl Dispatcher {
                 match serde_json::from_slice::<AgentMessage>(&m.json) {
                     Ok(AgentMessage::Heartbeat) => {}
                     Ok(AgentMessage::Reports(r)) => {
-                        if d.reports.send(r).await.is_err() {
+                        let batch = reports::NodeReports {
+                            node: reporter.clone(),
+                            reports: r,
+                        };
+                        if d.reports.send(batch).await.is_err() {
                             break;
                         }
                     }
