@@ -15,21 +15,35 @@ use shoal_api::{id, ApiError};
 use shoal_store::Expect;
 use std::collections::HashMap;
 
+/// The node a key names: its ID, a unique ID prefix, or its host name.
+///
+/// A host name is what a node says of itself, so two nodes may announce the same one: such a
+/// name picks neither (Docker's "is ambiguous" error) rather than whichever is listed first, so
+/// a node announcing another's host name cannot be promoted, removed or inspected in its place.
 fn find(
     store: &shoal_store::Store,
     key: &str,
 ) -> std::result::Result<db::Versioned<Node>, ApiError> {
-    db::lookup::<Node>(store, key)
-        .or_else(|| {
-            db::list::<Node>(store).into_iter().find(|n| {
-                n.obj
-                    .description
-                    .as_ref()
-                    .and_then(|d| d.hostname.as_deref())
-                    == Some(key)
-            })
+    if let Some(n) = db::lookup::<Node>(store, key) {
+        return Ok(n);
+    }
+    let mut named: Vec<db::Versioned<Node>> = db::list::<Node>(store)
+        .into_iter()
+        .filter(|n| {
+            n.obj
+                .description
+                .as_ref()
+                .and_then(|d| d.hostname.as_deref())
+                == Some(key)
         })
-        .ok_or_else(|| ApiError::not_found(format!("node {key} not found")))
+        .collect();
+    match named.len() {
+        0 => Err(ApiError::not_found(format!("node {key} not found"))),
+        1 => Ok(named.remove(0)),
+        n => Err(ApiError::invalid(format!(
+            "node {key} is ambiguous ({n} matches found)"
+        ))),
+    }
 }
 
 /// Fills in `ManagerStatus` from raft as it is now: who leads, and who answers.

@@ -220,3 +220,45 @@ async fn the_manager_cannot_be_removed() {
         assert_eq!(the_node(&n).await, node);
     }
 }
+
+#[tokio::test]
+async fn a_node_announcing_another_nodes_host_name_does_not_take_its_place() {
+    let n = Node::manager().await;
+    let real = the_node(&n).await;
+    let id = real["ID"].as_str().unwrap().to_string();
+    // A worker whose description (what a node says of itself) claims the manager's host name.
+    let m = n.daemon.manager.read().await.clone().unwrap();
+    let mut impostor: shoal_api::models::Node = serde_json::from_value(real.clone()).unwrap();
+    let impostor_id = "impostor00000000000000000".to_string();
+    impostor.id = Some(impostor_id.clone());
+    impostor.version = None;
+    impostor.manager_status = None;
+    if let Some(spec) = impostor.spec.as_mut() {
+        spec.role = Some(shoal_api::models::NodeSpecRoleEnum::WORKER);
+    }
+    let op = shoal_manager::db::put(&impostor, shoal_store::Expect::Absent).unwrap();
+    shoal_manager::db::write(&m.store, vec![op]).await.unwrap();
+    assert_eq!(n.read("/nodes").await.as_array().unwrap().len(), 2);
+
+    // The host name now names neither: not inspected, promoted nor removed in the other's place.
+    n.get(&format!("/nodes/{HOSTNAME}"))
+        .await
+        .refused(400, &[HOSTNAME, "is ambiguous (2 matches found)"]);
+    let version = n.read(&format!("/nodes/{impostor_id}")).await["Version"]["Index"]
+        .as_u64()
+        .unwrap();
+    n.post(
+        &format!("/nodes/{HOSTNAME}/update?version={version}"),
+        json!({"Role": "manager", "Availability": "active"}),
+    )
+    .await
+    .refused(400, &["is ambiguous"]);
+    n.delete(&format!("/nodes/{HOSTNAME}?force=1"))
+        .await
+        .refused(400, &["is ambiguous"]);
+    // Nothing changed; the IDs, which come from certificates, still name each node.
+    assert_eq!(n.read(&format!("/nodes/{id}")).await, real);
+    let after = n.read(&format!("/nodes/{impostor_id}")).await;
+    assert_eq!(after["Spec"]["Role"], "worker");
+    assert_eq!(after["Version"]["Index"], version);
+}
