@@ -14,7 +14,6 @@ use shoal_manager::api::{self, Daemon};
 use shoal_manager::node::{self, certs_dir, AgentError, AgentHost, Identity};
 use shoal_manager::proxy::EngineProxy;
 use shoal_pki::NodeCert;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -150,6 +149,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             "data dir: repaired a mode looser than root-only"
         );
     }
+    // Before anything starts: a file where the socket goes is the operator's, not ours.
+    crate::socket::check_free(&args.socket)?;
     let engine = EngineProxy::connect(args.engine.clone())
         .await
         .with_context(|| {
@@ -192,21 +193,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e))?;
     }
 
-    if let Some(dir) = args.socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::remove_file(&args.socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("removing stale socket {}", args.socket.display()))
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(&args.socket)
-        .with_context(|| format!("listening on {}", args.socket.display()))?;
-    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("securing {}", args.socket.display()))?;
+    let listener = crate::socket::bind(&args.socket, 0o660)?;
     tracing::info!(socket = %args.socket.display(), "serving the Docker API");
 
     let app = api::app(daemon.clone());

@@ -3,6 +3,7 @@
 mod client;
 mod daemon;
 mod service;
+mod socket;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
