@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb;
-use crate::{RpcError, MANAGER_NAME, MAX_MESSAGE};
+use crate::{RpcError, MANAGER_NAME, MAX_RAFT_MESSAGE};
 
 /// A lazily connecting channel to the manager at `addr` (`host:port`), verified by `tls` under
 /// the name [`MANAGER_NAME`]. Reconnects by itself after failures.
@@ -90,8 +90,8 @@ impl Pool {
     /// A client of the raft service at `addr`.
     pub fn raft(&self, addr: &str) -> Result<pb::raft_client::RaftClient<Channel>, RpcError> {
         Ok(pb::raft_client::RaftClient::new(self.channel(addr)?)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE))
     }
 }
 
@@ -115,9 +115,9 @@ impl RaftTransport for Pool {
                 kind: kind.as_str().to_string(),
                 payload,
             });
-            // Snapshots may be large; everything else is small and must fail fast.
+            // Snapshot chunks may be large; everything else is small and must fail fast.
             req.set_timeout(match kind {
-                RpcKind::Snapshot => Duration::from_secs(120),
+                RpcKind::Snapshot | RpcKind::SnapshotChunk => Duration::from_secs(120),
                 RpcKind::Propose => Duration::from_secs(10),
                 _ => Duration::from_secs(2),
             });

@@ -21,8 +21,23 @@ pub use client::{connect, Pool};
 pub use leader::{leader_hint, not_leader, LeaderHint};
 pub use server::{bind, serve, Handlers, PeerInfo, ServerTls, SessionStream};
 
-/// Largest message accepted: whole raft snapshots travel in one message.
-pub const MAX_MESSAGE: usize = 1 << 30;
+mod redact;
+
+/// Largest CA message: joiners have no certificate yet, so anyone who can reach the port may
+/// send one; a join request is a CSR and a node description, a few KiB.
+pub const MAX_CA_MESSAGE: usize = 64 << 10;
+
+/// Largest message a node sends up its session: status reports, heartbeats, its description.
+pub const MAX_SESSION_UP: usize = 16 << 20;
+
+/// Largest message a manager sends down a session: a node's whole assignments, with the
+/// secret and config payloads its tasks use (Swarm caps each at 500 KB).
+pub const MAX_SESSION_DOWN: usize = 256 << 20;
+
+/// Largest raft message between managers: the store keeps log batches below
+/// [`shoal_store::MAX_RAFT_PAYLOAD`] and sends snapshots in chunks; the headroom is for a single
+/// entry larger than a batch, which goes alone.
+pub const MAX_RAFT_MESSAGE: usize = 2 * shoal_store::MAX_RAFT_PAYLOAD;
 
 /// Name every manager certificate carries and every client verifies, as in Swarm.
 pub const MANAGER_NAME: &str = "swarm-manager";

@@ -23,7 +23,7 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb;
-use crate::{RpcError, MAX_MESSAGE};
+use crate::{RpcError, MAX_CA_MESSAGE, MAX_RAFT_MESSAGE, MAX_SESSION_DOWN, MAX_SESSION_UP};
 
 /// Who is calling: the socket address and the certificate chain it presented (empty if none).
 #[derive(Clone, Debug)]
@@ -65,6 +65,13 @@ impl PeerInfo {
     pub fn refuse(&self, call: &str, reason: &str) -> Status {
         tracing::warn!(peer = ?self.remote, call, reason, "refused an RPC");
         Status::permission_denied(reason.to_string())
+    }
+
+    /// Logs a call refused for want of a client certificate and builds the answer.
+    fn refuse_unauthenticated(&self) -> Status {
+        let reason = "this call needs a cluster node certificate";
+        tracing::warn!(peer = ?self.remote, reason, "refused an RPC");
+        Status::unauthenticated(reason)
     }
 }
 
@@ -278,25 +285,68 @@ pub async fn serve(
         }
     });
     let svc = Arc::new(Svc(handlers));
+    // Raft and sessions are for certificate holders only: a peer without one is refused before
+    // its message is read, so the larger limits below are reachable only with a cluster
+    // certificate. The CA, which joiners reach without one, reads small messages only.
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .layer(tower::util::MapResponseLayer::new(too_large_is_exhaustion))
         .add_service(
             pb::ca_server::CaServer::from_arc(svc.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(MAX_CA_MESSAGE)
+                .max_encoding_message_size(MAX_CA_MESSAGE),
         )
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             pb::raft_server::RaftServer::from_arc(svc.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
+                .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE),
+            with_manager_certificate,
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             pb::dispatcher_server::DispatcherServer::from_arc(svc)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
+                .max_decoding_message_size(MAX_SESSION_UP)
+                .max_encoding_message_size(MAX_SESSION_DOWN),
+            with_certificate,
+        ))
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// Refuses a call whose peer presented no certificate, before its body is read.
+fn with_certificate(req: Request<()>) -> Result<Request<()>, Status> {
+    let p = peer(req.extensions())?;
+    if p.leaf().is_none() {
+        return Err(p.refuse_unauthenticated());
+    }
+    Ok(req)
+}
+
+/// Refuses a raft call from anyone but a manager, before its body is read.
+fn with_manager_certificate(req: Request<()>) -> Result<Request<()>, Status> {
+    let req = with_certificate(req)?;
+    peer(req.extensions())?.manager("raft")?;
+    Ok(req)
+}
+
+/// gRPC's code for a message over the receiver's limit is RESOURCE_EXHAUSTED (grpc-go answers
+/// so); tonic says OUT_OF_RANGE. Its refusal of an oversized request comes before the handler
+/// runs, as a trailers-only answer, so the status is in the headers and is rewritten there.
+fn too_large_is_exhaustion<B>(mut res: http::Response<B>) -> http::Response<B> {
+    let headers = res.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = headers.get("grpc-message").is_some_and(|v| {
+        let m = String::from_utf8_lossy(v.as_bytes());
+        m.contains("too large") || m.contains("too%20large")
+    });
+    if out_of_range && too_large {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from_static("8"), // RESOURCE_EXHAUSTED
+        );
+    }
+    res
 }

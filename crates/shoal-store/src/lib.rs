@@ -19,6 +19,8 @@ mod state_machine;
 mod store;
 
 pub use error::{Rejection, StoreError};
-pub use network::{RaftTransport, RpcKind, TransportError};
+pub use network::{
+    RaftTransport, RpcKind, TransportError, WireLimits, MAX_RAFT_PAYLOAD, SNAPSHOT_CHUNK,
+};
 pub use object::{Action, Change, ChangeSet, Expect, Object, Op};
 pub use store::{Membership, Store, StoreOptions, StoreTuning, DB_FILE};

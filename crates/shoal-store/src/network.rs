@@ -24,6 +24,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::raft_types::{NodeId, TypeConfig};
 
+/// Largest payload one raft message carries by default: a batch of log entries over it goes as
+/// several messages, a snapshot as chunks of [`SNAPSHOT_CHUNK`], so the transport's per-message
+/// limit stays moderate.
+pub const MAX_RAFT_PAYLOAD: usize = 32 << 20;
+
+/// Size of one snapshot chunk by default.
+pub const SNAPSHOT_CHUNK: usize = 8 << 20;
+
+/// How big raft messages may get: the transport refuses larger ones.
+#[derive(Clone, Copy, Debug)]
+pub struct WireLimits {
+    /// Largest encoded batch of log entries (a single larger entry still goes alone).
+    pub max_payload: usize,
+    /// Snapshot chunk size.
+    pub snapshot_chunk: usize,
+}
+
+impl Default for WireLimits {
+    fn default() -> Self {
+        WireLimits {
+            max_payload: MAX_RAFT_PAYLOAD,
+            snapshot_chunk: SNAPSHOT_CHUNK,
+        }
+    }
+}
+
 /// Which store RPC a message is, so the receiver knows how to decode it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RpcKind {
@@ -31,8 +57,10 @@ pub enum RpcKind {
     AppendEntries,
     /// openraft `vote`.
     Vote,
-    /// A whole snapshot in one message.
+    /// A whole snapshot in one message (still accepted; no longer sent).
     Snapshot,
+    /// One chunk of a snapshot; the last one installs it.
+    SnapshotChunk,
     /// A follower's write, forwarded to the leader.
     Propose,
 }
@@ -44,6 +72,7 @@ impl RpcKind {
             RpcKind::AppendEntries => "append_entries",
             RpcKind::Vote => "vote",
             RpcKind::Snapshot => "snapshot",
+            RpcKind::SnapshotChunk => "snapshot_chunk",
             RpcKind::Propose => "propose",
         }
     }
@@ -54,6 +83,7 @@ impl RpcKind {
             "append_entries" => RpcKind::AppendEntries,
             "vote" => RpcKind::Vote,
             "snapshot" => RpcKind::Snapshot,
+            "snapshot_chunk" => RpcKind::SnapshotChunk,
             "propose" => RpcKind::Propose,
             _ => return None,
         })
@@ -91,6 +121,108 @@ pub(crate) struct SnapshotMessage {
     pub(crate) data: Vec<u8>,
 }
 
+/// One piece of a snapshot: `data` is the bytes at `offset` of `total`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SnapshotChunk {
+    pub(crate) vote: Vote<NodeId>,
+    pub(crate) meta: SnapshotMeta<NodeId, BasicNode>,
+    pub(crate) offset: u64,
+    pub(crate) total: u64,
+    #[serde(with = "serde_bytes")]
+    pub(crate) data: Vec<u8>,
+}
+
+/// The answer to a chunk: go on, or (to the last) the outcome of installing the snapshot.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ChunkAnswer {
+    /// Stored; send the next one.
+    More,
+    /// The snapshot is complete and was handed to raft.
+    Installed(Box<Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>),
+}
+
+/// A snapshot being received, chunk by chunk.
+pub(crate) struct Incoming {
+    snapshot_id: String,
+    vote: Vote<NodeId>,
+    total: u64,
+    data: Vec<u8>,
+}
+
+/// Why a chunk was refused (the sender starts the snapshot over).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChunkError {
+    /// A chunk that does not continue the snapshot being received.
+    #[error(
+        "snapshot chunk at {offset} of {snapshot_id}: expected offset {expected} of {receiving}"
+    )]
+    OutOfOrder {
+        snapshot_id: String,
+        offset: u64,
+        expected: u64,
+        receiving: String,
+    },
+    /// More bytes than the snapshot said it has.
+    #[error("snapshot chunk past the announced {total} bytes")]
+    TooLong { total: u64 },
+}
+
+/// A whole snapshot received, with the vote of the leader that sent it.
+pub(crate) type Received = (Vote<NodeId>, Snapshot<TypeConfig>);
+
+/// Adds `chunk` to what is being received; the whole snapshot once its last byte arrived.
+pub(crate) fn receive_chunk(
+    incoming: &mut Option<Incoming>,
+    chunk: SnapshotChunk,
+) -> Result<Option<Received>, ChunkError> {
+    if chunk.offset == 0 {
+        *incoming = Some(Incoming {
+            snapshot_id: chunk.meta.snapshot_id.clone(),
+            vote: chunk.vote,
+            total: chunk.total,
+            data: Vec::new(),
+        });
+    }
+    let Some(cur) = incoming.as_mut().filter(|c| {
+        c.snapshot_id == chunk.meta.snapshot_id
+            && c.total == chunk.total
+            && c.data.len() as u64 == chunk.offset
+    }) else {
+        let (receiving, expected) = incoming
+            .as_ref()
+            .map(|c| (c.snapshot_id.clone(), c.data.len() as u64))
+            .unwrap_or_default();
+        *incoming = None;
+        return Err(ChunkError::OutOfOrder {
+            snapshot_id: chunk.meta.snapshot_id,
+            offset: chunk.offset,
+            expected,
+            receiving,
+        });
+    };
+    let end = chunk.offset.checked_add(chunk.data.len() as u64);
+    if end.is_none_or(|e| e > cur.total) {
+        let total = cur.total;
+        *incoming = None;
+        return Err(ChunkError::TooLong { total });
+    }
+    cur.vote = chunk.vote;
+    cur.data.extend_from_slice(&chunk.data);
+    if (cur.data.len() as u64) < cur.total {
+        return Ok(None);
+    }
+    let Some(done) = incoming.take() else {
+        return Ok(None);
+    };
+    Ok(Some((
+        done.vote,
+        Snapshot {
+            meta: chunk.meta,
+            snapshot: Box::new(Cursor::new(done.data)),
+        },
+    )))
+}
+
 /// A store message between managers that would not encode or decode.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CodecError {
@@ -116,12 +248,14 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, CodecErro
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     transport: Option<Arc<dyn RaftTransport>>,
+    limits: WireLimits,
 }
 
 impl NetworkFactory {
-    /// A factory sending through `transport` (None: every peer is unreachable).
-    pub fn new(transport: Option<Arc<dyn RaftTransport>>) -> Self {
-        NetworkFactory { transport }
+    /// A factory sending through `transport` (None: every peer is unreachable), keeping every
+    /// message within `limits`.
+    pub fn new(transport: Option<Arc<dyn RaftTransport>>, limits: WireLimits) -> Self {
+        NetworkFactory { transport, limits }
     }
 }
 
@@ -131,6 +265,7 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     transport: Option<Arc<dyn RaftTransport>>,
+    limits: WireLimits,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -141,6 +276,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.addr.clone(),
             transport: self.transport.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -159,13 +295,21 @@ impl PeerConnection {
         kind: RpcKind,
         req: &Req,
     ) -> Result<Resp, CallError> {
+        let payload = encode(req).map_err(CallError::Protocol)?;
+        self.send(kind, payload).await
+    }
+
+    async fn send<Resp: for<'a> Deserialize<'a>>(
+        &self,
+        kind: RpcKind,
+        payload: Vec<u8>,
+    ) -> Result<Resp, CallError> {
         let Some(t) = &self.transport else {
             return Err(CallError::Unreachable(format!(
                 "no transport configured for node {} at {}",
                 self.target, self.addr
             )));
         };
-        let payload = encode(req).map_err(CallError::Protocol)?;
         let answer = t
             .call(&self.addr, kind, payload)
             .await
@@ -199,17 +343,66 @@ impl PeerConnection {
     }
 }
 
+impl PeerConnection {
+    /// The longest run of `rpc`'s entries (at least one) whose encoding fits the payload limit,
+    /// as a request of its own, with the last entry's log id. The commit index sent is capped
+    /// at that entry, so the follower never commits past what it holds.
+    #[allow(clippy::type_complexity)]
+    fn fitting_prefix(
+        &self,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<
+        (
+            AppendEntriesRequest<TypeConfig>,
+            Option<openraft::LogId<NodeId>>,
+        ),
+        CodecError,
+    > {
+        // The envelope (vote, ids, lengths) is small; 4 KiB covers it with room to spare.
+        let mut room = self.limits.max_payload.saturating_sub(4096);
+        let mut keep = 0usize;
+        for e in &rpc.entries {
+            let size = encode(e)?.len();
+            if keep > 0 && size > room {
+                break;
+            }
+            room = room.saturating_sub(size);
+            keep += 1;
+        }
+        rpc.entries.truncate(keep.max(1));
+        let last = rpc.entries.last().map(|e| e.log_id);
+        rpc.leader_commit = rpc.leader_commit.min(last);
+        Ok((rpc, last))
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let payload = encode(&rpc).map_err(|e| self.rpc_error(CallError::Protocol(e)))?;
+        if payload.len() <= self.limits.max_payload || rpc.entries.len() <= 1 {
+            let r: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
+                .send(RpcKind::AppendEntries, payload)
+                .await
+                .map_err(|e| self.rpc_error(e))?;
+            return r.map_err(|e| self.remote(e));
+        }
+        // Too big for one message: send the entries that fit and tell raft how far it got;
+        // it sends the rest next.
+        let (rpc, last) = self
+            .fitting_prefix(rpc)
+            .map_err(|e| self.rpc_error(CallError::Protocol(e)))?;
         let r: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
             .exchange(RpcKind::AppendEntries, &rpc)
             .await
             .map_err(|e| self.rpc_error(e))?;
-        r.map_err(|e| self.remote(e))
+        match r.map_err(|e| self.remote(e))? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(
@@ -243,17 +436,36 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         vote: Vote<NodeId>,
         snapshot: Snapshot<TypeConfig>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let msg = SnapshotMessage {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
-        };
-        let r: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
-            match self.exchange(RpcKind::Snapshot, &msg).await {
-                Ok(r) => r,
+        let data = snapshot.snapshot.into_inner();
+        let total = data.len() as u64;
+        let step = self.limits.snapshot_chunk.max(1);
+        let mut cancel = std::pin::pin!(cancel);
+        let mut offset = 0usize;
+        let r: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = loop {
+            if let Some(closed) = futures::FutureExt::now_or_never(cancel.as_mut()) {
+                return Err(StreamingError::Closed(closed));
+            }
+            let end = offset.saturating_add(step).min(data.len());
+            let chunk = SnapshotChunk {
+                vote,
+                meta: snapshot.meta.clone(),
+                offset: offset as u64,
+                total,
+                data: data.get(offset..end).unwrap_or_default().to_vec(),
+            };
+            match self.exchange(RpcKind::SnapshotChunk, &chunk).await {
+                Ok(ChunkAnswer::Installed(r)) => break *r,
+                Ok(ChunkAnswer::More) if end < data.len() => offset = end,
+                Ok(ChunkAnswer::More) => {
+                    return Err(StreamingError::Network(NetworkError::new(
+                        &std::io::Error::other(
+                            "the peer wants more of a snapshot already sent whole",
+                        ),
+                    )))
+                }
                 Err(CallError::Unreachable(m)) => {
                     return Err(StreamingError::Unreachable(Unreachable::new(
                         &std::io::Error::other(m),
@@ -264,7 +476,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                         &std::io::Error::other(m),
                     )))
                 }
-            };
+            }
+        };
         r.map_err(|e| {
             StreamingError::RemoteError(RemoteError::new_with_node(
                 self.target,

@@ -93,6 +93,8 @@ pub struct StoreTuning {
     /// plus a random timeout in the range after the last heartbeat, so a dead leader is replaced
     /// after 1.1-1.4 s with the defaults (400-700).
     pub election_timeout_ms: (u64, u64),
+    /// How big one raft message may get (log batches are split, snapshots chunked).
+    pub wire: network::WireLimits,
 }
 
 impl Default for StoreTuning {
@@ -105,6 +107,7 @@ impl Default for StoreTuning {
             write_timeout: Duration::from_secs(7),
             heartbeat_ms: 100,
             election_timeout_ms: (400, 700),
+            wire: network::WireLimits::default(),
         }
     }
 }
@@ -119,6 +122,8 @@ struct StoreHandle {
     closed: AtomicBool,
     transport: Option<Arc<dyn RaftTransport>>,
     write_timeout: Duration,
+    /// The snapshot a leader is sending this follower, chunk by chunk.
+    snapshot_in: tokio::sync::Mutex<Option<network::Incoming>>,
 }
 
 /// The replicated state store: cheap to clone, shared by the API server and the control loops.
@@ -198,7 +203,7 @@ impl Store {
         .validate()
         .map_err(|e| StoreError::Raft(format!("raft config: {e}")))?;
 
-        let network = NetworkFactory::new(opts.transport.clone());
+        let network = NetworkFactory::new(opts.transport.clone(), tuning.wire);
         let raft = Raft::new(node_id, Arc::new(config), network, log_store, sm)
             .await
             .map_err(|e| StoreError::Raft(format!("start raft: {e}")))?;
@@ -213,6 +218,7 @@ impl Store {
                 db: Arc::downgrade(&db),
                 closed: AtomicBool::new(false),
                 transport: opts.transport.clone(),
+                snapshot_in: tokio::sync::Mutex::new(None),
                 write_timeout: tuning.write_timeout,
             }),
         };
@@ -404,6 +410,21 @@ impl Store {
                 let msg: network::SnapshotMessage = network::decode(payload).map_err(bad)?;
                 let (vote, snapshot) = network::snapshot_of(msg);
                 network::encode(&raft.install_full_snapshot(vote, snapshot).await)
+            }
+            RpcKind::SnapshotChunk => {
+                let chunk: network::SnapshotChunk = network::decode(payload).map_err(bad)?;
+                // One snapshot at a time; the lock is held while the last chunk installs, so a
+                // retry from the leader waits instead of starting over underneath it.
+                let mut incoming = self.inner.snapshot_in.lock().await;
+                match network::receive_chunk(&mut incoming, chunk)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?
+                {
+                    None => network::encode(&network::ChunkAnswer::More),
+                    Some((vote, snapshot)) => {
+                        let r = raft.install_full_snapshot(vote, snapshot).await;
+                        network::encode(&network::ChunkAnswer::Installed(Box::new(r)))
+                    }
+                }
             }
             RpcKind::Propose => {
                 let ops: Vec<Op> = network::decode(payload).map_err(bad)?;

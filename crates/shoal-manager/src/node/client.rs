@@ -140,7 +140,8 @@ async fn one_session(
     let tls = cfg.tls.read().clone();
     let channel = shoal_rpc::connect(addr, tls).map_err(SessionError::Connect)?;
     let mut client = pb::dispatcher_client::DispatcherClient::new(channel)
-        .max_decoding_message_size(shoal_rpc::MAX_MESSAGE);
+        .max_decoding_message_size(shoal_rpc::MAX_SESSION_DOWN)
+        .max_encoding_message_size(shoal_rpc::MAX_SESSION_UP);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     let encode = |m: &AgentMessage| serde_json::to_vec(m).map(|json| pb::AgentMessage { json });
     let hello = encode(&AgentMessage::Hello {
