@@ -1,5 +1,7 @@
 //! Keeps raft's voters equal to the nodes whose role is manager: a promoted node is added as a
-//! learner, and made a voter once it has caught up; a demoted or removed one leaves the voters.
+//! learner, and made a voter once it has caught up; a demoted or removed one leaves the voters,
+//! and once raft no longer counts it its `Member` record goes too, so its certificate (which
+//! says manager until it renews) is refused by every manager's raft service from then on.
 //! Leader only. The API refuses role changes that would lose quorum before they get here.
 
 use crate::db::{self, Member};
@@ -25,6 +27,26 @@ pub fn desired(store: &Store) -> BTreeMap<u64, String> {
                 == Some(NodeSpecRoleEnum::MANAGER)
         })
         .map(|m| (m.obj.raft_id, m.obj.addr))
+        .collect()
+}
+
+/// `Member` records to delete (node ID and the version seen, so a promotion written meanwhile
+/// is not undone): their node is gone or no longer a manager, and raft counts their id neither
+/// as voter nor as learner any more.
+pub fn stale_members(store: &Store) -> Vec<(String, u64)> {
+    let managers: BTreeSet<String> = db::list::<Node>(store)
+        .into_iter()
+        .filter(|n| n.obj.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER))
+        .filter_map(|n| n.obj.id)
+        .collect();
+    let have = store.membership();
+    db::list::<Member>(store)
+        .into_iter()
+        .filter(|m| !managers.contains(&m.obj.node_id))
+        .filter(|m| {
+            !have.voters.contains_key(&m.obj.raft_id) && !have.learners.contains_key(&m.obj.raft_id)
+        })
+        .map(|m| (m.obj.node_id, m.version))
         .collect()
 }
 
@@ -68,6 +90,17 @@ async fn reconcile(store: &Store) -> Result<(), shoal_store::StoreError> {
     if voters != current && !voters.is_empty() {
         tracing::info!(?voters, ?current, "changing raft voters");
         store.set_voters(voters, true).await?;
+    }
+    let stale = stale_members(store);
+    if !stale.is_empty() {
+        tracing::info!(nodes = ?stale, "demoted managers left raft: forgetting their raft identity");
+        let ops = stale
+            .iter()
+            .map(|(id, v)| db::delete::<Member>(id, shoal_store::Expect::Version(*v)))
+            .collect();
+        if let Err(e) = db::write(store, ops).await {
+            tracing::warn!(error = %e, "forgetting demoted managers' raft identity");
+        }
     }
     Ok(())
 }

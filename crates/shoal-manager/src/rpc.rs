@@ -261,6 +261,18 @@ impl Handlers for ManagerRpc {
                     format!("node {} is not a raft member of this swarm", me.node_id),
                 ));
             }
+            // A forwarded write is an API call made on that manager: a demoted one (its
+            // certificate still says manager until it renews) has no write access.
+            if kind == RpcKind::Propose && !is_manager(&store, &me.node_id) {
+                return Err(refuse(
+                    &peer,
+                    "raft",
+                    format!(
+                        "node {} is no longer a manager; its writes are refused",
+                        me.node_id
+                    ),
+                ));
+            }
             store
                 .handle_rpc(kind, &payload)
                 .await
@@ -281,6 +293,13 @@ impl Handlers for ManagerRpc {
             d.open(me.node_id, inbound).await
         })
     }
+}
+
+/// True if the store says `node` is a manager now (whatever its certificate says).
+fn is_manager(store: &Store, node: &str) -> bool {
+    db::get::<Node>(store, node)
+        .and_then(|n| n.obj.spec?.role)
+        .is_some_and(|r| r == NodeSpecRoleEnum::MANAGER)
 }
 
 fn api_status(e: shoal_api::ApiError) -> Status {

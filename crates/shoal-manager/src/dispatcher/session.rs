@@ -12,6 +12,8 @@ use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments};
 use shoal_api::models::{Node, NodeDescription, Swarm};
 use shoal_rpc::{pb, SessionStream};
 use shoal_store::{Expect, Store};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -42,7 +44,82 @@ pub struct Dispatcher {
     assignments: AssignmentFeed,
     reports: mpsc::Sender<reports::NodeReports>,
     liveness: Arc<Liveness>,
+    open_sessions: Arc<OpenSessions>,
     stop: CancellationToken,
+}
+
+/// The sessions open now, per node, so removing a node ends its sessions at once.
+#[derive(Default)]
+struct OpenSessions {
+    next: AtomicU64,
+    by_node: parking_lot::Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
+}
+
+impl OpenSessions {
+    fn add(&self, node: &str, token: CancellationToken) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.by_node
+            .lock()
+            .entry(node.to_string())
+            .or_default()
+            .push((id, token));
+        id
+    }
+
+    fn remove(&self, node: &str, id: u64) {
+        let mut m = self.by_node.lock();
+        if let Some(v) = m.get_mut(node) {
+            v.retain(|(i, _)| *i != id);
+            if v.is_empty() {
+                m.remove(node);
+            }
+        }
+    }
+
+    /// Ends every session of `node`; how many there were.
+    fn end(&self, node: &str) -> usize {
+        let ended = self.by_node.lock().remove(node).unwrap_or_default();
+        for (_, t) in &ended {
+            t.cancel();
+        }
+        ended.len()
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        self.by_node.lock().keys().cloned().collect()
+    }
+}
+
+/// Ends the sessions of nodes removed from the swarm (`docker node rm`) as soon as the removal
+/// is applied here; runs until `stop`.
+async fn end_removed_sessions(store: Store, open: Arc<OpenSessions>, stop: CancellationToken) {
+    let mut changes = store.watch();
+    loop {
+        let removed: Vec<String> = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = changes.recv() => match r {
+                Ok(set) => set
+                    .changes
+                    .iter()
+                    .filter(|c| c.kind == <db::Removed as db::Stored>::KIND)
+                    .map(|c| c.id.clone())
+                    .collect(),
+                // Missed some changes: check every node with a session.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => open
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| db::get::<db::Removed>(&store, n).is_some())
+                    .collect(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        for node in removed {
+            let n = open.end(&node);
+            if n > 0 {
+                tracing::info!(node = %node, sessions = n, "node removed from the swarm: its sessions ended");
+            }
+        }
+    }
 }
 
 impl Dispatcher {
@@ -58,8 +135,14 @@ impl Dispatcher {
             store,
             reports: tx,
             liveness: Arc::new(Liveness::default()),
+            open_sessions: Arc::default(),
             stop,
         };
+        tokio::spawn(end_removed_sessions(
+            d.store.clone(),
+            d.open_sessions.clone(),
+            d.stop.clone(),
+        ));
         tokio::spawn(liveness::watch_nodes(
             d.store.clone(),
             d.liveness.clone(),
@@ -92,6 +175,14 @@ impl Dispatcher {
         };
         let heartbeat = heartbeat_period(&self.store);
         let session = self.stop.child_token();
+        let session_id = self.open_sessions.add(&node_id, session.clone());
+        // Removed between the caller's check and now: the watcher may have missed it.
+        if db::get::<db::Removed>(&self.store, &node_id).is_some() {
+            self.open_sessions.remove(&node_id, session_id);
+            return Err(Status::permission_denied(format!(
+                "node {node_id} was removed from the swarm"
+            )));
+        }
         let (tx, rx) = mpsc::channel::<Result<pb::ManagerMessage, Status>>(16);
         send(
             &tx,
@@ -111,6 +202,7 @@ impl Dispatcher {
         let store = self.store.clone();
         let out = tx.clone();
         let s = session.clone();
+        let this_node = node_id.clone();
         tokio::spawn(async move {
             let mut managers = Vec::new();
             let mut period = heartbeat;
@@ -156,6 +248,11 @@ impl Dispatcher {
                 }
             }
             s.cancel();
+            if db::get::<db::Removed>(&store, &this_node).is_some() {
+                // Tell the node why, so it does not mistake this for a leader change.
+                let why = format!("node {this_node} was removed from the swarm");
+                let _ = out.send(Err(Status::permission_denied(why))).await;
+            }
         });
 
         // The node's messages: reports, heartbeats, its description, attachment requests.
@@ -220,6 +317,7 @@ impl Dispatcher {
                 }
             }
             d.liveness.disconnected(&node_id);
+            d.open_sessions.remove(&node_id, session_id);
             tracing::info!(node = %node_id, "session closed");
             s.cancel();
         });

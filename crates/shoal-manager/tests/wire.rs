@@ -1,0 +1,382 @@
+//! The manager's RPC service over real mutual TLS on loopback, with node certificates from a
+//! cluster CA: a node acts only as the node its certificate names, a removed node is cut off at
+//! once, and a demoted manager loses write access and then raft membership.
+
+use futures::StreamExt;
+use shoal_api::dispatch::{AgentMessage, ManagerMessage, TaskStatusReport};
+use shoal_api::models::{
+    Node, NodeDescription, NodeSpec, NodeSpecRoleEnum, NodeState, NodeStatus, TaskState, TaskStatus,
+};
+use shoal_api::objects::StoredTask;
+use shoal_manager::db::{self, Member, Removed};
+use shoal_manager::dispatcher::Dispatcher;
+use shoal_manager::rpc::ManagerRpc;
+use shoal_manager::state::SharedState;
+use shoal_pki::{ClusterCa, NodeCert, NodeIdentity, NodeKey, Role};
+use shoal_rpc::pb;
+use shoal_store::{Expect, Store, StoreOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+struct Cluster {
+    store: Store,
+    addr: String,
+    ca: ClusterCa,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn cert(ca: &ClusterCa, id: &str, role: Role) -> NodeCert {
+    let key = NodeKey::generate().unwrap();
+    let ident = NodeIdentity {
+        node_id: id.into(),
+        role,
+        cluster_id: "cluster1".into(),
+    };
+    let pem = ca
+        .issue(key.csr_pem(), &ident, Duration::from_secs(3600))
+        .unwrap();
+    key.into_node_cert(pem, ca.cert_pem().to_string()).unwrap()
+}
+
+fn node(id: &str, role: NodeSpecRoleEnum, hostname: &str) -> Node {
+    Node {
+        id: Some(id.into()),
+        spec: Some(NodeSpec {
+            role: Some(role),
+            ..Default::default()
+        }),
+        description: Some(NodeDescription {
+            hostname: Some(hostname.into()),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: Some(NodeState::READY),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn task(id: &str, node: &str, state: TaskState) -> StoredTask {
+    let mut t = StoredTask::default();
+    t.task.id = Some(id.into());
+    t.task.service_id = Some("svc".into());
+    t.task.node_id = Some(node.into());
+    t.task.desired_state = Some(TaskState::RUNNING);
+    t.task.status = Some(TaskStatus {
+        state: Some(state),
+        ..Default::default()
+    });
+    t
+}
+
+/// A single-manager store with nodes `mgr` (manager, raft id 1), `node-a` and `node-b`
+/// (workers, a task each), served by the manager's real RPC handlers over mutual TLS.
+async fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions {
+        dir: dir.path().join("raft"),
+        raft_node_id: 1,
+        raft_addr: "127.0.0.1:1".into(),
+        bootstrap: true,
+        transport: None,
+    })
+    .await
+    .unwrap();
+    let ops = vec![
+        db::put(
+            &node("mgr", NodeSpecRoleEnum::MANAGER, "mgr-host"),
+            Expect::Absent,
+        )
+        .unwrap(),
+        db::put(
+            &node("node-a", NodeSpecRoleEnum::WORKER, "a-host"),
+            Expect::Absent,
+        )
+        .unwrap(),
+        db::put(
+            &node("node-b", NodeSpecRoleEnum::WORKER, "b-host"),
+            Expect::Absent,
+        )
+        .unwrap(),
+        db::put(
+            &Member {
+                node_id: "mgr".into(),
+                raft_id: 1,
+                addr: "127.0.0.1:1".into(),
+            },
+            Expect::Absent,
+        )
+        .unwrap(),
+        db::put(&task("ta", "node-a", TaskState::ASSIGNED), Expect::Absent).unwrap(),
+        db::put(&task("tb", "node-b", TaskState::RUNNING), Expect::Absent).unwrap(),
+    ];
+    db::write(&store, ops).await.unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    let stop = CancellationToken::new();
+    let view = SharedState::new(store.clone());
+    let dispatcher = Dispatcher::start(store.clone(), view.reader(), stop.clone());
+    let handlers = Arc::new(ManagerRpc {
+        store: store.clone(),
+        dispatcher,
+    });
+    let listener = shoal_rpc::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server_cert = cert(&ca, "mgr", Role::Manager);
+    tokio::spawn(shoal_rpc::serve(
+        listener,
+        Arc::new(parking_lot::RwLock::new(
+            shoal_pki::server_config(&server_cert).unwrap(),
+        )),
+        handlers,
+        stop.clone(),
+    ));
+    Cluster {
+        store,
+        addr,
+        ca,
+        stop,
+        _dir: dir,
+    }
+}
+
+/// A node's session: what it sends, and what the manager answers.
+struct Session {
+    up: mpsc::Sender<pb::AgentMessage>,
+    down: tonic::Streaming<pb::ManagerMessage>,
+}
+
+impl Session {
+    async fn open(c: &Cluster, cert: &NodeCert) -> Result<Session, tonic::Status> {
+        let ch = shoal_rpc::connect(&c.addr, shoal_pki::client_config(cert).unwrap()).unwrap();
+        let (up, rx) = mpsc::channel(16);
+        let down = pb::dispatcher_client::DispatcherClient::new(ch)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Session { up, down })
+    }
+
+    async fn send(&self, m: &AgentMessage) {
+        let json = serde_json::to_vec(m).unwrap();
+        self.up.send(pb::AgentMessage { json }).await.unwrap();
+    }
+
+    /// The next message down, or how the session ended; `None` if nothing came in `wait`.
+    async fn next(
+        &mut self,
+        wait: Duration,
+    ) -> Option<Result<Option<ManagerMessage>, tonic::Status>> {
+        let m = tokio::time::timeout(wait, self.down.next()).await.ok()?;
+        Some(match m {
+            None => Ok(None),
+            Some(Ok(m)) => Ok(Some(serde_json::from_slice(&m.json).unwrap())),
+            Some(Err(e)) => Err(e),
+        })
+    }
+}
+
+fn report(task: &str, state: TaskState) -> AgentMessage {
+    AgentMessage::Reports(vec![TaskStatusReport {
+        task_id: task.into(),
+        status: TaskStatus {
+            state: Some(state),
+            ..Default::default()
+        },
+    }])
+}
+
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn state_of(store: &Store, task: &str) -> TaskState {
+    db::get::<StoredTask>(store, task).unwrap().obj.state()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_speaks_only_for_itself() {
+    let c = cluster().await;
+    let a = cert(&c.ca, "node-a", Role::Worker);
+    let s = Session::open(&c, &a).await.unwrap();
+    let b_before = db::get::<Node>(&c.store, "node-b").unwrap();
+    let tb_before = db::get::<StoredTask>(&c.store, "tb").unwrap();
+
+    // Node A claims node B's host name and reports node B's task as failed.
+    s.send(&AgentMessage::Hello {
+        description: Some(Box::new(NodeDescription {
+            hostname: Some("b-host".into()),
+            ..Default::default()
+        })),
+    })
+    .await;
+    s.send(&report("tb", TaskState::FAILED)).await;
+    s.send(&report("ta", TaskState::RUNNING)).await;
+    wait_until("node A's own task runs", || {
+        state_of(&c.store, "ta") == TaskState::RUNNING
+    })
+    .await;
+    let desc = |id: &str| {
+        db::get::<Node>(&c.store, id)
+            .unwrap()
+            .obj
+            .description
+            .and_then(|d| d.hostname)
+    };
+    wait_until("node A's description is stored", || {
+        desc("node-a").as_deref() == Some("b-host")
+    })
+    .await;
+
+    // Node B's record and task are as they were: the claim changed only node A's own record.
+    let b_after = db::get::<Node>(&c.store, "node-b").unwrap();
+    assert_eq!(
+        b_after.version, b_before.version,
+        "node B's record was written"
+    );
+    assert_eq!(desc("node-b").as_deref(), Some("b-host"));
+    let tb_after = db::get::<StoredTask>(&c.store, "tb").unwrap();
+    assert_eq!(
+        tb_after.obj.state(),
+        TaskState::RUNNING,
+        "node A rewrote node B's task"
+    );
+    assert_eq!(tb_after.version, tb_before.version);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_cut_off_at_once() {
+    let c = cluster().await;
+    let a = cert(&c.ca, "node-a", Role::Worker);
+    let mut s = Session::open(&c, &a).await.unwrap();
+    // The session is live: the welcome comes first.
+    match s.next(Duration::from_secs(5)).await {
+        Some(Ok(Some(ManagerMessage::Welcome { .. }))) => {}
+        other => panic!("expected the welcome, got {other:?}"),
+    }
+
+    // `docker node rm --force node-a`, as the API writes it.
+    let n = db::get::<Node>(&c.store, "node-a").unwrap();
+    let ops = vec![
+        db::delete::<Node>("node-a", Expect::Version(n.version)),
+        db::put(
+            &Removed {
+                node_id: "node-a".into(),
+            },
+            Expect::Any,
+        )
+        .unwrap(),
+    ];
+    db::write(&c.store, ops).await.unwrap();
+    let removed_at = Instant::now();
+
+    // The open session ends now (not at its next heartbeat), saying why.
+    let end = loop {
+        match s.next(Duration::from_secs(3)).await {
+            Some(Ok(Some(_))) => continue,
+            Some(end) => break end,
+            None => panic!("the removed node's session is still open"),
+        }
+    };
+    let e = end.expect_err("the session ends with an error");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("removed"), "{e:?}");
+    eprintln!("session ended {:?} after the removal", removed_at.elapsed());
+
+    // Its certificate opens nothing any more; its reports change nothing.
+    let e = match Session::open(&c, &a).await {
+        Ok(mut s) => s.next(Duration::from_secs(3)).await.unwrap().unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("removed"), "{e:?}");
+}
+
+async fn raft_call(c: &Cluster, cert: &NodeCert, kind: &str) -> tonic::Status {
+    let ch = shoal_rpc::connect(&c.addr, shoal_pki::client_config(cert).unwrap()).unwrap();
+    pb::raft_client::RaftClient::new(ch)
+        .call(pb::RaftMessage {
+            kind: kind.into(),
+            // Not a valid message: a call that passes authorization fails to decode.
+            payload: vec![0xff; 3],
+        })
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_manager_loses_write_access_then_raft_membership() {
+    let c = cluster().await;
+    // A second manager, known to the store (not yet added to raft).
+    let ops = vec![
+        db::put(
+            &node("mgr2", NodeSpecRoleEnum::MANAGER, "mgr2-host"),
+            Expect::Absent,
+        )
+        .unwrap(),
+        db::put(
+            &Member {
+                node_id: "mgr2".into(),
+                raft_id: 5,
+                addr: "127.0.0.1:2".into(),
+            },
+            Expect::Absent,
+        )
+        .unwrap(),
+    ];
+    db::write(&c.store, ops).await.unwrap();
+    let m2 = cert(&c.ca, "mgr2", Role::Manager);
+    let passed = |e: &tonic::Status| e.code() == tonic::Code::Internal;
+    let e = raft_call(&c, &m2, "propose").await;
+    assert!(passed(&e), "a manager may forward writes: {e:?}");
+
+    // `docker node demote mgr2`: its certificate still says manager until it renews.
+    let mut n = db::get::<Node>(&c.store, "mgr2").unwrap();
+    if let Some(spec) = n.obj.spec.as_mut() {
+        spec.role = Some(NodeSpecRoleEnum::WORKER);
+    }
+    db::write(
+        &c.store,
+        vec![db::put(&n.obj, Expect::Version(n.version)).unwrap()],
+    )
+    .await
+    .unwrap();
+    let e = raft_call(&c, &m2, "propose").await;
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("no longer a manager"), "{e:?}");
+
+    // Once raft no longer counts it, the leader forgets its raft identity: nothing of raft
+    // answers its certificate any more.
+    let stop = CancellationToken::new();
+    tokio::spawn(shoal_manager::membership::run(
+        c.store.clone(),
+        stop.clone(),
+    ));
+    wait_until("the demoted manager's member record goes", || {
+        db::get::<Member>(&c.store, "mgr2").is_none()
+    })
+    .await;
+    assert!(
+        db::get::<Member>(&c.store, "mgr").is_some(),
+        "the leader's own record stays"
+    );
+    let e = raft_call(&c, &m2, "vote").await;
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("not a raft member"), "{e:?}");
+    stop.cancel();
+}
