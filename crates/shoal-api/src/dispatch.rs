@@ -329,3 +329,38 @@ pub mod ipnet_str {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the dispatcher sends down a session, printed with `{:?}` (as a log line or a panic
+    /// message would): the secret's name shows, its content does not, as text or as bytes.
+    #[test]
+    fn debug_output_of_assignments_never_shows_secret_data() {
+        let data = b"hunter2-the-secret".to_vec();
+        let payload = FilePayload {
+            id: "s1".into(),
+            name: "db_password".into(),
+            data: data.clone(),
+        };
+        let a = NodeAssignments {
+            secrets: vec![payload.clone()],
+            configs: vec![payload],
+            ..Default::default()
+        };
+        let as_bytes = format!("{data:?}");
+        let as_bytes = as_bytes.trim_matches(['[', ']']);
+        for printed in [
+            format!("{a:?}"),
+            format!("{a:#?}"),
+            format!("{:?}", ManagerMessage::Assignments(Box::new(a.clone()))),
+        ] {
+            assert!(printed.contains("db_password"), "{printed}");
+            assert!(
+                !printed.contains("hunter2") && !printed.contains(as_bytes),
+                "{printed}"
+            );
+        }
+    }
+}
