@@ -9,6 +9,7 @@ pub(crate) mod networks;
 mod nodes;
 mod objects;
 mod services;
+pub use services::parse_spec as parse_service_spec;
 pub mod swarm;
 pub(crate) mod system;
 
