@@ -179,12 +179,14 @@ pub async fn inspect(
 /// `POST /networks/create`: overlay networks become swarm networks; others are the engine's.
 pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
-    let bytes: Bytes = axum::body::to_bytes(body, 16 << 20).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        let status = if too_large { 413 } else { 400 };
-        ApiError::new(status, format!("reading the request body: {e}"))
-    })?;
+    let bytes: Bytes = axum::body::to_bytes(body, super::MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let status = if too_large { 413 } else { 400 };
+            ApiError::new(status, format!("reading the request body: {e}"))
+        })?;
     let r: NetworkCreateRequest = parse_body(&bytes)?;
     let driver = r
         .driver
