@@ -260,7 +260,7 @@ async fn update_refusals_change_nothing() {
     let stale = format!("/swarm/update?version={}", v - 1);
     let at = format!("/swarm/update?version={v}");
     let cases: Vec<(String, String, u16, &[&str])> = vec![
-        (stale, spec.to_string(), 500, &["update out of sequence"]),
+        (stale, spec.to_string(), 409, &["update out of sequence"]),
         ("/swarm/update".into(), spec.to_string(), 400, &["version"]),
         (
             "/swarm/update?version=abc".into(),
