@@ -91,10 +91,11 @@ impl Schedule {
     }
 
     /// The first time strictly after `after` the schedule fires (None if it never does, as
-    /// `0 0 30 2 *`).
+    /// `0 0 30 2 *`, or not before the end of time chrono can count: all arithmetic is
+    /// checked, so no schedule can panic the control pass).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let (minute, hour, dom, month, dow, either_day) = match self {
-            Schedule::Every(d) => return Some(after + *d),
+            Schedule::Every(d) => return after.checked_add_signed(*d),
             Schedule::Fields {
                 minute,
                 hour,
@@ -115,12 +116,17 @@ impl Schedule {
             }
         };
         // The next whole minute, then skip by the coarsest field that does not match.
-        let mut t = after.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
-        let limit = after + Duration::days(366 * 5);
+        let plus = |t: DateTime<Utc>, d: Duration| t.checked_add_signed(d);
+        let mut t = plus(
+            after.with_second(0)?.with_nanosecond(0)?,
+            Duration::minutes(1),
+        )?;
+        // Past chrono's last year the search simply ends where it can.
+        let limit = plus(after, Duration::days(366 * 5)).unwrap_or(DateTime::<Utc>::MAX_UTC);
         while t <= limit {
             if !has(month, t.month()) {
                 let (y, m) = if t.month() == 12 {
-                    (t.year() + 1, 1)
+                    (t.year().checked_add(1)?, 1)
                 } else {
                     (t.year(), t.month() + 1)
                 };
@@ -133,15 +139,15 @@ impl Schedule {
                 continue;
             }
             if !day_ok(t) {
-                t = t.with_hour(0)?.with_minute(0)? + Duration::days(1);
+                t = plus(t.with_hour(0)?.with_minute(0)?, Duration::days(1))?;
                 continue;
             }
             if !has(hour, t.hour()) {
-                t = t.with_minute(0)? + Duration::hours(1);
+                t = plus(t.with_minute(0)?, Duration::hours(1))?;
                 continue;
             }
             if !has(minute, t.minute()) {
-                t += Duration::minutes(1);
+                t = plus(t, Duration::minutes(1))?;
                 continue;
             }
             return Some(t);
@@ -196,16 +202,21 @@ fn field(s: &str, name: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, C
         if a > b {
             return Err(err(format!("{name}: range {range:?} runs backwards")));
         }
-        let mut v = a;
-        while v <= b {
-            bits |= 1 << v;
-            v += step;
+        // Checked: a step near u32::MAX must end the walk, not wrap it around.
+        let mut v = Some(a);
+        while let Some(x) = v.filter(|x| *x <= b) {
+            bits |= 1 << x;
+            v = x.checked_add(step);
         }
     }
     Ok(bits)
 }
 
-/// `90s`, `5m`, `1h30m`, `2h`.
+/// The longest `@every` interval: ten years. Longer is a typo, and a bound keeps every
+/// `next_after` far inside the dates chrono can count.
+pub const MAX_EVERY: Duration = Duration::days(3660);
+
+/// `90s`, `5m`, `1h30m`, `2h`; at most [`MAX_EVERY`], every step checked.
 fn parse_duration(s: &str) -> Result<Duration, CronError> {
     if s.is_empty() {
         return Err(err("@every: an interval is required, as in \"@every 30s\""));
@@ -221,18 +232,29 @@ fn parse_duration(s: &str) -> Result<Duration, CronError> {
             .parse()
             .map_err(|_| err(format!("@every: {s:?} is not an interval like 30s or 5m")))?;
         num.clear();
-        total += match c {
-            's' => Duration::seconds(n),
-            'm' => Duration::minutes(n),
-            'h' => Duration::hours(n),
-            'd' => Duration::days(n),
+        let part = match c {
+            's' => Duration::try_seconds(n),
+            'm' => Duration::try_minutes(n),
+            'h' => Duration::try_hours(n),
+            'd' => Duration::try_days(n),
             _ => return Err(err(format!("@every: unknown unit {c:?} in {s:?}"))),
         };
+        total = part
+            .and_then(|p| total.checked_add(&p))
+            .filter(|t| *t <= MAX_EVERY)
+            .ok_or_else(|| too_long(s))?;
     }
     if !num.is_empty() {
         return Err(err(format!("@every: {s:?} needs a unit (s, m, h or d)")));
     }
     Ok(total)
+}
+
+fn too_long(s: &str) -> CronError {
+    err(format!(
+        "@every: {s:?} is longer than the maximum of {}d",
+        MAX_EVERY.num_days()
+    ))
 }
 
 #[cfg(test)]
@@ -321,5 +343,27 @@ mod tests {
         assert!(e("@every 10").contains("needs a unit"));
         assert!(e("@every 0s").contains("at least 1s"));
         assert!(e("@sometimes").contains("unknown shorthand"));
+    }
+
+    #[test]
+    fn huge_values_are_errors_not_panics() {
+        // Issue 17: this label panicked the control loop for good.
+        let e = |s: &str| Schedule::parse(s).unwrap_err().to_string();
+        assert!(e("@every 9000000000000s").contains("longer than the maximum of 3660d"));
+        assert!(e("@every 99999999999999999d").contains("longer than the maximum"));
+        assert!(e("@every 3000d3000d").contains("longer than the maximum"));
+        assert!(e("@every 99999999999999999999s").contains("not an interval"));
+        // The longest allowed interval still has a next run.
+        let far = Schedule::parse("@every 3660d").unwrap();
+        assert!(far.next_after(at("2026-01-01T00:00:00Z")).is_some());
+        // Near the end of chrono's calendar there is no next run, and no panic either.
+        assert_eq!(far.next_after(DateTime::<Utc>::MAX_UTC), None);
+        let cron = Schedule::parse("0 0 1 1 *").unwrap();
+        assert_eq!(cron.next_after(DateTime::<Utc>::MAX_UTC), None);
+        // A step so large it would wrap a u32 ends the field's walk.
+        assert_eq!(
+            next("59/4294967295 * * * *", "2026-01-01T00:00:00Z").as_deref(),
+            Some("2026-01-01T00:59:00Z")
+        );
     }
 }

@@ -46,10 +46,12 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(409, message)
     }
-    /// 500: what Docker answers for a stale `version`.
+    /// 409 with Docker's words for a stale `version`. Docker answers it as 500 (swarmkit's
+    /// `codes.Unknown`); it is the client's conflict, not a server fault, and clients read the
+    /// message, so shoal keeps the words and answers 409 (issue 17: no input yields a 500).
     pub fn out_of_sequence() -> Self {
         Self::new(
-            500,
+            409,
             "rpc error: code = Unknown desc = update out of sequence",
         )
     }

@@ -36,6 +36,16 @@ pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
+/// `t` plus a span a user chose (a delay, a monitor window), saturating at the end of
+/// chrono's calendar instead of panicking: a user's duration must never take a loop down.
+pub fn later(
+    t: chrono::DateTime<chrono::Utc>,
+    d: chrono::Duration,
+) -> chrono::DateTime<chrono::Utc> {
+    t.checked_add_signed(d)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +65,16 @@ mod tests {
     fn timestamps_round_trip() {
         let t = now();
         assert!(parse_time(&t).is_some(), "{t}");
+    }
+
+    #[test]
+    fn later_saturates() {
+        let max = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+        assert_eq!(later(max, chrono::Duration::nanoseconds(i64::MAX)), max);
+        let t = parse_time("2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(
+            later(t, chrono::Duration::seconds(1)).timestamp(),
+            t.timestamp() + 1
+        );
     }
 }

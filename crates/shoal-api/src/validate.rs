@@ -18,6 +18,12 @@ pub const MAX_CONFIG_SIZE: usize = 1000 * 1024;
 /// (1h): shorter, nodes would spend their time renewing, or fail to join at all.
 pub const MIN_NODE_CERT_EXPIRY_NS: i64 = 3_600_000_000_000;
 
+/// Shortest dispatcher heartbeat period, in nanoseconds (1s). Swarm refuses only negative
+/// periods, but a node heartbeats at half the period (no faster than every 100 ms) and is
+/// marked down after three silent periods: a 10 ms period marks every node down between two
+/// heartbeats and the cluster flaps. At 1s a node has six chances to be heard before it is down.
+pub const MIN_HEARTBEAT_NS: i64 = 1_000_000_000;
+
 type Result<T = ()> = std::result::Result<T, ApiError>;
 
 /// Names of services and networks must work as DNS labels (swarmkit's rule).
@@ -293,6 +299,24 @@ pub fn swarm_spec(spec: &SwarmSpec, current_name: &str) -> Result {
             "Dispatcher.HeartbeatPeriod: heartbeat time period cannot be a negative duration (got {h}ns)"
         )));
     }
+    if let Some(h) = heartbeat.filter(|h| *h != 0 && *h < MIN_HEARTBEAT_NS) {
+        return Err(ApiError::invalid_arg(format!(
+            "Dispatcher.HeartbeatPeriod: minimum heartbeat time period is: 1s (got {h}ns)"
+        )));
+    }
+    if let Some(r) = &spec.raft {
+        non_negative("Raft.ElectionTick", r.election_tick)?;
+        non_negative("Raft.HeartbeatTick", r.heartbeat_tick)?;
+        // etcd raft's rule, which swarmkit's raft node keeps: a follower must miss more than
+        // one heartbeat before it calls an election.
+        let e = r.election_tick.unwrap_or(0);
+        let h = r.heartbeat_tick.unwrap_or(0);
+        if e > 0 && h > 0 && e <= h {
+            return Err(ApiError::invalid_arg(format!(
+                "Raft.ElectionTick: election tick must be greater than heartbeat tick (got {e} and {h})"
+            )));
+        }
+    }
     non_negative(
         "Orchestration.TaskHistoryRetentionLimit",
         spec.orchestration
@@ -506,6 +530,18 @@ mod tests {
             (
                 r#"{"Dispatcher":{"HeartbeatPeriod":-1}}"#,
                 "Dispatcher.HeartbeatPeriod: heartbeat time period cannot be a negative duration",
+            ),
+            (
+                r#"{"Dispatcher":{"HeartbeatPeriod":10000000}}"#,
+                "Dispatcher.HeartbeatPeriod: minimum heartbeat time period is: 1s (got 10000000ns)",
+            ),
+            (
+                r#"{"Raft":{"ElectionTick":1,"HeartbeatTick":1}}"#,
+                "Raft.ElectionTick: election tick must be greater than heartbeat tick",
+            ),
+            (
+                r#"{"Raft":{"HeartbeatTick":-1}}"#,
+                "Raft.HeartbeatTick: must not be negative",
             ),
             (
                 r#"{"Orchestration":{"TaskHistoryRetentionLimit":-2}}"#,

@@ -19,6 +19,8 @@ pub mod scheduler;
 pub mod state;
 #[cfg(test)]
 mod testkit;
+#[cfg(test)]
+mod user_values;
 
 pub use decide::{decide, Decision};
 pub use inputs::{Ids, Inputs};

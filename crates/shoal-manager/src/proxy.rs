@@ -155,6 +155,33 @@ struct ProxyConfig {
     socket: PathBuf,
     api_version: String,
     api: VersionNumber,
+    /// Hijacked streams open now (each holds a client and an engine connection).
+    hijacks: std::sync::atomic::AtomicUsize,
+}
+
+/// How often a hijacked stream whose client has stopped sending checks that the client is
+/// still there. A half-closed client (`echo hi | docker exec -i c cat`) still reads; one that
+/// has gone away entirely is only noticed by writing to it, and a silent container never
+/// writes, so without the check its engine connection would stay open for the container's life.
+const HIJACK_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Counts one open hijacked stream for as long as it lives.
+struct HijackOpen(Arc<ProxyConfig>);
+
+impl HijackOpen {
+    fn new(cfg: Arc<ProxyConfig>) -> HijackOpen {
+        cfg.hijacks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        HijackOpen(cfg)
+    }
+}
+
+impl Drop for HijackOpen {
+    fn drop(&mut self) {
+        self.0
+            .hijacks
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl EngineProxy {
@@ -196,8 +223,15 @@ impl EngineProxy {
                 socket: engine_socket,
                 api_version,
                 api,
+                hijacks: Default::default(),
             }),
         })
+    }
+
+    /// Hijacked streams (`attach`, `exec`) open now; each ends when its client or the engine
+    /// goes away.
+    pub fn open_hijacks(&self) -> usize {
+        self.inner.hijacks.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The engine's own API version, the cap for every forwarded path prefix.
@@ -276,7 +310,11 @@ impl EngineProxy {
         let body = match upgrade_pair {
             Some((client, engine)) => {
                 let path = path_and_query.clone();
-                tokio::spawn(async move { tunnel(client, engine, &path).await });
+                let open = HijackOpen::new(self.inner.clone());
+                tokio::spawn(async move {
+                    tunnel(client, engine, &path).await;
+                    drop(open);
+                });
                 Body::empty()
             }
             None => Body::new(rbody),
@@ -330,8 +368,10 @@ where
 }
 
 /// Copies bytes both ways between the client's and the engine's upgraded connections; EOF on one
-/// side shuts down writing on the other, and the tunnel ends when both directions have ended.
+/// side shuts down writing on the other, and the tunnel ends when both directions have ended,
+/// or when a client that stopped sending turns out to be gone (see [`HIJACK_PROBE`]).
 async fn tunnel(client: OnUpgrade, engine: OnUpgrade, path: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (client, engine) = match tokio::try_join!(client, engine) {
         Ok(pair) => pair,
         Err(err) => {
@@ -339,13 +379,49 @@ async fn tunnel(client: OnUpgrade, engine: OnUpgrade, path: &str) {
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut engine = TokioIo::new(engine);
-    match tokio::io::copy_bidirectional(&mut client, &mut engine).await {
-        Ok((to_engine, to_client)) => {
+    let (mut client_r, mut client_w) = tokio::io::split(TokioIo::new(client));
+    let (mut engine_r, mut engine_w) = tokio::io::split(TokioIo::new(engine));
+    let client_done = std::sync::atomic::AtomicBool::new(false);
+    let up = async {
+        let sent = tokio::io::copy(&mut client_r, &mut engine_w).await;
+        let _ = engine_w.shutdown().await;
+        client_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        sent
+    };
+    let down = async {
+        let mut buf = vec![0u8; 32 << 10];
+        let mut sent: u64 = 0;
+        let mut probe = tokio::time::interval(HIJACK_PROBE);
+        loop {
+            tokio::select! {
+                n = engine_r.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => {
+                        let _ = client_w.shutdown().await;
+                        return Ok(sent);
+                    }
+                    Ok(n) => {
+                        client_w.write_all(&buf[..n]).await?;
+                        sent = sent.saturating_add(n as u64);
+                    }
+                },
+                _ = probe.tick() => {
+                    // An empty write fails (EPIPE) once the client has closed its end entirely,
+                    // and succeeds while it only half-closed.
+                    if client_done.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _empty: usize = client_w.write(&[]).await?;
+                    }
+                }
+            }
+        }
+    };
+    let (up, down): (std::io::Result<u64>, std::io::Result<u64>) = tokio::join!(up, down);
+    match (up, down) {
+        (Ok(to_engine), Ok(to_client)) => {
             debug!(%path, to_engine, to_client, "hijacked connection closed");
         }
-        Err(err) => debug!(%path, error = %err, "hijacked connection ended with an error"),
+        (Err(err), _) | (_, Err(err)) => {
+            debug!(%path, error = %err, "hijacked connection ended with an error")
+        }
     }
 }
 

@@ -364,6 +364,26 @@ async fn fake_hijack(mut req: Request) -> Response {
         .unwrap()
 }
 
+/// Hijacks like `attach` to a container that never writes: answers 101, reads until the client
+/// stops sending, then holds its end open without a word, as the engine does for a silent
+/// container.
+async fn fake_silent_hijack(mut req: Request) -> Response {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = on_upgrade.await.unwrap();
+        let mut io = TokioIo::new(upgraded);
+        let mut got = Vec::new();
+        let _ = io.read_to_end(&mut got).await;
+        std::future::pending::<()>().await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .body(Body::empty())
+        .unwrap()
+}
+
 /// Streams a chunk every 20 ms forever; reports on `dropped` when the engine side lets go of it,
 /// which only happens when the proxy closes the engine connection.
 async fn fake_endless(axum::extract::State(state): axum::extract::State<FakeState>) -> Response {
@@ -415,6 +435,7 @@ async fn fake_setup(tag: &str) -> Fake {
             .route("/v1.41/upload", post(fake_upload))
             .route("/v1.41/endless", get(fake_endless))
             .route("/v1.41/hijack", any(fake_hijack))
+            .route("/v1.41/silent", any(fake_silent_hijack))
             .fallback(fake_echo)
             .with_state(state),
     );
@@ -596,6 +617,56 @@ async fn hijack_forwards_half_close_both_ways() {
         .expect("the engine saw our half-close and answered")
         .unwrap();
     assert_eq!(back, b"HELLO THROUGH THE PROXY");
+}
+
+/// Issue 17: an `attach` whose client goes away ends, with its engine connection, even when the
+/// container never writes again (before, it stayed open for the container's whole life).
+#[tokio::test]
+async fn hijack_ends_when_the_client_goes_away_from_a_silent_container() {
+    let fake = fake_setup("silent").await;
+    let proxy = EngineProxy::connect(fake.engine.socket.clone())
+        .await
+        .unwrap();
+    let p = proxy.clone();
+    let served = serve(
+        "silent-own",
+        Router::new().fallback(move |req: Request| {
+            let p = p.clone();
+            async move { p.forward(req).await }
+        }),
+    );
+    let open_now = |want: usize| {
+        let proxy = proxy.clone();
+        async move {
+            // A condition, polled: the count changes inside the proxy's own task.
+            timeout(Duration::from_secs(10), async {
+                while proxy.open_hijacks() != want {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    let mut c = client(&served.socket).await;
+    let req = http::Request::post("/v1.41/silent?stream=1&stdin=1")
+        .header(header::HOST, "docker")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    io.write_all(b"typed something").await.unwrap();
+    assert!(open_now(1).await, "the hijacked stream is open");
+    // The client goes away entirely (the CLI killed), and the container says nothing.
+    drop(io);
+    drop(c);
+    assert!(
+        open_now(0).await,
+        "the hijacked stream is still open 10 s after its client left"
+    );
 }
 
 #[tokio::test]

@@ -213,17 +213,99 @@ pub fn attach_task(
     Ok(())
 }
 
-/// Picks a free /24 in 10.0.0.0/8 (Swarm's default pool) for a new network.
-pub fn free_subnet(state: &ClusterState) -> Option<Ipv4Cidr> {
+/// The lowest free /24 in 10.0.0.0/8: one no swarm network, host route or reserved range
+/// (loopback, link-local) overlaps, so an automatic pick never lands where
+/// [`check_subnet`] would refuse it.
+pub fn free_subnet(state: &ClusterState, routes: &[HostRoute]) -> Option<Ipv4Cidr> {
     let taken: Vec<Ipv4Cidr> = state
         .networks
         .iter()
         .filter_map(|n| network_subnet(&n.obj).map(|s| s.0))
+        .chain(routes.iter().map(|r| r.dest))
         .collect();
     (0u32..65536).find_map(|i| {
         let c = Ipv4Cidr::new(Ipv4Addr::from(0x0A00_0000u32 + (i << 8)), 24)?;
         (!taken.iter().any(|t| t.overlaps(&c))).then_some(c)
     })
+}
+
+/// A route of the host the manager runs on (an I/O fact the API reads and passes in): an
+/// overlay whose subnet overlaps it would shadow or be shadowed by that network on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoute {
+    /// Where the route leads.
+    pub dest: Ipv4Cidr,
+    /// The device it leaves through, to name it in the refusal.
+    pub device: String,
+}
+
+/// Prefix of the bridges the agent makes for overlay networks (`shl-<net id 10>`): routes on
+/// them are shoal's own networks, already checked against the store.
+const OWN_BRIDGE_PREFIX: &str = "shl-";
+
+/// Reads `/proc/net/route` text (addresses in the kernel's byte order, printed as hex):
+/// every route but default ones (which cover everything) and shoal's own bridges.
+pub fn parse_proc_net_route(text: &str) -> Vec<HostRoute> {
+    let hex = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .map(u32::from_be)
+            .map(Ipv4Addr::from)
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (device, dest, mask) = (*f.first()?, hex(f.get(1)?)?, hex(f.get(7)?)?);
+            let prefix = u8::try_from(u32::from(mask).leading_ones()).ok()?;
+            if prefix == 0 || device.starts_with(OWN_BRIDGE_PREFIX) {
+                return None;
+            }
+            Some(HostRoute {
+                dest: Ipv4Cidr::new(dest, prefix)?,
+                device: device.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Ranges no overlay may use, whatever the host: the kernel treats them specially.
+fn reserved() -> [(Ipv4Cidr, &'static str); 2] {
+    [
+        (
+            Ipv4Cidr {
+                addr: Ipv4Addr::new(127, 0, 0, 0),
+                prefix: 8,
+            },
+            "the loopback range",
+        ),
+        (
+            Ipv4Cidr {
+                addr: Ipv4Addr::new(169, 254, 0, 0),
+                prefix: 16,
+            },
+            "the link-local range",
+        ),
+    ]
+}
+
+/// Refuses an overlay subnet (or address pool, `field` says which) that overlaps loopback,
+/// link-local or one of `routes`: containers on it could not reach that network, and the host
+/// would route the overlay's traffic astray. Routes are the manager's own (what it can see);
+/// other nodes' routes are not known here.
+pub fn check_subnet(field: &str, subnet: &Ipv4Cidr, routes: &[HostRoute]) -> Result<(), ApiError> {
+    if let Some((r, what)) = reserved().into_iter().find(|(r, _)| r.overlaps(subnet)) {
+        return Err(ApiError::invalid_arg(format!(
+            "{field}: {subnet} overlaps {r}, {what}, which overlay networks may not use"
+        )));
+    }
+    if let Some(r) = routes.iter().find(|r| r.dest.overlaps(subnet)) {
+        return Err(ApiError::invalid_arg(format!(
+            "{field}: {subnet} overlaps the manager host's route to {} (dev {}); pick a subnet outside the host's networks",
+            r.dest, r.device
+        )));
+    }
+    Ok(())
 }
 
 /// A swarm overlay network as the store keeps it, with Docker's defaults: not internal, not
@@ -277,6 +359,57 @@ pub fn ingress_network(id: &str, created: String) -> Network {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn subnets_on_the_host_loopback_or_link_local_are_refused() {
+        // eth0 default, docker0 172.17.0.0/16, eth0 192.0.2.0/24, a shoal bridge's 10.0.1.0/24.
+        let text =
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            shl-abc\t0001000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let routes = super::parse_proc_net_route(text);
+        let dests: Vec<String> = routes
+            .iter()
+            .map(|r| format!("{} {}", r.dest, r.device))
+            .collect();
+        assert_eq!(dests, ["172.17.0.0/16 docker0", "192.0.2.0/24 eth0"]);
+        let check = |s: &str| {
+            super::check_subnet("Subnet", &s.parse().unwrap(), &routes).map_err(|e| e.message)
+        };
+        check("10.0.1.0/24").unwrap();
+        check("172.18.0.0/16").unwrap();
+        let e = check("172.17.5.0/24").unwrap_err();
+        assert!(e.contains("Subnet: 172.17.5.0/24 overlaps the manager host's route to 172.17.0.0/16 (dev docker0)"), "{e}");
+        assert!(check("172.0.0.0/8").unwrap_err().contains("172.17.0.0/16"));
+        let e = check("127.0.0.0/24").unwrap_err();
+        assert!(
+            e.contains("Subnet: 127.0.0.0/24 overlaps 127.0.0.0/8, the loopback range"),
+            "{e}"
+        );
+        assert!(check("169.254.3.0/24").unwrap_err().contains("link-local"));
+        assert!(check("0.0.0.0/0").unwrap_err().contains("loopback"));
+        // Garbage lines are skipped, not a panic.
+        assert!(super::parse_proc_net_route("x\nonly-a-device\neth0 zz 0 0 0 0 0 qq").is_empty());
+    }
+
+    #[test]
+    fn automatic_subnets_avoid_host_routes() {
+        let state = crate::ClusterState::default();
+        let routes = [super::HostRoute {
+            dest: "10.0.0.0/23".parse().unwrap(),
+            device: "eth1".into(),
+        }];
+        assert_eq!(
+            super::free_subnet(&state, &routes).unwrap().to_string(),
+            "10.0.2.0/24"
+        );
+        assert_eq!(
+            super::free_subnet(&state, &[]).unwrap().to_string(),
+            "10.0.0.0/24"
+        );
+    }
+
     use super::*;
     use crate::state::Versioned;
 
@@ -308,6 +441,6 @@ mod tests {
             networks: vec![net("i", "10.0.0.0/24"), net("b", "10.0.1.0/24")],
             ..Default::default()
         };
-        assert_eq!(free_subnet(&state).unwrap().to_string(), "10.0.2.0/24");
+        assert_eq!(free_subnet(&state, &[]).unwrap().to_string(), "10.0.2.0/24");
     }
 }

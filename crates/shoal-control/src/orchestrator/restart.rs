@@ -51,7 +51,9 @@ pub fn decide(
         .unwrap_or(now);
     if let Some(max) = policy.max_attempts.filter(|m| *m > 0) {
         let window = policy.window.unwrap_or(0);
-        let since = ended - chrono::Duration::nanoseconds(window);
+        let since = ended
+            .checked_sub_signed(chrono::Duration::nanoseconds(window))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let attempts = history
             .iter()
             .filter(|t| {
@@ -69,7 +71,7 @@ pub fn decide(
         }
     }
     let delay = policy.delay.unwrap_or(DEFAULT_DELAY_NS).max(0);
-    let at = ended + chrono::Duration::nanoseconds(delay);
+    let at = id::later(ended, chrono::Duration::nanoseconds(delay));
     if at <= now {
         Verdict::Now
     } else {

@@ -103,10 +103,15 @@ fn details(t: &StoredTask) -> String {
     )
 }
 
+/// The longest log line kept whole (16 KiB, where Docker's log drivers split lines).
+const MAX_LINE: usize = 16 << 10;
+
 fn frame(stream: u8, payload: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&[stream, 0, 0, 0]);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    // Payloads are single lines, at most MAX_LINE plus the details; saturate all the same.
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(payload);
     Bytes::from(out)
 }
@@ -166,7 +171,14 @@ async fn stream(
             let mut body = resp.into_body().into_data_stream();
             let mut buf: Vec<u8> = Vec::new();
             let mut partial: [Vec<u8>; 3] = Default::default();
-            while let Some(Ok(chunk)) = body.next().await {
+            loop {
+                // A client that goes away ends the stream here, with the engine's connection,
+                // even when the container writes nothing more (follow mode waits forever).
+                let chunk = tokio::select! {
+                    _ = tx.closed() => return,
+                    c = body.next() => c,
+                };
+                let Some(Ok(chunk)) = chunk else { break };
                 buf.extend_from_slice(&chunk);
                 // Demultiplex the engine's frames, then re-frame line by line with the details.
                 while buf.len() >= 8 {
@@ -179,7 +191,13 @@ async fn stream(
                     buf.drain(..8 + size);
                     let pend = &mut partial[stream_id as usize];
                     pend.extend_from_slice(&payload);
-                    while let Some(pos) = pend.iter().position(|b| *b == b'\n') {
+                    // A line is cut at MAX_LINE, as Docker's log drivers cut it, so output
+                    // without newlines cannot grow the buffer without bound.
+                    while let Some(pos) = pend
+                        .iter()
+                        .position(|b| *b == b'\n')
+                        .or((pend.len() >= MAX_LINE).then_some(MAX_LINE - 1))
+                    {
                         let line: Vec<u8> = pend.drain(..=pos).collect();
                         let out = decorate(&line, &det, timestamps);
                         if tx.send(frame(stream_id.max(1), &out)).await.is_err() {

@@ -9,6 +9,7 @@ pub(crate) mod networks;
 mod nodes;
 mod objects;
 mod services;
+pub use services::parse_spec as parse_service_spec;
 pub mod swarm;
 pub(crate) mod system;
 
@@ -31,6 +32,11 @@ use tokio::sync::RwLock;
 pub const API_VERSION: &str = "1.50";
 /// Lowest API version accepted.
 pub const MIN_API_VERSION: &str = "1.24";
+/// The largest request body any endpoint reads (4 MiB, swarmkit's default gRPC message size,
+/// so whatever a Swarm manager takes in one call fits): larger bodies are refused with 413 in
+/// Docker's format before they are buffered. Secrets and configs have their own, smaller caps
+/// (`shoal_api::validate::MAX_SECRET_SIZE`, `MAX_CONFIG_SIZE`).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 /// What every handler shares.
 pub struct Daemon {
@@ -307,6 +313,7 @@ pub fn app(
             axum::routing::delete(containers::remove).fallback(proxy),
         )
         .route_layer(axum::middleware::from_fn(docker_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(proxy)
         .layer(axum::middleware::from_fn(check_version))
         .with_state(state);

@@ -14,7 +14,7 @@ use shoal_api::dispatch::ipnet_str::Ipv4Cidr;
 use shoal_api::models::{Network, NetworkCreateRequest};
 use shoal_api::objects::StoredService;
 use shoal_api::{id, validate, ApiError};
-use shoal_control::allocator::free_subnet;
+use shoal_control::allocator::{check_subnet, free_subnet, parse_proc_net_route, HostRoute};
 use shoal_store::Expect;
 use std::collections::HashMap;
 
@@ -176,15 +176,30 @@ pub async fn inspect(
     Ok(proxy(State(d), req).await)
 }
 
+/// The routes of the host this manager runs on (the I/O half of the overlay subnet check; the
+/// decision is `allocator::check_subnet`). Only this manager's view: other nodes' routes are
+/// not known here. Unreadable means none known, said in the log.
+pub(crate) async fn host_routes() -> Vec<HostRoute> {
+    match tokio::fs::read_to_string("/proc/net/route").await {
+        Ok(text) => parse_proc_net_route(&text),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading /proc/net/route: overlay subnets are not checked against host routes");
+            Vec::new()
+        }
+    }
+}
+
 /// `POST /networks/create`: overlay networks become swarm networks; others are the engine's.
 pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
-    let bytes: Bytes = axum::body::to_bytes(body, 16 << 20).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        let status = if too_large { 413 } else { 400 };
-        ApiError::new(status, format!("reading the request body: {e}"))
-    })?;
+    let bytes: Bytes = axum::body::to_bytes(body, super::MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let status = if too_large { 413 } else { 400 };
+            ApiError::new(status, format!("reading the request body: {e}"))
+        })?;
     let r: NetworkCreateRequest = parse_body(&bytes)?;
     let driver = r
         .driver
@@ -214,6 +229,7 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
     }
     super::name_free::<Network>(&m.store, "network", &r.name)
         .map_err(|_| ApiError::conflict(format!("network with name {} already exists", r.name)))?;
+    let routes = host_routes().await;
     let _alloc = m.alloc.lock().await;
     let state = crate::state::load(&m.store);
     let cfg = r
@@ -229,9 +245,10 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
             .map_err(|e: shoal_api::dispatch::ipnet_str::CidrError| {
                 ApiError::invalid_arg(format!("IPAM.Config[0].Subnet: {e}"))
             })?,
-        None => free_subnet(&state)
+        None => free_subnet(&state, &routes)
             .ok_or_else(|| ApiError::invalid_arg("no free subnet left in 10.0.0.0/8"))?,
     };
+    check_subnet("IPAM.Config[0].Subnet", &subnet, &routes)?;
     if subnet.prefix > 29 {
         return Err(ApiError::invalid_arg(format!(
             "IPAM.Config[0].Subnet: {subnet} is too small (at most /29)"

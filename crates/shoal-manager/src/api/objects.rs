@@ -114,7 +114,8 @@ async fn create<T: Blob>(d: AppState, body: Bytes) -> Result<Response> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(data.as_bytes())
         .map_err(|e| ApiError::invalid(format!("Data: not valid base64: {e}")))?;
-    if raw.is_empty() || raw.len() > T::MAX {
+    // swarmkit's bound: the cap itself is already too large.
+    if raw.is_empty() || raw.len() >= T::MAX {
         return Err(ApiError::invalid_arg(format!(
             "{} data must be larger than 0 and less than {} bytes",
             T::KIND,

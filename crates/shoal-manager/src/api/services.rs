@@ -5,8 +5,8 @@ use super::{json, parse_body, AppState, Result};
 
 /// A service spec as the docker CLI sends it: its Go types name the container's health check
 /// `Healthcheck`, where the API's schema (and so bollard's models) says `HealthCheck`; both are
-/// taken.
-fn parse_spec(body: &[u8]) -> std::result::Result<ServiceSpec, shoal_api::ApiError> {
+/// taken. Public for the fuzz targets (`fuzz/`), which feed it any bytes.
+pub fn parse_spec(body: &[u8]) -> std::result::Result<ServiceSpec, shoal_api::ApiError> {
     let mut v: serde_json::Value = parse_body(body)?;
     if let Some(cs) = v
         .pointer_mut("/TaskTemplate/ContainerSpec")

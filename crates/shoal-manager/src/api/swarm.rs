@@ -76,6 +76,15 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     if d.manager.read().await.is_some() {
         return Err(NodeError::AlreadyInSwarm.into());
     }
+    for (i, pool) in req.default_addr_pool.iter().flatten().enumerate() {
+        let field = format!("DefaultAddrPool[{i}]");
+        let cidr: shoal_api::dispatch::ipnet_str::Ipv4Cidr = pool
+            .parse()
+            .map_err(|e| ApiError::invalid_arg(format!("{field}: {e}")))?;
+        // A pool is where subnets are taken from, so only the reserved ranges refuse it whole;
+        // subnets on host routes are skipped when picked.
+        shoal_control::allocator::check_subnet(&field, &cidr, &[])?;
+    }
     if req
         .default_addr_pool
         .as_ref()

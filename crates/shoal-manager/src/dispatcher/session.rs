@@ -26,14 +26,16 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// is still connected but silent is marked down after three heartbeat periods.
 pub const DISCONNECT_GRACE: Duration = Duration::from_millis(1500);
 
-/// The heartbeat period the swarm's spec asks for.
+/// The heartbeat period the swarm's spec asks for, never under the minimum the API enforces
+/// (a spec stored before the check cannot make the cluster flap).
 pub fn heartbeat_period(store: &Store) -> Duration {
     db::list::<Swarm>(store)
         .into_iter()
         .next()
         .and_then(|c| c.obj.spec?.dispatcher?.heartbeat_period)
         .filter(|ns| *ns > 0)
-        .map(|ns| Duration::from_nanos(ns as u64))
+        .map(|ns| ns.max(shoal_api::validate::MIN_HEARTBEAT_NS).unsigned_abs())
+        .map(Duration::from_nanos)
         .unwrap_or(DEFAULT_HEARTBEAT)
 }
 

@@ -79,7 +79,9 @@ pub async fn local_node(d: &AppState, identity: &Identity, now: &str) -> Node {
                 os: Some("linux".into()),
             }),
             resources: Some(ResourceObject {
-                nano_cpus: info["NCPU"].as_i64().map(|n| n * 1_000_000_000),
+                nano_cpus: info["NCPU"]
+                    .as_i64()
+                    .map(|n| n.saturating_mul(1_000_000_000)),
                 memory_bytes: info["MemTotal"].as_i64(),
                 generic_resources: None,
             }),

@@ -61,6 +61,53 @@ async fn oversize_bodies_are_refused_in_dockers_format() {
     assert_eq!(after, before);
 }
 
+/// The caps as written down: a body up to `MAX_BODY_BYTES` is read (more than axum's default
+/// 2 MB), one byte more is 413 in Docker's format; a secret's data is refused from swarmkit's
+/// 500 KiB on (`>=`, as swarmkit counts), with its message, and a config's from 1000 KiB.
+#[tokio::test]
+async fn caps_are_where_they_are_written_down() {
+    let n = Node::manager().await;
+    let cap = shoal_manager::api::MAX_BODY_BYTES;
+    // A service spec padded by a label to exactly the cap.
+    let body = |size: usize| {
+        let head = r#"{"Name": "big", "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}}, "Labels": {"pad": ""#;
+        let tail = r#""}}"#;
+        format!("{head}{}{tail}", "x".repeat(size - head.len() - tail.len()))
+    };
+    let a = n.post_raw("/services/create", body(cap + 1)).await;
+    a.refused(413, &["body"]);
+    assert_eq!(n.read("/services").await.as_array().unwrap().len(), 0);
+    n.post_raw("/services/create", body(cap)).await.ok(201);
+
+    let max = shoal_api::validate::MAX_SECRET_SIZE;
+    let secret =
+        |name: &str, len: usize| serde_json::json!({"Name": name, "Data": b64(&"s".repeat(len))});
+    n.post("/secrets/create", secret("at-cap", max))
+        .await
+        .refused(
+            400,
+            &["secret data must be larger than 0 and less than 512000 bytes"],
+        );
+    n.post("/secrets/create", secret("under-cap", max - 1))
+        .await
+        .ok(201);
+    let max = shoal_api::validate::MAX_CONFIG_SIZE;
+    let config = serde_json::json!({"Name": "c", "Data": b64(&"c".repeat(max))});
+    n.post("/configs/create", config).await.refused(
+        400,
+        &["config data must be larger than 0 and less than 1024000 bytes"],
+    );
+    let names: Vec<String> = n
+        .read("/secrets")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Spec"]["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["under-cap"]);
+}
+
 #[tokio::test]
 async fn paths_and_queries_that_do_not_decode_are_refused_in_dockers_format() {
     let n = Node::manager().await;

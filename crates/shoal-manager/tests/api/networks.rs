@@ -254,3 +254,71 @@ async fn bad_filters_are_refused() {
             .refused(400, parts);
     }
 }
+
+/// Issue 17: an overlay on loopback, link-local or a network the manager's host routes to
+/// would shadow it (or be shadowed): refused with the range or route named, nothing written.
+/// The host's routes are this machine's own, read from /proc/net/route as the manager reads them.
+#[tokio::test]
+async fn subnets_on_reserved_ranges_or_host_routes_are_refused() {
+    let n = Node::manager().await;
+    let before = n.read("/networks").await;
+    let create = |subnet: &str| json!({"Name": "shadow", "Driver": "overlay", "IPAM": {"Config": [{"Subnet": subnet}]}});
+    n.post("/networks/create", create("127.0.0.0/24"))
+        .await
+        .refused(
+            400,
+            &["IPAM.Config[0].Subnet", "127.0.0.0/8, the loopback range"],
+        );
+    n.post("/networks/create", create("169.254.10.0/24"))
+        .await
+        .refused(
+            400,
+            &[
+                "IPAM.Config[0].Subnet",
+                "169.254.0.0/16, the link-local range",
+            ],
+        );
+    let routes = shoal_control::allocator::parse_proc_net_route(
+        &std::fs::read_to_string("/proc/net/route").unwrap_or_default(),
+    );
+    match routes.first() {
+        Some(r) => {
+            let want = format!("the manager host's route to {} (dev {})", r.dest, r.device);
+            n.post("/networks/create", create(&r.dest.to_string()))
+                .await
+                .refused(400, &["IPAM.Config[0].Subnet", &want]);
+        }
+        None => eprintln!(
+            "this host has no route but the default one: the host-route case is not exercised"
+        ),
+    }
+    assert_eq!(n.read("/networks").await, before);
+    // An automatic subnet avoids them all.
+    let id = n
+        .post(
+            "/networks/create",
+            json!({"Name": "auto", "Driver": "overlay"}),
+        )
+        .await
+        .ok(201)["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let net = n.read(&format!("/networks/{id}")).await;
+    let subnet: shoal_api::dispatch::ipnet_str::Ipv4Cidr = net["IPAM"]["Config"][0]["Subnet"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(routes.iter().all(|r| !r.dest.overlaps(&subnet)), "{subnet}");
+
+    // `docker swarm init --default-addr-pool 127.0.0.0/8` is refused by name too.
+    let fresh = Node::new().await;
+    fresh
+        .post(
+            "/swarm/init",
+            json!({"AdvertiseAddr": "127.0.0.1:0", "DefaultAddrPool": ["127.0.0.0/8"]}),
+        )
+        .await
+        .refused(400, &["DefaultAddrPool[0]", "the loopback range"]);
+}

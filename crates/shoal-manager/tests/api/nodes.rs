@@ -140,7 +140,7 @@ async fn update_refusals_change_nothing() {
         (
             format!("/nodes/{id}/update?version={}", v + 1),
             spec.clone(),
-            500,
+            409,
             &["update out of sequence"],
         ),
         (

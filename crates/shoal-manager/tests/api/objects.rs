@@ -291,7 +291,7 @@ async fn update_refusals(k: Kind) {
         (
             format!("/{}/{id}/update?version={}", k.path, v + 7),
             labels.clone(),
-            500,
+            409,
             &["update out of sequence"],
         ),
         (

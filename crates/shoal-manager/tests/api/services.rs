@@ -345,7 +345,7 @@ async fn update_refusals_change_nothing() {
         (
             format!("/services/{id}/update?version={}", v - 1),
             s["Spec"].to_string(),
-            500,
+            409,
             &["update out of sequence"],
         ),
         (

@@ -151,6 +151,19 @@ async fn init_refusals_leave_the_node_outside() {
             &["Dispatcher.HeartbeatPeriod", "negative"],
         ),
         (
+            r#"{"AdvertiseAddr": "127.0.0.1:0", "Spec": {"Dispatcher": {"HeartbeatPeriod": 10000000}}}"#,
+            400,
+            &[
+                "Dispatcher.HeartbeatPeriod",
+                "minimum heartbeat time period is: 1s",
+            ],
+        ),
+        (
+            r#"{"AdvertiseAddr": "127.0.0.1:0", "Spec": {"Raft": {"ElectionTick": 2, "HeartbeatTick": 3}}}"#,
+            400,
+            &["Raft.ElectionTick", "greater than heartbeat tick"],
+        ),
+        (
             r#"{"AdvertiseAddr": "127.0.0.1:0", "Spec": {"Orchestration": {"TaskHistoryRetentionLimit": -2}}}"#,
             400,
             &["TaskHistoryRetentionLimit"],
@@ -247,7 +260,7 @@ async fn update_refusals_change_nothing() {
     let stale = format!("/swarm/update?version={}", v - 1);
     let at = format!("/swarm/update?version={v}");
     let cases: Vec<(String, String, u16, &[&str])> = vec![
-        (stale, spec.to_string(), 500, &["update out of sequence"]),
+        (stale, spec.to_string(), 409, &["update out of sequence"]),
         ("/swarm/update".into(), spec.to_string(), 400, &["version"]),
         (
             "/swarm/update?version=abc".into(),
@@ -293,6 +306,25 @@ async fn update_refusals_change_nothing() {
             &[
                 "Dispatcher.HeartbeatPeriod",
                 "cannot be a negative duration",
+            ],
+        ),
+        // Issue 17: a 10 ms heartbeat marked every node down between two heartbeats.
+        (
+            at.clone(),
+            with(&spec, "/Dispatcher/HeartbeatPeriod", json!(10_000_000i64)),
+            400,
+            &[
+                "Dispatcher.HeartbeatPeriod",
+                "minimum heartbeat time period is: 1s",
+            ],
+        ),
+        (
+            at.clone(),
+            with(&spec, "/Raft/ElectionTick", json!(1)),
+            400,
+            &[
+                "Raft.ElectionTick",
+                "election tick must be greater than heartbeat tick",
             ],
         ),
         (

@@ -96,3 +96,58 @@ async fn inspect_shows_a_task_by_id_and_prefix() {
         .refused(400, &["tail value must be a positive integer"]);
     n.get(&format!("/tasks/{id}/logs?stdout=1")).await.ok(200);
 }
+
+/// Issue 17: `docker service logs -f` whose client goes away ends its engine stream even when
+/// the container writes nothing more; before, the task waiting on the engine leaked with its
+/// connection for as long as the container lived.
+#[tokio::test]
+async fn follow_logs_end_their_engine_stream_when_the_client_goes_away() {
+    use http_body_util::BodyExt;
+    use shoal_api::objects::StoredTask;
+    use tower::ServiceExt;
+    let n = Node::manager().await;
+    let m = n.daemon.manager().await.unwrap();
+    let cid = "follow-and-leave";
+    let mut task = StoredTask::default();
+    task.task.id = Some("logtask0000000000000000001".into());
+    task.task.service_id = Some("svc".into());
+    task.task.status = Some(shoal_api::models::TaskStatus {
+        container_status: Some(shoal_api::models::ContainerStatus {
+            container_id: Some(cid.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let op = shoal_manager::db::put(&task, shoal_store::Expect::Absent).unwrap();
+    shoal_manager::db::write(&m.store, vec![op]).await.unwrap();
+    let live = || LIVE_LOGS.lock().unwrap().get(cid).copied().unwrap_or(0);
+
+    let req = http::Request::get("/tasks/logtask0000000000000000001/logs?follow=1&stdout=1")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = shoal_manager::api::app(n.daemon.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(
+        String::from_utf8_lossy(&frame).ends_with(" hello\n"),
+        "{frame:?}"
+    );
+    assert_eq!(live(), 1, "the engine streams the container's logs");
+    // The client goes away.
+    drop(body);
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let changed = LOGS_CHANGED.notified();
+            if live() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    })
+    .await
+    .expect("the engine's log stream is still open 10 s after the client left");
+}

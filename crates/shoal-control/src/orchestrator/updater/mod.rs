@@ -246,7 +246,7 @@ pub fn slot<'a>(
             let since = time(c.running_at.as_deref())
                 .or_else(|| time(c.task.status.as_ref().and_then(|s| s.timestamp.as_deref())))
                 .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-            let free = since + settings.delay;
+            let free = shoal_api::id::later(since, settings.delay);
             if free > now && in_progress(svc) {
                 plan.wake(free);
                 SlotView::Busy
@@ -332,8 +332,8 @@ pub fn judge(
             continue;
         };
         let during = started.is_none_or(|st| at >= st);
-        let monitored =
-            time(t.running_at.as_deref()).is_none_or(|ran| at <= ran + settings.monitor);
+        let monitored = time(t.running_at.as_deref())
+            .is_none_or(|ran| at <= shoal_api::id::later(ran, settings.monitor));
         if during && monitored {
             failed.push((t, at));
         }
@@ -427,7 +427,7 @@ pub fn admit(
             })
             .collect();
         if let Some(last) = since.and_then(|v| v.into_iter().max()) {
-            let done = last + settings.monitor;
+            let done = shoal_api::id::later(last, settings.monitor);
             if done > now {
                 plan.wake(done);
             } else {
