@@ -268,6 +268,11 @@ impl Node {
         engine_containers_all(&[label, &format!("com.docker.swarm.node.id={id}")])
     }
 
+    /// The daemon's process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// `kill -9` of the daemon (its containers keep running).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
