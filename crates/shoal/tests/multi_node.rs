@@ -589,3 +589,163 @@ fn a_partitioned_worker_is_marked_down_and_comes_back() {
     assert_eq!(per.values().sum::<usize>(), 4, "{per:?}");
     c.node(1).ok(&["service", "rm", "p"]);
 }
+
+/// Whether the engine says this container runs.
+fn container_running(id: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args([
+            "-H",
+            "unix:///var/run/docker.sock",
+            "inspect",
+            "-f",
+            "{{.State.Running}}",
+            id,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
+#[test]
+fn containers_no_longer_desired_after_a_downtime_are_stopped_and_removed() {
+    let mut c = Cluster::start("orphans", 2);
+    c.form(1);
+    for (name, replicas) in [("gone", "2"), ("scaled", "2"), ("ended", "1")] {
+        c.node(1).ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            name,
+            "--replicas",
+            replicas,
+            "--stop-grace-period",
+            "1s",
+            "--constraint",
+            "node.hostname==node-2",
+            "shoal-test/busybox",
+            "sleep",
+            "3600",
+        ]);
+    }
+    let running_on_2 = |c: &Cluster| -> Vec<(String, String)> {
+        c.node(2)
+            .containers()
+            .into_iter()
+            .filter(|(id, _)| container_running(id))
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "5 tasks running on node-2",
+        || match running_on_2(&c).len() {
+            5 => Ok(()),
+            n => Err(format!("{n} running")),
+        },
+    );
+    // One task is replaced (a forced update): its stopped container stays as the old task's
+    // history, and the new task runs beside it.
+    let first_ended: Vec<String> = running_on_2(&c)
+        .into_iter()
+        .filter(|(_, name)| name.starts_with("ended."))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(first_ended.len(), 1);
+    let ended = first_ended[0].clone();
+    c.node(1)
+        .ok(&["service", "update", "-d", "--force", "ended"]);
+    wait_for(Duration::from_secs(30), "ended's task replaced", || {
+        let now = running_on_2(&c);
+        let replaced = now
+            .iter()
+            .any(|(id, name)| name.starts_with("ended.") && *id != ended);
+        if replaced && !container_running(&ended) && now.len() == 5 {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    let before: Vec<(String, String)> = c.node(2).containers();
+    assert!(
+        before.iter().any(|(id, _)| *id == ended),
+        "the old task's container is kept as history: {before:?}"
+    );
+    let replacement: String = running_on_2(&c)
+        .into_iter()
+        .find(|(id, name)| name.starts_with("ended.") && *id != ended)
+        .map(|(id, _)| id)
+        .unwrap();
+
+    // The worker's daemon dies (its containers run on). Meanwhile one service is removed, one
+    // scaled to nothing, and the ended task's container is started again behind the
+    // daemon's back (as a daemon killed while stopping an unhealthy task leaves it running).
+    c.node_mut(2).kill_daemon();
+    c.node(1).ok(&["service", "rm", "gone"]);
+    c.node(1).ok(&["service", "scale", "-d", "scaled=0"]);
+    let st = std::process::Command::new("docker")
+        .args(["-H", "unix:///var/run/docker.sock", "start", &ended])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    assert!(container_running(&ended));
+
+    c.node_mut(2).spawn();
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(30),
+        "node-2's stale containers gone",
+        || {
+            let left: Vec<String> = c
+                .node(2)
+                .containers()
+                .into_iter()
+                .filter(|(id, name)| {
+                    before.iter().any(|(b, _)| b == id)
+                        && *id != replacement
+                        && (name.starts_with("gone.") || container_running(id))
+                })
+                .map(|(_, name)| name)
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "left: {left:?}; before {before:?}, old {ended}, new {replacement}"
+                ))
+            }
+        },
+    );
+    eprintln!(
+        "orphans: stopped and removed {:?} after the restart",
+        t.elapsed()
+    );
+    assert!(c.node_mut(2).daemon_running());
+    assert!(
+        container_running(&replacement),
+        "the task that is still desired keeps its container"
+    );
+    assert_eq!(
+        c.node(1)
+            .ok(&[
+                "service",
+                "ls",
+                "--filter",
+                "name=ended",
+                "--format",
+                "{{.Replicas}}"
+            ])
+            .trim(),
+        "1/1"
+    );
+    let ps = c.node(1).ok(&[
+        "service",
+        "ps",
+        "scaled",
+        "--format",
+        "{{.DesiredState}} {{.CurrentState}}",
+    ]);
+    assert!(
+        ps.lines().all(|l| !l.contains("Running Running")),
+        "no task of the scaled-down service runs: {ps}"
+    );
+}
