@@ -117,6 +117,10 @@ impl AgentHost for LocalAgent {
                 if let Some(n) = &r.network {
                     n.cleanup().await;
                 }
+            } else {
+                // Shutdown: containers run on with their own mounts of their files; the host
+                // keeps no copy of the secrets while the daemon is down.
+                r.files.unmount();
             }
         })
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{wait_for, Node};
+use common::{wait_for, wait_until, Node};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -138,4 +138,97 @@ fn plain(line: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `path` is a mount point in this (the host's) mount namespace.
+fn mounted(path: &std::path::Path) -> bool {
+    let want = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// `cat` in a container, through the engine itself.
+fn cat_in(container: &str, path: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "-H",
+            "unix:///var/run/docker.sock",
+            "exec",
+            container,
+            "cat",
+            path,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn secret_tmpfs_is_unmounted_on_shutdown_and_on_leave() {
+    let mut node = Node::start("tmpfs");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    let id = node.node_id().unwrap();
+    let files = std::path::PathBuf::from("/run/shoal/files").join(&id[..12]);
+    let secret = node.dir.join("secret.txt");
+    std::fs::write(&secret, "tmpfs-s3cr3t").unwrap();
+    node.ok(&["secret", "create", "pw", secret.to_str().unwrap()]);
+    node.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "app",
+        "--secret",
+        "pw",
+        "--stop-grace-period",
+        "1s",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    node.wait_replicas("app", "1/1");
+    assert!(
+        mounted(&files),
+        "the secrets tmpfs is mounted at {}",
+        files.display()
+    );
+    let (container, _) = node.containers("app").pop().unwrap();
+    assert_eq!(cat_in(&container, "/run/secrets/pw"), "tmpfs-s3cr3t");
+
+    // SIGTERM: the host no longer shows the secret files; the running task keeps its own
+    // mount of them.
+    assert!(node.terminate().success());
+    assert!(
+        !mounted(&files),
+        "the secrets tmpfs is unmounted on shutdown"
+    );
+    assert!(
+        !files.exists() || std::fs::read_dir(&files).unwrap().next().is_none(),
+        "nothing left under {}",
+        files.display()
+    );
+    assert_eq!(
+        cat_in(&container, "/run/secrets/pw"),
+        "tmpfs-s3cr3t",
+        "a running task still reads its secret while the daemon is down"
+    );
+
+    // Back: the task is adopted and the tmpfs is mounted again with its files.
+    node.spawn();
+    wait_until(Duration::from_secs(20), "tmpfs mounted again", || {
+        mounted(&files)
+    });
+    node.wait_replicas("app", "1/1");
+    assert_eq!(
+        node.containers("app"),
+        vec![(container.clone(), node.containers("app")[0].1.clone())]
+    );
+    assert_eq!(cat_in(&container, "/run/secrets/pw"), "tmpfs-s3cr3t");
+
+    // Leave: containers and files go, and so does the mount.
+    node.ok(&["swarm", "leave", "--force"]);
+    assert!(!mounted(&files), "the secrets tmpfs is unmounted on leave");
+    assert!(!files.exists(), "{} removed on leave", files.display());
 }
