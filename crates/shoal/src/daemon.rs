@@ -170,6 +170,23 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             "data dir: repaired a mode looser than root-only"
         );
     }
+    // A swarm init or --force-new-cluster cut short by a crash: back to one raft state.
+    for r in node::aside::recover(&args.data_dir).with_context(|| {
+        format!(
+            "recovering set-aside raft state in {}",
+            args.data_dir.display()
+        )
+    })? {
+        match r {
+            node::aside::Recovered::RolledBack(p) => tracing::warn!(
+                aside = %p.display(),
+                "an unfinished change of the raft state (init or --force-new-cluster) was undone"
+            ),
+            node::aside::Recovered::Removed(p) => {
+                tracing::info!(path = %p.display(), "removed raft state set aside by a finished change")
+            }
+        }
+    }
     let engine = connect_engine(&args.engine).await?;
     let agent = Arc::new(LocalAgent {
         engine: args.engine.clone(),

@@ -232,3 +232,92 @@ fn secret_tmpfs_is_unmounted_on_shutdown_and_on_leave() {
     assert!(!mounted(&files), "the secrets tmpfs is unmounted on leave");
     assert!(!files.exists(), "{} removed on leave", files.display());
 }
+
+/// Names in the data dir left by a change of the raft state (set-aside copies, the marker).
+fn aside_left(data: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("raft.before-") || n.starts_with("raft.aside"))
+        .collect()
+}
+
+#[test]
+fn force_new_cluster_keeps_the_state_and_leaves_nothing_aside() {
+    let mut node = Node::start("fnc");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    let secret = node.dir.join("secret.txt");
+    std::fs::write(&secret, "kept").unwrap();
+    node.ok(&["secret", "create", "kept", secret.to_str().unwrap()]);
+    node.ok(&[
+        "swarm",
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        "127.0.0.1",
+    ]);
+    let data = node.dir.join("data");
+    assert_eq!(aside_left(&data), Vec::<String>::new(), "old state removed");
+    assert!(node.ok(&["secret", "ls"]).contains("kept"));
+    node.kill9();
+    node.spawn();
+    wait_for(
+        Duration::from_secs(20),
+        "the secret after a restart",
+        || {
+            let out = node.docker(&["secret", "ls"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if text.contains("kept") {
+                Ok(())
+            } else {
+                Err(format!("{text} {}", String::from_utf8_lossy(&out.stderr)))
+            }
+        },
+    );
+    assert_eq!(aside_left(&data), Vec::<String>::new());
+}
+
+#[test]
+fn swarm_init_over_what_an_unfinished_leave_left() {
+    let mut node = Node::start("reinit");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    let secret = node.dir.join("secret.txt");
+    std::fs::write(&secret, "old swarm").unwrap();
+    node.ok(&["secret", "create", "old", secret.to_str().unwrap()]);
+    // A leave cut short after its first step: the identity is gone, the rest is still there.
+    node.kill9();
+    let data = node.dir.join("data");
+    std::fs::remove_file(data.join("node.json")).unwrap();
+    assert!(data.join("raft").exists());
+    node.spawn();
+    assert_eq!(
+        node.ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+            .trim(),
+        "inactive"
+    );
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    assert_eq!(
+        node.ok(&["secret", "ls", "-q"]).trim(),
+        "",
+        "a new, empty swarm"
+    );
+    assert_eq!(
+        aside_left(&data),
+        Vec::<String>::new(),
+        "the leftover is gone"
+    );
+    node.kill9();
+    node.spawn();
+    wait_for(
+        Duration::from_secs(20),
+        "the new swarm after a restart",
+        || {
+            let out = node.docker(&["node", "ls", "-q"]);
+            if out.status.success() && !out.stdout.is_empty() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).to_string())
+            }
+        },
+    );
+}
