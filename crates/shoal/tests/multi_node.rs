@@ -749,3 +749,144 @@ fn containers_no_longer_desired_after_a_downtime_are_stopped_and_removed() {
         "no task of the scaled-down service runs: {ps}"
     );
 }
+
+/// Running containers of a service across the machine's engine, as names.
+fn running_names(service: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "-H",
+            "unix:///var/run/docker.sock",
+            "ps",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={service}"),
+            "--filter",
+            "status=running",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// xorshift64: the test's random moments, reproducible from the printed seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// `kill -9` of a random node's daemon at a random moment while the service is being scaled
+/// and updated, then the same command again: it comes back, rejoins, and the service converges
+/// with exactly one running container per slot. SHOAL_SEED replays a run; SHOAL_CRASH_ROUNDS
+/// sets the rounds (bench/crash.sh runs many).
+#[test]
+fn kill9_at_random_moments_comes_back_without_duplicates() {
+    let seed: u64 = std::env::var("SHOAL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    let rounds: usize = std::env::var("SHOAL_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    eprintln!("crash: seed {seed} (SHOAL_SEED={seed} replays it), {rounds} rounds");
+    let mut rng = seed;
+    let service = "crashsvc";
+    let mut c = Cluster::start("crash", 2);
+    c.form(1);
+    c.node(1).ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        service,
+        "--replicas",
+        "4",
+        "--stop-grace-period",
+        "1s",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    let converged = |c: &Cluster, want: usize| -> Result<(), String> {
+        let names = running_names(service);
+        let mut per_slot: HashMap<String, usize> = HashMap::new();
+        for n in &names {
+            let slot = n.split('.').nth(1).unwrap_or("").to_string();
+            *per_slot.entry(slot).or_default() += 1;
+        }
+        let dup: Vec<&String> = per_slot
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(s, _)| s)
+            .collect();
+        let ready = nodes(c.node(1)).values().filter(|n| n.0 == "Ready").count();
+        let replicas = c.node(1).docker(&[
+            "service",
+            "ls",
+            "--filter",
+            &format!("name={service}"),
+            "--format",
+            "{{.Replicas}}",
+        ]);
+        let replicas = String::from_utf8_lossy(&replicas.stdout).trim().to_string();
+        if names.len() == want
+            && dup.is_empty()
+            && ready == 2
+            && replicas == format!("{want}/{want}")
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} running (want {want}), slots with two: {dup:?}, {ready} nodes ready, replicas {replicas}",
+                names.len()
+            ))
+        }
+    };
+    wait_for(Duration::from_secs(60), "the service runs", || {
+        converged(&c, 4)
+    });
+    let mut worst = Duration::ZERO;
+    for round in 0..rounds {
+        let victim = 1 + (next_random(&mut rng) % 2) as usize;
+        let delay = Duration::from_millis(next_random(&mut rng) % 1500);
+        let want = [6usize, 3, 5][round % 3];
+        // Work in flight when the kill lands: a scale, and every other round a forced update.
+        c.node(1)
+            .ok(&["service", "scale", "-d", &format!("{service}={want}")]);
+        if round % 2 == 1 {
+            c.node(1)
+                .ok(&["service", "update", "-d", "--force", service]);
+        }
+        // A random moment, not a condition: where the kill lands is the point of the test.
+        std::thread::sleep(delay);
+        c.node_mut(victim).kill_daemon();
+        c.node_mut(victim).spawn();
+        let t = Instant::now();
+        wait_for(
+            Duration::from_secs(90),
+            &format!("round {round}: node-{victim} killed after {delay:?}, converged"),
+            || converged(&c, want),
+        );
+        let took = t.elapsed();
+        worst = worst.max(took);
+        eprintln!(
+            "crash: round {round}: node-{victim} killed {delay:?} into a scale to {want}{}; back and converged in {took:?}",
+            if round % 2 == 1 { " and an update" } else { "" }
+        );
+        assert!(c.node_mut(victim).daemon_running());
+    }
+    eprintln!("crash: {rounds} rounds, slowest convergence {worst:?}");
+    c.node(1).ok(&["service", "rm", service]);
+}
