@@ -326,3 +326,17 @@ async fn wait_for_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::address_is_local;
+
+    #[test]
+    fn an_address_is_local_only_when_an_interface_has_it() {
+        assert_eq!(address_is_local("127.0.0.1:2377"), Some(true));
+        assert_eq!(address_is_local("127.0.0.1"), Some(true));
+        // TEST-NET-3 (RFC 5737): on no interface of any machine.
+        assert_eq!(address_is_local("203.0.113.77:2377"), Some(false));
+        assert_eq!(address_is_local("manager.example:2377"), None);
+    }
+}
