@@ -7,14 +7,19 @@
 # number of running containers, none two for one slot, both nodes Ready. Prints each round and
 # the slowest convergence.
 #
+# WORK=stack instead runs `docker stack deploy` of two services (again each round with other
+# replica counts) while the kill lands, deploying again when the kill cut the CLI short.
+#
 # Usage: bench/crash.sh                 (as root) 30 rounds
 #        ROUNDS=100 bench/crash.sh
+#        WORK=stack ROUNDS=50 bench/crash.sh
 #        SEED=<n> bench/crash.sh        replay the random moments of an earlier run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-30}
 export SHOAL_CRASH_ROUNDS=$ROUNDS
 [ -n "${SEED:-}" ] && export SHOAL_SEED=$SEED
+export SHOAL_CRASH_WORK=${WORK:-scale}
 bash scripts/build-test-images.sh >/dev/null
 cargo build -q -p shoal --tests
 flock /tmp/shoal-e2e.lock cargo test -q -p shoal --test multi_node \

@@ -780,10 +780,45 @@ fn next_random(state: &mut u64) -> u64 {
     *state
 }
 
-/// `kill -9` of a random node's daemon at a random moment while the service is being scaled
-/// and updated, then the same command again: it comes back, rejoins, and the service converges
-/// with exactly one running container per slot. SHOAL_SEED replays a run; SHOAL_CRASH_ROUNDS
-/// sets the rounds (bench/crash.sh runs many).
+/// Running containers per slot of each service: (services not at their count, slots with two).
+fn census(want: &[(&str, usize)]) -> (Vec<String>, Vec<String>) {
+    let mut short = Vec::new();
+    let mut dup = Vec::new();
+    for (service, n) in want {
+        let names = running_names(service);
+        let mut per_slot: HashMap<String, usize> = HashMap::new();
+        for name in &names {
+            let slot = name.split('.').nth(1).unwrap_or("").to_string();
+            *per_slot.entry(slot).or_default() += 1;
+        }
+        dup.extend(
+            per_slot
+                .iter()
+                .filter(|(_, c)| **c > 1)
+                .map(|(s, _)| format!("{service}.{s}")),
+        );
+        if names.len() != *n {
+            short.push(format!("{service}: {} running of {n}", names.len()));
+        }
+    }
+    (short, dup)
+}
+
+/// A stack of two services, deployed again each round with other replica counts.
+fn crash_stack(round: usize) -> (String, [(&'static str, usize); 2]) {
+    let (a, b) = [(2usize, 3usize), (3, 1), (1, 2)][round % 3];
+    let yml = format!(
+        "version: \"3.8\"\nservices:\n  a:\n    image: shoal-test/busybox\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: {a}\n  b:\n    image: shoal-test/busybox\n    command: [\"sleep\", \"3601\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: {b}\n"
+    );
+    (yml, [("crash_a", a), ("crash_b", b)])
+}
+
+/// `kill -9` of a random node's daemon at a random moment while work is in flight, then the
+/// same command again: it comes back, rejoins, and everything converges with exactly one
+/// running container per slot. The work is a service scaled (and every other round force-
+/// updated), or with SHOAL_CRASH_WORK=stack a `docker stack deploy` of two services run again
+/// with other replica counts (re-run after the round when the kill cut it short). SHOAL_SEED
+/// replays a run; SHOAL_CRASH_ROUNDS sets the rounds (bench/crash.sh runs many).
 #[test]
 fn kill9_at_random_moments_comes_back_without_duplicates() {
     let seed: u64 = std::env::var("SHOAL_SEED")
@@ -800,93 +835,149 @@ fn kill9_at_random_moments_comes_back_without_duplicates() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    eprintln!("crash: seed {seed} (SHOAL_SEED={seed} replays it), {rounds} rounds");
+    let stack = std::env::var("SHOAL_CRASH_WORK").is_ok_and(|w| w == "stack");
+    eprintln!(
+        "crash: seed {seed} (SHOAL_SEED={seed} replays it), {rounds} rounds of {}",
+        if stack {
+            "stack deploys"
+        } else {
+            "scales and updates"
+        }
+    );
     let mut rng = seed;
     let service = "crashsvc";
     let mut c = Cluster::start("crash", 2);
     c.form(1);
-    c.node(1).ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
-        service,
-        "--replicas",
-        "4",
-        "--stop-grace-period",
-        "1s",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
-    let converged = |c: &Cluster, want: usize| -> Result<(), String> {
-        let names = running_names(service);
-        let mut per_slot: HashMap<String, usize> = HashMap::new();
-        for n in &names {
-            let slot = n.split('.').nth(1).unwrap_or("").to_string();
-            *per_slot.entry(slot).or_default() += 1;
-        }
-        let dup: Vec<&String> = per_slot
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(s, _)| s)
-            .collect();
+    let converged = |c: &Cluster, want: &[(&str, usize)]| -> Result<(), String> {
+        let (short, dup) = census(want);
         let ready = nodes(c.node(1)).values().filter(|n| n.0 == "Ready").count();
-        let replicas = c.node(1).docker(&[
-            "service",
-            "ls",
-            "--filter",
-            &format!("name={service}"),
-            "--format",
-            "{{.Replicas}}",
-        ]);
-        let replicas = String::from_utf8_lossy(&replicas.stdout).trim().to_string();
-        if names.len() == want
-            && dup.is_empty()
-            && ready == 2
-            && replicas == format!("{want}/{want}")
-        {
+        let mut replicas_ok = true;
+        for (s, n) in want {
+            let out = c.node(1).docker(&[
+                "service",
+                "ls",
+                "--filter",
+                &format!("name={s}"),
+                "--format",
+                "{{.Name}} {{.Replicas}}",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            replicas_ok &= text.lines().any(|l| l == format!("{s} {n}/{n}"));
+        }
+        if short.is_empty() && dup.is_empty() && ready == 2 && replicas_ok {
             Ok(())
         } else {
             Err(format!(
-                "{} running (want {want}), slots with two: {dup:?}, {ready} nodes ready, replicas {replicas}",
-                names.len()
+                "{short:?}, slots with two: {dup:?}, {ready} nodes ready, replicas as wanted: {replicas_ok}"
             ))
         }
     };
-    wait_for(Duration::from_secs(60), "the service runs", || {
-        converged(&c, 4)
-    });
+    let compose = c.nodes[0].dir.join("crash-stack.yml");
+    if !stack {
+        c.node(1).ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            service,
+            "--replicas",
+            "4",
+            "--stop-grace-period",
+            "1s",
+            "shoal-test/busybox",
+            "sleep",
+            "3600",
+        ]);
+        wait_for(Duration::from_secs(60), "the service runs", || {
+            converged(&c, &[(service, 4)])
+        });
+    }
     let mut worst = Duration::ZERO;
     for round in 0..rounds {
         let victim = 1 + (next_random(&mut rng) % 2) as usize;
         let delay = Duration::from_millis(next_random(&mut rng) % 1500);
-        let want = [6usize, 3, 5][round % 3];
-        // Work in flight when the kill lands: a scale, and every other round a forced update.
-        c.node(1)
-            .ok(&["service", "scale", "-d", &format!("{service}={want}")]);
-        if round % 2 == 1 {
+        let mut redeploy = None;
+        let (want, what): (Vec<(&str, usize)>, String) = if stack {
+            let (yml, want) = crash_stack(round);
+            std::fs::write(&compose, yml).unwrap();
+            // The deploy runs while the kill lands (the CLI may fail when it hits node-1).
+            let child = std::process::Command::new("docker")
+                .args(["stack", "deploy", "-d", "-c"])
+                .arg(&compose)
+                .arg("crash")
+                .env(
+                    "DOCKER_HOST",
+                    format!("unix://{}", c.node(1).socket.display()),
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            redeploy = Some(child);
+            (
+                want.to_vec(),
+                format!("a stack deploy of a={} b={}", want[0].1, want[1].1),
+            )
+        } else {
+            let want = [6usize, 3, 5][round % 3];
+            // Work in flight when the kill lands: a scale, and every other round a forced update.
             c.node(1)
-                .ok(&["service", "update", "-d", "--force", service]);
-        }
+                .ok(&["service", "scale", "-d", &format!("{service}={want}")]);
+            if round % 2 == 1 {
+                c.node(1)
+                    .ok(&["service", "update", "-d", "--force", service]);
+            }
+            (
+                vec![(service, want)],
+                format!(
+                    "a scale to {want}{}",
+                    if round % 2 == 1 { " and an update" } else { "" }
+                ),
+            )
+        };
         // A random moment, not a condition: where the kill lands is the point of the test.
         std::thread::sleep(delay);
         c.node_mut(victim).kill_daemon();
         c.node_mut(victim).spawn();
         let t = Instant::now();
+        if let Some(child) = redeploy.take() {
+            let out = child.wait_with_output().unwrap();
+            if !out.status.success() {
+                eprintln!(
+                    "crash: round {round}: the deploy was cut short ({}); deploying again",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                let again = c.node(1).docker(&[
+                    "stack",
+                    "deploy",
+                    "-d",
+                    "-c",
+                    compose.to_str().unwrap(),
+                    "crash",
+                ]);
+                assert!(
+                    again.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&again.stderr)
+                );
+            }
+        }
         wait_for(
             Duration::from_secs(90),
             &format!("round {round}: node-{victim} killed after {delay:?}, converged"),
-            || converged(&c, want),
+            || converged(&c, &want),
         );
         let took = t.elapsed();
         worst = worst.max(took);
         eprintln!(
-            "crash: round {round}: node-{victim} killed {delay:?} into a scale to {want}{}; back and converged in {took:?}",
-            if round % 2 == 1 { " and an update" } else { "" }
+            "crash: round {round}: node-{victim} killed {delay:?} into {what}; back and converged in {took:?}"
         );
         assert!(c.node_mut(victim).daemon_running());
     }
     eprintln!("crash: {rounds} rounds, slowest convergence {worst:?}");
-    c.node(1).ok(&["service", "rm", service]);
+    if stack {
+        c.node(1).ok(&["stack", "rm", "crash"]);
+    } else {
+        c.node(1).ok(&["service", "rm", service]);
+    }
 }
