@@ -17,6 +17,10 @@
 #                 its daemon and `docker rm -f` of its containers); seconds until REPLICAS tasks
 #                 run on live nodes (`docker service ps --filter desired-state=running`). NL_RUNS
 #                 times (the node comes back and the service is recreated in between).
+#   s  stress     (not in the default PARTS) the same 5 nodes, a service of REPLICAS tasks; while
+#                 stress-ng saturates every core and the disk (--cpu N --hdd 1) for STRESS_SECS s,
+#                 `docker node ls` every second: samples with a node not Ready, leader changes,
+#                 and tasks rescheduled (goal: none of them). Needs stress-ng.
 #   m  memory     a fresh 2-node cluster (node-1 manager, node-2 worker); VmRSS of both daemons
 #                 idle, then with a service of MEM_REPLICAS replicas spread over the two.
 #   o  overlay    a fresh 3-node cluster (node-1 manager without tasks, node-2 and node-3
@@ -36,7 +40,7 @@
 #                                      against its fresh numbers instead of the recorded ones
 #        bench/cluster.sh --cleanup    remove what a killed (kill -9) run left behind
 # Environment:
-#   PARTS=fwnmo  KILLS=10  W_KILLS=20  REPLICAS=20  NL_RUNS=3  MEM_REPLICAS=200
+#   PARTS=fwnmo  F_MANAGERS=3 (of the 5 nodes in f, w, n)  KILLS=10  W_KILLS=20  REPLICAS=20  NL_RUNS=3  MEM_REPLICAS=200
 #   WRITE_INTERVAL=0.25  WRITE_TIMEOUT=30  TIMEOUT=180 (any single wait)  SETTLE=2 (seconds
 #   between a node showing Reachable again and the next kill)  UNREACHABLE_WAIT=30 (failover:
 #   before restarting the killed leader, wait up to this long for the others to show it
@@ -69,6 +73,8 @@ SWARM_F_SOURCE="recorded in bench/README.md (swarm-peer.sh, 2026-11-22)"
 SWARM_N_SOURCE=$SWARM_F_SOURCE
 
 PARTS=${PARTS:-fwnmo}
+# Managers among the 5 nodes of parts f, w and n (issue 17 asks 5: F_MANAGERS=5 PARTS=fw).
+F_MANAGERS=${F_MANAGERS:-3}
 KILLS=${KILLS:-10}
 W_KILLS=${W_KILLS:-20}
 REPLICAS=${REPLICAS:-20}
@@ -83,11 +89,13 @@ WRITE_TIMEOUT=${WRITE_TIMEOUT:-30}
 TIMEOUT=${TIMEOUT:-180}
 SETTLE=${SETTLE:-2}
 UNREACHABLE_WAIT=${UNREACHABLE_WAIT:-30}
+STRESS_SECS=${STRESS_SECS:-600}
 BUILD=${BUILD:-1}
 SHOAL=${SHOAL:-${CARGO_TARGET_DIR:-$ROOT/target}/release/shoal}
 IMAGE=shoal-test/busybox
 ENGINE=unix:///var/run/docker.sock   # the host's engine: containers only, never `docker swarm`
 SVC=sbench
+STRESS_SVC=sstress
 MEMSVC=smem
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -784,17 +792,60 @@ run_overlay() {
 }
 
 # ----------------------------------------------------------------------------------------------
+# s: no false alarms while other processes saturate both cores and the disk
+# ----------------------------------------------------------------------------------------------
+run_stress() {
+  local m t0 spid v bad leaders=() l prev= changes=0 samples=0 not_ready=0 first_bad= total0 total hb
+  command -v stress-ng >/dev/null || { log "stress: stress-ng is missing (apt-get install -y stress-ng)"; return 1; }
+  m=$(a_manager) || return 1
+  sh "$m" service create --detach --name "$STRESS_SVC" --replicas "$REPLICAS" --no-resolve-image \
+    "$IMAGE" sleep 3600 >/dev/null || return 1
+  wait_until svc_full "$STRESS_SVC" "$REPLICAS" || { log "stress: service did not reach $REPLICAS running"; return 1; }
+  total0=$(svc_ps "$STRESS_SVC" -q | wc -l)
+  hb=$(sh "$m" info --format '{{.Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}' 2>/dev/null)
+  log "stress: stress-ng --cpu $(nproc) --hdd 1 for $STRESS_SECS s; dispatcher heartbeat $hb; $REPLICAS tasks on $NODES nodes"
+  stress-ng --cpu "$(nproc)" --hdd 1 --temp-path "$NS_DATA" --timeout "${STRESS_SECS}s" --quiet &
+  spid=$!
+  t0=$(now)
+  while kill -0 "$spid" 2>/dev/null; do
+    v=$(nodes_view)
+    samples=$((samples + 1))
+    bad=$(awk '$2 != "Ready" { printf "%s:%s ", $1, $2 }' <<< "$v")
+    if [ -n "$bad" ]; then
+      not_ready=$((not_ready + 1))
+      [ -z "$first_bad" ] && { first_bad="$bad at $(since "$t0") s"; log "stress: $first_bad"; }
+    fi
+    l=$(awk '$3 == "Leader" { print $1 }' <<< "$v")
+    if [ -n "$l" ] && [ -n "$prev" ] && [ "$l" != "$prev" ]; then
+      changes=$((changes + 1))
+      log "stress: leader $prev -> $l at $(since "$t0") s"
+    fi
+    [ -n "$l" ] && prev=$l
+    sleep 1
+  done
+  wait "$spid"
+  total=$(svc_ps "$STRESS_SVC" -q | wc -l)
+  STRESS_RESULT="shoal under stress-ng (--cpu $(nproc) --hdd 1, $STRESS_SECS s, $NODES nodes, $MANAGERS managers, $REPLICAS tasks, heartbeat $hb): a node shown not Ready in $not_ready of $samples samples${first_bad:+ (first: $first_bad)}; leader changes $changes; tasks rescheduled $((total - total0)) (goal: 0, 0, 0)"
+  sh "$m" service rm "$STRESS_SVC" >/dev/null
+  wait_until svc_containers_gone "$STRESS_SVC" || log "containers of $STRESS_SVC still there"
+  echo "$STRESS_RESULT"
+}
+
+# ----------------------------------------------------------------------------------------------
 FAILOVER_RESULT=
+STRESS_RESULT=
 LOSTW_RESULT=
 NODELOSS_RESULT=
 MEMORY_RESULT=
 OVERLAY_RESULT=
 ns_create 5 || exit 1
-case $PARTS in *[fwn]*)
-  if form_cluster 5 3; then
+case $PARTS in *[fwns]*)
+  if form_cluster 5 "$F_MANAGERS"; then
     case $PARTS in *f*) run_failover >/dev/null ;; esac
     case $PARTS in *w*) run_lost_writes >/dev/null ;; esac
-    case $PARTS in *n*) run_node_loss >/dev/null ;; esac
+    # Node loss kills worker node-5: only with a worker there.
+    case $PARTS in *n*) [ "$F_MANAGERS" -lt 5 ] && run_node_loss >/dev/null ;; esac
+    case $PARTS in *s*) run_stress >/dev/null ;; esac
   fi
   reset_cluster ;;
 esac
@@ -808,12 +859,13 @@ echo
 echo "shoal $("$SHOAL" --version 2>/dev/null | awk '{ print $2 }') x 5 daemons in network namespaces on one Docker Engine $(engine version --format '{{.Server.Version}}' 2>/dev/null), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date +%F)"
 echo "Docker Swarm numbers: failover $SWARM_F_SOURCE; node loss $SWARM_N_SOURCE"
 rc=0
-for p in f w n m o; do
+for p in f w n s m o; do
   case $PARTS in *$p*) ;; *) continue ;; esac
   case $p in
     f) r=$FAILOVER_RESULT ;;
     w) r=$LOSTW_RESULT ;;
     n) r=$NODELOSS_RESULT ;;
+    s) r=$STRESS_RESULT ;;
     m) r=$MEMORY_RESULT ;;
     o) r=$OVERLAY_RESULT ;;
   esac

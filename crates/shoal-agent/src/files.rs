@@ -1,5 +1,13 @@
 //! Secret and config files: written on a tmpfs the agent mounts, per task, then bind-mounted
 //! read-only into the task's container. Secret bytes never touch a persistent disk.
+//!
+//! The tmpfs lives exactly while the agent runs: `swarm leave` removes the files and unmounts
+//! it, and so does daemon shutdown, minus the removal. Shoal's containers outlive a daemon
+//! restart by design (Docker with `live-restore`, where Swarm's engine would instead stop them
+//! and unmount each container's secrets), so on shutdown a running task keeps its own bind
+//! mounts of its files, which keep the unmounted tmpfs alive for it alone, while the host's
+//! file tree shows nothing; the next start mounts a new tmpfs and writes the files of every
+//! assigned task again (a created, not yet started container needs them at start).
 
 use shoal_api::dispatch::FilePayload;
 use shoal_api::objects::StoredTask;
@@ -185,14 +193,47 @@ impl Files {
         }
     }
 
-    /// Removes everything and unmounts the tmpfs.
+    /// Removes everything and unmounts the tmpfs (swarm leave).
     pub fn cleanup(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if let Err(err) = std::fs::remove_dir_all(&p) {
+                    tracing::warn!(path = %p.display(), error = %err, "removing task files");
+                }
+            }
+        }
+        self.unmount();
+    }
+
+    /// Takes the tmpfs off the host's file tree (daemon shutdown, and leave): nothing of the
+    /// secrets stays reachable there while the daemon is down. A running task keeps its own
+    /// bind mounts of its files (the kernel keeps the tmpfs alive for them); the next start
+    /// mounts a new tmpfs and writes every assigned task's files again.
+    pub fn unmount(&self) {
         if is_mountpoint(&self.root) {
-            let _ = std::process::Command::new("umount")
+            let plain = std::process::Command::new("umount")
                 .arg(&self.root)
                 .status();
+            if !matches!(plain, Ok(s) if s.success()) {
+                // Busy (a process has a file open there): detach it from the tree anyway.
+                let lazy = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.root)
+                    .status();
+                if !matches!(lazy, Ok(s) if s.success()) {
+                    tracing::warn!(path = %self.root.display(), result = ?lazy, "could not unmount the secrets tmpfs");
+                    return;
+                }
+            }
+            tracing::info!(path = %self.root.display(), "secrets tmpfs unmounted");
         }
-        let _ = std::fs::remove_dir_all(&self.root);
+        // The empty mount point (or, without a tmpfs, the 0700 directory and what is left in it).
+        if let Err(e) = std::fs::remove_dir_all(&self.root) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.root.display(), error = %e, "removing the secrets directory");
+            }
+        }
     }
 }
 

@@ -291,18 +291,18 @@ impl ClusterCa {
 
     /// Saves the certificate and (mode 0600) the key in `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-            op: "creating",
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        write(&dir.join(CERT_FILE), self.cert_pem.as_bytes(), 0o644)?;
-        write(&dir.join(KEY_FILE), self.key_pem.as_bytes(), 0o600)?;
-        sync_dir(dir)
+        write_set(
+            dir,
+            &[
+                (KEY_FILE, self.key_pem.as_bytes(), 0o600),
+                (CERT_FILE, self.cert_pem.as_bytes(), 0o644),
+            ],
+        )
     }
 
     /// Loads what [`ClusterCa::save`] wrote, checking the key belongs to the certificate.
     pub fn load(dir: &Path) -> Result<ClusterCa, PkiError> {
+        finish_set(dir, &[KEY_FILE, CERT_FILE])?;
         let cert_pem = read_to_string(&dir.join(CERT_FILE))?;
         let key_pem = read_to_string(&dir.join(KEY_FILE))?;
         ClusterCa::from_pem_pair(&cert_pem, &key_pem)
@@ -426,6 +426,74 @@ pub(crate) fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError>
     f.sync_all().map_err(io("syncing", &tmp))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(io("renaming into place", path))
+}
+
+/// The name a file of a set waits under until the whole set is durable.
+fn pending(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.new"))
+}
+
+/// Replaces a set of files that only make sense together (a key and its certificate) so that a
+/// crash at any point leaves either the whole old set or the whole new one. Each file is first
+/// written complete and fsynced as `<name>.new`, the last of them only once the others are
+/// durable: its presence commits the set. The renames into place follow, the last one last;
+/// [`finish_set`], called before reading, completes a committed set or drops an uncommitted one.
+pub(crate) fn write_set(dir: &Path, files: &[(&str, &[u8], u32)]) -> Result<(), PkiError> {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        op: "creating",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    // A new directory's own entry must be durable too.
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    let Some(((last, last_data, last_mode), rest)) = files.split_last() else {
+        return Ok(());
+    };
+    for (name, data, mode) in rest {
+        write(&pending(dir, name), data, *mode)?;
+    }
+    sync_dir(dir)?;
+    write(&pending(dir, last), last_data, *last_mode)?;
+    sync_dir(dir)?;
+    finish_set(dir, &files.iter().map(|(n, _, _)| *n).collect::<Vec<_>>())
+}
+
+/// Completes what [`write_set`] left: with the last file's `.new` present the set was committed
+/// and the remaining renames are done; without it, the `.new` files of an unfinished write are
+/// removed and the old set stays.
+pub(crate) fn finish_set(dir: &Path, names: &[&str]) -> Result<(), PkiError> {
+    let Some(last) = names.last() else {
+        return Ok(());
+    };
+    let committed = pending(dir, last).exists();
+    let mut touched = false;
+    for name in names {
+        let from = pending(dir, name);
+        if !from.exists() {
+            continue;
+        }
+        touched = true;
+        let r = if committed {
+            std::fs::rename(&from, dir.join(name))
+        } else {
+            std::fs::remove_file(&from)
+        };
+        r.map_err(|source| PkiError::Io {
+            op: if committed {
+                "renaming into place"
+            } else {
+                "removing an unfinished write"
+            },
+            path: from,
+            source,
+        })?;
+    }
+    if touched {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Makes renames in `dir` durable.

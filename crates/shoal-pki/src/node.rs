@@ -1,8 +1,8 @@
 //! Node identities and the certificate (with its key) each node holds.
 
 use crate::{
-    cert_not_after, cert_not_before, first_cert_der, parse_cert, read_to_string, sync_dir, write,
-    PkiError,
+    cert_not_after, cert_not_before, finish_set, first_cert_der, parse_cert, read_to_string,
+    write_set, PkiError,
 };
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -294,23 +294,22 @@ impl NodeCert {
         Ok(())
     }
 
-    /// Saves the three files (key mode 0600) in `dir`, each replaced atomically. A crash between
-    /// the renames can leave a new key beside an old certificate; [`NodeCert::load`] then fails
-    /// with [`PkiError::KeyMismatch`] and the node must obtain a certificate again.
+    /// Saves the three files (key mode 0600) in `dir` as one set: a crash at any point leaves
+    /// the old three or the new three, never a new key beside an old certificate.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-            op: "creating",
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        write(&dir.join(ROOT_CA_FILE), self.ca_pem.as_bytes(), 0o644)?;
-        write(&dir.join(NODE_KEY_FILE), self.key_pem.as_bytes(), 0o600)?;
-        write(&dir.join(NODE_CERT_FILE), self.cert_pem.as_bytes(), 0o644)?;
-        sync_dir(dir)
+        write_set(
+            dir,
+            &[
+                (ROOT_CA_FILE, self.ca_pem.as_bytes(), 0o644),
+                (NODE_KEY_FILE, self.key_pem.as_bytes(), 0o600),
+                (NODE_CERT_FILE, self.cert_pem.as_bytes(), 0o644),
+            ],
+        )
     }
 
     /// Loads what [`NodeCert::save`] wrote, with the checks of [`NodeCert::new`].
     pub fn load(dir: &Path) -> Result<NodeCert, PkiError> {
+        finish_set(dir, &[ROOT_CA_FILE, NODE_KEY_FILE, NODE_CERT_FILE])?;
         NodeCert::new(
             read_to_string(&dir.join(NODE_CERT_FILE))?,
             read_to_string(&dir.join(NODE_KEY_FILE))?,
@@ -349,6 +348,58 @@ mod tests {
             node_id: "n0de1d".into(),
             role,
             cluster_id: "c1uster".into(),
+        }
+    }
+
+    /// A node certificate from a fresh CA.
+    fn some_cert() -> NodeCert {
+        let ca = ClusterCa::generate().unwrap();
+        let key = NodeKey::generate().unwrap();
+        let pem = ca.issue(key.csr_pem(), &ident(Role::Worker), DAY).unwrap();
+        key.into_node_cert(pem, ca.cert_pem().into()).unwrap()
+    }
+
+    #[test]
+    fn a_save_cut_short_at_any_point_loads_the_old_set_or_the_new_one() {
+        let (old, new) = (some_cert(), some_cert());
+        let files = |c: &NodeCert| {
+            vec![
+                (ROOT_CA_FILE, c.ca_pem.clone()),
+                (NODE_KEY_FILE, c.key_pem.clone()),
+                (NODE_CERT_FILE, c.cert_pem.clone()),
+            ]
+        };
+        // The crash points of a save, in order: k files of the new set written as `.new`
+        // (committed once all three are), then r of them renamed into place.
+        for written in 0..=3usize {
+            let renamed_max = if written == 3 { 3 } else { 0 };
+            for renamed in 0..=renamed_max {
+                let dir = tempfile::tempdir().unwrap();
+                old.save(dir.path()).unwrap();
+                for (name, pem) in files(&new).iter().take(written) {
+                    std::fs::write(dir.path().join(format!("{name}.new")), pem).unwrap();
+                }
+                for (name, _) in files(&new).iter().take(renamed) {
+                    std::fs::rename(
+                        dir.path().join(format!("{name}.new")),
+                        dir.path().join(name),
+                    )
+                    .unwrap();
+                }
+                let got = NodeCert::load(dir.path())
+                    .unwrap_or_else(|e| panic!("{written} written, {renamed} renamed: {e}"));
+                let want = if written == 3 { &new } else { &old };
+                assert_eq!(
+                    got.cert_pem, want.cert_pem,
+                    "{written} written, {renamed} renamed"
+                );
+                let left: Vec<String> = std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                    .filter(|n| n.ends_with(".new"))
+                    .collect();
+                assert!(left.is_empty(), "{written}/{renamed}: {left:?}");
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! was already in a swarm, and stops cleanly on SIGTERM (containers keep running and are adopted
 //! on the next start).
 
+use crate::lock::DataDirLock;
 use crate::DaemonArgs;
 use anyhow::Context;
 use futures::future::BoxFuture;
@@ -115,6 +116,10 @@ impl AgentHost for LocalAgent {
                 if let Some(n) = &r.network {
                     n.cleanup().await;
                 }
+            } else {
+                // Shutdown: containers run on with their own mounts of their files; the host
+                // keeps no copy of the secrets while the daemon is down.
+                r.files.unmount();
             }
         })
     }
@@ -132,6 +137,16 @@ fn upstream_dns() -> Vec<std::net::SocketAddr> {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    // First, before anything that can wait (the engine, the store, the network): an operator
+    // who sees nothing else still knows the daemon started, with what, and as which process.
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        data_dir = %args.data_dir.display(),
+        engine = %args.engine.display(),
+        socket = %args.socket.display(),
+        "shoal daemon starting"
+    );
     // Everything the daemon creates is for root alone (keys, the raft store, sockets), whatever
     // umask it was started with; files meant for others (secrets given to containers) get their
     // modes set explicitly.
@@ -139,6 +154,11 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     unsafe {
         libc::umask(0o077);
     }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
+    // Held until this function returns (and by the kernel until the process is gone).
+    let lock = DataDirLock::acquire(&args.data_dir)?;
+    tracing::debug!(lock = %lock.path().display(), "data dir locked");
     let repaired = shoal_manager::node::datadir::secure(&args.data_dir)
         .with_context(|| format!("securing the data dir {}", args.data_dir.display()))?;
     for r in &repaired {
@@ -151,15 +171,24 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     // Before anything starts: a file where the socket goes is the operator's, not ours.
     crate::socket::check_free(&args.socket)?;
-    let engine = EngineProxy::connect(args.engine.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to the Docker Engine at {}",
-                args.engine.display()
-            )
-        })?;
-    tracing::info!(engine_api = engine.engine_api_version(), "engine reachable");
+    // A swarm init or --force-new-cluster cut short by a crash: back to one raft state.
+    for r in node::aside::recover(&args.data_dir).with_context(|| {
+        format!(
+            "recovering set-aside raft state in {}",
+            args.data_dir.display()
+        )
+    })? {
+        match r {
+            node::aside::Recovered::RolledBack(p) => tracing::warn!(
+                aside = %p.display(),
+                "an unfinished change of the raft state (init or --force-new-cluster) was undone"
+            ),
+            node::aside::Recovered::Removed(p) => {
+                tracing::info!(path = %p.display(), "removed raft state set aside by a finished change")
+            }
+        }
+    }
+    let engine = connect_engine(&args.engine).await?;
     let agent = Arc::new(LocalAgent {
         engine: args.engine.clone(),
         files_root: PathBuf::from("/run/shoal/files"),
@@ -180,7 +209,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         lifecycle: Default::default(),
     });
     if let Some(identity) = Identity::load(&args.data_dir) {
-        tracing::info!(node = %identity.node_id, role = %identity.role, "rejoining the swarm this node was part of");
+        tracing::info!(node = %identity.node_id, role = %identity.role, addr = %identity.addr, "rejoining the swarm this node was part of");
+        if address_is_local(&identity.addr) == Some(false) {
+            tracing::warn!(
+                addr = %identity.addr,
+                "this node's address is on none of its interfaces: the other nodes will not reach it here (moved to another machine or namespace? `docker swarm leave --force` and join again)"
+            );
+        }
         let cert = NodeCert::load(&certs_dir(&args.data_dir)).with_context(|| {
             format!(
                 "loading this node's certificate from {}; `docker swarm leave --force` resets the node",
@@ -219,7 +254,46 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         m.shutdown().await;
     }
     let _ = std::fs::remove_file(&args.socket);
+    drop(lock);
     Ok(())
+}
+
+/// The engine's first answer, saying every 10 s that it is still awaited (a stopped or hung
+/// engine would otherwise look like a hung daemon).
+async fn connect_engine(socket: &std::path::Path) -> anyhow::Result<EngineProxy> {
+    let started = std::time::Instant::now();
+    let connect = EngineProxy::connect(socket.to_path_buf());
+    tokio::pin!(connect);
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+    every.tick().await;
+    let engine = loop {
+        tokio::select! {
+            r = &mut connect => break r,
+            _ = every.tick() => tracing::warn!(
+                engine = %socket.display(),
+                waited_s = started.elapsed().as_secs(),
+                "the Docker Engine has not answered yet; still waiting"
+            ),
+        }
+    }
+    .with_context(|| format!("connecting to the Docker Engine at {}", socket.display()))?;
+    tracing::info!(engine_api = engine.engine_api_version(), "engine reachable");
+    Ok(engine)
+}
+
+/// Whether the IP of `addr` (`ip:port`) is one of this machine's (this namespace's) addresses:
+/// binding to it succeeds only then. `None` for a host name, which is not resolved here.
+fn address_is_local(addr: &str) -> Option<bool> {
+    let ip = addr
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| addr.parse::<std::net::IpAddr>())
+        .ok()?;
+    match std::net::UdpSocket::bind((ip, 0)) {
+        Ok(_) => Some(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Some(false),
+        Err(_) => None,
+    }
 }
 
 async fn wait_for_signal() {
@@ -237,5 +311,19 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_is_local;
+
+    #[test]
+    fn an_address_is_local_only_when_an_interface_has_it() {
+        assert_eq!(address_is_local("127.0.0.1:2377"), Some(true));
+        assert_eq!(address_is_local("127.0.0.1"), Some(true));
+        // TEST-NET-3 (RFC 5737): on no interface of any machine.
+        assert_eq!(address_is_local("203.0.113.77:2377"), Some(false));
+        assert_eq!(address_is_local("manager.example:2377"), None);
     }
 }

@@ -2,6 +2,7 @@
 
 mod client;
 mod daemon;
+mod lock;
 mod service;
 mod socket;
 

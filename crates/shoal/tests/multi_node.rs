@@ -589,3 +589,395 @@ fn a_partitioned_worker_is_marked_down_and_comes_back() {
     assert_eq!(per.values().sum::<usize>(), 4, "{per:?}");
     c.node(1).ok(&["service", "rm", "p"]);
 }
+
+/// Whether the engine says this container runs.
+fn container_running(id: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args([
+            "-H",
+            "unix:///var/run/docker.sock",
+            "inspect",
+            "-f",
+            "{{.State.Running}}",
+            id,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
+#[test]
+fn containers_no_longer_desired_after_a_downtime_are_stopped_and_removed() {
+    let mut c = Cluster::start("orphans", 2);
+    c.form(1);
+    for (name, replicas) in [("gone", "2"), ("scaled", "2"), ("ended", "1")] {
+        c.node(1).ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            name,
+            "--replicas",
+            replicas,
+            "--stop-grace-period",
+            "1s",
+            "--constraint",
+            "node.hostname==node-2",
+            "shoal-test/busybox",
+            "sleep",
+            "3600",
+        ]);
+    }
+    let running_on_2 = |c: &Cluster| -> Vec<(String, String)> {
+        c.node(2)
+            .containers()
+            .into_iter()
+            .filter(|(id, _)| container_running(id))
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "5 tasks running on node-2",
+        || match running_on_2(&c).len() {
+            5 => Ok(()),
+            n => Err(format!("{n} running")),
+        },
+    );
+    // One task is replaced (a forced update): its stopped container stays as the old task's
+    // history, and the new task runs beside it.
+    let first_ended: Vec<String> = running_on_2(&c)
+        .into_iter()
+        .filter(|(_, name)| name.starts_with("ended."))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(first_ended.len(), 1);
+    let ended = first_ended[0].clone();
+    c.node(1)
+        .ok(&["service", "update", "-d", "--force", "ended"]);
+    wait_for(Duration::from_secs(30), "ended's task replaced", || {
+        let now = running_on_2(&c);
+        let replaced = now
+            .iter()
+            .any(|(id, name)| name.starts_with("ended.") && *id != ended);
+        if replaced && !container_running(&ended) && now.len() == 5 {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    let before: Vec<(String, String)> = c.node(2).containers();
+    assert!(
+        before.iter().any(|(id, _)| *id == ended),
+        "the old task's container is kept as history: {before:?}"
+    );
+    let replacement: String = running_on_2(&c)
+        .into_iter()
+        .find(|(id, name)| name.starts_with("ended.") && *id != ended)
+        .map(|(id, _)| id)
+        .unwrap();
+
+    // The worker's daemon dies (its containers run on). Meanwhile one service is removed, one
+    // scaled to nothing, and the ended task's container is started again behind the
+    // daemon's back (as a daemon killed while stopping an unhealthy task leaves it running).
+    c.node_mut(2).kill_daemon();
+    c.node(1).ok(&["service", "rm", "gone"]);
+    c.node(1).ok(&["service", "scale", "-d", "scaled=0"]);
+    let st = std::process::Command::new("docker")
+        .args(["-H", "unix:///var/run/docker.sock", "start", &ended])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    assert!(container_running(&ended));
+
+    c.node_mut(2).spawn();
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(30),
+        "node-2's stale containers gone",
+        || {
+            let left: Vec<String> = c
+                .node(2)
+                .containers()
+                .into_iter()
+                .filter(|(id, name)| {
+                    before.iter().any(|(b, _)| b == id)
+                        && *id != replacement
+                        && (name.starts_with("gone.") || container_running(id))
+                })
+                .map(|(_, name)| name)
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "left: {left:?}; before {before:?}, old {ended}, new {replacement}"
+                ))
+            }
+        },
+    );
+    eprintln!(
+        "orphans: stopped and removed {:?} after the restart",
+        t.elapsed()
+    );
+    assert!(c.node_mut(2).daemon_running());
+    assert!(
+        container_running(&replacement),
+        "the task that is still desired keeps its container"
+    );
+    assert_eq!(
+        c.node(1)
+            .ok(&[
+                "service",
+                "ls",
+                "--filter",
+                "name=ended",
+                "--format",
+                "{{.Replicas}}"
+            ])
+            .trim(),
+        "1/1"
+    );
+    let ps = c.node(1).ok(&[
+        "service",
+        "ps",
+        "scaled",
+        "--format",
+        "{{.DesiredState}} {{.CurrentState}}",
+    ]);
+    assert!(
+        ps.lines().all(|l| !l.contains("Running Running")),
+        "no task of the scaled-down service runs: {ps}"
+    );
+}
+
+/// Running containers of a service across the machine's engine, as names.
+fn running_names(service: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "-H",
+            "unix:///var/run/docker.sock",
+            "ps",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={service}"),
+            "--filter",
+            "status=running",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// xorshift64: the test's random moments, reproducible from the printed seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Running containers per slot of each service: (services not at their count, slots with two).
+fn census(want: &[(&str, usize)]) -> (Vec<String>, Vec<String>) {
+    let mut short = Vec::new();
+    let mut dup = Vec::new();
+    for (service, n) in want {
+        let names = running_names(service);
+        let mut per_slot: HashMap<String, usize> = HashMap::new();
+        for name in &names {
+            let slot = name.split('.').nth(1).unwrap_or("").to_string();
+            *per_slot.entry(slot).or_default() += 1;
+        }
+        dup.extend(
+            per_slot
+                .iter()
+                .filter(|(_, c)| **c > 1)
+                .map(|(s, _)| format!("{service}.{s}")),
+        );
+        if names.len() != *n {
+            short.push(format!("{service}: {} running of {n}", names.len()));
+        }
+    }
+    (short, dup)
+}
+
+/// A stack of two services, deployed again each round with other replica counts.
+fn crash_stack(round: usize) -> (String, [(&'static str, usize); 2]) {
+    let (a, b) = [(2usize, 3usize), (3, 1), (1, 2)][round % 3];
+    let yml = format!(
+        "version: \"3.8\"\nservices:\n  a:\n    image: shoal-test/busybox\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: {a}\n  b:\n    image: shoal-test/busybox\n    command: [\"sleep\", \"3601\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: {b}\n"
+    );
+    (yml, [("crash_a", a), ("crash_b", b)])
+}
+
+/// `kill -9` of a random node's daemon at a random moment while work is in flight, then the
+/// same command again: it comes back, rejoins, and everything converges with exactly one
+/// running container per slot. The work is a service scaled (and every other round force-
+/// updated), or with SHOAL_CRASH_WORK=stack a `docker stack deploy` of two services run again
+/// with other replica counts (re-run after the round when the kill cut it short). SHOAL_SEED
+/// replays a run; SHOAL_CRASH_ROUNDS sets the rounds (bench/crash.sh runs many).
+#[test]
+fn kill9_at_random_moments_comes_back_without_duplicates() {
+    let seed: u64 = std::env::var("SHOAL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    let rounds: usize = std::env::var("SHOAL_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let stack = std::env::var("SHOAL_CRASH_WORK").is_ok_and(|w| w == "stack");
+    eprintln!(
+        "crash: seed {seed} (SHOAL_SEED={seed} replays it), {rounds} rounds of {}",
+        if stack {
+            "stack deploys"
+        } else {
+            "scales and updates"
+        }
+    );
+    let mut rng = seed;
+    let service = "crashsvc";
+    let mut c = Cluster::start("crash", 2);
+    c.form(1);
+    let converged = |c: &Cluster, want: &[(&str, usize)]| -> Result<(), String> {
+        let (short, dup) = census(want);
+        let ready = nodes(c.node(1)).values().filter(|n| n.0 == "Ready").count();
+        let mut replicas_ok = true;
+        for (s, n) in want {
+            let out = c.node(1).docker(&[
+                "service",
+                "ls",
+                "--filter",
+                &format!("name={s}"),
+                "--format",
+                "{{.Name}} {{.Replicas}}",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            replicas_ok &= text.lines().any(|l| l == format!("{s} {n}/{n}"));
+        }
+        if short.is_empty() && dup.is_empty() && ready == 2 && replicas_ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{short:?}, slots with two: {dup:?}, {ready} nodes ready, replicas as wanted: {replicas_ok}"
+            ))
+        }
+    };
+    let compose = c.nodes[0].dir.join("crash-stack.yml");
+    if !stack {
+        c.node(1).ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            service,
+            "--replicas",
+            "4",
+            "--stop-grace-period",
+            "1s",
+            "shoal-test/busybox",
+            "sleep",
+            "3600",
+        ]);
+        wait_for(Duration::from_secs(60), "the service runs", || {
+            converged(&c, &[(service, 4)])
+        });
+    }
+    let mut worst = Duration::ZERO;
+    for round in 0..rounds {
+        let victim = 1 + (next_random(&mut rng) % 2) as usize;
+        let delay = Duration::from_millis(next_random(&mut rng) % 1500);
+        let mut redeploy = None;
+        let (want, what): (Vec<(&str, usize)>, String) = if stack {
+            let (yml, want) = crash_stack(round);
+            std::fs::write(&compose, yml).unwrap();
+            // The deploy runs while the kill lands (the CLI may fail when it hits node-1).
+            let child = std::process::Command::new("docker")
+                .args(["stack", "deploy", "-d", "-c"])
+                .arg(&compose)
+                .arg("crash")
+                .env(
+                    "DOCKER_HOST",
+                    format!("unix://{}", c.node(1).socket.display()),
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            redeploy = Some(child);
+            (
+                want.to_vec(),
+                format!("a stack deploy of a={} b={}", want[0].1, want[1].1),
+            )
+        } else {
+            let want = [6usize, 3, 5][round % 3];
+            // Work in flight when the kill lands: a scale, and every other round a forced update.
+            c.node(1)
+                .ok(&["service", "scale", "-d", &format!("{service}={want}")]);
+            if round % 2 == 1 {
+                c.node(1)
+                    .ok(&["service", "update", "-d", "--force", service]);
+            }
+            (
+                vec![(service, want)],
+                format!(
+                    "a scale to {want}{}",
+                    if round % 2 == 1 { " and an update" } else { "" }
+                ),
+            )
+        };
+        // A random moment, not a condition: where the kill lands is the point of the test.
+        std::thread::sleep(delay);
+        c.node_mut(victim).kill_daemon();
+        c.node_mut(victim).spawn();
+        let t = Instant::now();
+        if let Some(child) = redeploy.take() {
+            let out = child.wait_with_output().unwrap();
+            if !out.status.success() {
+                eprintln!(
+                    "crash: round {round}: the deploy was cut short ({}); deploying again",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                let again = c.node(1).docker(&[
+                    "stack",
+                    "deploy",
+                    "-d",
+                    "-c",
+                    compose.to_str().unwrap(),
+                    "crash",
+                ]);
+                assert!(
+                    again.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&again.stderr)
+                );
+            }
+        }
+        wait_for(
+            Duration::from_secs(90),
+            &format!("round {round}: node-{victim} killed after {delay:?}, converged"),
+            || converged(&c, &want),
+        );
+        let took = t.elapsed();
+        worst = worst.max(took);
+        eprintln!(
+            "crash: round {round}: node-{victim} killed {delay:?} into {what}; back and converged in {took:?}"
+        );
+        assert!(c.node_mut(victim).daemon_running());
+    }
+    eprintln!("crash: {rounds} rounds, slowest convergence {worst:?}");
+    if stack {
+        c.node(1).ok(&["stack", "rm", "crash"]);
+    } else {
+        c.node(1).ok(&["service", "rm", service]);
+    }
+}

@@ -5,6 +5,7 @@
 //! node no longer has.
 
 mod runner;
+pub mod stale;
 pub mod step;
 
 use crate::executor::{Executor, Found};
@@ -18,7 +19,6 @@ use shoal_api::objects::{is_terminal, state_rank, StoredTask};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use step::{step, Observation, Observed, TaskAction};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +79,7 @@ pub async fn run<E: Executor>(
     let mut last_ids: HashSet<String> = HashSet::new();
     let mut last_sweep = Instant::now();
     let mut first = true;
+    let mut stopping: HashMap<String, JoinHandle<()>> = HashMap::new();
     let last: LastReported = Default::default();
     loop {
         let a = assignments.borrow_and_update().clone();
@@ -159,7 +160,12 @@ pub async fn run<E: Executor>(
         };
         let mut retry_soon = false;
         if first || gone || !stale.is_empty() || last_sweep.elapsed() > Duration::from_secs(10) {
-            sweep(&cfg, &ids).await;
+            let owned: HashSet<String> = runners
+                .iter()
+                .filter(|(_, r)| !r.handle.is_finished())
+                .map(|(id, _)| id.clone())
+                .collect();
+            sweep(&cfg, &a.tasks, &owned, &mut stopping).await;
             release_attachments(&cfg, &a, &reports).await;
             if let Some(net) = &cfg.network {
                 for id in stale {
@@ -220,39 +226,50 @@ async fn resend_unstored(
     }
 }
 
-/// Removes containers (and files) of tasks this node no longer has.
-async fn sweep<E: Executor>(cfg: &WorkerConfig<E>, ids: &HashSet<String>) {
-    match cfg.executor.list().await {
-        Ok(found) => {
-            for f in found.into_iter().filter(|f| !ids.contains(&f.task_id)) {
-                let unassigned = Observation {
-                    desired: None,
-                    reported: TaskState::SHUTDOWN,
-                    container: observed(&f),
-                    failure: None,
-                };
-                if step(&unassigned).action != TaskAction::Remove {
-                    continue;
-                }
-                tracing::info!(task = %f.task_id, container = %f.id, "removing container of a task this node no longer has");
-                if let Err(e) = cfg.executor.remove(&f.id).await {
-                    tracing::warn!(container = %f.id, error = %e, "removing container");
-                }
-                cfg.files.remove(&f.task_id);
-            }
+/// Removes containers (and files) of tasks this node no longer has, and stops running ones of
+/// tasks that have ended ([`stale::stale`] decides). A stop waits out the task's grace period,
+/// so it runs on its own, once per container, and the loop goes on.
+async fn sweep<E: Executor>(
+    cfg: &Arc<WorkerConfig<E>>,
+    assigned: &[StoredTask],
+    owned: &HashSet<String>,
+    stopping: &mut HashMap<String, JoinHandle<()>>,
+) {
+    stopping.retain(|_, h| !h.is_finished());
+    let found = match cfg.executor.list().await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing containers for cleanup");
+            return;
         }
-        Err(e) => tracing::warn!(error = %e, "listing containers for cleanup"),
-    }
-}
-
-/// A listed container as the step sees it; health and exit code do not matter for removal.
-fn observed(f: &Found) -> Observed {
-    if f.running {
-        Observed::Running { health: None }
-    } else if f.started {
-        Observed::Exited { code: None }
-    } else {
-        Observed::Created
+    };
+    let task_of: HashMap<&str, &str> = found
+        .iter()
+        .map(|f| (f.id.as_str(), f.task_id.as_str()))
+        .collect();
+    for (id, cleanup) in stale::stale(&found, assigned, owned) {
+        let task = task_of.get(id.as_str()).copied().unwrap_or_default();
+        match cleanup {
+            stale::Cleanup::Remove => {
+                tracing::info!(%task, container = %id, "removing container of a task this node no longer has");
+                if let Err(e) = cfg.executor.remove(&id).await {
+                    tracing::warn!(container = %id, error = %e, "removing container");
+                }
+                cfg.files.remove(task);
+            }
+            stale::Cleanup::Stop if !stopping.contains_key(&id) => {
+                tracing::warn!(%task, container = %id, "stopping a running container of a task that has ended");
+                let cfg = cfg.clone();
+                let container = id.clone();
+                let h = tokio::spawn(async move {
+                    if let Err(e) = cfg.executor.shutdown(&container).await {
+                        tracing::warn!(%container, error = %e, "stopping container");
+                    }
+                });
+                stopping.insert(id, h);
+            }
+            stale::Cleanup::Stop => {}
+        }
     }
 }
 

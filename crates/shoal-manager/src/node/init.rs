@@ -2,6 +2,7 @@
 //! ingress network, raft store), and `--force-new-cluster`, which restarts a manager that lost
 //! its quorum as a single-manager swarm holding its copy of the state.
 
+use super::aside;
 use super::local::local_node;
 use super::renewal::renewal_loop;
 use super::role::role_watcher;
@@ -37,6 +38,15 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
         return Err(NodeError::AlreadyInSwarm);
     }
     let addr = plan.addr;
+    // Raft state without an identity is what an init or a leave cut short left: it belongs to
+    // no swarm. Set aside, and removed once the new state is durable.
+    let leftover = aside::set_aside(&d.data_dir, "init").map_err(NodeError::io(
+        "setting aside the raft state in",
+        &d.data_dir,
+    ))?;
+    if let Some(a) = &leftover {
+        tracing::warn!(path = %a.path().display(), "raft state of an unfinished init or leave set aside");
+    }
     let ca = ClusterCa::generate().map_err(NodeError::pki("creating the cluster CA"))?;
     ca.save(&d.data_dir.join("ca"))
         .map_err(NodeError::pki("saving the cluster CA"))?;
@@ -51,9 +61,6 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
     let cert = own_certificate(&ca, &identity, &cluster_id)?;
     cert.save(&certs_dir(&d.data_dir))
         .map_err(NodeError::pki("saving the node certificate"))?;
-    identity
-        .save(&d.data_dir)
-        .map_err(NodeError::io("saving node identity in", &d.data_dir))?;
     let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true).await?;
     let now = id::now();
     let mut spec = default_spec();
@@ -109,6 +116,24 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
         manager.shutdown().await;
         return Err(e.into());
     }
+    // The new state is committed (fsynced): the leftover goes, then the identity is saved,
+    // which makes this node part of the swarm on its next start. A crash before that leaves a
+    // node in no swarm, whose next init sets this state aside in turn.
+    let saved = leftover
+        .map_or(Ok(()), |a| a.commit())
+        .map_err(NodeError::io(
+            "removing the set-aside raft state in",
+            &d.data_dir,
+        ))
+        .and_then(|()| {
+            identity
+                .save(&d.data_dir)
+                .map_err(NodeError::io("saving node identity in", &d.data_dir))
+        });
+    if let Err(e) = saved {
+        manager.shutdown().await;
+        return Err(e);
+    }
     let session = match NodeSession::start(
         &d.data_dir,
         &identity,
@@ -134,7 +159,8 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
 
 /// `swarm init --force-new-cluster` on a manager that lost its quorum: a new single-manager
 /// raft cluster holding this manager's copy of the state. The other managers become workers
-/// (they demote themselves when they reconnect); the old raft files are kept aside.
+/// (they demote themselves when they reconnect). The old raft state is set aside until the new
+/// one is committed, then removed; a crash before that brings it back at the next start.
 pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
     let _lock = d.lifecycle.lock().await;
     let Some(m) = d.manager.read().await.clone() else {
@@ -147,11 +173,63 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
     *d.manager.write().await = None;
     m.shutdown().await;
     let raft = d.data_dir.join("raft");
-    let aside = d
-        .data_dir
-        .join(format!("raft.before-force-new-cluster-{}", id::new_id()));
-    std::fs::rename(&raft, &aside).map_err(NodeError::io("moving aside", &raft))?;
-    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true).await?;
+    let old = aside::set_aside(&d.data_dir, "force-new-cluster")
+        .map_err(NodeError::io("setting aside", &raft))?
+        .ok_or_else(|| NodeError::Io {
+            what: "setting aside",
+            path: raft.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+    let manager = match Manager::start(&d.data_dir, identity.clone(), &cert, true).await {
+        Ok(m) => m,
+        Err(e) => {
+            roll_back(old);
+            return Err(e.into());
+        }
+    };
+    let total = match write_forced(&manager, objects, &identity).await {
+        Ok(total) => total,
+        Err(e) => {
+            manager.shutdown().await;
+            roll_back(old);
+            return Err(e);
+        }
+    };
+    // Every object is committed (fsynced) in the new state: the old one can go.
+    let old_path = old.path().to_path_buf();
+    if let Err(e) = old.commit() {
+        tracing::warn!(path = %old_path.display(), error = %e, "removing the old raft state; the next start removes it");
+    }
+    *d.manager.write().await = Some(Arc::new(manager));
+    tracing::warn!(
+        objects = total,
+        "forced a new single-manager cluster from this manager's state"
+    );
+    Ok(identity.node_id)
+}
+
+/// A forced new cluster that failed halfway: the old raft state comes back, as a restart after
+/// a crash would bring it back.
+fn roll_back(old: aside::Aside) {
+    match old.roll_back() {
+        Ok(done) => tracing::warn!(
+            ?done,
+            "--force-new-cluster failed; the previous raft state is back (restart the daemon to run it)"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "--force-new-cluster failed and the previous raft state could not be put back; the next start retries"
+        ),
+    }
+}
+
+/// Writes this manager's copy of the state into the new cluster's store; returns how many
+/// objects. The other managers become workers, down until they reconnect.
+async fn write_forced(
+    manager: &Manager,
+    objects: Vec<shoal_store::Object>,
+    identity: &Identity,
+) -> Result<usize, NodeError> {
     let mut ops = Vec::with_capacity(objects.len());
     for o in objects {
         let mut data = o.data.to_vec();
@@ -201,9 +279,7 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
         let rest = ops.split_off(ops.len().min(1000));
         db::write(&manager.store, std::mem::replace(&mut ops, rest)).await?;
     }
-    *d.manager.write().await = Some(Arc::new(manager));
-    tracing::warn!(objects = total, old = %aside.display(), "forced a new single-manager cluster from this manager's state");
-    Ok(identity.node_id)
+    Ok(total)
 }
 
 /// A fresh join token for the CA with this digest, in Swarm's format.

@@ -28,7 +28,9 @@ pub async fn leave(d: &AppState, force: bool) -> Result<(), NodeError> {
     if let Some(m) = manager {
         m.shutdown().await;
     }
-    for sub in ["raft", "node.json", "ca", "certs"] {
+    // The identity first: once it is gone (durably) the node is in no swarm, whatever a crash
+    // leaves of the rest (a later init sets leftover raft state aside).
+    for sub in ["node.json", "raft", "ca", "certs"] {
         let p = d.data_dir.join(sub);
         let r = if p.is_dir() {
             std::fs::remove_dir_all(&p)
@@ -39,6 +41,9 @@ pub async fn leave(d: &AppState, force: bool) -> Result<(), NodeError> {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %p.display(), error = %e, "removing swarm state");
             }
+        }
+        if let Err(e) = super::aside::sync_dir(&d.data_dir) {
+            tracing::warn!(path = %d.data_dir.display(), error = %e, "syncing the data dir");
         }
     }
     tracing::info!("left the swarm");

@@ -2,9 +2,10 @@
 //! creates a swarm, `join` enters one, `leave` forgets it, `role` follows promote/demote,
 //! `renewal` keeps the certificate fresh, `start` brings it all up (join and daemon restart),
 //! `session` and `client` keep its dispatcher session with the leader, `datadir` keeps its
-//! data directory root-only. The API's handlers only
+//! data directory root-only, `aside` keeps raft state set aside until its replacement is durable. The API's handlers only
 //! validate and call in here.
 
+pub mod aside;
 pub mod client;
 pub mod datadir;
 mod error;

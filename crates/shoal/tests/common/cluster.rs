@@ -171,6 +171,21 @@ impl ClusterNode {
         self.spawn();
     }
 
+    /// `kill -9` of the daemon alone: its containers keep running until it comes back.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the daemon process runs (it may have exited on its own).
+    pub fn daemon_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// `kill -9` of the daemon and every container it ran: the whole node is gone.
     pub fn kill(&mut self) {
         let id = self.node_id_from_disk();

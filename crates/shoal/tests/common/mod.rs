@@ -268,6 +268,33 @@ impl Node {
         engine_containers_all(&[label, &format!("com.docker.swarm.node.id={id}")])
     }
 
+    /// The daemon's process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM to the daemon, as a service manager stops it; waits (bounded) for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("the daemon runs");
+        let st = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("waiting for the daemon") {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("the daemon did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `kill -9` of the daemon (its containers keep running).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
