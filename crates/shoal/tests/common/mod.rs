@@ -162,6 +162,16 @@ pub fn remove_node_leftovers(id: &str) {
             .output();
     }
     drop(stand_in);
+    // Its secrets tmpfs: a daemon killed with -9 could not unmount it.
+    let files = PathBuf::from("/run/shoal/files").join(&short);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == files.to_str());
+    if mounted {
+        let _ = Command::new("umount").arg(&files).output();
+    }
+    let _ = std::fs::remove_dir(&files);
 }
 
 /// Root of the repository.
