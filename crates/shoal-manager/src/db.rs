@@ -95,7 +95,7 @@ stored!(
 
 /// The cluster CA with its key: replicated so any leader can sign node certificates, never
 /// served by the API.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct RootCa {
     /// Always "root": there is one.
     pub id: String,
@@ -105,6 +105,16 @@ pub struct RootCa {
     pub key_pem: String,
 }
 stored!(RootCa, "ca", |s| s.id.clone(), |_s| None, |_o, _v| {});
+
+impl std::fmt::Debug for RootCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log.
+        f.debug_struct("RootCa")
+            .field("id", &self.id)
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A manager's raft identity, keyed by node ID: what the membership reconciler adds to raft.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

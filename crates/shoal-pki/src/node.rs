@@ -294,28 +294,36 @@ impl NodeCert {
         Ok(())
     }
 
-    /// Saves the three files (key mode 0600) in `dir`, each replaced atomically. A crash between
-    /// the renames can leave a new key beside an old certificate; [`NodeCert::load`] then fails
-    /// with [`PkiError::KeyMismatch`] and the node must obtain a certificate again.
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+    /// Saves the certificate and the CA (both public) in `dir`, each replaced atomically. The
+    /// private key is not written here: the caller seals it ([`NodeCert::key_pem`]) so no plain
+    /// key is ever on disk. A crash between the renames can leave a new certificate beside an
+    /// old key; [`NodeCert::load_with_key`] then fails with [`PkiError::KeyMismatch`] and the
+    /// node must obtain a certificate again.
+    pub fn save_public(&self, dir: &Path) -> Result<(), PkiError> {
         std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
             op: "creating",
             path: dir.to_path_buf(),
             source,
         })?;
         write(&dir.join(ROOT_CA_FILE), self.ca_pem.as_bytes(), 0o644)?;
-        write(&dir.join(NODE_KEY_FILE), self.key_pem.as_bytes(), 0o600)?;
         write(&dir.join(NODE_CERT_FILE), self.cert_pem.as_bytes(), 0o644)?;
         sync_dir(dir)
     }
 
-    /// Loads what [`NodeCert::save`] wrote, with the checks of [`NodeCert::new`].
-    pub fn load(dir: &Path) -> Result<NodeCert, PkiError> {
+    /// Loads what [`NodeCert::save_public`] wrote, with the key the caller kept sealed, and the
+    /// checks of [`NodeCert::new`].
+    pub fn load_with_key(dir: &Path, key_pem: String) -> Result<NodeCert, PkiError> {
         NodeCert::new(
             read_to_string(&dir.join(NODE_CERT_FILE))?,
-            read_to_string(&dir.join(NODE_KEY_FILE))?,
+            key_pem,
             read_to_string(&dir.join(ROOT_CA_FILE))?,
         )
+    }
+
+    /// Where versions before sealing kept the node's private key in plain PEM; read once to
+    /// seal it, then removed.
+    pub fn legacy_key_path(dir: &Path) -> std::path::PathBuf {
+        dir.join(NODE_KEY_FILE)
     }
 }
 
@@ -536,7 +544,7 @@ mod tests {
     }
 
     #[test]
-    fn node_cert_saves_and_loads_with_a_private_key_file() {
+    fn node_cert_saves_only_public_files_and_loads_with_the_kept_key() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path().join("certificates");
@@ -544,17 +552,25 @@ mod tests {
         let key = NodeKey::generate().unwrap();
         let pem = ca.issue(key.csr_pem(), &ident(Role::Manager), DAY).unwrap();
         let cert = key.into_node_cert(pem, ca.cert_pem().into()).unwrap();
-        cert.save(&dir).unwrap();
-        cert.save(&dir).unwrap(); // replacing works too
+        cert.save_public(&dir).unwrap();
+        cert.save_public(&dir).unwrap(); // replacing works too
         let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(NODE_KEY_FILE), 0o600);
         assert_eq!(mode(NODE_CERT_FILE), 0o644);
-        let names: Vec<_> = std::fs::read_dir(&dir)
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names.len(), 3, "no temporary files left: {names:?}");
-        let back = NodeCert::load(&dir).unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            [NODE_CERT_FILE, ROOT_CA_FILE],
+            "no key and no temporary files"
+        );
+        for f in &names {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap();
+            assert!(!text.contains("PRIVATE KEY"), "{f}");
+        }
+        let back = NodeCert::load_with_key(&dir, cert.key_pem().to_string()).unwrap();
         assert_eq!(back.cert_pem(), cert.cert_pem());
         assert_eq!(back.identity(), &ident(Role::Manager));
         assert!(!format!("{back:?}").contains("PRIVATE KEY"));

@@ -100,6 +100,7 @@ async fn manager(ca: &ClusterCa, dir: &std::path::Path, i: u64, bootstrap: bool)
             raft_addr: addr.clone(),
             bootstrap,
             transport: Some(pool),
+            data_key: shoal_store::seal::Key::generate().expect("data key"),
         },
         StoreTuning {
             write_timeout: Duration::from_secs(3),

@@ -11,9 +11,8 @@ use shoal_agent::network::{NetworkAgent, NetworkConfig};
 use shoal_agent::worker::{self, NetworkBackend, WorkerConfig};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::node::{self, certs_dir, AgentError, AgentHost, Identity};
+use shoal_manager::node::{self, certs_dir, keys, AgentError, AgentHost, Identity};
 use shoal_manager::proxy::EngineProxy;
-use shoal_pki::NodeCert;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -170,6 +169,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         running: Mutex::new(None),
     });
     let daemon = Arc::new(Daemon {
+        lock: Default::default(),
         engine,
         data_dir: args.data_dir.clone(),
         agent: agent.clone(),
@@ -179,17 +179,26 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         lifecycle: Default::default(),
     });
     if let Some(identity) = Identity::load(&args.data_dir) {
-        tracing::info!(node = %identity.node_id, role = %identity.role, "rejoining the swarm this node was part of");
-        let cert = NodeCert::load(&certs_dir(&args.data_dir)).with_context(|| {
-            format!(
-                "loading this node's certificate from {}; `docker swarm leave --force` resets the node",
-                certs_dir(&args.data_dir).display()
-            )
-        })?;
-        let bootstrap = identity.raft_id == 1;
-        node::start_node(&daemon, identity, &cert, None, bootstrap)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
+        match keys::kek(&args.data_dir).context("reading this node's key-encryption key")? {
+            keys::Kek::Open(kek) => {
+                tracing::info!(node = %identity.node_id, role = %identity.role, "rejoining the swarm this node was part of");
+                let cert = keys::load_cert(&args.data_dir, &kek).with_context(|| {
+                    format!(
+                        "loading this node's certificate from {}; `docker swarm leave --force` resets the node",
+                        certs_dir(&args.data_dir).display()
+                    )
+                })?;
+                daemon.lock.set_kek(kek);
+                let bootstrap = identity.raft_id == 1;
+                node::start_node(&daemon, identity, &cert, None, bootstrap)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            }
+            keys::Kek::Locked => {
+                tracing::warn!(node = %identity.node_id, "this manager is locked (autolock): `docker swarm unlock` starts it");
+                daemon.lock.set_locked(identity);
+            }
+        }
     }
 
     if let Some(dir) = args.socket.parent() {

@@ -48,6 +48,8 @@ pub struct Daemon {
     pub hostname: Option<String>,
     /// Serializes swarm init/leave.
     pub lifecycle: tokio::sync::Mutex<()>,
+    /// The key-encryption key of the node's keys, or its locked state (autolock).
+    pub lock: crate::node::lock::Lock,
 }
 
 /// Shared handle used as axum state.

@@ -86,6 +86,12 @@ pub enum NodeError {
         /// The role the assignments asked for.
         wanted: Role,
     },
+    /// The node's keys could not be read or written.
+    #[error(transparent)]
+    Keys(#[from] super::keys::KeyError),
+    /// The node is locked (autolock): only `docker swarm unlock` opens its keys.
+    #[error("Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it.")]
+    Locked,
     /// No manager issued a certificate.
     #[error("no manager issued a certificate: {last}")]
     NoIssuer {

@@ -5,7 +5,7 @@
 use super::local::local_node;
 use super::renewal::renewal_loop;
 use super::role::role_watcher;
-use super::{certs_dir, Identity, NodeError, NodeSession};
+use super::{keys, Identity, NodeError, NodeSession};
 use crate::api::AppState;
 use crate::cluster::Manager;
 use crate::db::{self, Member, RootCa, Stored};
@@ -37,9 +37,9 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
         return Err(NodeError::AlreadyInSwarm);
     }
     let addr = plan.addr;
+    // The CA's key lives only in the raft store (sealed on disk), never in a file of its own.
     let ca = ClusterCa::generate().map_err(NodeError::pki("creating the cluster CA"))?;
-    ca.save(&d.data_dir.join("ca"))
-        .map_err(NodeError::pki("saving the cluster CA"))?;
+    let kek = d.lock.kek_for(&d.data_dir)?;
     let cluster_id = id::new_id();
     let identity = Identity {
         node_id: id::new_id(),
@@ -49,12 +49,12 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
         managers: vec![addr.clone()],
     };
     let cert = own_certificate(&ca, &identity, &cluster_id)?;
-    cert.save(&certs_dir(&d.data_dir))
-        .map_err(NodeError::pki("saving the node certificate"))?;
+    keys::save_cert(&d.data_dir, &kek, &cert)?;
+    let data_key = keys::data_key(&d.data_dir, &kek)?;
     identity
         .save(&d.data_dir)
         .map_err(NodeError::io("saving node identity in", &d.data_dir))?;
-    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true).await?;
+    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true, data_key).await?;
     let now = id::now();
     let mut spec = default_spec();
     if let Some(s) = plan.spec {
@@ -142,8 +142,9 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
     };
     let objects = m.store.dump();
     let identity = m.identity.clone();
-    let cert =
-        NodeCert::load(&certs_dir(&d.data_dir)).map_err(NodeError::pki("node certificate"))?;
+    let kek = d.lock.kek_for(&d.data_dir)?;
+    let cert = keys::load_cert(&d.data_dir, &kek)?;
+    let data_key = keys::data_key(&d.data_dir, &kek)?;
     *d.manager.write().await = None;
     m.shutdown().await;
     let raft = d.data_dir.join("raft");
@@ -151,7 +152,7 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
         .data_dir
         .join(format!("raft.before-force-new-cluster-{}", id::new_id()));
     std::fs::rename(&raft, &aside).map_err(NodeError::io("moving aside", &raft))?;
-    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true).await?;
+    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true, data_key).await?;
     let mut ops = Vec::with_capacity(objects.len());
     for o in objects {
         let mut data = o.data.to_vec();

@@ -3,7 +3,7 @@
 //! raft member too).
 
 use super::local::local_node;
-use super::{certs_dir, start_node, Identity, NodeError};
+use super::{keys, start_node, Identity, NodeError};
 use crate::api::AppState;
 use shoal_api::{id, Role};
 use shoal_pki::{JoinToken, NodeKey};
@@ -82,8 +82,8 @@ pub async fn join(d: &AppState, plan: JoinPlan) -> Result<(), NodeError> {
     let cert = key
         .into_node_cert(issued.cert_pem, issued.ca_pem)
         .map_err(NodeError::pki("node certificate"))?;
-    cert.save(&certs_dir(&d.data_dir))
-        .map_err(NodeError::pki("saving the node certificate"))?;
+    let kek = d.lock.kek_for(&d.data_dir)?;
+    keys::save_cert(&d.data_dir, &kek, &cert)?;
     let identity = Identity {
         node_id: issued.node_id.clone(),
         addr: advertise,

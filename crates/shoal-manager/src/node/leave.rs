@@ -28,7 +28,8 @@ pub async fn leave(d: &AppState, force: bool) -> Result<(), NodeError> {
     if let Some(m) = manager {
         m.shutdown().await;
     }
-    for sub in ["raft", "node.json", "ca", "certs"] {
+    d.lock.clear();
+    for sub in ["raft", "node.json", "ca", "certs", super::keys::KEYS_DIR] {
         let p = d.data_dir.join(sub);
         let r = if p.is_dir() {
             std::fs::remove_dir_all(&p)
