@@ -131,6 +131,11 @@ impl Manager {
         })
     }
 
+    /// Cancelled when the manager stops: ends tasks that follow it (the autolock follower).
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     /// Stops the loops, the RPC server and the store.
     pub async fn shutdown(&self) {
         self.stop.cancel();

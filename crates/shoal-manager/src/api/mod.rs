@@ -56,8 +56,14 @@ pub struct Daemon {
 pub type AppState = Arc<Daemon>;
 
 impl Daemon {
-    /// The manager, or Docker's "not a swarm manager" error.
+    /// The manager, or Docker's "not a swarm manager" error (Swarm's "locked" error while the
+    /// node waits for `docker swarm unlock`).
     pub async fn manager(&self) -> std::result::Result<Arc<Manager>, ApiError> {
+        if self.lock.is_locked() {
+            return Err(ApiError::unavailable(
+                crate::node::NodeError::Locked.to_string(),
+            ));
+        }
         self.manager
             .read()
             .await

@@ -8,7 +8,7 @@ use super::role::role_watcher;
 use super::{keys, Identity, NodeError, NodeSession};
 use crate::api::AppState;
 use crate::cluster::Manager;
-use crate::db::{self, Member, RootCa, Stored};
+use crate::db::{self, Member, RootCa, Stored, UnlockKey};
 use shoal_api::models::{
     JoinTokens, Node, NodeSpecRoleEnum, NodeState, NodeStatus, Swarm, SwarmSpec, SwarmSpecCaConfig,
     SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration, SwarmSpecRaft,
@@ -28,11 +28,16 @@ pub struct InitPlan {
     pub spec: Option<SwarmSpec>,
     /// VXLAN port (0 or none: 4789).
     pub data_path_port: Option<u32>,
+    /// `--autolock`: managers keep their keys sealed with an unlock key the operator holds.
+    pub autolock: bool,
 }
 
 /// Creates the swarm with this node as its only manager; returns the node's ID.
 pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
     let _lock = d.lifecycle.lock().await;
+    if d.lock.is_locked() {
+        return Err(NodeError::Locked);
+    }
     if d.manager.read().await.is_some() {
         return Err(NodeError::AlreadyInSwarm);
     }
@@ -60,6 +65,25 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
     if let Some(s) = plan.spec {
         merge_spec(&mut spec, s);
     }
+    if plan.autolock {
+        spec.encryption_config = Some(SwarmSpecEncryptionConfig {
+            auto_lock_managers: Some(true),
+        });
+    }
+    let autolock = spec
+        .encryption_config
+        .as_ref()
+        .and_then(|e| e.auto_lock_managers)
+        .unwrap_or(false);
+    let unlock_key = if autolock {
+        let key = shoal_store::seal::Key::generate().map_err(|source| keys::KeyError::Seal {
+            path: d.data_dir.join(keys::KEYS_DIR),
+            source,
+        })?;
+        Some(super::lock::human_key(&key))
+    } else {
+        None
+    };
     let ca_digest = ca.digest();
     let cluster = Swarm {
         id: Some(cluster_id.clone()),
@@ -104,11 +128,24 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
             },
             Expect::Absent,
         )?,
+        db::put(
+            &UnlockKey {
+                id: UnlockKey::ID.into(),
+                key: unlock_key,
+            },
+            Expect::Absent,
+        )?,
     ];
     if let Err(e) = db::write(&manager.store, ops).await {
         manager.shutdown().await;
         return Err(e.into());
     }
+    // Sealed with the unlock key before `init` answers: a restart right after is locked.
+    if let Err(e) = super::lock::reconcile(&d.data_dir, &d.lock, &manager.store) {
+        manager.shutdown().await;
+        return Err(e);
+    }
+    super::lock::spawn_follow(d, &manager);
     let session = match NodeSession::start(
         &d.data_dir,
         &identity,
@@ -153,6 +190,7 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
         .join(format!("raft.before-force-new-cluster-{}", id::new_id()));
     std::fs::rename(&raft, &aside).map_err(NodeError::io("moving aside", &raft))?;
     let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true, data_key).await?;
+    super::lock::spawn_follow(d, &manager);
     let mut ops = Vec::with_capacity(objects.len());
     for o in objects {
         let mut data = o.data.to_vec();

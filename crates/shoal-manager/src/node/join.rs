@@ -26,6 +26,9 @@ pub struct JoinPlan {
 pub async fn join(d: &AppState, plan: JoinPlan) -> Result<(), NodeError> {
     // Trust only a manager whose CA has the token's digest, before the token is sent.
     let _lock = d.lifecycle.lock().await;
+    if d.lock.is_locked() {
+        return Err(NodeError::Locked);
+    }
     if d.node.read().await.is_some() {
         return Err(NodeError::AlreadyInSwarm);
     }

@@ -66,6 +66,7 @@ async fn change_role(d: &AppState, role: Role, raft_id: u64) -> Result<(), NodeE
         if d.manager.read().await.is_none() {
             let data_key = keys::data_key(&d.data_dir, &kek)?;
             let m = Manager::start(&d.data_dir, identity, &cert, false, data_key).await?;
+            super::lock::spawn_follow(d, &m);
             *d.manager.write().await = Some(Arc::new(m));
         }
     } else if let Some(m) = d.manager.write().await.take() {
