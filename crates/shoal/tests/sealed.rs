@@ -36,10 +36,10 @@ fn files_with(dir: &Path, needle: &[u8]) -> Vec<String> {
 
 /// Runs the docker CLI against `node` with `input` on its stdin (`docker swarm unlock` reads
 /// the key there when stdin is not a terminal).
-fn docker_with_input(node: &Node, args: &[&str], input: &str) -> std::process::Output {
+fn docker_with_input(socket: &Path, args: &[&str], input: &str) -> std::process::Output {
     let mut child = Command::new("docker")
         .args(args)
-        .env("DOCKER_HOST", format!("unix://{}", node.socket.display()))
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,9 +55,12 @@ fn docker_with_input(node: &Node, args: &[&str], input: &str) -> std::process::O
 }
 
 fn local_state(node: &Node) -> String {
-    node.ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
-        .trim()
-        .to_string()
+    state_at(&node.socket)
+}
+
+fn state_at(socket: &Path) -> String {
+    let out = common::docker_at(socket, &["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// kill -9 and start again on the same data directory.
@@ -155,7 +158,7 @@ fn autolock_keeps_a_restarted_manager_locked_until_unlocked_with_the_current_key
         "{refused}"
     );
     let wrong = docker_with_input(
-        &node,
+        &node.socket,
         &["swarm", "unlock"],
         "SWMKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
     );
@@ -166,7 +169,7 @@ fn autolock_keeps_a_restarted_manager_locked_until_unlocked_with_the_current_key
         "{err}"
     );
     assert_eq!(local_state(&node), "locked", "a wrong key changes nothing");
-    let ok = docker_with_input(&node, &["swarm", "unlock"], &format!("{key}\n"));
+    let ok = docker_with_input(&node.socket, &["swarm", "unlock"], &format!("{key}\n"));
     assert!(
         ok.status.success(),
         "{}",
@@ -193,12 +196,12 @@ fn autolock_keeps_a_restarted_manager_locked_until_unlocked_with_the_current_key
     );
     restart(&mut node);
     assert_eq!(local_state(&node), "locked");
-    let old = docker_with_input(&node, &["swarm", "unlock"], &format!("{key}\n"));
+    let old = docker_with_input(&node.socket, &["swarm", "unlock"], &format!("{key}\n"));
     assert!(
         !old.status.success(),
         "the key from before the rotation unlocked"
     );
-    let ok = docker_with_input(&node, &["swarm", "unlock"], &format!("{rotated}\n"));
+    let ok = docker_with_input(&node.socket, &["swarm", "unlock"], &format!("{rotated}\n"));
     assert!(
         ok.status.success(),
         "{}",
@@ -217,5 +220,82 @@ fn autolock_keeps_a_restarted_manager_locked_until_unlocked_with_the_current_key
     assert!(
         !log.contains(&key) && !log.contains(&rotated),
         "the daemon log holds an unlock key"
+    );
+}
+
+#[test]
+fn every_manager_follows_autolock_and_a_restarted_one_waits_for_the_key() {
+    let mut c = common::cluster::Cluster::start("lockc", 3);
+    c.form(3);
+    let n1 = c.node(1);
+    n1.ok(&["swarm", "update", "--autolock=true"]);
+    let key = n1.ok(&["swarm", "unlock-key", "-q"]).trim().to_string();
+    for i in [2, 3] {
+        let kek = c.node(i).dir.join("data/keys/kek");
+        common::wait_until(
+            Duration::from_secs(30),
+            &format!("node-{i} re-sealed its keys with the unlock key"),
+            || !kek.exists(),
+        );
+    }
+    n1.ok(&["service", "create", "-d", "--name", "web", "shoal-test/web"]);
+
+    // A restarted manager is locked; the others keep the swarm going meanwhile.
+    c.node_mut(2).restart_daemon();
+    let n2 = c.node(2);
+    assert_eq!(state_at(&n2.socket), "locked");
+    let refused = n2.fails(&["node", "ls"]);
+    assert!(refused.contains("Swarm is encrypted"), "{refused}");
+    c.node(1).ok(&["service", "ls"]);
+    let ok = docker_with_input(&n2.socket, &["swarm", "unlock"], &format!("{key}\n"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    wait_for(Duration::from_secs(30), "node-2 manages again", || {
+        let out = n2.docker(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        match text
+            .lines()
+            .filter(|l| l.contains("Leader") || l.contains("Reachable"))
+            .count()
+        {
+            3 => Ok(()),
+            _ => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+        }
+    });
+
+    // A rotation reaches node-3 too: after a restart only the new key opens it.
+    let rotated = c
+        .node(1)
+        .ok(&["swarm", "unlock-key", "--rotate", "-q"])
+        .trim()
+        .to_string();
+    let sealed = c.node(3).dir.join("data/keys/node.sealed");
+    let before = std::fs::read(&sealed).unwrap();
+    common::wait_until(
+        Duration::from_secs(30),
+        "node-3 re-sealed for the new key",
+        || std::fs::read(&sealed).is_ok_and(|now| now != before),
+    );
+    c.node_mut(3).restart_daemon();
+    let n3 = c.node(3);
+    assert_eq!(state_at(&n3.socket), "locked");
+    let old = docker_with_input(&n3.socket, &["swarm", "unlock"], &format!("{key}\n"));
+    assert!(!old.status.success(), "the old key still unlocks node-3");
+    let ok = docker_with_input(&n3.socket, &["swarm", "unlock"], &format!("{rotated}\n"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "node-3 active",
+        || match state_at(&n3.socket).as_str() {
+            "active" => Ok(()),
+            s => Err(s.to_string()),
+        },
     );
 }
