@@ -299,11 +299,16 @@ pub async fn unlock_key(State(d): State<AppState>) -> Result<Response> {
 
 /// `POST /swarm/unlock` `{"UnlockKey": "SWMKEY-1-..."}`: starts a locked manager.
 pub async fn unlock(State(d): State<AppState>, body: Bytes) -> Result<Response> {
-    let req: serde_json::Value = parse_body(&body)?;
-    let text = match &req["UnlockKey"] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        _ => return Err(ApiError::invalid("UnlockKey: a string is expected").into()),
+    let req: HashMap<String, serde_json::Value> = parse_body(&body)?;
+    // Field names in any case, as dockerd reads them.
+    let field = req
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("UnlockKey"))
+        .map(|(_, v)| v);
+    let text = match field {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(_) => return Err(ApiError::invalid("UnlockKey: a string is expected").into()),
     };
     node::lock::unlock(&d, &text).await?;
     Ok(json(StatusCode::OK, &serde_json::Value::Null))

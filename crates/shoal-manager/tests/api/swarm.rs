@@ -458,6 +458,9 @@ async fn a_locked_node_says_so_and_refuses_bad_keys_without_change() {
     n.post("/swarm/unlock", json!({"UnlockKey": 7}))
         .await
         .refused(400, &["UnlockKey"]);
+    n.post("/swarm/unlock", json!({"unlockkey": wrong}))
+        .await
+        .refused(401, &["invalid key provided"]);
     assert!(n.daemon.lock.is_locked(), "still locked");
     let ping = n.get("/_ping").await;
     assert_eq!(
