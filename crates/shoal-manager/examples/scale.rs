@@ -386,6 +386,7 @@ async fn run(args: Args) -> Result<(), String> {
         raft_addr: "127.0.0.1:2377".into(),
         bootstrap: true,
         transport: None,
+        data_key: shoal_store::seal::Key::generate().expect("data key"),
     })
     .await
     .map_err(|e| format!("opening the store: {e}"))?;

@@ -65,13 +65,15 @@ impl Manager {
         Ok(())
     }
 
-    /// Opens the store in `dir`, serves the node-to-node RPC and starts the loops (which act
-    /// only while this manager leads). `bootstrap` makes a fresh store a new single-voter cluster.
+    /// Opens the store in `dir` (sealed with `data_key`), serves the node-to-node RPC and starts
+    /// the loops (which act only while this manager leads). `bootstrap` makes a fresh store a
+    /// new single-voter cluster.
     pub async fn start(
         dir: &Path,
         identity: Identity,
         cert: &NodeCert,
         bootstrap: bool,
+        data_key: shoal_store::seal::Key,
     ) -> Result<Manager, ManagerError> {
         let server_tls = shoal_pki::server_config(cert)?;
         let client_tls = shoal_pki::client_config(cert)?;
@@ -92,6 +94,7 @@ impl Manager {
             raft_addr: identity.addr.clone(),
             bootstrap,
             transport: Some(transport),
+            data_key,
         })
         .await
         .map_err(|source| ManagerError::Store {
@@ -126,6 +129,11 @@ impl Manager {
             pool,
             stop,
         })
+    }
+
+    /// Cancelled when the manager stops: ends tasks that follow it (the autolock follower).
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
     /// Stops the loops, the RPC server and the store.

@@ -95,7 +95,7 @@ stored!(
 
 /// The cluster CA with its key: replicated so any leader can sign node certificates, never
 /// served by the API.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct RootCa {
     /// Always "root": there is one.
     pub id: String,
@@ -105,6 +105,48 @@ pub struct RootCa {
     pub key_pem: String,
 }
 stored!(RootCa, "ca", |s| s.id.clone(), |_s| None, |_o, _v| {});
+
+impl std::fmt::Debug for RootCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log.
+        f.debug_struct("RootCa")
+            .field("id", &self.id)
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The swarm's unlock key (`SWMKEY-1-...`) while autolock is on: every manager seals its keys
+/// with it. Replicated (sealed on disk like all raft data), served only by
+/// `GET /swarm/unlockkey`, never printed.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct UnlockKey {
+    /// Always "unlock": there is one.
+    pub id: String,
+    /// The key in Swarm's human-readable form; None while autolock is off.
+    pub key: Option<String>,
+}
+stored!(
+    UnlockKey,
+    "unlockkey",
+    |s| s.id.clone(),
+    |_s| None,
+    |_o, _v| {}
+);
+
+impl UnlockKey {
+    /// The one record's ID.
+    pub const ID: &'static str = "unlock";
+}
+
+impl std::fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log.
+        f.debug_struct("UnlockKey")
+            .field("set", &self.key.is_some())
+            .finish()
+    }
+}
 
 /// A manager's raft identity, keyed by node ID: what the membership reconciler adds to raft.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

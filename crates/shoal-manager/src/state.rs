@@ -444,6 +444,7 @@ mod tests {
                 raft_addr: "127.0.0.1:2377".into(),
                 bootstrap: true,
                 transport: None,
+                data_key: shoal_store::seal::Key::generate().expect("data key"),
             },
             StoreTuning {
                 watch_capacity,

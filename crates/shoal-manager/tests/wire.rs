@@ -89,6 +89,7 @@ async fn cluster() -> Cluster {
         raft_addr: "127.0.0.1:1".into(),
         bootstrap: true,
         transport: None,
+        data_key: shoal_store::seal::Key::generate().unwrap(),
     })
     .await
     .unwrap();

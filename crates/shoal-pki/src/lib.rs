@@ -134,9 +134,6 @@ impl std::fmt::Debug for ClusterCa {
     }
 }
 
-const CERT_FILE: &str = "ca.crt";
-const KEY_FILE: &str = "ca.key";
-
 /// How far back a node certificate's notBefore is set, as Swarm does, so that a peer whose clock
 /// is a little behind still accepts a certificate issued a moment ago.
 const CERT_BACKDATE: Duration = Duration::from_secs(3600);
@@ -287,25 +284,6 @@ impl ClusterCa {
                 source,
             })?;
         Ok(cert.pem())
-    }
-
-    /// Saves the certificate and (mode 0600) the key in `dir`.
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        write_set(
-            dir,
-            &[
-                (KEY_FILE, self.key_pem.as_bytes(), 0o600),
-                (CERT_FILE, self.cert_pem.as_bytes(), 0o644),
-            ],
-        )
-    }
-
-    /// Loads what [`ClusterCa::save`] wrote, checking the key belongs to the certificate.
-    pub fn load(dir: &Path) -> Result<ClusterCa, PkiError> {
-        finish_set(dir, &[KEY_FILE, CERT_FILE])?;
-        let cert_pem = read_to_string(&dir.join(CERT_FILE))?;
-        let key_pem = read_to_string(&dir.join(KEY_FILE))?;
-        ClusterCa::from_pem_pair(&cert_pem, &key_pem)
     }
 }
 
@@ -714,20 +692,11 @@ mod tests {
     }
 
     #[test]
-    fn ca_saves_and_loads_with_a_private_key_file() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("shoal-pki-test-{}", std::process::id()));
+    fn ca_key_never_prints_and_round_trips_through_pem() {
         let ca = ClusterCa::generate().unwrap();
-        ca.save(&dir).unwrap();
-        let mode = std::fs::metadata(dir.join(KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600);
-        let back = ClusterCa::load(&dir).unwrap();
+        let (cert, key) = ca.to_pem_pair();
+        let back = ClusterCa::from_pem_pair(&cert, &key).unwrap();
         assert_eq!(back.digest(), ca.digest());
         assert!(!format!("{back:?}").contains("PRIVATE KEY"));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

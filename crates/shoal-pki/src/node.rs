@@ -294,27 +294,36 @@ impl NodeCert {
         Ok(())
     }
 
-    /// Saves the three files (key mode 0600) in `dir` as one set: a crash at any point leaves
-    /// the old three or the new three, never a new key beside an old certificate.
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+    /// Saves the certificate and the CA (both public) in `dir` as one set: a crash leaves the
+    /// old pair or the new one. The private key is not written here: the caller seals it
+    /// ([`NodeCert::key_pem`]) so no plain key is ever on disk, and keeps the previous key until
+    /// the new certificate is in place, so [`NodeCert::load_with_key`] always finds the key of
+    /// whichever certificate a crash left.
+    pub fn save_public(&self, dir: &Path) -> Result<(), PkiError> {
         write_set(
             dir,
             &[
                 (ROOT_CA_FILE, self.ca_pem.as_bytes(), 0o644),
-                (NODE_KEY_FILE, self.key_pem.as_bytes(), 0o600),
                 (NODE_CERT_FILE, self.cert_pem.as_bytes(), 0o644),
             ],
         )
     }
 
-    /// Loads what [`NodeCert::save`] wrote, with the checks of [`NodeCert::new`].
-    pub fn load(dir: &Path) -> Result<NodeCert, PkiError> {
-        finish_set(dir, &[ROOT_CA_FILE, NODE_KEY_FILE, NODE_CERT_FILE])?;
+    /// Loads what [`NodeCert::save_public`] wrote, with the key the caller kept sealed, and the
+    /// checks of [`NodeCert::new`].
+    pub fn load_with_key(dir: &Path, key_pem: String) -> Result<NodeCert, PkiError> {
+        finish_set(dir, &[ROOT_CA_FILE, NODE_CERT_FILE])?;
         NodeCert::new(
             read_to_string(&dir.join(NODE_CERT_FILE))?,
-            read_to_string(&dir.join(NODE_KEY_FILE))?,
+            key_pem,
             read_to_string(&dir.join(ROOT_CA_FILE))?,
         )
+    }
+
+    /// Where versions before sealing kept the node's private key in plain PEM; read once to
+    /// seal it, then removed.
+    pub fn legacy_key_path(dir: &Path) -> std::path::PathBuf {
+        dir.join(NODE_KEY_FILE)
     }
 }
 
@@ -365,17 +374,16 @@ mod tests {
         let files = |c: &NodeCert| {
             vec![
                 (ROOT_CA_FILE, c.ca_pem.clone()),
-                (NODE_KEY_FILE, c.key_pem.clone()),
                 (NODE_CERT_FILE, c.cert_pem.clone()),
             ]
         };
         // The crash points of a save, in order: k files of the new set written as `.new`
-        // (committed once all three are), then r of them renamed into place.
-        for written in 0..=3usize {
-            let renamed_max = if written == 3 { 3 } else { 0 };
+        // (committed once both are), then r of them renamed into place.
+        for written in 0..=2usize {
+            let renamed_max = if written == 2 { 2 } else { 0 };
             for renamed in 0..=renamed_max {
                 let dir = tempfile::tempdir().unwrap();
-                old.save(dir.path()).unwrap();
+                old.save_public(dir.path()).unwrap();
                 for (name, pem) in files(&new).iter().take(written) {
                     std::fs::write(dir.path().join(format!("{name}.new")), pem).unwrap();
                 }
@@ -386,9 +394,9 @@ mod tests {
                     )
                     .unwrap();
                 }
-                let got = NodeCert::load(dir.path())
+                let want = if written == 2 { &new } else { &old };
+                let got = NodeCert::load_with_key(dir.path(), want.key_pem.clone())
                     .unwrap_or_else(|e| panic!("{written} written, {renamed} renamed: {e}"));
-                let want = if written == 3 { &new } else { &old };
                 assert_eq!(
                     got.cert_pem, want.cert_pem,
                     "{written} written, {renamed} renamed"
@@ -587,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn node_cert_saves_and_loads_with_a_private_key_file() {
+    fn node_cert_saves_only_public_files_and_loads_with_the_kept_key() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path().join("certificates");
@@ -595,17 +603,25 @@ mod tests {
         let key = NodeKey::generate().unwrap();
         let pem = ca.issue(key.csr_pem(), &ident(Role::Manager), DAY).unwrap();
         let cert = key.into_node_cert(pem, ca.cert_pem().into()).unwrap();
-        cert.save(&dir).unwrap();
-        cert.save(&dir).unwrap(); // replacing works too
+        cert.save_public(&dir).unwrap();
+        cert.save_public(&dir).unwrap(); // replacing works too
         let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(NODE_KEY_FILE), 0o600);
         assert_eq!(mode(NODE_CERT_FILE), 0o644);
-        let names: Vec<_> = std::fs::read_dir(&dir)
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names.len(), 3, "no temporary files left: {names:?}");
-        let back = NodeCert::load(&dir).unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            [NODE_CERT_FILE, ROOT_CA_FILE],
+            "no key and no temporary files"
+        );
+        for f in &names {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap();
+            assert!(!text.contains("PRIVATE KEY"), "{f}");
+        }
+        let back = NodeCert::load_with_key(&dir, cert.key_pem().to_string()).unwrap();
         assert_eq!(back.cert_pem(), cert.cert_pem());
         assert_eq!(back.identity(), &ident(Role::Manager));
         assert!(!format!("{back:?}").contains("PRIVATE KEY"));

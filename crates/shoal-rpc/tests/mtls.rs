@@ -121,6 +121,7 @@ async fn manager_tuned(
             raft_addr: addr.clone(),
             bootstrap,
             transport: Some(pool),
+            data_key: shoal_store::seal::Key::generate().expect("data key"),
         },
         tuning,
     )

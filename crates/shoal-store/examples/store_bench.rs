@@ -30,6 +30,7 @@ async fn open(dir: &std::path::Path) -> Result<Store, Box<dyn std::error::Error>
         raft_addr: "127.0.0.1:2377".into(),
         bootstrap: true,
         transport: None,
+        data_key: shoal_store::seal::Key::from_bytes(&[7; 32])?,
     })
     .await?)
 }

@@ -5,6 +5,12 @@
 //! something raft needs durable (log entries, a vote, a truncation, a snapshot). Only then does it
 //! fire the log-flushed callbacks, so raft acknowledges nothing that is not on disk, while
 //! concurrent writers share one fsync.
+//!
+//! Log entry values and the snapshot data are sealed with the data key as they go into the file
+//! and opened as they come out ([`crate::seal`]); the small raft records (vote, commit index,
+//! purged id, node id, snapshot meta) are not secret and stay plain. `KEY_SEALED` holds a sealed
+//! check value, so a wrong key is refused at open, and marks the file as sealed: a file from
+//! before sealing lacks it and is rewritten sealed ([`seal_existing`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::error::StoreError;
 use crate::raft_types::TypeConfig;
+use crate::seal::Key;
 
 /// Raft log entries by index (postcard-encoded `Entry`).
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -36,6 +43,27 @@ pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
 pub(crate) const KEY_NODE_ID: &str = "node_id";
 pub(crate) const KEY_SNAPSHOT_META: &str = "meta";
 pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
+/// A sealed check value: present once the file is sealed, and opens only with its data key.
+pub(crate) const KEY_SEALED: &str = "sealed";
+
+/// What a log entry value is sealed as (bound into the seal, so values cannot be swapped).
+pub(crate) const CTX_LOG: &[u8] = b"shoal raft log entry";
+/// What the snapshot data is sealed as.
+pub(crate) const CTX_SNAPSHOT: &[u8] = b"shoal raft snapshot";
+/// What the check value is sealed as.
+const CTX_CHECK: &[u8] = b"shoal raft store check";
+
+/// Seals a value for the file.
+pub(crate) fn seal(key: &Key, ctx: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+    key.seal(ctx, plain)
+        .map_err(|e| StoreError::Storage(format!("sealing: {e}")))
+}
+
+/// Opens a value read from the file.
+pub(crate) fn unseal(key: &Key, ctx: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+    key.open(ctx, sealed)
+        .map_err(|e| StoreError::Storage(e.to_string()))
+}
 
 /// Encodes a value for the file (postcard: compact, fast, serde).
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -141,15 +169,16 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread that owns all write transactions on `db`.
+    /// Starts the writer thread that owns all write transactions on `db`, sealing with `key`.
     pub(crate) fn start(
         db: Arc<Database>,
         pending: Pending,
+        key: Key,
     ) -> Result<(Writer, thread::JoinHandle<()>), StoreError> {
         let (tx, rx) = mpsc::channel();
         let handle = thread::Builder::new()
             .name("shoal-store-writer".into())
-            .spawn(move || writer_loop(&db, &pending, &rx))
+            .spawn(move || writer_loop(&db, &pending, &key, &rx))
             .map_err(|e| StoreError::Storage(format!("spawn writer thread: {e}")))?;
         Ok((Writer { tx }, handle))
     }
@@ -173,14 +202,14 @@ impl Writer {
     }
 }
 
-fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<WriteReq>) {
+fn writer_loop(db: &Database, pending: &Pending, key: &Key, rx: &mpsc::Receiver<WriteReq>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while let Ok(more) = rx.try_recv() {
             group.push(more);
         }
         let stop = group.iter().any(|r| matches!(r, WriteReq::Shutdown));
-        let result = commit_group(db, &group);
+        let result = commit_group(db, key, &group);
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write transaction failed");
         }
@@ -193,7 +222,7 @@ fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<WriteReq>) 
 }
 
 /// Writes every request of the group in one transaction.
-fn commit_group(db: &Database, group: &[WriteReq]) -> Result<(), StoreError> {
+fn commit_group(db: &Database, key: &Key, group: &[WriteReq]) -> Result<(), StoreError> {
     let e = storage_err("write transaction");
     let durable = group.iter().any(|r| match r {
         WriteReq::Append { .. } | WriteReq::Truncate { .. } | WriteReq::Snapshot { .. } => true,
@@ -218,7 +247,8 @@ fn commit_group(db: &Database, group: &[WriteReq]) -> Result<(), StoreError> {
             match req {
                 WriteReq::Append { entries, .. } => {
                     for (index, bytes) in entries {
-                        log.insert(*index, bytes.as_slice()).map_err(|x| e(&x))?;
+                        let sealed = seal(key, CTX_LOG, bytes)?;
+                        log.insert(*index, sealed.as_slice()).map_err(|x| e(&x))?;
                     }
                 }
                 WriteReq::Truncate { since, .. } => {
@@ -237,7 +267,8 @@ fn commit_group(db: &Database, group: &[WriteReq]) -> Result<(), StoreError> {
                 WriteReq::Snapshot { meta: m, data, .. } => {
                     snap.insert(KEY_SNAPSHOT_META, m.as_slice())
                         .map_err(|x| e(&x))?;
-                    snap.insert(KEY_SNAPSHOT_DATA, data.as_slice())
+                    let sealed = seal(key, CTX_SNAPSHOT, data)?;
+                    snap.insert(KEY_SNAPSHOT_DATA, sealed.as_slice())
                         .map_err(|x| e(&x))?;
                 }
                 WriteReq::Shutdown => {}
@@ -284,4 +315,127 @@ fn finish_group(pending: &Pending, group: Vec<WriteReq>, result: &Result<(), Sto
             WriteReq::Meta { done: None, .. } | WriteReq::Shutdown => {}
         }
     }
+}
+
+/// Opens the file for `key`: a sealed file must open with it (a wrong key is refused before
+/// anything is read), a new one is marked sealed, and one written before sealing existed is
+/// rewritten sealed first ([`seal_existing`]).
+pub(crate) fn open_sealed(path: &Path, key: &Key) -> Result<Database, StoreError> {
+    let db = open_database(path)?;
+    init_tables(&db)?;
+    if let Some(check) = read_meta(&db, KEY_SEALED)? {
+        key.open(CTX_CHECK, &check).map_err(|_| {
+            StoreError::Storage(format!(
+                "the data key does not open {} (wrong key, or the file was altered)",
+                path.display()
+            ))
+        })?;
+        return Ok(db);
+    }
+    if is_empty(&db)? {
+        let e = storage_err("mark the store sealed");
+        let check = seal(key, CTX_CHECK, b"sealed")?;
+        let txn = db.begin_write().map_err(|x| e(&x))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
+            meta.insert(KEY_SEALED, check.as_slice())
+                .map_err(|x| e(&x))?;
+        }
+        txn.commit().map_err(|x| e(&x))?;
+        return Ok(db);
+    }
+    drop(db);
+    seal_existing(path, key)?;
+    open_database(path)
+}
+
+/// True when the file holds no log entry and no snapshot (a new store).
+fn is_empty(db: &Database) -> Result<bool, StoreError> {
+    use redb::ReadableTableMetadata;
+    let e = storage_err("inspect store");
+    let txn = db.begin_read().map_err(|x| e(&x))?;
+    let log = txn.open_table(LOG).map_err(|x| e(&x))?;
+    let snap = txn.open_table(SNAPSHOT).map_err(|x| e(&x))?;
+    Ok(log.is_empty().map_err(|x| e(&x))? && snap.is_empty().map_err(|x| e(&x))?)
+}
+
+/// Rewrites a store written before sealing existed into a new file with every log entry and
+/// the snapshot data sealed, then renames it over the old one (fsynced, then the directory).
+/// A new file rather than sealing in place: redb keeps freed pages, which would still hold the
+/// plain text.
+fn seal_existing(path: &Path, key: &Key) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    let e = storage_err("seal the existing store");
+    let tmp = path.with_extension("redb.sealing");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(x) if x.kind() == std::io::ErrorKind::NotFound => {}
+        Err(x) => return Err(e(&x)),
+    }
+    let mut entries = 0usize;
+    {
+        let old = open_database(path)?;
+        let new = Database::create(&tmp).map_err(|x| e(&x))?;
+        let rtxn = old.begin_read().map_err(|x| e(&x))?;
+        let mut wtxn = new.begin_write().map_err(|x| e(&x))?;
+        wtxn.set_durability(Durability::Immediate)
+            .map_err(|x| e(&x))?;
+        {
+            let mut log = wtxn.open_table(LOG).map_err(|x| e(&x))?;
+            for item in rtxn
+                .open_table(LOG)
+                .map_err(|x| e(&x))?
+                .iter()
+                .map_err(|x| e(&x))?
+            {
+                let (k, v) = item.map_err(|x| e(&x))?;
+                let sealed = seal(key, CTX_LOG, v.value())?;
+                log.insert(k.value(), sealed.as_slice())
+                    .map_err(|x| e(&x))?;
+                entries += 1;
+            }
+            let mut meta = wtxn.open_table(META).map_err(|x| e(&x))?;
+            for item in rtxn
+                .open_table(META)
+                .map_err(|x| e(&x))?
+                .iter()
+                .map_err(|x| e(&x))?
+            {
+                let (k, v) = item.map_err(|x| e(&x))?;
+                meta.insert(k.value(), v.value()).map_err(|x| e(&x))?;
+            }
+            let check = seal(key, CTX_CHECK, b"sealed")?;
+            meta.insert(KEY_SEALED, check.as_slice())
+                .map_err(|x| e(&x))?;
+            let mut snap = wtxn.open_table(SNAPSHOT).map_err(|x| e(&x))?;
+            for item in rtxn
+                .open_table(SNAPSHOT)
+                .map_err(|x| e(&x))?
+                .iter()
+                .map_err(|x| e(&x))?
+            {
+                let (k, v) = item.map_err(|x| e(&x))?;
+                let value = if k.value() == KEY_SNAPSHOT_DATA {
+                    seal(key, CTX_SNAPSHOT, v.value())?
+                } else {
+                    v.value().to_vec()
+                };
+                snap.insert(k.value(), value.as_slice())
+                    .map_err(|x| e(&x))?;
+            }
+        }
+        wtxn.commit().map_err(|x| e(&x))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|x| e(&x))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|x| e(&x))?;
+    }
+    tracing::warn!(
+        path = %path.display(),
+        entries,
+        "sealed a raft store written before encryption at rest (rewritten, the plain copy removed)"
+    );
+    Ok(())
 }

@@ -14,6 +14,7 @@ pub mod network;
 mod object;
 mod proposer;
 pub mod raft_types;
+pub mod seal;
 mod state;
 mod state_machine;
 mod store;

@@ -8,26 +8,37 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use crate::db::{self, Pending, WriteReq, Writer, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG};
+use crate::db::{
+    self, Pending, WriteReq, Writer, CTX_LOG, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG,
+};
 use crate::error::StoreError;
 use crate::raft_types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::seal::Key;
 
-/// The raft log: entries, vote and commit index in redb; writes go through the writer thread.
+/// The raft log: entries, vote and commit index in redb; writes go through the writer thread,
+/// which seals the entries; reads open them with the same data key.
 #[derive(Clone)]
 pub(crate) struct LogStore {
     db: Arc<Database>,
     writer: Writer,
     pending: Pending,
+    key: Key,
 }
 
 impl LogStore {
     /// Wraps the shared database and writer.
-    pub(crate) fn new(db: Arc<Database>, writer: Writer, pending: Pending) -> Self {
+    pub(crate) fn new(db: Arc<Database>, writer: Writer, pending: Pending, key: Key) -> Self {
         LogStore {
             db,
             writer,
             pending,
+            key,
         }
+    }
+
+    /// Decodes an entry as stored in the file (sealed).
+    fn decode_stored(&self, sealed: &[u8]) -> Result<Entry, StoreError> {
+        db::decode(&db::unseal(&self.key, CTX_LOG, sealed)?)
     }
 
     /// Reads entries in `[start, end)` from the file, overlaid with not-yet-committed ones.
@@ -44,7 +55,7 @@ impl LogStore {
             .map_err(|x| e(&x))?;
             for item in range {
                 let (k, v) = item.map_err(|x| e(&x))?;
-                out.push((k.value(), db::decode::<Entry>(v.value())?));
+                out.push((k.value(), self.decode_stored(v.value())?));
             }
         }
         let pending = self.pending.lock();
@@ -114,7 +125,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let t = txn.open_table(LOG).map_err(|x| io_err(e(&x)))?;
             let last = t.last().map_err(|x| io_err(e(&x)))?;
             match last {
-                Some((_, v)) => Some(*db::decode::<Entry>(v.value()).map_err(io_err)?.get_log_id()),
+                Some((_, v)) => Some(*self.decode_stored(v.value()).map_err(io_err)?.get_log_id()),
                 None => None,
             }
         };

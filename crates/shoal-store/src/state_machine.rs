@@ -16,13 +16,14 @@ use redb::Database;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::db::{self, WriteReq, Writer, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META};
+use crate::db::{self, WriteReq, Writer, CTX_SNAPSHOT, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META};
 use crate::error::StoreError;
 use crate::object::{ChangeSet, Object};
 use crate::raft_types::{
     BatchResponse, Entry, LogId, ProposalResponse, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
+use crate::seal::Key;
 use crate::state::{self, Objects};
 
 /// Version tag of the snapshot encoding, checked on load.
@@ -42,6 +43,7 @@ pub(crate) struct StateMachine {
     membership: StoredMembership,
     db: Arc<Database>,
     writer: Writer,
+    key: Key,
 }
 
 /// The state recovered from the stored snapshot on open.
@@ -122,20 +124,28 @@ fn decode_snapshot(data: &[u8]) -> Result<Objects, StoreError> {
     Ok(objects)
 }
 
-/// Loads the stored snapshot, if any, into memory.
-pub(crate) fn load(db: &Database) -> Result<Loaded, StoreError> {
+/// Reads the stored snapshot: its meta and its data, opened with the data key.
+fn read_snapshot(db: &Database, key: &Key) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
     let meta = db::read_snapshot_part(db, KEY_SNAPSHOT_META)?;
     let data = db::read_snapshot_part(db, KEY_SNAPSHOT_DATA)?;
     match (meta, data) {
-        (Some(meta), Some(data)) => {
-            let meta: SnapshotMeta = db::decode(&meta)?;
-            Ok(Loaded {
-                objects: decode_snapshot(&data)?,
-                applied: meta.last_log_id,
-                membership: meta.last_membership,
-            })
-        }
-        _ => Ok(Loaded {
+        (Some(meta), Some(data)) => Ok(Some((
+            db::decode(&meta)?,
+            db::unseal(key, CTX_SNAPSHOT, &data)?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// Loads the stored snapshot, if any, into memory.
+pub(crate) fn load(db: &Database, key: &Key) -> Result<Loaded, StoreError> {
+    match read_snapshot(db, key)? {
+        Some((meta, data)) => Ok(Loaded {
+            objects: decode_snapshot(&data)?,
+            applied: meta.last_log_id,
+            membership: meta.last_membership,
+        }),
+        None => Ok(Loaded {
             objects: Objects::default(),
             applied: None,
             membership: StoredMembership::default(),
@@ -151,6 +161,7 @@ impl StateMachine {
         membership: StoredMembership,
         db: Arc<Database>,
         writer: Writer,
+        key: Key,
     ) -> Self {
         StateMachine {
             shared,
@@ -158,6 +169,7 @@ impl StateMachine {
             membership,
             db,
             writer,
+            key,
         }
     }
 }
@@ -325,15 +337,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let read_err =
             |e: StoreError| -> StorageError { StorageIOError::read_snapshot(None, &e).into() };
-        let meta = db::read_snapshot_part(&self.db, KEY_SNAPSHOT_META).map_err(read_err)?;
-        let data = db::read_snapshot_part(&self.db, KEY_SNAPSHOT_DATA).map_err(read_err)?;
-        match (meta, data) {
-            (Some(meta), Some(data)) => Ok(Some(Snapshot {
-                meta: db::decode(&meta).map_err(read_err)?,
+        // Opened here: a snapshot goes to another manager over mutual TLS in the clear of the
+        // sealing, and the receiver seals it with its own data key.
+        Ok(read_snapshot(&self.db, &self.key)
+            .map_err(read_err)?
+            .map(|(meta, data)| Snapshot {
+                meta,
                 snapshot: Box::new(Cursor::new(data)),
-            })),
-            _ => Ok(None),
-        }
+            }))
     }
 }
 
@@ -354,9 +365,10 @@ mod tests {
 
     fn harness() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(db::open_database(&dir.path().join("t.redb")).unwrap());
-        db::init_tables(&db).unwrap();
-        let (writer, _thread) = Writer::start(db.clone(), db::Pending::default()).unwrap();
+        let key = Key::generate().unwrap();
+        let db = Arc::new(db::open_sealed(&dir.path().join("t.redb"), &key).unwrap());
+        let (writer, _thread) =
+            Writer::start(db.clone(), db::Pending::default(), key.clone()).unwrap();
         let shared = Arc::new(Applied {
             objects: RwLock::new(Objects::default()),
             last_applied: AtomicU64::new(0),
@@ -368,6 +380,7 @@ mod tests {
             StoredMembership::default(),
             db,
             writer,
+            key,
         );
         Harness {
             sm,
@@ -471,7 +484,7 @@ mod tests {
         // It is the current snapshot now, and it is what a restart loads.
         let current = dst.sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, snap.meta);
-        let loaded = load(&dst.sm.db).unwrap();
+        let loaded = load(&dst.sm.db, &dst.sm.key).unwrap();
         assert_eq!(loaded.objects.len(), 2);
         assert_eq!(loaded.applied.map(|l| l.index), Some(5));
     }

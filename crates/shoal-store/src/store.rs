@@ -19,6 +19,7 @@ use crate::network::{self, NetworkFactory, RaftTransport, RpcKind};
 use crate::object::{ChangeSet, Object, Op};
 use crate::proposer;
 use crate::raft_types::Raft;
+use crate::seal::Key;
 use crate::state_machine::{self, Applied, StateMachine};
 
 /// Name of the redb file inside the data directory.
@@ -38,17 +39,21 @@ pub struct StoreOptions {
     pub bootstrap: bool,
     /// How messages reach other managers; None for a cluster that will never have peers.
     pub transport: Option<Arc<dyn RaftTransport>>,
+    /// This manager's data key: every log entry and snapshot is sealed with it on disk. A store
+    /// opens only with the key it was sealed with.
+    pub data_key: Key,
 }
 
 impl StoreOptions {
     /// Options for a single manager that bootstraps its own cluster and has no peers.
-    pub fn single(dir: PathBuf, raft_node_id: u64, raft_addr: String) -> Self {
+    pub fn single(dir: PathBuf, raft_node_id: u64, raft_addr: String, data_key: Key) -> Self {
         StoreOptions {
             dir,
             raft_node_id,
             raft_addr,
             bootstrap: true,
             transport: None,
+            data_key,
         }
     }
 }
@@ -61,6 +66,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("raft_addr", &self.raft_addr)
             .field("bootstrap", &self.bootstrap)
             .field("transport", &self.transport.is_some())
+            .field("data_key", &self.data_key)
             .finish()
     }
 }
@@ -154,13 +160,13 @@ impl Store {
             .map_err(|e| StoreError::Storage(format!("create {}: {e}", opts.dir.display())))?;
         let path = opts.dir.join(DB_FILE);
         let node_id = opts.raft_node_id;
+        let key = opts.data_key.clone();
 
         // Opening, repairing and loading the snapshot are blocking file work.
         let (db, loaded) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let db = db::open_database(&path)?;
-            db::init_tables(&db)?;
+            let db = db::open_sealed(&path, &key)?;
             check_node_id(&db, node_id)?;
-            let loaded = state_machine::load(&db)?;
+            let loaded = state_machine::load(&db, &key)?;
             Ok((Arc::new(db), loaded))
         })
         .await
@@ -169,7 +175,8 @@ impl Store {
         let snapshot_objects = loaded.objects.len();
 
         let pending = db::Pending::default();
-        let (writer, writer_thread) = Writer::start(db.clone(), pending.clone())?;
+        let (writer, writer_thread) =
+            Writer::start(db.clone(), pending.clone(), opts.data_key.clone())?;
         let (changes, _) = broadcast::channel(tuning.watch_capacity.max(1));
         let state_machine::Loaded {
             objects,
@@ -181,13 +188,14 @@ impl Store {
             objects: RwLock::new(objects),
             changes,
         });
-        let log_store = LogStore::new(db.clone(), writer.clone(), pending);
+        let log_store = LogStore::new(db.clone(), writer.clone(), pending, opts.data_key.clone());
         let sm = StateMachine::new(
             shared.clone(),
             applied,
             membership,
             db.clone(),
             writer.clone(),
+            opts.data_key.clone(),
         );
 
         let config = openraft::Config {
@@ -657,5 +665,94 @@ fn membership_error(
             leader: f.leader_id,
         },
         other => StoreError::Raft(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::Expect;
+    use redb::{ReadableTable, ReadableTableMetadata};
+
+    fn key(b: u8) -> Key {
+        Key::from_bytes(&[b; crate::seal::KEY_LEN]).unwrap()
+    }
+
+    fn contains(path: &std::path::Path, needle: &[u8]) -> bool {
+        std::fs::read(path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+    }
+
+    /// Turns a sealed file back into what shoal wrote before sealing existed: the same tables
+    /// with plain values and no check record.
+    fn unseal_in_place(path: &std::path::Path, key: &Key) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(db::LOG).unwrap();
+            let plain: Vec<(u64, Vec<u8>)> = log
+                .iter()
+                .unwrap()
+                .map(|i| {
+                    let (k, v) = i.unwrap();
+                    (k.value(), db::unseal(key, db::CTX_LOG, v.value()).unwrap())
+                })
+                .collect();
+            assert!(!plain.is_empty());
+            for (k, v) in plain {
+                log.insert(k, v.as_slice()).unwrap();
+            }
+            let mut meta = txn.open_table(db::META).unwrap();
+            meta.remove(db::KEY_SEALED).unwrap();
+            let snap = txn.open_table(db::SNAPSHOT).unwrap();
+            assert!(snap.is_empty().unwrap(), "this test writes no snapshot");
+        }
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_sealing_is_rewritten_sealed_and_keeps_its_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = b"PLAIN-BEFORE-SEALING-91";
+        let opts = StoreOptions::single(dir.path().to_path_buf(), 1, "127.0.0.1:1".into(), key(1));
+        let s = Store::open(opts.clone()).await.unwrap();
+        s.write(vec![Op::Put {
+            kind: "secret".into(),
+            id: "a".into(),
+            name: None,
+            expect: Expect::Absent,
+            data: marker.to_vec(),
+        }])
+        .await
+        .unwrap();
+        s.shutdown().await.unwrap();
+        drop(s);
+        let file = dir.path().join(DB_FILE);
+        unseal_in_place(&file, &key(1));
+        assert!(contains(&file, marker), "the old format is plain");
+
+        // Any key seals an old store (it has none yet); from then on only that key opens it.
+        let s = Store::open(StoreOptions::single(
+            dir.path().to_path_buf(),
+            1,
+            "127.0.0.1:1".into(),
+            key(2),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(&*s.get("secret", "a").unwrap().data, marker);
+        s.shutdown().await.unwrap();
+        drop(s);
+        assert!(
+            !contains(&file, marker),
+            "rewritten sealed, no plain copy left"
+        );
+        assert!(!dir.path().join("raft.redb.sealing").exists());
+        assert!(
+            Store::open(opts).await.is_err(),
+            "the old key does not open it"
+        );
     }
 }

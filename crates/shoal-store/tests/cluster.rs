@@ -70,6 +70,7 @@ async fn start(net: &Arc<Net>, dir: &std::path::Path, i: u64, bootstrap: bool) -
             from: addr(i),
             net: net.clone(),
         })),
+        data_key: shoal_store::seal::Key::from_bytes(&[i as u8; 32]).expect("key"),
     };
     let tuning = StoreTuning {
         write_timeout: Duration::from_secs(3),

@@ -12,9 +12,8 @@ use shoal_agent::network::{NetworkAgent, NetworkConfig};
 use shoal_agent::worker::{self, NetworkBackend, WorkerConfig};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::node::{self, certs_dir, AgentError, AgentHost, Identity};
+use shoal_manager::node::{self, certs_dir, keys, AgentError, AgentHost, Identity};
 use shoal_manager::proxy::EngineProxy;
-use shoal_pki::NodeCert;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -200,6 +199,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         running: Mutex::new(None),
     });
     let daemon = Arc::new(Daemon {
+        lock: Default::default(),
         engine,
         data_dir: args.data_dir.clone(),
         agent: agent.clone(),
@@ -209,23 +209,28 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         lifecycle: Default::default(),
     });
     if let Some(identity) = Identity::load(&args.data_dir) {
-        tracing::info!(node = %identity.node_id, role = %identity.role, addr = %identity.addr, "rejoining the swarm this node was part of");
-        if address_is_local(&identity.addr) == Some(false) {
-            tracing::warn!(
-                addr = %identity.addr,
-                "this node's address is on none of its interfaces: the other nodes will not reach it here (moved to another machine or namespace? `docker swarm leave --force` and join again)"
-            );
+        match keys::kek(&args.data_dir).context("reading this node's key-encryption key")? {
+            keys::Kek::Open(kek) => {
+                tracing::info!(node = %identity.node_id, role = %identity.role, addr = %identity.addr, "rejoining the swarm this node was part of");
+                warn_if_not_local(&identity.addr);
+                let cert = keys::load_cert(&args.data_dir, &kek).with_context(|| {
+                    format!(
+                        "loading this node's certificate from {}; `docker swarm leave --force` resets the node",
+                        certs_dir(&args.data_dir).display()
+                    )
+                })?;
+                daemon.lock.set_kek(kek);
+                let bootstrap = identity.raft_id == 1;
+                node::start_node(&daemon, identity, &cert, None, bootstrap)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            }
+            keys::Kek::Locked => {
+                warn_if_not_local(&identity.addr);
+                tracing::warn!(node = %identity.node_id, "this manager is locked (autolock): `docker swarm unlock` starts it");
+                daemon.lock.set_locked(identity);
+            }
         }
-        let cert = NodeCert::load(&certs_dir(&args.data_dir)).with_context(|| {
-            format!(
-                "loading this node's certificate from {}; `docker swarm leave --force` resets the node",
-                certs_dir(&args.data_dir).display()
-            )
-        })?;
-        let bootstrap = identity.raft_id == 1;
-        node::start_node(&daemon, identity, &cert, None, bootstrap)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
     }
 
     let listener = crate::socket::bind(&args.socket, 0o660)?;
@@ -325,5 +330,16 @@ mod tests {
         // TEST-NET-3 (RFC 5737): on no interface of any machine.
         assert_eq!(address_is_local("203.0.113.77:2377"), Some(false));
         assert_eq!(address_is_local("manager.example:2377"), None);
+    }
+}
+
+/// Says so at start when the address in this node's identity is on none of its interfaces:
+/// the node was moved, and the others will not reach it there.
+fn warn_if_not_local(addr: &str) {
+    if address_is_local(addr) == Some(false) {
+        tracing::warn!(
+            addr = %addr,
+            "this node's address is on none of its interfaces: the other nodes will not reach it here (moved to another machine or namespace? `docker swarm leave --force` and join again)"
+        );
     }
 }

@@ -54,14 +54,22 @@ pub struct Daemon {
     pub hostname: Option<String>,
     /// Serializes swarm init/leave.
     pub lifecycle: tokio::sync::Mutex<()>,
+    /// The key-encryption key of the node's keys, or its locked state (autolock).
+    pub lock: crate::node::lock::Lock,
 }
 
 /// Shared handle used as axum state.
 pub type AppState = Arc<Daemon>;
 
 impl Daemon {
-    /// The manager, or Docker's "not a swarm manager" error.
+    /// The manager, or Docker's "not a swarm manager" error (Swarm's "locked" error while the
+    /// node waits for `docker swarm unlock`).
     pub async fn manager(&self) -> std::result::Result<Arc<Manager>, ApiError> {
+        if self.lock.is_locked() {
+            return Err(ApiError::unavailable(
+                crate::node::NodeError::Locked.to_string(),
+            ));
+        }
         self.manager
             .read()
             .await

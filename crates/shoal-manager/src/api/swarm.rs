@@ -2,7 +2,7 @@
 //! lifecycle ([`crate::node`]) or the store, and answer in Docker's format.
 
 use super::{json, parse_body, AppState, Error, Result};
-use crate::db;
+use crate::db::{self, UnlockKey};
 use crate::node::init::{default_spec, join_token, merge_spec, InitPlan};
 use crate::node::join::JoinPlan;
 use crate::node::{self, NodeError};
@@ -25,8 +25,15 @@ impl From<NodeError> for Error {
             | NodeError::NotInSwarm
             | NodeError::ManagerLeaveNeedsForce
             | NodeError::NotAManagerToRecover
-            | NodeError::ManagerUnreachable { .. } => 503,
-            NodeError::RemoteAddr(_) | NodeError::TokenRefused(_) | NodeError::CaMismatch => 400,
+            | NodeError::ManagerUnreachable { .. }
+            | NodeError::Locked
+            | NodeError::LockedLeave => 503,
+            NodeError::NotLocked => 409,
+            NodeError::InvalidUnlockKey => 401,
+            NodeError::RemoteAddr(_)
+            | NodeError::TokenRefused(_)
+            | NodeError::CaMismatch
+            | NodeError::InvalidKeyString => 400,
             _ => 500,
         };
         Error(ApiError::new(status, e.to_string()))
@@ -69,6 +76,9 @@ fn advertise_addr(req: &SwarmInitRequest) -> std::result::Result<String, ApiErro
 /// `POST /swarm/init`.
 pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let req: SwarmInitRequest = parse_body(&body)?;
+    if d.lock.is_locked() {
+        return Err(NodeError::Locked.into());
+    }
     if req.force_new_cluster == Some(true) {
         let node_id = node::init::force_new_cluster(&d).await?;
         return Ok(json(StatusCode::OK, &node_id));
@@ -105,6 +115,10 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
         addr: advertise_addr(&req)?,
         spec: req.spec,
         data_path_port: req.data_path_port,
+        // `AutoLockManagers` is in Docker's API but not in the generated model.
+        autolock: serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .is_some_and(|v| v["AutoLockManagers"].as_bool() == Some(true)),
     };
     let node_id = node::init::init(&d, plan).await?;
     Ok(json(StatusCode::OK, &node_id))
@@ -144,10 +158,32 @@ pub async fn update(
             .and_then(|s| s.name.as_deref())
             .unwrap_or("default"),
     )?;
+    let autolock_of = |s: &SwarmSpec| {
+        s.encryption_config
+            .as_ref()
+            .and_then(|e| e.auto_lock_managers)
+            .unwrap_or(false)
+    };
+    let was_locking = c.obj.spec.as_ref().is_some_and(autolock_of);
     let mut merged = c.obj.spec.clone().unwrap_or_else(default_spec);
+    // The CLI sends the whole spec back: its EncryptionConfig is the autolock setting wanted.
+    if let Some(e) = spec.encryption_config.clone() {
+        merged.encryption_config = Some(e);
+    }
     merge_spec(&mut merged, spec);
+    let locking = autolock_of(&merged);
     c.obj.spec = Some(merged);
     let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
+    // A new unlock key when autolock is switched on or its key rotated; none when off.
+    let unlock_key = match (locking, was_locking && !flag("rotateManagerUnlockKey")) {
+        (false, _) => Some(None),
+        (true, true) => None,
+        (true, false) => {
+            let key = shoal_store::seal::Key::generate()
+                .map_err(|e| ApiError::internal(format!("making an unlock key: {e}")))?;
+            Some(Some(node::lock::human_key(&key)))
+        }
+    };
     let trust_root = c
         .obj
         .tls_info
@@ -165,7 +201,20 @@ pub async fn update(
     }
     c.obj.updated_at = Some(id::now());
     c.obj.version = version(v);
-    db::write(&m.store, vec![db::put(&c.obj, Expect::Version(v))?]).await?;
+    let mut ops = vec![db::put(&c.obj, Expect::Version(v))?];
+    if let Some(key) = unlock_key {
+        ops.push(db::put(
+            &UnlockKey {
+                id: UnlockKey::ID.into(),
+                key,
+            },
+            Expect::Any,
+        )?);
+    }
+    db::write(&m.store, ops).await?;
+    // This manager's keys follow at once (the others through their followers), so a restart
+    // right after `swarm update --autolock=true` is locked.
+    node::lock::reconcile(&d.data_dir, &d.lock, &m.store)?;
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }
 
@@ -182,6 +231,9 @@ pub async fn leave(
 /// `POST /swarm/join`: joins through the first manager address ([`node::join`]).
 pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let req: SwarmJoinRequest = parse_body(&body)?;
+    if d.lock.is_locked() {
+        return Err(NodeError::Locked.into());
+    }
     if d.node.read().await.is_some() {
         return Err(NodeError::AlreadyInSwarm.into());
     }
@@ -235,13 +287,38 @@ pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }
 
-/// `GET /swarm/unlockkey`: autolock is not offered, so there is no key.
+/// `GET /swarm/unlockkey`: the unlock key while autolock is on, else `""` (the CLI then says
+/// "no unlock key is set", as with Swarm).
 pub async fn unlock_key(State(d): State<AppState>) -> Result<Response> {
-    d.manager().await?;
-    Ok(json(StatusCode::OK, &serde_json::json!({"UnlockKey": ""})))
+    let m = d.manager().await?;
+    let locking = db::list::<Swarm>(&m.store)
+        .into_iter()
+        .next()
+        .and_then(|c| c.obj.spec?.encryption_config?.auto_lock_managers)
+        .unwrap_or(false);
+    let key = match locking {
+        true => db::get::<UnlockKey>(&m.store, UnlockKey::ID).and_then(|u| u.obj.key),
+        false => None,
+    };
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"UnlockKey": key.unwrap_or_default()}),
+    ))
 }
 
-/// `POST /swarm/unlock`.
-pub async fn unlock() -> Result<Response> {
-    Err(ApiError::conflict("swarm is not locked").into())
+/// `POST /swarm/unlock` `{"UnlockKey": "SWMKEY-1-..."}`: starts a locked manager.
+pub async fn unlock(State(d): State<AppState>, body: Bytes) -> Result<Response> {
+    let req: HashMap<String, serde_json::Value> = parse_body(&body)?;
+    // Field names in any case, as dockerd reads them.
+    let field = req
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("UnlockKey"))
+        .map(|(_, v)| v);
+    let text = match field {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(_) => return Err(ApiError::invalid("UnlockKey: a string is expected").into()),
+    };
+    node::lock::unlock(&d, &text).await?;
+    Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }

@@ -46,7 +46,9 @@ pub async fn engine_json(
 
 /// `GET|HEAD /_ping`: the CLI negotiates its version and reads the swarm state from the headers.
 pub async fn ping(State(d): State<AppState>) -> Response {
-    let swarm = if d.manager.read().await.is_some() {
+    let swarm = if d.lock.is_locked() {
+        "locked"
+    } else if d.manager.read().await.is_some() {
         "active/manager"
     } else if d.node.read().await.is_some() {
         "active/worker"
@@ -101,6 +103,17 @@ pub async fn version(State(d): State<AppState>) -> Result<Response> {
 
 /// The `Swarm` section of `/info`.
 pub async fn swarm_info(d: &AppState) -> SwarmInfo {
+    if let Some(id) = d.lock.locked() {
+        return SwarmInfo {
+            node_id: Some(id.node_id.clone()),
+            node_addr: Some(id.addr.split(':').next().unwrap_or_default().to_string()),
+            local_node_state: Some(LocalNodeState::LOCKED),
+            control_available: Some(false),
+            error: Some(crate::node::NodeError::Locked.to_string()),
+            remote_managers: None,
+            ..Default::default()
+        };
+    }
     let worker = d.node.read().await.clone();
     let Some(m) = d.manager.read().await.clone() else {
         if let Some((id, _)) = worker {

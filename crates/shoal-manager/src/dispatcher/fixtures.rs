@@ -32,6 +32,7 @@ pub async fn open_store(dir: &std::path::Path) -> Store {
         raft_addr: "127.0.0.1:2377".into(),
         bootstrap: true,
         transport: None,
+        data_key: shoal_store::seal::Key::generate().expect("data key"),
     })
     .await
     .unwrap()

@@ -86,6 +86,24 @@ pub enum NodeError {
         /// The role the assignments asked for.
         wanted: Role,
     },
+    /// The node's keys could not be read or written.
+    #[error(transparent)]
+    Keys(#[from] super::keys::KeyError),
+    /// The node is locked (autolock): only `docker swarm unlock` opens its keys.
+    #[error("Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it.")]
+    Locked,
+    /// `swarm leave` without `--force` on a locked node.
+    #[error("Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message.")]
+    LockedLeave,
+    /// `swarm unlock` on a manager that is not locked.
+    #[error("swarm is not locked")]
+    NotLocked,
+    /// `swarm unlock` with text that is not an unlock key.
+    #[error("invalid key string")]
+    InvalidKeyString,
+    /// `swarm unlock` with a key that does not open the node's keys.
+    #[error("swarm could not be unlocked: invalid key provided")]
+    InvalidUnlockKey,
     /// No manager issued a certificate.
     #[error("no manager issued a certificate: {last}")]
     NoIssuer {

@@ -6,10 +6,10 @@ use super::aside;
 use super::local::local_node;
 use super::renewal::renewal_loop;
 use super::role::role_watcher;
-use super::{certs_dir, Identity, NodeError, NodeSession};
+use super::{keys, Identity, NodeError, NodeSession};
 use crate::api::AppState;
 use crate::cluster::Manager;
-use crate::db::{self, Member, RootCa, Stored};
+use crate::db::{self, Member, RootCa, Stored, UnlockKey};
 use shoal_api::models::{
     JoinTokens, Node, NodeSpecRoleEnum, NodeState, NodeStatus, Swarm, SwarmSpec, SwarmSpecCaConfig,
     SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration, SwarmSpecRaft,
@@ -29,11 +29,16 @@ pub struct InitPlan {
     pub spec: Option<SwarmSpec>,
     /// VXLAN port (0 or none: 4789).
     pub data_path_port: Option<u32>,
+    /// `--autolock`: managers keep their keys sealed with an unlock key the operator holds.
+    pub autolock: bool,
 }
 
 /// Creates the swarm with this node as its only manager; returns the node's ID.
 pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
     let _lock = d.lifecycle.lock().await;
+    if d.lock.is_locked() {
+        return Err(NodeError::Locked);
+    }
     if d.manager.read().await.is_some() {
         return Err(NodeError::AlreadyInSwarm);
     }
@@ -47,9 +52,9 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
     if let Some(a) = &leftover {
         tracing::warn!(path = %a.path().display(), "raft state of an unfinished init or leave set aside");
     }
+    // The CA's key lives only in the raft store (sealed on disk), never in a file of its own.
     let ca = ClusterCa::generate().map_err(NodeError::pki("creating the cluster CA"))?;
-    ca.save(&d.data_dir.join("ca"))
-        .map_err(NodeError::pki("saving the cluster CA"))?;
+    let kek = d.lock.kek_for(&d.data_dir)?;
     let cluster_id = id::new_id();
     let identity = Identity {
         node_id: id::new_id(),
@@ -59,14 +64,33 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
         managers: vec![addr.clone()],
     };
     let cert = own_certificate(&ca, &identity, &cluster_id)?;
-    cert.save(&certs_dir(&d.data_dir))
-        .map_err(NodeError::pki("saving the node certificate"))?;
-    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true).await?;
+    keys::save_cert(&d.data_dir, &kek, &cert)?;
+    let data_key = keys::data_key(&d.data_dir, &kek)?;
+    let manager = Manager::start(&d.data_dir, identity.clone(), &cert, true, data_key).await?;
     let now = id::now();
     let mut spec = default_spec();
     if let Some(s) = plan.spec {
         merge_spec(&mut spec, s);
     }
+    if plan.autolock {
+        spec.encryption_config = Some(SwarmSpecEncryptionConfig {
+            auto_lock_managers: Some(true),
+        });
+    }
+    let autolock = spec
+        .encryption_config
+        .as_ref()
+        .and_then(|e| e.auto_lock_managers)
+        .unwrap_or(false);
+    let unlock_key = if autolock {
+        let key = shoal_store::seal::Key::generate().map_err(|source| keys::KeyError::Seal {
+            path: d.data_dir.join(keys::KEYS_DIR),
+            source,
+        })?;
+        Some(super::lock::human_key(&key))
+    } else {
+        None
+    };
     let ca_digest = ca.digest();
     let cluster = Swarm {
         id: Some(cluster_id.clone()),
@@ -111,6 +135,13 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
             },
             Expect::Absent,
         )?,
+        db::put(
+            &UnlockKey {
+                id: UnlockKey::ID.into(),
+                key: unlock_key,
+            },
+            Expect::Absent,
+        )?,
     ];
     if let Err(e) = db::write(&manager.store, ops).await {
         manager.shutdown().await;
@@ -134,6 +165,12 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
         manager.shutdown().await;
         return Err(e);
     }
+    // Sealed with the unlock key before `init` answers: a restart right after is locked.
+    if let Err(e) = super::lock::reconcile(&d.data_dir, &d.lock, &manager.store) {
+        manager.shutdown().await;
+        return Err(e);
+    }
+    super::lock::spawn_follow(d, &manager);
     let session = match NodeSession::start(
         &d.data_dir,
         &identity,
@@ -168,8 +205,9 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
     };
     let objects = m.store.dump();
     let identity = m.identity.clone();
-    let cert =
-        NodeCert::load(&certs_dir(&d.data_dir)).map_err(NodeError::pki("node certificate"))?;
+    let kek = d.lock.kek_for(&d.data_dir)?;
+    let cert = keys::load_cert(&d.data_dir, &kek)?;
+    let data_key = keys::data_key(&d.data_dir, &kek)?;
     *d.manager.write().await = None;
     m.shutdown().await;
     let raft = d.data_dir.join("raft");
@@ -180,7 +218,7 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
             path: raft.clone(),
             source: std::io::ErrorKind::NotFound.into(),
         })?;
-    let manager = match Manager::start(&d.data_dir, identity.clone(), &cert, true).await {
+    let manager = match Manager::start(&d.data_dir, identity.clone(), &cert, true, data_key).await {
         Ok(m) => m,
         Err(e) => {
             roll_back(old);
@@ -200,6 +238,7 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
     if let Err(e) = old.commit() {
         tracing::warn!(path = %old_path.display(), error = %e, "removing the old raft state; the next start removes it");
     }
+    super::lock::spawn_follow(d, &manager);
     *d.manager.write().await = Some(Arc::new(manager));
     tracing::warn!(
         objects = total,

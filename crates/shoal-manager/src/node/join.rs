@@ -3,7 +3,7 @@
 //! raft member too).
 
 use super::local::local_node;
-use super::{certs_dir, start_node, Identity, NodeError};
+use super::{keys, start_node, Identity, NodeError};
 use crate::api::AppState;
 use shoal_api::{id, Role};
 use shoal_pki::{JoinToken, NodeKey};
@@ -26,6 +26,9 @@ pub struct JoinPlan {
 pub async fn join(d: &AppState, plan: JoinPlan) -> Result<(), NodeError> {
     // Trust only a manager whose CA has the token's digest, before the token is sent.
     let _lock = d.lifecycle.lock().await;
+    if d.lock.is_locked() {
+        return Err(NodeError::Locked);
+    }
     if d.node.read().await.is_some() {
         return Err(NodeError::AlreadyInSwarm);
     }
@@ -82,8 +85,8 @@ pub async fn join(d: &AppState, plan: JoinPlan) -> Result<(), NodeError> {
     let cert = key
         .into_node_cert(issued.cert_pem, issued.ca_pem)
         .map_err(NodeError::pki("node certificate"))?;
-    cert.save(&certs_dir(&d.data_dir))
-        .map_err(NodeError::pki("saving the node certificate"))?;
+    let kek = d.lock.kek_for(&d.data_dir)?;
+    keys::save_cert(&d.data_dir, &kek, &cert)?;
     let identity = Identity {
         node_id: issued.node_id.clone(),
         addr: advertise,

@@ -11,6 +11,15 @@ use shoal_store::Expect;
 /// Leaves the swarm; a manager only with `force` (Docker's rule: it may be the last one).
 pub async fn leave(d: &AppState, force: bool) -> Result<(), NodeError> {
     let _lock = d.lifecycle.lock().await;
+    if d.lock.is_locked() {
+        if !force {
+            return Err(NodeError::LockedLeave);
+        }
+        // Nothing runs on a locked node: only its state is forgotten.
+        remove_state(d);
+        tracing::info!("left the swarm (it was locked)");
+        return Ok(());
+    }
     let Some((_, session)) = d.node.read().await.clone() else {
         return Err(NodeError::NotInSwarm);
     };
@@ -28,9 +37,17 @@ pub async fn leave(d: &AppState, force: bool) -> Result<(), NodeError> {
     if let Some(m) = manager {
         m.shutdown().await;
     }
+    remove_state(d);
+    tracing::info!("left the swarm");
+    Ok(())
+}
+
+/// Forgets the swarm on disk and in memory: raft state, identity, certificates and keys.
+fn remove_state(d: &AppState) {
+    d.lock.clear();
     // The identity first: once it is gone (durably) the node is in no swarm, whatever a crash
     // leaves of the rest (a later init sets leftover raft state aside).
-    for sub in ["node.json", "raft", "ca", "certs"] {
+    for sub in ["node.json", "raft", "ca", "certs", super::keys::KEYS_DIR] {
         let p = d.data_dir.join(sub);
         let r = if p.is_dir() {
             std::fs::remove_dir_all(&p)
@@ -46,8 +63,6 @@ pub async fn leave(d: &AppState, force: bool) -> Result<(), NodeError> {
             tracing::warn!(path = %d.data_dir.display(), error = %e, "syncing the data dir");
         }
     }
-    tracing::info!("left the swarm");
-    Ok(())
 }
 
 /// A manager that leaves a swarm with other managers first takes itself out of the voters (by

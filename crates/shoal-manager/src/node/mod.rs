@@ -2,7 +2,9 @@
 //! creates a swarm, `join` enters one, `leave` forgets it, `role` follows promote/demote,
 //! `renewal` keeps the certificate fresh, `start` brings it all up (join and daemon restart),
 //! `session` and `client` keep its dispatcher session with the leader, `datadir` keeps its
-//! data directory root-only, `aside` keeps raft state set aside until its replacement is durable. The API's handlers only
+//! data directory root-only, `aside` keeps raft state set aside until its replacement is durable,
+//! `keys` keeps its private key and data key sealed at rest, `lock` holds the key-encryption key
+//! (or the locked state under autolock). The API's handlers only
 //! validate and call in here.
 
 pub mod aside;
@@ -12,8 +14,10 @@ mod error;
 mod identity;
 pub mod init;
 pub mod join;
+pub mod keys;
 pub mod leave;
 pub mod local;
+pub mod lock;
 mod renewal;
 mod role;
 pub mod session;

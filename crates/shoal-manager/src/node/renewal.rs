@@ -1,7 +1,7 @@
 //! Certificates after the first: renewal when a certificate reaches its renewal point, and new
 //! ones for a new role. The key is made here and never leaves the node.
 
-use super::{certs_dir, Identity, NodeError};
+use super::{keys, Identity, NodeError};
 use shoal_api::Role;
 use shoal_pki::{NodeCert, NodeKey};
 
@@ -76,8 +76,11 @@ pub(crate) async fn renewal_loop(
             _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
         }
         let Some(d) = d.upgrade() else { return };
-        let dir = certs_dir(&d.data_dir);
-        let (Ok(cert), Some(identity)) = (NodeCert::load(&dir), Identity::load(&d.data_dir)) else {
+        let Some(kek) = d.lock.kek() else { continue };
+        let (Ok(cert), Some(identity)) = (
+            keys::load_cert(&d.data_dir, &kek),
+            Identity::load(&d.data_dir),
+        ) else {
             continue;
         };
         if !cert.needs_renewal(std::time::SystemTime::now()) {
@@ -86,7 +89,9 @@ pub(crate) async fn renewal_loop(
         let _lock = d.lifecycle.lock().await;
         match renew_certificate(&identity, &cert, None).await {
             Ok((new, _)) => {
-                if let Err(e) = new.save(&dir) {
+                // The KEK may have changed while the certificate was being issued (autolock).
+                let kek = d.lock.kek().unwrap_or(kek);
+                if let Err(e) = keys::save_cert(&d.data_dir, &kek, &new) {
                     tracing::error!(error = %e, "saving the renewed certificate");
                     continue;
                 }

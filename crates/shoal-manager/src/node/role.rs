@@ -3,11 +3,10 @@
 
 use super::client::OnRole;
 use super::renewal::renew_certificate;
-use super::{certs_dir, Identity, NodeError};
+use super::{keys, Identity, NodeError};
 use crate::api::AppState;
 use crate::cluster::Manager;
 use shoal_api::Role;
-use shoal_pki::NodeCert;
 use std::sync::Arc;
 
 /// Reacts to `docker node promote/demote` of this node, seen in its assignments.
@@ -41,8 +40,8 @@ async fn change_role(d: &AppState, role: Role, raft_id: u64) -> Result<(), NodeE
         return Ok(());
     }
     tracing::info!(from = %identity.role, to = %role, "the swarm changed this node's role");
-    let dir = certs_dir(&d.data_dir);
-    let old = NodeCert::load(&dir).map_err(NodeError::pki("node certificate"))?;
+    let mut kek = d.lock.kek_for(&d.data_dir)?;
+    let old = keys::load_cert(&d.data_dir, &kek)?;
     let (cert, issued) = renew_certificate(&identity, &old, Some(role)).await?;
     if issued.role != role {
         return Err(NodeError::WrongRole {
@@ -50,8 +49,14 @@ async fn change_role(d: &AppState, role: Role, raft_id: u64) -> Result<(), NodeE
             wanted: role,
         });
     }
-    cert.save(&dir)
-        .map_err(NodeError::pki("saving the node certificate"))?;
+    if role == Role::Worker && !keys::has_kek_file(&d.data_dir) {
+        // Autolock is for managers: a worker's keys go back under a KEK file of its own.
+        let new = keys::new_file_kek(&d.data_dir)?;
+        keys::reseal(&d.data_dir, &kek, &new, false)?;
+        d.lock.set_kek(new.clone());
+        kek = new;
+    }
+    keys::save_cert(&d.data_dir, &kek, &cert)?;
     identity.role = role;
     identity.raft_id = issued.raft_id.max(raft_id);
     identity
@@ -59,7 +64,9 @@ async fn change_role(d: &AppState, role: Role, raft_id: u64) -> Result<(), NodeE
         .map_err(NodeError::io("saving node identity in", &d.data_dir))?;
     if role == Role::Manager {
         if d.manager.read().await.is_none() {
-            let m = Manager::start(&d.data_dir, identity, &cert, false).await?;
+            let data_key = keys::data_key(&d.data_dir, &kek)?;
+            let m = Manager::start(&d.data_dir, identity, &cert, false, data_key).await?;
+            super::lock::spawn_follow(d, &m);
             *d.manager.write().await = Some(Arc::new(m));
         }
     } else if let Some(m) = d.manager.write().await.take() {

@@ -20,7 +20,10 @@ pub async fn start_node(
 ) -> Result<(), NodeError> {
     let mut manager = None;
     if identity.role == Role::Manager {
-        let m = Manager::start(&d.data_dir, identity.clone(), cert, bootstrap).await?;
+        let kek = d.lock.kek_for(&d.data_dir)?;
+        let data_key = super::keys::data_key(&d.data_dir, &kek)?;
+        let m = Manager::start(&d.data_dir, identity.clone(), cert, bootstrap, data_key).await?;
+        super::lock::spawn_follow(d, &m);
         manager = Some(Arc::new(m));
     }
     // Published before the session starts: a role change it reports must find the manager.

@@ -228,6 +228,7 @@ impl Node {
             .expect("fake engine answers /_ping");
         let agent = Arc::new(StandInAgent::default());
         let daemon = Arc::new(Daemon {
+            lock: Default::default(),
             engine: proxy,
             data_dir: dir.path().join("data"),
             agent: agent.clone(),

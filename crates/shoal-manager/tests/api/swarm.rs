@@ -1,7 +1,7 @@
 //! `/swarm`, `/swarm/init|join|leave|update|unlockkey|unlock`: the cluster object's life.
 
 use crate::harness::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn init_answers_the_node_id_and_makes_the_cluster() {
@@ -392,6 +392,113 @@ async fn unlock_key_is_empty_without_autolock() {
     n.post("/swarm/unlock", json!({"UnlockKey": "SWMKEY-1-x"}))
         .await
         .refused(409, &["swarm is not locked"]);
+    assert!(n.data_dir().join("keys/kek").exists());
+}
+
+fn unlock_key(n: &Value) -> String {
+    n["UnlockKey"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn autolock_gives_an_unlock_key_that_rotates_and_goes_with_autolock() {
+    let n = Node::new().await;
+    n.post(
+        "/swarm/init",
+        json!({"ListenAddr": "127.0.0.1:0", "AdvertiseAddr": "127.0.0.1:0", "AutoLockManagers": true}),
+    )
+    .await
+    .ok(200);
+    let s = n.read("/swarm").await;
+    assert_eq!(s["Spec"]["EncryptionConfig"]["AutoLockManagers"], true);
+    let first = unlock_key(&n.read("/swarm/unlockkey").await);
+    assert!(first.starts_with("SWMKEY-1-"), "{first}");
+    assert!(
+        !n.data_dir().join("keys/kek").exists(),
+        "the unlock key is the KEK: no key file"
+    );
+    let kek = n.daemon.lock.kek().expect("unlocked");
+    assert_eq!(
+        shoal_manager::node::lock::parse_human_key(&first),
+        Some(kek)
+    );
+
+    // Rotating gives a new key; the keys on disk follow it.
+    let v = s["Version"]["Index"].as_u64().unwrap();
+    n.post(
+        &format!("/swarm/update?version={v}&rotateManagerUnlockKey=true"),
+        s["Spec"].clone(),
+    )
+    .await
+    .ok(200);
+    let second = unlock_key(&n.read("/swarm/unlockkey").await);
+    assert!(second.starts_with("SWMKEY-1-") && second != first);
+    assert_eq!(
+        shoal_manager::node::lock::parse_human_key(&second),
+        n.daemon.lock.kek()
+    );
+
+    // Autolock off: no unlock key, a key file again.
+    let s = n.read("/swarm").await;
+    let v = s["Version"]["Index"].as_u64().unwrap();
+    let mut spec = s["Spec"].clone();
+    spec["EncryptionConfig"]["AutoLockManagers"] = json!(false);
+    n.post(&format!("/swarm/update?version={v}"), spec)
+        .await
+        .ok(200);
+    assert_eq!(n.read("/swarm/unlockkey").await, json!({"UnlockKey": ""}));
+    assert!(n.data_dir().join("keys/kek").exists());
+}
+
+#[tokio::test]
+async fn a_locked_node_says_so_and_refuses_bad_keys_without_change() {
+    let n = Node::manager().await;
+    let info = n.read("/info").await;
+    let id = info["Swarm"]["NodeID"].as_str().unwrap().to_string();
+    let identity: shoal_manager::node::Identity =
+        serde_json::from_slice(&std::fs::read(n.data_dir().join("node.json")).expect("node.json"))
+            .unwrap();
+    // What a restart with autolock on leads to (the manager itself is not stopped here).
+    n.daemon.lock.set_locked(identity);
+    let info = n.read("/info").await;
+    assert_eq!(info["Swarm"]["LocalNodeState"], "locked");
+    assert_eq!(info["Swarm"]["NodeID"], id.as_str());
+    assert_eq!(info["Swarm"]["ControlAvailable"], false);
+    let locked = "Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it.";
+    for uri in [
+        "/swarm",
+        "/services",
+        "/nodes",
+        "/secrets",
+        "/swarm/unlockkey",
+    ] {
+        n.get(uri).await.refused(503, &[locked]);
+    }
+    n.post("/swarm/init", json!({"ListenAddr": "127.0.0.1:0"}))
+        .await
+        .refused(503, &[locked]);
+    n.post("/swarm/leave", json!({})).await.refused(
+        503,
+        &["Swarm is encrypted and locked. Please unlock it first or use `--force`"],
+    );
+    n.post("/swarm/unlock", json!({"UnlockKey": "not-a-key"}))
+        .await
+        .refused(400, &["invalid key string"]);
+    let wrong = shoal_manager::node::lock::human_key(&shoal_store::seal::Key::generate().unwrap());
+    n.post("/swarm/unlock", json!({"UnlockKey": wrong}))
+        .await
+        .refused(401, &["swarm could not be unlocked: invalid key provided"]);
+    n.post("/swarm/unlock", json!({"UnlockKey": 7}))
+        .await
+        .refused(400, &["UnlockKey"]);
+    n.post("/swarm/unlock", json!({"unlockkey": wrong}))
+        .await
+        .refused(401, &["invalid key provided"]);
+    assert!(n.daemon.lock.is_locked(), "still locked");
+    let ping = n.get("/_ping").await;
+    assert_eq!(
+        ping.headers.get("swarm").and_then(|v| v.to_str().ok()),
+        Some("locked")
+    );
 }
 
 #[tokio::test]

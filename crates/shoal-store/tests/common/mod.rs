@@ -14,6 +14,11 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The data key the tests seal with: fixed, so a reopened directory opens with it.
+pub fn test_key() -> shoal_store::seal::Key {
+    shoal_store::seal::Key::from_bytes(&[0x42; shoal_store::seal::KEY_LEN]).expect("key")
+}
+
 pub fn options(dir: &Path) -> StoreOptions {
     StoreOptions {
         dir: dir.to_path_buf(),
@@ -21,6 +26,7 @@ pub fn options(dir: &Path) -> StoreOptions {
         raft_addr: "127.0.0.1:2377".into(),
         bootstrap: true,
         transport: None,
+        data_key: test_key(),
     }
 }
 
