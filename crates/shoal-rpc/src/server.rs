@@ -61,17 +61,71 @@ impl PeerInfo {
         Ok(id)
     }
 
-    /// Logs a refused call with its reason and builds the answer.
+    /// Logs a refused call with its reason (rate-limited per peer and call) and builds the
+    /// answer.
     pub fn refuse(&self, call: &str, reason: &str) -> Status {
-        tracing::warn!(peer = ?self.remote, call, reason, "refused an RPC");
+        self.log_refusal(call, reason);
         Status::permission_denied(reason.to_string())
     }
 
     /// Logs a call refused for want of a client certificate and builds the answer.
     fn refuse_unauthenticated(&self) -> Status {
         let reason = "this call needs a cluster node certificate";
-        tracing::warn!(peer = ?self.remote, reason, "refused an RPC");
+        self.log_refusal("any but the CA", reason);
         Status::unauthenticated(reason)
+    }
+
+    /// One line per peer address and call every [`REFUSAL_LOG_EVERY`], with how many were
+    /// not logged since: a peer hammering the port cannot flood the log.
+    fn log_refusal(&self, call: &str, reason: &str) {
+        let key = (self.remote.map(|a| a.ip()), call.to_string());
+        let log = REFUSALS.get_or_init(Default::default);
+        if let Some(suppressed) = log.lock().due(key, std::time::Instant::now()) {
+            tracing::warn!(peer = ?self.remote, call, reason, suppressed, "refused an RPC");
+        }
+    }
+}
+
+/// How often at most a refusal is logged per peer address and call.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+static REFUSALS: std::sync::OnceLock<parking_lot::Mutex<RefusalLog>> = std::sync::OnceLock::new();
+
+/// When each (peer address, call) refusal was last logged, and how many came since.
+#[derive(Default)]
+struct RefusalLog {
+    seen: std::collections::HashMap<(Option<std::net::IpAddr>, String), (std::time::Instant, u64)>,
+}
+
+impl RefusalLog {
+    /// Peers remembered at most; past this the record starts over (a few extra lines).
+    const MAX: usize = 4096;
+
+    /// `Some(refusals not logged since the last line)` if this one is to be logged.
+    fn due(
+        &mut self,
+        key: (Option<std::net::IpAddr>, String),
+        now: std::time::Instant,
+    ) -> Option<u64> {
+        if self.seen.len() >= Self::MAX && !self.seen.contains_key(&key) {
+            self.seen.clear();
+        }
+        match self.seen.get_mut(&key) {
+            Some((at, n)) if now.saturating_duration_since(*at) < REFUSAL_LOG_EVERY => {
+                *n = n.saturating_add(1);
+                None
+            }
+            Some((at, n)) => {
+                let suppressed = *n;
+                *at = now;
+                *n = 0;
+                Some(suppressed)
+            }
+            None => {
+                self.seen.insert(key, (now, 0));
+                Some(0)
+            }
+        }
     }
 }
 
@@ -349,4 +403,26 @@ fn too_large_is_exhaustion<B>(mut res: http::Response<B>) -> http::Response<B> {
         );
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_once_per_peer_and_call_per_period_with_a_count() {
+        let mut log = RefusalLog::default();
+        let t0 = std::time::Instant::now();
+        let peer = |ip: &str, call: &str| (Some(ip.parse().unwrap()), call.to_string());
+        assert_eq!(log.due(peer("10.0.0.1", "raft"), t0), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(log.due(peer("10.0.0.1", "raft"), t0), None);
+        }
+        // Another call or another peer has its own line.
+        assert_eq!(log.due(peer("10.0.0.1", "issue"), t0), Some(0));
+        assert_eq!(log.due(peer("10.0.0.2", "raft"), t0), Some(0));
+        let later = t0 + REFUSAL_LOG_EVERY;
+        assert_eq!(log.due(peer("10.0.0.1", "raft"), later), Some(1000));
+        assert_eq!(log.due(peer("10.0.0.1", "raft"), later), None);
+    }
 }

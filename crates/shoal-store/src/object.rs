@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// One stored object: the unit every read returns and every write versions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Object {
     /// Object type (`service`, `task`, `node`, ...), the first half of the key.
     pub kind: String,
@@ -31,7 +31,7 @@ pub enum Expect {
 }
 
 /// One change inside an atomic batch given to [`crate::Store::write`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Creates or replaces an object.
     Put {
@@ -56,6 +56,55 @@ pub enum Op {
         /// Precondition on the current version.
         expect: Expect,
     },
+}
+
+/// A document's size instead of its bytes: documents hold secrets and the CA's key, and a
+/// `{:?}` in a log line or a failed assertion must not print them.
+struct Size(usize);
+
+impl std::fmt::Debug for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0)
+    }
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Object")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("data", &Size(self.data.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Put {
+                kind,
+                id,
+                name,
+                expect,
+                data,
+            } => f
+                .debug_struct("Put")
+                .field("kind", kind)
+                .field("id", id)
+                .field("name", name)
+                .field("expect", expect)
+                .field("data", &Size(data.len()))
+                .finish(),
+            Op::Delete { kind, id, expect } => f
+                .debug_struct("Delete")
+                .field("kind", kind)
+                .field("id", id)
+                .field("expect", expect)
+                .finish(),
+        }
+    }
 }
 
 impl Op {
@@ -98,4 +147,46 @@ pub struct ChangeSet {
     pub index: u64,
     /// The changes, one per object touched, in the order the batch first touched them.
     pub changes: Vec<Change>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_document() {
+        let doc = br#"{"Spec":{"Data":"aHVudGVyMg=="}}"#.to_vec();
+        let put = Op::Put {
+            kind: "secret".into(),
+            id: "s1".into(),
+            name: Some("db_password".into()),
+            expect: Expect::Absent,
+            data: doc.clone(),
+        };
+        let obj = Object {
+            kind: "secret".into(),
+            id: "s1".into(),
+            name: Some("db_password".into()),
+            version: 3,
+            data: doc.clone().into(),
+        };
+        let set = ChangeSet {
+            index: 3,
+            changes: vec![Change {
+                kind: "secret".into(),
+                id: "s1".into(),
+                action: Action::Created,
+                object: Some(obj.clone()),
+            }],
+        };
+        let as_bytes = format!("{doc:?}");
+        let as_bytes = as_bytes.trim_matches(['[', ']']);
+        for printed in [format!("{put:?}"), format!("{obj:#?}"), format!("{set:?}")] {
+            assert!(printed.contains("db_password"), "{printed}");
+            assert!(
+                !printed.contains("aHVudGVyMg") && !printed.contains(as_bytes),
+                "{printed}"
+            );
+        }
+    }
 }
