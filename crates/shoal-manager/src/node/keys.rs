@@ -441,6 +441,31 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_between_sealing_a_new_key_and_saving_its_certificate_keeps_the_old_pair() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let Kek::Open(k) = kek(dir).unwrap() else {
+            panic!()
+        };
+        let (old, new) = (cert(), cert());
+        save_cert(dir, &k, &old).unwrap();
+        // What the first step of a renewal's save leaves: the new key sealed, the old
+        // certificate still in place.
+        let mut sealed = read_sealed(dir, &k).unwrap();
+        sealed.previous_node_key_pem = sealed.node_key_pem.replace(new.key_pem().to_string());
+        write_sealed(dir, &k, &sealed).unwrap();
+        let got = load_cert(dir, &k).unwrap();
+        assert_eq!(got.cert_pem(), old.cert_pem());
+        // A completed save loads the new pair and forgets the old key.
+        save_cert(dir, &k, &new).unwrap();
+        assert_eq!(load_cert(dir, &k).unwrap().cert_pem(), new.cert_pem());
+        assert!(read_sealed(dir, &k)
+            .unwrap()
+            .previous_node_key_pem
+            .is_none());
+    }
+
+    #[test]
     fn a_kek_file_left_by_a_crash_mid_autolock_means_locked() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
