@@ -319,6 +319,17 @@ async fn wait_for_signal() {
     }
 }
 
+/// Says so at start when the address in this node's identity is on none of its interfaces:
+/// the node was moved, and the others will not reach it there.
+fn warn_if_not_local(addr: &str) {
+    if address_is_local(addr) == Some(false) {
+        tracing::warn!(
+            addr = %addr,
+            "this node's address is on none of its interfaces: the other nodes will not reach it here (moved to another machine or namespace? `docker swarm leave --force` and join again)"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::address_is_local;
@@ -330,16 +341,5 @@ mod tests {
         // TEST-NET-3 (RFC 5737): on no interface of any machine.
         assert_eq!(address_is_local("203.0.113.77:2377"), Some(false));
         assert_eq!(address_is_local("manager.example:2377"), None);
-    }
-}
-
-/// Says so at start when the address in this node's identity is on none of its interfaces:
-/// the node was moved, and the others will not reach it there.
-fn warn_if_not_local(addr: &str) {
-    if address_is_local(addr) == Some(false) {
-        tracing::warn!(
-            addr = %addr,
-            "this node's address is on none of its interfaces: the other nodes will not reach it here (moved to another machine or namespace? `docker swarm leave --force` and join again)"
-        );
     }
 }
