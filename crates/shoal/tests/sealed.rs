@@ -266,14 +266,15 @@ fn every_manager_follows_autolock_and_a_restarted_one_waits_for_the_key() {
         }
     });
 
-    // A rotation reaches node-3 too: after a restart only the new key opens it.
+    // A rotation reaches node-3 too: after a restart only the new key opens it. The file is
+    // read before the rotation: node-3 may re-seal before the CLI has its answer.
+    let sealed = c.node(3).dir.join("data/keys/node.sealed");
+    let before = std::fs::read(&sealed).unwrap();
     let rotated = c
         .node(1)
         .ok(&["swarm", "unlock-key", "--rotate", "-q"])
         .trim()
         .to_string();
-    let sealed = c.node(3).dir.join("data/keys/node.sealed");
-    let before = std::fs::read(&sealed).unwrap();
     common::wait_until(
         Duration::from_secs(30),
         "node-3 re-sealed for the new key",
