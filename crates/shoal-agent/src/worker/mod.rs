@@ -441,24 +441,26 @@ mod tests {
         rrx: mpsc::Receiver<Vec<TaskStatusReport>>,
         stop: CancellationToken,
         worker: tokio::task::JoinHandle<()>,
-        dir: std::path::PathBuf,
+        files: Files,
     }
 
     impl WorkerUnderTest {
-        /// Stops the worker and removes its files.
+        /// Stops the worker and removes its files, unmounting their tmpfs (mounted when the
+        /// tests run as root).
         async fn finish(self) {
             self.stop.cancel();
             let _ = self.worker.await;
-            let _ = std::fs::remove_dir_all(self.dir);
+            self.files.cleanup();
         }
     }
 
     fn start(name: &str, exec: Arc<Recording>) -> WorkerUnderTest {
         let dir = std::env::temp_dir().join(format!("shoal-worker-{name}-{}", std::process::id()));
+        let files = Files::new(dir).unwrap();
         let cfg = WorkerConfig {
             node_id: "n1".into(),
             executor: exec,
-            files: Files::new(dir.clone()).unwrap(),
+            files: files.clone(),
             network: None,
         };
         let (atx, arx) = watch::channel(NodeAssignments::default());
@@ -470,7 +472,7 @@ mod tests {
             rrx,
             stop,
             worker,
-            dir,
+            files,
         }
     }
 
