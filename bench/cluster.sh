@@ -41,6 +41,7 @@
 #        bench/cluster.sh --cleanup    remove what a killed (kill -9) run left behind
 # Environment:
 #   PARTS=fwnmo  F_MANAGERS=3 (of the 5 nodes in f, w, n)  KILLS=10  W_KILLS=20  REPLICAS=20  NL_RUNS=3  MEM_REPLICAS=200
+#   W_TARGET=leader (part w kills the leader; follower: one follower; two: leader and a follower at once)
 #   WRITE_INTERVAL=0.25  WRITE_TIMEOUT=30  TIMEOUT=180 (any single wait)  SETTLE=2 (seconds
 #   between a node showing Reachable again and the next kill)  UNREACHABLE_WAIT=30 (failover:
 #   before restarting the killed leader, wait up to this long for the others to show it
@@ -77,6 +78,8 @@ PARTS=${PARTS:-fwnmo}
 F_MANAGERS=${F_MANAGERS:-3}
 KILLS=${KILLS:-10}
 W_KILLS=${W_KILLS:-20}
+# Who part w kills each round: leader, follower, or two (the leader and a follower at once).
+W_TARGET=${W_TARGET:-leader}
 REPLICAS=${REPLICAS:-20}
 NL_RUNS=${NL_RUNS:-3}
 MEM_REPLICAS=${MEM_REPLICAS:-200}
@@ -513,17 +516,35 @@ run_lost_writes() {
     sleep 1   # writes under a stable leader too
     l=$(leader)
     [ -n "$l" ] || { log "no leader before kill $r"; break; }
+    # The victims: the leader, one follower, or the leader and a follower at once (W_TARGET).
+    local victims=() f=
+    for ((i = 1; i <= MANAGERS; i++)); do [ "$i" != "$l" ] && f=$i; done
+    case $W_TARGET in
+      follower) victims=("$f") ;;
+      two) victims=("$l" "$f") ;;
+      *) victims=("$l") ;;
+    esac
     t0=$(now)
-    sh_kill_daemon "$l"
-    # until the survivors name a new leader
-    nl=
-    until [ -n "$nl" ] && [ "$nl" != "$l" ]; do
-      nl=$(leader)
-      [ "$(since "$t0" | cut -d. -f1)" -ge "$TIMEOUT" ] && break
-      sleep 0.1
+    for v in "${victims[@]}"; do sh_kill_daemon "$v"; done
+    if [ "$W_TARGET" = follower ]; then
+      log "kill $r: follower node-$f killed (leader node-$l stays); $(wc -l < "$W_DIR/log") writes so far"
+    else
+      # until the survivors name a new leader
+      nl=
+      until [ -n "$nl" ] && [ "$nl" != "$l" ]; do
+        nl=$(leader)
+        [ "$(since "$t0" | cut -d. -f1)" -ge "$TIMEOUT" ] && break
+        sleep 0.1
+      done
+      log "kill $r: $(printf 'node-%s ' "${victims[@]}")killed (leader node-$l); node ls names node-${nl:-?} leader after $(since "$t0") s; $(wc -l < "$W_DIR/log") writes so far"
+    fi
+    local back=()
+    for v in "${victims[@]}"; do sh_start "$v" || break 2; done
+    for v in "${victims[@]}"; do
+      wait_until rejoined "$v" || { log "node-$v did not rejoin within $TIMEOUT s"; nodes_view >&2; break 2; }
+      back+=("node-$v $(since "$t0") s")
     done
-    log "kill $r: leader node-$l killed; node ls names node-${nl:-?} leader after $(since "$t0") s; $(wc -l < "$W_DIR/log") writes so far"
-    restart_and_rejoin "$l" || break
+    log "  back (Reachable) after the kill: ${back[*]}"
   done
   touch "$W_DIR/stop"
   wait "$wpid"
@@ -560,7 +581,7 @@ run_lost_writes() {
     log "failed writes (first lines of the client's stderr):"
     grep -v '^  \^' "$W_DIR/err" | sort | uniq -c | sort -rn | head -5 | sed 's/^/    /' >&2
   fi
-  LOSTW_RESULT="shoal no-lost-writes: $total writes during $done_kills leader kills, $acked acknowledged, $failed failed (not acknowledged); acknowledged but missing: $worst_missing (goal 0)
+  LOSTW_RESULT="shoal no-lost-writes: $total writes during $done_kills kills (W_TARGET=$W_TARGET), $acked acknowledged, $failed failed (not acknowledged); acknowledged but missing: $worst_missing (goal 0)
   $(printf '%s; ' "${per[@]}")"
   echo "$LOSTW_RESULT"
 }
