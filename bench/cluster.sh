@@ -208,6 +208,12 @@ sh_cleanup_all() {
                 done; } | sort -u); do
     engine_rm_node "$id"
     rm -f "/run/docker/plugins/shoal-$(node_tag "$id").sock"
+    # Its secrets tmpfs: a daemon killed with -9 cannot unmount it.
+    f="/run/shoal/files/$(printf '%s' "$id" | cut -c1-12)"
+    if awk -v m="$f" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+      umount "$f" 2>/dev/null || umount -l "$f" 2>/dev/null
+    fi
+    rmdir "$f" 2>/dev/null
   done
   if [ -n "${KEEP_LOGS:-}" ]; then
     mkdir -p "$KEEP_LOGS"

@@ -287,6 +287,10 @@ fn swarm_init_over_what_an_unfinished_leave_left() {
     // A leave cut short after its first step: the identity is gone, the rest is still there.
     node.kill9();
     let data = node.dir.join("data");
+    let old_identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("node.json")).unwrap()).unwrap();
+    let old_files = std::path::PathBuf::from("/run/shoal/files")
+        .join(&old_identity["node_id"].as_str().unwrap()[..12]);
     std::fs::remove_file(data.join("node.json")).unwrap();
     assert!(data.join("raft").exists());
     node.spawn();
@@ -320,4 +324,12 @@ fn swarm_init_over_what_an_unfinished_leave_left() {
             }
         },
     );
+    // The first swarm's secrets tmpfs: its daemon was killed and its identity is gone, so
+    // nothing of shoal will unmount it (the harness unmounts the current identity's).
+    if mounted(&old_files) {
+        let _ = std::process::Command::new("umount")
+            .arg(&old_files)
+            .status();
+    }
+    let _ = std::fs::remove_dir(&old_files);
 }

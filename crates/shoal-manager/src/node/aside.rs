@@ -57,6 +57,21 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Removes the raft state of a node that is no longer a manager (a demotion, or one a crash cut
+/// short after the node saved its worker identity), durably; true when there was some. A node
+/// promoted again later starts from an empty raft state, never from a stale log.
+pub fn forget_raft_of_worker(data_dir: &Path) -> io::Result<bool> {
+    let raft = data_dir.join(RAFT);
+    match std::fs::remove_dir_all(&raft) {
+        Ok(()) => {
+            sync_dir(data_dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Sets `data_dir/raft` aside for a change named `why`; `None` when there is no raft state.
 pub fn set_aside(data_dir: &Path, why: &str) -> io::Result<Option<Aside>> {
     let raft = data_dir.join(RAFT);
@@ -142,6 +157,21 @@ pub fn recover(data_dir: &Path) -> io::Result<Vec<Recovered>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_workers_leftover_raft_state_is_forgotten_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("raft")).unwrap();
+        std::fs::write(dir.join("raft/raft.redb"), b"stale log").unwrap();
+        assert!(forget_raft_of_worker(dir).unwrap());
+        assert!(!dir.join("raft").exists());
+        assert!(
+            !forget_raft_of_worker(dir).unwrap(),
+            "nothing left the second time"
+        );
+    }
+
     use super::*;
 
     fn raft_holds(dir: &Path) -> Option<String> {

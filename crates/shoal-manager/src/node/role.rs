@@ -71,9 +71,8 @@ async fn change_role(d: &AppState, role: Role, raft_id: u64) -> Result<(), NodeE
         }
     } else if let Some(m) = d.manager.write().await.take() {
         m.shutdown().await;
-        let raft = d.data_dir.join("raft");
-        if let Err(e) = std::fs::remove_dir_all(&raft) {
-            tracing::warn!(path = %raft.display(), error = %e, "removing the raft state of a demoted manager");
+        if let Err(e) = super::aside::forget_raft_of_worker(&d.data_dir) {
+            tracing::warn!(error = %e, "removing the raft state of a demoted manager; the next start retries");
         }
     }
     Ok(())

@@ -19,6 +19,14 @@ pub async fn start_node(
     bootstrap: bool,
 ) -> Result<(), NodeError> {
     let mut manager = None;
+    if identity.role != Role::Manager {
+        // A demotion cut short after the worker identity was saved.
+        match super::aside::forget_raft_of_worker(&d.data_dir) {
+            Ok(true) => tracing::warn!("removed raft state left by a demotion cut short"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "removing raft state left by a demotion"),
+        }
+    }
     if identity.role == Role::Manager {
         let kek = d.lock.kek_for(&d.data_dir)?;
         let data_key = super::keys::data_key(&d.data_dir, &kek)?;
