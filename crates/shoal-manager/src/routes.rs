@@ -267,20 +267,13 @@ pub(crate) fn route_footprint(
 mod tests {
     use super::*;
     use crate::db;
-    use crate::dispatcher::fixtures::{attach, open_store, service, task};
+    use crate::dispatcher::fixtures::{attach, net, open_store, service, task};
     use shoal_store::Expect;
 
     #[tokio::test]
     async fn ports_lead_to_running_tasks_and_peers_to_live_ones() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path()).await;
-        let net = |id: &str, subnet: &str, ingress: bool| -> shoal_api::models::Network {
-            serde_json::from_value(serde_json::json!({
-                "Id": id, "Name": id, "Ingress": ingress,
-                "IPAM": {"Config": [{"Subnet": subnet}]}
-            }))
-            .unwrap()
-        };
         let web = service(
             "web",
             serde_json::json!({"Spec": {"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "x"}}},

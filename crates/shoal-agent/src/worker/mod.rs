@@ -476,7 +476,8 @@ mod tests {
         }
     }
 
-    fn task(id: &str, desired: TaskState, state: TaskState) -> StoredTask {
+    /// A task with its desired and observed state (also for `stale`'s tests).
+    pub(super) fn task(id: &str, desired: TaskState, state: TaskState) -> StoredTask {
         let mut t = StoredTask::default();
         t.task.id = Some(id.into());
         t.task.desired_state = Some(desired);

@@ -46,19 +46,9 @@ pub fn stale(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api::models::{TaskState, TaskStatus};
+    use crate::worker::tests::task;
+    use shoal_api::models::TaskState;
     use Cleanup::*;
-
-    fn task(id: &str, desired: TaskState, state: TaskState) -> StoredTask {
-        let mut t = StoredTask::default();
-        t.task.id = Some(id.into());
-        t.task.desired_state = Some(desired);
-        t.task.status = Some(TaskStatus {
-            state: Some(state),
-            ..Default::default()
-        });
-        t
-    }
 
     fn found(task: &str, running: bool, started: bool) -> Found {
         Found {

@@ -56,3 +56,12 @@ pub fn attach(net: &str, addr: &str) -> NetworkAttachment {
         aliases: vec![],
     }
 }
+
+/// An overlay (or the ingress) network with one subnet, as the allocator stores it.
+pub fn net(id: &str, subnet: &str, ingress: bool) -> shoal_api::models::Network {
+    serde_json::from_value(serde_json::json!({
+        "Id": id, "Name": id, "Ingress": ingress,
+        "IPAM": {"Config": [{"Subnet": subnet}]}
+    }))
+    .expect("a network from a literal")
+}

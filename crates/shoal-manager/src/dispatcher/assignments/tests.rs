@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::db::Versioned;
-use crate::dispatcher::fixtures::{attach, open_store, service, task};
+use crate::dispatcher::fixtures::{attach, net, open_store, service, task};
 use crate::state::SharedState;
 use shoal_api::models::{SecretSpec, ServiceSpec, TaskState};
 use shoal_api::objects::StoredService;
@@ -118,13 +118,6 @@ async fn shared_sessions_send_what_a_full_recomputation_gives() {
     eprintln!("SHOAL_TEST_SEED={seed}");
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
-    let net = |id: &str, subnet: &str, ingress: bool| -> shoal_api::models::Network {
-        serde_json::from_value(serde_json::json!({
-            "Id": id, "Name": id, "Ingress": ingress,
-            "IPAM": {"Config": [{"Subnet": subnet}]}
-        }))
-        .unwrap()
-    };
     let secret = Secret {
         id: Some("sec".into()),
         spec: Some(SecretSpec {
