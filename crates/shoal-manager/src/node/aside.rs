@@ -38,23 +38,11 @@ pub enum Recovered {
     Removed(PathBuf),
 }
 
-/// Writes `data` to `dir/name` durably: a fsynced temporary file renamed into place, then the
-/// directory fsynced.
-fn write_durably(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
-}
+pub use super::datadir::sync_dir;
 
-/// Makes creations, renames and removals in `dir` durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+/// Writes `data` to `dir/name` durably (see [`super::datadir::write_durably`]).
+fn write_durably(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    super::datadir::write_durably(&dir.join(name), data)
 }
 
 /// Removes the raft state of a node that is no longer a manager (a demotion, or one a crash cut

@@ -41,17 +41,8 @@ impl Identity {
     }
     /// Saves it durably.
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join("node.json.tmp");
         let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, Self::path(dir))?;
-        std::fs::File::open(dir)?.sync_all()
+        super::datadir::write_durably(&Self::path(dir), &data)
     }
 }
 

@@ -16,8 +16,6 @@
 use base64::Engine;
 use shoal_pki::NodeCert;
 use shoal_store::seal::{Key, SealError};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The folder inside the data directory that holds the sealed keys.
@@ -101,32 +99,13 @@ fn sealed_path(data_dir: &Path) -> PathBuf {
     dir_of(data_dir).join(SEALED_FILE)
 }
 
-/// Writes `bytes` to `path` crash-safe: a 0600 temporary file, fsync, rename, fsync the folder.
+/// Writes `bytes` to `path` crash-safe and root-only ([`super::datadir::write_durably`]).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-    let io = |what: &'static str, p: &Path| {
-        let path = p.to_path_buf();
-        move |source| KeyError::Io { what, path, source }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        f.write_all(bytes).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing", dir))
+    super::datadir::write_durably(path, bytes).map_err(|source| KeyError::Io {
+        what: "writing",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn remove_file(path: &Path) -> Result<(), KeyError> {
@@ -142,13 +121,11 @@ fn remove_file(path: &Path) -> Result<(), KeyError> {
         }
     }
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| KeyError::Io {
-                what: "syncing",
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        super::datadir::sync_dir(dir).map_err(|source| KeyError::Io {
+            what: "syncing",
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     Ok(())
 }
