@@ -59,6 +59,22 @@ pub fn cert_expiry(c: &Swarm) -> Duration {
         .unwrap_or(DEFAULT_CERT_EXPIRY)
 }
 
+/// The manager, not down, whose raft address is `addr`: a joining manager that announced it would
+/// take that manager's raft traffic's address (its messages then fail TLS, as the certificate
+/// names another node) and count as a voter that never answers. A down manager's address may be
+/// reused: that is a machine rejoining after losing its data dir.
+fn address_in_use(store: &Store, addr: &str) -> Option<String> {
+    db::list::<Member>(store)
+        .into_iter()
+        .filter(|m| m.obj.addr == addr)
+        .map(|m| m.obj.node_id)
+        .find(|id| {
+            db::get::<Node>(store, id).is_some_and(|n| {
+                n.obj.status.as_ref().and_then(|s| s.state) != Some(NodeState::DOWN)
+            })
+        })
+}
+
 fn not_removed(store: &Store, peer: &PeerInfo, call: &str, node: &str) -> Result<(), Status> {
     if db::get::<Removed>(store, node).is_some() {
         return Err(refuse(
@@ -178,6 +194,17 @@ impl Handlers for ManagerRpc {
                 .as_deref()
                 .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
                 .or(seen_ip);
+            if role == Role::Manager {
+                if let Some(owner) = advertise.as_deref().and_then(|a| address_in_use(&store, a)) {
+                    tracing::warn!(peer = ?peer.remote, %owner, "refused a manager join announcing another manager's address");
+                    return Err(Status::already_exists(format!(
+                        "advertise address {} is the address of manager {owner}, which is \
+                             not down: give this node its own --advertise-addr, or remove {owner} \
+                             (docker node demote/rm) if it is gone",
+                        advertise.as_deref().unwrap_or_default()
+                    )));
+                }
+            }
             let now = id::now();
             let node = Node {
                 id: Some(node_id.clone()),

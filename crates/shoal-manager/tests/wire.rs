@@ -381,3 +381,75 @@ async fn a_demoted_manager_loses_write_access_then_raft_membership() {
     assert!(e.message().contains("not a raft member"), "{e:?}");
     stop.cancel();
 }
+
+/// A join with the manager token, over the bootstrap TLS a joiner uses (no certificate of its
+/// own), announcing `addr`.
+async fn join_as_manager(c: &Cluster, token: &shoal_pki::JoinToken, addr: &str) -> tonic::Status {
+    let tls = shoal_pki::bootstrap_client_config(shoal_pki::digest_of(c.ca.cert_pem())).unwrap();
+    let ch = shoal_rpc::connect(&c.addr, tls).unwrap();
+    let key = NodeKey::generate().unwrap();
+    match pb::ca_client::CaClient::new(ch)
+        .issue_node_certificate(pb::IssueRequest {
+            token: token.to_string(),
+            csr_pem: key.csr_pem().to_string(),
+            description_json: Vec::new(),
+            advertise_addr: addr.into(),
+            availability: String::new(),
+        })
+        .await
+    {
+        Ok(_) => tonic::Status::ok("joined"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_cannot_join_with_the_address_of_a_live_manager() {
+    let c = cluster().await;
+    let token = shoal_pki::JoinToken::generate(shoal_pki::digest_of(c.ca.cert_pem()));
+    let (cert_pem, key_pem) = c.ca.to_pem_pair();
+    let swarm = shoal_api::models::Swarm {
+        id: Some("cluster1".into()),
+        join_tokens: Some(shoal_api::models::JoinTokens {
+            worker: Some("SWMTKN-1-unused".into()),
+            manager: Some(token.to_string()),
+        }),
+        ..Default::default()
+    };
+    let ca = db::RootCa {
+        id: "root".into(),
+        cert_pem,
+        key_pem,
+    };
+    let ops = vec![
+        db::put(&swarm, Expect::Absent).unwrap(),
+        db::put(&ca, Expect::Absent).unwrap(),
+    ];
+    db::write(&c.store, ops).await.unwrap();
+
+    // "mgr" is up at 127.0.0.1:1: a joiner announcing that address is refused, nothing written.
+    let members = db::list::<Member>(&c.store).len();
+    let e = join_as_manager(&c, &token, "127.0.0.1:1").await;
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    assert!(e.message().contains("address of manager mgr"), "{e:?}");
+    assert_eq!(db::list::<Member>(&c.store).len(), members);
+
+    // Its own address is fine.
+    let e = join_as_manager(&c, &token, "127.0.0.1:3").await;
+    assert_eq!(e.code(), tonic::Code::Ok, "{e:?}");
+
+    // Once "mgr" is down, its machine may come back with a fresh data dir at the same address.
+    let mut n = db::get::<Node>(&c.store, "mgr").unwrap();
+    n.obj.status = Some(NodeStatus {
+        state: Some(NodeState::DOWN),
+        ..Default::default()
+    });
+    db::write(
+        &c.store,
+        vec![db::put(&n.obj, Expect::Version(n.version)).unwrap()],
+    )
+    .await
+    .unwrap();
+    let e = join_as_manager(&c, &token, "127.0.0.1:1").await;
+    assert_eq!(e.code(), tonic::Code::Ok, "{e:?}");
+}

@@ -32,6 +32,7 @@ impl From<NodeError> for Error {
             NodeError::InvalidUnlockKey => 401,
             NodeError::RemoteAddr(_)
             | NodeError::TokenRefused(_)
+            | NodeError::AddressInUse(_)
             | NodeError::CaMismatch
             | NodeError::InvalidKeyString => 400,
             _ => 500,

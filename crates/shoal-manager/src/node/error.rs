@@ -70,6 +70,9 @@ pub enum NodeError {
     /// The managers refused the join token.
     #[error("JoinToken: {0}")]
     TokenRefused(String),
+    /// The managers refused the address this node announced (another manager's).
+    #[error("AdvertiseAddr: {0}")]
+    AddressInUse(String),
     /// The manager's CA is not the one the token pins.
     #[error("JoinToken: the manager's CA does not match the token")]
     CaMismatch,

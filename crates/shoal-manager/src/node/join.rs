@@ -78,6 +78,7 @@ pub async fn join(d: &AppState, plan: JoinPlan) -> Result<(), NodeError> {
             tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
                 NodeError::TokenRefused(e.message().to_string())
             }
+            tonic::Code::AlreadyExists => NodeError::AddressInUse(e.message().to_string()),
             _ => unreachable(e),
         })?
         .into_inner();
