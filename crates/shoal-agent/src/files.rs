@@ -13,6 +13,7 @@ use shoal_api::dispatch::FilePayload;
 use shoal_api::objects::StoredTask;
 use shoal_api::validate::{config_target, secret_target};
 use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -66,6 +67,15 @@ pub struct Files {
     root: PathBuf,
 }
 
+/// Names the data directory of the daemon whose tree this is (not a task ID: those have no dot).
+const OWNER: &str = ".owner";
+
+/// The data directory written in a files tree's marker.
+fn owner_of(root: &Path) -> Option<PathBuf> {
+    let bytes = std::fs::read(root.join(OWNER)).ok()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
 fn is_mountpoint(p: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
@@ -101,6 +111,28 @@ impl Files {
             }
         }
         Ok(Files { root })
+    }
+
+    /// The files of node `node_id` under `files_root`, for the daemon whose data directory is
+    /// `owner`. Trees this daemon left under earlier identities (a `kill -9`, then a new swarm)
+    /// are unmounted first; trees of other daemons on the machine (their `.owner` names another
+    /// data directory) are left alone.
+    pub fn for_node(files_root: &Path, node_id: &str, owner: &Path) -> Result<Files, FilesError> {
+        let root = files_root.join(&node_id[..node_id.len().min(12)]);
+        if let Ok(entries) = std::fs::read_dir(files_root) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p != root && owner_of(&p).as_deref() == Some(owner) {
+                    tracing::info!(path = %p.display(), "unmounting the secrets tmpfs of this node's former identity");
+                    Files { root: p }.cleanup();
+                }
+            }
+        }
+        let files = Files::new(root)?;
+        let marker = files.root.join(OWNER);
+        std::fs::write(&marker, owner.as_os_str().as_encoded_bytes())
+            .map_err(io("writing", &marker))?;
+        Ok(files)
     }
 
     /// Writes a task's secrets and configs; returns (host path, container path) pairs to mount.
@@ -198,6 +230,9 @@ impl Files {
         if let Ok(entries) = std::fs::read_dir(&self.root) {
             for e in entries.flatten() {
                 let p = e.path();
+                if e.file_name() == OWNER {
+                    continue;
+                }
                 if let Err(err) = std::fs::remove_dir_all(&p) {
                     tracing::warn!(path = %p.display(), error = %err, "removing task files");
                 }
@@ -271,6 +306,30 @@ fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Needs root (mount), as the daemon does.
+    #[test]
+    fn a_former_identitys_tree_is_unmounted_and_another_daemons_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files_root = tmp.path().join("files");
+        let (mine, theirs) = (tmp.path().join("data-a"), tmp.path().join("data-b"));
+        let old = Files::for_node(&files_root, "oldnode000000000", &mine).unwrap();
+        let other = Files::for_node(&files_root, "othernode0000000", &theirs).unwrap();
+        std::fs::write(old.root.join("secret"), b"x").unwrap();
+        assert!(is_mountpoint(&old.root), "a tmpfs holds the files");
+
+        let new = Files::for_node(&files_root, "newnode000000000", &mine).unwrap();
+        assert!(
+            !is_mountpoint(&old.root) && !old.root.exists(),
+            "the old tree is gone"
+        );
+        assert!(is_mountpoint(&other.root), "another daemon's tree stays");
+        assert!(is_mountpoint(&new.root));
+        for f in [new, other] {
+            f.cleanup();
+            assert!(!f.root.exists());
+        }
+    }
 
     #[test]
     fn files_keep_the_requested_mode_but_never_setuid_setgid_or_sticky() {

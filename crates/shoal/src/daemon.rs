@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 struct LocalAgent {
     engine: PathBuf,
     files_root: PathBuf,
+    /// The data directory, absolute: it marks this daemon's trees under `files_root`.
+    data_dir: PathBuf,
     pull: PullPolicy,
     running: Mutex<Option<Running>>,
 }
@@ -59,7 +61,7 @@ impl LocalAgent {
             node_id.clone(),
             self.pull,
         ));
-        let files = Files::new(self.files_root.join(&node_id[..node_id.len().min(12)]))?;
+        let files = Files::for_node(&self.files_root, &node_id, &self.data_dir)?;
         let net = NetworkAgent::start(NetworkConfig {
             node_id: node_id.clone(),
             docker: docker.clone(),
@@ -191,6 +193,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let agent = Arc::new(LocalAgent {
         engine: args.engine.clone(),
         files_root: PathBuf::from("/run/shoal/files"),
+        data_dir: std::fs::canonicalize(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone()),
         pull: if args.pull == "never" {
             PullPolicy::Never
         } else {
