@@ -218,10 +218,12 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
             path: raft.clone(),
             source: std::io::ErrorKind::NotFound.into(),
         })?;
-    let manager = match Manager::start(&d.data_dir, identity.clone(), &cert, true, data_key).await {
+    let started =
+        Manager::start(&d.data_dir, identity.clone(), &cert, true, data_key.clone()).await;
+    let manager = match started {
         Ok(m) => m,
         Err(e) => {
-            roll_back(old);
+            resume_previous(d, old, &identity, &cert, data_key).await;
             return Err(e.into());
         }
     };
@@ -229,7 +231,7 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
         Ok(total) => total,
         Err(e) => {
             manager.shutdown().await;
-            roll_back(old);
+            resume_previous(d, old, &identity, &cert, data_key).await;
             return Err(e);
         }
     };
@@ -248,19 +250,40 @@ pub async fn force_new_cluster(d: &AppState) -> Result<String, NodeError> {
 }
 
 /// A forced new cluster that failed halfway: the old raft state comes back, as a restart after
-/// a crash would bring it back.
-fn roll_back(old: aside::Aside) {
-    match old.roll_back() {
-        Ok(done) => tracing::warn!(
-            ?done,
-            "--force-new-cluster failed; the previous raft state is back (restart the daemon to run it)"
-        ),
-        Err(e) => tracing::error!(
+/// a crash would bring it back, and the manager runs on it again in place, so the node is the
+/// manager it was before the attempt (still without its quorum) instead of none until a restart.
+async fn resume_previous(
+    d: &AppState,
+    old: aside::Aside,
+    identity: &Identity,
+    cert: &shoal_pki::NodeCert,
+    data_key: shoal_store::seal::Key,
+) {
+    if let Err(e) = old.roll_back() {
+        tracing::error!(
             error = %e,
             "--force-new-cluster failed and the previous raft state could not be put back; the next start retries"
+        );
+        return;
+    }
+    match Manager::start(&d.data_dir, identity.clone(), cert, false, data_key).await {
+        Ok(m) => {
+            super::lock::spawn_follow(d, &m);
+            *d.manager.write().await = Some(Arc::new(m));
+            tracing::warn!("--force-new-cluster failed; the previous raft state is back and its manager runs again");
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "--force-new-cluster failed; the previous raft state is back but its manager did not start (restart the daemon)"
         ),
     }
 }
+
+/// Set by tests to make the next forced new cluster fail after its new store started, the way
+/// a full disk would: the one failure a test cannot provoke from outside.
+#[cfg(feature = "fault-injection")]
+pub static FAIL_NEXT_FORCED_WRITE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Writes this manager's copy of the state into the new cluster's store; returns how many
 /// objects. The other managers become workers, down until they reconnect.
@@ -314,6 +337,14 @@ async fn write_forced(
         });
     }
     let total = ops.len();
+    #[cfg(feature = "fault-injection")]
+    if FAIL_NEXT_FORCED_WRITE.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        return Err(NodeError::Io {
+            what: "writing the forced cluster's state (injected fault)",
+            path: std::path::PathBuf::from("raft"),
+            source: std::io::ErrorKind::StorageFull.into(),
+        });
+    }
     while !ops.is_empty() {
         let rest = ops.split_off(ops.len().min(1000));
         db::write(&manager.store, std::mem::replace(&mut ops, rest)).await?;

@@ -618,3 +618,37 @@ async fn still_outside_after_leaving(n: &Node) {
         .refused(503, &["This node is not a swarm manager"]);
     assert_eq!(n.get("/_ping").await.headers["swarm"], "inactive");
 }
+
+#[tokio::test]
+async fn a_force_new_cluster_that_fails_halfway_leaves_the_old_manager_running() {
+    let n = Node::manager().await;
+    let id = n.service(spec("kept")).await;
+    shoal_manager::node::init::FAIL_NEXT_FORCED_WRITE
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let force = json!({"ForceNewCluster": true, "AdvertiseAddr": "127.0.0.1:0"});
+    n.post("/swarm/init", force.clone())
+        .await
+        .refused(500, &["injected fault"]);
+
+    // The manager runs on its old state at once, without a daemon restart: it answers, it
+    // still has the service, and it takes writes.
+    assert_eq!(
+        n.read(&format!("/services/{id}")).await["Spec"]["Name"],
+        "kept"
+    );
+    n.service(spec("after")).await;
+    let names: Vec<_> = std::fs::read_dir(n.data_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|f| !f.contains("aside")),
+        "nothing left aside: {names:?}"
+    );
+
+    // And the next attempt goes through, keeping both services.
+    n.post("/swarm/init", force).await.ok(200);
+    let services = n.read("/services").await;
+    assert_eq!(services.as_array().map(Vec::len), Some(2), "{services}");
+}
