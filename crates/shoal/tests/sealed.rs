@@ -300,3 +300,73 @@ fn every_manager_follows_autolock_and_a_restarted_one_waits_for_the_key() {
         },
     );
 }
+
+/// What `fixtures/make-pre-sealing.sh` wrote with a shoal from before encryption at rest.
+const OLD_SECRET: &str = "PRE-SEALING-SECRET-4711";
+
+fn names(node: &Node, kind: &str) -> String {
+    node.ok(&[kind, "ls", "--format", "{{.Name}}"])
+}
+
+#[test]
+fn a_data_dir_from_before_sealing_is_sealed_on_its_first_start_and_keeps_its_swarm() {
+    let fixture = common::repo().join("crates/shoal/tests/fixtures/pre-sealing-data.tar.gz");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(OLD_SECRET);
+    let mut node = Node::start_prepared("presealed", |dir| {
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .arg("-xzf")
+            .arg(&fixture)
+            .status()
+            .unwrap();
+        assert!(st.success(), "unpacking {}", fixture.display());
+        // The old format: private keys in PEM and the secret in the raft log's JSON.
+        let data = dir.join("data");
+        assert!(!files_with(&data, b"PRIVATE KEY").is_empty());
+        assert!(!files_with(&data, b64.as_bytes()).is_empty());
+    });
+    let data = node.dir.join("data");
+    let swarm_id = std::fs::read_to_string(data.join("swarm-id.txt")).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the old swarm is active",
+        || match state_at(&node.socket).as_str() {
+            "active" => Ok(()),
+            other => Err(other.to_string()),
+        },
+    );
+    let check = |when: &str, node: &Node| {
+        let id = node.ok(&["info", "--format", "{{.Swarm.Cluster.ID}}"]);
+        assert_eq!(id.trim(), swarm_id.trim(), "{when}: the same swarm");
+        assert!(names(node, "secret").contains("old_secret"), "{when}");
+        assert!(names(node, "config").contains("old_config"), "{when}");
+        assert!(names(node, "service").contains("old_svc"), "{when}");
+        for (what, needle) in [
+            ("the secret", OLD_SECRET),
+            ("the secret in base64", b64.as_str()),
+            ("a PEM private key", "PRIVATE KEY"),
+        ] {
+            assert_eq!(
+                files_with(&data, needle.as_bytes()),
+                Vec::<String>::new(),
+                "{when}: {what} is still in the data dir"
+            );
+        }
+    };
+    check("first start", &node);
+    // It takes writes, and the sealed state opens again after a restart.
+    node.ok(&["secret", "create", "new_secret", "/etc/hostname"]);
+    node.terminate();
+    node.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the swarm after a restart",
+        || match state_at(&node.socket).as_str() {
+            "active" => Ok(()),
+            other => Err(other.to_string()),
+        },
+    );
+    check("after a restart", &node);
+    assert!(names(&node, "secret").contains("new_secret"));
+}

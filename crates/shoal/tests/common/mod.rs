@@ -204,11 +204,18 @@ pub struct Node {
 impl Node {
     /// Starts a daemon on a fresh data directory, in a network namespace of its own.
     pub fn start(name: &str) -> Node {
+        Node::start_prepared(name, |_| {})
+    }
+
+    /// Starts a daemon in a network namespace of its own, on what `prepare` leaves in the
+    /// node's directory (a fixture data directory unpacked as `data`).
+    pub fn start_prepared(name: &str, prepare: impl FnOnce(&Path)) -> Node {
         images();
         let netns = Netns::create(netns_name(name));
         let dir = std::env::temp_dir().join(&netns.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        prepare(&dir);
         let socket = dir.join("docker.sock");
         let mut node = Node {
             dir,
