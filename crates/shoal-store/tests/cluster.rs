@@ -71,6 +71,7 @@ async fn start(net: &Arc<Net>, dir: &std::path::Path, i: u64, bootstrap: bool) -
             net: net.clone(),
         })),
         data_key: shoal_store::seal::Key::from_bytes(&[i as u8; 32]).expect("key"),
+        recorder: None,
     };
     let tuning = StoreTuning {
         write_timeout: Duration::from_secs(3),
