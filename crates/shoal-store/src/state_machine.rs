@@ -256,11 +256,7 @@ type EntryChanges = (u64, i64, Vec<(Change, Option<Object>)>);
 impl StateMachine {
     /// Makes the records of the applied entries' changes and tells the journal's readers.
     /// Outside the objects' lock: readers of the objects do not wait for the recorder.
-    fn record(
-        &self,
-        recorder: &dyn Recorder,
-        entries: Vec<EntryChanges>,
-    ) {
+    fn record(&self, recorder: &dyn Recorder, entries: Vec<EntryChanges>) {
         let mut made = Vec::new();
         for (index, time, changes) in &entries {
             made.extend(journal::records_of(
