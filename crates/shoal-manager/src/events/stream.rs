@@ -80,14 +80,15 @@ pub fn events(
     req: Request,
     now: i64,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    // History is what the journal holds now; live is what comes after it.
     let mut journal = src.store.journal_watch();
-    journal.borrow_and_update();
+    let tip = *journal.borrow_and_update();
     let state = Events {
         journal: Some((src.store, journal)),
         stop: src.stop,
         engine: src.engine,
         engine_live: None,
-        cursor: None,
+        cursor: tip,
         deadline: None,
         req,
         now,
@@ -159,11 +160,11 @@ impl Events {
             Some((store, _)) => store.journal_after(None),
             None => Vec::new(),
         };
-        self.cursor = records.last().map(|r| r.position);
+        let tip = self.cursor;
+        let records = records.iter().filter(|r| Some(r.position) <= tip);
         let (since, until) = (self.req.since, self.req.until);
         if since.is_some() || until.is_some() {
             let mut history: Vec<(i64, Bytes)> = records
-                .iter()
                 .filter(|r| since.is_none_or(|s| r.time >= s) && until.is_none_or(|u| r.time <= u))
                 .filter_map(|r| self.swarm_event(r))
                 .collect();
