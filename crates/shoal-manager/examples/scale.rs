@@ -387,6 +387,7 @@ async fn run(args: Args) -> Result<(), String> {
         bootstrap: true,
         transport: None,
         data_key: shoal_store::seal::Key::generate().expect("data key"),
+        recorder: None,
     })
     .await
     .map_err(|e| format!("opening the store: {e}"))?;

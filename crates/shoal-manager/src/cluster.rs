@@ -95,6 +95,7 @@ impl Manager {
             bootstrap,
             transport: Some(transport),
             data_key,
+            recorder: Some(Arc::new(crate::events::EventRecorder)),
         })
         .await
         .map_err(|source| ManagerError::Store {

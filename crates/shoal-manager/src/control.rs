@@ -318,6 +318,7 @@ mod tests {
             bootstrap: true,
             transport: None,
             data_key: shoal_store::seal::Key::generate().expect("data key"),
+            recorder: None,
         })
         .await
         .unwrap();

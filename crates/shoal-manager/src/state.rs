@@ -445,6 +445,7 @@ mod tests {
                 bootstrap: true,
                 transport: None,
                 data_key: shoal_store::seal::Key::generate().expect("data key"),
+                recorder: None,
             },
             StoreTuning {
                 watch_capacity,

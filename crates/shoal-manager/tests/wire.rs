@@ -90,6 +90,7 @@ async fn cluster() -> Cluster {
         bootstrap: true,
         transport: None,
         data_key: shoal_store::seal::Key::generate().unwrap(),
+        recorder: None,
     })
     .await
     .unwrap();

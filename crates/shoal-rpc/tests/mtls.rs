@@ -122,6 +122,7 @@ async fn manager_tuned(
             bootstrap,
             transport: Some(pool),
             data_key: shoal_store::seal::Key::generate().expect("data key"),
+            recorder: None,
         },
         tuning,
     )

@@ -31,6 +31,7 @@ async fn open(dir: &std::path::Path) -> Result<Store, Box<dyn std::error::Error>
         bootstrap: true,
         transport: None,
         data_key: shoal_store::seal::Key::from_bytes(&[7; 32])?,
+        recorder: None,
     })
     .await?)
 }

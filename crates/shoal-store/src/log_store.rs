@@ -12,7 +12,7 @@ use crate::db::{
     self, Pending, WriteReq, Writer, CTX_LOG, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG,
 };
 use crate::error::StoreError;
-use crate::raft_types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::raft_types::{self, Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::seal::Key;
 
 /// The raft log: entries, vote and commit index in redb; writes go through the writer thread,
@@ -38,7 +38,7 @@ impl LogStore {
 
     /// Decodes an entry as stored in the file (sealed).
     fn decode_stored(&self, sealed: &[u8]) -> Result<Entry, StoreError> {
-        db::decode(&db::unseal(&self.key, CTX_LOG, sealed)?)
+        raft_types::decode_entry(&db::unseal(&self.key, CTX_LOG, sealed)?)
     }
 
     /// Reads entries in `[start, end)` from the file, overlaid with not-yet-committed ones.

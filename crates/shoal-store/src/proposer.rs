@@ -6,6 +6,7 @@
 //! latency for a lone writer. Each batch still succeeds or fails on its own.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, Fatal};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -62,8 +63,13 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Request>) {
             replies.push(r.reply);
             batches.push(Batch { ops: r.ops });
         }
+        // The entry's time, the same for every manager that applies it (the journal's).
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_nanos()).ok());
         // Enqueue in arrival order; wait for the outcome off the loop.
-        let pending = raft.client_write_ff(Proposal { batches }).await;
+        let pending = raft.client_write_ff(Proposal { batches, time }).await;
         tokio::spawn(async move {
             let _slot = slot;
             let outcome = match pending {

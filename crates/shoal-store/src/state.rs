@@ -97,37 +97,43 @@ impl Objects {
     }
 
     /// Applies a batch at log index `index`: all of it or, on the first failed precondition,
-    /// none of it. Returns one change per object the batch changed.
+    /// none of it. Returns one change per object the batch changed, each with the object an
+    /// update replaced (for the journal's recorder).
     pub(crate) fn apply_batch(
         &mut self,
         index: u64,
         ops: Vec<Op>,
-    ) -> Result<Vec<Change>, Rejection> {
+    ) -> Result<Vec<(Change, Option<Object>)>, Rejection> {
         let staged = self.plan(index, ops)?;
         let mut changes = Vec::with_capacity(staged.len());
         for s in staged {
             let change = match s.value {
                 Some(obj) => {
-                    let action = if self.get(&s.kind, &s.id).is_some() {
+                    let previous = self.get(&s.kind, &s.id).cloned();
+                    let action = if previous.is_some() {
                         Action::Updated
                     } else {
                         Action::Created
                     };
                     self.insert(obj.clone());
-                    Change {
+                    let change = Change {
                         kind: s.kind,
                         id: s.id,
                         action,
                         object: Some(obj),
-                    }
+                    };
+                    (change, previous)
                 }
                 None => match self.remove(&s.kind, &s.id) {
-                    Some(prev) => Change {
-                        kind: s.kind,
-                        id: s.id,
-                        action: Action::Deleted,
-                        object: Some(prev),
-                    },
+                    Some(prev) => {
+                        let change = Change {
+                            kind: s.kind,
+                            id: s.id,
+                            action: Action::Deleted,
+                            object: Some(prev),
+                        };
+                        (change, None)
+                    }
                     // Created and deleted inside the same batch, or a no-op delete.
                     None => continue,
                 },

@@ -14,11 +14,12 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::RwLock;
 use redb::Database;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::db::{self, WriteReq, Writer, CTX_SNAPSHOT, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META};
 use crate::error::StoreError;
-use crate::object::{ChangeSet, Object};
+use crate::journal::{self, Journal, Position, Record, Recorder};
+use crate::object::{Change, ChangeSet, Object};
 use crate::raft_types::{
     BatchResponse, Entry, LogId, ProposalResponse, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -26,19 +27,24 @@ use crate::raft_types::{
 use crate::seal::Key;
 use crate::state::{self, Objects};
 
-/// Version tag of the snapshot encoding, checked on load.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Version tag of the snapshot encoding, checked on load: 2 added the journal after the
+/// objects; 1 (objects only) still loads, with an empty journal.
+const SNAPSHOT_FORMAT: u32 = 2;
 
-/// What the state machine shares with readers: the objects, the applied index, the watch stream.
+/// What the state machine shares with readers: the objects, the applied index, the watch
+/// stream, the journal and its newest position.
 pub(crate) struct Applied {
     pub(crate) objects: RwLock<Objects>,
     pub(crate) last_applied: AtomicU64,
     pub(crate) changes: broadcast::Sender<Arc<ChangeSet>>,
+    pub(crate) journal: RwLock<Journal>,
+    pub(crate) journal_tip: watch::Sender<Option<Position>>,
 }
 
 /// The state machine driven by openraft's apply worker.
 pub(crate) struct StateMachine {
     shared: Arc<Applied>,
+    recorder: Option<Arc<dyn Recorder>>,
     applied: Option<LogId>,
     membership: StoredMembership,
     db: Arc<Database>,
@@ -49,6 +55,7 @@ pub(crate) struct StateMachine {
 /// The state recovered from the stored snapshot on open.
 pub(crate) struct Loaded {
     pub(crate) objects: Objects,
+    pub(crate) journal: Vec<Record>,
     pub(crate) applied: Option<LogId>,
     pub(crate) membership: StoredMembership,
 }
@@ -63,10 +70,35 @@ struct SnapObjRef<'a> {
     data: &'a [u8],
 }
 
+#[derive(Serialize, Deserialize)]
+struct SnapRecord {
+    index: u64,
+    ordinal: u32,
+    time: i64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+#[derive(Serialize)]
+struct SnapRecordRef<'a> {
+    index: u64,
+    ordinal: u32,
+    time: i64,
+    #[serde(with = "serde_bytes")]
+    data: &'a [u8],
+}
+
 #[derive(Serialize)]
 struct SnapBodyRef<'a> {
     format: u32,
     objects: Vec<SnapObjRef<'a>>,
+    journal: Vec<SnapRecordRef<'a>>,
+}
+
+/// The first field of every snapshot format, read before the rest.
+#[derive(Deserialize)]
+struct SnapHead {
+    format: u32,
 }
 
 #[derive(Deserialize)]
@@ -80,13 +112,25 @@ struct SnapObj {
 }
 
 #[derive(Deserialize)]
-struct SnapBody {
+struct SnapBodyV1 {
+    #[allow(dead_code)]
     format: u32,
     objects: Vec<SnapObj>,
 }
 
-/// Serializes objects into snapshot data.
-fn encode_snapshot<'a>(objects: impl Iterator<Item = &'a Object>) -> Result<Vec<u8>, StoreError> {
+#[derive(Deserialize)]
+struct SnapBody {
+    #[allow(dead_code)]
+    format: u32,
+    objects: Vec<SnapObj>,
+    journal: Vec<SnapRecord>,
+}
+
+/// Serializes objects and the journal into snapshot data.
+fn encode_snapshot<'a>(
+    objects: impl Iterator<Item = &'a Object>,
+    journal: impl Iterator<Item = &'a Record>,
+) -> Result<Vec<u8>, StoreError> {
     let body = SnapBodyRef {
         format: SNAPSHOT_FORMAT,
         objects: objects
@@ -98,21 +142,46 @@ fn encode_snapshot<'a>(objects: impl Iterator<Item = &'a Object>) -> Result<Vec<
                 data: &o.data,
             })
             .collect(),
+        journal: journal
+            .map(|r| SnapRecordRef {
+                index: r.position.index,
+                ordinal: r.position.ordinal,
+                time: r.time,
+                data: &r.data,
+            })
+            .collect(),
     };
     db::encode(&body)
 }
 
-/// Parses snapshot data back into an index.
-fn decode_snapshot(data: &[u8]) -> Result<Objects, StoreError> {
-    let body: SnapBody = db::decode(data)?;
-    if body.format != SNAPSHOT_FORMAT {
-        return Err(StoreError::Storage(format!(
-            "unsupported snapshot format {}",
-            body.format
-        )));
-    }
+/// Parses snapshot data back into an index and the journal's records.
+fn decode_snapshot(data: &[u8]) -> Result<(Objects, Vec<Record>), StoreError> {
+    let head: SnapHead = db::decode(data)?;
+    let (snap_objects, journal) = match head.format {
+        1 => (db::decode::<SnapBodyV1>(data)?.objects, Vec::new()),
+        SNAPSHOT_FORMAT => {
+            let body: SnapBody = db::decode(data)?;
+            (body.objects, body.journal)
+        }
+        other => {
+            return Err(StoreError::Storage(format!(
+                "unsupported snapshot format {other}"
+            )))
+        }
+    };
+    let journal = journal
+        .into_iter()
+        .map(|r| Record {
+            position: Position {
+                index: r.index,
+                ordinal: r.ordinal,
+            },
+            time: r.time,
+            data: Arc::from(r.data),
+        })
+        .collect();
     let mut objects = Objects::default();
-    for o in body.objects {
+    for o in snap_objects {
         objects.insert(Object {
             kind: o.kind,
             id: o.id,
@@ -121,7 +190,7 @@ fn decode_snapshot(data: &[u8]) -> Result<Objects, StoreError> {
             data: Arc::from(o.data),
         });
     }
-    Ok(objects)
+    Ok((objects, journal))
 }
 
 /// Reads the stored snapshot: its meta and its data, opened with the data key.
@@ -140,13 +209,18 @@ fn read_snapshot(db: &Database, key: &Key) -> Result<Option<(SnapshotMeta, Vec<u
 /// Loads the stored snapshot, if any, into memory.
 pub(crate) fn load(db: &Database, key: &Key) -> Result<Loaded, StoreError> {
     match read_snapshot(db, key)? {
-        Some((meta, data)) => Ok(Loaded {
-            objects: decode_snapshot(&data)?,
-            applied: meta.last_log_id,
-            membership: meta.last_membership,
-        }),
+        Some((meta, data)) => {
+            let (objects, journal) = decode_snapshot(&data)?;
+            Ok(Loaded {
+                objects,
+                journal,
+                applied: meta.last_log_id,
+                membership: meta.last_membership,
+            })
+        }
         None => Ok(Loaded {
             objects: Objects::default(),
+            journal: Vec::new(),
             applied: None,
             membership: StoredMembership::default(),
         }),
@@ -157,6 +231,7 @@ impl StateMachine {
     /// Builds the state machine around a loaded snapshot.
     pub(crate) fn new(
         shared: Arc<Applied>,
+        recorder: Option<Arc<dyn Recorder>>,
         applied: Option<LogId>,
         membership: StoredMembership,
         db: Arc<Database>,
@@ -165,6 +240,7 @@ impl StateMachine {
     ) -> Self {
         StateMachine {
             shared,
+            recorder,
             applied,
             membership,
             db,
@@ -174,9 +250,40 @@ impl StateMachine {
     }
 }
 
+/// One applied entry's index, time, and the changes the recorder wants with what they replaced.
+type EntryChanges = (u64, i64, Vec<(Change, Option<Object>)>);
+
+impl StateMachine {
+    /// Makes the records of the applied entries' changes and tells the journal's readers.
+    /// Outside the objects' lock: readers of the objects do not wait for the recorder.
+    fn record(&self, recorder: &dyn Recorder, entries: Vec<EntryChanges>) {
+        let mut made = Vec::new();
+        for (index, time, changes) in &entries {
+            made.extend(journal::records_of(
+                recorder,
+                *index,
+                *time,
+                changes.iter().map(|(c, p)| (c, p.as_ref())),
+            ));
+        }
+        if made.is_empty() {
+            return;
+        }
+        let tip = {
+            let mut journal = self.shared.journal.write();
+            for r in made {
+                journal.push(r);
+            }
+            journal.last()
+        };
+        self.shared.journal_tip.send_replace(tip);
+    }
+}
+
 /// A consistent copy of the state taken between two applies, serialized off the apply path.
 pub(crate) struct SnapshotBuilder {
     objects: Vec<Object>,
+    journal: Vec<Record>,
     applied: Option<LogId>,
     membership: StoredMembership,
     writer: Writer,
@@ -190,11 +297,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let started = std::time::Instant::now();
         let objects = std::mem::take(&mut self.objects);
+        let journal = std::mem::take(&mut self.journal);
         let count = objects.len();
-        let data = tokio::task::spawn_blocking(move || encode_snapshot(objects.iter()))
-            .await
-            .map_err(|e| snap_err(StoreError::Storage(format!("snapshot encoder: {e}"))))?
-            .map_err(snap_err)?;
+        let data =
+            tokio::task::spawn_blocking(move || encode_snapshot(objects.iter(), journal.iter()))
+                .await
+                .map_err(|e| snap_err(StoreError::Storage(format!("snapshot encoder: {e}"))))?
+                .map_err(snap_err)?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -242,6 +351,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut responses = Vec::new();
         let mut events = Vec::new();
+        let mut records = Vec::new();
         {
             let mut objects = self.shared.objects.write();
             for entry in entries {
@@ -251,9 +361,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match entry.payload {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(proposal) => {
+                        // The entry's changes with what they replaced, for the recorder.
+                        let mut entry_changes = Vec::new();
                         for batch in proposal.batches {
                             let result = match objects.apply_batch(index, batch.ops) {
-                                Ok(changes) => {
+                                Ok(applied) => {
+                                    let mut changes = Vec::with_capacity(applied.len());
+                                    for (change, previous) in applied {
+                                        if self
+                                            .recorder
+                                            .as_ref()
+                                            .is_some_and(|r| r.wants(&change.kind))
+                                        {
+                                            entry_changes.push((change.clone(), previous));
+                                        }
+                                        changes.push(change);
+                                    }
                                     if !changes.is_empty() {
                                         events.push(ChangeSet { index, changes });
                                     }
@@ -265,6 +388,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 }
                             };
                             response.results.push(result);
+                        }
+                        if let (Some(time), false) = (proposal.time, entry_changes.is_empty()) {
+                            records.push((index, time, entry_changes));
                         }
                     }
                     EntryPayload::Membership(m) => {
@@ -279,6 +405,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .store(applied.index, Ordering::Release);
             }
         }
+        if let Some(recorder) = &self.recorder {
+            self.record(recorder.as_ref(), records);
+        }
         for event in events {
             // No receivers is fine: nobody is watching.
             let _ = self.shared.changes.send(Arc::new(event));
@@ -288,8 +417,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let objects = self.shared.objects.read().iter().cloned().collect();
+        let journal = self.shared.journal.read().iter().cloned().collect();
         SnapshotBuilder {
             objects,
+            journal,
             applied: self.applied,
             membership: self.membership.clone(),
             writer: self.writer.clone(),
@@ -306,7 +437,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let new_objects = decode_snapshot(&data).map_err(snap_err)?;
+        let (new_objects, new_journal) = decode_snapshot(&data).map_err(snap_err)?;
         let meta_bytes = db::encode(meta).map_err(snap_err)?;
         self.writer
             .call(|done| WriteReq::Snapshot {
@@ -326,6 +457,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        let tip = {
+            let mut journal = self.shared.journal.write();
+            *journal = Journal::from_records(new_journal, journal.keep());
+            journal.last()
+        };
+        self.shared.journal_tip.send_replace(tip);
         tracing::info!(snapshot = %meta.snapshot_id, changes = changes.len(), "installed raft snapshot");
         let _ = self
             .shared
@@ -364,18 +501,26 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with(None)
+    }
+
+    fn harness_with(recorder: Option<Arc<dyn Recorder>>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let key = Key::generate().unwrap();
         let db = Arc::new(db::open_sealed(&dir.path().join("t.redb"), &key).unwrap());
         let (writer, _thread) =
             Writer::start(db.clone(), db::Pending::default(), key.clone()).unwrap();
+        let keep = recorder.as_ref().map_or(0, |r| r.keep());
         let shared = Arc::new(Applied {
             objects: RwLock::new(Objects::default()),
             last_applied: AtomicU64::new(0),
             changes: broadcast::channel(16).0,
+            journal: RwLock::new(Journal::new(keep)),
+            journal_tip: watch::channel(None).0,
         });
         let sm = StateMachine::new(
             shared.clone(),
+            recorder,
             None,
             StoredMembership::default(),
             db,
@@ -394,6 +539,7 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Proposal {
                 batches: vec![Batch { ops }],
+                time: Some(index as i64 * 1000),
             }),
         }
     }
@@ -507,6 +653,7 @@ mod tests {
                                 ops: vec![put("c", Some("y"), "{}")],
                             },
                         ],
+                        time: None,
                     }),
                 },
                 Entry {
@@ -533,5 +680,139 @@ mod tests {
         let cs = rx.try_recv().unwrap();
         assert_eq!((cs.index, cs.changes[0].id.as_str()), (2, "c"));
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    /// Records "<action> <id> <previous data>" for every change of kind `obj`, keeps 3.
+    struct Describe;
+    impl Recorder for Describe {
+        fn keep(&self) -> usize {
+            3
+        }
+        fn wants(&self, kind: &str) -> bool {
+            kind == "obj"
+        }
+        fn record(&self, change: &Change, previous: Option<&Object>) -> Option<Vec<u8>> {
+            let prev = previous.map(|p| String::from_utf8_lossy(&p.data).into_owned());
+            Some(format!("{:?} {} {prev:?}", change.action, change.id).into_bytes())
+        }
+    }
+
+    fn journal_of(shared: &Applied) -> Vec<(u64, u32, i64, String)> {
+        shared
+            .journal
+            .read()
+            .after(None)
+            .iter()
+            .map(|r| {
+                (
+                    r.position.index,
+                    r.position.ordinal,
+                    r.time,
+                    String::from_utf8(r.data.to_vec()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn applying_records_the_changes_with_the_entry_time_and_snapshots_carry_them() {
+        let mut h = harness_with(Some(Arc::new(Describe)));
+        let tip = h.shared.journal_tip.subscribe();
+        h.sm.apply(vec![
+            entry(1, vec![put("a", None, "v1"), put("b", None, "v1")]),
+            entry(2, vec![put("a", None, "v2")]),
+            Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 3),
+                payload: EntryPayload::Normal(Proposal {
+                    batches: vec![Batch {
+                        ops: vec![put("c", None, "old")],
+                    }],
+                    time: None,
+                }),
+            },
+        ])
+        .await
+        .unwrap();
+        h.sm.apply(vec![entry(
+            4,
+            vec![Op::Delete {
+                kind: "obj".into(),
+                id: "b".into(),
+                expect: Expect::Any,
+            }],
+        )])
+        .await
+        .unwrap();
+        let want = vec![
+            (1, 1, 1000, "Created b None".to_string()),
+            (2, 0, 2000, "Updated a Some(\"v1\")".to_string()),
+            (4, 0, 4000, "Deleted b None".to_string()),
+        ];
+        assert_eq!(
+            journal_of(&h.shared),
+            want,
+            "an entry without a time records nothing; 3 kept"
+        );
+        assert_eq!(
+            *tip.borrow(),
+            Some(Position {
+                index: 4,
+                ordinal: 0
+            })
+        );
+
+        let snap =
+            h.sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+        let loaded = load(&h.sm.db, &h.sm.key).unwrap();
+        assert_eq!(
+            loaded.journal.len(),
+            3,
+            "a restart starts from the snapshot's journal"
+        );
+        let mut other = harness_with(Some(Arc::new(Describe)));
+        let tip = other.shared.journal_tip.subscribe();
+        other
+            .sm
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(journal_of(&other.shared), want);
+        assert_eq!(
+            *tip.borrow(),
+            Some(Position {
+                index: 4,
+                ordinal: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_snapshot_from_before_the_journal_loads_with_an_empty_one() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            format: u32,
+            objects: Vec<SnapObjRef<'a>>,
+        }
+        let data = db::encode(&V1 {
+            format: 1,
+            objects: vec![SnapObjRef {
+                kind: "obj",
+                id: "a",
+                name: Some("n"),
+                version: 3,
+                data: b"{}",
+            }],
+        })
+        .unwrap();
+        let (objects, journal) = decode_snapshot(&data).unwrap();
+        assert_eq!(objects.find_by_name("obj", "n").unwrap().version, 3);
+        assert!(journal.is_empty());
+        let mut future = data.clone();
+        future[0] = 9;
+        assert!(decode_snapshot(&future).is_err());
     }
 }

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use openraft::{BasicNode, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
 use redb::Database;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::db::{self, WriteReq, Writer, KEY_NODE_ID};
 use crate::error::StoreError;
+use crate::journal::{Journal, Position, Record, Recorder};
 use crate::log_store::LogStore;
 use crate::network::{self, NetworkFactory, RaftTransport, RpcKind};
 use crate::object::{ChangeSet, Object, Op};
@@ -42,6 +43,9 @@ pub struct StoreOptions {
     /// This manager's data key: every log entry and snapshot is sealed with it on disk. A store
     /// opens only with the key it was sealed with.
     pub data_key: Key,
+    /// What turns applied changes into journal records (shoal's cluster events); None keeps
+    /// no journal. Every manager of a cluster must use the same.
+    pub recorder: Option<Arc<dyn Recorder>>,
 }
 
 impl StoreOptions {
@@ -54,6 +58,7 @@ impl StoreOptions {
             bootstrap: true,
             transport: None,
             data_key,
+            recorder: None,
         }
     }
 }
@@ -67,6 +72,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("bootstrap", &self.bootstrap)
             .field("transport", &self.transport.is_some())
             .field("data_key", &self.data_key)
+            .field("recorder", &self.recorder.is_some())
             .finish()
     }
 }
@@ -180,17 +186,24 @@ impl Store {
         let (changes, _) = broadcast::channel(tuning.watch_capacity.max(1));
         let state_machine::Loaded {
             objects,
+            journal,
             applied,
             membership,
         } = loaded;
+        let keep = opts.recorder.as_ref().map_or(0, |r| r.keep());
+        let journal = Journal::from_records(journal, keep);
+        let (journal_tip, _) = watch::channel(journal.last());
         let shared = Arc::new(Applied {
             last_applied: AtomicU64::new(applied.map(|l| l.index).unwrap_or(0)),
             objects: RwLock::new(objects),
             changes,
+            journal: RwLock::new(journal),
+            journal_tip,
         });
         let log_store = LogStore::new(db.clone(), writer.clone(), pending, opts.data_key.clone());
         let sm = StateMachine::new(
             shared.clone(),
+            opts.recorder.clone(),
             applied,
             membership,
             db.clone(),
@@ -563,6 +576,20 @@ impl Store {
     /// Subscribe before reading the initial state so nothing falls between the two.
     pub fn watch(&self) -> broadcast::Receiver<Arc<ChangeSet>> {
         self.inner.shared.changes.subscribe()
+    }
+
+    /// The journal's records after `after` (every kept one for None), oldest first. The
+    /// journal holds what the [`Recorder`] made of the changes of the last entries applied
+    /// here, the same on every manager.
+    pub fn journal_after(&self, after: Option<Position>) -> Vec<Record> {
+        self.inner.shared.journal.read().after(after)
+    }
+
+    /// Follows the position of the journal's newest record: it changes whenever records are
+    /// added (or a snapshot replaces the journal), so readers wait on it and then read
+    /// [`Store::journal_after`] the last position they saw.
+    pub fn journal_watch(&self) -> watch::Receiver<Option<Position>> {
+        self.inner.shared.journal_tip.subscribe()
     }
 
     /// The log index of the last entry applied to the local state (what reads reflect).

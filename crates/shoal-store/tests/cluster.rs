@@ -11,8 +11,48 @@ use std::time::{Duration, Instant};
 use common::{data, init_tracing, put};
 use futures::future::BoxFuture;
 use shoal_store::{
-    Expect, RaftTransport, RpcKind, Store, StoreError, StoreOptions, StoreTuning, TransportError,
+    Action, Change, Expect, Object, RaftTransport, Recorder, RpcKind, Store, StoreError,
+    StoreOptions, StoreTuning, TransportError,
 };
+
+/// Records "<action> <id>" for every change of a `svc`.
+struct Ids;
+
+impl Recorder for Ids {
+    fn keep(&self) -> usize {
+        100
+    }
+    fn wants(&self, kind: &str) -> bool {
+        kind == "svc"
+    }
+    fn record(&self, change: &Change, _previous: Option<&Object>) -> Option<Vec<u8>> {
+        let verb = match change.action {
+            Action::Created => "create",
+            Action::Updated => "update",
+            Action::Deleted => "remove",
+        };
+        Some(format!("{verb} {}", change.id).into_bytes())
+    }
+}
+
+/// A store's journal: (position, time, record).
+fn journal(s: &Store) -> Vec<(u64, u32, i64, String)> {
+    s.journal_after(None)
+        .into_iter()
+        .map(|r| {
+            (
+                r.position.index,
+                r.position.ordinal,
+                r.time,
+                String::from_utf8(r.data.to_vec()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn records(j: &[(u64, u32, i64, String)]) -> Vec<&str> {
+    j.iter().map(|r| r.3.as_str()).collect()
+}
 
 /// Peers by address; a cut address answers nothing.
 #[derive(Default)]
@@ -71,6 +111,7 @@ async fn start(net: &Arc<Net>, dir: &std::path::Path, i: u64, bootstrap: bool) -
             net: net.clone(),
         })),
         data_key: shoal_store::seal::Key::from_bytes(&[i as u8; 32]).expect("key"),
+        recorder: Some(Arc::new(Ids)),
     };
     let tuning = StoreTuning {
         write_timeout: Duration::from_secs(3),
@@ -208,6 +249,72 @@ async fn leader_loss_elects_another_and_quorum_loss_fails_writes_clearly() {
         Some("1")
     );
     net.cut.lock().unwrap().clear();
+    for st in &s {
+        st.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_journal_is_the_same_on_every_manager_and_outlives_its_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Arc::new(Net::default());
+    let mut s = three(&net, dir.path()).await;
+    s[0].write(vec![
+        put("svc", "a", None, Expect::Absent, "1"),
+        put("svc", "b", None, Expect::Absent, "1"),
+    ])
+    .await
+    .unwrap();
+    s[0].write(vec![put("svc", "a", None, Expect::Any, "2")])
+        .await
+        .unwrap();
+
+    // The leader goes: the next one carries on from the same history.
+    net.cut.lock().unwrap().insert(addr(1));
+    s[1].write(vec![put("svc", "c", None, Expect::Absent, "1")])
+        .await
+        .expect("write after leader loss");
+    wait("s[2] applied the write", || {
+        data(&s[2], "svc", "c").is_some()
+    })
+    .await;
+    let want = ["create a", "create b", "update a", "create c"];
+    let j1 = journal(&s[1]);
+    assert_eq!(records(&j1), want, "{j1:?}");
+    assert_eq!(journal(&s[2]), j1, "every manager holds the same journal");
+    let positions: Vec<(u64, u32)> = j1.iter().map(|r| (r.0, r.1)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert_eq!(
+        (positions[0].0, positions[0].1, positions[1].1),
+        (positions[1].0, 0, 1)
+    );
+    assert!(
+        j1.iter().all(|r| r.2 > 0),
+        "every record has its entry's time"
+    );
+
+    // The old leader's write that never committed makes no record anywhere; healed, it holds
+    // the same journal as the others.
+    let _ = s[0]
+        .write(vec![put("svc", "lost", None, Expect::Absent, "x")])
+        .await
+        .unwrap_err();
+    net.cut.lock().unwrap().clear();
+    wait("old leader catches up", || {
+        data(&s[0], "svc", "c").is_some()
+    })
+    .await;
+    assert_eq!(journal(&s[0]), j1);
+
+    // A restart rebuilds it from the log: nothing lost, nothing twice.
+    let follower = if s[1].is_leader() { 2 } else { 1 };
+    s[follower].shutdown().await.unwrap();
+    s[follower] = start(&net, dir.path(), follower as u64 + 1, false).await;
+    wait("the restarted manager caught up", || {
+        journal(&s[follower]).len() == j1.len()
+    })
+    .await;
+    assert_eq!(journal(&s[follower]), j1);
     for st in &s {
         st.shutdown().await.unwrap();
     }

@@ -46,6 +46,18 @@ impl Filters {
         Ok(Filters(out))
     }
 
+    /// Parses the query's `filters` value taking every key, as dockerd's `/events` does (its
+    /// filter ignores keys it does not know).
+    pub fn parse_any(q: &HashMap<String, String>) -> Result<Filters, ApiError> {
+        let keys: Vec<String> = q
+            .get("filters")
+            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw).ok())
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+            .unwrap_or_default();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        Filters::parse(q, &keys)
+    }
+
     /// Values for a key (empty if absent).
     pub fn get(&self, key: &str) -> &[String] {
         self.0.get(key).map(Vec::as_slice).unwrap_or(&[])

@@ -3,6 +3,7 @@
 
 mod containers;
 mod decode;
+mod events;
 mod filters;
 mod logs;
 pub(crate) mod networks;
@@ -264,6 +265,7 @@ pub fn app(
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
+        .route("/events", get(events::events))
         .route("/swarm", get(swarm::inspect))
         .route("/swarm/init", post(swarm::init))
         .route("/swarm/join", post(swarm::join))

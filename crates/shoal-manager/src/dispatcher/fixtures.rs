@@ -33,6 +33,7 @@ pub async fn open_store(dir: &std::path::Path) -> Store {
         bootstrap: true,
         transport: None,
         data_key: shoal_store::seal::Key::generate().expect("data key"),
+        recorder: None,
     })
     .await
     .unwrap()

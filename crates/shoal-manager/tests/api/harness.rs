@@ -100,10 +100,122 @@ async fn fake_logs(axum::extract::Path(id): axum::extract::Path<String>) -> Resp
     Response::new(Body::from_stream(body))
 }
 
+/// The engine's own events so far (JSON values with `timeNano`), what its `/events` serves.
+static ENGINE_EVENTS: std::sync::Mutex<Vec<Value>> = std::sync::Mutex::new(Vec::new());
+/// Live `/events` streams the fake engine serves now, by the `filters` they were asked with
+/// (tests send a filter key of their own, which the engine and shoal ignore, to find theirs).
+pub static LIVE_EVENTS: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+/// Wakes whoever waits on [`LIVE_EVENTS`].
+pub static EVENTS_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+fn engine_feed() -> &'static tokio::sync::broadcast::Sender<Value> {
+    static FEED: std::sync::OnceLock<tokio::sync::broadcast::Sender<Value>> =
+        std::sync::OnceLock::new();
+    FEED.get_or_init(|| tokio::sync::broadcast::channel(1024).0)
+}
+
+/// Now, in Unix nanoseconds.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// A time as the engine's `since`/`until` take it (`seconds.nanoseconds`).
+pub fn unix(ns: i64) -> String {
+    format!(
+        "{}.{:09}",
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000)
+    )
+}
+
+/// The fake engine sees a container event now: `action` on container `id`. Returns its time.
+pub fn engine_event(id: &str, action: &str) -> i64 {
+    let t = now_ns();
+    let e = json!({
+        "status": action, "id": id, "from": "shoal-test/web",
+        "Type": "container", "Action": action,
+        "Actor": {"ID": id, "Attributes": {"image": "shoal-test/web", "name": id}},
+        "scope": "local", "time": t / 1_000_000_000, "timeNano": t,
+    });
+    ENGINE_EVENTS.lock().unwrap().push(e.clone());
+    let _ = engine_feed().send(e);
+    t
+}
+
+/// Counts one live events stream until dropped.
+struct LiveEvents(String);
+
+impl LiveEvents {
+    fn new(key: String) -> LiveEvents {
+        *LIVE_EVENTS.lock().unwrap().entry(key.clone()).or_default() += 1;
+        EVENTS_CHANGED.notify_waiters();
+        LiveEvents(key)
+    }
+}
+
+impl Drop for LiveEvents {
+    fn drop(&mut self) {
+        if let Some(n) = LIVE_EVENTS.lock().unwrap().get_mut(&self.0) {
+            *n -= 1;
+        }
+        EVENTS_CHANGED.notify_waiters();
+    }
+}
+
+/// The engine's `/events` as dockerd answers it: its events of the `since`/`until` window
+/// (when either is given), then, unless `until` has passed, new ones as they come.
+async fn fake_events(
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let time = |k: &str| {
+        q.get(k).map(|v| {
+            let (s, n) = v.split_once('.').unwrap_or((v, "0"));
+            let n = format!("{n:0<9}");
+            s.parse::<i64>().unwrap() * 1_000_000_000 + n[..9].parse::<i64>().unwrap()
+        })
+    };
+    let (since, until) = (time("since"), time("until"));
+    let live = engine_feed().subscribe();
+    let in_window = |e: &Value| {
+        let t = e["timeNano"].as_i64().unwrap();
+        since.is_none_or(|s| t >= s) && until.is_none_or(|u| t <= u)
+    };
+    let history: Vec<Value> = if since.is_some() || until.is_some() {
+        let all = ENGINE_EVENTS.lock().unwrap().clone();
+        all.into_iter().filter(|e| in_window(e)).collect()
+    } else {
+        Vec::new()
+    };
+    let line = |e: &Value| Ok::<_, Infallible>(axum::body::Bytes::from(format!("{e}\n")));
+    let first = futures::stream::iter(history.iter().map(line).collect::<Vec<_>>());
+    if until.is_some_and(|u| u <= now_ns()) {
+        return Response::new(Body::from_stream(first));
+    }
+    let guard = LiveEvents::new(q.get("filters").cloned().unwrap_or_default());
+    let rest = futures::stream::unfold((live, guard), move |(mut live, guard)| async move {
+        loop {
+            match live.recv().await {
+                Ok(e) if until.is_none_or(|u| e["timeNano"].as_i64().unwrap() <= u) => {
+                    return Some((line(&e), (live, guard)))
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    });
+    Response::new(Body::from_stream(futures::StreamExt::chain(first, rest)))
+}
+
 /// The engine's side: just enough of Docker's answers for `/version` and `/info`.
 fn fake_engine() -> Router {
     Router::new()
         .route("/v1.47/containers/{id}/logs", get(fake_logs))
+        .route("/v1.47/events", get(fake_events))
+        .route("/events", get(fake_events))
         .route(
             "/_ping",
             get(|| async { ([("api-version", "1.47")], "OK") }),

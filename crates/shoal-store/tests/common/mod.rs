@@ -27,6 +27,7 @@ pub fn options(dir: &Path) -> StoreOptions {
         bootstrap: true,
         transport: None,
         data_key: test_key(),
+        recorder: None,
     }
 }
 
