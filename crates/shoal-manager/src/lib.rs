@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod control;
 pub mod db;
 pub mod dispatcher;
+pub mod logbroker;
 pub mod membership;
 pub mod node;
 pub mod proxy;
