@@ -126,14 +126,27 @@ fn daemon_log(n: &ClusterNode) -> String {
 
 /// `GET path` on the node's API socket with curl: the raw body.
 fn curl(n: &ClusterNode, path: &str) -> Vec<u8> {
+    curl_with_headers(n, path).1
+}
+
+/// `GET path` on the node's API socket with curl: the response head and the raw body.
+fn curl_with_headers(n: &ClusterNode, path: &str) -> (String, Vec<u8>) {
     let out = Command::new("curl")
-        .args(["-s", "--max-time", "20", "--unix-socket"])
+        .args(["-s", "-i", "--max-time", "20", "--unix-socket"])
         .arg(&n.socket)
         .arg(format!("http://shoal{path}"))
         .output()
         .expect("curl");
     assert!(out.status.success(), "curl {path}: {out:?}");
-    out.stdout
+    let end = out
+        .stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    (
+        String::from_utf8_lossy(&out.stdout[..end]).to_lowercase(),
+        out.stdout[end + 4..].to_vec(),
+    )
 }
 
 /// The engine's multiplexed stream as (stream, payload) frames.
@@ -172,6 +185,15 @@ fn service_logs_show_every_nodes_tasks_as_docker_shows_them() {
             }
         });
         assert!(!seen.0.contains("com.docker.swarm"), "{}", seen.0);
+    }
+    // Every node's agent served the reads of its own tasks (the harness's nodes share one
+    // engine, so a manager reading its engine alone would print the same lines).
+    for i in 1..=3 {
+        let log = daemon_log(c.node(i));
+        assert!(
+            log.contains("log subscription started") && log.contains("log subscription ended"),
+            "node-{i}'s agent served no log subscription"
+        );
     }
     let n1 = c.node(1);
 
@@ -285,11 +307,71 @@ fn service_logs_show_every_nodes_tasks_as_docker_shows_them() {
             .any(|(s, l)| *s == 1 && l.starts_with(&want)),
         "{want} in {detailed:?}"
     );
+    // until: nothing written after it (the tasks' first lines were, long before `since`).
+    let until = frames(&curl(
+        n1,
+        &format!(
+            "/v1.50/services/talk/logs?stdout=1&timestamps=1&until={}",
+            chrono::DateTime::parse_from_rfc3339(&since)
+                .unwrap()
+                .timestamp()
+        ),
+    ));
+    assert!(
+        until.iter().any(|(_, l)| l.contains(" start from ")),
+        "{until:?}"
+    );
+    let limit = chrono::DateTime::parse_from_rfc3339(&since)
+        .unwrap()
+        .timestamp();
+    for (_, l) in &until {
+        let ts = chrono::DateTime::parse_from_rfc3339(l.split(' ').next().unwrap()).unwrap();
+        assert!(ts.timestamp() <= limit, "{l} is after until={limit}");
+    }
     // Bad options are refused before the stream starts, as dockerd refuses them.
     let refused = String::from_utf8(curl(n1, "/v1.50/services/talk/logs?stdout=0")).unwrap();
     assert!(
         refused.contains("you must choose at least one stream"),
         "{refused}"
+    );
+
+    // A service with a TTY: its logs come raw, as dockerd sends them (the CLI wants --raw).
+    n1.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "tty",
+        "--tty",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "echo hello tty; sleep 1000",
+    ]);
+    wait_for(Duration::from_secs(30), "the TTY service's line", || {
+        let out = n1.docker(&["service", "logs", "--raw", "tty"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("hello tty") {
+            Ok(())
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    });
+    let e = n1.fails(&["service", "logs", "tty"]);
+    assert!(
+        e.contains("tty service logs only supported with --raw"),
+        "{e}"
+    );
+    let (head, body) = curl_with_headers(n1, "/v1.50/services/tty/logs?stdout=1");
+    assert!(
+        head.contains("content-type: application/vnd.docker.raw-stream"),
+        "{head}"
+    );
+    assert!(body.starts_with(b"hello tty\r\n"), "{body:?}");
+    let (head, _) = curl_with_headers(n1, "/v1.50/services/talk/logs?stdout=1&tail=0");
+    assert!(
+        head.contains("content-type: application/vnd.docker.multiplexed-stream"),
+        "{head}"
     );
 
     // The Python SDK (it sends `stdout=True`).

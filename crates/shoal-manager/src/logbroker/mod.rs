@@ -85,9 +85,18 @@ struct State {
     subs: HashMap<String, Sub>,
 }
 
+/// A node's session as the broker sees it: its messages go through one queue, in the order
+/// the broker decided them (a subscription's close never overtakes its start).
 struct Session {
     id: u64,
-    tx: SessionTx,
+    queue: mpsc::UnboundedSender<ManagerMessage>,
+}
+
+impl Session {
+    /// Queues `m` for the node; a session that has ended drops it.
+    fn send(&self, m: ManagerMessage) {
+        let _ = self.queue.send(m);
+    }
 }
 
 /// What a subscription's reader gets from the broker.
@@ -123,31 +132,13 @@ struct Part {
     outstanding: u64,
 }
 
-/// Messages to send once the broker's lock is released.
-type Outbox = Vec<(SessionTx, ManagerMessage)>;
-
-fn deliver(outbox: Outbox) {
-    if outbox.is_empty() {
-        return;
-    }
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(async move {
-        for (tx, m) in outbox {
-            send(&tx, &m).await;
-        }
-    });
-}
-
 impl Sub {
     fn follow(&self) -> bool {
         self.options.follow
     }
 
-    /// Asks `node` (whose session is `s`) to serve the subscription; the message goes in
-    /// `outbox`.
-    fn start_part(&mut self, id: &str, node: &str, s: &Session, outbox: &mut Outbox) {
+    /// Asks `node` (whose session is `s`) to serve the subscription.
+    fn start_part(&mut self, id: &str, node: &str, s: &Session) {
         let mut options = self.options.clone();
         if let Some(t) = self.resume.get(node) {
             // Back after its session ended: from just after the last line it sent.
@@ -175,7 +166,7 @@ impl Sub {
             options,
             window: LOG_WINDOW,
         };
-        outbox.push((s.tx.clone(), ManagerMessage::LogSubscribe(Box::new(sub))));
+        s.send(ManagerMessage::LogSubscribe(Box::new(sub)));
     }
 
     /// `node`'s part is over, with `error` if it did not finish. True when the whole
@@ -254,7 +245,6 @@ impl LogBroker {
         let changes = options.follow.then(|| store.watch());
         let (nodes, pending) = selected_nodes(store, &selector, options.follow);
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut outbox = Outbox::new();
         {
             let mut st = self.inner.state.lock();
             let State { sessions, subs } = &mut *st;
@@ -269,7 +259,7 @@ impl LogBroker {
             };
             for node in &nodes {
                 match sessions.get(node) {
-                    Some(s) => sub.start_part(&id, node, s, &mut outbox),
+                    Some(s) => sub.start_part(&id, node, s),
                     None if !options.follow => {
                         sub.errors.push(format!("node {node} is not available"))
                     }
@@ -293,7 +283,6 @@ impl LogBroker {
                 subs.insert(id.clone(), sub);
             }
         }
-        deliver(outbox);
         let watcher = CancellationToken::new();
         if let Some(changes) = changes {
             tokio::spawn(follow_tasks(
@@ -313,19 +302,24 @@ impl LogBroker {
 
     /// A node's session opened: subscriptions that follow its tasks ask it again.
     pub(crate) fn node_connected(&self, node: &str, session: u64, tx: SessionTx) {
-        let mut outbox = Outbox::new();
-        {
-            let mut st = self.inner.state.lock();
-            let State { sessions, subs } = &mut *st;
-            let s = Session { id: session, tx };
-            for (id, sub) in subs.iter_mut() {
-                if sub.follow() && sub.wanted.contains(node) && !sub.parts.contains_key(node) {
-                    sub.start_part(id, node, &s, &mut outbox);
+        let (queue, mut rx) = mpsc::unbounded_channel::<ManagerMessage>();
+        // Until the session ends or the broker forgets it (a newer session of the node).
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if !send(&tx, &m).await {
+                    break;
                 }
             }
-            sessions.insert(node.to_string(), s);
+        });
+        let mut st = self.inner.state.lock();
+        let State { sessions, subs } = &mut *st;
+        let s = Session { id: session, queue };
+        for (id, sub) in subs.iter_mut() {
+            if sub.follow() && sub.wanted.contains(node) && !sub.parts.contains_key(node) {
+                sub.start_part(id, node, &s);
+            }
         }
-        deliver(outbox);
+        sessions.insert(node.to_string(), s);
     }
 
     /// A node's session ended: its parts of every subscription end with it.
@@ -335,7 +329,6 @@ impl LogBroker {
             st.sessions.remove(node);
         }
         let mut complete = Vec::new();
-        let mut outbox = Outbox::new();
         let State { sessions, subs } = &mut *st;
         for (id, sub) in subs.iter_mut() {
             if sub.parts.get(node).is_some_and(|p| p.session == session) {
@@ -346,7 +339,7 @@ impl LogBroker {
                 // Back already on a new session (the old one's end was noticed late): ask it
                 // there.
                 if let Some(s) = sessions.get(node).filter(|_| sub.follow()) {
-                    sub.start_part(id, node, s, &mut outbox);
+                    sub.start_part(id, node, s);
                 }
             }
         }
@@ -355,8 +348,6 @@ impl LogBroker {
                 sub.complete();
             }
         }
-        drop(st);
-        deliver(outbox);
     }
 
     /// A batch from `node`'s session `session`: its lines go to the subscriber, if they are
@@ -371,7 +362,6 @@ impl LogBroker {
                     .map(|t| t.obj.service_id().to_string())
             });
         }
-        let mut outbox = Outbox::new();
         let mut st = self.inner.state.lock();
         let State { sessions, subs } = &mut *st;
         let Some(sub) = subs.get_mut(&batch.id) else {
@@ -390,12 +380,9 @@ impl LogBroker {
         if over {
             tracing::warn!(node = %node, subscription = %batch.id, "a node sent logs past its window; its part of the stream ends");
             if let Some(s) = sessions.get(node) {
-                outbox.push((
-                    s.tx.clone(),
-                    ManagerMessage::LogClose {
-                        id: batch.id.clone(),
-                    },
-                ));
+                s.send(ManagerMessage::LogClose {
+                    id: batch.id.clone(),
+                });
             }
             let why = format!("node {node} sent more logs than it was given credit for");
             complete = sub.end_part(&batch.id, node, Some(why));
@@ -444,79 +431,68 @@ impl LogBroker {
                 sub.complete();
             }
         }
-        drop(st);
-        deliver(outbox);
     }
 
     /// The subscriber read `cost` bytes that `node` sent: the node may send that much more.
-    async fn credit(&self, id: &str, node: &str, session: u64, cost: u64) {
-        let tx = {
-            let mut st = self.inner.state.lock();
-            let State { sessions, subs } = &mut *st;
-            let Some(part) = subs
-                .get_mut(id)
-                .and_then(|s| s.parts.get_mut(node))
-                .filter(|p| p.session == session)
-            else {
-                return;
-            };
-            part.outstanding = part.outstanding.saturating_sub(cost);
-            match sessions.get(node).filter(|s| s.id == session) {
-                Some(s) => s.tx.clone(),
-                None => return,
-            }
+    fn credit(&self, id: &str, node: &str, session: u64, cost: u64) {
+        let mut st = self.inner.state.lock();
+        let State { sessions, subs } = &mut *st;
+        let Some(part) = subs
+            .get_mut(id)
+            .and_then(|s| s.parts.get_mut(node))
+            .filter(|p| p.session == session)
+        else {
+            return;
         };
-        let m = ManagerMessage::LogCredit {
-            id: id.to_string(),
-            bytes: cost,
-        };
-        send(&tx, &m).await;
+        part.outstanding = part.outstanding.saturating_sub(cost);
+        if let Some(s) = sessions.get(node).filter(|s| s.id == session) {
+            s.send(ManagerMessage::LogCredit {
+                id: id.to_string(),
+                bytes: cost,
+            });
+        }
     }
 
     /// The subscriber went away: every node serving it is told to stop.
     fn unsubscribe(&self, id: &str) {
-        let mut outbox = Outbox::new();
-        {
-            let mut st = self.inner.state.lock();
-            let State { sessions, subs } = &mut *st;
-            let Some(sub) = subs.remove(id) else { return };
-            for (node, part) in &sub.parts {
-                if let Some(s) = sessions.get(node).filter(|s| s.id == part.session) {
-                    outbox.push((
-                        s.tx.clone(),
-                        ManagerMessage::LogClose { id: id.to_string() },
-                    ));
-                }
-            }
-            tracing::debug!(subscription = %id, nodes = sub.parts.len(), "log subscriber left");
-        }
-        deliver(outbox);
+        let mut st = self.inner.state.lock();
+        let State { sessions, subs } = &mut *st;
+        let Some(sub) = subs.remove(id) else { return };
+        close_parts(sessions, id, &sub);
+        tracing::debug!(subscription = %id, nodes = sub.parts.len(), "log subscriber left");
     }
 
     /// Following: `node` runs a selected task now; asked if it is not serving already.
     fn want(&self, id: &str, node: &str) {
-        let mut outbox = Outbox::new();
-        {
-            let mut st = self.inner.state.lock();
-            let State { sessions, subs } = &mut *st;
-            let Some(sub) = subs.get_mut(id) else { return };
-            sub.wanted.insert(node.to_string());
-            if !sub.parts.contains_key(node) {
-                if let Some(s) = sessions.get(node) {
-                    sub.start_part(id, node, s, &mut outbox);
-                }
+        let mut st = self.inner.state.lock();
+        let State { sessions, subs } = &mut *st;
+        let Some(sub) = subs.get_mut(id) else { return };
+        sub.wanted.insert(node.to_string());
+        if !sub.parts.contains_key(node) {
+            if let Some(s) = sessions.get(node) {
+                sub.start_part(id, node, s);
             }
         }
-        deliver(outbox);
     }
 
     /// Ends a subscription from this side (this manager stopped leading).
     fn abort(&self, id: &str, why: String) {
         let mut st = self.inner.state.lock();
-        if let Some(mut sub) = st.subs.remove(id) {
+        let State { sessions, subs } = &mut *st;
+        if let Some(mut sub) = subs.remove(id) {
+            close_parts(sessions, id, &sub);
             if let Some(out) = sub.out.take() {
                 let _ = out.send(Event::Error(why));
             }
+        }
+    }
+}
+
+/// Tells every node still serving `sub` to stop.
+fn close_parts(sessions: &HashMap<String, Session>, id: &str, sub: &Sub) {
+    for (node, part) in &sub.parts {
+        if let Some(s) = sessions.get(node).filter(|s| s.id == part.session) {
+            s.send(ManagerMessage::LogClose { id: id.to_string() });
         }
     }
 }
@@ -629,7 +605,7 @@ impl Subscription {
                     cost,
                     lines,
                 } => {
-                    broker.credit(id, &node, session, cost).await;
+                    broker.credit(id, &node, session, cost);
                     Some(LogItem::Lines(lines))
                 }
                 Event::Error(e) => Some(LogItem::Error(e)),
