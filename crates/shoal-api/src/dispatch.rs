@@ -175,6 +175,9 @@ pub enum AgentMessage {
         /// Extra DNS names of the container on that network.
         aliases: Vec<String>,
     },
+    /// Log lines for a subscription the manager sent ([`ManagerMessage::LogSubscribe`]), or
+    /// the news that the node has sent them all.
+    Logs(crate::logs::LogBatch),
 }
 
 /// Label on a plain container naming its network-attachment tasks (comma-separated), so the
@@ -199,6 +202,22 @@ pub enum ManagerMessage {
         task_id: String,
         /// Why it was refused (unknown network, not attachable, no free address...).
         error: Option<String>,
+    },
+    /// Serve the logs of this node's tasks that the subscription selects, in
+    /// [`AgentMessage::Logs`] batches.
+    LogSubscribe(Box<crate::logs::LogSubscription>),
+    /// The manager passed on `bytes` of a subscription's lines: the node may send that much
+    /// more.
+    LogCredit {
+        /// The subscription.
+        id: String,
+        /// Bytes given back to its window.
+        bytes: u64,
+    },
+    /// The subscription's client went away: stop reading its logs.
+    LogClose {
+        /// The subscription.
+        id: String,
     },
 }
 

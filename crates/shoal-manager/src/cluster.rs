@@ -1,6 +1,7 @@
 //! A running manager: the store plus its control loops, started at `swarm init` or on restart.
 
 use crate::dispatcher::Dispatcher;
+use crate::logbroker::LogBroker;
 use crate::node::Identity;
 use crate::rpc::ManagerRpc;
 use crate::state::SharedState;
@@ -39,6 +40,8 @@ pub struct Manager {
     pub identity: Identity,
     /// Serializes address allocation between the API and the control loop.
     pub alloc: Arc<Mutex<()>>,
+    /// Task logs from every node (`docker service logs`).
+    pub logs: LogBroker,
     server_tls: shoal_rpc::ServerTls,
     pool: Arc<shoal_rpc::Pool>,
     stop: CancellationToken,
@@ -107,10 +110,13 @@ impl Manager {
         // One decoded view of the store, kept current from its change stream, read by both the
         // control loop and the dispatcher's assignments: each change is decoded once.
         let shared = SharedState::new(store.clone());
-        let dispatcher = Dispatcher::start(store.clone(), shared.reader(), stop.clone());
+        let logs = LogBroker::new(store.clone(), pool.clone());
+        let dispatcher =
+            Dispatcher::start(store.clone(), shared.reader(), logs.clone(), stop.clone());
         let handlers = Arc::new(ManagerRpc {
             store: store.clone(),
             dispatcher,
+            logs: logs.clone(),
         });
         let s = stop.clone();
         let server_tls: shoal_rpc::ServerTls = Arc::new(parking_lot::RwLock::new(server_tls));
@@ -126,6 +132,7 @@ impl Manager {
             store,
             identity,
             alloc,
+            logs,
             server_tls,
             pool,
             stop,

@@ -4,6 +4,7 @@
 
 use crate::db::{self, Member, Removed, RootCa};
 use crate::dispatcher::Dispatcher;
+use crate::logbroker::LogBroker;
 use futures::future::BoxFuture;
 use shoal_api::id;
 use shoal_api::models::{
@@ -26,6 +27,8 @@ pub struct ManagerRpc {
     pub store: Store,
     /// Sessions (answered only while this manager leads).
     pub dispatcher: Dispatcher,
+    /// Task logs, for other managers' API clients (served only while this manager leads).
+    pub logs: LogBroker,
 }
 
 fn refuse(peer: &PeerInfo, call: &str, reason: String) -> Status {
@@ -318,6 +321,37 @@ impl Handlers for ManagerRpc {
             let me = peer.node("session")?;
             not_removed(&store, &peer, "session", &me.node_id)?;
             d.open(me.node_id, inbound).await
+        })
+    }
+
+    fn logs(
+        &self,
+        peer: PeerInfo,
+        req: pb::LogRequest,
+    ) -> BoxFuture<'static, Result<shoal_rpc::LogItemStream, Status>> {
+        self.logs_call(peer, req)
+    }
+}
+
+impl ManagerRpc {
+    fn logs_call(
+        &self,
+        peer: PeerInfo,
+        req: pb::LogRequest,
+    ) -> BoxFuture<'static, Result<shoal_rpc::LogItemStream, Status>> {
+        let store = self.store.clone();
+        let logs = self.logs.clone();
+        Box::pin(async move {
+            let me = peer.manager("logs")?;
+            not_removed(&store, &peer, "logs", &me.node_id)?;
+            if !is_manager(&store, &me.node_id) {
+                return Err(refuse(
+                    &peer,
+                    "logs",
+                    format!("node {} is no longer a manager", me.node_id),
+                ));
+            }
+            crate::logbroker::remote::serve(&logs, req).await
         })
     }
 }

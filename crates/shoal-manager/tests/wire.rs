@@ -1,15 +1,23 @@
 //! The manager's RPC service over real mutual TLS on loopback, with node certificates from a
 //! cluster CA: a node acts only as the node its certificate names, a removed node is cut off at
-//! once, and a demoted manager loses write access and then raft membership.
+//! once, and a demoted manager loses write access and then raft membership. Task logs travel
+//! over the nodes' sessions: from the nodes that run the tasks, within their windows, ending
+//! on every node when the subscriber leaves, and only in part when a node goes away; another
+//! manager reads them through the leader.
 
 use futures::StreamExt;
 use shoal_api::dispatch::{AgentMessage, ManagerMessage, TaskStatusReport};
+use shoal_api::logs::{
+    LogBatch, LogMessage, LogOptions, LogSelector, LogStream, LogSubscription, LogTime, LOG_WINDOW,
+    MAX_LOG_LINE,
+};
 use shoal_api::models::{
     Node, NodeDescription, NodeSpec, NodeSpecRoleEnum, NodeState, NodeStatus, TaskState, TaskStatus,
 };
 use shoal_api::objects::StoredTask;
 use shoal_manager::db::{self, Member, Removed};
 use shoal_manager::dispatcher::Dispatcher;
+use shoal_manager::logbroker::{LogBroker, LogItem, Subscription};
 use shoal_manager::rpc::ManagerRpc;
 use shoal_manager::state::SharedState;
 use shoal_pki::{ClusterCa, NodeCert, NodeIdentity, NodeKey, Role};
@@ -22,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Cluster {
     store: Store,
+    logs: LogBroker,
     addr: String,
     ca: ClusterCa,
     stop: CancellationToken,
@@ -126,16 +135,19 @@ async fn cluster() -> Cluster {
     let ca = ClusterCa::generate().unwrap();
     let stop = CancellationToken::new();
     let view = SharedState::new(store.clone());
-    let dispatcher = Dispatcher::start(store.clone(), view.reader(), stop.clone());
+    let server_cert = cert(&ca, "mgr", Role::Manager);
+    let pool = shoal_rpc::Pool::new(shoal_pki::client_config(&server_cert).unwrap());
+    let logs = LogBroker::new(store.clone(), pool);
+    let dispatcher = Dispatcher::start(store.clone(), view.reader(), logs.clone(), stop.clone());
     let handlers = Arc::new(ManagerRpc {
         store: store.clone(),
         dispatcher,
+        logs: logs.clone(),
     });
     let listener = shoal_rpc::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let server_cert = cert(&ca, "mgr", Role::Manager);
     tokio::spawn(shoal_rpc::serve(
         listener,
         Arc::new(parking_lot::RwLock::new(
@@ -146,6 +158,7 @@ async fn cluster() -> Cluster {
     ));
     Cluster {
         store,
+        logs,
         addr,
         ca,
         stop,
@@ -453,4 +466,322 @@ async fn a_manager_cannot_join_with_the_address_of_a_live_manager() {
     .unwrap();
     let e = join_as_manager(&c, &token, "127.0.0.1:1").await;
     assert_eq!(e.code(), tonic::Code::Ok, "{e:?}");
+}
+
+/// A line of task `task` as an agent sends it.
+fn line(task: &str, text: &str) -> LogMessage {
+    LogMessage {
+        task_id: task.into(),
+        stream: LogStream::Stdout,
+        time: LogTime::now(),
+        data: text.as_bytes().to_vec(),
+    }
+}
+
+fn logs(id: &str, messages: Vec<LogMessage>, done: bool) -> AgentMessage {
+    AgentMessage::Logs(LogBatch {
+        id: id.into(),
+        messages,
+        done,
+    })
+}
+
+impl Session {
+    /// The next log message down the session (assignments and the like skipped).
+    async fn log_message(&mut self) -> ManagerMessage {
+        let t = Instant::now();
+        loop {
+            let left = Duration::from_secs(10).saturating_sub(t.elapsed());
+            match self.next(left).await {
+                Some(Ok(Some(m @ ManagerMessage::LogSubscribe(_))))
+                | Some(Ok(Some(m @ ManagerMessage::LogCredit { .. })))
+                | Some(Ok(Some(m @ ManagerMessage::LogClose { .. }))) => return m,
+                Some(Ok(Some(_))) => continue,
+                other => panic!("no log message down the session: {other:?}"),
+            }
+        }
+    }
+
+    /// The subscription the manager sends next (credit and closes of others skipped).
+    async fn subscription(&mut self) -> LogSubscription {
+        loop {
+            if let ManagerMessage::LogSubscribe(s) = self.log_message().await {
+                return *s;
+            }
+        }
+    }
+}
+
+/// Everything a subscription gives until its end: (node, task, text) lines and errors.
+async fn read_all(sub: &mut Subscription) -> (Vec<(String, String, String)>, Vec<String>) {
+    let (mut lines, mut errors) = (Vec::new(), Vec::new());
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("the log stream ended within 10 s");
+        match item {
+            None => break,
+            Some(LogItem::Lines(l)) => lines.extend(
+                l.into_iter()
+                    .map(|l| (l.node_id, l.task_id, String::from_utf8(l.data).unwrap())),
+            ),
+            Some(LogItem::Error(e)) => errors.push(e),
+        }
+    }
+    lines.sort();
+    (lines, errors)
+}
+
+fn stdout(follow: bool) -> LogOptions {
+    LogOptions {
+        follow,
+        stdout: true,
+        ..Default::default()
+    }
+}
+
+fn service_svc() -> LogSelector {
+    LogSelector {
+        service_ids: vec!["svc".into()],
+        task_ids: vec![],
+    }
+}
+
+/// Both nodes with a session and their task running.
+async fn two_nodes(c: &Cluster) -> (Session, Session) {
+    let a = Session::open(c, &cert(&c.ca, "node-a", Role::Worker))
+        .await
+        .unwrap();
+    let b = Session::open(c, &cert(&c.ca, "node-b", Role::Worker))
+        .await
+        .unwrap();
+    a.send(&report("ta", TaskState::RUNNING)).await;
+    wait_until("node A's task runs", || {
+        state_of(&c.store, "ta") == TaskState::RUNNING
+    })
+    .await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_come_from_the_nodes_that_run_the_tasks_and_credit_goes_back() {
+    let c = cluster().await;
+    let (mut a, mut b) = two_nodes(&c).await;
+    let mut sub = c
+        .logs
+        .subscribe(service_svc(), stdout(false))
+        .await
+        .unwrap();
+    let (sa, sb) = (a.subscription().await, b.subscription().await);
+    assert_eq!(sa.id, sb.id);
+    assert_eq!((sa.selector, sa.options), (service_svc(), stdout(false)));
+    assert_eq!(sa.window, LOG_WINDOW);
+    let id = sa.id;
+
+    let from_a = line("ta", "from a\n");
+    let cost = from_a.cost();
+    a.send(&logs(&id, vec![from_a], false)).await;
+    let first = sub.next().await;
+    assert!(
+        matches!(&first, Some(LogItem::Lines(l)) if l[0].node_id == "node-a"),
+        "{first:?}"
+    );
+    // What the subscriber read is given back to the node that sent it.
+    assert_eq!(
+        a.log_message().await,
+        ManagerMessage::LogCredit {
+            id: id.clone(),
+            bytes: cost
+        }
+    );
+    // Node B speaks for its own task, and tries to for node A's: that line is dropped.
+    b.send(&logs(
+        &id,
+        vec![line("tb", "from b\n"), line("ta", "b as a\n")],
+        true,
+    ))
+    .await;
+    a.send(&logs(&id, vec![], true)).await;
+    let (lines, errors) = read_all(&mut sub).await;
+    assert_eq!(lines, [("node-b".into(), "tb".into(), "from b\n".into())]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(c.logs.open_subscriptions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_goes_away_ends_only_its_part_of_the_stream() {
+    let c = cluster().await;
+    let (mut a, mut b) = two_nodes(&c).await;
+
+    // Following: node B's lines keep coming after node A is gone.
+    let mut sub = c.logs.subscribe(service_svc(), stdout(true)).await.unwrap();
+    let id = a.subscription().await.id;
+    b.subscription().await;
+    let a1 = line("ta", "a1\n");
+    let a1_time = a1.time;
+    a.send(&logs(&id, vec![a1], false)).await;
+    let first = sub.next().await;
+    assert!(
+        matches!(&first, Some(LogItem::Lines(l)) if l[0].task_id == "ta"),
+        "{first:?}"
+    );
+    drop(a);
+    b.send(&logs(&id, vec![line("tb", "b1\n")], false)).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&next, Some(LogItem::Lines(l)) if l[0].task_id == "tb"),
+        "{next:?}"
+    );
+    // Node A comes back: asked again, from just after the last line it sent.
+    let mut a = Session::open(&c, &cert(&c.ca, "node-a", Role::Worker))
+        .await
+        .unwrap();
+    let again = a.subscription().await;
+    assert_eq!(again.id, id);
+    assert!(again.options.since > Some(a1_time), "{:?}", again.options);
+    assert_eq!(again.options.tail, None);
+    drop(sub);
+
+    // Not following: the stream ends once node B is done, saying node A's part is missing.
+    let mut sub = c
+        .logs
+        .subscribe(service_svc(), stdout(false))
+        .await
+        .unwrap();
+    let id = a.subscription().await.id;
+    assert_eq!(b.subscription().await.id, id);
+    b.send(&logs(&id, vec![line("tb", "b2\n")], false)).await;
+    drop(a);
+    b.send(&logs(&id, vec![], true)).await;
+    let (lines, errors) = read_all(&mut sub).await;
+    assert_eq!(lines, [("node-b".into(), "tb".into(), "b2\n".into())]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("incomplete log stream")
+            && errors[0].contains("node node-a disconnected unexpectedly"),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_leaves_closes_the_subscription_on_every_node() {
+    let c = cluster().await;
+    let (mut a, mut b) = two_nodes(&c).await;
+    let sub = c.logs.subscribe(service_svc(), stdout(true)).await.unwrap();
+    let id = a.subscription().await.id;
+    b.subscription().await;
+    assert_eq!(c.logs.open_subscriptions(), 1);
+    drop(sub);
+    for s in [&mut a, &mut b] {
+        assert_eq!(
+            s.log_message().await,
+            ManagerMessage::LogClose { id: id.clone() }
+        );
+    }
+    assert_eq!(c.logs.open_subscriptions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_sends_past_its_window_loses_its_part() {
+    let c = cluster().await;
+    let (mut a, mut b) = two_nodes(&c).await;
+    let mut sub = c
+        .logs
+        .subscribe(service_svc(), stdout(false))
+        .await
+        .unwrap();
+    let id = a.subscription().await.id;
+    b.subscription().await;
+    // Nobody reads: node A sends more than its window all the same.
+    let big = "x".repeat(MAX_LOG_LINE - 1) + "\n";
+    let n = (LOG_WINDOW as usize / MAX_LOG_LINE) + 2;
+    for _ in 0..n {
+        a.send(&logs(&id, vec![line("ta", &big)], false)).await;
+    }
+    assert_eq!(
+        a.log_message().await,
+        ManagerMessage::LogClose { id: id.clone() }
+    );
+    b.send(&logs(&id, vec![], true)).await;
+    let (lines, errors) = read_all(&mut sub).await;
+    assert!(lines.len() < n, "{} lines kept of {n}", lines.len());
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("node node-a sent more logs than it was given credit for"),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_manager_reads_task_logs_through_the_leader() {
+    let c = cluster().await;
+    let (_a, mut b) = two_nodes(&c).await;
+    db::write(
+        &c.store,
+        vec![db::put(
+            &node("mgr2", NodeSpecRoleEnum::MANAGER, "m2-host"),
+            Expect::Absent,
+        )
+        .unwrap()],
+    )
+    .await
+    .unwrap();
+    let request = serde_json::json!({
+        "selector": {"task_ids": ["tb"]},
+        "options": {"follow": true, "stdout": true}
+    });
+    let call = |who: &NodeCert| {
+        let ch = shoal_rpc::connect(&c.addr, shoal_pki::client_config(who).unwrap()).unwrap();
+        let req = pb::LogRequest {
+            json: serde_json::to_vec(&request).unwrap(),
+        };
+        async move { pb::logs_client::LogsClient::new(ch).subscribe(req).await }
+    };
+    // A worker may not.
+    let e = call(&cert(&c.ca, "node-a", Role::Worker))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+
+    let mut stream = call(&cert(&c.ca, "mgr2", Role::Manager))
+        .await
+        .unwrap()
+        .into_inner();
+    let s = b.subscription().await;
+    assert_eq!(s.selector.task_ids, ["tb"]);
+    b.send(&logs(
+        &s.id,
+        vec![line("tb", "to the other manager\n")],
+        false,
+    ))
+    .await;
+    let item = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let item: LogItem = serde_json::from_slice(&item.json).unwrap();
+    match item {
+        LogItem::Lines(l) => {
+            assert_eq!(l.len(), 1);
+            assert_eq!(
+                (l[0].node_id.as_str(), l[0].service_id.as_str()),
+                ("node-b", "svc")
+            );
+            assert_eq!(l[0].data, b"to the other manager\n");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The other manager's client leaves: the node is told to stop.
+    drop(stream);
+    assert_eq!(
+        b.log_message().await,
+        ManagerMessage::LogCredit {
+            id: s.id.clone(),
+            bytes: line("tb", "to the other manager\n").cost()
+        }
+    );
+    assert_eq!(b.log_message().await, ManagerMessage::LogClose { id: s.id });
 }

@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb;
-use crate::{RpcError, MANAGER_NAME, MAX_RAFT_MESSAGE};
+use crate::{RpcError, MANAGER_NAME, MAX_LOG_ITEMS, MAX_LOG_REQUEST, MAX_RAFT_MESSAGE};
 
 /// A lazily connecting channel to the manager at `addr` (`host:port`), verified by `tls` under
 /// the name [`MANAGER_NAME`]. Reconnects by itself after failures.
@@ -92,6 +92,15 @@ impl Pool {
         Ok(pb::raft_client::RaftClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE))
+    }
+}
+
+impl Pool {
+    /// A client of the logs service at `addr` (the leader, for another manager's API).
+    pub fn logs(&self, addr: &str) -> Result<pb::logs_client::LogsClient<Channel>, RpcError> {
+        Ok(pb::logs_client::LogsClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_LOG_ITEMS)
+            .max_encoding_message_size(MAX_LOG_REQUEST))
     }
 }
 

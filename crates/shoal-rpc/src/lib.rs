@@ -19,7 +19,7 @@ pub mod pb {
 
 pub use client::{connect, Pool};
 pub use leader::{leader_hint, not_leader, LeaderHint};
-pub use server::{bind, serve, Handlers, PeerInfo, ServerTls, SessionStream};
+pub use server::{bind, serve, Handlers, LogItemStream, PeerInfo, ServerTls, SessionStream};
 
 mod redact;
 
@@ -33,6 +33,13 @@ pub const MAX_SESSION_UP: usize = 16 << 20;
 /// Largest message a manager sends down a session: a node's whole assignments, with the
 /// secret and config payloads its tasks use (Swarm caps each at 500 KB).
 pub const MAX_SESSION_DOWN: usize = 256 << 20;
+
+/// Largest log request a manager sends the leader: a selector and options, a few hundred bytes.
+pub const MAX_LOG_REQUEST: usize = 64 << 10;
+
+/// Largest item of a log stream the leader sends another manager: a batch of lines from one
+/// node (a few hundred KiB of lines, some JSON around them).
+pub const MAX_LOG_ITEMS: usize = 16 << 20;
 
 /// Largest raft message between managers: the store keeps log batches below
 /// [`shoal_store::MAX_RAFT_PAYLOAD`] and sends snapshots in chunks; the headroom is for a single

@@ -23,7 +23,10 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb;
-use crate::{RpcError, MAX_CA_MESSAGE, MAX_RAFT_MESSAGE, MAX_SESSION_DOWN, MAX_SESSION_UP};
+use crate::{
+    RpcError, MAX_CA_MESSAGE, MAX_LOG_ITEMS, MAX_LOG_REQUEST, MAX_RAFT_MESSAGE, MAX_SESSION_DOWN,
+    MAX_SESSION_UP,
+};
 
 /// Who is calling: the socket address and the certificate chain it presented (empty if none).
 #[derive(Clone, Debug)]
@@ -135,6 +138,9 @@ pub type ServerTls = Arc<parking_lot::RwLock<Arc<rustls::ServerConfig>>>;
 /// The stream of messages a session sends to the node.
 pub type SessionStream = BoxStream<'static, Result<pb::ManagerMessage, Status>>;
 
+/// The stream of log items the leader sends a manager that asked for task logs.
+pub type LogItemStream = BoxStream<'static, Result<pb::LogItems, Status>>;
+
 /// What the manager does with each call; the transport has already verified the TLS chain.
 pub trait Handlers: Send + Sync + 'static {
     /// The CA certificate PEM, for anyone.
@@ -158,6 +164,12 @@ pub trait Handlers: Send + Sync + 'static {
         peer: PeerInfo,
         inbound: Streaming<pb::AgentMessage>,
     ) -> BoxFuture<'static, Result<SessionStream, Status>>;
+    /// Task logs for another manager's API client, served by the leader's log broker.
+    fn logs(
+        &self,
+        peer: PeerInfo,
+        req: pb::LogRequest,
+    ) -> BoxFuture<'static, Result<LogItemStream, Status>>;
 }
 
 /// A TLS connection that tells tonic who is on the other end.
@@ -270,6 +282,19 @@ impl pb::dispatcher_server::Dispatcher for Svc {
     }
 }
 
+#[tonic::async_trait]
+impl pb::logs_server::Logs for Svc {
+    type SubscribeStream = LogItemStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::LogRequest>,
+    ) -> Result<Response<LogItemStream>, Status> {
+        let p = peer(req.extensions())?;
+        Ok(Response::new(self.0.logs(p, req.into_inner()).await?))
+    }
+}
+
 /// Binds the RPC port, so a taken port is reported before anything else starts.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RpcError> {
     TcpListener::bind(addr).await.map_err(|e| RpcError::Listen {
@@ -358,6 +383,12 @@ pub async fn serve(
             with_manager_certificate,
         ))
         .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::logs_server::LogsServer::from_arc(svc.clone())
+                .max_decoding_message_size(MAX_LOG_REQUEST)
+                .max_encoding_message_size(MAX_LOG_ITEMS),
+            with_manager_certificate_for_logs,
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             pb::dispatcher_server::DispatcherServer::from_arc(svc)
                 .max_decoding_message_size(MAX_SESSION_UP)
                 .max_encoding_message_size(MAX_SESSION_DOWN),
@@ -381,6 +412,13 @@ fn with_certificate(req: Request<()>) -> Result<Request<()>, Status> {
 fn with_manager_certificate(req: Request<()>) -> Result<Request<()>, Status> {
     let req = with_certificate(req)?;
     peer(req.extensions())?.manager("raft")?;
+    Ok(req)
+}
+
+/// Refuses a logs call from anyone but a manager, before its body is read.
+fn with_manager_certificate_for_logs(req: Request<()>) -> Result<Request<()>, Status> {
+    let req = with_certificate(req)?;
+    peer(req.extensions())?.manager("logs")?;
     Ok(req)
 }
 

@@ -57,6 +57,13 @@ impl Handlers for TestHandlers {
     ) -> BoxFuture<'static, Result<SessionStream, Status>> {
         Box::pin(async { Err(Status::unimplemented("not in this test")) })
     }
+    fn logs(
+        &self,
+        _peer: PeerInfo,
+        _req: pb::LogRequest,
+    ) -> BoxFuture<'static, Result<shoal_rpc::LogItemStream, Status>> {
+        Box::pin(async { Err(Status::unimplemented("not in this test")) })
+    }
 }
 
 fn node_cert(ca: &ClusterCa, id: &str, role: Role) -> NodeCert {
@@ -214,6 +221,16 @@ async fn callers_without_the_right_certificate_are_refused() {
     // A worker's certificate: TLS is fine, the manager-only call is not.
     let worker = node_cert(&ca, "worker1", Role::Worker);
     let e = raft_call(shoal_pki::client_config(&worker).unwrap(), &m.addr)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("worker"), "{e:?}");
+    // Nor may it read task logs through the leader, which is for managers' API clients.
+    let ch = shoal_rpc::connect(&m.addr, shoal_pki::client_config(&worker).unwrap()).unwrap();
+    let e = pb::logs_client::LogsClient::new(ch)
+        .subscribe(pb::LogRequest {
+            json: b"{}".to_vec(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");

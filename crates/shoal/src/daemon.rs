@@ -12,7 +12,7 @@ use shoal_agent::network::{NetworkAgent, NetworkConfig};
 use shoal_agent::worker::{self, NetworkBackend, WorkerConfig};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::node::{self, certs_dir, keys, AgentError, AgentHost, Identity};
+use shoal_manager::node::{self, certs_dir, keys, AgentError, AgentHost, Identity, LogLink};
 use shoal_manager::proxy::EngineProxy;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -44,12 +44,14 @@ impl LocalAgent {
             .with_context(|| format!("connecting to the engine at {path}"))
     }
 
-    /// The Docker executor, secret files, node networking and the worker over them.
+    /// The Docker executor, secret files, node networking and the worker over them, and the
+    /// log subscriptions that read the tasks' logs through the same executor.
     async fn start_worker(
         &self,
         node_id: String,
         assignments: watch::Receiver<NodeAssignments>,
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
+        logs: LogLink,
     ) -> anyhow::Result<()> {
         let docker = self
             .docker()?
@@ -78,6 +80,13 @@ impl LocalAgent {
             files: files.clone(),
             network: network.clone(),
         };
+        tokio::spawn(shoal_agent::logs::run(
+            executor.clone(),
+            assignments.clone(),
+            logs.commands,
+            logs.batches,
+            stop.clone(),
+        ));
         let handle = tokio::spawn(worker::run(cfg, assignments, reports, stop.clone()));
         if let Ok(mut g) = self.running.lock() {
             *g = Some(Running {
@@ -98,9 +107,10 @@ impl AgentHost for LocalAgent {
         node_id: String,
         assignments: watch::Receiver<NodeAssignments>,
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
+        logs: LogLink,
     ) -> BoxFuture<'_, Result<(), AgentError>> {
         Box::pin(async move {
-            self.start_worker(node_id, assignments, reports)
+            self.start_worker(node_id, assignments, reports, logs)
                 .await
                 .map_err(|e| format!("{e:#}").into())
         })

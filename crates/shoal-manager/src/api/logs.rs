@@ -1,264 +1,387 @@
-//! `docker service logs` / task logs: the engine's container logs of each task, with the swarm
-//! details (node, service, task) the CLI needs to label lines.
+//! `GET /services/{id}/logs` and `/tasks/{id}/logs` (`docker service logs`): the logs of the
+//! tasks on every node, gathered by the leader's log broker ([`crate::logbroker`]) from each
+//! node's agent, printed as dockerd prints service logs: the engine's multiplexed stream
+//! (stream 1 stdout, 2 stderr, 3 the error that cut the stream short), or raw for a service
+//! with a TTY; with `timestamps` each line starts with its time, with `details` with the
+//! `com.docker.swarm.*` attributes the docker CLI turns into its `name.slot@node` prefix.
 
-use super::{AppState, Result};
+use super::{ApiVersion, AppState, Result};
 use crate::db;
+use crate::logbroker::{LogItem, LogLine, Subscription};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use axum::Extension;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use shoal_api::logs::{LogOptions, LogSelector, LogStream, LogTime};
 use shoal_api::objects::{StoredService, StoredTask};
 use shoal_api::ApiError;
 use std::collections::HashMap;
-use tokio::sync::mpsc;
 
 /// `GET /services/{id}/logs`.
 pub async fn service_logs(
     State(d): State<AppState>,
     Path(key): Path<String>,
+    version: Option<Extension<ApiVersion>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    logs_of(d, q, |store| {
-        let svc = db::find::<StoredService>(store, &key)?;
-        Ok(db::list::<StoredTask>(store)
-            .into_iter()
-            .map(|t| t.obj)
-            .filter(|t| t.service_id() == svc.obj.id())
-            .collect())
-    })
-    .await
+    let req = LogRequest::parse(&q)?;
+    let m = d.manager().await?;
+    let svc = db::find::<StoredService>(&m.store, &key)?.obj;
+    let tty = svc
+        .spec()
+        .task_template
+        .as_ref()
+        .and_then(|t| t.container_spec.as_ref())
+        .and_then(|c| c.tty)
+        .unwrap_or(false);
+    let selector = LogSelector {
+        service_ids: vec![svc.id().to_string()],
+        task_ids: Vec::new(),
+    };
+    let sub = m.logs.subscribe(selector, req.options.clone()).await?;
+    Ok(answer(sub, req, tty, version))
 }
 
 /// `GET /tasks/{id}/logs`.
 pub async fn task_logs(
     State(d): State<AppState>,
     Path(key): Path<String>,
+    version: Option<Extension<ApiVersion>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    logs_of(d, q, |store| {
-        Ok(vec![db::find::<StoredTask>(store, &key)?.obj])
-    })
-    .await
-}
-
-/// What both log endpoints do around choosing their tasks: refuse bad options before anything
-/// else, then stream the logs of the tasks `tasks` picks.
-async fn logs_of(
-    d: AppState,
-    q: HashMap<String, String>,
-    tasks: impl FnOnce(&shoal_store::Store) -> std::result::Result<Vec<StoredTask>, ApiError>,
-) -> Result<Response> {
-    check_options(&q)?;
+    let req = LogRequest::parse(&q)?;
     let m = d.manager().await?;
-    let tasks = tasks(&m.store)?;
-    stream(d, tasks, q).await
-}
-
-/// Refuses what dockerd refuses before its log stream starts (once it starts, the status is
-/// 200 and an error can no longer be told): no stream chosen, a `tail` that is not a count or
-/// `all`, a `since` that is not a Unix time (`seconds[.nanoseconds]`). In the words of moby's
-/// swarm router and `Cluster.ServiceLogs`; dockerd answers 500 for the last two, shoal 400.
-fn check_options(q: &HashMap<String, String>) -> std::result::Result<(), ApiError> {
-    let flag = |k: &str| super::bool_param(q, k);
-    if !flag("stdout") && !flag("stderr") {
-        return Err(ApiError::invalid(
-            "Bad parameters: you must choose at least one stream",
-        ));
-    }
-    match q.get("tail").map(String::as_str) {
-        None | Some("") | Some("all") => {}
-        Some(t) => match t.parse::<i64>() {
-            Ok(n) if n < 0 => return Err(ApiError::invalid("negative tail values not supported")),
-            Ok(_) => {}
-            Err(_) => {
-                return Err(ApiError::invalid(
-                    "tail value must be a positive integer or \"all\"",
-                ))
-            }
-        },
-    }
-    if let Some(since) = q.get("since").filter(|s| !s.is_empty()) {
-        let (secs, nanos) = since.split_once('.').unwrap_or((since, "0"));
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        let secs = secs.strip_prefix('-').unwrap_or(secs);
-        if !digits(secs) || !digits(nanos) {
-            return Err(ApiError::invalid(format!(
-                "could not parse since timestamp: {since:?} is not seconds[.nanoseconds] since the Unix epoch"
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn details(t: &StoredTask) -> String {
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    let task = db::find::<StoredTask>(&m.store, &key)?.obj;
+    let tty = task
+        .task
+        .spec
+        .as_ref()
+        .and_then(|s| s.container_spec.as_ref())
+        .and_then(|c| c.tty)
+        .unwrap_or(false);
+    let selector = LogSelector {
+        service_ids: Vec::new(),
+        task_ids: vec![task.id().to_string()],
     };
-    format!(
-        "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={}",
-        enc(t.node_id().unwrap_or_default()),
-        enc(t.service_id()),
-        enc(t.id())
-    )
+    let sub = m.logs.subscribe(selector, req.options.clone()).await?;
+    Ok(answer(sub, req, tty, version))
 }
 
-/// The longest log line kept whole (16 KiB, where Docker's log drivers split lines).
-const MAX_LINE: usize = 16 << 10;
-
-fn frame(stream: u8, payload: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&[stream, 0, 0, 0]);
-    // Payloads are single lines, at most MAX_LINE plus the details; saturate all the same.
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
-    Bytes::from(out)
+/// What the client asked for: which lines (for the nodes) and how to print them (here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LogRequest {
+    options: LogOptions,
+    timestamps: bool,
+    details: bool,
 }
 
-async fn stream(
-    d: AppState,
-    tasks: Vec<StoredTask>,
-    q: HashMap<String, String>,
-) -> Result<Response> {
-    let flag = |k: &str| super::bool_param(&q, k);
-    let timestamps = flag("timestamps");
-    let mut params = vec![
-        ("stdout", flag("stdout")),
-        ("stderr", flag("stderr")),
-        ("follow", flag("follow")),
-        ("timestamps", timestamps),
-    ]
-    .into_iter()
-    .map(|(k, v)| format!("{k}={}", if v { 1 } else { 0 }))
-    .collect::<Vec<_>>();
-    for k in ["tail", "since"] {
-        if let Some(v) = q.get(k) {
-            params.push(format!(
-                "{k}={}",
-                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+impl LogRequest {
+    /// The query as dockerd reads it for service logs, refusing what it refuses before its
+    /// stream starts (once it starts, the status is 200 and an error can no longer be told):
+    /// no stream chosen, a `tail` that is not a count or `all`, a `since` or `until` that is not
+    /// a time. In the words of moby's swarm router and `Cluster.ServiceLogs`; dockerd answers
+    /// 500 for the last ones, shoal 400.
+    fn parse(q: &HashMap<String, String>) -> std::result::Result<LogRequest, ApiError> {
+        let flag = |k: &str| super::bool_param(q, k);
+        let (stdout, stderr) = (flag("stdout"), flag("stderr"));
+        if !stdout && !stderr {
+            return Err(ApiError::invalid(
+                "Bad parameters: you must choose at least one stream",
             ));
         }
-    }
-    let query = params.join("&");
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    for t in tasks {
-        let Some(cid) = t
-            .task
-            .status
-            .as_ref()
-            .and_then(|s| s.container_status.as_ref())
-            .and_then(|c| c.container_id.clone())
-        else {
-            continue;
+        let tail = match q.get("tail").map(String::as_str) {
+            None | Some("") | Some("all") => None,
+            Some(t) => match t.parse::<i64>() {
+                Ok(n) if n < 0 => {
+                    return Err(ApiError::invalid("negative tail values not supported"))
+                }
+                Ok(n) => Some(n.unsigned_abs()),
+                Err(_) => {
+                    return Err(ApiError::invalid(
+                        "tail value must be a positive integer or \"all\"",
+                    ))
+                }
+            },
         };
-        let d = d.clone();
-        let tx = tx.clone();
-        let query = query.clone();
-        tokio::spawn(async move {
-            let uri = format!(
-                "/v{}/containers/{cid}/logs?{query}",
-                d.engine.engine_api_version()
-            );
-            let Ok(req) = axum::http::Request::builder().uri(uri).body(Body::empty()) else {
-                return;
-            };
-            let resp = d.engine.forward(req).await;
-            if !resp.status().is_success() {
-                return;
+        let time = |k: &str| -> std::result::Result<Option<LogTime>, ApiError> {
+            match q.get(k).filter(|s| !s.is_empty()) {
+                None => Ok(None),
+                Some(v) => LogTime::parse_query(v).map(Some).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "could not parse {k} timestamp: {v:?} is not seconds[.nanoseconds] since the Unix epoch nor an RFC 3339 time"
+                    ))
+                }),
             }
-            let det = details(&t);
-            let mut body = resp.into_body().into_data_stream();
-            let mut buf: Vec<u8> = Vec::new();
-            let mut partial: [Vec<u8>; 3] = Default::default();
-            loop {
-                // A client that goes away ends the stream here, with the engine's connection,
-                // even when the container writes nothing more (follow mode waits forever).
-                let chunk = tokio::select! {
-                    _ = tx.closed() => return,
-                    c = body.next() => c,
-                };
-                let Some(Ok(chunk)) = chunk else { break };
-                buf.extend_from_slice(&chunk);
-                // Demultiplex the engine's frames, then re-frame line by line with the details.
-                while buf.len() >= 8 {
-                    let size = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
-                    if buf.len() < 8 + size {
-                        break;
-                    }
-                    let stream_id = buf[0].min(2);
-                    let payload: Vec<u8> = buf[8..8 + size].to_vec();
-                    buf.drain(..8 + size);
-                    let pend = &mut partial[stream_id as usize];
-                    pend.extend_from_slice(&payload);
-                    // A line is cut at MAX_LINE, as Docker's log drivers cut it, so output
-                    // without newlines cannot grow the buffer without bound.
-                    while let Some(pos) = pend
-                        .iter()
-                        .position(|b| *b == b'\n')
-                        .or((pend.len() >= MAX_LINE).then_some(MAX_LINE - 1))
-                    {
-                        let line: Vec<u8> = pend.drain(..=pos).collect();
-                        let out = decorate(&line, &det, timestamps);
-                        if tx.send(frame(stream_id.max(1), &out)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            for (i, pend) in partial.iter().enumerate() {
-                if !pend.is_empty() {
-                    let mut line = pend.clone();
-                    line.push(b'\n');
-                    let _ = tx
-                        .send(frame((i as u8).max(1), &decorate(&line, &det, timestamps)))
-                        .await;
-                }
-            }
-        });
+        };
+        Ok(LogRequest {
+            options: LogOptions {
+                follow: flag("follow"),
+                stdout,
+                stderr,
+                tail,
+                since: time("since")?,
+                until: time("until")?,
+            },
+            timestamps: flag("timestamps"),
+            details: flag("details"),
+        })
     }
-    drop(tx);
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<Bytes, std::io::Error>(b), rx))
-    });
-    Ok((
-        StatusCode::OK,
-        [("content-type", "application/vnd.docker.multiplexed-stream")],
-        Body::from_stream(body),
-    )
-        .into_response())
 }
 
-/// `ts msg` becomes `ts details msg`; `msg` becomes `details msg`.
-fn decorate(line: &[u8], details: &str, timestamps: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(line.len() + details.len() + 2);
-    if timestamps {
-        if let Some(sp) = line.iter().position(|b| *b == b' ') {
-            out.extend_from_slice(&line[..=sp]);
-            out.extend_from_slice(details.as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(&line[sp + 1..]);
-            return out;
+/// The stream dockerd answers: multiplexed unless the tasks have a TTY; the header says so
+/// from API 1.42 (before, the same bytes went as a raw stream).
+fn answer(
+    sub: Subscription,
+    req: LogRequest,
+    tty: bool,
+    version: Option<Extension<ApiVersion>>,
+) -> Response {
+    let version = version.and_then(|Extension(ApiVersion(v))| v);
+    let since_142 = version.as_deref().is_none_or(|v| {
+        let (major, minor) = v.split_once('.').unwrap_or((v, "0"));
+        (
+            major.parse::<u32>().unwrap_or(0),
+            minor.parse::<u32>().unwrap_or(0),
+        ) >= (1, 42)
+    });
+    let content_type = if !tty && since_142 {
+        "application/vnd.docker.multiplexed-stream"
+    } else {
+        "application/vnd.docker.raw-stream"
+    };
+    let printer = Printer {
+        timestamps: req.timestamps,
+        details: req.details,
+        mux: !tty,
+    };
+    let body = futures::stream::unfold((sub, printer), |(mut sub, p)| async move {
+        loop {
+            let out = match sub.next().await? {
+                LogItem::Lines(lines) => p.lines(&lines),
+                LogItem::Error(e) => p.error(&e),
+            };
+            if !out.is_empty() {
+                return Some((Ok::<Bytes, std::io::Error>(Bytes::from(out)), (sub, p)));
+            }
         }
+    });
+    (
+        StatusCode::OK,
+        [("content-type", content_type)],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Prints lines as dockerd's `WriteLogStream` does.
+#[derive(Debug, Clone, Copy)]
+struct Printer {
+    timestamps: bool,
+    details: bool,
+    /// One frame per line (stream 1 or 2), or the bare lines (a TTY's).
+    mux: bool,
+}
+
+/// What Go's `url.QueryEscape` leaves alone: letters, digits and `-_.~` (a space becomes `+`).
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn query_escape(s: &str) -> String {
+    utf8_percent_encode(s, QUERY)
+        .to_string()
+        .replace("%20", "+")
+}
+
+/// The attributes dockerd puts before a service's log line with `details`: the swarm context,
+/// sorted by key, each part query-escaped.
+fn details(l: &LogLine) -> String {
+    [
+        ("com.docker.swarm.node.id", &l.node_id),
+        ("com.docker.swarm.service.id", &l.service_id),
+        ("com.docker.swarm.task.id", &l.task_id),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+impl Printer {
+    fn lines(&self, lines: &[LogLine]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in lines {
+            let mut text = Vec::with_capacity(l.data.len() + 128);
+            if self.timestamps {
+                text.extend_from_slice(l.time.rfc3339_fixed().as_bytes());
+                text.push(b' ');
+            }
+            if self.details {
+                text.extend_from_slice(details(l).as_bytes());
+                text.push(b' ');
+            }
+            text.extend_from_slice(&l.data);
+            let stream = match l.stream {
+                LogStream::Stdout => 1,
+                LogStream::Stderr => 2,
+            };
+            self.write(&mut out, stream, &text);
+        }
+        out
     }
-    out.extend_from_slice(details.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(line);
-    out
+
+    /// The error that ends the stream, on the engine's system-error stream (3).
+    fn error(&self, e: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write(
+            &mut out,
+            3,
+            format!("Error grabbing logs: {e}\n").as_bytes(),
+        );
+        out
+    }
+
+    fn write(&self, out: &mut Vec<u8>, stream: u8, payload: &[u8]) {
+        if self.mux {
+            // Lines are at most 16 KiB plus the prefixes; an error message is short.
+            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&[stream, 0, 0, 0]);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn line(stream: LogStream, data: &str) -> LogLine {
+        LogLine {
+            node_id: "node1".into(),
+            service_id: "svc1".into(),
+            task_id: "task1".into(),
+            stream,
+            time: LogTime {
+                secs: 1_704_201_817,
+                nanos: 5,
+            },
+            data: data.as_bytes().to_vec(),
+        }
+    }
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn details_go_after_the_timestamp() {
+    fn details_false_prints_the_bare_line_and_true_the_swarm_attributes() {
+        let l = [line(LogStream::Stdout, "hello\n")];
+        let bare = Printer {
+            timestamps: false,
+            details: false,
+            mux: true,
+        };
+        assert_eq!(bare.lines(&l), b"\x01\0\0\0\0\0\0\x06hello\n");
+        let detailed = Printer {
+            details: true,
+            ..bare
+        };
+        let want = "com.docker.swarm.node.id=node1,com.docker.swarm.service.id=svc1,com.docker.swarm.task.id=task1 hello\n";
+        let out = detailed.lines(&l);
+        assert_eq!(&out[..4], b"\x01\0\0\0");
         assert_eq!(
-            decorate(b"2024-01-01T00:00:00Z hello\n", "a=b", true),
-            b"2024-01-01T00:00:00Z a=b hello\n"
+            u32::from_be_bytes(out[4..8].try_into().unwrap()) as usize,
+            want.len()
         );
-        assert_eq!(decorate(b"hello\n", "a=b", false), b"a=b hello\n");
+        assert_eq!(&out[8..], want.as_bytes());
+    }
+
+    #[test]
+    fn timestamps_come_first_and_stderr_and_errors_have_their_streams() {
+        let p = Printer {
+            timestamps: true,
+            details: true,
+            mux: true,
+        };
+        let out = p.lines(&[line(LogStream::Stderr, "oops\n")]);
+        assert_eq!(out[0], 2);
+        assert!(
+            out[8..].starts_with(b"2024-01-02T13:23:37.000000005Z com.docker.swarm.node.id=node1,")
+        );
+        let e = p.error("node x disconnected");
+        assert_eq!(e[0], 3);
+        assert_eq!(&e[8..], b"Error grabbing logs: node x disconnected\n");
+        // A TTY's stream: the bare text.
+        let raw = Printer { mux: false, ..p };
+        let out = raw.lines(&[line(LogStream::Stdout, "hi\r\n")]);
+        assert!(out.ends_with(b" hi\r\n") && out.starts_with(b"2024-"));
+    }
+
+    #[test]
+    fn attribute_values_are_query_escaped_as_go_does() {
+        assert_eq!(query_escape("a b/c=d,e~f.g-h_i"), "a+b%2Fc%3Dd%2Ce~f.g-h_i");
+    }
+
+    #[test]
+    fn the_query_is_read_as_dockerd_reads_it() {
+        let r = LogRequest::parse(&query(&[
+            ("stdout", "True"),
+            ("stderr", "0"),
+            ("tail", "10"),
+            ("since", "1704201817.5"),
+            ("until", "2024-01-02T13:24:00Z"),
+            ("follow", "1"),
+            ("timestamps", "yes"),
+            ("details", "false"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            r.options,
+            LogOptions {
+                follow: true,
+                stdout: true,
+                stderr: false,
+                tail: Some(10),
+                since: Some(LogTime {
+                    secs: 1_704_201_817,
+                    nanos: 500_000_000
+                }),
+                until: Some(LogTime {
+                    secs: 1_704_201_840,
+                    nanos: 0
+                }),
+            }
+        );
+        assert!(r.timestamps && !r.details);
+        let all = LogRequest::parse(&query(&[("stderr", "1"), ("tail", "all")])).unwrap();
+        assert_eq!(all.options.tail, None);
+        for (q, msg) in [
+            (
+                vec![("stdout", "no")],
+                "you must choose at least one stream",
+            ),
+            (vec![("stdout", "1"), ("tail", "x")], "positive integer"),
+            (vec![("stdout", "1"), ("tail", "-1")], "negative tail"),
+            (
+                vec![("stdout", "1"), ("since", "10m")],
+                "could not parse since",
+            ),
+            (
+                vec![("stdout", "1"), ("until", "soon")],
+                "could not parse until",
+            ),
+        ] {
+            let e = LogRequest::parse(&query(&q)).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(msg), "{q:?}: {}", e.message);
+        }
     }
 }

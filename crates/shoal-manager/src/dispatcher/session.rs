@@ -6,6 +6,7 @@ use super::assignments::AssignmentFeed;
 use super::liveness::{self, Liveness};
 use super::reports;
 use crate::db;
+use crate::logbroker::LogBroker;
 use crate::state::SharedReader;
 use futures::StreamExt;
 use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments};
@@ -47,6 +48,7 @@ pub struct Dispatcher {
     reports: mpsc::Sender<reports::NodeReports>,
     liveness: Arc<Liveness>,
     open_sessions: Arc<OpenSessions>,
+    logs: LogBroker,
     stop: CancellationToken,
 }
 
@@ -127,8 +129,14 @@ async fn end_removed_sessions(store: Store, open: Arc<OpenSessions>, stop: Cance
 impl Dispatcher {
     /// Starts the report writer and the liveness checker (both act only while this manager
     /// leads) and the assignments feed, which reads `view`: the one decoded view of the store the
-    /// control loop shares.
-    pub fn start(store: Store, view: SharedReader, stop: CancellationToken) -> Dispatcher {
+    /// control loop shares. Sessions carry `logs`' subscriptions to the nodes and their lines
+    /// back.
+    pub fn start(
+        store: Store,
+        view: SharedReader,
+        logs: LogBroker,
+        stop: CancellationToken,
+    ) -> Dispatcher {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(reports::collect_reports(store.clone(), rx, stop.clone()));
         let d = Dispatcher {
@@ -138,6 +146,7 @@ impl Dispatcher {
             reports: tx,
             liveness: Arc::new(Liveness::default()),
             open_sessions: Arc::default(),
+            logs,
             stop,
         };
         tokio::spawn(end_removed_sessions(
@@ -194,6 +203,7 @@ impl Dispatcher {
         )
         .await;
         self.liveness.connected(&node_id);
+        self.logs.node_connected(&node_id, session_id, tx.clone());
         tracing::info!(node = %node_id, "session opened");
 
         // Assignments, computed from this leader's store, until the session or leadership ends.
@@ -290,6 +300,9 @@ impl Dispatcher {
                             break;
                         }
                     }
+                    Ok(AgentMessage::Logs(batch)) => {
+                        d.logs.publish(&node_id, session_id, batch);
+                    }
                     Ok(AgentMessage::Hello { description }) => {
                         d.describe(&node, description.map(|b| *b)).await;
                     }
@@ -320,6 +333,7 @@ impl Dispatcher {
             }
             d.liveness.disconnected(&node_id);
             d.open_sessions.remove(&node_id, session_id);
+            d.logs.node_disconnected(&node_id, session_id);
             tracing::info!(node = %node_id, "session closed");
             s.cancel();
         });
@@ -361,7 +375,11 @@ pub fn manager_addrs(store: &Store) -> Vec<String> {
     out
 }
 
-async fn send(tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>, m: &ManagerMessage) -> bool {
+/// Sends `m` down a session; false once the session is gone.
+pub(crate) async fn send(
+    tx: &mpsc::Sender<Result<pb::ManagerMessage, Status>>,
+    m: &ManagerMessage,
+) -> bool {
     match serde_json::to_vec(m) {
         Ok(json) => tx.send(Ok(pb::ManagerMessage { json })).await.is_ok(),
         Err(e) => {

@@ -3,6 +3,7 @@
 
 use crate::dispatcher::session::DEFAULT_HEARTBEAT;
 use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments, TaskStatusReport};
+use shoal_api::logs::{LogBatch, LogCommand};
 use shoal_api::models::NodeDescription;
 use shoal_api::Role;
 use shoal_rpc::pb;
@@ -75,13 +76,23 @@ pub struct ClientConfig {
     pub attached: tokio::sync::broadcast::Sender<(String, Option<String>)>,
 }
 
+/// The session's side of the agent's log subscriptions.
+pub struct LogChannels {
+    /// Where the manager's log messages go (and the end of each session).
+    pub commands: mpsc::Sender<LogCommand>,
+    /// Batches of lines to send up.
+    pub batches: mpsc::Receiver<LogBatch>,
+}
+
 /// Keeps this node's session with the leader, failing over between managers, until `stop`.
-/// Assignments go into `assignments`; reports are taken from `reports`.
+/// Assignments go into `assignments`; reports are taken from `reports`; log subscriptions go
+/// to the agent through `logs`, and end with each session.
 pub async fn run_client(
     cfg: ClientConfig,
     assignments: watch::Sender<NodeAssignments>,
     mut reports: mpsc::Receiver<Vec<TaskStatusReport>>,
     mut requests: mpsc::Receiver<AgentMessage>,
+    mut logs: LogChannels,
     stop: CancellationToken,
 ) {
     let mut next: Option<String> = None;
@@ -100,8 +111,12 @@ pub async fn run_client(
             if stop.is_cancelled() {
                 return;
             }
-            let chans = (&mut reports, &mut requests);
-            match one_session(&cfg, &addr, &assignments, chans, &stop).await {
+            let chans = (&mut reports, &mut requests, &mut logs);
+            let ended = one_session(&cfg, &addr, &assignments, chans, &stop).await;
+            // Subscriptions belong to the session that brought them: the manager has let go
+            // of them too.
+            let _ = logs.commands.send(LogCommand::CloseAll).await;
+            match ended {
                 Ok(()) => {
                     failures = 0;
                     if stop.is_cancelled() {
@@ -131,9 +146,10 @@ async fn one_session(
     cfg: &ClientConfig,
     addr: &str,
     assignments: &watch::Sender<NodeAssignments>,
-    (reports, requests): (
+    (reports, requests, logs): (
         &mut mpsc::Receiver<Vec<TaskStatusReport>>,
         &mut mpsc::Receiver<AgentMessage>,
+        &mut LogChannels,
     ),
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -160,6 +176,8 @@ async fn one_session(
     let mut heartbeat = tokio::time::interval(DEFAULT_HEARTBEAT / 2);
     loop {
         tokio::select! {
+            // Reports and heartbeats before log lines, which can wait.
+            biased;
             _ = stop.cancelled() => return Ok(()),
             m = inbound.message() => {
                 let m = match m {
@@ -191,6 +209,15 @@ async fn one_session(
                     Ok(ManagerMessage::Attached { task_id, error }) => {
                         let _ = cfg.attached.send((task_id, error));
                     }
+                    Ok(ManagerMessage::LogSubscribe(sub)) => {
+                        let _ = logs.commands.send(LogCommand::Subscribe(sub)).await;
+                    }
+                    Ok(ManagerMessage::LogCredit { id, bytes }) => {
+                        let _ = logs.commands.send(LogCommand::Credit { id, bytes }).await;
+                    }
+                    Ok(ManagerMessage::LogClose { id }) => {
+                        let _ = logs.commands.send(LogCommand::Close { id }).await;
+                    }
                     Err(e) => tracing::warn!(error = %e, "undecodable session message"),
                 }
             }
@@ -206,6 +233,13 @@ async fn one_session(
             _ = heartbeat.tick() => {
                 let m = encode(&AgentMessage::Heartbeat)?;
                 tx.send(m).await.map_err(|_| SessionError::Closed)?;
+            }
+            b = logs.batches.recv(), if !logs.batches.is_closed() || !logs.batches.is_empty() => {
+                // None: the agent has no log side (stopped, or a stand-in); nothing to send.
+                if let Some(b) = b {
+                    let m = encode(&AgentMessage::Logs(b))?;
+                    tx.send(m).await.map_err(|_| SessionError::Closed)?;
+                }
             }
         }
     }

@@ -6,6 +6,7 @@ use super::client::{self, ClientConfig};
 use super::Identity;
 use futures::future::BoxFuture;
 use shoal_api::dispatch::{AgentMessage, NetworkInfo, NodeAssignments, TaskStatusReport};
+use shoal_api::logs::{LogBatch, LogCommand};
 use shoal_api::objects::NetworkAttachment;
 use shoal_api::Role;
 use shoal_pki::NodeCert;
@@ -17,6 +18,15 @@ use tokio_util::sync::CancellationToken;
 /// Why the agent would not start; the agent lives in the binary, so its errors come boxed.
 pub type AgentError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The agent's end of log subscriptions: what the manager asks over the session, and the
+/// batches of lines that answer it.
+pub struct LogLink {
+    /// Subscriptions, credit, closes, and the end of each session.
+    pub commands: mpsc::Receiver<LogCommand>,
+    /// Batches of lines, sent up the session.
+    pub batches: mpsc::Sender<LogBatch>,
+}
+
 /// The node-side half the manager hands assignments to (the agent, wired in by the binary).
 pub trait AgentHost: Send + Sync {
     /// Starts the agent for `node_id` on these channels.
@@ -25,6 +35,7 @@ pub trait AgentHost: Send + Sync {
         node_id: String,
         assignments: watch::Receiver<NodeAssignments>,
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
+        logs: LogLink,
     ) -> BoxFuture<'_, Result<(), AgentError>>;
     /// Stops the agent; with `remove` it also removes every container and network it made.
     fn stop(&self, remove: bool) -> BoxFuture<'_, ()>;
@@ -110,10 +121,20 @@ impl NodeSession {
         let (atx, arx) = watch::channel(NodeAssignments::default());
         let (rtx, rrx) = mpsc::channel(1024);
         let (qtx, qrx) = mpsc::channel(64);
+        let (ltx, lrx) = mpsc::channel(256);
+        let (btx, brx) = mpsc::channel(16);
         let stop = CancellationToken::new();
-        tokio::spawn(client::run_client(cfg, atx, rrx, qrx, stop.clone()));
+        let logs = client::LogChannels {
+            commands: ltx,
+            batches: brx,
+        };
+        tokio::spawn(client::run_client(cfg, atx, rrx, qrx, logs, stop.clone()));
+        let link = LogLink {
+            commands: lrx,
+            batches: btx,
+        };
         if let Err(e) = agent
-            .start(identity.node_id.clone(), arx.clone(), rtx.clone())
+            .start(identity.node_id.clone(), arx.clone(), rtx.clone(), link)
             .await
         {
             stop.cancel();

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::node::{AgentError, AgentHost};
+use shoal_manager::node::{AgentError, AgentHost, LogLink};
 use shoal_manager::proxy::EngineProxy;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +42,7 @@ impl AgentHost for StandInAgent {
         _node_id: String,
         _assignments: watch::Receiver<NodeAssignments>,
         _reports: mpsc::Sender<Vec<TaskStatusReport>>,
+        _logs: LogLink,
     ) -> BoxFuture<'_, Result<(), AgentError>> {
         self.starts.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Ok(()) })
@@ -53,51 +54,6 @@ impl AgentHost for StandInAgent {
         }
         Box::pin(async {})
     }
-}
-
-/// Follow-mode log streams the fake engine serves right now, per container ID. A stream
-/// counts until the engine's side lets go of it, which happens only when its connection closes.
-pub static LIVE_LOGS: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-/// Wakes whoever waits on [`LIVE_LOGS`].
-pub static LOGS_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// Counts one live log stream of a container until dropped.
-struct LiveLog(String);
-
-impl LiveLog {
-    fn new(id: String) -> LiveLog {
-        *LIVE_LOGS.lock().unwrap().entry(id.clone()).or_default() += 1;
-        LOGS_CHANGED.notify_waiters();
-        LiveLog(id)
-    }
-}
-
-impl Drop for LiveLog {
-    fn drop(&mut self) {
-        if let Some(n) = LIVE_LOGS.lock().unwrap().get_mut(&self.0) {
-            *n -= 1;
-        }
-        LOGS_CHANGED.notify_waiters();
-    }
-}
-
-/// `logs --follow` of a container that said one line and then nothing more: one frame, then
-/// the stream stays open for as long as the connection does.
-async fn fake_logs(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
-    let live = LiveLog::new(id);
-    let first = futures::stream::once(async {
-        Ok::<_, Infallible>(axum::body::Bytes::from_static(
-            b"\x01\x00\x00\x00\x00\x00\x00\x06hello\n",
-        ))
-    });
-    let rest = futures::stream::once(async move {
-        let _live = live;
-        std::future::pending::<()>().await;
-        Ok(axum::body::Bytes::new())
-    });
-    let body = futures::StreamExt::chain(first, rest);
-    Response::new(Body::from_stream(body))
 }
 
 /// The engine's own events so far (JSON values with `timeNano`), what its `/events` serves.
@@ -213,7 +169,6 @@ async fn fake_events(
 /// The engine's side: just enough of Docker's answers for `/version` and `/info`.
 fn fake_engine() -> Router {
     Router::new()
-        .route("/v1.47/containers/{id}/logs", get(fake_logs))
         .route("/v1.47/events", get(fake_events))
         .route("/events", get(fake_events))
         .route(

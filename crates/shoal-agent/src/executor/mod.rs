@@ -1,5 +1,10 @@
-//! The executor: the only code that creates, starts, stops and removes task containers. A small
-//! trait (as swarmkit's controller) with the Docker Engine implementation behind it.
+//! The executor: the only code that creates, starts, stops and removes task containers, and
+//! reads their logs (`logs`). A small trait (as swarmkit's controller) with the Docker Engine
+//! implementation behind it.
+
+mod logs;
+
+pub use logs::{LogLine, LogLines};
 
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Mount, MountType,
@@ -41,6 +46,12 @@ pub enum ExecError {
         /// The engine's error.
         #[source]
         source: bollard::errors::Error,
+    },
+    /// The task has no container on this node (not created yet, or already removed).
+    #[error("task {task} has no container on this node")]
+    NoContainer {
+        /// The task.
+        task: String,
     },
 }
 
@@ -129,6 +140,18 @@ pub trait Executor: Send + Sync + 'static {
     /// is gone; an engine without plain containers (a simulated node) has none.
     fn attached(&self) -> impl Future<Output = Result<HashSet<String>, ExecError>> + Send {
         async { Ok(HashSet::new()) }
+    }
+    /// The log lines of the task's container that `options` ask for (streams, tail, since,
+    /// until, follow), as the engine's container logs give them. Needed because a node's task
+    /// logs reach `docker service logs` only through its agent; `NoContainer` while the task
+    /// has none. A simulated node has no logs.
+    fn logs(
+        &self,
+        task_id: &str,
+        options: &shoal_api::logs::LogOptions,
+    ) -> impl Future<Output = Result<LogLines, ExecError>> + Send {
+        let _ = (task_id, options);
+        async { Ok(Box::pin(futures::stream::empty()) as LogLines) }
     }
 }
 
@@ -446,6 +469,14 @@ impl DockerExecutor {
 }
 
 impl Executor for DockerExecutor {
+    async fn logs(
+        &self,
+        task_id: &str,
+        options: &shoal_api::logs::LogOptions,
+    ) -> Result<LogLines, ExecError> {
+        logs::read(&self.docker, &self.node_id, task_id, options).await
+    }
+
     async fn attached(&self) -> Result<HashSet<String>, ExecError> {
         let label = shoal_api::dispatch::ATTACHMENTS_LABEL;
         let list = self
