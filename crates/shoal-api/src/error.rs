@@ -67,6 +67,10 @@ impl ApiError {
     pub fn not_a_manager() -> Self {
         Self::unavailable("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.")
     }
+    /// 503 with Docker's text for a worker asked what only managers answer.
+    pub fn worker_not_a_manager() -> Self {
+        Self::unavailable("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.")
+    }
     /// The body Docker would send.
     pub fn body(&self) -> String {
         serde_json::to_string(&ErrorBody {

@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod error;
 pub mod id;
 pub mod labels;
+pub mod moby;
 pub mod objects;
 pub mod role;
 pub mod template;

@@ -167,7 +167,7 @@ pub async fn inspect(
             let (peers, services) =
                 peers_and_services(&state, n.obj.id.as_deref().unwrap_or_default());
             v["Peers"] = peers;
-            if q.get("verbose").is_some_and(|x| x == "true" || x == "1") {
+            if super::query::strict_bool(&q, "verbose")? {
                 v["Services"] = services;
             }
             return Ok(json(StatusCode::OK, &v));
@@ -328,6 +328,23 @@ pub async fn remove(
     };
     let nid = n.obj.id.clone().unwrap_or_default();
     if n.obj.ingress == Some(true) {
+        // Swarm's refusal while a service publishes through the mesh; Swarm removes an unused
+        // ingress network, shoal keeps it (its routing mesh is set up on every node).
+        let users = db::list::<StoredService>(&m.store).into_iter().find(|s| {
+            s.obj
+                .service
+                .endpoint
+                .iter()
+                .flat_map(|e| e.virtual_ips.iter().flatten())
+                .any(|v| v.network_id.as_deref() == Some(nid.as_str()))
+        });
+        if let Some(s) = users {
+            return Err(ApiError::invalid(format!(
+                "rpc error: code = FailedPrecondition desc = ingress network cannot be removed because service {} depends on it",
+                s.obj.id()
+            ))
+            .into());
+        }
         return Err(ApiError::new(403, "rpc error: code = PermissionDenied desc = removing the ingress network is not supported by shoal").into());
     }
     let users: Vec<String> = db::list::<StoredService>(&m.store)

@@ -47,7 +47,7 @@ fn find(
 }
 
 /// Fills in `ManagerStatus` from raft as it is now: who leads, and who answers.
-fn with_manager_status(mgr: &crate::cluster::Manager, mut n: Node) -> Node {
+pub(crate) fn with_manager_status(mgr: &crate::cluster::Manager, mut n: Node) -> Node {
     let store = &mgr.store;
     let id = n.id.clone().unwrap_or_default();
     let is_manager = n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER);
@@ -71,6 +71,7 @@ fn with_manager_status(mgr: &crate::cluster::Manager, mut n: Node) -> Node {
         (true, None) => n.manager_status,
         (false, _) => None,
     };
+    shoal_api::moby::node(&mut n);
     n
 }
 
@@ -84,6 +85,8 @@ pub async fn list(
         &q,
         &["id", "label", "membership", "name", "node.label", "role"],
     )?;
+    f.known("role", &["worker", "manager"])?;
+    f.known("membership", &["pending", "accepted"])?;
     let out: Vec<Node> = db::list::<Node>(&m.store)
         .into_iter()
         .map(|n| with_manager_status(&m, n.obj))
@@ -100,10 +103,10 @@ pub async fn list(
         .filter(|n| {
             f.any("role", |x| {
                 let r = n.spec.as_ref().and_then(|s| s.role);
-                (x == "manager") == (r == Some(NodeSpecRoleEnum::MANAGER))
+                x.eq_ignore_ascii_case("manager") == (r == Some(NodeSpecRoleEnum::MANAGER))
             })
         })
-        .filter(|_| f.any("membership", |x| x == "accepted"))
+        .filter(|_| f.any("membership", |x| x.eq_ignore_ascii_case("accepted")))
         .filter(|n| {
             f.labels(
                 "label",
@@ -138,8 +141,8 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response> {
     let m = d.manager().await?;
-    let version: u64 = super::version_param(&q)?;
     let spec: NodeSpec = parse_body(&body)?;
+    let version = super::query::version(&q, super::query::Versioned::Node)?;
     check_spec(&spec)?;
     let cur = db::at_version(find(&m.store, &key)?, version)?;
     let mut node = cur.obj.clone();

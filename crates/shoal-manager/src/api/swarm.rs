@@ -23,7 +23,7 @@ impl From<NodeError> for Error {
             NodeError::Store(api) => return Error(api.clone()),
             NodeError::AlreadyInSwarm
             | NodeError::NotInSwarm
-            | NodeError::ManagerLeaveNeedsForce
+            | NodeError::ManagerLeaveNeedsForce(_)
             | NodeError::NotAManagerToRecover
             | NodeError::ManagerUnreachable { .. }
             | NodeError::Locked
@@ -38,6 +38,16 @@ impl From<NodeError> for Error {
         };
         Error(ApiError::new(status, e.to_string()))
     }
+}
+
+/// Fields of Docker's `InitRequest` and `JoinRequest` that the generated models lack, read
+/// through the same decoding as the rest of the body (any letter case).
+#[derive(serde::Deserialize, Default)]
+struct Extras {
+    #[serde(rename = "AutoLockManagers", default)]
+    auto_lock_managers: Option<bool>,
+    #[serde(rename = "Availability", default)]
+    availability: Option<String>,
 }
 
 /// The address this node advertises: the one asked for, else the host's outward address.
@@ -76,6 +86,7 @@ fn advertise_addr(req: &SwarmInitRequest) -> std::result::Result<String, ApiErro
 /// `POST /swarm/init`.
 pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let req: SwarmInitRequest = parse_body(&body)?;
+    let extras: Extras = parse_body(&body)?;
     if d.lock.is_locked() {
         return Err(NodeError::Locked.into());
     }
@@ -115,10 +126,7 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
         addr: advertise_addr(&req)?,
         spec: req.spec,
         data_path_port: req.data_path_port,
-        // `AutoLockManagers` is in Docker's API but not in the generated model.
-        autolock: serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .is_some_and(|v| v["AutoLockManagers"].as_bool() == Some(true)),
+        autolock: extras.auto_lock_managers == Some(true),
     };
     let node_id = node::init::init(&d, plan).await?;
     Ok(json(StatusCode::OK, &node_id))
@@ -142,7 +150,19 @@ pub async fn update(
 ) -> Result<Response> {
     let m = d.manager().await?;
     let spec: SwarmSpec = parse_body(&body)?;
-    let v: u64 = super::version_param(&q)?;
+    let v = super::query::version(&q, super::query::Versioned::Swarm)?;
+    let flag = |k: &str| -> std::result::Result<bool, ApiError> {
+        match q.get(k).map(String::as_str) {
+            None | Some("") => Ok(false),
+            Some(v) => super::query::parse_bool(v)
+                .map_err(|_| ApiError::invalid(format!("invalid value for {k}: {v}"))),
+        }
+    };
+    let (rotate_worker, rotate_manager, rotate_unlock) = (
+        flag("rotateWorkerToken")?,
+        flag("rotateManagerToken")?,
+        flag("rotateManagerUnlockKey")?,
+    );
     let mut c = db::list::<Swarm>(&m.store)
         .into_iter()
         .next()
@@ -173,9 +193,8 @@ pub async fn update(
     merge_spec(&mut merged, spec);
     let locking = autolock_of(&merged);
     c.obj.spec = Some(merged);
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
     // A new unlock key when autolock is switched on or its key rotated; none when off.
-    let unlock_key = match (locking, was_locking && !flag("rotateManagerUnlockKey")) {
+    let unlock_key = match (locking, was_locking && !rotate_unlock) {
         (false, _) => Some(None),
         (true, true) => None,
         (true, false) => {
@@ -192,10 +211,10 @@ pub async fn update(
         .unwrap_or_default();
     let digest = digest_of(&trust_root);
     if let Some(t) = c.obj.join_tokens.as_mut() {
-        if flag("rotateWorkerToken") {
+        if rotate_worker {
             t.worker = Some(join_token(digest));
         }
-        if flag("rotateManagerToken") {
+        if rotate_manager {
             t.manager = Some(join_token(digest));
         }
     }
@@ -223,7 +242,7 @@ pub async fn leave(
     State(d): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
+    let force = super::bool_param(&q, "force");
     node::leave::leave(&d, force).await?;
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }
@@ -231,6 +250,7 @@ pub async fn leave(
 /// `POST /swarm/join`: joins through the first manager address ([`node::join`]).
 pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let req: SwarmJoinRequest = parse_body(&body)?;
+    let extras: Extras = parse_body(&body)?;
     if d.lock.is_locked() {
         return Err(NodeError::Locked.into());
     }
@@ -271,11 +291,7 @@ pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
             format!("{ip}:2377")
         }
     };
-    // `Availability` is in Docker's API but not in the generated model.
-    let availability = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["Availability"].as_str().map(str::to_lowercase))
-        .unwrap_or_default();
+    let availability = extras.availability.unwrap_or_default().to_lowercase();
     let plan = JoinPlan {
         token,
         token_text,
@@ -308,17 +324,13 @@ pub async fn unlock_key(State(d): State<AppState>) -> Result<Response> {
 
 /// `POST /swarm/unlock` `{"UnlockKey": "SWMKEY-1-..."}`: starts a locked manager.
 pub async fn unlock(State(d): State<AppState>, body: Bytes) -> Result<Response> {
-    let req: HashMap<String, serde_json::Value> = parse_body(&body)?;
-    // Field names in any case, as dockerd reads them.
-    let field = req
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("UnlockKey"))
-        .map(|(_, v)| v);
-    let text = match field {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        None | Some(serde_json::Value::Null) => String::new(),
-        Some(_) => return Err(ApiError::invalid("UnlockKey: a string is expected").into()),
-    };
-    node::lock::unlock(&d, &text).await?;
+    /// Docker's `UnlockRequest`.
+    #[derive(serde::Deserialize)]
+    struct UnlockRequest {
+        #[serde(rename = "UnlockKey", default)]
+        unlock_key: Option<String>,
+    }
+    let req: UnlockRequest = parse_body(&body)?;
+    node::lock::unlock(&d, &req.unlock_key.unwrap_or_default()).await?;
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }
