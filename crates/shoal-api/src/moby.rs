@@ -153,6 +153,10 @@ pub fn task(t: &mut Task) {
     t.labels.get_or_insert_with(Default::default);
     if let Some(spec) = t.spec.as_mut() {
         task_spec(spec);
+        // `taskSpecFromGRPC` names only the attachment runtime.
+        if spec.runtime.as_deref() == Some(RUNTIME_CONTAINER) {
+            spec.runtime = None;
+        }
     }
     if let Some(st) = t.status.as_mut() {
         st.port_status.get_or_insert_with(Default::default);

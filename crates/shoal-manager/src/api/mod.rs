@@ -115,6 +115,12 @@ pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     }
 }
 
+/// 200 with no body, as dockerd answers a write that returns nothing (leave, update, remove):
+/// its handlers write no JSON, not even `null`.
+pub fn done() -> Response {
+    StatusCode::OK.into_response()
+}
+
 /// Parses a JSON body as dockerd does (field names in any case), refusing malformed input and
 /// wrong types with Docker's 400 naming the field.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Result<T, ApiError> {

@@ -46,6 +46,18 @@ fn find(
     }
 }
 
+/// A node as `GET /nodes` shows it: [`with_manager_status`], the swarm's TLS information in
+/// its description (every node's certificate comes from the one root CA), and the fields
+/// dockerd always fills.
+fn shown(mgr: &crate::cluster::Manager, n: Node, tls: &Option<shoal_api::models::TlsInfo>) -> Node {
+    let mut n = with_manager_status(mgr, n);
+    if let Some(d) = n.description.as_mut() {
+        d.tls_info = tls.clone();
+    }
+    shoal_api::moby::node(&mut n);
+    n
+}
+
 /// Fills in `ManagerStatus` from raft as it is now: who leads, and who answers.
 pub(crate) fn with_manager_status(mgr: &crate::cluster::Manager, mut n: Node) -> Node {
     let store = &mgr.store;
@@ -71,7 +83,6 @@ pub(crate) fn with_manager_status(mgr: &crate::cluster::Manager, mut n: Node) ->
         (true, None) => n.manager_status,
         (false, _) => None,
     };
-    shoal_api::moby::node(&mut n);
     n
 }
 
@@ -87,9 +98,10 @@ pub async fn list(
     )?;
     f.known("role", &["worker", "manager"])?;
     f.known("membership", &["pending", "accepted"])?;
+    let tls = super::swarm::tls_info(&m.store);
     let out: Vec<Node> = db::list::<Node>(&m.store)
         .into_iter()
-        .map(|n| with_manager_status(&m, n.obj))
+        .map(|n| shown(&m, n.obj, &tls))
         .filter(|n| f.any("id", |x| n.id.as_deref().unwrap_or_default().starts_with(x)))
         .filter(|n| {
             f.any("name", |x| {
@@ -130,7 +142,8 @@ pub async fn list(
 pub async fn inspect(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
     let n = find(&m.store, &key)?.obj;
-    Ok(json(StatusCode::OK, &with_manager_status(&m, n)))
+    let tls = super::swarm::tls_info(&m.store);
+    Ok(json(StatusCode::OK, &shown(&m, n, &tls)))
 }
 
 /// `POST /nodes/{id}/update?version=N`: availability and labels; roles change with multi-node support.
@@ -189,7 +202,7 @@ pub async fn update(
     node.updated_at = Some(id::now());
     ops.insert(0, db::put(&node, Expect::Version(version))?);
     db::write(&m.store, ops).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// As dockerd (`convert.NodeSpecToGRPC`): a node's spec names its role and availability; the
@@ -284,5 +297,5 @@ pub async fn remove(
     }
     db::write(&m.store, ops).await?;
     tracing::info!(node = %id, "node removed; its certificate is refused from now on");
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }

@@ -174,7 +174,7 @@ async fn update<T: Blob>(
     let mut obj = cur.obj.clone();
     obj.set_labels(T::spec_labels(&spec));
     db::write(&m.store, vec![db::put(&obj, Expect::Version(version))?]).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 async fn remove<T: Blob>(d: AppState, key: String) -> Result<Response> {

@@ -27,15 +27,6 @@ use shoal_control::orchestrator::jobs;
 use shoal_store::Expect;
 use std::collections::HashMap;
 
-/// Serializes a stored object for clients, without shoal's bookkeeping fields.
-pub fn api_view<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    let mut j = serde_json::to_value(v).unwrap_or_default();
-    if let Some(o) = j.as_object_mut() {
-        o.retain(|k, _| !k.starts_with("Shoal"));
-    }
-    j
-}
-
 fn find_service(
     store: &shoal_store::Store,
     key: &str,
@@ -198,8 +189,8 @@ pub async fn update(
     Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
 }
 
-/// Writes `spec` as the service's current one (read at `cur`). If its tasks must be replaced,
-/// the update starts in `start`'s state with its message; otherwise a paused update is
+/// Writes `spec` as the service's current one (read at `cur`). If its tasks must be replaced
+/// (or a rollback is asked for), the update starts in `start`'s state with its message; otherwise a paused update is
 /// cleared, so any update call resumes it as in Swarm (the control loop starts it again if
 /// tasks are still out of date).
 async fn store_spec(
@@ -215,7 +206,10 @@ async fn store_spec(
         rerun_job(&mut svc, spec, &now);
     } else {
         let status = svc.service.update_status.as_ref().and_then(|u| u.state);
-        if svc.replace_spec(spec, &now) {
+        // A rollback asked for is one in Swarm's status even when no task differs (a rolled
+        // back scale): it completes once the tasks are settled.
+        let rollback = start.0 == ServiceUpdateStatusStateEnum::ROLLBACK_STARTED;
+        if svc.replace_spec(spec, &now) || rollback {
             svc.service.update_status = Some(ServiceUpdateStatus {
                 state: Some(start.0),
                 started_at: Some(now.clone()),
@@ -284,19 +278,35 @@ pub async fn schedule(State(d): State<AppState>, Path(key): Path<String>) -> Res
 pub async fn history(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
     let s = find_service(&m.store, &key)?.obj;
-    let mut out = vec![serde_json::json!({
-        "Version": s.spec_version,
-        "Current": true,
-        "Since": s.service.updated_at,
-        "Spec": s.spec(),
-    })];
+    /// One revision, encoded directly so its spec keeps moby's field names.
+    #[derive(serde::Serialize)]
+    struct Revision<'a> {
+        #[serde(rename = "Version")]
+        version: u64,
+        #[serde(rename = "Current")]
+        current: bool,
+        #[serde(rename = "Since", skip_serializing_if = "Option::is_none")]
+        since: Option<&'a str>,
+        #[serde(rename = "ReplacedAt", skip_serializing_if = "Option::is_none")]
+        replaced_at: Option<&'a str>,
+        #[serde(rename = "Spec")]
+        spec: &'a ServiceSpec,
+    }
+    let mut out = vec![Revision {
+        version: s.spec_version,
+        current: true,
+        since: s.service.updated_at.as_deref(),
+        replaced_at: None,
+        spec: s.spec(),
+    }];
     for r in &s.history {
-        out.push(serde_json::json!({
-            "Version": r.version,
-            "Current": false,
-            "ReplacedAt": r.replaced_at,
-            "Spec": r.spec,
-        }));
+        out.push(Revision {
+            version: r.version,
+            current: false,
+            since: None,
+            replaced_at: Some(&r.replaced_at),
+            spec: &r.spec,
+        });
     }
     Ok(json(StatusCode::OK, &out))
 }
@@ -375,7 +385,7 @@ pub async fn remove(State(d): State<AppState>, Path(key): Path<String>) -> Resul
     )
     .await?;
     tracing::info!(service = %s.obj.name(), "service removed");
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// `GET /services?filters=&status=`: what `docker service ls` asks for. It reads only what
@@ -648,7 +658,7 @@ pub async fn list_tasks(
         })
         .collect();
     tasks.sort_by(|a, b| a.task.created_at.cmp(&b.task.created_at));
-    let out: Vec<serde_json::Value> = tasks.into_iter().map(task_view).collect();
+    let out: Vec<TaskView> = tasks.into_iter().map(task_view).collect();
     Ok(json(StatusCode::OK, &out))
 }
 
@@ -699,11 +709,23 @@ pub async fn inspect_task(State(d): State<AppState>, Path(key): Path<String>) ->
     Ok(json(StatusCode::OK, &task_view(&t.obj)))
 }
 
-/// A stored task as dockerd answers it (`shoal_api::moby::task`), without shoal's fields.
-fn task_view(t: &StoredTask) -> serde_json::Value {
-    let mut t = t.clone();
-    shoal_api::moby::task(&mut t.task);
-    api_view(&t)
+/// A stored task as dockerd answers it (`shoal_api::moby::task`), without shoal's fields, and
+/// encoded directly (a JSON tree would lose moby's field names, `api::encode`).
+#[derive(serde::Serialize)]
+struct TaskView {
+    #[serde(flatten)]
+    task: Task,
+    #[serde(rename = "NetworksAttachments", skip_serializing_if = "Vec::is_empty")]
+    networks_attachments: Vec<shoal_api::objects::NetworkAttachment>,
+}
+
+fn task_view(t: &StoredTask) -> TaskView {
+    let mut task = t.task.clone();
+    shoal_api::moby::task(&mut task);
+    TaskView {
+        task,
+        networks_attachments: t.networks_attachments.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use shoal_api::models::{Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmSpec};
+use shoal_api::models::{Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmSpec, TlsInfo};
 use shoal_api::objects::version;
 use shoal_api::{id, ApiError};
 use shoal_pki::{digest_of, JoinToken};
@@ -135,11 +135,34 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
 /// `GET /swarm`.
 pub async fn inspect(State(d): State<AppState>) -> Result<Response> {
     let m = d.manager().await?;
-    let c = db::list::<Swarm>(&m.store)
+    let mut c = db::list::<Swarm>(&m.store)
         .into_iter()
         .next()
         .ok_or_else(ApiError::not_a_manager)?;
+    c.obj.tls_info = c.obj.tls_info.map(with_issuer);
     Ok(json(StatusCode::OK, &c.obj))
+}
+
+/// The swarm's TLS information as Docker shows it (for the swarm and for each node): the
+/// root CA, and its subject and public key (base64 of their DER), which the store does not
+/// keep because they are read from the certificate.
+pub(crate) fn with_issuer(mut t: TlsInfo) -> TlsInfo {
+    use base64::Engine as _;
+    let b64 = |b: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(b);
+    if let Some(Ok((subject, key))) = t.trust_root.as_deref().map(shoal_pki::issuer_of) {
+        t.cert_issuer_subject = Some(b64(subject));
+        t.cert_issuer_public_key = Some(b64(key));
+    }
+    t
+}
+
+/// The swarm's [`with_issuer`] TLS information, for the nodes' descriptions.
+pub(crate) fn tls_info(store: &shoal_store::Store) -> Option<TlsInfo> {
+    db::list::<Swarm>(store)
+        .into_iter()
+        .next()
+        .and_then(|c| c.obj.tls_info)
+        .map(with_issuer)
 }
 
 /// `POST /swarm/update?version=N&rotateWorkerToken=&rotateManagerToken=`.
@@ -234,7 +257,7 @@ pub async fn update(
     // This manager's keys follow at once (the others through their followers), so a restart
     // right after `swarm update --autolock=true` is locked.
     node::lock::reconcile(&d.data_dir, &d.lock, &m.store)?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// `POST /swarm/leave?force=`.
@@ -244,7 +267,7 @@ pub async fn leave(
 ) -> Result<Response> {
     let force = super::bool_param(&q, "force");
     node::leave::leave(&d, force).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// `POST /swarm/join`: joins through the first manager address ([`node::join`]).
@@ -300,7 +323,7 @@ pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
         availability,
     };
     node::join::join(&d, plan).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// `GET /swarm/unlockkey`: the unlock key while autolock is on, else `""` (the CLI then says
@@ -332,5 +355,5 @@ pub async fn unlock(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     }
     let req: UnlockRequest = parse_body(&body)?;
     node::lock::unlock(&d, &req.unlock_key.unwrap_or_default()).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
