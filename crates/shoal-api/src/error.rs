@@ -38,6 +38,14 @@ impl ApiError {
             format!("rpc error: code = InvalidArgument desc = {message}"),
         )
     }
+    /// 400 for a request the cluster's state refuses, worded as swarmkit's gRPC error
+    /// (`codes.FailedPrecondition`, which dockerd answers 400).
+    pub fn failed_precondition(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            format!("rpc error: code = FailedPrecondition desc = {message}"),
+        )
+    }
     /// 404: no such object.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(404, message)

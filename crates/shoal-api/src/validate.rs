@@ -2,10 +2,7 @@
 //! happens before anything is written.
 
 use crate::error::ApiError;
-use crate::models::{
-    EndpointPortConfigProtocolEnum, MountType, ServiceSpec, SwarmSpec,
-    TaskSpecRestartPolicyConditionEnum,
-};
+use crate::models::{EndpointPortConfigProtocolEnum, MountType, ServiceSpec, SwarmSpec};
 use std::collections::HashSet;
 
 /// The most replicas one service may ask for; more is a typo, not a plan.
@@ -144,11 +141,7 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
         non_negative("TaskTemplate.RestartPolicy.Delay", rp.delay)?;
         non_negative("TaskTemplate.RestartPolicy.MaxAttempts", rp.max_attempts)?;
         non_negative("TaskTemplate.RestartPolicy.Window", rp.window)?;
-        if rp.condition == Some(TaskSpecRestartPolicyConditionEnum::EMPTY) {
-            return Err(ApiError::invalid_arg(
-                "TaskTemplate.RestartPolicy.Condition: must be none, on-failure or any",
-            ));
-        }
+        // An empty condition is dockerd's "any" (`restartPolicyToGRPC`), filled by `moby`.
     }
     if let Some(res) = &tt.resources {
         for (what, l) in [("Limits", &res.limits)] {

@@ -339,34 +339,27 @@ pub async fn remove(
                 .any(|v| v.network_id.as_deref() == Some(nid.as_str()))
         });
         if let Some(s) = users {
-            return Err(ApiError::invalid(format!(
-                "rpc error: code = FailedPrecondition desc = ingress network cannot be removed because service {} depends on it",
+            return Err(ApiError::failed_precondition(format!(
+                "ingress network cannot be removed because service {} depends on it",
                 s.obj.id()
             ))
             .into());
         }
         return Err(ApiError::new(403, "rpc error: code = PermissionDenied desc = removing the ingress network is not supported by shoal").into());
     }
-    let users: Vec<String> = db::list::<StoredService>(&m.store)
-        .into_iter()
-        .filter(|s| {
-            let tt = s.obj.spec().task_template.as_ref();
-            tt.and_then(|t| t.networks.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|a| a.target.as_deref() == Some(nid.as_str()))
-        })
-        .map(|s| s.obj.name().to_string())
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::new(
-            403,
-            format!(
-                "rpc error: code = FailedPrecondition desc = network {} is in use by service {}",
-                n.obj.name.clone().unwrap_or_default(),
-                users.join(", ")
-            ),
-        )
+    // swarmkit's words name the network and the first service by ID (FailedPrecondition: 400).
+    let user = db::list::<StoredService>(&m.store).into_iter().find(|s| {
+        let tt = s.obj.spec().task_template.as_ref();
+        tt.and_then(|t| t.networks.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|a| a.target.as_deref() == Some(nid.as_str()))
+    });
+    if let Some(s) = user {
+        return Err(ApiError::failed_precondition(format!(
+            "network {nid} is in use by service {}",
+            s.obj.id()
+        ))
         .into());
     }
     db::write(&m.store, vec![db::delete::<Network>(&nid, Expect::Any)]).await?;

@@ -247,8 +247,8 @@ fn check_quorum_without(
         .filter(|n| n.id.as_deref() != Some(node_id))
         .collect();
     if remaining.is_empty() {
-        return Err(ApiError::invalid_arg(format!(
-            "rpc error: code = FailedPrecondition desc = attempting to {what} the last manager of the swarm"
+        return Err(ApiError::failed_precondition(format!(
+            "attempting to {what} the last manager of the swarm"
         )));
     }
     let reachable = remaining
@@ -257,8 +257,8 @@ fn check_quorum_without(
         .count();
     let quorum = remaining.len() / 2 + 1;
     if reachable < quorum {
-        return Err(ApiError::invalid_arg(format!(
-            "rpc error: code = FailedPrecondition desc = can't {what} node {node_id}: the swarm would lose quorum ({reachable} of the {} remaining managers are reachable, {quorum} are needed)",
+        return Err(ApiError::failed_precondition(format!(
+            "can't {what} node {node_id}: the swarm would lose quorum ({reachable} of the {} remaining managers are reachable, {quorum} are needed)",
             remaining.len()
         )));
     }
@@ -277,11 +277,14 @@ pub async fn remove(
     let id = n.obj.id.clone().unwrap_or_default();
     let force = super::bool_param(&q, "force");
     if n.obj.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER) {
-        return Err(ApiError::invalid_arg(format!("rpc error: code = FailedPrecondition desc = node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal")).into());
+        return Err(ApiError::failed_precondition(format!("node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal")).into());
     }
     let down = n.obj.status.as_ref().and_then(|s| s.state) == Some(NodeState::DOWN);
     if !down && !force {
-        return Err(ApiError::invalid_arg(format!("rpc error: code = FailedPrecondition desc = node {id} is not down and can't be removed")).into());
+        return Err(ApiError::failed_precondition(format!(
+            "node {id} is not down and can't be removed"
+        ))
+        .into());
     }
     let mut ops = vec![
         db::delete::<Node>(&id, Expect::Version(n.version)),

@@ -148,7 +148,12 @@ pub async fn update(
     }
     let old = cur.obj.spec().clone();
     if rollback {
-        spec = cur.obj.previous_spec.clone().ok_or_else(|| ApiError::invalid(format!("rpc error: code = FailedPrecondition desc = service {} does not have a previous spec", cur.obj.id())))?;
+        spec = cur.obj.previous_spec.clone().ok_or_else(|| {
+            ApiError::failed_precondition(format!(
+                "service {} does not have a previous spec",
+                cur.obj.id()
+            ))
+        })?;
     }
     validate::service_spec(&spec)?;
     let state = crate::state::load(&m.store);

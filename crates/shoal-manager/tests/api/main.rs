@@ -7,6 +7,7 @@
 
 mod bodies;
 mod harness;
+mod moby_compat;
 mod networks;
 mod nodes;
 mod objects;
