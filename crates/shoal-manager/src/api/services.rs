@@ -31,8 +31,7 @@ fn find_service(
     store: &shoal_store::Store,
     key: &str,
 ) -> std::result::Result<Versioned<StoredService>, ApiError> {
-    db::lookup::<StoredService>(store, key)
-        .ok_or_else(|| ApiError::not_found(format!("service {key} not found")))
+    db::find::<StoredService>(store, key)
 }
 
 /// Resolves network names to IDs, checks secrets and configs exist, and refuses what the store
@@ -709,8 +708,7 @@ pub fn task_name(service: &str, t: &StoredTask) -> String {
 /// `GET /tasks/{id}`.
 pub async fn inspect_task(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
-    let t = db::lookup::<StoredTask>(&m.store, &key)
-        .ok_or_else(|| ApiError::not_found(format!("task {key} not found")))?;
+    let t = db::find::<StoredTask>(&m.store, &key)?;
     Ok(json(StatusCode::OK, &task_view(&t.obj)))
 }
 

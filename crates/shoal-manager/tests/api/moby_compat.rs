@@ -692,3 +692,46 @@ async fn a_swarm_update_keeps_what_the_spec_leaves_out() {
         5_000_000_000i64
     );
 }
+
+#[tokio::test]
+async fn keys_resolve_as_dockerd_resolves_them() {
+    // Names in any case (swarmkit indexes them lowercased); an ID prefix that several objects
+    // share is dockerd's "is ambiguous" (400), not "not found".
+    let n = Node::manager().await;
+    let id = n.service(spec("web")).await;
+    assert_eq!(n.read("/services/WEB").await["ID"], id.as_str());
+    let sid = n
+        .post(
+            "/secrets/create",
+            json!({"Name": "Db.Pass", "Data": b64("x")}),
+        )
+        .await
+        .ok(201)["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(n.read("/secrets/db.pass").await["ID"], sid.as_str());
+    // IDs are base-36: among 37 services two share their first character.
+    let mut firsts = std::collections::HashMap::new();
+    let mut shared = None;
+    for i in 0..37 {
+        let id = n.service(spec(&format!("s{i}"))).await;
+        let c = id[..1].to_string();
+        if *firsts.entry(c.clone()).and_modify(|k| *k += 1).or_insert(1) == 2 {
+            shared = Some(c);
+            break;
+        }
+    }
+    let prefix = shared.expect("two IDs share a first character");
+    let a = n.get(&format!("/services/{prefix}")).await;
+    assert_eq!(a.status.as_u16(), 400, "{}", a.text);
+    assert!(
+        a.message()
+            .starts_with(&format!("service {prefix} is ambiguous (")),
+        "{}",
+        a.text
+    );
+    n.get("/services/nosuch")
+        .await
+        .refused(404, &["service nosuch not found"]);
+}
