@@ -38,6 +38,14 @@ impl ApiError {
             format!("rpc error: code = InvalidArgument desc = {message}"),
         )
     }
+    /// 400 for a request the cluster's state refuses, worded as swarmkit's gRPC error
+    /// (`codes.FailedPrecondition`, which dockerd answers 400).
+    pub fn failed_precondition(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            format!("rpc error: code = FailedPrecondition desc = {message}"),
+        )
+    }
     /// 404: no such object.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(404, message)
@@ -66,6 +74,10 @@ impl ApiError {
     /// 503 with Docker's text for a node outside any swarm.
     pub fn not_a_manager() -> Self {
         Self::unavailable("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.")
+    }
+    /// 503 with Docker's text for a worker asked what only managers answer.
+    pub fn worker_not_a_manager() -> Self {
+        Self::unavailable("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.")
     }
     /// The body Docker would send.
     pub fn body(&self) -> String {

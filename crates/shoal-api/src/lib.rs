@@ -7,6 +7,7 @@ pub mod error;
 pub mod id;
 pub mod labels;
 pub mod logs;
+pub mod moby;
 pub mod objects;
 pub mod role;
 pub mod template;

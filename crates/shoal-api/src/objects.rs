@@ -202,8 +202,12 @@ impl StoredService {
     }
 }
 
-/// What of a spec its tasks are made from: a change here replaces them.
+/// What of a spec its tasks are made from: a change here replaces them. Compared as Docker
+/// shows them ([`crate::moby::service_spec`]), so a spec stored before shoal filled Docker's
+/// defaults equals the same spec sent back with them.
 fn template_of(spec: &ServiceSpec) -> (serde_json::Value, serde_json::Value) {
+    let mut spec = spec.clone();
+    crate::moby::service_spec(&mut spec);
     (
         serde_json::to_value(&spec.task_template).unwrap_or_default(),
         serde_json::to_value(&spec.endpoint_spec).unwrap_or_default(),

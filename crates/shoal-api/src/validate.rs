@@ -2,10 +2,7 @@
 //! happens before anything is written.
 
 use crate::error::ApiError;
-use crate::models::{
-    EndpointPortConfigProtocolEnum, MountType, ServiceSpec, SwarmSpec,
-    TaskSpecRestartPolicyConditionEnum,
-};
+use crate::models::{EndpointPortConfigProtocolEnum, MountType, ServiceSpec, SwarmSpec};
 use std::collections::HashSet;
 
 /// The most replicas one service may ask for; more is a typo, not a plan.
@@ -56,9 +53,10 @@ pub fn object_name(name: &str) -> Result {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid_arg(format!(
-            "invalid name {name:?}, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]"
-        )))
+        // swarmkit's words, which do not repeat the name.
+        Err(ApiError::invalid_arg(
+            "invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]",
+        ))
     }
 }
 
@@ -100,9 +98,8 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
         .filter(|b| **b)
         .count();
         if set > 1 {
-            return Err(ApiError::invalid_arg(
-                "Mode: only one of Replicated, Global, ReplicatedJob, GlobalJob may be set",
-            ));
+            // dockerd's own check, before swarmkit's: no "rpc error" prefix.
+            return Err(ApiError::invalid("must specify only one service mode"));
         }
         if let Some(r) = mode.replicated.as_ref().and_then(|r| r.replicas) {
             replicas("Mode.Replicated.Replicas", r)?;
@@ -144,11 +141,7 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
         non_negative("TaskTemplate.RestartPolicy.Delay", rp.delay)?;
         non_negative("TaskTemplate.RestartPolicy.MaxAttempts", rp.max_attempts)?;
         non_negative("TaskTemplate.RestartPolicy.Window", rp.window)?;
-        if rp.condition == Some(TaskSpecRestartPolicyConditionEnum::EMPTY) {
-            return Err(ApiError::invalid_arg(
-                "TaskTemplate.RestartPolicy.Condition: must be none, on-failure or any",
-            ));
-        }
+        // An empty condition is dockerd's "any" (`restartPolicyToGRPC`), filled by `moby`.
     }
     if let Some(res) = &tt.resources {
         for (what, l) in [("Limits", &res.limits)] {
@@ -443,10 +436,6 @@ mod tests {
                 "exceeds the maximum",
             ),
             (
-                r#"{"Name":"x","TaskTemplate":{"ContainerSpec":{"Image":"a"}},"Mode":{"Replicated":{"Replicas":1},"Global":{}}}"#,
-                "only one",
-            ),
-            (
                 r#"{"Name":"x","Mode":{"GlobalJob":{}},"UpdateConfig":{},"TaskTemplate":{"ContainerSpec":{"Image":"a"}}}"#,
                 "UpdateConfig: jobs may not have an update config",
             ),
@@ -503,6 +492,19 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[test]
+    fn two_modes_are_refused_as_dockerd_refuses_them() {
+        let spec: ServiceSpec = serde_json::from_str(
+            r#"{"Name":"x","TaskTemplate":{"ContainerSpec":{"Image":"a"}},"Mode":{"Replicated":{"Replicas":1},"Global":{}}}"#,
+        )
+        .unwrap();
+        let e = service_spec(&spec).unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (400, "must specify only one service mode")
+        );
     }
 
     #[test]

@@ -210,29 +210,43 @@ pub fn list<T: Stored>(store: &Store) -> Vec<Versioned<T>> {
 
 /// Finds an object the way the Docker CLI expects: exact ID, then exact name, then unique ID prefix.
 pub fn lookup<T: Stored>(store: &Store, key: &str) -> Option<Versioned<T>> {
-    if key.is_empty() {
-        return None;
-    }
-    if let Some(o) = get::<T>(store, key) {
-        return Some(o);
-    }
-    if let Some(o) = store.find_by_name(T::KIND, key) {
-        return decode(&o);
-    }
-    let mut hits = store
-        .list(T::KIND)
-        .into_iter()
-        .filter(|o| o.id.starts_with(key));
-    match (hits.next(), hits.next()) {
-        (Some(o), None) => decode(&o),
-        _ => None,
-    }
+    find::<T>(store, key).ok()
 }
 
-/// [`lookup`] for API handlers: a key that names nothing is the Docker error clients expect.
+/// [`lookup`] for API handlers, as dockerd resolves a key (`getService` and its kin): exact ID,
+/// then name (swarmkit indexes names lowercased, so `WEB` finds `web`), then ID prefix, which
+/// must be unique: several matches are dockerd's "is ambiguous" (400), none its "not found".
 pub fn find<T: Stored>(store: &Store, key: &str) -> Result<Versioned<T>, ApiError> {
-    lookup::<T>(store, key)
-        .ok_or_else(|| ApiError::not_found(format!("{} {key} not found", T::KIND)))
+    let not_found = || ApiError::not_found(format!("{} {key} not found", T::KIND));
+    if key.is_empty() {
+        return Err(not_found());
+    }
+    if let Some(o) = get::<T>(store, key) {
+        return Ok(o);
+    }
+    if let Some(o) = store.find_by_name(T::KIND, key).as_ref().and_then(decode) {
+        return Ok(o);
+    }
+    let mut named = list::<T>(store)
+        .into_iter()
+        .filter(|o| o.obj.name().is_some_and(|n| n.eq_ignore_ascii_case(key)));
+    if let (Some(o), None) = (named.next(), named.next()) {
+        return Ok(o);
+    }
+    let hits: Vec<_> = store
+        .list(T::KIND)
+        .into_iter()
+        .filter(|o| o.id.starts_with(key))
+        .collect();
+    match hits.as_slice() {
+        [] => Err(not_found()),
+        [one] => decode(one).ok_or_else(not_found),
+        many => Err(ApiError::invalid(format!(
+            "{} {key} is ambiguous ({} matches found)",
+            T::KIND,
+            many.len()
+        ))),
+    }
 }
 
 /// Refuses an update made against another version than the stored one, as swarm does, so

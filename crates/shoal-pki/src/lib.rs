@@ -485,6 +485,18 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), PkiError> {
         })
 }
 
+/// The raw subject and public key (SubjectPublicKeyInfo) of the first certificate in `pem`,
+/// both DER: what Docker shows base64-encoded as `TLSInfo.CertIssuerSubject` and
+/// `CertIssuerPublicKey` of a swarm and of its nodes.
+pub fn issuer_of(pem: &str) -> Result<(Vec<u8>, Vec<u8>), PkiError> {
+    let der = first_cert_der(pem, "the CA certificate")?;
+    let cert = parse_cert(der.as_ref(), "the CA certificate")?;
+    Ok((
+        cert.subject().as_raw().to_vec(),
+        cert.public_key().raw.to_vec(),
+    ))
+}
+
 /// SHA-256 of a PEM bundle, as Swarm computes the CA digest of a token.
 pub fn digest_of(pem: &str) -> [u8; 32] {
     Sha256::digest(pem.as_bytes()).into()

@@ -135,9 +135,12 @@ fn workers_join_run_tasks_and_survive_node_loss() {
             Err(format!("{ls:?}"))
         }
     });
-    // A worker is not a manager.
+    // A worker is not a manager, and Swarm tells it so in its own words.
     let e = c.node(2).fails(&["node", "ls"]);
-    assert!(e.contains("not a swarm manager"), "{e}");
+    assert!(
+        e.contains("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager."),
+        "{e}"
+    );
     let info = c.node(2).ok(&[
         "info",
         "--format",
@@ -353,6 +356,12 @@ fn workers_join_run_tasks_and_survive_node_loss() {
     );
     let e = c.node(1).fails(&["node", "rm", "node-2"]);
     assert!(e.contains("demoted"), "{e}");
+    // A manager of two may not leave without --force: Swarm counts what it would lose.
+    let e = c.node(2).fails(&["swarm", "leave"]);
+    assert!(
+        e.contains("You are attempting to leave the swarm on a node that is participating as a manager. Removing this node leaves 1 managers out of 2. Without a Raft quorum your swarm will be inaccessible. The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message."),
+        "{e}"
+    );
     c.node(1).ok(&["node", "demote", "node-2"]);
     wait_for(Duration::from_secs(30), "node-2 a worker again", || {
         let ls = nodes(c.node(1));

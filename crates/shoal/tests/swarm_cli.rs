@@ -76,8 +76,12 @@ fn swarm_lifecycle_as_the_cli_sees_it() {
         "shoal-test/web",
     ]);
     node.wait_replicas("keep", "2/2");
+    // Swarm's words for the last manager (the CLI trims the trailing space of its answer).
     let err = node.fails(&["swarm", "leave"]);
-    assert!(err.contains("--force"), "{err}");
+    assert!(
+        err.contains("Error response from daemon: You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message."),
+        "{err:?}"
+    );
     node.ok(&["swarm", "leave", "--force"]);
     assert!(
         node.containers("keep").is_empty(),
@@ -85,6 +89,19 @@ fn swarm_lifecycle_as_the_cli_sees_it() {
     );
     let err = node.fails(&["node", "ls"]);
     assert!(err.contains("not a swarm manager"), "{err}");
+    // Left for real: the node is outside any swarm, and can make a new one.
+    let state = node.ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(state.trim(), "inactive");
+    let err = node.fails(&["swarm", "leave"]);
+    assert!(err.contains("This node is not part of a swarm"), "{err}");
+    let out = node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    assert!(out.contains("Swarm initialized"), "{out}");
+    assert_eq!(
+        node.ok(&["service", "ls", "-q"]).trim(),
+        "",
+        "a new swarm has no services"
+    );
+    node.ok(&["swarm", "leave", "--force"]);
 }
 
 #[test]

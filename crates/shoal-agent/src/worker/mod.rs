@@ -190,8 +190,11 @@ pub async fn run<E: Executor>(
             _ = tokio::time::sleep(Duration::from_secs(if retry_soon { 1 } else { 10 })) => {}
         }
     }
+    // Wait for every runner to be gone, so none issues an engine call after the worker returns
+    // (a leave then removes what is there, and nothing comes after it).
     for (_, r) in runners {
         r.handle.abort();
+        let _ = r.handle.await;
     }
 }
 
@@ -323,10 +326,18 @@ async fn release_attachments<E: Executor>(
 
 /// Removes every container of this node and its files (swarm leave).
 pub async fn remove_all<E: Executor>(executor: &E, files: &Files) {
-    if let Ok(found) = executor.list().await {
-        for f in found {
-            if let Err(e) = executor.remove(&f.id).await {
-                tracing::warn!(container = %f.id, error = %e, "removing container");
+    // A runner stopped in the middle of a create has sent its request; the engine may finish it
+    // after the first listing (seen: a task's container left behind by `swarm leave --force`
+    // right after `service create`), so a second pass a moment later removes it too.
+    for pass in 0..2 {
+        if pass > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if let Ok(found) = executor.list().await {
+            for f in found {
+                if let Err(e) = executor.remove(&f.id).await {
+                    tracing::warn!(container = %f.id, error = %e, "removing container");
+                }
             }
         }
     }

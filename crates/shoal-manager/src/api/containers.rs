@@ -29,6 +29,29 @@ fn engine_mode(name: &str) -> bool {
 
 /// The user-named networks of a create request: `HostConfig.NetworkMode` and the keys of
 /// `NetworkingConfig.EndpointsConfig`, without the engine's own modes.
+/// The fields this module reads or writes, under their Go names whatever case the client used
+/// (the engine reads them without regard to case, so the request means the same to it).
+fn go_field_names(v: &mut Value) {
+    use super::decode::fold_object;
+    // `get_mut`, not `v[..]`, which would add the fields it does not find.
+    fold_object(v, &["HostConfig", "NetworkingConfig", "Labels"]);
+    if let Some(h) = v.get_mut("HostConfig") {
+        fold_object(h, &["NetworkMode", "Dns"]);
+    }
+    let Some(n) = v.get_mut("NetworkingConfig") else {
+        return;
+    };
+    fold_object(n, &["EndpointsConfig"]);
+    if let Some(eps) = n.get_mut("EndpointsConfig").and_then(Value::as_object_mut) {
+        for ep in eps.values_mut() {
+            fold_object(ep, &["IPAMConfig", "Aliases"]);
+            if let Some(ipam) = ep.get_mut("IPAMConfig") {
+                fold_object(ipam, &["IPv4Address"]);
+            }
+        }
+    }
+}
+
 fn requested_networks(v: &Value) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     if let Some(m) = v["HostConfig"]["NetworkMode"].as_str() {
@@ -158,6 +181,7 @@ pub async fn create(State(d): State<AppState>, req: Request) -> Result<Response>
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(proxy(State(d), pass(parts, bytes)).await);
     };
+    go_field_names(&mut v);
     let node: Option<(String, Arc<NodeSession>)> = d
         .node
         .read()

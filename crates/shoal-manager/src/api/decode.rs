@@ -30,6 +30,15 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     .map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))
 }
 
+/// Renames the keys of the object at `v` (if it is one) to the Go field names in `fields`,
+/// by the rule [`from_slice`] follows, for handlers that read a body as a JSON tree because
+/// they pass it on (`POST /containers/create` goes on to the engine).
+pub fn fold_object(v: &mut Value, fields: &[&str]) {
+    if let Value::Object(obj) = v {
+        *obj = fold_keys(std::mem::take(obj), fields);
+    }
+}
+
 /// A decoding error and the field it is about.
 #[derive(Debug)]
 struct DecodeError {

@@ -1,4 +1,6 @@
-//! Docker's `filters` query parameter: `{"key":["v1","v2"]}` (or the old `{"key":{"v":true}}`).
+//! Docker's `filters` query parameter, read as moby's `filters.FromJSON` reads it:
+//! `{"key":{"v1":true}}` or the older `{"key":["v1","v2"]}`, and nothing else. Refusals start
+//! with dockerd's words ("invalid filter"), then say which key and why.
 
 use shoal_api::ApiError;
 use std::collections::HashMap;
@@ -14,9 +16,9 @@ impl Filters {
             return Ok(Filters::default());
         };
         let v: serde_json::Value = serde_json::from_str(raw)
-            .map_err(|e| ApiError::invalid(format!("invalid filters {raw:?}: {e}")))?;
+            .map_err(|e| ApiError::invalid(format!("invalid filter: {raw:?} is not JSON: {e}")))?;
         let obj = v.as_object().ok_or_else(|| {
-            ApiError::invalid(format!("invalid filters {raw:?}: expected an object"))
+            ApiError::invalid(format!("invalid filter: {raw:?} is not a JSON object"))
         })?;
         let mut out = HashMap::new();
         for (k, vals) in obj {
@@ -38,7 +40,6 @@ impl Filters {
                 serde_json::Value::Object(m) if m.values().all(|v| v.is_boolean()) => {
                     m.keys().cloned().collect()
                 }
-                serde_json::Value::String(s) => vec![s.clone()],
                 _ => return Err(bad()),
             };
             out.insert(k.clone(), list);
@@ -56,6 +57,20 @@ impl Filters {
             .unwrap_or_default();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         Filters::parse(q, &keys)
+    }
+
+    /// Refuses a value of `key` that names none of `known` (compared without regard to case, as
+    /// swarmkit looks enum names up upper-cased; empty values are skipped), in dockerd's words:
+    /// "Invalid desired-state filter: 'x'" (which it answers 500; shoal 400, issue 17).
+    pub fn known(&self, key: &str, known: &[&str]) -> Result<(), ApiError> {
+        match self
+            .get(key)
+            .iter()
+            .find(|v| !v.is_empty() && !known.iter().any(|k| k.eq_ignore_ascii_case(v)))
+        {
+            Some(v) => Err(ApiError::invalid(format!("Invalid {key} filter: '{v}'"))),
+            None => Ok(()),
+        }
     }
 
     /// Values for a key (empty if absent).
@@ -116,6 +131,8 @@ mod tests {
             r#"{"name":5}"#,
             r#"{"name":null}"#,
             r#"{"name":{"web":"yes"}}"#,
+            // Go decodes neither shape from a bare string.
+            r#"{"name":"web"}"#,
         ] {
             let q = HashMap::from([("filters".to_string(), raw.to_string())]);
             let e = Filters::parse(&q, &["name"]).expect_err(raw);

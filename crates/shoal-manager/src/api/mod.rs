@@ -3,12 +3,14 @@
 
 mod containers;
 mod decode;
+mod encode;
 mod events;
 mod filters;
 mod logs;
 pub(crate) mod networks;
-mod nodes;
+pub(crate) mod nodes;
 mod objects;
+pub(crate) mod query;
 mod services;
 pub use services::parse_spec as parse_service_spec;
 pub mod swarm;
@@ -71,11 +73,14 @@ impl Daemon {
                 crate::node::NodeError::Locked.to_string(),
             ));
         }
-        self.manager
-            .read()
-            .await
-            .clone()
-            .ok_or_else(ApiError::not_a_manager)
+        if let Some(m) = self.manager.read().await.clone() {
+            return Ok(m);
+        }
+        // dockerd tells a node outside any swarm from a worker (`errNoManager`).
+        Err(match self.node.read().await.is_some() {
+            true => ApiError::worker_not_a_manager(),
+            false => ApiError::not_a_manager(),
+        })
     }
 }
 
@@ -103,12 +108,18 @@ impl From<ApiError> for Error {
 /// Handler result.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// JSON with a status, as Docker answers.
+/// JSON with a status, as Docker answers: moby's Go field names ([`encode::GoNames`]).
 pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
-    match serde_json::to_vec(v) {
+    match serde_json::to_vec(&encode::GoNames(v)) {
         Ok(body) => (status, [("content-type", "application/json")], body).into_response(),
         Err(e) => Error(ApiError::internal(format!("encoding response: {e}"))).into_response(),
     }
+}
+
+/// 200 with no body, as dockerd answers a write that returns nothing (leave, update, remove):
+/// its handlers write no JSON, not even `null`.
+pub fn done() -> Response {
+    StatusCode::OK.into_response()
 }
 
 /// Parses a JSON body as dockerd does (field names in any case), refusing malformed input and
@@ -136,30 +147,19 @@ pub fn name_free<T: crate::db::Stored>(
             .is_some_and(|n| n != name && n.eq_ignore_ascii_case(name))
     });
     if taken {
+        // swarmkit's store says it of every kind; only its service API passes the words on.
+        let conflict = match what {
+            "service" => "name conflicts with an existing object: ",
+            _ => "",
+        };
         return Err(ApiError::conflict(format!(
-            "rpc error: code = AlreadyExists desc = {what} {name} already exists"
+            "rpc error: code = AlreadyExists desc = {conflict}{what} {name} already exists"
         )));
     }
     Ok(())
 }
 
-/// A boolean query parameter as dockerd reads it (`httputils.BoolValue`): anything but absent,
-/// empty, `0`, `no`, `false` or `none` (in any case) is true, so `stdout=TRUE` streams.
-pub fn bool_param(q: &std::collections::HashMap<String, String>, key: &str) -> bool {
-    q.get(key).is_some_and(|v| {
-        let v = v.trim().to_ascii_lowercase();
-        !matches!(v.as_str(), "" | "0" | "no" | "false" | "none")
-    })
-}
-
-/// The `version` query parameter every update must quote (Docker's optimistic concurrency).
-pub fn version_param(
-    q: &std::collections::HashMap<String, String>,
-) -> std::result::Result<u64, ApiError> {
-    q.get("version")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ApiError::invalid("version: a numeric version query parameter is required"))
-}
+pub use query::bool_param;
 
 /// The request's API version, read from the `/vX.Y` prefix.
 #[derive(Clone, Debug)]
@@ -335,18 +335,6 @@ use tower::Layer;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn booleans_read_as_dockerd_reads_them() {
-        let q = |v: &str| std::collections::HashMap::from([("force".to_string(), v.to_string())]);
-        for v in ["1", "true", "TRUE", "yes", "on"] {
-            assert!(bool_param(&q(v), "force"), "{v}");
-        }
-        for v in ["", "0", "no", "False", "none", " false "] {
-            assert!(!bool_param(&q(v), "force"), "{v:?}");
-        }
-        assert!(!bool_param(&Default::default(), "force"));
-    }
 
     #[test]
     fn version_compare() {

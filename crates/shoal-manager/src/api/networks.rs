@@ -167,7 +167,7 @@ pub async fn inspect(
             let (peers, services) =
                 peers_and_services(&state, n.obj.id.as_deref().unwrap_or_default());
             v["Peers"] = peers;
-            if q.get("verbose").is_some_and(|x| x == "true" || x == "1") {
+            if super::query::strict_bool(&q, "verbose")? {
                 v["Services"] = services;
             }
             return Ok(json(StatusCode::OK, &v));
@@ -328,28 +328,38 @@ pub async fn remove(
     };
     let nid = n.obj.id.clone().unwrap_or_default();
     if n.obj.ingress == Some(true) {
+        // Swarm's refusal while a service publishes through the mesh; Swarm removes an unused
+        // ingress network, shoal keeps it (its routing mesh is set up on every node).
+        let users = db::list::<StoredService>(&m.store).into_iter().find(|s| {
+            s.obj
+                .service
+                .endpoint
+                .iter()
+                .flat_map(|e| e.virtual_ips.iter().flatten())
+                .any(|v| v.network_id.as_deref() == Some(nid.as_str()))
+        });
+        if let Some(s) = users {
+            return Err(ApiError::failed_precondition(format!(
+                "ingress network cannot be removed because service {} depends on it",
+                s.obj.id()
+            ))
+            .into());
+        }
         return Err(ApiError::new(403, "rpc error: code = PermissionDenied desc = removing the ingress network is not supported by shoal").into());
     }
-    let users: Vec<String> = db::list::<StoredService>(&m.store)
-        .into_iter()
-        .filter(|s| {
-            let tt = s.obj.spec().task_template.as_ref();
-            tt.and_then(|t| t.networks.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|a| a.target.as_deref() == Some(nid.as_str()))
-        })
-        .map(|s| s.obj.name().to_string())
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::new(
-            403,
-            format!(
-                "rpc error: code = FailedPrecondition desc = network {} is in use by service {}",
-                n.obj.name.clone().unwrap_or_default(),
-                users.join(", ")
-            ),
-        )
+    // swarmkit's words name the network and the first service by ID (FailedPrecondition: 400).
+    let user = db::list::<StoredService>(&m.store).into_iter().find(|s| {
+        let tt = s.obj.spec().task_template.as_ref();
+        tt.and_then(|t| t.networks.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|a| a.target.as_deref() == Some(nid.as_str()))
+    });
+    if let Some(s) = user {
+        return Err(ApiError::failed_precondition(format!(
+            "network {nid} is in use by service {}",
+            s.obj.id()
+        ))
         .into());
     }
     db::write(&m.store, vec![db::delete::<Network>(&nid, Expect::Any)]).await?;

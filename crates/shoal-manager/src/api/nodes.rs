@@ -46,8 +46,20 @@ fn find(
     }
 }
 
+/// A node as `GET /nodes` shows it: [`with_manager_status`], the swarm's TLS information in
+/// its description (every node's certificate comes from the one root CA), and the fields
+/// dockerd always fills.
+fn shown(mgr: &crate::cluster::Manager, n: Node, tls: &Option<shoal_api::models::TlsInfo>) -> Node {
+    let mut n = with_manager_status(mgr, n);
+    if let Some(d) = n.description.as_mut() {
+        d.tls_info = tls.clone();
+    }
+    shoal_api::moby::node(&mut n);
+    n
+}
+
 /// Fills in `ManagerStatus` from raft as it is now: who leads, and who answers.
-fn with_manager_status(mgr: &crate::cluster::Manager, mut n: Node) -> Node {
+pub(crate) fn with_manager_status(mgr: &crate::cluster::Manager, mut n: Node) -> Node {
     let store = &mgr.store;
     let id = n.id.clone().unwrap_or_default();
     let is_manager = n.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER);
@@ -84,9 +96,12 @@ pub async fn list(
         &q,
         &["id", "label", "membership", "name", "node.label", "role"],
     )?;
+    f.known("role", &["worker", "manager"])?;
+    f.known("membership", &["pending", "accepted"])?;
+    let tls = super::swarm::tls_info(&m.store);
     let out: Vec<Node> = db::list::<Node>(&m.store)
         .into_iter()
-        .map(|n| with_manager_status(&m, n.obj))
+        .map(|n| shown(&m, n.obj, &tls))
         .filter(|n| f.any("id", |x| n.id.as_deref().unwrap_or_default().starts_with(x)))
         .filter(|n| {
             f.any("name", |x| {
@@ -100,10 +115,10 @@ pub async fn list(
         .filter(|n| {
             f.any("role", |x| {
                 let r = n.spec.as_ref().and_then(|s| s.role);
-                (x == "manager") == (r == Some(NodeSpecRoleEnum::MANAGER))
+                x.eq_ignore_ascii_case("manager") == (r == Some(NodeSpecRoleEnum::MANAGER))
             })
         })
-        .filter(|_| f.any("membership", |x| x == "accepted"))
+        .filter(|_| f.any("membership", |x| x.eq_ignore_ascii_case("accepted")))
         .filter(|n| {
             f.labels(
                 "label",
@@ -127,7 +142,8 @@ pub async fn list(
 pub async fn inspect(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
     let n = find(&m.store, &key)?.obj;
-    Ok(json(StatusCode::OK, &with_manager_status(&m, n)))
+    let tls = super::swarm::tls_info(&m.store);
+    Ok(json(StatusCode::OK, &shown(&m, n, &tls)))
 }
 
 /// `POST /nodes/{id}/update?version=N`: availability and labels; roles change with multi-node support.
@@ -138,8 +154,8 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response> {
     let m = d.manager().await?;
-    let version: u64 = super::version_param(&q)?;
     let spec: NodeSpec = parse_body(&body)?;
+    let version = super::query::version(&q, super::query::Versioned::Node)?;
     check_spec(&spec)?;
     let cur = db::at_version(find(&m.store, &key)?, version)?;
     let mut node = cur.obj.clone();
@@ -186,7 +202,7 @@ pub async fn update(
     node.updated_at = Some(id::now());
     ops.insert(0, db::put(&node, Expect::Version(version))?);
     db::write(&m.store, ops).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// As dockerd (`convert.NodeSpecToGRPC`): a node's spec names its role and availability; the
@@ -231,8 +247,8 @@ fn check_quorum_without(
         .filter(|n| n.id.as_deref() != Some(node_id))
         .collect();
     if remaining.is_empty() {
-        return Err(ApiError::invalid_arg(format!(
-            "rpc error: code = FailedPrecondition desc = attempting to {what} the last manager of the swarm"
+        return Err(ApiError::failed_precondition(format!(
+            "attempting to {what} the last manager of the swarm"
         )));
     }
     let reachable = remaining
@@ -241,8 +257,8 @@ fn check_quorum_without(
         .count();
     let quorum = remaining.len() / 2 + 1;
     if reachable < quorum {
-        return Err(ApiError::invalid_arg(format!(
-            "rpc error: code = FailedPrecondition desc = can't {what} node {node_id}: the swarm would lose quorum ({reachable} of the {} remaining managers are reachable, {quorum} are needed)",
+        return Err(ApiError::failed_precondition(format!(
+            "can't {what} node {node_id}: the swarm would lose quorum ({reachable} of the {} remaining managers are reachable, {quorum} are needed)",
             remaining.len()
         )));
     }
@@ -261,11 +277,14 @@ pub async fn remove(
     let id = n.obj.id.clone().unwrap_or_default();
     let force = super::bool_param(&q, "force");
     if n.obj.spec.as_ref().and_then(|s| s.role) == Some(NodeSpecRoleEnum::MANAGER) {
-        return Err(ApiError::invalid_arg(format!("rpc error: code = FailedPrecondition desc = node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal")).into());
+        return Err(ApiError::failed_precondition(format!("node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal")).into());
     }
     let down = n.obj.status.as_ref().and_then(|s| s.state) == Some(NodeState::DOWN);
     if !down && !force {
-        return Err(ApiError::invalid_arg(format!("rpc error: code = FailedPrecondition desc = node {id} is not down and can't be removed")).into());
+        return Err(ApiError::failed_precondition(format!(
+            "node {id} is not down and can't be removed"
+        ))
+        .into());
     }
     let mut ops = vec![
         db::delete::<Node>(&id, Expect::Version(n.version)),
@@ -281,5 +300,5 @@ pub async fn remove(
     }
     db::write(&m.store, ops).await?;
     tracing::info!(node = %id, "node removed; its certificate is refused from now on");
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }

@@ -17,6 +17,10 @@ use std::collections::HashMap;
 /// What secrets and configs share, so one set of handlers serves both.
 trait Blob: Stored {
     const MAX: usize;
+    /// How dockerd words a bad `version` for this kind.
+    const VERSIONED: super::query::Versioned;
+    /// The filters dockerd takes for this kind (configs have no `names`).
+    const FILTERS: &'static [&'static str];
     type Spec: serde::de::DeserializeOwned + Clone;
     fn spec_name(s: &Self::Spec) -> Option<String>;
     fn spec_data(s: &Self::Spec) -> Option<String>;
@@ -33,9 +37,11 @@ trait Blob: Stored {
 /// The two kinds differ only in their names, their size limit, whether the data is secret, and
 /// where a service refers to them; this writes the rest once.
 macro_rules! blob {
-    ($ty:ident, $spec:ident, $max:expr, hide_data: $hide:literal, $refs:ident, $ref_id:ident) => {
+    ($ty:ident, $spec:ident, $max:expr, $versioned:ident, $filters:expr, hide_data: $hide:literal, $refs:ident, $ref_id:ident) => {
         impl Blob for $ty {
             const MAX: usize = $max;
+            const VERSIONED: super::query::Versioned = super::query::Versioned::$versioned;
+            const FILTERS: &'static [&'static str] = $filters;
             type Spec = $spec;
             fn spec_name(s: &$spec) -> Option<String> {
                 s.name.clone()
@@ -68,8 +74,11 @@ macro_rules! blob {
             }
             fn public(&self) -> Self {
                 let mut o = self.clone();
-                if let Some(spec) = o.spec.as_mut().filter(|_| $hide) {
-                    spec.data = None;
+                if let Some(spec) = o.spec.as_mut() {
+                    if $hide {
+                        spec.data = None;
+                    }
+                    shoal_api::moby::labels(&mut spec.labels);
                 }
                 o
             }
@@ -85,12 +94,12 @@ macro_rules! blob {
     };
 }
 
-blob!(Secret, SecretSpec, validate::MAX_SECRET_SIZE, hide_data: true, secrets, secret_id);
-blob!(Config, ConfigSpec, validate::MAX_CONFIG_SIZE, hide_data: false, configs, config_id);
+blob!(Secret, SecretSpec, validate::MAX_SECRET_SIZE, Secret, &["id", "label", "name", "names"], hide_data: true, secrets, secret_id);
+blob!(Config, ConfigSpec, validate::MAX_CONFIG_SIZE, Config, &["id", "label", "name"], hide_data: false, configs, config_id);
 
 async fn list<T: Blob>(d: AppState, q: HashMap<String, String>) -> Result<Response> {
     let m = d.manager().await?;
-    let f = Filters::parse(&q, &["id", "label", "name", "names"])?;
+    let f = Filters::parse(&q, T::FILTERS)?;
     let mut out: Vec<T> = db::list::<T>(&m.store)
         .into_iter()
         .map(|v| v.obj)
@@ -154,8 +163,8 @@ async fn update<T: Blob>(
     body: Bytes,
 ) -> Result<Response> {
     let m = d.manager().await?;
-    let version: u64 = super::version_param(&q)?;
     let spec: T::Spec = parse_body(&body)?;
+    let version = super::query::version(&q, T::VERSIONED)?;
     let cur = db::at_version(db::find::<T>(&m.store, &key)?, version)?;
     let same_name = T::spec_name(&spec).is_none_or(|n| Some(n) == cur.obj.name());
     let same_data = T::spec_data(&spec).is_none_or(|d| d.is_empty() || Some(d) == cur.obj.data());
@@ -165,7 +174,7 @@ async fn update<T: Blob>(
     let mut obj = cur.obj.clone();
     obj.set_labels(T::spec_labels(&spec));
     db::write(&m.store, vec![db::put(&obj, Expect::Version(version))?]).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 async fn remove<T: Blob>(d: AppState, key: String) -> Result<Response> {

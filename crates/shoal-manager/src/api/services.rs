@@ -3,20 +3,11 @@
 use super::filters::Filters;
 use super::{json, parse_body, AppState, Result};
 
-/// A service spec as the docker CLI sends it: its Go types name the container's health check
-/// `Healthcheck`, where the API's schema (and so bollard's models) says `HealthCheck`; both are
-/// taken. Public for the fuzz targets (`fuzz/`), which feed it any bytes.
+/// A service spec as dockerd reads it (field names in any case, so the CLI's and the SDK's
+/// `Healthcheck` is the swagger's `HealthCheck`). Public for the fuzz targets (`fuzz/`), which
+/// feed it any bytes.
 pub fn parse_spec(body: &[u8]) -> std::result::Result<ServiceSpec, shoal_api::ApiError> {
-    let mut v: serde_json::Value = parse_body(body)?;
-    if let Some(cs) = v
-        .pointer_mut("/TaskTemplate/ContainerSpec")
-        .and_then(|c| c.as_object_mut())
-    {
-        if let Some(hc) = cs.remove("Healthcheck") {
-            cs.entry("HealthCheck").or_insert(hc);
-        }
-    }
-    super::decode::from_value(v)
+    parse_body(body)
 }
 use crate::db::{self, Versioned};
 use crate::state::{node_schedulable, ClusterState};
@@ -36,21 +27,11 @@ use shoal_control::orchestrator::jobs;
 use shoal_store::Expect;
 use std::collections::HashMap;
 
-/// Serializes a stored object for clients, without shoal's bookkeeping fields.
-pub fn api_view<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    let mut j = serde_json::to_value(v).unwrap_or_default();
-    if let Some(o) = j.as_object_mut() {
-        o.retain(|k, _| !k.starts_with("Shoal"));
-    }
-    j
-}
-
 fn find_service(
     store: &shoal_store::Store,
     key: &str,
 ) -> std::result::Result<Versioned<StoredService>, ApiError> {
-    db::lookup::<StoredService>(store, key)
-        .ok_or_else(|| ApiError::not_found(format!("service {key} not found")))
+    db::find::<StoredService>(store, key)
 }
 
 /// Resolves network names to IDs, checks secrets and configs exist, and refuses what the store
@@ -60,17 +41,9 @@ fn resolve(
     state: &ClusterState,
     store: &shoal_store::Store,
 ) -> std::result::Result<(), ApiError> {
-    // Docker's daemon fills the replica count the CLI leaves out; the CLI's progress needs it.
-    let mode = spec.mode.get_or_insert_with(Default::default);
-    if mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
-        let r = mode.replicated.get_or_insert_with(Default::default);
-        r.replicas.get_or_insert(1);
-    }
-    // As Docker's daemon: one at a time, as many completions as may run at once.
-    if let Some(j) = mode.replicated_job.as_mut() {
-        let concurrent = *j.max_concurrent.get_or_insert(1);
-        j.total_completions.get_or_insert(concurrent);
-    }
+    // What dockerd's conversion fills: the replica count the CLI leaves out (its progress
+    // display needs it), a job's counts, `Order: stop-first`, ... (`shoal_api::moby`).
+    shoal_api::moby::service_spec(spec);
     let tt = spec.task_template.get_or_insert_with(Default::default);
     // The deprecated top-level Networks field means the same as TaskTemplate.Networks.
     let mut nets: Vec<NetworkAttachmentConfig> = tt
@@ -157,9 +130,16 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response> {
     let m = d.manager().await?;
-    let version: u64 = super::version_param(&q)?;
-    let rollback = q.get("rollback").is_some_and(|r| r == "previous");
     let mut spec: ServiceSpec = parse_spec(&body)?;
+    let version = super::query::version(&q, super::query::Versioned::Service)?;
+    // dockerd's words; it answers 500 for this, a client's mistake (issue 17: 400).
+    let rollback = match q.get("rollback").map(String::as_str) {
+        None | Some("" | "none") => false,
+        Some("previous") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!("unrecognized rollback option {other}")).into())
+        }
+    };
     let _alloc = m.alloc.lock().await;
     let cur = find_service(&m.store, &key)?;
     if cur.version != version {
@@ -167,7 +147,12 @@ pub async fn update(
     }
     let old = cur.obj.spec().clone();
     if rollback {
-        spec = cur.obj.previous_spec.clone().ok_or_else(|| ApiError::invalid(format!("rpc error: code = FailedPrecondition desc = service {} does not have a previous spec", cur.obj.id())))?;
+        spec = cur.obj.previous_spec.clone().ok_or_else(|| {
+            ApiError::failed_precondition(format!(
+                "service {} does not have a previous spec",
+                cur.obj.id()
+            ))
+        })?;
     }
     validate::service_spec(&spec)?;
     let state = crate::state::load(&m.store);
@@ -175,16 +160,23 @@ pub async fn update(
     if spec.name.as_deref().unwrap_or("").is_empty() {
         spec.name = old.name.clone();
     }
+    // swarmkit's checks, in its order and words: both are `codes.Unimplemented`, which dockerd
+    // answers 501 (a spec that leaves the mode out asks for one replica, so it changes a
+    // global service's mode too, as in Swarm).
+    let mode_kind = |m: Mode| std::mem::discriminant(&m);
+    if mode_kind(Mode::of(spec.mode.as_ref())) != mode_kind(Mode::of(old.mode.as_ref())) {
+        return Err(ApiError::new(
+            501,
+            "rpc error: code = Unimplemented desc = service mode change is not allowed",
+        )
+        .into());
+    }
     if spec.name != old.name {
         return Err(ApiError::new(
             501,
             "rpc error: code = Unimplemented desc = renaming services is not supported",
         )
         .into());
-    }
-    let mode_kind = |m: Mode| std::mem::discriminant(&m);
-    if mode_kind(Mode::of(spec.mode.as_ref())) != mode_kind(Mode::of(old.mode.as_ref())) {
-        return Err(ApiError::invalid_arg("Mode: service mode change is not allowed").into());
     }
     let start = if rollback {
         (
@@ -201,8 +193,8 @@ pub async fn update(
     Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
 }
 
-/// Writes `spec` as the service's current one (read at `cur`). If its tasks must be replaced,
-/// the update starts in `start`'s state with its message; otherwise a paused update is
+/// Writes `spec` as the service's current one (read at `cur`). If its tasks must be replaced
+/// (or a rollback is asked for), the update starts in `start`'s state with its message; otherwise a paused update is
 /// cleared, so any update call resumes it as in Swarm (the control loop starts it again if
 /// tasks are still out of date).
 async fn store_spec(
@@ -218,7 +210,10 @@ async fn store_spec(
         rerun_job(&mut svc, spec, &now);
     } else {
         let status = svc.service.update_status.as_ref().and_then(|u| u.state);
-        if svc.replace_spec(spec, &now) {
+        // A rollback asked for is one in Swarm's status even when no task differs (a rolled
+        // back scale): it completes once the tasks are settled.
+        let rollback = start.0 == ServiceUpdateStatusStateEnum::ROLLBACK_STARTED;
+        if svc.replace_spec(spec, &now) || rollback {
             svc.service.update_status = Some(ServiceUpdateStatus {
                 state: Some(start.0),
                 started_at: Some(now.clone()),
@@ -287,19 +282,35 @@ pub async fn schedule(State(d): State<AppState>, Path(key): Path<String>) -> Res
 pub async fn history(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
     let s = find_service(&m.store, &key)?.obj;
-    let mut out = vec![serde_json::json!({
-        "Version": s.spec_version,
-        "Current": true,
-        "Since": s.service.updated_at,
-        "Spec": s.spec(),
-    })];
+    /// One revision, encoded directly so its spec keeps moby's field names.
+    #[derive(serde::Serialize)]
+    struct Revision<'a> {
+        #[serde(rename = "Version")]
+        version: u64,
+        #[serde(rename = "Current")]
+        current: bool,
+        #[serde(rename = "Since", skip_serializing_if = "Option::is_none")]
+        since: Option<&'a str>,
+        #[serde(rename = "ReplacedAt", skip_serializing_if = "Option::is_none")]
+        replaced_at: Option<&'a str>,
+        #[serde(rename = "Spec")]
+        spec: &'a ServiceSpec,
+    }
+    let mut out = vec![Revision {
+        version: s.spec_version,
+        current: true,
+        since: s.service.updated_at.as_deref(),
+        replaced_at: None,
+        spec: s.spec(),
+    }];
     for r in &s.history {
-        out.push(serde_json::json!({
-            "Version": r.version,
-            "Current": false,
-            "ReplacedAt": r.replaced_at,
-            "Spec": r.spec,
-        }));
+        out.push(Revision {
+            version: r.version,
+            current: false,
+            since: None,
+            replaced_at: Some(&r.replaced_at),
+            spec: &r.spec,
+        });
     }
     Ok(json(StatusCode::OK, &out))
 }
@@ -349,11 +360,23 @@ pub async fn rollback_to(
     Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
 }
 
-/// `GET /services/{id}`.
-pub async fn inspect(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
+/// `GET /services/{id}[?insertDefaults=true]`: with `insertDefaults`, every setting the spec
+/// leaves out shows the value Swarm uses (swarmkit's `InterpolateService`; the previous spec
+/// is shown as stored, as dockerd does).
+pub async fn inspect(
+    State(d): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let insert_defaults = super::query::strict_bool(&q, "insertDefaults")?;
     let m = d.manager().await?;
-    let s = find_service(&m.store, &key)?;
-    Ok(json(StatusCode::OK, &api_view(&s.obj)))
+    let mut view = ServiceView::from(find_service(&m.store, &key)?.obj);
+    if insert_defaults {
+        if let Some(spec) = view.service.spec.as_mut() {
+            shoal_api::moby::insert_defaults(spec);
+        }
+    }
+    Ok(json(StatusCode::OK, &view))
 }
 
 /// `DELETE /services/{id}`: the control loop then stops and forgets its tasks.
@@ -366,7 +389,7 @@ pub async fn remove(State(d): State<AppState>, Path(key): Path<String>) -> Resul
     )
     .await?;
     tracing::info!(service = %s.obj.name(), "service removed");
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// `GET /services?filters=&status=`: what `docker service ls` asks for. It reads only what
@@ -378,7 +401,7 @@ pub async fn list(
 ) -> Result<Response> {
     let m = d.manager().await?;
     let f = Filters::parse(&q, &["id", "name", "label", "mode", "runtime"])?;
-    let status = q.get("status").is_some_and(|v| v == "1" || v == "true");
+    let status = super::query::strict_bool(&q, "status")?;
     let mut services: Vec<StoredService> = db::list::<StoredService>(&m.store)
         .into_iter()
         .map(|s| s.obj)
@@ -386,12 +409,14 @@ pub async fn list(
         .filter(|s| f.any("name", |x| s.name().starts_with(x)))
         .filter(|s| f.labels("label", s.spec().labels.as_ref()))
         .filter(|s| {
-            f.any("mode", |x| {
-                matches!(
-                    (x, s.mode()),
-                    ("replicated", Mode::Replicated(_)) | ("global", Mode::Global)
-                )
-            })
+            // dockerd's names for the four modes, matched exactly.
+            let mode = match s.mode() {
+                Mode::Replicated(_) => "replicated",
+                Mode::Global => "global",
+                Mode::ReplicatedJob { .. } => "replicated-job",
+                Mode::GlobalJob => "global-job",
+            };
+            f.any("mode", |x| x == mode)
         })
         .collect();
     services.sort_by(|a, b| a.name().cmp(b.name()));
@@ -411,9 +436,9 @@ pub async fn list(
     Ok(json(StatusCode::OK, &out))
 }
 
-/// A stored service as Docker shows it: the fields [`api_view`] keeps (Docker's `Service` and
-/// the previous spec), encoded directly instead of through a JSON tree, where half of a list's
-/// time went.
+/// A stored service as Docker shows it: Docker's `Service` and the previous spec, as dockerd's
+/// conversions leave them (`shoal_api::moby::service`), encoded directly instead of through a
+/// JSON tree, where half of a list's time went.
 #[derive(serde::Serialize)]
 struct ServiceView {
     #[serde(flatten)]
@@ -423,7 +448,8 @@ struct ServiceView {
 }
 
 impl From<StoredService> for ServiceView {
-    fn from(s: StoredService) -> Self {
+    fn from(mut s: StoredService) -> Self {
+        shoal_api::moby::service(&mut s.service, s.previous_spec.as_mut());
         ServiceView {
             service: s.service,
             previous_spec: s.previous_spec,
@@ -540,6 +566,26 @@ pub async fn list_tasks(
             "runtime",
         ],
     )?;
+    f.known(
+        "desired-state",
+        &[
+            "new",
+            "allocated",
+            "pending",
+            "assigned",
+            "accepted",
+            "preparing",
+            "ready",
+            "starting",
+            "running",
+            "complete",
+            "shutdown",
+            "failed",
+            "rejected",
+            "remove",
+            "orphaned",
+        ],
+    )?;
     let state = crate::state::load(&m.store);
     let service_ids: Vec<String> = f
         .get("service")
@@ -574,7 +620,8 @@ pub async fn list_tasks(
                 .unwrap_or_else(|| k.clone())
         })
         .collect();
-    let up_to_date = f.get("_up-to-date").iter().any(|v| v == "true" || v == "1");
+    // swarmkit asks only whether the key is there (`len(filter.Get("_up-to-date")) != 0`).
+    let up_to_date = !f.get("_up-to-date").is_empty();
     let mut tasks: Vec<&StoredTask> = state
         .tasks
         .iter()
@@ -583,13 +630,13 @@ pub async fn list_tasks(
         .filter(|t| node_ids.is_empty() || node_ids.iter().any(|n| Some(n.as_str()) == t.node_id()))
         .filter(|t| f.any("id", |x| t.id().starts_with(x)))
         .filter(|t| {
-            f.any("desired-state", |x| match x {
+            f.any("desired-state", |x| match x.to_ascii_lowercase().as_str() {
                 // A job's task, run to completion, is running as far as a user asks.
                 "running" => shoal_api::objects::runs(t.desired()),
                 "ready" => t.desired() == TaskState::READY,
                 "shutdown" => !t.meant_to_run() && t.desired() != TaskState::ACCEPTED,
                 "accepted" => t.desired() == TaskState::ACCEPTED,
-                _ => false,
+                other => t.desired().to_string() == other,
             })
         })
         .filter(|t| {
@@ -615,7 +662,7 @@ pub async fn list_tasks(
         })
         .collect();
     tasks.sort_by(|a, b| a.task.created_at.cmp(&b.task.created_at));
-    let out: Vec<serde_json::Value> = tasks.into_iter().map(api_view).collect();
+    let out: Vec<TaskView> = tasks.into_iter().map(task_view).collect();
     Ok(json(StatusCode::OK, &out))
 }
 
@@ -661,9 +708,27 @@ pub fn task_name(service: &str, t: &StoredTask) -> String {
 /// `GET /tasks/{id}`.
 pub async fn inspect_task(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
-    let t = db::lookup::<StoredTask>(&m.store, &key)
-        .ok_or_else(|| ApiError::not_found(format!("task {key} not found")))?;
-    Ok(json(StatusCode::OK, &api_view(&t.obj)))
+    let t = db::find::<StoredTask>(&m.store, &key)?;
+    Ok(json(StatusCode::OK, &task_view(&t.obj)))
+}
+
+/// A stored task as dockerd answers it (`shoal_api::moby::task`), without shoal's fields, and
+/// encoded directly (a JSON tree would lose moby's field names, `api::encode`).
+#[derive(serde::Serialize)]
+struct TaskView {
+    #[serde(flatten)]
+    task: Task,
+    #[serde(rename = "NetworksAttachments", skip_serializing_if = "Vec::is_empty")]
+    networks_attachments: Vec<shoal_api::objects::NetworkAttachment>,
+}
+
+fn task_view(t: &StoredTask) -> TaskView {
+    let mut task = t.task.clone();
+    shoal_api::moby::task(&mut task);
+    TaskView {
+        task,
+        networks_attachments: t.networks_attachments.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use shoal_api::models::{Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmSpec};
+use shoal_api::models::{Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmSpec, TlsInfo};
 use shoal_api::objects::version;
 use shoal_api::{id, ApiError};
 use shoal_pki::{digest_of, JoinToken};
@@ -23,7 +23,7 @@ impl From<NodeError> for Error {
             NodeError::Store(api) => return Error(api.clone()),
             NodeError::AlreadyInSwarm
             | NodeError::NotInSwarm
-            | NodeError::ManagerLeaveNeedsForce
+            | NodeError::ManagerLeaveNeedsForce(_)
             | NodeError::NotAManagerToRecover
             | NodeError::ManagerUnreachable { .. }
             | NodeError::Locked
@@ -39,6 +39,16 @@ impl From<NodeError> for Error {
         };
         Error(ApiError::new(status, e.to_string()))
     }
+}
+
+/// Fields of Docker's `InitRequest` and `JoinRequest` that the generated models lack, read
+/// through the same decoding as the rest of the body (any letter case).
+#[derive(serde::Deserialize, Default)]
+struct Extras {
+    #[serde(rename = "AutoLockManagers", default)]
+    auto_lock_managers: Option<bool>,
+    #[serde(rename = "Availability", default)]
+    availability: Option<String>,
 }
 
 /// The address this node advertises: the one asked for, else the host's outward address.
@@ -77,6 +87,7 @@ fn advertise_addr(req: &SwarmInitRequest) -> std::result::Result<String, ApiErro
 /// `POST /swarm/init`.
 pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let req: SwarmInitRequest = parse_body(&body)?;
+    let extras: Extras = parse_body(&body)?;
     if d.lock.is_locked() {
         return Err(NodeError::Locked.into());
     }
@@ -116,10 +127,7 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
         addr: advertise_addr(&req)?,
         spec: req.spec,
         data_path_port: req.data_path_port,
-        // `AutoLockManagers` is in Docker's API but not in the generated model.
-        autolock: serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .is_some_and(|v| v["AutoLockManagers"].as_bool() == Some(true)),
+        autolock: extras.auto_lock_managers == Some(true),
     };
     let node_id = node::init::init(&d, plan).await?;
     Ok(json(StatusCode::OK, &node_id))
@@ -128,11 +136,34 @@ pub async fn init(State(d): State<AppState>, body: Bytes) -> Result<Response> {
 /// `GET /swarm`.
 pub async fn inspect(State(d): State<AppState>) -> Result<Response> {
     let m = d.manager().await?;
-    let c = db::list::<Swarm>(&m.store)
+    let mut c = db::list::<Swarm>(&m.store)
         .into_iter()
         .next()
         .ok_or_else(ApiError::not_a_manager)?;
+    c.obj.tls_info = c.obj.tls_info.map(with_issuer);
     Ok(json(StatusCode::OK, &c.obj))
+}
+
+/// The swarm's TLS information as Docker shows it (for the swarm and for each node): the
+/// root CA, and its subject and public key (base64 of their DER), which the store does not
+/// keep because they are read from the certificate.
+pub(crate) fn with_issuer(mut t: TlsInfo) -> TlsInfo {
+    use base64::Engine as _;
+    let b64 = |b: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(b);
+    if let Some(Ok((subject, key))) = t.trust_root.as_deref().map(shoal_pki::issuer_of) {
+        t.cert_issuer_subject = Some(b64(subject));
+        t.cert_issuer_public_key = Some(b64(key));
+    }
+    t
+}
+
+/// The swarm's [`with_issuer`] TLS information, for the nodes' descriptions.
+pub(crate) fn tls_info(store: &shoal_store::Store) -> Option<TlsInfo> {
+    db::list::<Swarm>(store)
+        .into_iter()
+        .next()
+        .and_then(|c| c.obj.tls_info)
+        .map(with_issuer)
 }
 
 /// `POST /swarm/update?version=N&rotateWorkerToken=&rotateManagerToken=`.
@@ -143,7 +174,19 @@ pub async fn update(
 ) -> Result<Response> {
     let m = d.manager().await?;
     let spec: SwarmSpec = parse_body(&body)?;
-    let v: u64 = super::version_param(&q)?;
+    let v = super::query::version(&q, super::query::Versioned::Swarm)?;
+    let flag = |k: &str| -> std::result::Result<bool, ApiError> {
+        match q.get(k).map(String::as_str) {
+            None | Some("") => Ok(false),
+            Some(v) => super::query::parse_bool(v)
+                .map_err(|_| ApiError::invalid(format!("invalid value for {k}: {v}"))),
+        }
+    };
+    let (rotate_worker, rotate_manager, rotate_unlock) = (
+        flag("rotateWorkerToken")?,
+        flag("rotateManagerToken")?,
+        flag("rotateManagerUnlockKey")?,
+    );
     let mut c = db::list::<Swarm>(&m.store)
         .into_iter()
         .next()
@@ -174,9 +217,8 @@ pub async fn update(
     merge_spec(&mut merged, spec);
     let locking = autolock_of(&merged);
     c.obj.spec = Some(merged);
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
     // A new unlock key when autolock is switched on or its key rotated; none when off.
-    let unlock_key = match (locking, was_locking && !flag("rotateManagerUnlockKey")) {
+    let unlock_key = match (locking, was_locking && !rotate_unlock) {
         (false, _) => Some(None),
         (true, true) => None,
         (true, false) => {
@@ -193,10 +235,10 @@ pub async fn update(
         .unwrap_or_default();
     let digest = digest_of(&trust_root);
     if let Some(t) = c.obj.join_tokens.as_mut() {
-        if flag("rotateWorkerToken") {
+        if rotate_worker {
             t.worker = Some(join_token(digest));
         }
-        if flag("rotateManagerToken") {
+        if rotate_manager {
             t.manager = Some(join_token(digest));
         }
     }
@@ -216,7 +258,7 @@ pub async fn update(
     // This manager's keys follow at once (the others through their followers), so a restart
     // right after `swarm update --autolock=true` is locked.
     node::lock::reconcile(&d.data_dir, &d.lock, &m.store)?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// `POST /swarm/leave?force=`.
@@ -224,14 +266,15 @@ pub async fn leave(
     State(d): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
+    let force = super::bool_param(&q, "force");
     node::leave::leave(&d, force).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// `POST /swarm/join`: joins through the first manager address ([`node::join`]).
 pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
     let req: SwarmJoinRequest = parse_body(&body)?;
+    let extras: Extras = parse_body(&body)?;
     if d.lock.is_locked() {
         return Err(NodeError::Locked.into());
     }
@@ -272,11 +315,7 @@ pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
             format!("{ip}:2377")
         }
     };
-    // `Availability` is in Docker's API but not in the generated model.
-    let availability = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["Availability"].as_str().map(str::to_lowercase))
-        .unwrap_or_default();
+    let availability = extras.availability.unwrap_or_default().to_lowercase();
     let plan = JoinPlan {
         token,
         token_text,
@@ -285,7 +324,7 @@ pub async fn join(State(d): State<AppState>, body: Bytes) -> Result<Response> {
         availability,
     };
     node::join::join(&d, plan).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    Ok(super::done())
 }
 
 /// `GET /swarm/unlockkey`: the unlock key while autolock is on, else `""` (the CLI then says
@@ -309,17 +348,13 @@ pub async fn unlock_key(State(d): State<AppState>) -> Result<Response> {
 
 /// `POST /swarm/unlock` `{"UnlockKey": "SWMKEY-1-..."}`: starts a locked manager.
 pub async fn unlock(State(d): State<AppState>, body: Bytes) -> Result<Response> {
-    let req: HashMap<String, serde_json::Value> = parse_body(&body)?;
-    // Field names in any case, as dockerd reads them.
-    let field = req
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("UnlockKey"))
-        .map(|(_, v)| v);
-    let text = match field {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        None | Some(serde_json::Value::Null) => String::new(),
-        Some(_) => return Err(ApiError::invalid("UnlockKey: a string is expected").into()),
-    };
-    node::lock::unlock(&d, &text).await?;
-    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+    /// Docker's `UnlockRequest`.
+    #[derive(serde::Deserialize)]
+    struct UnlockRequest {
+        #[serde(rename = "UnlockKey", default)]
+        unlock_key: Option<String>,
+    }
+    let req: UnlockRequest = parse_body(&body)?;
+    node::lock::unlock(&d, &req.unlock_key.unwrap_or_default()).await?;
+    Ok(super::done())
 }

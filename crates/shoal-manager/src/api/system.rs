@@ -159,7 +159,7 @@ pub async fn swarm_info(d: &AppState) -> SwarmInfo {
             created_at: c.obj.created_at,
             updated_at: c.obj.updated_at,
             spec: c.obj.spec,
-            tls_info: c.obj.tls_info,
+            tls_info: c.obj.tls_info.map(super::swarm::with_issuer),
             root_rotation_in_progress: c.obj.root_rotation_in_progress,
             data_path_port: c.obj.data_path_port,
             default_addr_pool: c.obj.default_addr_pool,

@@ -15,9 +15,10 @@ pub enum NodeError {
     /// Leave on a node outside any swarm.
     #[error("This node is not part of a swarm")]
     NotInSwarm,
-    /// Leave on a manager without `--force`.
-    #[error("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.")]
-    ManagerLeaveNeedsForce,
+    /// Leave on a manager without `--force`, in Swarm's words for the cluster as it is
+    /// ([`super::leave::manager_leave_refusal`]).
+    #[error("{0}")]
+    ManagerLeaveNeedsForce(String),
     /// `--force-new-cluster` on a node that is not a manager.
     #[error("--force-new-cluster needs this node to be a manager of the swarm to recover")]
     NotAManagerToRecover,

@@ -5,7 +5,7 @@ use super::NodeError;
 use crate::api::AppState;
 use crate::cluster::Manager;
 use crate::db;
-use shoal_api::models::{Node, NodeSpecRoleEnum};
+use shoal_api::models::{Node, NodeSpecRoleEnum, Reachability};
 use shoal_store::Expect;
 
 /// Leaves the swarm; a manager only with `force` (Docker's rule: it may be the last one).
@@ -24,8 +24,8 @@ pub async fn leave(d: &AppState, force: bool) -> Result<(), NodeError> {
         return Err(NodeError::NotInSwarm);
     };
     let manager = d.manager.read().await.clone();
-    if manager.is_some() && !force {
-        return Err(NodeError::ManagerLeaveNeedsForce);
+    if let Some(m) = manager.as_ref().filter(|_| !force) {
+        return Err(NodeError::ManagerLeaveNeedsForce(refusal(m)));
     }
     if let Some(m) = &manager {
         leave_raft(m).await;
@@ -40,6 +40,56 @@ pub async fn leave(d: &AppState, force: bool) -> Result<(), NodeError> {
     remove_state(d);
     tracing::info!("left the swarm");
     Ok(())
+}
+
+/// Why a manager may not leave without `--force`, from the managers' reachability as
+/// `docker node ls` shows it (what dockerd's `managerStats` counts).
+fn refusal(m: &Manager) -> String {
+    if m.store.leader().is_none() {
+        return manager_leave_refusal(None);
+    }
+    let me = m.identity.node_id.as_str();
+    let (mut active, mut reachable, mut unreachable) = (false, 0, 0);
+    for n in db::list::<Node>(&m.store) {
+        let n = crate::api::nodes::with_manager_status(m, n.obj);
+        match n.manager_status.and_then(|s| s.reachability) {
+            Some(Reachability::REACHABLE) => {
+                reachable += 1;
+                active |= n.id.as_deref() == Some(me);
+            }
+            Some(Reachability::UNREACHABLE) => unreachable += 1,
+            _ => {}
+        }
+    }
+    manager_leave_refusal(Some((active, reachable, unreachable)))
+}
+
+/// dockerd's refusal of `swarm leave` on a manager, word for word (`Cluster.Leave`): `stats`
+/// is (this manager counted reachable, reachable managers, unreachable ones), None when the
+/// manager has no leader to ask. The last manager's words end with a space, as Docker's do.
+pub fn manager_leave_refusal(stats: Option<(bool, usize, usize)>) -> String {
+    let mut msg = String::from(
+        "You are attempting to leave the swarm on a node that is participating as a manager. ",
+    );
+    match stats {
+        None => msg.push_str("Doing so may lose the consensus of your cluster. "),
+        Some((active, reachable, unreachable)) => {
+            // removingManagerCausesLossOfQuorum and isLastManager.
+            if active && reachable <= unreachable + 2 {
+                if reachable == 1 && unreachable == 0 {
+                    msg.push_str("Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ");
+                    return msg;
+                }
+                msg.push_str(&format!(
+                    "Removing this node leaves {} managers out of {}. Without a Raft quorum your swarm will be inaccessible. ",
+                    reachable.saturating_sub(1),
+                    reachable + unreachable
+                ));
+            }
+        }
+    }
+    msg.push_str("The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.");
+    msg
 }
 
 /// Forgets the swarm on disk and in memory: raft state, identity, certificates and keys.
@@ -95,4 +145,35 @@ async fn leave_raft(m: &Manager) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     tracing::warn!("still a raft voter after 10s; leaving anyway");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::manager_leave_refusal as refusal;
+
+    #[test]
+    fn a_manager_is_refused_in_dockerds_words_for_each_cluster() {
+        let start =
+            "You are attempting to leave the swarm on a node that is participating as a manager. ";
+        let end = "The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.";
+        assert_eq!(
+            refusal(Some((true, 1, 0))),
+            format!("{start}Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ")
+        );
+        assert_eq!(
+            refusal(Some((true, 2, 0))),
+            format!("{start}Removing this node leaves 1 managers out of 2. Without a Raft quorum your swarm will be inaccessible. {end}")
+        );
+        assert_eq!(
+            refusal(Some((true, 3, 1))),
+            format!("{start}Removing this node leaves 2 managers out of 4. Without a Raft quorum your swarm will be inaccessible. {end}")
+        );
+        // Five reachable managers keep their quorum without this one: no count, still refused.
+        assert_eq!(refusal(Some((true, 5, 0))), format!("{start}{end}"));
+        assert_eq!(refusal(Some((true, 3, 0))), format!("{start}{end}"));
+        assert_eq!(
+            refusal(None),
+            format!("{start}Doing so may lose the consensus of your cluster. {end}")
+        );
+    }
 }

@@ -4,8 +4,9 @@
 use crate::api::AppState;
 use crate::node::Identity;
 use shoal_api::models::{
-    EngineDescription, ManagerStatus, Node, NodeDescription, NodeSpec, NodeSpecAvailabilityEnum,
-    NodeSpecRoleEnum, NodeState, NodeStatus, Platform, Reachability, ResourceObject,
+    EngineDescription, EngineDescriptionPlugins, ManagerStatus, Node, NodeDescription, NodeSpec,
+    NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, NodeStatus, Platform, Reachability,
+    ResourceObject,
 };
 use std::collections::HashMap;
 
@@ -88,7 +89,7 @@ pub async fn local_node(d: &AppState, identity: &Identity, now: &str) -> Node {
             engine: Some(EngineDescription {
                 engine_version: info["ServerVersion"].as_str().map(str::to_string),
                 labels: Some(labels),
-                plugins: None,
+                plugins: engine_plugins(&info),
             }),
             tls_info: None,
         }),
@@ -110,6 +111,44 @@ pub async fn local_node(d: &AppState, identity: &Identity, now: &str) -> Node {
             addr: Some(identity.addr.clone()),
         }),
     }
+}
+
+/// The engine's plugins as Docker's executor describes a node (`executor.Describe`): the
+/// volume, network (with the built-in `overlay`), authorization and log plugins of its
+/// `/info`, sorted by type and name, each once.
+fn engine_plugins(info: &serde_json::Value) -> Option<Vec<EngineDescriptionPlugins>> {
+    if info["Plugins"].is_null() {
+        return None;
+    }
+    let names = |typ: &str| -> Vec<String> {
+        info["Plugins"][typ]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut network = vec!["overlay".to_string()];
+    network.extend(names("Network"));
+    let mut all: Vec<(String, String)> = [
+        ("Volume", names("Volume")),
+        ("Network", network),
+        ("Authorization", names("Authorization")),
+        ("Log", names("Log")),
+    ]
+    .into_iter()
+    .flat_map(|(typ, list)| list.into_iter().map(move |n| (typ.to_string(), n)))
+    .collect();
+    all.sort();
+    all.dedup();
+    Some(
+        all.into_iter()
+            .map(|(typ, name)| EngineDescriptionPlugins {
+                typ: Some(typ),
+                name: Some(name),
+            })
+            .collect(),
+    )
 }
 
 /// The address this host uses to reach `remote` (no packet is sent: a UDP connect only routes).

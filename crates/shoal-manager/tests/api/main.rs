@@ -8,6 +8,7 @@
 mod bodies;
 mod events;
 mod harness;
+mod moby_compat;
 mod networks;
 mod nodes;
 mod objects;

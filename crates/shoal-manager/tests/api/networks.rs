@@ -194,16 +194,23 @@ async fn remove_refuses_networks_in_use_and_the_ingress() {
     }
     let mut svc = spec("web");
     svc["TaskTemplate"]["Networks"] = json!([{"Target": "used"}]);
-    n.service(svc).await;
+    let web = n.service(svc).await;
+    let used = n.read("/networks/used").await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let a = n.delete("/networks/free").await;
     assert_eq!(a.status.as_u16(), 204, "{}", a.text);
     assert_eq!(swarm_names(&n.read("/networks").await), ["ingress", "used"]);
 
     let before = n.read("/networks").await;
-    n.delete("/networks/used")
-        .await
-        .refused(403, &["network used is in use by service web"]);
+    n.delete("/networks/used").await.refused(
+        400,
+        &[&format!(
+            "rpc error: code = FailedPrecondition desc = network {used} is in use by service {web}"
+        )],
+    );
     n.delete("/networks/ingress")
         .await
         .refused(403, &["ingress"]);
@@ -245,8 +252,8 @@ async fn a_service_on_a_network_gets_a_vip_in_its_subnet() {
 async fn bad_filters_are_refused() {
     let n = Node::manager().await;
     for (raw, parts) in [
-        ("{", &["filters"][..]),
-        ("true", &["filters", "object"][..]),
+        ("{", &["invalid filter", "not JSON"][..]),
+        ("true", &["invalid filter", "object"][..]),
         ("{\"colour\":[\"red\"]}", &["invalid filter 'colour'"][..]),
     ] {
         n.get(&format!("/networks?filters={}", enc(raw)))

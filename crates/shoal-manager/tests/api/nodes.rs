@@ -68,8 +68,8 @@ async fn list_filters() {
 async fn filters_that_do_not_parse_are_refused() {
     let n = Node::manager().await;
     for (raw, parts) in [
-        ("{", &["filters", "{"][..]),
-        ("[\"role\"]", &["filters", "object"][..]),
+        ("{", &["invalid filter", "{"][..]),
+        ("[\"role\"]", &["invalid filter", "object"][..]),
         ("{\"colour\":[\"red\"]}", &["invalid filter 'colour'"][..]),
     ] {
         n.get(&format!("/nodes?filters={}", enc(raw)))

@@ -125,9 +125,17 @@ async fn list_filters(k: Kind) {
         ["app.key", "app.key.old", "other"],
         "sorted by name"
     );
+    // Exact names are a secrets filter only (dockerd's `newListConfigsFilters` lacks it).
+    let names_filter = format!("/{}?filters={}", k.path, enc(r#"{"names":["app.key"]}"#));
+    if k.path == "secrets" {
+        assert_eq!(names(&n.read(&names_filter).await), ["app.key"]);
+    } else {
+        n.get(&names_filter)
+            .await
+            .refused(400, &["invalid filter 'names'"]);
+    }
     let cases = [
         (json!({"name": ["app.key"]}), vec!["app.key", "app.key.old"]),
-        (json!({"names": ["app.key"]}), vec!["app.key"]),
         (json!({"id": [&a[..6]]}), vec!["app.key"]),
         (json!({"id": [&c]}), vec!["other"]),
         (json!({"label": ["tier=db"]}), vec!["other"]),
@@ -138,8 +146,8 @@ async fn list_filters(k: Kind) {
         assert_eq!(names(&n.read(&uri).await), want, "{f}");
     }
     for (raw, parts) in [
-        ("{", &["filters"][..]),
-        ("[]", &["filters", "object"][..]),
+        ("{", &["invalid filter", "not JSON"][..]),
+        ("[]", &["invalid filter", "object"][..]),
         ("{\"driver\":[\"x\"]}", &["invalid filter 'driver'"][..]),
     ] {
         n.get(&format!("/{}?filters={}", k.path, enc(raw)))
@@ -203,7 +211,7 @@ async fn create_refusals(k: Kind) {
         (
             r#"{"Name": "bad name", "Data": "eA=="}"#.into(),
             400,
-            vec!["invalid name \"bad name\""],
+            vec!["invalid name, only 64"],
         ),
         (
             r#"{"Name": ".hidden", "Data": "eA=="}"#.into(),

@@ -156,8 +156,8 @@ async fn list_filters_and_sorts_by_name() {
         assert_eq!(names(&n.read(&uri).await), want, "{f}");
     }
     for (raw, parts) in [
-        ("{", &["filters"][..]),
-        ("\"name\"", &["filters", "object"][..]),
+        ("{", &["invalid filter", "not JSON"][..]),
+        ("\"name\"", &["invalid filter", "object"][..]),
         ("{\"colour\":[\"red\"]}", &["invalid filter 'colour'"][..]),
         // A value of another shape read as no filter: every service matched.
         ("{\"name\":[5]}", &["invalid filter 'name'"][..]),
@@ -220,7 +220,7 @@ async fn create_refusals_change_nothing() {
         (
             with(&|s| s["Mode"] = json!({"Replicated": {}, "Global": {}})),
             400,
-            &["Mode", "only one"],
+            &["must specify only one service mode"],
         ),
         (
             with(&|s| s["TaskTemplate"]["Networks"] = json!([{"Target": "nosuchnet"}])),
@@ -383,8 +383,8 @@ async fn update_refusals_change_nothing() {
         (
             at.clone(),
             with(&|s| s["Mode"] = json!({"Global": {}})),
-            400,
-            &["Mode", "service mode change is not allowed"],
+            501,
+            &["rpc error: code = Unimplemented desc = service mode change is not allowed"],
         ),
         (
             format!("{at}&rollback=previous"),

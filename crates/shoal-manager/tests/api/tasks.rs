@@ -46,8 +46,8 @@ async fn list_filters_as_service_ps_uses_them() {
         assert_eq!(count(&n.read(&uri).await), want, "{f}");
     }
     for (raw, parts) in [
-        ("{", &["filters"][..]),
-        ("5", &["filters", "object"][..]),
+        ("{", &["invalid filter", "not JSON"][..]),
+        ("5", &["invalid filter", "object"][..]),
         ("{\"colour\":[\"red\"]}", &["invalid filter 'colour'"][..]),
     ] {
         n.get(&format!("/tasks?filters={}", enc(raw)))
