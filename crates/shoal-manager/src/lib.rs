@@ -10,6 +10,7 @@ pub mod dispatcher;
 pub mod membership;
 pub mod node;
 pub mod proxy;
+pub mod remote;
 pub mod routes;
 pub mod rpc;
 pub mod state;
