@@ -380,7 +380,16 @@ impl ClientCertVerifier for ApiClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| match e {
+                // Another cluster's CA is also called "swarm-ca": webpki finds a same-named
+                // issuer and its signature fails. To the client that is an unknown CA (alert
+                // unknown_ca), which is what it should be told.
+                rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+                    rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+                }
+                other => other,
+            })?;
         let client = api_client_of_der(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose))?;
         if self.revocations.is_revoked(&client.serial) {
