@@ -504,14 +504,27 @@ fn plain_tcp_is_served_only_on_loopback() {
         "tcp://[::]:2375",
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        let mut daemon = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args(["daemon", "--listen", addr, "--tls=false", "--data-dir"])
             .arg(dir.path().join("data"))
             .arg("--socket")
             .arg(dir.path().join("docker.sock"))
             .env("RUST_BACKTRACE", "0")
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
+        // It must exit by itself, at once; one still running after 10 s has started.
+        let start = Instant::now();
+        while daemon.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if daemon.try_wait().unwrap().is_none() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            panic!("shoal daemon --listen {addr} --tls=false started");
+        }
+        let out = daemon.wait_with_output().unwrap();
         assert!(!out.status.success(), "{addr} started");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
