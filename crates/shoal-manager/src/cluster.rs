@@ -10,8 +10,70 @@ use shoal_pki::NodeCert;
 use shoal_store::{Store, StoreOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_util::sync::CancellationToken;
+
+/// The daemon's manager while this node is one, and a signal each time that changes, so what
+/// follows the manager (the API over TCP) starts and stops with it.
+pub struct ManagerSlot {
+    slot: RwLock<Option<Arc<Manager>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for ManagerSlot {
+    fn default() -> Self {
+        ManagerSlot {
+            slot: RwLock::new(None),
+            changed: watch::Sender::new(0),
+        }
+    }
+}
+
+impl ManagerSlot {
+    /// The manager now, for as long as the guard is held.
+    pub async fn read(&self) -> RwLockReadGuard<'_, Option<Arc<Manager>>> {
+        self.slot.read().await
+    }
+
+    /// Sets or takes the manager; whoever follows [`ManagerSlot::changes`] hears of it once
+    /// the guard is dropped.
+    pub async fn write(&self) -> ManagerSlotWrite<'_> {
+        ManagerSlotWrite {
+            guard: self.slot.write().await,
+            changed: &self.changed,
+        }
+    }
+
+    /// Ticks after every write.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// A write to the [`ManagerSlot`]: announced when dropped.
+pub struct ManagerSlotWrite<'a> {
+    guard: RwLockWriteGuard<'a, Option<Arc<Manager>>>,
+    changed: &'a watch::Sender<u64>,
+}
+
+impl std::ops::Deref for ManagerSlotWrite<'_> {
+    type Target = Option<Arc<Manager>>;
+    fn deref(&self) -> &Self::Target {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for ManagerSlotWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.guard
+    }
+}
+
+impl Drop for ManagerSlotWrite<'_> {
+    fn drop(&mut self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
 
 /// Why a manager could not start, or could not take a renewed certificate.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +106,7 @@ pub struct Manager {
     pub logs: LogBroker,
     server_tls: shoal_rpc::ServerTls,
     pool: Arc<shoal_rpc::Pool>,
+    cert: watch::Sender<NodeCert>,
     stop: CancellationToken,
 }
 
@@ -65,7 +128,14 @@ impl Manager {
     pub fn set_cert(&self, cert: &NodeCert) -> Result<(), ManagerError> {
         *self.server_tls.write() = shoal_pki::server_config(cert)?;
         self.pool.set_tls(shoal_pki::client_config(cert)?);
+        self.cert.send_replace(cert.clone());
         Ok(())
+    }
+
+    /// This manager's node certificate, now and whenever it is renewed (the API server
+    /// certificate follows it).
+    pub fn certificate(&self) -> watch::Receiver<NodeCert> {
+        self.cert.subscribe()
     }
 
     /// Opens the store in `dir` (sealed with `data_key`), serves the node-to-node RPC and starts
@@ -135,6 +205,7 @@ impl Manager {
             logs,
             server_tls,
             pool,
+            cert: watch::Sender::new(cert.clone()),
             stop,
         })
     }

@@ -180,6 +180,35 @@ stored!(
     |_o, _v| {}
 );
 
+/// An API client certificate the cluster CA issued (`shoal client-cert`), keyed by its serial:
+/// what `shoal client-cert ls` lists and what every manager's API listener asks at each
+/// handshake whether it is revoked. Holds its name while it is not revoked, so two live
+/// certificates never share a name.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ClientCert {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// The name it was issued for (its CN).
+    pub name: String,
+    /// SHA-256 of its DER, lowercase hex.
+    pub fingerprint: String,
+    /// When it was issued (RFC 3339).
+    pub created_at: String,
+    /// When it expires (RFC 3339).
+    pub not_after: String,
+    /// When it was revoked; refused at every handshake from then on.
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+}
+stored!(
+    ClientCert,
+    "clientcert",
+    |s| s.serial.clone(),
+    |s| s.revoked_at.is_none().then(|| s.name.clone()),
+    |_o, _v| {}
+);
+
 /// Decodes a stored object for every reader of the store (the API and the live state): a
 /// document that does not decode is logged and skipped, never fatal.
 pub(crate) fn decode<T: Stored>(o: &Object) -> Option<Versioned<T>> {

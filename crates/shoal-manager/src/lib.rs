@@ -12,6 +12,7 @@ pub mod logbroker;
 pub mod membership;
 pub mod node;
 pub mod proxy;
+pub mod remote;
 pub mod routes;
 pub mod rpc;
 pub mod state;

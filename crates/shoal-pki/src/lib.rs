@@ -11,11 +11,19 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+mod api;
+#[cfg(test)]
+mod api_tests;
 mod node;
 mod tls;
 #[cfg(test)]
 mod tls_tests;
 
+pub use api::{
+    api_client_config, api_client_of_der, api_client_of_pem, api_server_config, check_client_name,
+    fingerprint_hex, ApiClient, ApiServerCert, ClientKey, IssuedClientCert, Revocations,
+    API_CLIENT_OU, API_SERVER_OU, MAX_CLIENT_NAME,
+};
 pub use node::{identity_of_der, role_of_ou, role_ou, NodeCert, NodeIdentity, NodeKey, Role};
 /// Re-exported so callers build connectors and acceptors against the exact rustls we configure.
 pub use rustls;
@@ -136,7 +144,7 @@ impl std::fmt::Debug for ClusterCa {
 
 /// How far back a node certificate's notBefore is set, as Swarm does, so that a peer whose clock
 /// is a little behind still accepts a certificate issued a moment ago.
-const CERT_BACKDATE: Duration = Duration::from_secs(3600);
+pub(crate) const CERT_BACKDATE: Duration = Duration::from_secs(3600);
 
 impl ClusterCa {
     /// A new root CA, valid for 20 years as Swarm's is.
@@ -238,17 +246,6 @@ impl ClusterCa {
     ) -> Result<String, PkiError> {
         id.validate()?;
         let public_key = csr_public_key(csr_pem)?;
-        let ca_der = first_cert_der(&self.cert_pem, "CA certificate")?;
-        let ca_not_after = cert_not_after(&parse_cert(&ca_der, "CA certificate")?);
-        let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(|source| PkiError::Crypto {
-            what: "parsing the CA key",
-            source,
-        })?;
-        let issuer =
-            rcgen::Issuer::from_ca_cert_der(&ca_der, key).map_err(|source| PkiError::Crypto {
-                what: "loading the CA as issuer",
-                source,
-            })?;
         let role = role_ou(id.role);
         let mut params = rcgen::CertificateParams::new(vec![role.to_string(), id.node_id.clone()])
             .map_err(|source| PkiError::Crypto {
@@ -260,14 +257,46 @@ impl ClusterCa {
         dn.push(rcgen::DnType::OrganizationalUnitName, role);
         dn.push(rcgen::DnType::CommonName, id.node_id.as_str());
         params.distinguished_name = dn;
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = self.sign(
+            &public_key,
+            params,
+            not_before,
+            not_after,
+            "signing the node certificate",
+        )?;
+        Ok(cert.pem())
+    }
+
+    /// Signs a leaf certificate for `public_key` from `params` (subject, SANs and extended key
+    /// usages already set): not a CA, a random serial, valid in the window given but never past
+    /// the CA itself. Every certificate the cluster CA issues goes through here.
+    pub(crate) fn sign(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        mut params: rcgen::CertificateParams,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        what: &'static str,
+    ) -> Result<rcgen::Certificate, PkiError> {
+        let ca_der = first_cert_der(&self.cert_pem, "CA certificate")?;
+        let ca_not_after = cert_not_after(&parse_cert(&ca_der, "CA certificate")?);
+        let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(|source| PkiError::Crypto {
+            what: "parsing the CA key",
+            source,
+        })?;
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&ca_der, key).map_err(|source| PkiError::Crypto {
+                what: "loading the CA as issuer",
+                source,
+            })?;
         params.is_ca = rcgen::IsCa::ExplicitNoCa;
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::DigitalSignature,
             rcgen::KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
         // Random, so a renewed certificate never repeats a serial; 20 bytes with the top bit
@@ -277,18 +306,14 @@ impl ClusterCa {
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         params.not_before = not_before.into();
         params.not_after = not_after.min(ca_not_after).into();
-        let cert = params
-            .signed_by(&public_key, &issuer)
-            .map_err(|source| PkiError::Crypto {
-                what: "signing the node certificate",
-                source,
-            })?;
-        Ok(cert.pem())
+        params
+            .signed_by(public_key, &issuer)
+            .map_err(|source| PkiError::Crypto { what, source })
     }
 }
 
 /// The public key of a CSR, once its self-signature checks out and the key is ECDSA P-256.
-fn csr_public_key(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo, PkiError> {
+pub(crate) fn csr_public_key(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo, PkiError> {
     use x509_parser::prelude::FromDer;
     let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
         .map_err(|e| PkiError::BadCsr(format!("no PEM certificate request: {e}")))?;

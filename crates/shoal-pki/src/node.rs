@@ -137,26 +137,8 @@ impl std::fmt::Debug for NodeKey {
 impl NodeKey {
     /// A new ECDSA P-256 key and its CSR (empty subject: the CA assigns the identity).
     pub fn generate() -> Result<NodeKey, PkiError> {
-        let key = rcgen::KeyPair::generate().map_err(|source| PkiError::Crypto {
-            what: "generating the node key",
-            source,
-        })?;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params
-            .serialize_request(&key)
-            .map_err(|source| PkiError::Crypto {
-                what: "making the certificate signing request",
-                source,
-            })?;
-        let csr_pem = csr.pem().map_err(|source| PkiError::Crypto {
-            what: "encoding the certificate signing request",
-            source,
-        })?;
-        Ok(NodeKey {
-            key_pem: key.serialize_pem(),
-            csr_pem,
-        })
+        let (key_pem, csr_pem) = key_and_csr("generating the node key")?;
+        Ok(NodeKey { key_pem, csr_pem })
     }
 
     /// The CSR to send to a manager; safe to share.
@@ -169,6 +151,25 @@ impl NodeKey {
     pub fn into_node_cert(self, cert_pem: String, ca_pem: String) -> Result<NodeCert, PkiError> {
         NodeCert::new(cert_pem, self.key_pem, ca_pem)
     }
+}
+
+/// A new ECDSA P-256 key (PEM, PKCS#8) and a CSR for it with an empty subject: whoever signs
+/// decides the identity. `what` names the key in errors.
+pub(crate) fn key_and_csr(what: &'static str) -> Result<(String, String), PkiError> {
+    let key = rcgen::KeyPair::generate().map_err(|source| PkiError::Crypto { what, source })?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|source| PkiError::Crypto {
+            what: "making the certificate signing request",
+            source,
+        })?;
+    let csr_pem = csr.pem().map_err(|source| PkiError::Crypto {
+        what: "encoding the certificate signing request",
+        source,
+    })?;
+    Ok((key.serialize_pem(), csr_pem))
 }
 
 const NODE_CERT_FILE: &str = "swarm-node.crt";

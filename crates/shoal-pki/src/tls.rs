@@ -4,10 +4,11 @@ use crate::{digest_of_der, pem_of_der, NodeCert, PkiError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -30,18 +31,21 @@ pub fn manager_server_name() -> Result<ServerName<'static>, PkiError> {
 const ALPN_H2: &[u8] = b"h2";
 
 /// The provider every config uses, never a process-wide default that another crate might set.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Only TLS 1.3: every peer is one of our nodes, so there is nothing older to talk to.
 const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
-fn tls_err(what: &'static str) -> impl FnOnce(rustls::Error) -> PkiError {
+pub(crate) fn tls_err(what: &'static str) -> impl FnOnce(rustls::Error) -> PkiError {
     move |source| PkiError::Tls { what, source }
 }
 
-fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+pub(crate) fn certs(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::BadPem {
@@ -57,9 +61,9 @@ fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
-fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+pub(crate) fn key(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static>, PkiError> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::BadPem {
-        what: "node key",
+        what,
         reason: e.to_string(),
     })
 }
@@ -74,16 +78,19 @@ fn ca_roots(cert: &NodeCert) -> Result<Arc<RootCertStore>, PkiError> {
 
 /// What a node serves with: presents its leaf followed by the CA (so a joiner holding only a
 /// token can find and pin the CA), and accepts clients with no certificate (joiners) or with one
-/// chaining to the cluster CA; read the peer's identity with [`crate::identity_of_der`].
+/// chaining to the cluster CA that is a node certificate (an API client certificate is refused
+/// in the handshake: the two uses of the CA stay apart); read the peer's identity with
+/// [`crate::identity_of_der`].
 pub fn server_config(cert: &NodeCert) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(ca_roots(cert)?, provider.clone())
+    let inner = WebPkiClientVerifier::builder_with_provider(ca_roots(cert)?, provider.clone())
         .allow_unauthenticated()
         .build()
         .map_err(|source| PkiError::Verifier {
             what: "building the client certificate verifier",
             source,
         })?;
+    let verifier = Arc::new(NodeClientVerifier { inner });
     let mut chain = certs(cert.cert_pem(), "node certificate")?;
     chain.truncate(1);
     chain.extend(certs(cert.ca_pem(), "CA certificate")?);
@@ -91,7 +98,7 @@ pub fn server_config(cert: &NodeCert) -> Result<Arc<ServerConfig>, PkiError> {
         .with_protocol_versions(VERSIONS)
         .map_err(tls_err("choosing TLS versions"))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key(cert.key_pem())?)
+        .with_single_cert(chain, key(cert.key_pem(), "node key")?)
         .map_err(tls_err("installing the node certificate"))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
@@ -117,7 +124,7 @@ pub fn client_config(cert: &NodeCert) -> Result<Arc<ClientConfig>, PkiError> {
             inner,
             name: manager_server_name()?,
         }))
-        .with_client_auth_cert(leaf, key(cert.key_pem())?)
+        .with_client_auth_cert(leaf, key(cert.key_pem(), "node key")?)
         .map_err(tls_err("installing the node certificate"))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
@@ -153,6 +160,62 @@ pub fn pinned_ca_pem(chain: &[CertificateDer<'_>], ca_digest: [u8; 32]) -> Optio
         .iter()
         .find(|c| digest_of_der(c) == ca_digest)
         .map(|c| pem_of_der(c))
+}
+
+/// WebPKI against the cluster CA, then: the certificate names a node (OU of a role), so an API
+/// client certificate of the same CA opens nothing on the node port.
+#[derive(Debug)]
+struct NodeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for NodeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        crate::identity_of_der(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose))?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// WebPKI against the cluster CA, with the name fixed to [`MANAGER_SERVER_NAME`] so callers can

@@ -148,6 +148,8 @@ fn upstream_dns() -> Vec<std::net::SocketAddr> {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    // Before anything: a --listen the daemon would refuse later is refused now.
+    let listen = listen_addrs(&args)?;
     // First, before anything that can wait (the engine, the store, the network): an operator
     // who sees nothing else still knows the daemon started, with what, and as which process.
     tracing::info!(
@@ -249,8 +251,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let listener = crate::socket::bind(&args.socket, 0o660)?;
     tracing::info!(socket = %args.socket.display(), "serving the Docker API");
 
-    let app = api::app(daemon.clone());
     let stop = CancellationToken::new();
+    shoal_manager::remote::start(daemon.clone(), &listen, stop.clone()).await?;
+
+    let app = api::app(daemon.clone());
     let s = stop.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -274,6 +278,25 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     drop(lock);
     Ok(())
+}
+
+/// The `--listen` addresses, refused at start when malformed, plain TCP off loopback, or not an
+/// address of this machine.
+fn listen_addrs(args: &DaemonArgs) -> anyhow::Result<Vec<shoal_manager::remote::ListenAddr>> {
+    let mut out = Vec::new();
+    for given in &args.listen {
+        let l = shoal_manager::remote::parse_listen(given, args.tls)?;
+        let ip = l.addr.ip();
+        if !ip.is_unspecified() && address_is_local(&ip.to_string()) == Some(false) {
+            anyhow::bail!(
+                "--listen {given}: {ip} is on none of this machine's interfaces; give one of its addresses, or 0.0.0.0 for all"
+            );
+        }
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    }
+    Ok(out)
 }
 
 /// The engine's first answer, saying every 10 s that it is still awaited (a stopped or hung

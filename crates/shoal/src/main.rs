@@ -1,6 +1,7 @@
 //! `shoal`: one binary for the node daemon (Docker-compatible API, manager, agent).
 
 mod client;
+mod client_cert;
 mod daemon;
 mod lock;
 mod service;
@@ -24,6 +25,49 @@ enum Cmd {
     /// What the docker CLI cannot do with services (their earlier specs).
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Client certificates for the Docker API over TCP (`shoal daemon --listen`):
+    /// `shoal client-cert NAME --out DIR` issues one, `ls` lists them, `rm NAME` revokes one.
+    ClientCert(ClientCertArgs),
+}
+
+/// `shoal client-cert NAME --out DIR | ls | rm NAME`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct ClientCertArgs {
+    #[command(subcommand)]
+    cmd: Option<ClientCertCmd>,
+    /// The client's name (the certificate's CN, and what the daemon's audit log names).
+    #[arg(required = true)]
+    name: Option<String>,
+    /// Directory to write ca.pem, cert.pem and key.pem into (point DOCKER_CERT_PATH at it).
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    /// Days the certificate is valid (default 90).
+    #[arg(long)]
+    days: Option<u64>,
+    /// A manager's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+    #[arg(long, short = 'H')]
+    host: Option<String>,
+}
+
+/// `shoal client-cert ls|rm`.
+#[derive(Subcommand)]
+enum ClientCertCmd {
+    /// List the client certificates issued: name, serial, fingerprint, expiry, revoked.
+    Ls {
+        /// A manager's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
+    /// Revoke a client certificate: every manager refuses it at the handshake from now on and
+    /// ends its open connections.
+    Rm {
+        /// The certificate's name.
+        name: String,
+        /// A manager's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
 }
 
 /// `shoal service ...`.
@@ -81,6 +125,15 @@ pub struct DaemonArgs {
     /// sharing one engine, as in the test harness, need distinct names.
     #[arg(long, env = "SHOAL_HOSTNAME")]
     pub hostname: Option<String>,
+    /// Also serve the Docker API over TCP, e.g. tcp://0.0.0.0:2376 (repeatable; off by
+    /// default). With mutual TLS while this node is a swarm manager: clients need a
+    /// certificate from `shoal client-cert`.
+    #[arg(long = "listen", value_name = "tcp://ADDR[:PORT]")]
+    pub listen: Vec<String>,
+    /// Mutual TLS on the --listen addresses (the default). --tls=false serves plain TCP, which
+    /// is refused unless every --listen address is loopback.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tls: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,6 +157,23 @@ fn main() -> anyhow::Result<()> {
             &client::socket(host.as_deref()),
             &service,
         )),
+        Cmd::ClientCert(a) => match a.cmd {
+            Some(ClientCertCmd::Ls { host }) => {
+                rt.block_on(client_cert::list(&client::socket(host.as_deref())))
+            }
+            Some(ClientCertCmd::Rm { name, host }) => {
+                rt.block_on(client_cert::revoke(&client::socket(host.as_deref()), &name))
+            }
+            None => match (a.name, a.out) {
+                (Some(name), Some(out)) => rt.block_on(client_cert::issue(
+                    &client::socket(a.host.as_deref()),
+                    &name,
+                    &out,
+                    a.days,
+                )),
+                _ => anyhow::bail!("shoal client-cert NAME --out DIR (or: ls, rm NAME)"),
+            },
+        },
         Cmd::Service(ServiceCmd::Rollback {
             service,
             to,

@@ -312,7 +312,7 @@ fn names(node: &Node, kind: &str) -> String {
 fn a_data_dir_from_before_sealing_is_sealed_on_its_first_start_and_keeps_its_swarm() {
     let fixture = common::repo().join("crates/shoal/tests/fixtures/pre-sealing-data.tar.gz");
     let b64 = base64::engine::general_purpose::STANDARD.encode(OLD_SECRET);
-    let mut node = Node::start_prepared("presealed", |dir| {
+    let mut node = Node::start_prepared("presealed", &[], |dir| {
         let st = Command::new("tar")
             .arg("-C")
             .arg(dir)

@@ -1,6 +1,7 @@
 //! The Docker Engine API, swarm subset: routes, request parsing and Docker's error format. Every
 //! other endpoint goes to the node's own engine through [`crate::proxy::EngineProxy`].
 
+mod client_certs;
 mod containers;
 mod decode;
 mod encode;
@@ -16,7 +17,7 @@ pub use services::parse_spec as parse_service_spec;
 pub mod swarm;
 pub(crate) mod system;
 
-use crate::cluster::Manager;
+use crate::cluster::{Manager, ManagerSlot};
 use crate::node::{AgentHost, Identity, NodeSession};
 use crate::proxy::EngineProxy;
 use axum::body::Body;
@@ -50,7 +51,7 @@ pub struct Daemon {
     /// The agent the manager feeds.
     pub agent: Arc<dyn AgentHost>,
     /// The manager, once this node is a manager in a swarm.
-    pub manager: RwLock<Option<Arc<Manager>>>,
+    pub manager: ManagerSlot,
     /// This node's swarm membership (managers and workers): identity and dispatcher session.
     pub node: RwLock<Option<(Identity, Arc<NodeSession>)>>,
     /// The node's name, when set instead of the engine's host name.
@@ -289,6 +290,14 @@ pub fn app(
         .route(
             "/shoal/v1/services/{id}/rollback",
             post(services::rollback_to),
+        )
+        .route(
+            "/shoal/v1/client-certs",
+            get(client_certs::list).post(client_certs::create),
+        )
+        .route(
+            "/shoal/v1/client-certs/{name}",
+            axum::routing::delete(client_certs::revoke),
         )
         .route("/tasks", get(services::list_tasks))
         .route("/tasks/{id}", get(services::inspect_task))

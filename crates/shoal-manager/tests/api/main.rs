@@ -6,6 +6,7 @@
 //! 8 s at a load of 1.6 on 2 cores, 16 s at a load of 7).
 
 mod bodies;
+mod client_certs;
 mod events;
 mod harness;
 mod moby_compat;

@@ -92,6 +92,8 @@ pub struct ClusterNode {
     pub netns: Netns,
     /// The cluster's hub namespace, where its link to the others can be cut.
     hub: String,
+    /// Extra `shoal daemon` flags, kept for restarts.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -142,6 +144,7 @@ impl ClusterNode {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--hostname", &self.name()])
+            .args(&self.args)
             .env("SHOAL_PULL", "never")
             .env("SHOAL_LOG", "info,shoal_manager=debug")
             .stdout(Stdio::null())
@@ -254,6 +257,11 @@ pub struct Cluster {
 impl Cluster {
     /// Creates the namespaces and starts `n` daemons (not yet in a swarm).
     pub fn start(name: &str, n: usize) -> Cluster {
+        Cluster::start_with(name, n, |_| Vec::new())
+    }
+
+    /// [`Cluster::start`] with extra `shoal daemon` flags for each node, given its address.
+    pub fn start_with(name: &str, n: usize, args: impl Fn(&str) -> Vec<String>) -> Cluster {
         images();
         let hub = Netns::create(netns_name(&format!("{name}-hub")));
         let h = hub.name.as_str();
@@ -299,6 +307,7 @@ impl Cluster {
                 ip: format!("10.99.0.{i}"),
                 socket: dir.join("docker.sock"),
                 dir,
+                args: args(&format!("10.99.0.{i}")),
                 netns,
                 hub: hub.name.clone(),
                 child: None,

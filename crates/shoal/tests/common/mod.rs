@@ -197,6 +197,8 @@ pub struct Node {
     child: Option<Child>,
     /// Its node ID once seen on disk, kept to clean up after `swarm leave` removed the file.
     id: std::cell::RefCell<Option<String>>,
+    /// Extra `shoal daemon` flags, kept for restarts.
+    args: Vec<String>,
     // Dropped after the daemon (fields drop in order, after `Drop::drop`).
     pub netns: Netns,
 }
@@ -204,12 +206,17 @@ pub struct Node {
 impl Node {
     /// Starts a daemon on a fresh data directory, in a network namespace of its own.
     pub fn start(name: &str) -> Node {
-        Node::start_prepared(name, |_| {})
+        Node::start_with(name, &[])
     }
 
-    /// Starts a daemon in a network namespace of its own, on what `prepare` leaves in the
-    /// node's directory (a fixture data directory unpacked as `data`).
-    pub fn start_prepared(name: &str, prepare: impl FnOnce(&Path)) -> Node {
+    /// [`Node::start`] with extra `shoal daemon` flags (e.g. `--listen tcp://127.0.0.1:2376`).
+    pub fn start_with(name: &str, args: &[&str]) -> Node {
+        Node::start_prepared(name, args, |_| {})
+    }
+
+    /// Starts a daemon with extra flags in a network namespace of its own, on what `prepare`
+    /// leaves in the node's directory (a fixture data directory unpacked as `data`).
+    pub fn start_prepared(name: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Node {
         images();
         let netns = Netns::create(netns_name(name));
         let dir = std::env::temp_dir().join(&netns.name);
@@ -222,6 +229,7 @@ impl Node {
             socket,
             child: None,
             id: std::cell::RefCell::new(None),
+            args: args.iter().map(|a| a.to_string()).collect(),
             netns,
         };
         node.spawn();
@@ -242,6 +250,7 @@ impl Node {
             .arg(self.dir.join("data"))
             .arg("--socket")
             .arg(&self.socket)
+            .args(&self.args)
             .env("SHOAL_PULL", "never")
             .env("SHOAL_LOG", "info,shoal_manager=debug")
             .stdout(Stdio::null())
