@@ -114,7 +114,7 @@ ENGINE_VERSION=$(DOCKER_HOST=$ENGINE docker version --format '{{.Server.Version}
 log "$SERVICES services, $RUNS runs each; docker CLI $CLI, engine $ENGINE_VERSION"
 
 a_cli=n/a; a_curl=n/a; b_cli=n/a; b_curl=n/a; c_cli=n/a; c_curl=n/a
-a_keep=n/a; b_keep=n/a; c_keep=n/a; b_hs=n/a
+a_keep=n/a; b_keep=n/a; c_keep=n/a; b_hs=n/a; b_py=n/a
 case $PARTS in *a*|*b*)
   if [ ! -x "$SHOAL" ] && [ "$BUILD" = 1 ]; then
     log "building shoal: cargo build --release -p shoal"
@@ -152,7 +152,27 @@ case $PARTS in *a*|*b*)
       --key "$TMP/certs/key.pem" "https://127.0.0.1:2376/v1.50/services?status=true")
     b_hs=$(time_handshake ns curl --cacert "$TMP/certs/ca.pem" --cert "$TMP/certs/cert.pem" \
       --key "$TMP/certs/key.pem" "https://127.0.0.1:2376/_ping")
-    log "shoal: unix socket $a_cli ms (curl $a_curl), TCP+TLS $b_cli ms (curl $b_curl, handshake $b_hs)"
+    # A client that leaves Nagle's algorithm on (Python's plain ssl socket): a new connection,
+    # the handshake and a first request, as a script without an HTTP library makes them.
+    b_py=$(ns python3 - "$TMP/certs" "$RUNS" <<'PY'
+import socket, ssl, statistics, sys, time
+d, runs = sys.argv[1], int(sys.argv[2])
+ctx = ssl.create_default_context(cafile=d + "/ca.pem")
+ctx.load_cert_chain(d + "/cert.pem", d + "/key.pem")
+times = []
+for _ in range(runs + 1):
+    t0 = time.perf_counter()
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 2376)), server_hostname="127.0.0.1")
+    s.sendall(b"GET /_ping HTTP/1.1\r\nHost: shoal\r\n\r\n")
+    got = b""
+    while not got.endswith(b"OK"):
+        got += s.recv(4096)
+    times.append((time.perf_counter() - t0) * 1000)
+    s.close()
+print("%.1f" % statistics.median(times[1:]))
+PY
+)
+    log "shoal: unix socket $a_cli ms (curl $a_curl), TCP+TLS $b_cli ms (curl $b_curl, handshake $b_hs, python ssl $b_py)"
     docker swarm leave --force >/dev/null 2>&1
     kill "$SHOAL_PID"; wait "$SHOAL_PID" 2>/dev/null; SHOAL_PID=
     unset DOCKER_HOST
@@ -190,4 +210,5 @@ fmt='%-44s %14s %14s %18s %12s\n'
   printf "$fmt" "GET /services?status=true (curl)" "$a_curl" "$b_curl" "$c_curl" "$(ratio "$b_curl" "$a_curl")"
   printf "$fmt" "the same, kept-alive connection (curl)" "$a_keep" "$b_keep" "$c_keep" "$(ratio "$b_keep" "$a_keep")"
   printf "$fmt" "TLS handshake (curl, connect to appconnect)" "-" "$b_hs" "-" "-"
+  printf "$fmt" "new connection + GET /_ping (Python ssl)" "-" "$b_py" "-" "-"
 }
