@@ -84,10 +84,27 @@ time_curl() {
   done | awk '{ print $1 * 1000 }' | median
 }
 
+# The TLS handshake alone: curl's time_appconnect - time_connect, median in ms.
+time_handshake() {
+  local i
+  for i in $(seq 1 "$RUNS"); do
+    "$@" -s -o /dev/null -w '%{time_connect} %{time_appconnect}\n'
+  done | awk '{ print ($2 - $1) * 1000 }' | median
+}
+
+# RUNS requests on one kept-alive connection (one curl for all, as an SDK's session does); the
+# median of their times after the first, in ms. The last argument is the URL.
+time_keepalive() {
+  local url=${*: -1} args=("${@:1:$#-1}") pairs=() i
+  for i in $(seq 0 "$RUNS"); do pairs+=(-o /dev/null "$url"); done
+  "${args[@]}" -s -w '%{time_total}\n' "${pairs[@]}" | tail -n +2 | awk '{ print $1 * 1000 }' | median
+}
+
 create_services() {
   local i
   for i in $(seq 1 "$SERVICES"); do
-    docker service create --detach --name "bench-ls-$i" --replicas 0 "$1" >/dev/null || return 1
+    # (stderr: the CLI's warning that no registry could be asked for the image's digest)
+    docker service create --detach --name "bench-ls-$i" --replicas 0 "$1" >/dev/null 2>&1 || return 1
   done
 }
 
@@ -97,6 +114,7 @@ ENGINE_VERSION=$(DOCKER_HOST=$ENGINE docker version --format '{{.Server.Version}
 log "$SERVICES services, $RUNS runs each; docker CLI $CLI, engine $ENGINE_VERSION"
 
 a_cli=n/a; a_curl=n/a; b_cli=n/a; b_curl=n/a; c_cli=n/a; c_curl=n/a
+a_keep=n/a; b_keep=n/a; c_keep=n/a; b_hs=n/a; b_py=n/a
 case $PARTS in *a*|*b*)
   if [ ! -x "$SHOAL" ] && [ "$BUILD" = 1 ]; then
     log "building shoal: cargo build --release -p shoal"
@@ -106,7 +124,8 @@ case $PARTS in *a*|*b*)
     log "no shoal binary at $SHOAL: parts a and b skipped"
   else
     ip netns add "$NS" && ip -n "$NS" link set lo up
-    ns "$SHOAL" daemon --data-dir "$TMP/data" --socket "$TMP/shoal.sock" \
+    # nsenter execs the daemon, so $! is the daemon itself (not a subshell) and can be stopped.
+    nsenter --net=/run/netns/$NS "$SHOAL" daemon --data-dir "$TMP/data" --socket "$TMP/shoal.sock" \
       --listen tcp://127.0.0.1:2376 --pull never >"$TMP/shoal.log" 2>&1 &
     SHOAL_PID=$!
     export DOCKER_HOST=unix://$TMP/shoal.sock
@@ -128,7 +147,32 @@ case $PARTS in *a*|*b*)
       DOCKER_CERT_PATH="$TMP/certs" docker service ls)
     b_curl=$(time_curl ns curl --cacert "$TMP/certs/ca.pem" --cert "$TMP/certs/cert.pem" \
       --key "$TMP/certs/key.pem" "https://127.0.0.1:2376/v1.50/services?status=true")
-    log "shoal: unix socket $a_cli ms (curl $a_curl), TCP+TLS $b_cli ms (curl $b_curl)"
+    a_keep=$(time_keepalive ns curl --unix-socket "$TMP/shoal.sock" "http://shoal/v1.50/services?status=true")
+    b_keep=$(time_keepalive ns curl --cacert "$TMP/certs/ca.pem" --cert "$TMP/certs/cert.pem" \
+      --key "$TMP/certs/key.pem" "https://127.0.0.1:2376/v1.50/services?status=true")
+    b_hs=$(time_handshake ns curl --cacert "$TMP/certs/ca.pem" --cert "$TMP/certs/cert.pem" \
+      --key "$TMP/certs/key.pem" "https://127.0.0.1:2376/_ping")
+    # A client that leaves Nagle's algorithm on (Python's plain ssl socket): a new connection,
+    # the handshake and a first request, as a script without an HTTP library makes them.
+    b_py=$(ns python3 - "$TMP/certs" "$RUNS" <<'PY'
+import socket, ssl, statistics, sys, time
+d, runs = sys.argv[1], int(sys.argv[2])
+ctx = ssl.create_default_context(cafile=d + "/ca.pem")
+ctx.load_cert_chain(d + "/cert.pem", d + "/key.pem")
+times = []
+for _ in range(runs + 1):
+    t0 = time.perf_counter()
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 2376)), server_hostname="127.0.0.1")
+    s.sendall(b"GET /_ping HTTP/1.1\r\nHost: shoal\r\n\r\n")
+    got = b""
+    while not got.endswith(b"OK"):
+        got += s.recv(4096)
+    times.append((time.perf_counter() - t0) * 1000)
+    s.close()
+print("%.1f" % statistics.median(times[1:]))
+PY
+)
+    log "shoal: unix socket $a_cli ms (curl $a_curl), TCP+TLS $b_cli ms (curl $b_curl, handshake $b_hs, python ssl $b_py)"
     docker swarm leave --force >/dev/null 2>&1
     kill "$SHOAL_PID"; wait "$SHOAL_PID" 2>/dev/null; SHOAL_PID=
     unset DOCKER_HOST
@@ -148,6 +192,7 @@ case $PARTS in *c*)
     create_services "$image" || exit 1
     c_cli=$(time_cli docker service ls)
     c_curl=$(time_curl curl --unix-socket /var/run/docker.sock "http://docker/v1.41/services?status=true")
+    c_keep=$(time_keepalive curl --unix-socket /var/run/docker.sock "http://docker/v1.41/services?status=true")
     log "Docker Swarm: unix socket $c_cli ms (curl $c_curl)"
     docker swarm leave --force >/dev/null 2>&1
     unset DOCKER_HOST
@@ -163,4 +208,7 @@ fmt='%-44s %14s %14s %18s %12s\n'
   printf "$fmt" "measurement" "shoal (unix)" "shoal (TLS)" "Docker Swarm (unix)" "TLS/unix"
   printf "$fmt" "docker service ls (CLI included)" "$a_cli" "$b_cli" "$c_cli" "$(ratio "$b_cli" "$a_cli")"
   printf "$fmt" "GET /services?status=true (curl)" "$a_curl" "$b_curl" "$c_curl" "$(ratio "$b_curl" "$a_curl")"
+  printf "$fmt" "the same, kept-alive connection (curl)" "$a_keep" "$b_keep" "$c_keep" "$(ratio "$b_keep" "$a_keep")"
+  printf "$fmt" "TLS handshake (curl, connect to appconnect)" "-" "$b_hs" "-" "-"
+  printf "$fmt" "new connection + GET /_ping (Python ssl)" "-" "$b_py" "-" "-"
 }

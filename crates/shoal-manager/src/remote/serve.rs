@@ -220,6 +220,7 @@ async fn tls_connection(
             return;
         }
     };
+    ack_now(tls.get_ref().0);
     let client = tls
         .get_ref()
         .1
@@ -245,6 +246,27 @@ async fn tls_connection(
     http(Cut::new(tls, token.clone()), who, app, token).await;
     ctx.conns.remove(&client.serial, conn);
     tracing::debug!(client = %client.name, %peer, "TCP API connection closed");
+}
+
+/// Acknowledges the client's last handshake flight at once. A TLS 1.3 server (sending no session
+/// tickets, so that no session is ever resumed) has nothing to say after the client's Finished,
+/// so the kernel would delay that ACK by up to 40 ms; a client that leaves Nagle's algorithm on
+/// (Python's plain `ssl` sockets do) holds its first request back until the ACK comes. Go
+/// servers do not meet this because they send tickets.
+fn ack_now(tcp: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this task owns, with a pointer to a live c_int of the
+    // length given; a failure only means the ACK goes out on the kernel's usual schedule.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// rustls' reason, without tokio's wrapping.
