@@ -55,3 +55,29 @@ pub async fn call(
     }
     Ok(v)
 }
+
+/// An API time (RFC 3339) as the `shoal` tables show it, "-" when absent or unreadable.
+pub fn short_time(t: Option<&str>) -> String {
+    t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.to_utc().format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Prints `rows` under `header` in left-aligned columns, as the docker CLI's tables look.
+pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let header = header.map(str::to_string);
+    let mut widths = [0usize; N];
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}

@@ -64,7 +64,7 @@ pub async fn issue(socket: &Path, name: &str, out: &Path, days: Option<u64>) -> 
     println!(
         "issued client certificate {name} (serial {}, expires {}) in {}",
         issued["Serial"].as_str().unwrap_or("?"),
-        short_time(issued["NotAfter"].as_str()),
+        client::short_time(issued["NotAfter"].as_str()),
         out.display()
     );
     println!(
@@ -88,29 +88,18 @@ pub async fn list(socket: &Path) -> anyhow::Result<()> {
                 s("Name"),
                 s("Serial"),
                 format!("SHA256:{}", &fingerprint[..fingerprint.len().min(16)]),
-                short_time(c["NotAfter"].as_str()),
+                client::short_time(c["NotAfter"].as_str()),
                 match c["RevokedAt"].as_str() {
-                    Some(t) => format!("yes ({})", short_time(Some(t))),
+                    Some(t) => format!("yes ({})", client::short_time(Some(t))),
                     None => "no".into(),
                 },
             ]
         })
         .collect();
-    let header = ["NAME", "SERIAL", "FINGERPRINT", "EXPIRES", "REVOKED"].map(str::to_string);
-    let mut widths = [0usize; 5];
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    client::print_table(
+        ["NAME", "SERIAL", "FINGERPRINT", "EXPIRES", "REVOKED"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -131,10 +120,4 @@ pub async fn revoke(socket: &Path, name: &str) -> anyhow::Result<()> {
         c["Serial"].as_str().unwrap_or("?")
     );
     Ok(())
-}
-
-fn short_time(t: Option<&str>) -> String {
-    t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.to_utc().format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| "-".into())
 }

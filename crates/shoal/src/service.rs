@@ -22,9 +22,12 @@ pub async fn history(socket: &Path, name: &str) -> anyhow::Result<()> {
             let spec = &r["Spec"]["TaskTemplate"]["ContainerSpec"];
             let image = spec["Image"].as_str().unwrap_or("").to_string();
             let when = if r["Current"].as_bool() == Some(true) {
-                format!("current (since {})", short_time(r["Since"].as_str()))
+                format!(
+                    "current (since {})",
+                    client::short_time(r["Since"].as_str())
+                )
             } else {
-                format!("replaced {}", short_time(r["ReplacedAt"].as_str()))
+                format!("replaced {}", client::short_time(r["ReplacedAt"].as_str()))
             };
             let env = spec["Env"]
                 .as_array()
@@ -38,21 +41,7 @@ pub async fn history(socket: &Path, name: &str) -> anyhow::Result<()> {
             [r["Version"].to_string(), image, when, env]
         })
         .collect();
-    let header = ["REVISION", "IMAGE", "WHEN", "ENV"].map(str::to_string);
-    let mut widths = [0usize; 4];
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    client::print_table(["REVISION", "IMAGE", "WHEN", "ENV"], &rows);
     Ok(())
 }
 
@@ -67,19 +56,13 @@ pub async fn schedule(socket: &Path, name: &str) -> anyhow::Result<()> {
     .await?;
     println!("Schedule:   {}", s["Schedule"].as_str().unwrap_or("-"));
     println!("Iteration:  {}", s["Iteration"]);
-    println!("Last run:   {}", short_time(s["LastRun"].as_str()));
-    println!("Next run:   {}", short_time(s["NextRun"].as_str()));
+    println!("Last run:   {}", client::short_time(s["LastRun"].as_str()));
+    println!("Next run:   {}", client::short_time(s["NextRun"].as_str()));
     println!(
         "Skipped:    {} (due while the last run was still going)",
         s["Skipped"]
     );
     Ok(())
-}
-
-fn short_time(t: Option<&str>) -> String {
-    t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.to_utc().format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| "-".into())
 }
 
 /// Rolls a service back to an earlier revision and, unless `detach`, follows the rollback
