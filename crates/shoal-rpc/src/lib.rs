@@ -19,7 +19,10 @@ pub mod pb {
 
 pub use client::{connect, Pool};
 pub use leader::{leader_hint, not_leader, LeaderHint};
-pub use server::{bind, serve, Handlers, LogItemStream, PeerInfo, ServerTls, SessionStream};
+pub use server::{
+    bind, serve, Handlers, LogItemStream, PeerInfo, RefusalLog, ServerTls, SessionStream,
+    REFUSAL_LOG_EVERY,
+};
 
 mod redact;
 

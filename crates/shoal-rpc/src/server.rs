@@ -89,27 +89,36 @@ impl PeerInfo {
     }
 }
 
-/// How often at most a refusal is logged per peer address and call.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often at most a refusal is logged per peer address and call (or reason).
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-static REFUSALS: std::sync::OnceLock<parking_lot::Mutex<RefusalLog>> = std::sync::OnceLock::new();
+/// A refused RPC: the peer's address and the call.
+type RpcRefusal = (Option<std::net::IpAddr>, String);
 
-/// When each (peer address, call) refusal was last logged, and how many came since.
-#[derive(Default)]
-struct RefusalLog {
-    seen: std::collections::HashMap<(Option<std::net::IpAddr>, String), (std::time::Instant, u64)>,
+static REFUSALS: std::sync::OnceLock<parking_lot::Mutex<RefusalLog<RpcRefusal>>> =
+    std::sync::OnceLock::new();
+
+/// When each refusal key (a peer address and what was refused) was last logged, and how many
+/// came since: every listener that refuses strangers logs through one, so a peer hammering a
+/// port cannot flood the log.
+pub struct RefusalLog<K> {
+    seen: std::collections::HashMap<K, (std::time::Instant, u64)>,
 }
 
-impl RefusalLog {
-    /// Peers remembered at most; past this the record starts over (a few extra lines).
+impl<K> Default for RefusalLog<K> {
+    fn default() -> Self {
+        RefusalLog {
+            seen: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> RefusalLog<K> {
+    /// Keys remembered at most; past this the record starts over (a few extra lines).
     const MAX: usize = 4096;
 
     /// `Some(refusals not logged since the last line)` if this one is to be logged.
-    fn due(
-        &mut self,
-        key: (Option<std::net::IpAddr>, String),
-        now: std::time::Instant,
-    ) -> Option<u64> {
+    pub fn due(&mut self, key: K, now: std::time::Instant) -> Option<u64> {
         if self.seen.len() >= Self::MAX && !self.seen.contains_key(&key) {
             self.seen.clear();
         }
@@ -449,7 +458,7 @@ mod tests {
 
     #[test]
     fn refusals_are_logged_once_per_peer_and_call_per_period_with_a_count() {
-        let mut log = RefusalLog::default();
+        let mut log = RefusalLog::<RpcRefusal>::default();
         let t0 = std::time::Instant::now();
         let peer = |ip: &str, call: &str| (Some(ip.parse().unwrap()), call.to_string());
         assert_eq!(log.due(peer("10.0.0.1", "raft"), t0), Some(0));

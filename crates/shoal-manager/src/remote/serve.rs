@@ -5,6 +5,7 @@
 
 use super::audit::{self, App, Who};
 use parking_lot::{Mutex, RwLock};
+use shoal_rpc::RefusalLog;
 use shoal_store::Store;
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,8 +21,6 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// How long a client has to send its first byte and finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often at most a refused handshake is logged per peer address and reason.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// What Go's HTTP server (and so dockerd) answers plain HTTP on a TLS port.
 const HTTP_ON_TLS_PORT: &[u8] =
     b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
@@ -38,7 +37,7 @@ pub(crate) struct TlsContext {
     /// Open connections by certificate serial.
     pub conns: Arc<Conns>,
     /// Refused handshakes logged lately.
-    refusals: Mutex<RefusalLog>,
+    refusals: Mutex<RefusalLog<(IpAddr, String)>>,
 }
 
 impl TlsContext {
@@ -96,35 +95,25 @@ impl Conns {
     }
 }
 
-/// When each (peer address, reason) refusal was last logged and how many came since, so a peer
-/// hammering the port cannot flood the log.
-#[derive(Default)]
-struct RefusalLog {
-    seen: HashMap<(IpAddr, String), (Instant, u64)>,
-}
-
-impl RefusalLog {
-    const MAX: usize = 4096;
-
-    fn due(&mut self, key: (IpAddr, String), now: Instant) -> Option<u64> {
-        if self.seen.len() >= Self::MAX && !self.seen.contains_key(&key) {
-            self.seen.clear();
-        }
-        match self.seen.get_mut(&key) {
-            Some((at, n)) if now.saturating_duration_since(*at) < REFUSAL_LOG_EVERY => {
-                *n = n.saturating_add(1);
-                None
-            }
-            Some((at, n)) => {
-                let suppressed = *n;
-                *at = now;
-                *n = 0;
-                Some(suppressed)
-            }
-            None => {
-                self.seen.insert(key, (now, 0));
-                Some(0)
-            }
+/// The next connection on `listener` (Nagle off), or `None` once `serving` is cancelled. A
+/// failed accept (EMFILE and the like) is logged and retried after a moment instead of spinning.
+async fn next_connection(
+    listener: &TcpListener,
+    serving: &CancellationToken,
+) -> Option<(TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = serving.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a TCP API connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
         }
     }
 }
@@ -136,20 +125,7 @@ pub(crate) async fn accept_tls(
     ctx: Arc<TlsContext>,
     serving: CancellationToken,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = serving.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a TCP API connection");
-                    // EMFILE and the like: give the system a moment instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
+    while let Some((tcp, peer)) = next_connection(&listener, &serving).await {
         tokio::spawn(tls_connection(
             tcp,
             peer,
@@ -162,19 +138,7 @@ pub(crate) async fn accept_tls(
 
 /// Accepts plain TCP (loopback only, checked when parsed) until `serving` is cancelled.
 pub(crate) async fn accept_plain(listener: TcpListener, app: App, serving: CancellationToken) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = serving.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a TCP API connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
+    while let Some((tcp, peer)) = next_connection(&listener, &serving).await {
         let who = Who {
             name: "plain-tcp".into(),
             peer,
@@ -379,6 +343,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Cut<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_rpc::REFUSAL_LOG_EVERY;
 
     #[test]
     fn refusals_are_logged_once_per_peer_and_reason_per_window() {
