@@ -308,25 +308,25 @@ fn service_logs_show_every_nodes_tasks_as_docker_shows_them() {
         "{want} in {detailed:?}"
     );
     // until: nothing written after it (the tasks' first lines were, long before `since`).
+    // `until` carries `since` to the nanosecond (`secs.nanos`, as the CLI sends it): cut to
+    // whole seconds it could fall before the first lines when they came less than a second
+    // before `since`.
+    let cut = chrono::DateTime::parse_from_rfc3339(&since).unwrap();
     let until = frames(&curl(
         n1,
         &format!(
-            "/v1.50/services/talk/logs?stdout=1&timestamps=1&until={}",
-            chrono::DateTime::parse_from_rfc3339(&since)
-                .unwrap()
-                .timestamp()
+            "/v1.50/services/talk/logs?stdout=1&timestamps=1&until={}.{:09}",
+            cut.timestamp(),
+            cut.timestamp_subsec_nanos()
         ),
     ));
     assert!(
         until.iter().any(|(_, l)| l.contains(" start from ")),
         "{until:?}"
     );
-    let limit = chrono::DateTime::parse_from_rfc3339(&since)
-        .unwrap()
-        .timestamp();
     for (_, l) in &until {
         let ts = chrono::DateTime::parse_from_rfc3339(l.split(' ').next().unwrap()).unwrap();
-        assert!(ts.timestamp() <= limit, "{l} is after until={limit}");
+        assert!(ts <= cut, "{l} is after until={cut}");
     }
     // Bad options are refused before the stream starts, as dockerd refuses them.
     let refused = String::from_utf8(curl(n1, "/v1.50/services/talk/logs?stdout=0")).unwrap();
