@@ -130,6 +130,11 @@ impl LogRequest {
     }
 }
 
+/// The fuzzer's way in (`super::read_query`): whether the query reads as a log request.
+pub(super) fn read_for_fuzz(q: &HashMap<String, String>) -> bool {
+    LogRequest::parse(q).is_ok()
+}
+
 /// The stream dockerd answers: multiplexed unless the tasks have a TTY; the header says so
 /// from API 1.42 (before, the same bytes went as a raw stream).
 fn answer(

@@ -134,6 +134,43 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::R
     decode::from_slice(body)
 }
 
+/// Every query-string reader the handlers use, on one raw query, for the fuzzer
+/// (`fuzz/fuzz_targets/queries.rs`): a query is user input that reaches time arithmetic
+/// (`since`/`until`), number parsing and filter JSON before any handler logic, so none of it
+/// may panic. Returns how many readers accepted it, so the work cannot be optimized away.
+#[doc(hidden)]
+pub fn read_query(raw: &str) -> usize {
+    use axum::extract::Query;
+    let Ok(uri) = format!("/q?{raw}").parse::<Uri>() else {
+        return 0;
+    };
+    let Ok(Query(q)) = Query::<query::Query>::try_from_uri(&uri) else {
+        return 0;
+    };
+    let mut ok = 0;
+    ok += usize::from(logs::read_for_fuzz(&q));
+    ok += usize::from(events::read_for_fuzz(&q));
+    if let Ok(f) = filters::Filters::parse_any(&q) {
+        ok += 1;
+        ok += usize::from(f.labels("label", None));
+        ok += usize::from(f.any("name", |n| n.is_empty()));
+    }
+    for key in ["status", "insertDefaults", "verbose", "rotateWorkerToken"] {
+        ok += usize::from(query::strict_bool(&q, key).is_ok());
+    }
+    ok += usize::from(query::bool_param(&q, "force"));
+    for kind in [
+        query::Versioned::Swarm,
+        query::Versioned::Service,
+        query::Versioned::Node,
+        query::Versioned::Secret,
+        query::Versioned::Config,
+    ] {
+        ok += usize::from(query::version(&q, kind).is_ok());
+    }
+    ok
+}
+
 /// Refuses `name` when another object of the kind has it in other letter case: swarmkit keeps
 /// names unique without regard to case (its store indexes them lowercased), and a service name
 /// is a DNS name, where `web` and `WEB` are one. The store itself refuses exact duplicates.
