@@ -10,7 +10,7 @@
 # shows the TLS handshake (curl opens a new connection each time, as the CLI does).
 # Medians in milliseconds.
 #
-# Usage: flock /tmp/shoal-e2e.lock bench/remote-api.sh     (as root, from anywhere in the repo)
+# Usage: flock -o /tmp/shoal-e2e.lock bench/remote-api.sh     (as root, from anywhere in the repo)
 # Environment:
 #   SERVICES=100 RUNS=20         services created, timed runs per measurement
 #   PARTS=abc                    which parts to run (c needs an engine not in swarm mode)
