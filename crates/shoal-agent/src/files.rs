@@ -86,6 +86,12 @@ fn is_mountpoint(p: &Path) -> bool {
 }
 
 impl Files {
+    /// The tmpfs tree's root: where other short-lived credentials (a volume's key file) are
+    /// written, so they never touch the disk.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Prepares `root`, mounting a tmpfs there when it is not one already (needs root; without it
     /// the files stay in a 0700 directory and a warning says so).
     pub fn new(root: PathBuf) -> Result<Files, FilesError> {

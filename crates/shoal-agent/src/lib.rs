@@ -6,4 +6,5 @@ pub mod files;
 pub mod logs;
 /// Swarm networks on this node: bridges, the Docker network plugin, service DNS, load balancing.
 pub mod network;
+pub mod volumes;
 pub mod worker;

@@ -28,6 +28,10 @@ pub struct NodeAssignments {
     /// The node's raft id when it is a manager.
     #[serde(default)]
     pub raft_id: u64,
+    /// Shared volumes the node's tasks mount (issue 19): the agent mounts each before the
+    /// containers that use it are created.
+    #[serde(default)]
+    pub volumes: Vec<VolumePayload>,
 }
 
 /// A secret's or config's content, only ever sent to nodes that run a task using it.
@@ -48,6 +52,32 @@ impl std::fmt::Debug for FilePayload {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .finish()
+    }
+}
+
+/// A shared volume as a node mounts it: its driver and options, and the values of its credential
+/// options (an sshfs password, a Ceph key), only ever sent to nodes that run a task using it.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumePayload {
+    /// The volume's name, which task mounts name as their source.
+    pub name: String,
+    /// `shoal`, or `local` with a network filesystem `type`.
+    pub driver: String,
+    /// The options without credentials.
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Credential options by key, with their values.
+    pub credentials: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for VolumePayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials never reach a log, even a debug one.
+        f.debug_struct("VolumePayload")
+            .field("name", &self.name)
+            .field("driver", &self.driver)
+            .field("options", &self.options)
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
             .finish()
     }
 }

@@ -12,6 +12,7 @@ pub mod objects;
 pub mod role;
 pub mod template;
 pub mod validate;
+pub mod volume;
 
 /// Docker's models, re-exported so every crate names them the same way.
 pub use bollard_stubs::models;
@@ -34,4 +35,6 @@ pub mod kind {
     pub const SECRET: &str = "secret";
     /// Configs.
     pub const CONFIG: &str = "config";
+    /// Shared volumes (issue 19).
+    pub const VOLUME: &str = "volume";
 }

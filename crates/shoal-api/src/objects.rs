@@ -365,6 +365,34 @@ pub fn version(index: u64) -> Option<ObjectVersion> {
     Some(ObjectVersion { index: Some(index) })
 }
 
+/// A shared volume (issue 19), a cluster object: made by `docker volume create -d shoal` on a
+/// manager, or by a service's mount that gives a shoal-mounted driver and options (a stack's
+/// `volumes:` section), and mounted by each node that runs a task using it. Credential option
+/// values are not here: `credentials` names the secret holding each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StoredVolume {
+    /// Object ID.
+    pub id: String,
+    /// Unique name: what mounts name as their source.
+    pub name: String,
+    /// `shoal`, or `local` with a network filesystem `type`.
+    pub driver: String,
+    /// The options, without credentials.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Credential option -> ID of the secret that holds its value.
+    #[serde(default)]
+    pub credentials: std::collections::BTreeMap<String, String>,
+    /// User labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// When its options last changed (RFC 3339).
+    pub updated_at: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -433,6 +433,10 @@ async fn run(args: Args) -> Result<(), String> {
             executor: Arc::new(SimEngine::default()),
             files: files.clone(),
             network: None,
+            volumes: shoal_agent::volumes::Volumes::new(
+                files.root().join("volumes"),
+                files.root().to_path_buf(),
+            ),
         };
         tokio::spawn(worker::run(cfg, arx, rtx, stop.clone()));
     }

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_api::kind;
 use shoal_api::models::{Config, Network, Node, Secret, Swarm};
-use shoal_api::objects::{version, StoredService, StoredTask};
+use shoal_api::objects::{version, StoredService, StoredTask, StoredVolume};
 use shoal_api::ApiError;
 use shoal_store::{Expect, Object, Op, Store, StoreError};
 
@@ -90,6 +90,14 @@ stored!(
     kind::NETWORK,
     |s| s.id.clone().unwrap_or_default(),
     |s| s.name.clone(),
+    |_o, _v| {}
+);
+
+stored!(
+    StoredVolume,
+    kind::VOLUME,
+    |s| s.id.clone(),
+    |s| Some(s.name.clone()),
     |_o, _v| {}
 );
 

@@ -16,3 +16,4 @@ pub mod remote;
 pub mod routes;
 pub mod rpc;
 pub mod state;
+pub mod volumes;

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use shoal_agent::executor::{DockerExecutor, PullPolicy};
 use shoal_agent::files::Files;
 use shoal_agent::network::{NetworkAgent, NetworkConfig};
+use shoal_agent::volumes::Volumes;
 use shoal_agent::worker::{self, NetworkBackend, WorkerConfig};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
@@ -35,6 +36,7 @@ struct Running {
     executor: Arc<DockerExecutor>,
     files: Files,
     network: Option<Arc<dyn NetworkBackend>>,
+    volumes: Volumes,
 }
 
 impl LocalAgent {
@@ -74,11 +76,13 @@ impl LocalAgent {
         .context("starting node networking")?;
         let network: Option<Arc<dyn NetworkBackend>> = Some(Arc::new(net));
         let stop = CancellationToken::new();
+        let volumes = Volumes::new(self.data_dir.join("volumes"), files.root().to_path_buf());
         let cfg = WorkerConfig {
             node_id,
             executor: executor.clone(),
             files: files.clone(),
             network: network.clone(),
+            volumes: volumes.clone(),
         };
         tokio::spawn(shoal_agent::logs::run(
             executor.clone(),
@@ -95,6 +99,7 @@ impl LocalAgent {
                 executor,
                 files,
                 network,
+                volumes,
             });
         }
         Ok(())
@@ -123,7 +128,7 @@ impl AgentHost for LocalAgent {
             r.stop.cancel();
             let _ = r.handle.await;
             if remove {
-                worker::remove_all(r.executor.as_ref(), &r.files).await;
+                worker::remove_all(r.executor.as_ref(), &r.files, &r.volumes).await;
                 if let Some(n) = &r.network {
                     n.cleanup().await;
                 }

@@ -89,6 +89,11 @@ pub struct Prepared {
     pub dns: Vec<String>,
     /// Read-only file mounts: (host path, container path).
     pub files: Vec<(PathBuf, String)>,
+    /// Shared volumes the task mounts, to be mounted on this node before `create`.
+    pub volumes: Vec<shoal_api::dispatch::VolumePayload>,
+    /// Where each of them is mounted here (volume name -> host path), once mounted: the
+    /// container binds these instead of asking the engine for a volume.
+    pub binds: HashMap<String, PathBuf>,
 }
 
 /// A container's health check verdict, as Docker reports it.
@@ -254,6 +259,16 @@ impl DockerExecutor {
         lbl.insert(labels::SERVICE_NAME.into(), task.service_name.clone());
         lbl.insert(labels::NODE_ID.into(), self.node_id.clone());
         let mut mounts: Vec<Mount> = cs.mounts.clone().unwrap_or_default();
+        for m in &mut mounts {
+            let shared = m.typ == Some(MountType::VOLUME)
+                && m.source.as_ref().and_then(|s| prep.binds.get(s)).is_some();
+            if shared {
+                let host = m.source.as_ref().and_then(|s| prep.binds.get(s));
+                m.source = host.map(|h| h.display().to_string());
+                m.typ = Some(MountType::BIND);
+                m.volume_options = None;
+            }
+        }
         for (host, target) in &prep.files {
             mounts.push(Mount {
                 target: Some(target.clone()),

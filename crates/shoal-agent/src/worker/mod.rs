@@ -45,6 +45,8 @@ pub struct WorkerConfig<E: Executor> {
     pub files: Files,
     /// Networking, if this node has it.
     pub network: Option<Arc<dyn NetworkBackend>>,
+    /// Shared-volume mounts.
+    pub volumes: crate::volumes::Volumes,
 }
 
 struct Runner {
@@ -119,6 +121,12 @@ pub async fn run<E: Executor>(
                 continue;
             }
             let prep = prepare(&cfg, t, &a, &nets);
+            if let (Some(_), Ok(p)) = (&found, &prep) {
+                // An adopted container binds its volumes' mounts already: keep them.
+                for v in &p.volumes {
+                    cfg.volumes.adopt(t.id(), v);
+                }
+            }
             let (tx, rx) = watch::channel(desired);
             let reporter = Reporter {
                 task_id: t.id().to_string(),
@@ -179,6 +187,9 @@ pub async fn run<E: Executor>(
                         }
                     }
                 }
+            }
+            if first {
+                cfg.volumes.forget_unused().await;
             }
             last_sweep = Instant::now();
             first = false;
@@ -259,6 +270,7 @@ async fn sweep<E: Executor>(
                     tracing::warn!(container = %id, error = %e, "removing container");
                 }
                 cfg.files.remove(task);
+                cfg.volumes.release(task).await;
             }
             stale::Cleanup::Stop if !stopping.contains_key(&id) => {
                 tracing::warn!(%task, container = %id, "stopping a running container of a task that has ended");
@@ -325,7 +337,11 @@ async fn release_attachments<E: Executor>(
 }
 
 /// Removes every container of this node and its files (swarm leave).
-pub async fn remove_all<E: Executor>(executor: &E, files: &Files) {
+pub async fn remove_all<E: Executor>(
+    executor: &E,
+    files: &Files,
+    volumes: &crate::volumes::Volumes,
+) {
     // A runner stopped in the middle of a create has sent its request; the engine may finish it
     // after the first listing (seen: a task's container left behind by `swarm leave --force`
     // right after `service create`), so a second pass a moment later removes it too.
@@ -342,6 +358,7 @@ pub async fn remove_all<E: Executor>(executor: &E, files: &Files) {
         }
     }
     files.cleanup();
+    volumes.unmount_all().await;
 }
 
 #[cfg(test)]
@@ -473,6 +490,10 @@ mod tests {
             executor: exec,
             files: files.clone(),
             network: None,
+            volumes: crate::volumes::Volumes::new(
+                files.root().join("volumes"),
+                files.root().to_path_buf(),
+            ),
         };
         let (atx, arx) = watch::channel(NodeAssignments::default());
         let (rtx, rrx) = mpsc::channel(16);

@@ -60,7 +60,57 @@ pub(super) fn prepare<E: Executor>(
         }
     }
     p.files = cfg.files.prepare(t, &a.secrets, &a.configs)?;
+    p.volumes = shared_volumes(t, a);
     Ok(p)
+}
+
+/// The shared volumes (of the assignments) that the task's mounts name as their source.
+fn shared_volumes(t: &StoredTask, a: &NodeAssignments) -> Vec<shoal_api::dispatch::VolumePayload> {
+    use shoal_api::models::MountType;
+    let mounts = t
+        .task
+        .spec
+        .as_ref()
+        .and_then(|s| s.container_spec.as_ref())
+        .and_then(|c| c.mounts.as_ref());
+    let mut out: Vec<shoal_api::dispatch::VolumePayload> = Vec::new();
+    for m in mounts.into_iter().flatten() {
+        if m.typ != Some(MountType::VOLUME) {
+            continue;
+        }
+        let Some(src) = m.source.as_deref() else {
+            continue;
+        };
+        if let Some(v) = a.volumes.iter().find(|v| v.name == src) {
+            if !out.iter().any(|o| o.name == v.name) {
+                out.push(v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Mounts the task's shared volumes on this node; the first failure is returned (the caller
+/// keeps the task waiting in `preparing` and tries again later).
+async fn mount_volumes<E: Executor>(
+    cfg: &WorkerConfig<E>,
+    task: &StoredTask,
+    p: &mut Prepared,
+) -> Result<(), crate::volumes::VolumeError> {
+    for v in &p.volumes {
+        if p.binds.contains_key(&v.name) {
+            continue;
+        }
+        let path = cfg.volumes.acquire(task.id(), v).await?;
+        p.binds.insert(v.name.clone(), path);
+    }
+    Ok(())
+}
+
+/// The wait before mounting a task's volume again: 1 s doubling to 16 s (a storage server back
+/// up is used within 16 s; a dead one costs a mount attempt every 16 s).
+fn volume_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << attempt.min(4))
 }
 
 /// The last status each runner reported, kept so a report the manager never stored is sent again.
@@ -141,6 +191,8 @@ pub(super) async fn run_task<E: Executor>(
     let mut reported = task.state();
     let mut failure: Option<Failure> = None;
     let mut exit: Option<Exit<'_>> = None;
+    let mut volume_attempts: u32 = 0;
+    let mut volume_error: Option<String> = None;
     loop {
         let now = Observation {
             desired: Some(*desired.borrow()),
@@ -159,6 +211,33 @@ pub(super) async fn run_task<E: Executor>(
         let id = c.id.clone().unwrap_or_default();
         match next.action {
             TaskAction::Prepare => {
+                if let Some(Ok(p)) = prep.as_mut() {
+                    if let Err(e) = mount_volumes(&cfg, &task, p).await {
+                        // Never a container on an unmounted directory: the task waits in
+                        // `preparing` with the mount's error, and tries again with backoff.
+                        let err = e.to_string();
+                        if volume_error.as_deref() != Some(err.as_str()) {
+                            tracing::warn!(task = %task.id(), error = %err, "task waits for its volume");
+                            let u = StatusUpdate {
+                                state: TaskState::PREPARING,
+                                message: "waiting for volume",
+                                err: Some(err.clone()),
+                            };
+                            r.send(u, None).await;
+                            volume_error = Some(err);
+                        }
+                        let wait = volume_backoff(volume_attempts);
+                        volume_attempts = volume_attempts.saturating_add(1);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            ch = desired.changed() => if ch.is_err() {
+                                cfg.volumes.release(task.id()).await;
+                                return;
+                            },
+                        }
+                        continue;
+                    }
+                }
                 let made = match prep.take() {
                     Some(Ok(p)) => ex.prepare(&task, &p).await.map_err(|e| e.to_string()),
                     Some(Err(e)) => Err(e.to_string()),
@@ -171,6 +250,7 @@ pub(super) async fn run_task<E: Executor>(
                         c.observed = Observed::Created;
                     }
                     Err(error) => {
+                        cfg.volumes.release(task.id()).await;
                         failure = Some(Failure {
                             during: Phase::Prepare,
                             error,
@@ -238,9 +318,16 @@ pub(super) async fn run_task<E: Executor>(
                 if let Err(e) = ex.remove(&id).await {
                     tracing::warn!(task = %task.id(), error = %e, "removing container");
                 }
+                cfg.volumes.release(task.id()).await;
                 return;
             }
-            TaskAction::Done => return,
+            TaskAction::Done => {
+                if c.id.is_none() {
+                    // Never had a container (shut down while waiting): nothing binds its volumes.
+                    cfg.volumes.release(task.id()).await;
+                }
+                return;
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod nodes;
 mod objects;
 pub(crate) mod query;
 mod services;
+mod volumes;
 pub use services::parse_spec as parse_service_spec;
 pub mod swarm;
 pub(crate) mod system;
@@ -358,6 +359,12 @@ pub fn app(
         .route(
             "/networks/{id}",
             get(networks::inspect).delete(networks::remove),
+        )
+        .route("/volumes", get(volumes::list))
+        .route("/volumes/create", post(volumes::create))
+        .route(
+            "/volumes/{name}",
+            get(volumes::inspect).delete(volumes::remove),
         )
         .route("/distribution/{*name}", any(system::distribution))
         .route(

@@ -96,6 +96,7 @@ pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     let _alloc = m.alloc.lock().await;
     let state = crate::state::load(&m.store);
     resolve(&mut spec, &state, &m.store)?;
+    let volume_ops = volume_ops(&m.store, &mut spec)?;
     let sid = id::new_id();
     if spec.name.as_deref().unwrap_or("").is_empty() {
         spec.name = Some(format!("svc-{}", &sid[..10]));
@@ -114,7 +115,9 @@ pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     }
     let mut ipam = Ipam::from_state(&state);
     svc.service.endpoint = Some(endpoint(&svc, &state, &mut ipam)?);
-    db::write(&m.store, vec![db::put(&svc, Expect::Absent)?]).await?;
+    let mut ops = volume_ops;
+    ops.push(db::put(&svc, Expect::Absent)?);
+    db::write(&m.store, ops).await?;
     tracing::info!(service = %svc.name(), id = %sid, "service created");
     Ok(json(
         StatusCode::CREATED,
@@ -157,6 +160,7 @@ pub async fn update(
     validate::service_spec(&spec)?;
     let state = crate::state::load(&m.store);
     resolve(&mut spec, &state, &m.store)?;
+    let volume_ops = volume_ops(&m.store, &mut spec)?;
     if spec.name.as_deref().unwrap_or("").is_empty() {
         spec.name = old.name.clone();
     }
@@ -189,7 +193,7 @@ pub async fn update(
             "update in progress".to_string(),
         )
     };
-    store_spec(&m.store, &state, &cur, spec, start).await?;
+    store_spec(&m.store, &state, &cur, spec, start, volume_ops).await?;
     Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
 }
 
@@ -203,6 +207,7 @@ async fn store_spec(
     cur: &Versioned<StoredService>,
     spec: ServiceSpec,
     start: (ServiceUpdateStatusStateEnum, String),
+    mut ops: Vec<shoal_store::Op>,
 ) -> std::result::Result<(), ApiError> {
     let mut svc = cur.obj.clone();
     let now = id::now();
@@ -233,8 +238,23 @@ async fn store_spec(
     svc.service.updated_at = Some(now);
     let mut ipam = Ipam::from_state(state);
     svc.service.endpoint = Some(endpoint(&svc, state, &mut ipam)?);
-    db::write(store, vec![db::put(&svc, Expect::Version(cur.version))?]).await?;
+    ops.push(db::put(&svc, Expect::Version(cur.version))?);
+    db::write(store, ops).await?;
     Ok(())
+}
+
+/// The writes that make or update the shared volumes the spec's mounts declare (a stack's
+/// `volumes:` with `driver_opts`), taking their credentials out of the spec; they go in the
+/// same raft entry as the service.
+fn volume_ops(
+    store: &shoal_store::Store,
+    spec: &mut ServiceSpec,
+) -> std::result::Result<Vec<shoal_store::Op>, ApiError> {
+    let mut ops = Vec::new();
+    for req in crate::volumes::from_service(store, spec)? {
+        ops.extend(crate::volumes::ops_for(store, &req)?);
+    }
+    Ok(ops)
 }
 
 /// A job has no rolling update: an update runs it again, as a new iteration. A periodic job
@@ -355,7 +375,7 @@ pub async fn rollback_to(
         ServiceUpdateStatusStateEnum::ROLLBACK_STARTED,
         format!("rollback to revision {revision} requested"),
     );
-    store_spec(&m.store, &state, &cur, spec, start).await?;
+    store_spec(&m.store, &state, &cur, spec, start, Vec::new()).await?;
     tracing::info!(service = %cur.obj.name(), revision, "rollback to an earlier revision");
     Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
 }

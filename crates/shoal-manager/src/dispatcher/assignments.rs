@@ -114,6 +114,7 @@ fn fill(
 ) -> bool {
     let mut secret_ids = HashSet::new();
     let mut config_ids = HashSet::new();
+    let mut volume_names: HashSet<String> = HashSet::new();
     let mut net_ids: BTreeMap<String, ()> = BTreeMap::new();
     for t in &out.tasks {
         let live = !is_terminal(t.state());
@@ -124,6 +125,11 @@ fn fill(
             }
             for c in cs.and_then(|c| c.configs.as_ref()).into_iter().flatten() {
                 config_ids.extend(c.config_id.clone());
+            }
+            for m in cs.and_then(|c| c.mounts.as_ref()).into_iter().flatten() {
+                if m.typ == Some(shoal_api::models::MountType::VOLUME) {
+                    volume_names.extend(m.source.clone());
+                }
             }
         }
         if live {
@@ -191,6 +197,12 @@ fn fill(
     replace_if_changed(&mut out.raft_id, raft_id, &mut changed);
     replace_if_changed(&mut out.secrets, secrets, &mut changed);
     replace_if_changed(&mut out.configs, configs, &mut changed);
+    let volumes = if volume_names.is_empty() {
+        Vec::new()
+    } else {
+        crate::volumes::payloads(payloads.store, &volume_names)
+    };
+    replace_if_changed(&mut out.volumes, volumes, &mut changed);
     replace_if_changed(&mut out.networks, networks, &mut changed);
     replace_if_changed(&mut out.services, routes.services, &mut changed);
     replace_if_changed(&mut out.published, routes.published, &mut changed);

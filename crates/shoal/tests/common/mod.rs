@@ -10,6 +10,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod gluster;
 
 static IMAGES: Once = Once::new();
 static SWEEP: Once = Once::new();
