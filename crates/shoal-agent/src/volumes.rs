@@ -217,9 +217,10 @@ impl Volumes {
         let mut mounted = e.mounted.lock().await;
         if let volume::Backend::Local { path, .. } = &cfg.backend {
             // A node-local volume is a directory: the given one, or one of shoal's own.
+            // Not under the options' hash: the data stays when the options change.
             let dir = match path {
                 Some(p) => PathBuf::from(p),
-                None => e.path.join("data"),
+                None => self.root.join(&v.name).join("_data"),
             };
             mkdir(&v.name, &dir)?;
             *mounted = true;

@@ -45,6 +45,24 @@ pub struct StoredService {
     /// Due runs of a periodic job that were skipped because the previous run had not finished.
     #[serde(rename = "ShoalCronSkipped", default)]
     pub cron_skipped: u64,
+    /// The nodes its node-local volumes live on (issue 19): its tasks go there only, as Nomad's
+    /// host volumes pin theirs. Derived from its mounts when it is written.
+    #[serde(
+        rename = "ShoalVolumePins",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub volume_pins: Vec<VolumePin>,
+}
+
+/// A node-local volume a service mounts, and the node (name or ID, as the user gave it) it is on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumePin {
+    /// The volume's name.
+    pub volume: String,
+    /// The node's name or ID.
+    pub node: String,
 }
 
 /// How many earlier specs a service keeps (as Kubernetes keeps ten ReplicaSets by default).

@@ -13,7 +13,7 @@
 use crate::db;
 use shoal_api::dispatch::VolumePayload;
 use shoal_api::models::{MountType, Secret, SecretSpec, ServiceSpec};
-use shoal_api::objects::{StoredService, StoredVolume};
+use shoal_api::objects::{StoredService, StoredVolume, VolumePin};
 use shoal_api::{id, volume, ApiError};
 use shoal_store::{Expect, Op, Store};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -206,6 +206,48 @@ pub fn from_service(store: &Store, spec: &mut ServiceSpec) -> Result<Vec<VolumeR
         out.push(req);
     }
     Ok(out)
+}
+
+/// The nodes the spec's node-local volumes live on: those named in `requests` (written with the
+/// spec) or stored already. The scheduler places its tasks there only.
+pub fn pins(store: &Store, spec: &ServiceSpec, requests: &[VolumeRequest]) -> Vec<VolumePin> {
+    let stored = db::list::<StoredVolume>(store);
+    let mut out: Vec<VolumePin> = Vec::new();
+    for name in mounts_of(spec) {
+        let (driver, options): (String, HashMap<String, String>) =
+            match requests.iter().find(|r| r.name == name) {
+                Some(r) => (r.driver.clone(), r.options.clone()),
+                None => match stored.iter().find(|v| v.obj.name == name) {
+                    Some(v) => (
+                        v.obj.driver.clone(),
+                        v.obj
+                            .options
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ),
+                    None => continue,
+                },
+            };
+        let creds = volume::credential_keys(&options);
+        let Ok(cfg) =
+            volume::parse_stored(Some(&driver), &options, creds.iter().map(String::as_str))
+        else {
+            continue;
+        };
+        if let volume::Backend::Local {
+            node: Some(node), ..
+        } = cfg.backend
+        {
+            if !out.iter().any(|p| p.volume == name) {
+                out.push(VolumePin {
+                    volume: name.to_string(),
+                    node,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The services whose mounts name volume `name`.

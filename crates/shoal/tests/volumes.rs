@@ -340,3 +340,122 @@ fn a_volume_whose_servers_are_down_keeps_its_task_waiting_with_the_reason() {
         });
     }
 }
+
+/// A compose file with a node-local volume pinned to `node` and an NFS volume (Docker's
+/// `local` driver form) whose mount options are `nfs_opts`.
+fn stack_file(dir: &Path, node: &str, nfs_opts: &str) -> std::path::PathBuf {
+    let path = dir.join("stack.yml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"version: "3.8"
+services:
+  pinned:
+    image: shoal-test/busybox
+    command: ["sh", "-c", "echo hi > /data/hi && sleep 3600"]
+    volumes: ["local:/data"]
+  nfsuser:
+    image: shoal-test/busybox
+    command: ["sleep", "3600"]
+    volumes: ["nfs:/data"]
+volumes:
+  local:
+    driver: shoal
+    driver_opts: {{type: local, node: {node}}}
+  nfs:
+    driver: local
+    driver_opts: {{type: nfs, o: "{nfs_opts}", device: ":/export/pg"}}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn stack_volumes_pin_local_data_and_apply_new_options_on_redeploy() {
+    common::images();
+    let mut c = Cluster::start("volstack", 2);
+    c.form(1);
+    let n1 = c.node(1);
+    let dir = tempfile::tempdir().unwrap();
+    let file = stack_file(dir.path(), "node-2", "addr=10.99.0.250,nfsvers=4,rw");
+    n1.ok(&["stack", "deploy", "-c", file.to_str().unwrap(), "st"]);
+    let ls = n1.ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
+    assert!(ls.lines().any(|l| l == "shoal st_local"), "{ls}");
+    assert!(ls.lines().any(|l| l == "local st_nfs"), "{ls}");
+
+    // The node-local volume pins its task to node-2, where its data is.
+    wait_until(Duration::from_secs(60), "the pinned task running", || {
+        running_on(&c, "st_pinned") == Some(2)
+    });
+    let data = c.node(2).dir.join("data/volumes/st_local/_data/hi");
+    wait_until(Duration::from_secs(20), "its file on node-2", || {
+        std::fs::read_to_string(&data).unwrap_or_default() == "hi\n"
+    });
+
+    // NFS cannot mount on this kernel (no nfs in /proc/filesystems): the task waits in
+    // `preparing` with the mount's error, never starting on an empty directory.
+    let mut rows = Vec::new();
+    wait_until(Duration::from_secs(60), "the NFS task waiting", || {
+        rows = ps_rows(n1, "st_nfsuser");
+        rows.iter()
+            .any(|(s, e)| s.starts_with("Preparing") && e.contains("mounting volume st_nfs"))
+    });
+    eprintln!("the NFS task, as docker service ps shows it: {rows:?}");
+    let opts = n1.ok(&[
+        "volume",
+        "inspect",
+        "st_nfs",
+        "--format",
+        "{{json .Options}}",
+    ]);
+    assert!(opts.contains("nfsvers=4,"), "{opts}");
+
+    // A new deploy with other options: stored and shown (the next mount uses them).
+    let file = stack_file(dir.path(), "node-2", "addr=10.99.0.250,nfsvers=4.1,rw");
+    n1.ok(&["stack", "deploy", "-c", file.to_str().unwrap(), "st"]);
+    let opts = n1.ok(&[
+        "volume",
+        "inspect",
+        "st_nfs",
+        "--format",
+        "{{json .Options}}",
+    ]);
+    assert!(opts.contains("nfsvers=4.1"), "{opts}");
+
+    // Bad options are refused with the option named, and nothing changes.
+    let bad = stack_file(
+        dir.path(),
+        "node-2",
+        "addr=10.99.0.250,nfsvers=4,ProxyCommand=x",
+    );
+    let out = n1.docker(&["stack", "deploy", "-c", bad.to_str().unwrap(), "st"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("ProxyCommand"),
+        "{err}"
+    );
+    let opts = n1.ok(&[
+        "volume",
+        "inspect",
+        "st_nfs",
+        "--format",
+        "{{json .Options}}",
+    ]);
+    assert!(opts.contains("nfsvers=4.1"), "{opts}");
+
+    // The volume's node dies: its task waits, and the reason says where the volume lives.
+    c.node_mut(2).kill();
+    let n1 = c.node(1);
+    wait_until(
+        Duration::from_secs(60),
+        "the pinned task pending with the reason",
+        || {
+            ps_rows(n1, "st_pinned").iter().any(|(s, e)| {
+                s.starts_with("Pending") && e.contains("volume st_local lives on node node-2")
+            })
+        },
+    );
+    n1.ok(&["stack", "rm", "st"]);
+}

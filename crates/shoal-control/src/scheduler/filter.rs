@@ -8,14 +8,34 @@ use shoal_api::models::{Node, NodeSpecRoleEnum};
 use shoal_api::objects::{StoredService, StoredTask};
 use std::collections::HashMap;
 
-/// True if `node` satisfies every placement constraint of the service.
+/// True if `node` satisfies every placement constraint of the service, and holds every
+/// node-local volume it mounts.
 pub fn constraints_met(svc: &StoredService, node: &Node) -> bool {
-    svc.spec()
-        .task_template
+    pins_met(svc, node)
+        && svc
+            .spec()
+            .task_template
+            .as_ref()
+            .and_then(|t| t.placement.as_ref())
+            .and_then(|p| p.constraints.as_ref())
+            .is_none_or(|cs| cs.iter().all(|c| constraint_met(c, node)))
+}
+
+/// A node-local volume is on one node (named by ID or hostname): its tasks can run only there.
+fn pins_met(svc: &StoredService, node: &Node) -> bool {
+    let host = node
+        .description
         .as_ref()
-        .and_then(|t| t.placement.as_ref())
-        .and_then(|p| p.constraints.as_ref())
-        .is_none_or(|cs| cs.iter().all(|c| constraint_met(c, node)))
+        .and_then(|d| d.hostname.as_deref());
+    svc.volume_pins
+        .iter()
+        .all(|p| node.id.as_deref() == Some(p.node.as_str()) || host == Some(p.node.as_str()))
+}
+
+/// What `docker service ps` adds to a pending task's reason when a node-local volume pins it.
+pub(super) fn pin_note(svc: &StoredService) -> Option<String> {
+    let p = svc.volume_pins.first()?;
+    Some(format!("volume {} lives on node {}", p.volume, p.node))
 }
 
 /// Evaluates one `key==value` / `key!=value` constraint against a node.
@@ -200,6 +220,8 @@ pub struct Explain {
     pub max_replicas: usize,
     /// Nodes without the CPU or memory the task reserves.
     pub resources: usize,
+    /// Where a node-local volume pins the service, said first when nodes were refused.
+    pub pinned: Option<String>,
 }
 
 impl Explain {
@@ -212,6 +234,9 @@ impl Explain {
     pub fn message(&self) -> String {
         let mut why = Vec::new();
         let on = |n: usize| format!("{n} node{}", plural(n));
+        if let Some(p) = self.pinned.as_ref().filter(|_| self.constrained > 0) {
+            why.push(p.clone());
+        }
         if self.unavailable > 0 {
             why.push(format!(
                 "{} not available for new tasks",
@@ -288,6 +313,7 @@ pub(super) fn place_demanding(
             fits = members;
         }
     }
+    refused.pinned = pin_note(svc);
     fits.into_iter()
         .min_by_key(|&pos| (mine[pos], load[pos], pos))
         .ok_or(refused)

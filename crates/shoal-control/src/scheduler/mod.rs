@@ -117,6 +117,7 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask], now: &str) 
                 let why = Explain {
                     unavailable: c.unavailable,
                     constrained: c.constrained,
+                    pinned: filter::pin_note(&svc.obj),
                     ..Default::default()
                 };
                 pending(t, why.message(), now);
@@ -372,6 +373,58 @@ mod tests {
         assert_eq!(
             t.task.status.as_ref().and_then(|s| s.err.as_deref()),
             Some("no suitable node (1 node not available for new tasks; scheduling constraints not satisfied on 2 nodes)")
+        );
+    }
+
+    #[test]
+    fn a_node_local_volume_pins_the_tasks_to_its_node_and_says_so_when_it_is_down() {
+        use crate::state::Versioned;
+        use shoal_api::objects::VolumePin;
+        let mut state = ClusterState::default();
+        for (id, host) in [("a", "node-1"), ("b", "node-2"), ("c", "node-3")] {
+            state.nodes.push(Versioned {
+                obj: node(&format!(
+                    r#"{{"ID":"{id}","Spec":{{"Role":"worker"}},"Status":{{"State":"ready"}},"Description":{{"Hostname":"{host}"}}}}"#
+                )),
+                version: 1,
+            });
+        }
+        let mut svc = StoredService::default();
+        svc.service.id = Some("s".into());
+        svc.service.spec = Some(serde_json::from_str(r#"{"Name":"s"}"#).unwrap());
+        // Pinned by hostname, as a user names the node in `--opt node=`.
+        svc.volume_pins = vec![VolumePin {
+            volume: "data".into(),
+            node: "node-2".into(),
+        }];
+        state.services.insert(
+            "s".into(),
+            Versioned {
+                obj: svc,
+                version: 1,
+            },
+        );
+        let mut tasks: Vec<StoredTask> = (0..3)
+            .map(|_| {
+                let mut t = StoredTask::default();
+                t.task.service_id = Some("s".into());
+                t
+            })
+            .collect();
+        let mut refs: Vec<&mut StoredTask> = tasks.iter_mut().collect();
+        assert_eq!(schedule(&state, &mut refs, crate::testkit::T0), 3);
+        assert!(tasks.iter().all(|t| t.node_id() == Some("b")));
+
+        // The volume's node goes down: the task waits, and the reason names the volume.
+        state.nodes[1].obj = node(
+            r#"{"ID":"b","Spec":{"Role":"worker"},"Status":{"State":"down"},"Description":{"Hostname":"node-2"}}"#,
+        );
+        let mut t = StoredTask::default();
+        t.task.service_id = Some("s".into());
+        assert_eq!(schedule(&state, &mut [&mut t], crate::testkit::T0), 0);
+        assert_eq!(
+            t.task.status.as_ref().and_then(|s| s.err.as_deref()),
+            Some("no suitable node (volume data lives on node node-2; 1 node not available for new tasks; scheduling constraints not satisfied on 2 nodes)")
         );
     }
 

@@ -96,7 +96,7 @@ pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     let _alloc = m.alloc.lock().await;
     let state = crate::state::load(&m.store);
     resolve(&mut spec, &state, &m.store)?;
-    let volume_ops = volume_ops(&m.store, &mut spec)?;
+    let (volume_ops, pins) = volume_ops(&m.store, &mut spec)?;
     let sid = id::new_id();
     if spec.name.as_deref().unwrap_or("").is_empty() {
         spec.name = Some(format!("svc-{}", &sid[..10]));
@@ -110,6 +110,7 @@ pub async fn create(State(d): State<AppState>, body: Bytes) -> Result<Response> 
     svc.service.spec = Some(spec);
     svc.spec_version = 1;
     svc.last_spec_version = 1;
+    svc.volume_pins = pins;
     if svc.mode().is_job() {
         svc.service.job_status = Some(jobs::initial_status(svc.cron().is_some(), &id::now()));
     }
@@ -207,9 +208,10 @@ async fn store_spec(
     cur: &Versioned<StoredService>,
     spec: ServiceSpec,
     start: (ServiceUpdateStatusStateEnum, String),
-    mut ops: Vec<shoal_store::Op>,
+    (mut ops, pins): (Vec<shoal_store::Op>, Vec<shoal_api::objects::VolumePin>),
 ) -> std::result::Result<(), ApiError> {
     let mut svc = cur.obj.clone();
+    svc.volume_pins = pins;
     let now = id::now();
     if svc.mode().is_job() {
         rerun_job(&mut svc, spec, &now);
@@ -246,15 +248,18 @@ async fn store_spec(
 /// The writes that make or update the shared volumes the spec's mounts declare (a stack's
 /// `volumes:` with `driver_opts`), taking their credentials out of the spec; they go in the
 /// same raft entry as the service.
+/// Also the nodes its node-local volumes pin it to.
 fn volume_ops(
     store: &shoal_store::Store,
     spec: &mut ServiceSpec,
-) -> std::result::Result<Vec<shoal_store::Op>, ApiError> {
+) -> std::result::Result<(Vec<shoal_store::Op>, Vec<shoal_api::objects::VolumePin>), ApiError> {
     let mut ops = Vec::new();
-    for req in crate::volumes::from_service(store, spec)? {
-        ops.extend(crate::volumes::ops_for(store, &req)?);
+    let requests = crate::volumes::from_service(store, spec)?;
+    for req in &requests {
+        ops.extend(crate::volumes::ops_for(store, req)?);
     }
-    Ok(ops)
+    let pins = crate::volumes::pins(store, spec, &requests);
+    Ok((ops, pins))
 }
 
 /// A job has no rolling update: an update runs it again, as a new iteration. A periodic job
@@ -375,7 +380,8 @@ pub async fn rollback_to(
         ServiceUpdateStatusStateEnum::ROLLBACK_STARTED,
         format!("rollback to revision {revision} requested"),
     );
-    store_spec(&m.store, &state, &cur, spec, start, Vec::new()).await?;
+    let pins = crate::volumes::pins(&m.store, &spec, &[]);
+    store_spec(&m.store, &state, &cur, spec, start, (Vec::new(), pins)).await?;
     tracing::info!(service = %cur.obj.name(), revision, "rollback to an earlier revision");
     Ok(json(StatusCode::OK, &serde_json::json!({"Warnings": null})))
 }
