@@ -172,6 +172,17 @@ fn fake_engine() -> Router {
         .route("/v1.47/events", get(fake_events))
         .route("/events", get(fake_events))
         .route(
+            "/v1.47/volumes",
+            get(|| async {
+                axum::Json(json!({
+                    "Volumes": [{"Name": "enginevol", "Driver": "local", "Scope": "local",
+                        "Mountpoint": "/var/lib/docker/volumes/enginevol/_data",
+                        "Labels": null, "Options": null, "CreatedAt": "2026-01-01T00:00:00Z"}],
+                    "Warnings": null
+                }))
+            }),
+        )
+        .route(
             "/_ping",
             get(|| async { ([("api-version", "1.47")], "OK") }),
         )

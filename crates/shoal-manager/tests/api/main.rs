@@ -19,3 +19,4 @@ mod shoal_ext;
 mod swarm;
 mod system;
 mod tasks;
+mod volumes;
