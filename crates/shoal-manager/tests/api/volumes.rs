@@ -5,7 +5,8 @@
 use crate::harness::*;
 use serde_json::{json, Value};
 
-const HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+const HOST_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
 
 fn names(list: &Value) -> Vec<String> {
     list["Volumes"]
@@ -47,7 +48,10 @@ async fn bad_options_are_refused_naming_the_option_and_store_nothing() {
     for (opts, words) in [
         (json!({"type": "zfs", "device": "x:/y"}), vec!["zfs"]),
         (json!({"type": "glusterfs"}), vec!["device"]),
-        (json!({"type": "glusterfs", "device": "nohost"}), vec!["device"]),
+        (
+            json!({"type": "glusterfs", "device": "nohost"}),
+            vec!["device"],
+        ),
         (
             json!({"type": "sshfs", "device": "u@h:/d", "password": "pw", "o": "ProxyCommand=sh"}),
             vec!["ProxyCommand"],
@@ -98,7 +102,13 @@ async fn credentials_become_secrets_and_leave_every_answer() {
         .map(|s| s["Spec"]["Name"].as_str().unwrap())
         .collect();
     assert_eq!(secret_names, vec!["shoal-volume.files.password"]);
-    for uri in ["/volumes", "/volumes/files", "/services/app", "/secrets", "/services"] {
+    for uri in [
+        "/volumes",
+        "/volumes/files",
+        "/services/app",
+        "/secrets",
+        "/services",
+    ] {
         let body = n.read(uri).await.to_string();
         assert!(!body.contains(password), "{uri}: {body}");
     }
