@@ -4,8 +4,8 @@
 mod common;
 
 use common::cluster::Cluster;
-use common::gluster::{sshfs_server, GlusterLab};
-use common::{netns_name, wait_until};
+use common::gluster::GlusterLab;
+use common::wait_until;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -94,23 +94,4 @@ fn gluster_replica_two_survives_a_brick_kill() {
 
     lab.unmount(&mnt);
     assert!(!read(Path::new("/proc/self/mountinfo")).contains(&volume));
-}
-
-#[test]
-fn sshfs_serves_a_node_directory_to_the_host() {
-    let cluster = Cluster::start("vssh", 2);
-    let (server_node, client_node) = (cluster.node(1), cluster.node(2));
-    let dir = std::env::temp_dir().join(netns_name("sshfs"));
-    let server = sshfs_server(&server_node.netns.name, &server_node.ip, 2222, &dir);
-    let export = dir.join("export");
-    std::fs::create_dir_all(&export).unwrap();
-    std::fs::write(export.join("hello"), "from the server\n").unwrap();
-    let mnt = dir.join("mnt");
-    {
-        let _mount = server.mount(&client_node.netns.name, &export, &mnt);
-        assert_eq!(read(&mnt.join("hello")), "from the server\n");
-        write_synced(&mnt.join("back"), "from the client\n").expect("writing through sshfs");
-        assert_eq!(read(&export.join("back")), "from the client\n");
-    }
-    assert!(!read(Path::new("/proc/self/mountinfo")).contains(mnt.to_str().unwrap()));
 }

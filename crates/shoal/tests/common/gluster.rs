@@ -582,29 +582,36 @@ fn kill_namespace(ns: &str) {
             })
             .collect()
     };
-    wait_for(
-        Duration::from_secs(20),
-        &format!("no process left in {ns}"),
-        || {
-            let left = members();
-            if left.is_empty() {
-                return Ok(());
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = members();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > until {
+            // No panic while unwinding (a Drop after a failure): that would abort the binary.
+            let msg = format!("gluster processes {left:?} of {ns} survive kill -9");
+            if std::thread::panicking() {
+                eprintln!("{msg}");
+                return;
             }
-            for p in &left {
-                let _ = Command::new("kill")
-                    .args(["-9", &p.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            Err(format!("{left:?}"))
-        },
-    );
+            panic!("{msg}");
+        }
+        for p in &left {
+            let _ = Command::new("kill")
+                .args(["-9", &p.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `kill -9` of every process whose command line names a path under `root` (FUSE clients,
 /// bricks and glusterds of a lab).
 fn kill_processes_under(root: &Path) {
-    let needle = root.to_string_lossy().to_string();
+    // With the slash: `...-gluster-4` must not match `...-gluster-40`.
+    let needle = format!("{}/", root.display());
     for p in pids() {
         let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains(&needle) {
@@ -680,7 +687,8 @@ fn sweep_stale() {
                 continue;
             }
             let root = tmp.join(&name);
-            let needle = root.to_string_lossy().to_string();
+            // With the slash: `...-gluster-4` must not match `...-gluster-40`.
+            let needle = format!("{}/", root.display());
             let mut namespaces = HashSet::new();
             for p in pids() {
                 let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
@@ -705,183 +713,4 @@ fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// `sshd_config` of an [`SshfsServer`]: key login as root only, SFTP in-process, everything
-/// under its own directory (`{dir}`), listening on `{ip}:{port}` in its node's namespace.
-const SSHD_CONFIG: &str = "Port {port}
-ListenAddress {ip}
-HostKey {dir}/host_key
-PidFile {dir}/sshd.pid
-AuthorizedKeysFile {dir}/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-Subsystem sftp internal-sftp
-";
-
-/// An sshd in a node's network namespace that serves the machine's files over SFTP to a
-/// client key of its own: the server side of an sshfs volume. Killed on drop.
-pub struct SshfsServer {
-    /// Its address (the node's).
-    pub ip: String,
-    /// Its port.
-    pub port: u16,
-    /// The private key that logs in as root (give it to sshfs as `IdentityFile`).
-    pub key: PathBuf,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-/// Starts an sshd on `ip:port` in network namespace `netns`, keeping its keys, config and log
-/// in `dir` (created; removed on drop, after unmounting whatever is mounted under it, so a
-/// test may keep its exported directory and mount point there); returns once it listens.
-pub fn sshfs_server(netns: &str, ip: &str, port: u16, dir: &Path) -> SshfsServer {
-    std::fs::create_dir_all(dir).expect("creating the sshd directory");
-    // sshd's privilege-separation directory, which only its service unit would create.
-    std::fs::create_dir_all("/run/sshd").expect("creating /run/sshd");
-    for key in ["host_key", "client_key"] {
-        let _ = std::fs::remove_file(dir.join(key));
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "shoal-test", "-f"])
-            .arg(dir.join(key))
-            .output()
-            .expect("running ssh-keygen");
-        assert!(
-            out.status.success(),
-            "ssh-keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))
-        .expect("writing authorized_keys");
-    let config = SSHD_CONFIG
-        .replace("{port}", &port.to_string())
-        .replace("{ip}", ip)
-        .replace("{dir}", &dir.to_string_lossy());
-    std::fs::write(dir.join("sshd_config"), config).expect("writing sshd_config");
-    let log = std::fs::File::create(dir.join("sshd.log")).expect("creating sshd.log");
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .args(["/usr/sbin/sshd", "-D", "-e", "-f"])
-        .arg(dir.join("sshd_config"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting sshd (apt package openssh-server)");
-    let mut server = SshfsServer {
-        ip: ip.to_string(),
-        port,
-        key: dir.join("client_key"),
-        dir: dir.to_path_buf(),
-        child: Some(child),
-    };
-    wait_for(Duration::from_secs(20), "sshd listens", || {
-        let log = std::fs::read_to_string(server.dir.join("sshd.log")).unwrap_or_default();
-        if let Some(st) = server
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            panic!("sshd exited ({st}): {log}");
-        }
-        if log.contains("Server listening") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    });
-    server
-}
-
-impl SshfsServer {
-    /// `root@ip:path`, the sshfs source for a path on the server.
-    pub fn source(&self, path: &Path) -> String {
-        format!("root@{}:{}", self.ip, path.display())
-    }
-
-    /// sshfs `-o` options that log in with the server's key and trust its new host key.
-    pub fn options(&self) -> String {
-        format!(
-            "port={},IdentityFile={},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,\
-             BatchMode=yes",
-            self.port,
-            self.key.display()
-        )
-    }
-
-    /// Mounts the server's `path` on `dir` (created) with sshfs started in network namespace
-    /// `via` but the host's mount namespace (the host sees it); unmounted when dropped.
-    pub fn mount(&self, via: &str, path: &Path, dir: &Path) -> SshfsMount {
-        std::fs::create_dir_all(dir).expect("creating the mount point");
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{via}"))
-            .arg("sshfs")
-            .arg(self.source(path))
-            .arg(dir)
-            .arg("-o")
-            .arg(self.options())
-            .stdin(Stdio::null())
-            .output()
-            .expect("running sshfs");
-        assert!(
-            out.status.success(),
-            "sshfs {} {}: {}{}\n---- sshd log ----\n{}",
-            self.source(path),
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            tail(&self.dir.join("sshd.log"), 20)
-        );
-        wait_until(Duration::from_secs(20), "the sshfs mount is listed", || {
-            mount_points()
-                .iter()
-                .any(|(p, t)| p == dir && t == "fuse.sshfs")
-        });
-        SshfsMount {
-            dir: dir.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for SshfsServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // Its per-connection children outlive the listener: they go first.
-            let pid = c.id();
-            for p in pids() {
-                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-                let ppid = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, r)| r.split_whitespace().nth(1))
-                    .and_then(|p| p.parse::<u32>().ok());
-                if ppid == Some(pid) {
-                    let _ = Command::new("kill")
-                        .args(["-9", &p.to_string()])
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Never delete through a mount left under it.
-        unmount_under(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A host-visible sshfs mount; unmounted (lazily if busy) when dropped.
-pub struct SshfsMount {
-    /// The mount point.
-    pub dir: PathBuf,
-}
-
-impl Drop for SshfsMount {
-    fn drop(&mut self) {
-        unmount(&self.dir);
-    }
 }
