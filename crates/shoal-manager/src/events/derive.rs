@@ -8,17 +8,19 @@ use shoal_api::kind;
 use shoal_api::models::{
     Config, EventActor, EventMessage, EventMessageTypeEnum, Network, Node, Secret,
 };
-use shoal_api::objects::{Mode, StoredService};
+use shoal_api::objects::{Mode, StoredService, StoredVolume};
 use shoal_store::Action;
 use std::collections::HashMap;
 
-/// The store kinds that make events: those moby watches (`daemon/cluster/noderunner.go`).
-pub const KINDS: [&str; 5] = [
+/// The store kinds that make events: those moby watches (`daemon/cluster/noderunner.go`), and
+/// shared volumes (issue 19), reported as the engine reports its volumes.
+pub const KINDS: [&str; 6] = [
     kind::SERVICE,
     kind::NODE,
     kind::NETWORK,
     kind::SECRET,
     kind::CONFIG,
+    kind::VOLUME,
 ];
 
 /// The event one change makes, without its time and scope (the journal supplies both). None
@@ -87,6 +89,32 @@ pub fn event_of(
                 return None;
             }
             (EventMessageTypeEnum::NETWORK, new.id?, named(new.name))
+        }
+        kind::VOLUME => {
+            let new: StoredVolume = serde_json::from_slice(object).ok()?;
+            let old = decode_previous::<StoredVolume>(update, previous)?;
+            if old.is_some_and(|old| old == new) {
+                return None;
+            }
+            // The engine's words for its volumes: `create` and `destroy`; `update` when a
+            // deploy changed a shared volume's options.
+            let verb = if action == Action::Deleted {
+                "destroy"
+            } else {
+                verb
+            };
+            let attrs = HashMap::from([("driver".to_string(), new.driver.clone())]);
+            return Some(EventMessage {
+                typ: Some(EventMessageTypeEnum::VOLUME),
+                action: Some(verb.to_string()),
+                actor: Some(EventActor {
+                    id: Some(new.name),
+                    attributes: Some(attrs),
+                }),
+                scope: None,
+                time: None,
+                time_nano: None,
+            });
         }
         _ => return None,
     };
@@ -495,6 +523,11 @@ mod tests {
         let mut labelled = secret.clone();
         labelled["Spec"]["Labels"] = json!({"a": "b"});
         labelled["Version"] = json!({"Index": 2});
+        let volume = json!({"Id": "v1", "Name": "shared", "Driver": "shoal",
+            "Options": {"type": "glusterfs", "device": "a,b:/gv0"},
+            "CreatedAt": "2026-01-01T00:00:00Z", "UpdatedAt": "2026-01-01T00:00:00Z"});
+        let mut volume_new = volume.clone();
+        volume_new["Options"]["device"] = json!("a,c:/gv0");
         let cases: Vec<(&str, Action, Value, Option<Value>, _)> = vec![
             (
                 kind::SECRET,
@@ -544,6 +577,34 @@ mod tests {
                 network,
                 None,
                 row("network", "remove", "net1", &["name=backend"]),
+            ),
+            (
+                kind::VOLUME,
+                Action::Created,
+                volume.clone(),
+                None,
+                row("volume", "create", "shared", &["driver=shoal"]),
+            ),
+            (
+                kind::VOLUME,
+                Action::Updated,
+                volume_new.clone(),
+                Some(volume.clone()),
+                row("volume", "update", "shared", &["driver=shoal"]),
+            ),
+            (
+                kind::VOLUME,
+                Action::Updated,
+                volume.clone(),
+                Some(volume.clone()),
+                None,
+            ),
+            (
+                kind::VOLUME,
+                Action::Deleted,
+                volume,
+                None,
+                row("volume", "destroy", "shared", &["driver=shoal"]),
             ),
             (kind::TASK, Action::Created, json!({"ID": "t1"}), None, None),
             (kind::SECRET, Action::Created, json!({"ID": 5}), None, None),
