@@ -199,9 +199,10 @@ pub async fn update(
 }
 
 /// Writes `spec` as the service's current one (read at `cur`). If its tasks must be replaced
-/// (or a rollback is asked for), the update starts in `start`'s state with its message; otherwise a paused update is
-/// cleared, so any update call resumes it as in Swarm (the control loop starts it again if
-/// tasks are still out of date).
+/// (or a rollback is asked for), the update starts in `start`'s state with its message; otherwise
+/// the update status is cleared as swarmkit clears it, so any update call resumes a paused
+/// update (the control loop starts it again if tasks are still out of date). Also stores the
+/// nodes its node-local volumes pin it to, and writes `ops` (its volumes) in the same entry.
 async fn store_spec(
     store: &shoal_store::Store,
     state: &ClusterState,
@@ -216,7 +217,6 @@ async fn store_spec(
     if svc.mode().is_job() {
         rerun_job(&mut svc, spec, &now);
     } else {
-        let status = svc.service.update_status.as_ref().and_then(|u| u.state);
         // A rollback asked for is one in Swarm's status even when no task differs (a rolled
         // back scale): it completes once the tasks are settled.
         let rollback = start.0 == ServiceUpdateStatusStateEnum::ROLLBACK_STARTED;
@@ -227,13 +227,11 @@ async fn store_spec(
                 completed_at: None,
                 message: Some(start.1),
             });
-        } else if matches!(
-            status,
-            Some(
-                ServiceUpdateStatusStateEnum::PAUSED
-                    | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED
-            )
-        ) {
+        } else {
+            // swarmkit's `UpdateService` resets the update status on every update that is not
+            // a rollback ("Reset update status"): a scale or a label change after a finished
+            // update shows none, a paused update resumes (the control loop starts it again
+            // while tasks are out of date).
             svc.service.update_status = None;
         }
     }

@@ -563,6 +563,50 @@ async fn a_manual_rollback_is_shown_even_when_no_task_differs() {
     );
 }
 
+#[tokio::test]
+async fn an_update_that_is_no_rollback_clears_the_update_status_as_swarmkit_does() {
+    let n = Node::manager().await;
+    let id = n.service(spec("web")).await;
+    let uri = format!("/services/{id}");
+    // A status to clear: a manual rollback of a scale (rollback_started, no task to replace).
+    let s = n.read(&uri).await;
+    let mut scaled = s["Spec"].clone();
+    scaled["Mode"]["Replicated"]["Replicas"] = json!(2);
+    n.post(
+        &format!("{uri}/update?version={}", version_of(&n, &uri).await),
+        scaled,
+    )
+    .await
+    .ok(200);
+    let s = n.read(&uri).await;
+    n.post(
+        &format!(
+            "{uri}/update?version={}&rollback=previous",
+            version_of(&n, &uri).await
+        ),
+        s["Spec"].clone(),
+    )
+    .await
+    .ok(200);
+    assert!(n.read(&uri).await["UpdateStatus"].is_object());
+    // Any other update (here a scale, which replaces no task) resets it: swarmkit's
+    // `UpdateService` sets `UpdateStatus = nil` and Docker shows none.
+    let s = n.read(&uri).await;
+    let mut scaled = s["Spec"].clone();
+    scaled["Mode"]["Replicated"]["Replicas"] = json!(3);
+    n.post(
+        &format!("{uri}/update?version={}", version_of(&n, &uri).await),
+        scaled,
+    )
+    .await
+    .ok(200);
+    let after = n.read(&uri).await;
+    assert!(
+        after.get("UpdateStatus").is_none_or(Value::is_null),
+        "{after}"
+    );
+}
+
 // ---- errors ----
 
 #[tokio::test]
