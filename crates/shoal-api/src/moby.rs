@@ -28,6 +28,56 @@ pub const DEFAULT_RESTART_DELAY: i64 = 5_000_000_000;
 /// swarmkit's default update and rollback monitor window (5 s), in nanoseconds.
 pub const DEFAULT_MONITOR: i64 = 5_000_000_000;
 
+/// A swarm network as dockerd puts it in a task's `NetworksAttachments[].Network` (its
+/// `swarm.Network`, converted from swarmkit's object): ID, version, times, the spec the network
+/// was created with, the driver's state (the overlay's VXLAN ID) and the allocated subnets. The
+/// store keeps networks in the engine's form (`GET /networks`), so this converts from that.
+pub fn swarm_network(n: &crate::models::Network, version: u64) -> serde_json::Value {
+    use serde_json::json;
+    let driver = n.driver.clone().unwrap_or_else(|| "overlay".into());
+    let configs: Vec<serde_json::Value> = n
+        .ipam
+        .as_ref()
+        .and_then(|i| i.config.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let mut o = serde_json::Map::new();
+            if let Some(s) = &c.subnet {
+                o.insert("Subnet".into(), json!(s));
+            }
+            if let Some(g) = &c.gateway {
+                o.insert("Gateway".into(), json!(g));
+            }
+            serde_json::Value::Object(o)
+        })
+        .collect();
+    let ipam_driver = n
+        .ipam
+        .as_ref()
+        .and_then(|i| i.driver.clone())
+        .unwrap_or_else(|| "default".into());
+    let created = n.created.clone().unwrap_or_default();
+    json!({
+        "ID": n.id.clone().unwrap_or_default(),
+        "Version": {"Index": version},
+        "CreatedAt": created,
+        "UpdatedAt": created,
+        "Spec": {
+            "Name": n.name.clone().unwrap_or_default(),
+            "Labels": n.labels.clone().unwrap_or_default(),
+            "DriverConfiguration": {"Name": driver},
+            "Scope": "swarm",
+            "Internal": n.internal.unwrap_or(false),
+            "Attachable": n.attachable.unwrap_or(false),
+            "Ingress": n.ingress.unwrap_or(false),
+            "IPAMOptions": {"Driver": {"Name": ipam_driver}, "Configs": configs},
+        },
+        "DriverState": {"Name": driver, "Options": n.options.clone().unwrap_or_default()},
+        "IPAMOptions": {"Driver": {"Name": ipam_driver}, "Configs": configs},
+    })
+}
+
 /// Makes `spec` what dockerd's conversion to swarmkit and back makes of it. Idempotent.
 pub fn service_spec(spec: &mut ServiceSpec) {
     // Annotations.Labels has no omitempty, and the conversion back never leaves it nil.

@@ -686,7 +686,10 @@ pub async fn list_tasks(
         })
         .collect();
     tasks.sort_by(|a, b| a.task.created_at.cmp(&b.task.created_at));
-    let out: Vec<TaskView> = tasks.into_iter().map(task_view).collect();
+    let out: Vec<TaskView> = tasks
+        .into_iter()
+        .map(|t| task_view(t, &state.networks))
+        .collect();
     Ok(json(StatusCode::OK, &out))
 }
 
@@ -733,7 +736,8 @@ pub fn task_name(service: &str, t: &StoredTask) -> String {
 pub async fn inspect_task(State(d): State<AppState>, Path(key): Path<String>) -> Result<Response> {
     let m = d.manager().await?;
     let t = db::find::<StoredTask>(&m.store, &key)?;
-    Ok(json(StatusCode::OK, &task_view(&t.obj)))
+    let networks = db::list::<Network>(&m.store);
+    Ok(json(StatusCode::OK, &task_view(&t.obj, &networks)))
 }
 
 /// A stored task as dockerd answers it (`shoal_api::moby::task`), without shoal's fields, and
@@ -743,15 +747,41 @@ struct TaskView {
     #[serde(flatten)]
     task: Task,
     #[serde(rename = "NetworksAttachments", skip_serializing_if = "Vec::is_empty")]
-    networks_attachments: Vec<shoal_api::objects::NetworkAttachment>,
+    networks_attachments: Vec<AttachmentView>,
 }
 
-fn task_view(t: &StoredTask) -> TaskView {
+/// One of a task's networks as moby shows it: the whole network object
+/// (`shoal_api::moby::swarm_network`) and the task's addresses on it.
+#[derive(serde::Serialize)]
+struct AttachmentView {
+    #[serde(rename = "Network")]
+    network: serde_json::Value,
+    #[serde(rename = "Addresses")]
+    addresses: Vec<String>,
+}
+
+fn task_view(t: &StoredTask, networks: &[Versioned<Network>]) -> TaskView {
     let mut task = t.task.clone();
     shoal_api::moby::task(&mut task);
+    let networks_attachments = t
+        .networks_attachments
+        .iter()
+        .map(|a| {
+            let network = networks
+                .iter()
+                .find(|n| n.obj.id.as_deref() == Some(a.network.id.as_str()))
+                .map(|n| shoal_api::moby::swarm_network(&n.obj, n.version))
+                // A network removed since: what the task recorded of it.
+                .unwrap_or_else(|| serde_json::to_value(&a.network).unwrap_or_default());
+            AttachmentView {
+                network,
+                addresses: a.addresses.clone(),
+            }
+        })
+        .collect();
     TaskView {
         task,
-        networks_attachments: t.networks_attachments.clone(),
+        networks_attachments,
     }
 }
 

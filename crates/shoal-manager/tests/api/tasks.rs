@@ -142,3 +142,58 @@ async fn follow_logs_end_their_subscription_when_the_client_goes_away() {
         "the subscription outlived its client"
     );
 }
+
+#[tokio::test]
+async fn a_tasks_networks_are_whole_swarm_network_objects_as_moby_shows_them() {
+    let n = Node::manager().await;
+    let net = n
+        .post(
+            "/networks/create",
+            json!({"Name": "backend", "Driver": "overlay", "Labels": {"tier": "back"}}),
+        )
+        .await;
+    let net_id = net.ok(201)["Id"].as_str().unwrap().to_string();
+    let mut s = spec("web");
+    s["TaskTemplate"]["Networks"] = json!([{"Target": "backend"}]);
+    n.service(s).await;
+    let tasks = n
+        .wait_for("/tasks", |t| {
+            t.as_array().unwrap().iter().any(|t| {
+                t["NetworksAttachments"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+            })
+        })
+        .await;
+    let task = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["NetworksAttachments"].is_array())
+        .unwrap();
+    let by_id = n
+        .read(&format!("/tasks/{}", task["ID"].as_str().unwrap()))
+        .await;
+    for t in [task, &by_id] {
+        let a = &t["NetworksAttachments"][0];
+        let network = &a["Network"];
+        assert_eq!(network["ID"], net_id.as_str(), "{a}");
+        assert!(network["Version"]["Index"].as_u64().unwrap() > 0, "{a}");
+        assert!(network["CreatedAt"].is_string(), "{a}");
+        assert_eq!(network["Spec"]["Name"], "backend");
+        assert_eq!(network["Spec"]["Labels"]["tier"], "back");
+        assert_eq!(network["Spec"]["DriverConfiguration"]["Name"], "overlay");
+        assert_eq!(network["DriverState"]["Name"], "overlay");
+        assert!(
+            network["DriverState"]["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+                .is_string(),
+            "{a}"
+        );
+        let subnet = network["IPAMOptions"]["Configs"][0]["Subnet"]
+            .as_str()
+            .unwrap();
+        let addr = a["Addresses"][0].as_str().unwrap();
+        let prefix = subnet.rsplit_once('.').unwrap().0;
+        assert!(addr.starts_with(prefix), "{addr} in {subnet}");
+    }
+}
