@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod gluster;
+pub mod sshd;
 
 static IMAGES: Once = Once::new();
 static SWEEP: Once = Once::new();
