@@ -21,6 +21,7 @@ pub mod state;
 mod testkit;
 #[cfg(test)]
 mod user_values;
+pub mod vip;
 
 pub use decide::{decide, Decision};
 pub use inputs::{Ids, Inputs};
