@@ -4,6 +4,7 @@
 pub mod cron;
 pub mod dispatch;
 pub mod error;
+pub mod floating;
 pub mod id;
 pub mod labels;
 pub mod logs;
@@ -37,4 +38,6 @@ pub mod kind {
     pub const CONFIG: &str = "config";
     /// Shared volumes (issue 19).
     pub const VOLUME: &str = "volume";
+    /// Floating addresses (issue 20).
+    pub const FLOATING_IP: &str = "floatingip";
 }

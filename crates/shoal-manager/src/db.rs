@@ -101,6 +101,14 @@ stored!(
     |_o, _v| {}
 );
 
+stored!(
+    shoal_api::floating::StoredFloatingIp,
+    kind::FLOATING_IP,
+    |s| s.address.clone(),
+    |_s| None,
+    |_o, _v| {}
+);
+
 /// The cluster CA with its key: replicated so any leader can sign node certificates, never
 /// served by the API.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]

@@ -8,6 +8,7 @@ pub mod control;
 pub mod db;
 pub mod dispatcher;
 pub mod events;
+pub mod floating;
 pub mod logbroker;
 pub mod membership;
 pub mod node;

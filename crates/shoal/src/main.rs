@@ -3,6 +3,7 @@
 mod client;
 mod client_cert;
 mod daemon;
+mod floating_ip;
 mod lock;
 mod service;
 mod socket;
@@ -28,6 +29,42 @@ enum Cmd {
     /// Client certificates for the Docker API over TCP (`shoal daemon --listen`):
     /// `shoal client-cert NAME --out DIR` issues one, `ls` lists them, `rm NAME` revokes one.
     ClientCert(ClientCertArgs),
+    /// The swarm's floating addresses: one address for the whole cluster, held by one node.
+    #[command(subcommand)]
+    FloatingIp(FloatingIpCmd),
+}
+
+/// `shoal floating-ip add|ls|rm`.
+#[derive(Subcommand)]
+enum FloatingIpCmd {
+    /// Add an address (ADDR/PREFIX, IPv4 or IPv6).
+    Add {
+        /// The address with its prefix, e.g. 192.168.1.250/24.
+        address: String,
+        /// The interface to add it on (default: the one carrying the node's advertise address).
+        #[arg(long)]
+        interface: Option<String>,
+        /// A placement constraint a holder must meet (repeatable), e.g. node.role==manager.
+        #[arg(long = "constraint")]
+        constraints: Vec<String>,
+        /// A manager's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
+    /// List the addresses: interface, constraints, eligible nodes, holder, lease.
+    Ls {
+        /// A manager's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
+    /// Remove an address.
+    Rm {
+        /// The address, as added (any spelling of it).
+        address: String,
+        /// A manager's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
 }
 
 /// `shoal client-cert NAME --out DIR | ls | rm NAME`.
@@ -174,6 +211,24 @@ fn main() -> anyhow::Result<()> {
                 _ => anyhow::bail!("shoal client-cert NAME --out DIR (or: ls, rm NAME)"),
             },
         },
+        Cmd::FloatingIp(FloatingIpCmd::Add {
+            address,
+            interface,
+            constraints,
+            host,
+        }) => rt.block_on(floating_ip::add(
+            &client::socket(host.as_deref()),
+            &address,
+            interface.as_deref(),
+            &constraints,
+        )),
+        Cmd::FloatingIp(FloatingIpCmd::Ls { host }) => {
+            rt.block_on(floating_ip::list(&client::socket(host.as_deref())))
+        }
+        Cmd::FloatingIp(FloatingIpCmd::Rm { address, host }) => rt.block_on(floating_ip::remove(
+            &client::socket(host.as_deref()),
+            &address,
+        )),
         Cmd::Service(ServiceCmd::Rollback {
             service,
             to,

@@ -1286,3 +1286,35 @@ fn jobs_run_to_completion_retry_by_policy_and_repeat_on_a_schedule() {
     let ls = node.ok(&["service", "ls", "--format", "{{.Name}}"]);
     assert!(!ls.contains("nope"), "{ls}");
 }
+
+#[test]
+fn shoal_floating_ip_adds_lists_and_removes_addresses() {
+    let node = Node::start("floating");
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    let (ok, out, err) = node.shoal(&[
+        "floating-ip",
+        "add",
+        "192.168.77.250/24",
+        "--constraint",
+        "node.role==manager",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "192.168.77.250/24");
+    let (ok, _, err) = node.shoal(&["floating-ip", "add", "192.168.77.0/24"]);
+    assert!(!ok && err.contains("network address"), "{err}");
+    let (ok, _, err) = node.shoal(&["floating-ip", "add", "192.168.77.250/24"]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, out, err) = node.shoal(&["floating-ip", "ls"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ADDRESS"), "{out}");
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[1].starts_with("192.168.77.250/24") && lines[1].contains("node.role==manager"),
+        "{out}"
+    );
+    let (ok, _, err) = node.shoal(&["floating-ip", "rm", "192.168.77.250/24"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = node.shoal(&["floating-ip", "ls"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+}

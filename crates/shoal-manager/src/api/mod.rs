@@ -7,6 +7,7 @@ mod decode;
 mod encode;
 mod events;
 mod filters;
+mod floating_ips;
 mod logs;
 pub(crate) mod networks;
 pub(crate) mod nodes;
@@ -336,6 +337,14 @@ pub fn app(
         .route(
             "/shoal/v1/client-certs/{name}",
             axum::routing::delete(client_certs::revoke),
+        )
+        .route(
+            "/shoal/v1/floating-ips",
+            get(floating_ips::list).post(floating_ips::add),
+        )
+        .route(
+            "/shoal/v1/floating-ips/{address}",
+            axum::routing::delete(floating_ips::remove),
         )
         .route("/tasks", get(services::list_tasks))
         .route("/tasks/{id}", get(services::inspect_task))

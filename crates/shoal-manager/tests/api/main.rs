@@ -8,6 +8,7 @@
 mod bodies;
 mod client_certs;
 mod events;
+mod floating_ips;
 mod harness;
 mod moby_compat;
 mod networks;
