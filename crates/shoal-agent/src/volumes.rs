@@ -582,9 +582,20 @@ mod tests {
     async fn a_failed_mount_is_an_error_and_leaves_no_claim() {
         let dir = tempfile::tempdir().unwrap();
         let v = Volumes::new(dir.path().join("volumes"), dir.path().join("secrets"));
-        // Nothing answers on this address: the FUSE client (if installed) or the missing
-        // program fails, and nothing is mounted.
-        let p = payload(&[("type", "glusterfs"), ("device", "127.0.0.1:/nope")]);
+        // Nothing listens on port 1: sshfs (if installed) fails at once, or the missing program
+        // does, and nothing is mounted. (sshfs, not a gluster client: that would leave a log
+        // file under /var/log/glusterfs on every run.)
+        let mut p = payload(&[
+            ("type", "sshfs"),
+            ("device", "nobody@127.0.0.1:/nope"),
+            ("port", "1"),
+            (
+                "host_key",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+            ),
+        ]);
+        p.credentials
+            .insert("password".into(), b"not-used".to_vec());
         let err = v.acquire("t1", &p).await.unwrap_err();
         assert!(err.to_string().contains("mounting volume data"), "{err}");
         assert!(v.table.lock().unwrap().is_empty());
