@@ -405,6 +405,23 @@ impl Drop for Cluster {
             // Its task containers, and plain containers a test attached to its networks.
             n.kill();
         }
+        // A killed node's shared-volume mounts outlive its daemon (the FUSE client is a process
+        // of its own): take every mount under the cluster's directory off, deepest first, also
+        // when the test failed half-way.
+        let root = self.root.display().to_string();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&format!("{root}/")))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", m])
+                .stderr(Stdio::null())
+                .status();
+        }
         // The namespaces go when the nodes and the hub are dropped, after this.
         let _ = std::fs::remove_dir_all(&self.root);
     }
