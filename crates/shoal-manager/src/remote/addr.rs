@@ -44,9 +44,22 @@ pub enum ListenError {
     },
 }
 
-/// Parses `tcp://HOST[:PORT]` (HOST an IPv4 address, `[IPv6]` or `localhost`; the port defaults
-/// to Docker's, 2376 with TLS and 2375 without) and refuses plain TCP off loopback.
+/// Parses `tcp://HOST[:PORT]` (HOST an IPv4 address, `[IPv6]`, `localhost` or a host name,
+/// resolved once as dockerd resolves it when it binds; the port defaults to Docker's, 2376 with
+/// TLS and 2375 without) and refuses plain TCP off loopback, judged on the resolved address.
 pub fn parse_listen(given: &str, tls: bool) -> Result<ListenAddr, ListenError> {
+    parse_listen_with(given, tls, |host| {
+        use std::net::ToSocketAddrs;
+        (host, 0).to_socket_addrs().ok()?.map(|a| a.ip()).next()
+    })
+}
+
+/// [`parse_listen`] with the name lookup given (tests resolve without the network).
+pub fn parse_listen_with(
+    given: &str,
+    tls: bool,
+    resolve: impl Fn(&str) -> Option<IpAddr>,
+) -> Result<ListenAddr, ListenError> {
     let bad = |reason: &str| ListenError::Malformed {
         given: given.to_string(),
         reason: reason.to_string(),
@@ -86,10 +99,21 @@ pub fn parse_listen(given: &str, tls: bool) -> Result<ListenAddr, ListenError> {
         return Err(bad(
             "no host: give an IP address to bind, e.g. tcp://0.0.0.0:2376",
         ));
+    } else if let Ok(ip) = host.parse() {
+        ip
     } else {
-        host.parse().map_err(|_| {
+        let name_like = host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !name_like {
+            return Err(bad(&format!(
+                "{host:?} is neither an IP address nor a host name"
+            )));
+        }
+        resolve(host).ok_or_else(|| {
             bad(&format!(
-                "{host:?} is not an IP address (host names are not resolved here; use the address)"
+                "host name {host:?} does not resolve to an address"
             ))
         })?
     };
@@ -109,7 +133,11 @@ mod tests {
 
     #[test]
     fn addresses_parse_as_docker_writes_them() {
-        let ok = |s: &str, tls: bool| parse_listen(s, tls).unwrap().addr.to_string();
+        // No network in tests: one known name, every other name unknown.
+        let resolve = |h: &str| (h == "api.lan").then(|| IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
+        let parse = |s: &str, tls: bool| parse_listen_with(s, tls, resolve);
+        let ok = |s: &str, tls: bool| parse(s, tls).unwrap().addr.to_string();
+        assert_eq!(ok("tcp://api.lan:2400", true), "10.0.0.7:2400");
         assert_eq!(ok("tcp://0.0.0.0:2376", true), "0.0.0.0:2376");
         assert_eq!(ok("tcp://10.0.0.5", true), "10.0.0.5:2376");
         assert_eq!(ok("tcp://10.0.0.5/", true), "10.0.0.5:2376");
@@ -127,12 +155,22 @@ mod tests {
             "tcp://10.0.0.1:x",
             "tcp://[::1",
             "tcp://[::1]2376",
+            "tcp://bad name:2376",
         ] {
             assert!(
-                matches!(parse_listen(bad, true), Err(ListenError::Malformed { .. })),
+                matches!(parse(bad, true), Err(ListenError::Malformed { .. })),
                 "{bad}"
             );
         }
+        let e = parse("tcp://host.example:2376", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not resolve"), "{e}");
+        // A name is judged on its address: plain TCP on a name for a routable address is refused.
+        assert!(matches!(
+            parse("tcp://api.lan", false),
+            Err(ListenError::PlainNotLoopback { .. })
+        ));
     }
 
     #[test]
