@@ -406,3 +406,80 @@ fn an_sshfs_volume_mounts_with_a_password_that_leaks_nowhere() {
     );
     sshd.stop();
 }
+
+#[test]
+fn an_sshfs_volume_logs_in_with_an_identity_key_kept_secret() {
+    common::images();
+    let mut unmount = UnmountOnDrop(Vec::new());
+    let c = Cluster::start("vsshid", 2);
+    unmount.0 = c.nodes.iter().map(|n| n.dir.clone()).collect();
+    c.form(1);
+    let sshd = Sshd::start(&c.node(2).netns, &c.node(2).ip);
+    let n1 = c.node(1);
+    n1.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "shoal",
+        "--opt",
+        "type=sshfs",
+        "--opt",
+        &format!("device={}", sshd.device()),
+        "--opt",
+        &format!("identity={}", sshd.client_key),
+        "--opt",
+        &format!("host_key={}", sshd.host_key),
+        "keyed",
+    ]);
+    n1.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "keyedwriter",
+        "--mount",
+        "type=volume,source=keyed,target=/data",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "echo by-key > /data/hello && sleep 3600",
+    ]);
+    let hello = sshd.dir.join("hello");
+    wait_until(
+        Duration::from_secs(90),
+        "the task's file on the server",
+        || std::fs::read_to_string(&hello).unwrap_or_default() == "by-key\n",
+    );
+    // Logged in with the key, never with a password (sshfs is told not to try one).
+    let log = sshd.log();
+    assert!(
+        log.contains(&format!("Accepted publickey for {}", sshd.user)),
+        "{log}"
+    );
+    assert!(!log.contains("Accepted password"), "{log}");
+    // The key is a secret: shown nowhere a user looks.
+    let key_line = sshd
+        .client_key
+        .lines()
+        .nth(1)
+        .expect("a key body line")
+        .to_string();
+    for args in [
+        vec!["volume", "inspect", "keyed"],
+        vec!["service", "inspect", "keyedwriter"],
+    ] {
+        let out = n1.ok(&args);
+        assert!(!out.contains(&key_line), "{args:?} shows the key: {out}");
+    }
+    for i in 1..=2 {
+        let log = std::fs::read_to_string(c.node(i).dir.join("daemon.log")).unwrap_or_default();
+        assert!(!log.contains(&key_line), "node-{i}'s log holds the key");
+    }
+    n1.ok(&["service", "rm", "keyedwriter"]);
+    wait_until(Duration::from_secs(30), "the mount gone", || {
+        c.nodes
+            .iter()
+            .all(|n| mounted_under(&n.dir.join("data")).is_empty())
+    });
+    n1.ok(&["volume", "rm", "keyed"]);
+}

@@ -25,6 +25,9 @@ pub struct Sshd {
     pub dir: PathBuf,
     /// The server's public host key as `TYPE BASE64` (its `ssh_host_ed25519_key.pub`).
     pub host_key: String,
+    /// A private key (OpenSSH PEM) the server accepts for [`Sshd::user`]: an sshfs volume's
+    /// `identity`.
+    pub client_key: String,
     /// The address it listens on (port 22).
     pub addr: String,
     /// Config, host key, log.
@@ -121,6 +124,7 @@ impl Sshd {
             password: password.clone(),
             dir: dir.clone(),
             host_key: String::new(),
+            client_key: String::new(),
             addr: addr.to_string(),
             root: root.clone(),
             child: None,
@@ -166,6 +170,25 @@ impl Sshd {
             .take(2)
             .collect::<Vec<_>>()
             .join(" ");
+        let client = root.join("client_ed25519");
+        run(
+            Command::new("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "shoal-test-client",
+                    "-f",
+                ])
+                .arg(&client),
+            "ssh-keygen (client)",
+        );
+        sshd.client_key = std::fs::read_to_string(&client).unwrap();
+        let authorized = root.join("authorized_keys");
+        std::fs::copy(root.join("client_ed25519.pub"), &authorized).unwrap();
         let config = root.join("sshd_config");
         std::fs::write(
             &config,
@@ -177,8 +200,8 @@ impl Sshd {
                  PasswordAuthentication yes\n\
                  PermitEmptyPasswords no\n\
                  KbdInteractiveAuthentication no\n\
-                 PubkeyAuthentication no\n\
-                 AuthorizedKeysFile none\n\
+                 PubkeyAuthentication yes\n\
+                 AuthorizedKeysFile {authorized}\n\
                  PermitRootLogin no\n\
                  AllowUsers {user}\n\
                  StrictModes no\n\
@@ -187,6 +210,7 @@ impl Sshd {
                  Subsystem sftp internal-sftp\n\
                  LogLevel VERBOSE\n",
                 key = key.display(),
+                authorized = authorized.display(),
                 pid = root.join("sshd.pid").display(),
             ),
         )
