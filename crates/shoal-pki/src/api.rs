@@ -6,16 +6,10 @@
 //! certificates of the cluster CA that are not revoked: a node certificate is refused there, and
 //! `tls::server_config` refuses API client certificates on the node port (2377).
 
-use crate::tls::{certs, key, provider, tls_err};
+use crate::tls::{certs, key, provider, tls_err, CheckedClientVerifier};
 use crate::{csr_public_key, first_cert_der, parse_cert, ClusterCa, PkiError, CERT_BACKDATE};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
-    ServerConfig, SignatureScheme,
-};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -314,7 +308,17 @@ pub fn api_server_config(
             what: "building the API client verifier",
             source,
         })?;
-    let verifier = Arc::new(ApiClientVerifier { inner, revocations });
+    // An API client certificate (clientAuth usage and dates are WebPKI's), not revoked.
+    let verifier = Arc::new(CheckedClientVerifier {
+        inner,
+        check: Box::new(move |der| {
+            let client = api_client_of_der(der).map_err(|_| CertificateError::InvalidPurpose)?;
+            if revocations.is_revoked(&client.serial) {
+                return Err(CertificateError::Revoked);
+            }
+            Ok(())
+        }),
+    });
     let mut chain = certs(&cert.cert_pem, "API server certificate")?;
     chain.truncate(1);
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -350,75 +354,6 @@ pub fn api_client_config(
         )
         .map_err(tls_err("installing the client certificate"))?;
     Ok(Arc::new(config))
-}
-
-/// WebPKI against the cluster CA (clientAuth usage, dates), then: an API client certificate,
-/// not revoked.
-#[derive(Debug)]
-struct ApiClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    revocations: Arc<dyn Revocations>,
-}
-
-impl ClientCertVerifier for ApiClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)
-            .map_err(|e| match e {
-                // Another cluster's CA is also called "swarm-ca": webpki finds a same-named
-                // issuer and its signature fails. To the client that is an unknown CA (alert
-                // unknown_ca), which is what it should be told.
-                rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
-                    rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-                }
-                other => other,
-            })?;
-        let client = api_client_of_der(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose))?;
-        if self.revocations.is_revoked(&client.serial) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 /// The first certificate of a PEM bundle, parsed as an API client's (for tools reading

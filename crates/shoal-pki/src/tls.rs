@@ -90,7 +90,16 @@ pub fn server_config(cert: &NodeCert) -> Result<Arc<ServerConfig>, PkiError> {
             what: "building the client certificate verifier",
             source,
         })?;
-    let verifier = Arc::new(NodeClientVerifier { inner });
+    // The certificate names a node (OU of a role), so an API client certificate of the same CA
+    // opens nothing on the node port.
+    let verifier = Arc::new(CheckedClientVerifier {
+        inner,
+        check: Box::new(|der| {
+            crate::identity_of_der(der)
+                .map(|_| ())
+                .map_err(|_| CertificateError::InvalidPurpose)
+        }),
+    });
     let mut chain = certs(cert.cert_pem(), "node certificate")?;
     chain.truncate(1);
     chain.extend(certs(cert.ca_pem(), "CA certificate")?);
@@ -162,14 +171,27 @@ pub fn pinned_ca_pem(chain: &[CertificateDer<'_>], ca_digest: [u8; 32]) -> Optio
         .map(|c| pem_of_der(c))
 }
 
-/// WebPKI against the cluster CA, then: the certificate names a node (OU of a role), so an API
-/// client certificate of the same CA opens nothing on the node port.
-#[derive(Debug)]
-struct NodeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+/// What a listener asks of a client certificate once WebPKI has accepted it against the cluster
+/// CA: a node certificate on the node port, a live API client certificate on the API port.
+pub(crate) type ClientCheck =
+    Box<dyn Fn(&CertificateDer<'_>) -> Result<(), CertificateError> + Send + Sync>;
+
+/// WebPKI against the cluster CA, then the listener's own [`ClientCheck`], so the two uses of
+/// the CA stay apart in the handshake. One type for both listeners: only the check differs.
+pub(crate) struct CheckedClientVerifier {
+    pub(crate) inner: Arc<dyn ClientCertVerifier>,
+    pub(crate) check: ClientCheck,
 }
 
-impl ClientCertVerifier for NodeClientVerifier {
+impl std::fmt::Debug for CheckedClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedClientVerifier")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for CheckedClientVerifier {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -189,9 +211,17 @@ impl ClientCertVerifier for NodeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        crate::identity_of_der(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose))?;
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| match e {
+                // Another cluster's CA is also called "swarm-ca": webpki finds a same-named
+                // issuer and its signature fails. To the client that is an unknown CA (alert
+                // unknown_ca), which is what it should be told.
+                rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+                    rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+                }
+                other => other,
+            })?;
+        (self.check)(end_entity).map_err(rustls::Error::InvalidCertificate)?;
         Ok(ClientCertVerified::assertion())
     }
 
