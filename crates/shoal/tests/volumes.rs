@@ -196,10 +196,7 @@ fn a_task_moves_with_its_glusterfs_data_and_outlives_a_brick() {
     wait_until(
         Duration::from_secs(30),
         "the volume unmounted on its node",
-        || {
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            !info.contains(&vol_dir.display().to_string())
-        },
+        || common::mounts_under(&vol_dir).is_empty(),
     );
     n1.ok(&["volume", "rm", "records"]);
     // (The engine's own volumes are listed too, and the tests share one engine.)
@@ -227,22 +224,6 @@ fn wait_replicas(n: &ClusterNode, service: &str, want: &str) {
             .starts_with(want)
         },
     );
-}
-
-/// `docker service ps` rows of a service: (current state, error).
-fn ps_rows(n: &ClusterNode, service: &str) -> Vec<(String, String)> {
-    n.ok(&[
-        "service",
-        "ps",
-        service,
-        "--no-trunc",
-        "--format",
-        "{{.CurrentState}}|{{.Error}}",
-    ])
-    .lines()
-    .filter_map(|l| l.split_once('|'))
-    .map(|(s, e)| (s.to_string(), e.to_string()))
-    .collect()
 }
 
 #[test]
@@ -298,7 +279,7 @@ fn a_volume_whose_servers_are_down_keeps_its_task_waiting_with_the_reason() {
         Duration::from_secs(90),
         "the task waiting with the mount error",
         || {
-            rows = ps_rows(n1, "needs-storage");
+            rows = n1.ps_rows("needs-storage");
             rows.iter()
                 .any(|(s, e)| s.starts_with("Preparing") && e.contains("mounting volume shared"))
         },
@@ -321,8 +302,7 @@ fn a_volume_whose_servers_are_down_keeps_its_task_waiting_with_the_reason() {
     for i in 1..=2 {
         let dir = c.node(i).dir.join("data").join("volumes");
         wait_until(Duration::from_secs(30), "no volume mounted", || {
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            !info.contains(&dir.display().to_string())
+            common::mounts_under(&dir).is_empty()
         });
     }
 }
@@ -384,7 +364,7 @@ fn stack_volumes_pin_local_data_and_apply_new_options_on_redeploy() {
     // `preparing` with the mount's error, never starting on an empty directory.
     let mut rows = Vec::new();
     wait_until(Duration::from_secs(60), "the NFS task waiting", || {
-        rows = ps_rows(n1, "st_nfsuser");
+        rows = n1.ps_rows("st_nfsuser");
         rows.iter()
             .any(|(s, e)| s.starts_with("Preparing") && e.contains("mounting volume st_nfs"))
     });
@@ -438,7 +418,7 @@ fn stack_volumes_pin_local_data_and_apply_new_options_on_redeploy() {
         Duration::from_secs(60),
         "the pinned task pending with the reason",
         || {
-            ps_rows(n1, "st_pinned").iter().any(|(s, e)| {
+            n1.ps_rows("st_pinned").iter().any(|(s, e)| {
                 s.starts_with("Pending") && e.contains("volume st_local lives on node node-2")
             })
         },

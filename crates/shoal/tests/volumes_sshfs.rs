@@ -18,22 +18,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// `docker service ps` rows of a service: (current state, error).
-fn ps_rows(n: &ClusterNode, service: &str) -> Vec<(String, String)> {
-    n.ok(&[
-        "service",
-        "ps",
-        service,
-        "--no-trunc",
-        "--format",
-        "{{.CurrentState}}|{{.Error}}",
-    ])
-    .lines()
-    .filter_map(|l| l.split_once('|'))
-    .map(|(s, e)| (s.to_string(), e.to_string()))
-    .collect()
-}
-
 /// Waits until a task of `service` waits in `Preparing` with an error naming `volume`; returns
 /// that error and how long it took.
 fn wait_preparing_on(n: &ClusterNode, service: &str, volume: &str) -> (String, Duration) {
@@ -42,7 +26,7 @@ fn wait_preparing_on(n: &ClusterNode, service: &str, volume: &str) -> (String, D
     let mut rows = Vec::new();
     let limit = Duration::from_secs(90);
     while start.elapsed() < limit {
-        rows = ps_rows(n, service);
+        rows = n.ps_rows(service);
         if let Some((_, e)) = rows
             .iter()
             .find(|(s, e)| s.starts_with("Preparing") && e.contains(&want))
@@ -112,44 +96,10 @@ fn processes_holding(needle: &[u8]) -> Vec<(String, String)> {
     out
 }
 
-/// Whether anything is mounted under `dir`.
-fn mounted_under(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let root = format!("{}/", dir.display());
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&root))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Lazily unmounts whatever is still mounted under `dir` (a failed test's leftovers).
-fn unmount_under(dir: &Path) {
-    for m in mounted_under(dir) {
-        let _ = std::process::Command::new("umount")
-            .args(["-l", &m])
-            .status();
-    }
-}
-
-/// Unmounts what a failed run left under the nodes' directories, after the cluster is gone.
-struct UnmountOnDrop(Vec<PathBuf>);
-
-impl Drop for UnmountOnDrop {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            unmount_under(d);
-        }
-    }
-}
-
 #[test]
 fn an_sshfs_volume_mounts_with_a_password_that_leaks_nowhere() {
     common::images();
-    // Declared first, dropped last: after the cluster is gone.
-    let mut unmount = UnmountOnDrop(Vec::new());
     let c = Cluster::start("vssh", 2);
-    unmount.0 = c.nodes.iter().map(|n| n.dir.clone()).collect();
     c.form(1);
     // Dropped before the cluster (declared after it): the server goes, then the nodes unmount.
     let mut sshd = Sshd::start(&c.node(2).netns, &c.node(2).ip);
@@ -212,7 +162,10 @@ fn an_sshfs_volume_mounts_with_a_password_that_leaks_nowhere() {
         sshd.log()
     );
     let node_dirs: Vec<PathBuf> = c.nodes.iter().map(|n| n.dir.join("data")).collect();
-    let mounts: Vec<String> = node_dirs.iter().flat_map(|d| mounted_under(d)).collect();
+    let mounts: Vec<String> = node_dirs
+        .iter()
+        .flat_map(|d| common::mounts_under(d))
+        .collect();
     assert_eq!(
         mounts.len(),
         1,
@@ -370,7 +323,7 @@ fn an_sshfs_volume_mounts_with_a_password_that_leaks_nowhere() {
         "a second try with the wrong password",
         || sshd.log().matches(&failed).count() >= 2,
     );
-    let rows = ps_rows(n1, "sshwrong");
+    let rows = n1.ps_rows("sshwrong");
     assert!(
         rows.iter().all(|(s, _)| !s.starts_with("Running")),
         "{rows:?}"
@@ -395,7 +348,7 @@ fn an_sshfs_volume_mounts_with_a_password_that_leaks_nowhere() {
     n1.ok(&["service", "rm", "sshwriter", "sshunknown", "sshwrong"]);
     for d in &node_dirs {
         wait_until(Duration::from_secs(30), "no volume mounted", || {
-            mounted_under(d).is_empty()
+            common::mounts_under(d).is_empty()
         });
     }
     n1.ok(&["volume", "rm", vol, "sshunknown", "sshwrong"]);
@@ -410,9 +363,7 @@ fn an_sshfs_volume_mounts_with_a_password_that_leaks_nowhere() {
 #[test]
 fn an_sshfs_volume_logs_in_with_an_identity_key_kept_secret() {
     common::images();
-    let mut unmount = UnmountOnDrop(Vec::new());
     let c = Cluster::start("vsshid", 2);
-    unmount.0 = c.nodes.iter().map(|n| n.dir.clone()).collect();
     c.form(1);
     let sshd = Sshd::start(&c.node(2).netns, &c.node(2).ip);
     let n1 = c.node(1);
@@ -479,7 +430,7 @@ fn an_sshfs_volume_logs_in_with_an_identity_key_kept_secret() {
     wait_until(Duration::from_secs(30), "the mount gone", || {
         c.nodes
             .iter()
-            .all(|n| mounted_under(&n.dir.join("data")).is_empty())
+            .all(|n| common::mounts_under(&n.dir.join("data")).is_empty())
     });
     n1.ok(&["volume", "rm", "keyed"]);
 }

@@ -205,6 +205,22 @@ impl ClusterNode {
         node_id_on_disk(&self.dir.join("data"))
     }
 
+    /// `docker service ps SERVICE` as (current state, error) rows, errors untruncated.
+    pub fn ps_rows(&self, service: &str) -> Vec<(String, String)> {
+        self.ok(&[
+            "service",
+            "ps",
+            service,
+            "--no-trunc",
+            "--format",
+            "{{.CurrentState}}|{{.Error}}",
+        ])
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(s, e)| (s.to_string(), e.to_string()))
+        .collect()
+    }
+
     /// Containers of this node on the engine, running or not, as (id, name).
     pub fn containers(&self) -> Vec<(String, String)> {
         match self.node_id_from_disk() {
@@ -408,20 +424,7 @@ impl Drop for Cluster {
         // A killed node's shared-volume mounts outlive its daemon (the FUSE client is a process
         // of its own): take every mount under the cluster's directory off, deepest first, also
         // when the test failed half-way.
-        let root = self.root.display().to_string();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&format!("{root}/")))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = std::process::Command::new("umount")
-                .args(["-l", m])
-                .stderr(Stdio::null())
-                .status();
-        }
+        super::unmount_under(&self.root);
         // The namespaces go when the nodes and the hub are dropped, after this.
         let _ = std::fs::remove_dir_all(&self.root);
     }

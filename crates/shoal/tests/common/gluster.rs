@@ -18,7 +18,7 @@
 //! unmounts, stops and deletes its volumes, kills every process of every node's mount namespace
 //! and removes the directory. What a killed test process left is swept by the next lab.
 
-use super::{netns_name, wait_for, wait_until};
+use super::{netns_name, unmount_under, wait_for, wait_until};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -649,15 +649,6 @@ fn unmount(dir: &Path) {
             .arg(dir)
             .stderr(Stdio::null())
             .status();
-    }
-}
-
-/// Lazily unmounts whatever the host has mounted under `root`.
-fn unmount_under(root: &Path) {
-    for (p, _) in mount_points() {
-        if p.starts_with(root) {
-            let _ = Command::new("umount").arg("-l").arg(&p).status();
-        }
     }
 }
 

@@ -176,6 +176,31 @@ pub fn remove_node_leftovers(id: &str) {
     let _ = std::fs::remove_dir(&files);
 }
 
+/// The host's mount points under `dir` (not `dir` itself), deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root = format!("{}/", dir.display());
+    let mut out: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&root))
+        .map(str::to_string)
+        .collect();
+    out.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    out
+}
+
+/// Lazily unmounts everything under `dir`, deepest first: what a killed node or a failed test
+/// left (a FUSE client outlives the daemon that mounted it).
+pub fn unmount_under(dir: &Path) {
+    for m in mounts_under(dir) {
+        let _ = Command::new("umount")
+            .args(["-l", &m])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Root of the repository.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
