@@ -527,30 +527,41 @@ async fn writes_that_return_nothing_answer_no_body() {
     assert_eq!((a.status.as_u16(), a.text.as_str()), (200, ""));
 }
 
-#[tokio::test]
-async fn a_manual_rollback_is_shown_even_when_no_task_differs() {
-    let n = Node::manager().await;
-    let id = n.service(spec("web")).await;
-    let uri = format!("/services/{id}");
-    let s = n.read(&uri).await;
-    let mut scaled = s["Spec"].clone();
-    scaled["Mode"]["Replicated"]["Replicas"] = json!(2);
+/// Scales `uri`'s service to `replicas` (an update that replaces no task).
+async fn scale(n: &Node, uri: &str, replicas: u64) {
+    let mut spec = n.read(uri).await["Spec"].clone();
+    spec["Mode"]["Replicated"]["Replicas"] = json!(replicas);
     n.post(
-        &format!("{uri}/update?version={}", version_of(&n, &uri).await),
-        scaled,
+        &format!("{uri}/update?version={}", version_of(n, uri).await),
+        spec,
     )
     .await
     .ok(200);
+}
+
+/// A one-replica service scaled to 2, then rolled back by hand (`rollback=previous`): a
+/// rollback that replaces no task. Returns the service's URI.
+async fn rolled_back_scale(n: &Node) -> String {
+    let id = n.service(spec("web")).await;
+    let uri = format!("/services/{id}");
+    scale(n, &uri, 2).await;
     let s = n.read(&uri).await;
     n.post(
         &format!(
             "{uri}/update?version={}&rollback=previous",
-            version_of(&n, &uri).await
+            version_of(n, &uri).await
         ),
         s["Spec"].clone(),
     )
     .await
     .ok(200);
+    uri
+}
+
+#[tokio::test]
+async fn a_manual_rollback_is_shown_even_when_no_task_differs() {
+    let n = Node::manager().await;
+    let uri = rolled_back_scale(&n).await;
     let after = n.read(&uri).await;
     assert_eq!(after["Spec"]["Mode"]["Replicated"]["Replicas"], 1);
     assert_eq!(
@@ -566,40 +577,12 @@ async fn a_manual_rollback_is_shown_even_when_no_task_differs() {
 #[tokio::test]
 async fn an_update_that_is_no_rollback_clears_the_update_status_as_swarmkit_does() {
     let n = Node::manager().await;
-    let id = n.service(spec("web")).await;
-    let uri = format!("/services/{id}");
     // A status to clear: a manual rollback of a scale (rollback_started, no task to replace).
-    let s = n.read(&uri).await;
-    let mut scaled = s["Spec"].clone();
-    scaled["Mode"]["Replicated"]["Replicas"] = json!(2);
-    n.post(
-        &format!("{uri}/update?version={}", version_of(&n, &uri).await),
-        scaled,
-    )
-    .await
-    .ok(200);
-    let s = n.read(&uri).await;
-    n.post(
-        &format!(
-            "{uri}/update?version={}&rollback=previous",
-            version_of(&n, &uri).await
-        ),
-        s["Spec"].clone(),
-    )
-    .await
-    .ok(200);
+    let uri = rolled_back_scale(&n).await;
     assert!(n.read(&uri).await["UpdateStatus"].is_object());
     // Any other update (here a scale, which replaces no task) resets it: swarmkit's
     // `UpdateService` sets `UpdateStatus = nil` and Docker shows none.
-    let s = n.read(&uri).await;
-    let mut scaled = s["Spec"].clone();
-    scaled["Mode"]["Replicated"]["Replicas"] = json!(3);
-    n.post(
-        &format!("{uri}/update?version={}", version_of(&n, &uri).await),
-        scaled,
-    )
-    .await
-    .ok(200);
+    scale(&n, &uri, 3).await;
     let after = n.read(&uri).await;
     assert!(
         after.get("UpdateStatus").is_none_or(Value::is_null),
