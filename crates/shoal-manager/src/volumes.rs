@@ -66,12 +66,21 @@ pub fn ops_for(store: &Store, req: &VolumeRequest) -> Result<Vec<Op>, ApiError> 
     let mut ops = Vec::new();
     let mut cred_ids = BTreeMap::new();
     let mut creds_changed = false;
+    // The volume's current credential secrets, read once (not once per credential).
+    let mut secrets: Vec<db::Versioned<Secret>> = if creds.is_empty() {
+        Vec::new()
+    } else {
+        db::list::<Secret>(store)
+    };
     for k in &creds {
         let value = req.options.get(k).cloned().unwrap_or_default();
         let sname = credential_secret_name(&req.name, k);
-        let existing = db::list::<Secret>(store)
-            .into_iter()
-            .find(|s| s.obj.spec.as_ref().and_then(|x| x.name.as_deref()) == Some(sname.as_str()));
+        let existing = secrets
+            .iter()
+            .position(|s| {
+                s.obj.spec.as_ref().and_then(|x| x.name.as_deref()) == Some(sname.as_str())
+            })
+            .map(|i| secrets.swap_remove(i));
         use base64::Engine;
         let data = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
         match existing {
