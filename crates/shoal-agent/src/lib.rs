@@ -3,6 +3,7 @@
 
 pub mod executor;
 pub mod files;
+pub mod floating;
 pub mod logs;
 /// Swarm networks on this node: bridges, the Docker network plugin, service DNS, load balancing.
 pub mod network;

@@ -208,6 +208,67 @@ pub enum AgentMessage {
     /// Log lines for a subscription the manager sent ([`ManagerMessage::LogSubscribe`]), or
     /// the news that the node has sent them all.
     Logs(crate::logs::LogBatch),
+    /// A floating address's lease: renewals and releases (issue 20).
+    Floating(FloatingUp),
+}
+
+/// What a holder of floating addresses tells the leader. The node is the session's (its
+/// certificate's), never named in the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FloatingUp {
+    /// "I renew `address` under `epoch`; request `seq`; I have (or have not) it on my
+    /// interface now." The first renewal of a grant is its acceptance.
+    Renew {
+        /// The canonical `ADDR/PREFIX`.
+        address: String,
+        /// The grant's epoch.
+        epoch: u64,
+        /// Echoed in the answer, so the holder counts its lease from this renewal's send time.
+        seq: u64,
+        /// Whether the address is on the node's interface now.
+        holding: bool,
+    },
+    /// "I removed `address` (epoch `epoch`)": the leader may grant it elsewhere at once.
+    Release {
+        /// The canonical `ADDR/PREFIX`.
+        address: String,
+        /// The grant's epoch.
+        epoch: u64,
+    },
+}
+
+/// What the leader tells a node about floating addresses (issue 20).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FloatingDown {
+    /// The node holds `address` under `epoch` (committed in raft); it accepts by renewing.
+    Grant {
+        /// The canonical `ADDR/PREFIX`.
+        address: String,
+        /// The grant's epoch.
+        epoch: u64,
+        /// The interface to add it on; None: the one carrying the node's advertise address.
+        interface: Option<String>,
+    },
+    /// The answer to a renewal: `ok` extends the lease from the renewal's send time; not `ok`:
+    /// the grant is superseded, drop the address now.
+    Renewed {
+        /// The canonical `ADDR/PREFIX`.
+        address: String,
+        /// The renewed epoch.
+        epoch: u64,
+        /// The renewal's sequence number.
+        seq: u64,
+        /// Acknowledged.
+        ok: bool,
+    },
+    /// Give the address up now (drained, no longer eligible, address removed): remove it, then
+    /// release it.
+    Revoke {
+        /// The canonical `ADDR/PREFIX`.
+        address: String,
+        /// The grant's epoch.
+        epoch: u64,
+    },
 }
 
 /// Label on a plain container naming its network-attachment tasks (comma-separated), so the
@@ -249,7 +310,21 @@ pub enum ManagerMessage {
         /// The subscription.
         id: String,
     },
+    /// A floating address's lease: grants, answers to renewals, revocations (issue 20).
+    Floating(FloatingDown),
+    /// Still the leader, still here: sent every `SESSION_TICK`, so a node whose leader went
+    /// silent (cut off, powered off: no FIN) moves to another manager within
+    /// `SESSION_SILENCE` instead of waiting for TCP or HTTP/2 keepalives.
+    Tick,
 }
+
+/// How often the leader ticks down every session.
+pub const SESSION_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// A session the leader has been silent on this long is dead: the node tries another manager.
+pub const SESSION_SILENCE: std::time::Duration = std::time::Duration::from_millis(1000);
+/// The node says something at least this often (heartbeats), so the leader can tell a session
+/// that went dead from a quiet one (`SESSION_SILENCE` on its side too).
+pub const NODE_HEARTBEAT_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// IPv4 CIDR as a validated string type, so this crate needs no network library.
 pub mod ipnet_str {

@@ -48,6 +48,22 @@ pub struct StoredFloatingIp {
     pub created_at: String,
 }
 
+/// Who holds a floating address: the lease's raft record, written only by the leader (a
+/// compare-and-set on the previous record), kept while the address is configured and until every
+/// lease under it has surely run out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StoredFloatingGrant {
+    /// The canonical `ADDR/PREFIX` (also the key).
+    pub address: String,
+    /// The node granted the address (its ID).
+    pub node: String,
+    /// Counts up per address: a holder's renewals name the epoch they renew.
+    pub epoch: u64,
+    /// When the grant was written (RFC 3339), for `shoal floating-ip ls`.
+    pub since: String,
+}
+
 /// An address and its prefix length, parsed and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {

@@ -40,4 +40,6 @@ pub mod kind {
     pub const VOLUME: &str = "volume";
     /// Floating addresses (issue 20).
     pub const FLOATING_IP: &str = "floatingip";
+    /// Who holds a floating address, under which epoch (the lease's raft record).
+    pub const FLOATING_GRANT: &str = "floatinggrant";
 }

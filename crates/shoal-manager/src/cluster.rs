@@ -1,6 +1,7 @@
 //! A running manager: the store plus its control loops, started at `swarm init` or on restart.
 
 use crate::dispatcher::Dispatcher;
+use crate::floating::leader::FloatingHub;
 use crate::logbroker::LogBroker;
 use crate::node::Identity;
 use crate::rpc::ManagerRpc;
@@ -104,6 +105,8 @@ pub struct Manager {
     pub alloc: Arc<Mutex<()>>,
     /// Task logs from every node (`docker service logs`).
     pub logs: LogBroker,
+    /// The floating addresses' lease: what the leader last decided, for `floating-ip ls`.
+    pub floating: Arc<FloatingHub>,
     server_tls: shoal_rpc::ServerTls,
     pool: Arc<shoal_rpc::Pool>,
     cert: watch::Sender<NodeCert>,
@@ -181,8 +184,14 @@ impl Manager {
         // control loop and the dispatcher's assignments: each change is decoded once.
         let shared = SharedState::new(store.clone());
         let logs = LogBroker::new(store.clone(), pool.clone());
-        let dispatcher =
-            Dispatcher::start(store.clone(), shared.reader(), logs.clone(), stop.clone());
+        let (floating, floating_inbox) = FloatingHub::new();
+        let dispatcher = Dispatcher::start(
+            store.clone(),
+            shared.reader(),
+            logs.clone(),
+            floating.clone(),
+            stop.clone(),
+        );
         let handlers = Arc::new(ManagerRpc {
             store: store.clone(),
             dispatcher,
@@ -198,11 +207,19 @@ impl Manager {
         });
         tokio::spawn(control::run(shared.reader(), alloc.clone(), stop.clone()));
         tokio::spawn(membership::run(store.clone(), stop.clone()));
+        tokio::spawn(crate::floating::leader::run(
+            store.clone(),
+            identity.node_id.clone(),
+            floating.clone(),
+            floating_inbox,
+            stop.clone(),
+        ));
         Ok(Manager {
             store,
             identity,
             alloc,
             logs,
+            floating,
             server_tls,
             pool,
             cert: watch::Sender::new(cert.clone()),

@@ -102,6 +102,14 @@ stored!(
 );
 
 stored!(
+    shoal_api::floating::StoredFloatingGrant,
+    kind::FLOATING_GRANT,
+    |s| s.address.clone(),
+    |_s| None,
+    |_o, _v| {}
+);
+
+stored!(
     shoal_api::floating::StoredFloatingIp,
     kind::FLOATING_IP,
     |s| s.address.clone(),

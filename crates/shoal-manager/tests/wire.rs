@@ -138,7 +138,14 @@ async fn cluster() -> Cluster {
     let server_cert = cert(&ca, "mgr", Role::Manager);
     let pool = shoal_rpc::Pool::new(shoal_pki::client_config(&server_cert).unwrap());
     let logs = LogBroker::new(store.clone(), pool);
-    let dispatcher = Dispatcher::start(store.clone(), view.reader(), logs.clone(), stop.clone());
+    let (floating, _inbox) = shoal_manager::floating::leader::FloatingHub::new();
+    let dispatcher = Dispatcher::start(
+        store.clone(),
+        view.reader(),
+        logs.clone(),
+        floating,
+        stop.clone(),
+    );
     let handlers = Arc::new(ManagerRpc {
         store: store.clone(),
         dispatcher,

@@ -13,7 +13,9 @@ use shoal_agent::volumes::Volumes;
 use shoal_agent::worker::{self, NetworkBackend, WorkerConfig};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::node::{self, certs_dir, keys, AgentError, AgentHost, Identity, LogLink};
+use shoal_manager::node::{
+    self, certs_dir, keys, AgentError, AgentHost, FloatingLink, Identity, LogLink,
+};
 use shoal_manager::proxy::EngineProxy;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,8 @@ struct Running {
     files: Files,
     network: Option<Arc<dyn NetworkBackend>>,
     volumes: Volumes,
+    floating: shoal_agent::floating::holder::HandOver,
+    floating_up: mpsc::Sender<shoal_api::dispatch::AgentMessage>,
 }
 
 impl LocalAgent {
@@ -54,6 +58,7 @@ impl LocalAgent {
         assignments: watch::Receiver<NodeAssignments>,
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
         logs: LogLink,
+        floating: FloatingLink,
     ) -> anyhow::Result<()> {
         let docker = self
             .docker()?
@@ -78,7 +83,7 @@ impl LocalAgent {
         let stop = CancellationToken::new();
         let volumes = Volumes::new(self.data_dir.join("volumes"), files.root().to_path_buf());
         let cfg = WorkerConfig {
-            node_id,
+            node_id: node_id.clone(),
             executor: executor.clone(),
             files: files.clone(),
             network: network.clone(),
@@ -91,6 +96,24 @@ impl LocalAgent {
             logs.batches,
             stop.clone(),
         ));
+        let (hand_over, hand_over_rx) = mpsc::channel(4);
+        let holder = shoal_agent::floating::holder::HolderConfig {
+            node_id: node_id.clone(),
+            advertise: floating
+                .advertise
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip())
+                .ok(),
+            state_file: self.data_dir.join("floating.json"),
+        };
+        let floating_up = floating.up.clone();
+        tokio::spawn(shoal_agent::floating::holder::run(
+            holder,
+            floating.down,
+            floating.up,
+            hand_over_rx,
+            stop.clone(),
+        ));
         let handle = tokio::spawn(worker::run(cfg, assignments, reports, stop.clone()));
         if let Ok(mut g) = self.running.lock() {
             *g = Some(Running {
@@ -100,6 +123,8 @@ impl LocalAgent {
                 files,
                 network,
                 volumes,
+                floating: hand_over,
+                floating_up,
             });
         }
         Ok(())
@@ -113,11 +138,36 @@ impl AgentHost for LocalAgent {
         assignments: watch::Receiver<NodeAssignments>,
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
         logs: LogLink,
+        floating: FloatingLink,
     ) -> BoxFuture<'_, Result<(), AgentError>> {
         Box::pin(async move {
-            self.start_worker(node_id, assignments, reports, logs)
+            self.start_worker(node_id, assignments, reports, logs, floating)
                 .await
                 .map_err(|e| format!("{e:#}").into())
+        })
+    }
+
+    fn hand_over(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let chans = self.running.lock().ok().and_then(|g| {
+                g.as_ref()
+                    .map(|r| (r.floating.clone(), r.floating_up.clone()))
+            });
+            let Some((hand_over, up)) = chans else { return };
+            let (done, released) = tokio::sync::oneshot::channel();
+            if hand_over.send(done).await.is_err() {
+                return;
+            }
+            let limit = std::time::Duration::from_millis(500);
+            let _ = tokio::time::timeout(limit, released).await;
+            // The releases are queued for the session: give it a moment to send them.
+            let sent = async {
+                while up.capacity() < up.max_capacity() {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            };
+            let _ = tokio::time::timeout(limit, sent).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         })
     }
 
@@ -274,6 +324,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     .context("serving the API")?;
     tracing::info!("shutting down; task containers keep running");
     if let Some((_, session)) = daemon.node.read().await.clone() {
+        // While the session is open: the leader hears the release and moves the address at once.
+        agent.hand_over().await;
         session.stop();
     }
     agent.stop(false).await;

@@ -317,10 +317,16 @@ pub fn leader_step(
             continue;
         }
         let ok = |n: &NodeView| n.ready && eligible(a, n);
-        let holder_fit = lease
-            .record
-            .as_ref()
-            .is_some_and(|g| nodes.iter().any(|n| n.id == g.node && ok(n)));
+        // The leader hands an address it holds itself to another eligible node (a short
+        // hand-over now instead of an election plus a takeover when this node dies).
+        let self_holds_needlessly = lease.record.as_ref().is_some_and(|g| {
+            g.node == state.self_id && nodes.iter().any(|n| n.id != state.self_id && ok(n))
+        });
+        let holder_fit = !self_holds_needlessly
+            && lease
+                .record
+                .as_ref()
+                .is_some_and(|g| nodes.iter().any(|n| n.id == g.node && ok(n)));
         let lapsed = now >= safe_at;
         let free = lease.record.is_none() || lease.released;
         if let Some(g) = lease.record.clone().filter(|_| !free) {

@@ -14,7 +14,10 @@ use axum::response::Response;
 pub async fn list(State(d): State<AppState>) -> Result<Response> {
     let m = d.manager().await?;
     let state = crate::state::load(&m.store);
-    Ok(json(StatusCode::OK, &floating::list(&m.store, &state)))
+    Ok(json(
+        StatusCode::OK,
+        &floating::list(&m.store, &state, &m.floating.status()),
+    ))
 }
 
 /// `POST /shoal/v1/floating-ips`: 201 with the stored address.

@@ -6,6 +6,7 @@ use super::assignments::AssignmentFeed;
 use super::liveness::{self, Liveness};
 use super::reports;
 use crate::db;
+use crate::floating::leader::FloatingHub;
 use crate::logbroker::LogBroker;
 use crate::state::SharedReader;
 use futures::StreamExt;
@@ -49,6 +50,7 @@ pub struct Dispatcher {
     liveness: Arc<Liveness>,
     open_sessions: Arc<OpenSessions>,
     logs: LogBroker,
+    floating: Arc<FloatingHub>,
     stop: CancellationToken,
 }
 
@@ -130,11 +132,12 @@ impl Dispatcher {
     /// Starts the report writer and the liveness checker (both act only while this manager
     /// leads) and the assignments feed, which reads `view`: the one decoded view of the store the
     /// control loop shares. Sessions carry `logs`' subscriptions to the nodes and their lines
-    /// back.
+    /// back, and the floating addresses' lease messages both ways (`floating`).
     pub fn start(
         store: Store,
         view: SharedReader,
         logs: LogBroker,
+        floating: Arc<FloatingHub>,
         stop: CancellationToken,
     ) -> Dispatcher {
         let (tx, rx) = mpsc::channel(4096);
@@ -147,6 +150,7 @@ impl Dispatcher {
             liveness: Arc::new(Liveness::default()),
             open_sessions: Arc::default(),
             logs,
+            floating,
             stop,
         };
         tokio::spawn(end_removed_sessions(
@@ -204,6 +208,7 @@ impl Dispatcher {
         .await;
         self.liveness.connected(&node_id);
         self.logs.node_connected(&node_id, session_id, tx.clone());
+        self.floating.connected(&node_id, session_id, tx.clone());
         tracing::info!(node = %node_id, "session opened");
 
         // Assignments, computed from this leader's store, until the session or leadership ends.
@@ -219,6 +224,8 @@ impl Dispatcher {
             let mut managers = Vec::new();
             let mut period = heartbeat;
             let mut leadership = store.raft().metrics();
+            let mut tick = tokio::time::interval(shoal_api::dispatch::SESSION_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 // `swarm update --dispatcher-heartbeat` reaches open sessions too.
                 let p = heartbeat_period(&store);
@@ -244,6 +251,9 @@ impl Dispatcher {
                         if r.is_err() { break; }
                         let a = arx.borrow_and_update().clone();
                         if !send(&out, &ManagerMessage::Assignments(Box::new(a))).await { break; }
+                    }
+                    _ = tick.tick() => {
+                        if !send(&out, &ManagerMessage::Tick).await { break; }
                     }
                     r = leadership.changed() => {
                         if r.is_err() || !store.is_leader() {
@@ -289,6 +299,7 @@ impl Dispatcher {
                     }
                 };
                 d.liveness.touch(&node_id);
+                d.floating.touch(&node_id, session_id);
                 match serde_json::from_slice::<AgentMessage>(&m.json) {
                     Ok(AgentMessage::Heartbeat) => {}
                     Ok(AgentMessage::Reports(r)) => {
@@ -303,6 +314,7 @@ impl Dispatcher {
                     Ok(AgentMessage::Logs(batch)) => {
                         d.logs.publish(&node_id, session_id, batch);
                     }
+                    Ok(AgentMessage::Floating(m)) => d.floating.receive(&node_id, m),
                     Ok(AgentMessage::Hello { description }) => {
                         d.describe(&node, description.map(|b| *b)).await;
                     }
@@ -334,6 +346,7 @@ impl Dispatcher {
             d.liveness.disconnected(&node_id);
             d.open_sessions.remove(&node_id, session_id);
             d.logs.node_disconnected(&node_id, session_id);
+            d.floating.disconnected(&node_id, session_id);
             tracing::info!(node = %node_id, "session closed");
             s.cancel();
         });

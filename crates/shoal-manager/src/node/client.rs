@@ -2,7 +2,10 @@
 //! over between managers, and carries assignments down and reports, heartbeats and requests up.
 
 use crate::dispatcher::session::DEFAULT_HEARTBEAT;
-use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments, TaskStatusReport};
+use shoal_api::dispatch::{
+    AgentMessage, FloatingDown, ManagerMessage, NodeAssignments, TaskStatusReport,
+    NODE_HEARTBEAT_MAX, SESSION_SILENCE,
+};
 use shoal_api::logs::{LogBatch, LogCommand};
 use shoal_api::models::NodeDescription;
 use shoal_api::Role;
@@ -44,6 +47,9 @@ pub enum SessionError {
     /// The stream to the manager is closed.
     #[error("session closed")]
     Closed,
+    /// The manager said nothing (not even its tick) for `SESSION_SILENCE`: cut off or dead.
+    #[error("the manager has been silent for {0:?}")]
+    Silent(Duration),
 }
 
 impl SessionError {
@@ -74,6 +80,9 @@ pub struct ClientConfig {
     pub on_role: OnRole,
     /// Where the leader's answers to attachment requests go (task ID, refusal).
     pub attached: tokio::sync::broadcast::Sender<(String, Option<String>)>,
+    /// Where the leader's floating address messages go (the agent's holder loop); dropped when
+    /// it is behind: the lease repeats them.
+    pub floating: mpsc::Sender<FloatingDown>,
 }
 
 /// The session's side of the agent's log subscriptions.
@@ -142,6 +151,12 @@ pub async fn run_client(
     }
 }
 
+/// How often the node sends heartbeats for the swarm's heartbeat period: twice per period, at
+/// least every `NODE_HEARTBEAT_MAX` (the leader tells a dead session from a quiet one by it).
+fn heartbeat_every(period: Duration) -> Duration {
+    (period / 2).clamp(Duration::from_millis(100), NODE_HEARTBEAT_MAX)
+}
+
 async fn one_session(
     cfg: &ClientConfig,
     addr: &str,
@@ -173,23 +188,30 @@ async fn one_session(
     .map_err(SessionError::Refused)?
     .into_inner();
     tracing::info!(manager = %addr, node = %cfg.node_id, "session with the leader");
-    let mut heartbeat = tokio::time::interval(DEFAULT_HEARTBEAT / 2);
+    let mut heartbeat = tokio::time::interval(heartbeat_every(DEFAULT_HEARTBEAT));
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             // Reports and heartbeats before log lines, which can wait.
             biased;
             _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep_until(heard + SESSION_SILENCE) => {
+                return Err(SessionError::Silent(SESSION_SILENCE));
+            }
             m = inbound.message() => {
                 let m = match m {
                     Ok(Some(m)) => m,
                     Ok(None) => return Err(SessionError::Ended),
                     Err(s) => return Err(SessionError::Stream(s)),
                 };
+                heard = tokio::time::Instant::now();
                 match serde_json::from_slice::<ManagerMessage>(&m.json) {
                     Ok(ManagerMessage::Welcome { heartbeat_ms }) => {
-                        let period = Duration::from_millis((heartbeat_ms / 2).max(100));
-                        heartbeat = tokio::time::interval(period);
+                        heartbeat = tokio::time::interval(heartbeat_every(
+                            Duration::from_millis(heartbeat_ms),
+                        ));
                     }
+                    Ok(ManagerMessage::Tick) => {}
                     Ok(ManagerMessage::Assignments(a)) => {
                         if let Some(role) = a.role {
                             let wanted = (role, a.raft_id);
@@ -217,6 +239,9 @@ async fn one_session(
                     }
                     Ok(ManagerMessage::LogClose { id }) => {
                         let _ = logs.commands.send(LogCommand::Close { id }).await;
+                    }
+                    Ok(ManagerMessage::Floating(m)) => {
+                        let _ = cfg.floating.try_send(m);
                     }
                     Err(e) => tracing::warn!(error = %e, "undecodable session message"),
                 }

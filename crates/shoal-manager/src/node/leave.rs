@@ -30,6 +30,8 @@ pub async fn leave(d: &AppState, force: bool) -> Result<(), NodeError> {
     if let Some(m) = &manager {
         leave_raft(m).await;
     }
+    // While the session is open: the leader hears the release and moves the address at once.
+    d.agent.hand_over().await;
     *d.manager.write().await = None;
     *d.node.write().await = None;
     session.stop();

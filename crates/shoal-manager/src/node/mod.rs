@@ -25,5 +25,5 @@ mod start;
 
 pub use error::NodeError;
 pub use identity::{certs_dir, Identity};
-pub use session::{AgentError, AgentHost, LogLink, NodeSession};
+pub use session::{AgentError, AgentHost, FloatingLink, LogLink, NodeSession};
 pub use start::start_node;

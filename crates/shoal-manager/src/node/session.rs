@@ -5,7 +5,9 @@
 use super::client::{self, ClientConfig};
 use super::Identity;
 use futures::future::BoxFuture;
-use shoal_api::dispatch::{AgentMessage, NetworkInfo, NodeAssignments, TaskStatusReport};
+use shoal_api::dispatch::{
+    AgentMessage, FloatingDown, NetworkInfo, NodeAssignments, TaskStatusReport,
+};
 use shoal_api::logs::{LogBatch, LogCommand};
 use shoal_api::objects::NetworkAttachment;
 use shoal_api::Role;
@@ -27,6 +29,17 @@ pub struct LogLink {
     pub batches: mpsc::Sender<LogBatch>,
 }
 
+/// The agent's end of the floating addresses' lease (issue 20): the leader's grants, answers
+/// and revocations down, renewals and releases up.
+pub struct FloatingLink {
+    /// From the leader.
+    pub down: mpsc::Receiver<FloatingDown>,
+    /// To the leader (`AgentMessage::Floating`), over whichever session is open.
+    pub up: mpsc::Sender<AgentMessage>,
+    /// This node's advertise address (`IP:port`): its interface is the default one.
+    pub advertise: String,
+}
+
 /// The node-side half the manager hands assignments to (the agent, wired in by the binary).
 pub trait AgentHost: Send + Sync {
     /// Starts the agent for `node_id` on these channels.
@@ -36,9 +49,16 @@ pub trait AgentHost: Send + Sync {
         assignments: watch::Receiver<NodeAssignments>,
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
         logs: LogLink,
+        floating: FloatingLink,
     ) -> BoxFuture<'_, Result<(), AgentError>>;
     /// Stops the agent; with `remove` it also removes every container and network it made.
     fn stop(&self, remove: bool) -> BoxFuture<'_, ()>;
+    /// Gives up this node's floating addresses now and tells the leader (leave, shutdown), so
+    /// another node takes them without waiting for the lease to run out. Called while the
+    /// session is still open.
+    fn hand_over(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Why this node's session could not start.
@@ -102,6 +122,7 @@ impl NodeSession {
         let dir = dir.to_path_buf();
         let saved = identity.clone();
         let (attached, _) = tokio::sync::broadcast::channel(64);
+        let (ftx, frx) = mpsc::channel(256);
         let cfg = ClientConfig {
             node_id: identity.node_id.clone(),
             managers,
@@ -117,6 +138,7 @@ impl NodeSession {
                 }
             }),
             attached: attached.clone(),
+            floating: ftx,
         };
         let (atx, arx) = watch::channel(NodeAssignments::default());
         let (rtx, rrx) = mpsc::channel(1024);
@@ -133,8 +155,19 @@ impl NodeSession {
             commands: lrx,
             batches: btx,
         };
+        let floating = FloatingLink {
+            down: frx,
+            up: qtx.clone(),
+            advertise: identity.addr.clone(),
+        };
         if let Err(e) = agent
-            .start(identity.node_id.clone(), arx.clone(), rtx.clone(), link)
+            .start(
+                identity.node_id.clone(),
+                arx.clone(),
+                rtx.clone(),
+                link,
+                floating,
+            )
             .await
         {
             stop.cancel();

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::node::{AgentError, AgentHost, LogLink};
+use shoal_manager::node::{AgentError, AgentHost, FloatingLink, LogLink};
 use shoal_manager::proxy::EngineProxy;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,6 +43,7 @@ impl AgentHost for StandInAgent {
         _assignments: watch::Receiver<NodeAssignments>,
         _reports: mpsc::Sender<Vec<TaskStatusReport>>,
         _logs: LogLink,
+        _floating: FloatingLink,
     ) -> BoxFuture<'_, Result<(), AgentError>> {
         self.starts.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Ok(()) })

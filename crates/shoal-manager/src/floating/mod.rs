@@ -4,16 +4,18 @@
 //! whatever its spelling; `ls` shows, per address, the nodes that may hold it (healthy, meeting
 //! its constraints: "no eligible node" when none does).
 //!
-//! Not built yet: the lease that gives each address exactly one holder, and the agent's side
-//! (adding the address, announcing it, dropping it when the lease runs out). Until then no node
-//! holds an address and `ls` says so.
+//! `leader` runs the lease that gives each address one holder (`shoal_control::vip` decides);
+//! the holder's side is the agent's `floating` room.
+
+pub mod leader;
 
 use crate::db;
-use shoal_api::floating::{FloatingIpSpec, StoredFloatingIp};
+use shoal_api::floating::{FloatingIpSpec, StoredFloatingGrant, StoredFloatingIp};
 use shoal_api::models::Node;
 use shoal_api::{id, ApiError};
 use shoal_control::ClusterState;
 use shoal_store::{Expect, Store};
+use std::collections::BTreeMap;
 
 /// Adds an address; 409 if it is there already (in any spelling).
 pub async fn add(store: &Store, spec: &FloatingIpSpec) -> Result<StoredFloatingIp, ApiError> {
@@ -28,11 +30,20 @@ pub async fn add(store: &Store, spec: &FloatingIpSpec) -> Result<StoredFloatingI
     }
 }
 
-/// Removes an address, given in any spelling; 404 if there is none.
+/// Removes an address, given in any spelling, with or without its prefix; 404 if there is none.
 pub async fn remove(store: &Store, address: &str) -> Result<StoredFloatingIp, ApiError> {
-    let key = shoal_api::floating::parse_address(address)
-        .map(|c| c.to_string())
-        .unwrap_or_else(|_| address.to_string());
+    let bare: Option<std::net::IpAddr> = address.trim().parse().ok();
+    let key = match bare {
+        // No prefix: the one stored address with this IP (the key carries the prefix).
+        Some(ip) => db::list::<StoredFloatingIp>(store)
+            .into_iter()
+            .map(|v| v.obj.address)
+            .find(|a| shoal_api::floating::parse_address(a).is_ok_and(|c| c.addr == ip))
+            .unwrap_or_else(|| address.to_string()),
+        None => shoal_api::floating::parse_address(address)
+            .map(|c| c.to_string())
+            .unwrap_or_else(|_| address.to_string()),
+    };
     let cur = db::get::<StoredFloatingIp>(store, &key)
         .ok_or_else(|| ApiError::not_found(format!("no floating address {key}")))?;
     db::write(
@@ -70,21 +81,47 @@ pub fn eligible(state: &ClusterState, ip: &StoredFloatingIp) -> Vec<String> {
         .collect()
 }
 
-/// Every address with what `shoal floating-ip ls` shows of it.
-pub fn list(store: &Store, state: &ClusterState) -> Vec<serde_json::Value> {
+/// Every address with what `shoal floating-ip ls` shows of it: its holder and since when (the
+/// recorded grant) and its lease state. `status` is the leader's view of each lease
+/// (`leader::HELD` or why not); a follower has none and shows the recorded grant.
+pub fn list(
+    store: &Store,
+    state: &ClusterState,
+    status: &BTreeMap<String, String>,
+) -> Vec<serde_json::Value> {
+    let name_of = |id: &str| {
+        state
+            .nodes
+            .iter()
+            .find(|n| n.obj.id.as_deref() == Some(id))
+            .and_then(|n| n.obj.description.as_ref()?.hostname.clone())
+            .unwrap_or_else(|| id.to_string())
+    };
     let mut out: Vec<serde_json::Value> = db::list::<StoredFloatingIp>(store)
         .into_iter()
         .map(|v| {
             let eligible = eligible(state, &v.obj);
+            let grant = db::get::<StoredFloatingGrant>(store, &v.obj.address);
+            let seen = status.get(&v.obj.address);
+            let held = grant
+                .as_ref()
+                .filter(|_| seen.is_none_or(|s| s == leader::HELD));
+            let lease = match (seen, held) {
+                (Some(s), Some(g)) if s == leader::HELD => format!("held (epoch {})", g.obj.epoch),
+                (Some(s), _) => s.clone(),
+                (None, Some(g)) => format!("held (epoch {})", g.obj.epoch),
+                (None, None) if eligible.is_empty() => "no eligible node".to_string(),
+                (None, None) => "not held".to_string(),
+            };
             serde_json::json!({
                 "Address": v.obj.address,
                 "Interface": v.obj.interface,
                 "Constraints": v.obj.constraints,
                 "CreatedAt": v.obj.created_at,
                 "Eligible": eligible,
-                "Holder": null,
-                "Since": null,
-                "Lease": if eligible.is_empty() { "no eligible node" } else { "not held (leases are not built yet)" },
+                "Holder": held.map(|g| name_of(&g.obj.node)),
+                "Since": held.map(|g| g.obj.since.clone()),
+                "Lease": lease,
             })
         })
         .collect();
