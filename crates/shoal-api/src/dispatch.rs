@@ -189,6 +189,10 @@ pub enum AgentMessage {
     Hello {
         /// The node's description, refreshed on every session.
         description: Option<Box<crate::models::NodeDescription>>,
+        /// Its network interfaces and their addresses (loopback left out), refreshed on every
+        /// session: where a floating address may go.
+        #[serde(default)]
+        interfaces: Vec<crate::floating::NodeInterface>,
     },
     /// Observed task states.
     Reports(Vec<TaskStatusReport>),

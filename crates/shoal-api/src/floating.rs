@@ -64,6 +64,49 @@ pub struct StoredFloatingGrant {
     pub since: String,
 }
 
+/// One network interface of a node and its addresses, as the node reports it at each session:
+/// `shoal floating-ip add` checks an address against the interfaces of the nodes that may hold
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeInterface {
+    /// The interface's name (`eth0`).
+    pub name: String,
+    /// Its addresses, `ADDR/PREFIX`.
+    pub addresses: Vec<String>,
+}
+
+/// A node's interfaces as the store keeps them (kind `nodeinterfaces`, keyed by node ID).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StoredNodeInterfaces {
+    /// The node's ID.
+    pub node: String,
+    /// Its interfaces, loopback left out.
+    pub interfaces: Vec<NodeInterface>,
+}
+
+/// Whether `ip` lies in the subnet of the interface address `cidr` (`ADDR/PREFIX`).
+pub fn in_subnet(ip: IpAddr, cidr: &str) -> bool {
+    let Some((a, p)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(a), Ok(p)) = (a.parse::<IpAddr>(), p.parse::<u32>()) else {
+        return false;
+    };
+    match (ip, a) {
+        (IpAddr::V4(x), IpAddr::V4(y)) if p <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - p).unwrap_or(0);
+            u32::from(x) & mask == u32::from(y) & mask
+        }
+        (IpAddr::V6(x), IpAddr::V6(y)) if p <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - p).unwrap_or(0);
+            u128::from(x) & mask == u128::from(y) & mask
+        }
+        _ => false,
+    }
+}
+
 /// An address and its prefix length, parsed and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -231,6 +274,25 @@ pub fn check(spec: &FloatingIpSpec, now: &str) -> Result<StoredFloatingIp, ApiEr
         constraints: spec.constraints.clone(),
         created_at: now.to_string(),
     })
+}
+
+#[cfg(test)]
+mod subnet_tests {
+    use super::in_subnet;
+
+    #[test]
+    fn subnets_hold_their_addresses_only() {
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(in_subnet(ip("10.99.0.200"), "10.99.0.1/24"));
+        assert!(!in_subnet(ip("10.99.1.200"), "10.99.0.1/24"));
+        assert!(in_subnet(ip("10.99.1.200"), "10.99.0.1/0"));
+        assert!(!in_subnet(ip("10.99.0.2"), "10.99.0.1/32"));
+        assert!(in_subnet(ip("fd00:99::200"), "fd00:99::1/64"));
+        assert!(!in_subnet(ip("fd00:98::200"), "fd00:99::1/64"));
+        assert!(!in_subnet(ip("10.99.0.200"), "fd00:99::1/64"));
+        assert!(!in_subnet(ip("10.99.0.200"), "10.99.0.1/33"));
+        assert!(!in_subnet(ip("10.99.0.200"), "garbage"));
+    }
 }
 
 #[cfg(test)]

@@ -42,4 +42,6 @@ pub mod kind {
     pub const FLOATING_IP: &str = "floatingip";
     /// Who holds a floating address, under which epoch (the lease's raft record).
     pub const FLOATING_GRANT: &str = "floatinggrant";
+    /// A node's network interfaces, as it reports them (floating address checks).
+    pub const NODE_INTERFACES: &str = "nodeinterfaces";
 }

@@ -110,6 +110,14 @@ stored!(
 );
 
 stored!(
+    shoal_api::floating::StoredNodeInterfaces,
+    kind::NODE_INTERFACES,
+    |s| s.node.clone(),
+    |_s| None,
+    |_o, _v| {}
+);
+
+stored!(
     shoal_api::floating::StoredFloatingIp,
     kind::FLOATING_IP,
     |s| s.address.clone(),

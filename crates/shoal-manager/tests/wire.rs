@@ -245,6 +245,7 @@ async fn a_node_speaks_only_for_itself() {
             hostname: Some("b-host".into()),
             ..Default::default()
         })),
+        interfaces: Vec::new(),
     })
     .await;
     s.send(&report("tb", TaskState::FAILED)).await;

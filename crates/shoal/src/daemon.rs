@@ -191,6 +191,36 @@ impl AgentHost for LocalAgent {
     }
 }
 
+/// `--floating-ip`: adds the address once this node leads a swarm that lacks it; gives up
+/// (with the reason in the log) when the manager refuses it.
+async fn add_floating_ip(
+    daemon: Arc<Daemon>,
+    spec: shoal_api::floating::FloatingIpSpec,
+    stop: CancellationToken,
+) {
+    loop {
+        let manager = daemon.manager.read().await.clone();
+        if let Some(m) = manager.filter(|m| m.store.is_leader()) {
+            match shoal_manager::floating::add(&m.store, &spec).await {
+                Ok(ip) => {
+                    tracing::info!(address = %ip.address, "floating address added (--floating-ip)");
+                    return;
+                }
+                Err(e) if e.status == 409 && e.message.contains("already exists") => return,
+                Err(e) if e.status < 500 => {
+                    tracing::error!(address = %spec.address, error = %e.message, "--floating-ip refused");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e.message, "--floating-ip: retrying"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// The host's resolvers, where names that are not services are forwarded.
 fn upstream_dns() -> Vec<std::net::SocketAddr> {
     let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -309,6 +339,16 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     shoal_manager::remote::start(daemon.clone(), &listen, stop.clone()).await?;
 
+    for address in &args.floating_ip {
+        // Checked now, so a typo stops the daemon instead of waiting for a swarm.
+        let spec = shoal_api::floating::FloatingIpSpec {
+            address: address.clone(),
+            ..Default::default()
+        };
+        shoal_api::floating::check(&spec, "")
+            .map_err(|e| anyhow::anyhow!("--floating-ip {address}: {}", e.message))?;
+        tokio::spawn(add_floating_ip(daemon.clone(), spec, stop.clone()));
+    }
     let app = api::app(daemon.clone());
     let s = stop.clone();
     tokio::spawn(async move {

@@ -171,6 +171,10 @@ pub struct DaemonArgs {
     /// is refused unless every --listen address is loopback.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub tls: bool,
+    /// A floating address for the swarm, ADDR/PREFIX (repeatable): added once this node leads
+    /// a swarm and the address is not configured yet, as `shoal floating-ip add` would.
+    #[arg(long = "floating-ip", value_name = "ADDR/PREFIX")]
+    pub floating_ip: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {

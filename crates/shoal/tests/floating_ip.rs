@@ -37,6 +37,11 @@ fn shoal_ok(node: &ClusterNode, args: &[&str]) -> String {
 
 /// The nodes (1-based) whose eth0 carries the address now.
 fn holders(c: &Cluster, among: &[usize]) -> Vec<usize> {
+    holders_of(c, &format!("{ADDR}/24"), among)
+}
+
+/// The nodes (1-based) whose eth0 carries `cidr` (as `ip -br addr` prints it) now.
+fn holders_of(c: &Cluster, cidr: &str, among: &[usize]) -> Vec<usize> {
     among
         .iter()
         .copied()
@@ -44,7 +49,7 @@ fn holders(c: &Cluster, among: &[usize]) -> Vec<usize> {
             c.node(*i)
                 .sh(&["ip", "-br", "addr", "show", "dev", "eth0"])
                 .split_whitespace()
-                .any(|a| a == format!("{ADDR}/24"))
+                .any(|a| a == cidr)
         })
         .collect()
 }
@@ -60,10 +65,15 @@ fn mac(node: &ClusterNode) -> String {
 
 /// The MAC the client's neighbour table has for the address.
 fn client_neighbour(c: &Cluster) -> Option<String> {
+    neighbour_of(c, ADDR)
+}
+
+/// The MAC the client's neighbour table has for `addr`.
+fn neighbour_of(c: &Cluster, addr: &str) -> Option<String> {
     let out = c
         .hub
         .command("ip")
-        .args(["neigh", "show", ADDR])
+        .args(["neigh", "show", addr])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -226,6 +236,32 @@ fn a_floating_address_has_one_holder_and_moves_when_it_fails() {
     c.form(3);
     let all = [1, 2, 3];
     let n1 = c.node(1);
+    // Addresses no node could serve are refused, naming the problem, and nothing is stored.
+    wait_until(
+        Duration::from_secs(10),
+        "every node reported its interfaces",
+        || {
+            let out = shoal(n1, &["floating-ip", "add", "10.98.0.200/24"]);
+            String::from_utf8_lossy(&out.stderr).contains("is in no subnet of eth0 on node")
+        },
+    );
+    let client = format!("{CLIENT}/24");
+    for (args, why) in [
+        (
+            vec!["10.99.0.201/24", "--interface", "eth9"],
+            "Interface: eth9 does not exist on node",
+        ),
+        (vec!["10.99.0.2/24"], "is node node-2's own address on eth0"),
+        (vec![client.as_str()], "already answers on the network (MAC"),
+    ] {
+        let mut a = vec!["floating-ip", "add"];
+        a.extend(args);
+        let out = shoal(n1, &a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{a:?}: {err}");
+    }
+    let ls = shoal_ok(n1, &["floating-ip", "ls"]);
+    assert_eq!(ls.lines().count(), 1, "nothing stored:\n{ls}");
     shoal_ok(n1, &["floating-ip", "add", &format!("{ADDR}/24")]);
     let h = one_holder(&c, &all, "one node holds the address");
     let ls = shoal_ok(c.node(1), &["floating-ip", "ls"]);
@@ -399,6 +435,75 @@ fn a_floating_address_has_one_holder_and_moves_when_it_fails() {
     assert!(double.is_empty(), "two nodes answered ARP: {double:?}");
     assert!(moved.is_some(), "another node answers for the address");
     c.node_mut(h).spawn();
+
+    // IPv6: the same moves, announced by unsolicited neighbour advertisements (the routing mesh
+    // is IPv4: the client pings the address).
+    let (addr6, cidr6) = ("fd00:99::200", "fd00:99::200/64");
+    let hub_addr = [
+        "-6",
+        "addr",
+        "add",
+        "fd00:99::fe/64",
+        "dev",
+        "shbr0",
+        "nodad",
+    ];
+    assert!(c
+        .hub
+        .command("ip")
+        .args(hub_addr)
+        .status()
+        .unwrap()
+        .success());
+    let ping6 = |c: &Cluster| {
+        c.hub
+            .command("ping")
+            .args(["-6", "-c", "1", "-W", "1", addr6])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    shoal_ok(c.node(1), &["floating-ip", "add", cidr6]);
+    let mut h6 = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "one node holds the IPv6 address",
+        || {
+            h6 = holders_of(&c, cidr6, &all);
+            h6.len() == 1 && ping6(&c)
+        },
+    );
+    let h = h6[0];
+    assert_eq!(
+        neighbour_of(&c, addr6).as_deref(),
+        Some(mac(c.node(h)).as_str())
+    );
+    let others: Vec<usize> = all.iter().copied().filter(|i| *i != h).collect();
+    let start = Instant::now();
+    c.node(h).cut();
+    c.node_mut(h).kill();
+    let mut h6b = Vec::new();
+    wait_until(
+        Duration::from_secs(10),
+        "another node answers on the IPv6 address",
+        || {
+            h6b = holders_of(&c, cidr6, &others);
+            h6b.len() == 1 && ping6(&c)
+        },
+    );
+    println!(
+        "IPv6: power loss of node-{h}: answered again after {:?}, now on node-{}",
+        start.elapsed(),
+        h6b[0]
+    );
+    assert_eq!(
+        neighbour_of(&c, addr6).as_deref(),
+        Some(mac(c.node(h6b[0])).as_str()),
+        "the client's neighbour entry moved (unsolicited NA)"
+    );
+    c.node(h).heal();
+    c.node_mut(h).spawn();
+    shoal_ok(c.node(1), &["floating-ip", "rm", cidr6]);
+
     c.node(1).ok(&["service", "rm", "web"]);
     shoal_ok(c.node(1), &["floating-ip", "rm", ADDR]); // without its prefix
     wait_until(

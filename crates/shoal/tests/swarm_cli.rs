@@ -1288,6 +1288,28 @@ fn jobs_run_to_completion_retry_by_policy_and_repeat_on_a_schedule() {
 }
 
 #[test]
+fn a_daemon_started_with_floating_ip_holds_it_once_it_leads() {
+    let node = Node::start_with("floatflag", &["--floating-ip", "10.1.2.3/32"]);
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    // A single node holds it itself, on the interface of its advertise address (here lo).
+    wait_until(
+        Duration::from_secs(30),
+        "the flag's address is held",
+        || {
+            let (_, out, _) = node.shoal(&["floating-ip", "ls"]);
+            out.contains("10.1.2.3/32")
+                && out.contains("held")
+                && node
+                    .netns
+                    .command("ip")
+                    .args(["-br", "addr", "show", "dev", "lo"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("10.1.2.3/32"))
+        },
+    );
+}
+
+#[test]
 fn shoal_floating_ip_adds_lists_and_removes_addresses() {
     let node = Node::start("floating");
     node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);

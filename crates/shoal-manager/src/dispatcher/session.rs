@@ -11,6 +11,7 @@ use crate::logbroker::LogBroker;
 use crate::state::SharedReader;
 use futures::StreamExt;
 use shoal_api::dispatch::{AgentMessage, ManagerMessage, NodeAssignments};
+use shoal_api::floating::{NodeInterface, StoredNodeInterfaces};
 use shoal_api::models::{Node, NodeDescription, Swarm};
 use shoal_rpc::{pb, SessionStream};
 use shoal_store::{Expect, Store};
@@ -315,8 +316,12 @@ impl Dispatcher {
                         d.logs.publish(&node_id, session_id, batch);
                     }
                     Ok(AgentMessage::Floating(m)) => d.floating.receive(&node_id, m),
-                    Ok(AgentMessage::Hello { description }) => {
+                    Ok(AgentMessage::Hello {
+                        description,
+                        interfaces,
+                    }) => {
                         d.describe(&node, description.map(|b| *b)).await;
+                        d.interfaces(&node_id, interfaces).await;
                     }
                     Ok(AgentMessage::Attach {
                         task_id,
@@ -352,6 +357,24 @@ impl Dispatcher {
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(stream.boxed())
+    }
+
+    /// Keeps the node's interfaces as it reports them (floating address checks).
+    async fn interfaces(&self, node: &str, interfaces: Vec<NodeInterface>) {
+        let cur = db::get::<StoredNodeInterfaces>(&self.store, node);
+        if cur.as_ref().is_some_and(|c| c.obj.interfaces == interfaces) {
+            return;
+        }
+        let obj = StoredNodeInterfaces {
+            node: node.to_string(),
+            interfaces,
+        };
+        let expect = cur.map_or(Expect::Absent, |c| Expect::Version(c.version));
+        if let Ok(op) = db::put(&obj, expect) {
+            if let Err(e) = db::write(&self.store, vec![op]).await {
+                tracing::debug!(error = ?e, "updating a node's interfaces");
+            }
+        }
     }
 
     /// Refreshes the node's description (hostname, resources) from what it says of itself.

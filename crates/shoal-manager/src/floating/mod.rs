@@ -8,18 +8,32 @@
 //! the holder's side is the agent's `floating` room.
 
 pub mod leader;
+pub mod probe;
 
 use crate::db;
-use shoal_api::floating::{FloatingIpSpec, StoredFloatingGrant, StoredFloatingIp};
+use shoal_api::floating::{
+    FloatingIpSpec, NodeInterface, StoredFloatingGrant, StoredFloatingIp, StoredNodeInterfaces,
+};
 use shoal_api::models::Node;
 use shoal_api::{id, ApiError};
 use shoal_control::ClusterState;
 use shoal_store::{Expect, Store};
 use std::collections::BTreeMap;
 
-/// Adds an address; 409 if it is there already (in any spelling).
+/// Adds an address; 409 if it is there already (in any spelling) or some host answers for it
+/// already; 400 if a node that may hold it lacks the interface or has the address in no subnet
+/// of it.
 pub async fn add(store: &Store, spec: &FloatingIpSpec) -> Result<StoredFloatingIp, ApiError> {
     let obj = shoal_api::floating::check(spec, &id::now())?;
+    let ip = shoal_api::floating::parse_address(&obj.address)?.addr;
+    if db::get::<StoredFloatingIp>(store, &obj.address).is_none() {
+        fits_the_nodes(store, &obj, ip)?;
+        if let Some(mac) = probe::answering(ip, &crate::node::local::interfaces()).await {
+            return Err(ApiError::conflict(format!(
+                "Address: {ip} already answers on the network (MAC {mac}); choose a free address"
+            )));
+        }
+    }
     match db::write(store, vec![db::put(&obj, Expect::Absent)?]).await {
         Err(e) if e.status == 409 => Err(ApiError::conflict(format!(
             "floating address {} already exists",
@@ -55,6 +69,91 @@ pub async fn remove(store: &Store, address: &str) -> Result<StoredFloatingIp, Ap
     )
     .await?;
     Ok(cur.obj)
+}
+
+/// Checks `obj` against the interfaces the nodes that may hold it reported: the interface
+/// exists (given, or the one carrying the node's address), the address lies in one of its
+/// subnets, and it is no node's own address.
+fn fits_the_nodes(
+    store: &Store,
+    obj: &StoredFloatingIp,
+    ip: std::net::IpAddr,
+) -> Result<(), ApiError> {
+    let reported: BTreeMap<String, Vec<NodeInterface>> = db::list::<StoredNodeInterfaces>(store)
+        .into_iter()
+        .map(|v| (v.obj.node, v.obj.interfaces))
+        .collect();
+    for n in db::list::<Node>(store) {
+        let node = &n.obj;
+        let (Some(id), Some(ifaces)) = (
+            node.id.as_ref(),
+            node.id.as_ref().and_then(|i| reported.get(i)),
+        ) else {
+            continue;
+        };
+        let name = node
+            .description
+            .as_ref()
+            .and_then(|d| d.hostname.clone())
+            .unwrap_or_else(|| id.clone());
+        for i in ifaces {
+            if i.addresses
+                .iter()
+                .any(|a| a.split('/').next() == Some(ip.to_string().as_str()))
+            {
+                return Err(ApiError::invalid(format!(
+                    "Address: {ip} is node {name}'s own address on {}",
+                    i.name
+                )));
+            }
+        }
+        let may_hold = shoal_control::state::node_schedulable(node)
+            && obj
+                .constraints
+                .iter()
+                .all(|c| shoal_control::scheduler::constraint_met(c, node));
+        if !may_hold {
+            continue;
+        }
+        let advertise = node.status.as_ref().and_then(|s| s.addr.clone());
+        let iface = match &obj.interface {
+            Some(want) => match ifaces.iter().find(|i| &i.name == want) {
+                Some(i) => i,
+                None => {
+                    let have: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
+                    return Err(ApiError::invalid(format!(
+                        "Interface: {want} does not exist on node {name} (it has {})",
+                        have.join(", ")
+                    )));
+                }
+            },
+            None => {
+                let carrying = ifaces.iter().find(|i| {
+                    i.addresses.iter().any(|a| {
+                        advertise
+                            .as_deref()
+                            .is_some_and(|adv| a.split('/').next() == Some(adv))
+                    })
+                });
+                match carrying {
+                    Some(i) => i,
+                    None => continue,
+                }
+            }
+        };
+        if !iface
+            .addresses
+            .iter()
+            .any(|a| shoal_api::floating::in_subnet(ip, a))
+        {
+            return Err(ApiError::invalid(format!(
+                "Address: {ip} is in no subnet of {} on node {name} ({}): no client on that network could reach it there",
+                iface.name,
+                if iface.addresses.is_empty() { "no addresses".to_string() } else { iface.addresses.join(", ") }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The nodes that may hold `ip` now: ready, active and meeting its constraints.

@@ -177,6 +177,7 @@ async fn one_session(
     let encode = |m: &AgentMessage| serde_json::to_vec(m).map(|json| pb::AgentMessage { json });
     let hello = encode(&AgentMessage::Hello {
         description: cfg.description.clone().map(Box::new),
+        interfaces: super::local::interfaces(),
     })?;
     tx.send(hello).await.map_err(|_| SessionError::Closed)?;
     let mut inbound = tokio::time::timeout(

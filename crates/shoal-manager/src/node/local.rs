@@ -32,6 +32,37 @@ pub fn local_ipv4() -> Option<String> {
         .map(str::to_string)
 }
 
+/// This machine's network interfaces and their addresses (`ip -j addr`), loopback left out:
+/// what a node reports so that `shoal floating-ip add` can check an address against them.
+pub fn interfaces() -> Vec<shoal_api::floating::NodeInterface> {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-j", "addr", "show"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    list.iter()
+        .filter(|i| i["link_type"] != "loopback")
+        .filter_map(|i| {
+            let name = i["ifname"].as_str()?.to_string();
+            let addresses = i["addr_info"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| {
+                    Some(format!(
+                        "{}/{}",
+                        a["local"].as_str()?,
+                        a["prefixlen"].as_u64()?
+                    ))
+                })
+                .collect();
+            Some(shoal_api::floating::NodeInterface { name, addresses })
+        })
+        .collect()
+}
+
 /// The node object describing this machine.
 pub async fn local_node(d: &AppState, identity: &Identity, now: &str) -> Node {
     let info = crate::api::system::engine_json(d, axum::http::Method::GET, "/info", None)
