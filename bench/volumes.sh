@@ -47,6 +47,9 @@ NS_SUBNET=${NS_SUBNET:-10.96.0}
 NS_BRIDGE=${NS_BRIDGE:-vbbr0}
 . bench/lib/netns.sh
 . bench/lib/gluster.sh
+WAIT_POLL=0.1        # wait_until (bench/lib/shoal.sh) polls every 0.1 s here
+MEDIAN_DECIMALS=3
+. bench/lib/shoal.sh
 
 PARTS=${PARTS:-ftw}
 SWARM=${SWARM:-1}
@@ -66,104 +69,11 @@ GV=vbgv                              # the gluster volume
 VOL=records                          # shoal's volume object for it
 WSVC=vwriter
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-now() { echo "$EPOCHREALTIME"; }
-since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f\n", b - a }'; }
-median() {
-  sort -n | awk '{ a[NR] = $1 } END {
-    if (NR == 0) { print "n/a"; exit }
-    if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 <= 0 || b + 0 <= 0) print "-"; else printf "%.2fx\n", a / b }'; }
 has_part() { case $PARTS in *"$1"*) return 0 ;; esac; return 1; }
 
-# Polls "$@" until it succeeds; fails after TIMEOUT seconds.
-wait_until() {
-  local deadline=$(($(date +%s) + TIMEOUT))
-  until "$@"; do
-    [ "$(date +%s)" -ge "$deadline" ] && return 1
-    sleep 0.1
-  done
-}
-
-# ----------------------------------------------------------------------------------------------
-# shoal nodes (as bench/cluster.sh runs them)
-# ----------------------------------------------------------------------------------------------
-sh_dir() { ns_data_dir "$1"; }
-sh_sock() { echo "$(ns_run_dir "$1")/docker.sock"; }
-sh_host() { echo "unix://$(sh_sock "$1")"; }
-sh() { local i=$1; shift; docker -H "$(sh_host "$i")" "$@"; }
-sh_pid() { cat "$(ns_run_dir "$1")/shoal.pid" 2>/dev/null; }
-sh_alive() { [ -e "$(ns_run_dir "$1")/shoal-alive" ]; }
-node_id_of() { jq -r '.node_id // empty' "$(sh_dir "$1")/data/node.json" 2>/dev/null; }
-node_tag() { printf '%s' "$1" | tr -cd '[:alnum:]' | tr '[:upper:]' '[:lower:]' | cut -c1-12; }
-engine() { docker -H "$ENGINE" "$@"; }
-engine_rm_node() {
-  [ -n "$1" ] || return 0
-  engine ps -aq --filter "label=com.docker.swarm.node.id=$1" | xargs -r docker -H "$ENGINE" rm -f >/dev/null 2>&1
-  return 0
-}
-
-sh_start() {
-  local i=$1 d deadline pid
-  d=$(sh_dir "$i")
-  mkdir -p "$d/data"
-  NO_COLOR=1 SHOAL_PULL=never SHOAL_LOG=${SHOAL_LOG:-info} ns_exec_bg "$i" "$SHOAL" daemon \
-    --data-dir "$d/data" --socket "$(sh_sock "$i")" --hostname "node-$i" >>"$d/daemon.log" 2>&1
-  pid=$NS_LAST_PID
-  echo "$pid" > "$(ns_run_dir "$i")/shoal.pid"
-  echo "---- started pid $pid at $(date '+%F %T.%N') ----" >> "$d/daemon.log"
-  deadline=$(($(date +%s) + 30))
-  until sh "$i" version >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$deadline" ] || ! kill -0 "$pid" 2>/dev/null; then
-      log "shoal daemon of node $i did not come up; tail of $d/daemon.log:"
-      tail -n 20 "$d/daemon.log" >&2
-      return 1
-    fi
-    sleep 0.1
-  done
-  touch "$(ns_run_dir "$i")/shoal-alive"
-}
-
-sh_kill_daemon() {
-  local pid
-  rm -f "$(ns_run_dir "$1")/shoal-alive"
-  pid=$(sh_pid "$1")
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$(basename "$SHOAL" | cut -c1-15)" ] &&
-    kill -KILL "$pid"
-  return 0
-}
-sh_kill_node() { sh_kill_daemon "$1"; engine_rm_node "$(node_id_of "$1")"; }
-
-# Cleanup hook: live daemons leave (their agents unmount their volumes and remove their engine
-# networks), then every daemon is killed and every container of this run's nodes removed.
-sh_cleanup_all() {
-  local name i id f
-  for name in $(ls /run/netns 2>/dev/null | grep -E "^${NS_PREFIX}[0-9]+\$" | sort -r); do
-    i=${name#"$NS_PREFIX"}
-    sh_alive "$i" && timeout 30 docker -H "$(sh_host "$i")" swarm leave --force >/dev/null 2>&1
-  done
-  for name in $(ls /run/netns 2>/dev/null | grep -E "^${NS_PREFIX}[0-9]+\$"); do
-    sh_kill_daemon "${name#"$NS_PREFIX"}"
-    rm -f "$(sh_sock "${name#"$NS_PREFIX"}")"
-  done
-  sleep 0.2
-  for id in $({ cat "$NS_DATA/node-ids" 2>/dev/null
-                for f in "$NS_DATA"/*/data/node.json; do
-                  [ -f "$f" ] && jq -r '.node_id // empty' "$f" 2>/dev/null
-                done; } | sort -u); do
-    engine_rm_node "$id"
-    rm -f "/run/docker/plugins/shoal-$(node_tag "$id").sock"
-    f="/run/shoal/files/$(printf '%s' "$id" | cut -c1-12)"
-    if awk -v m="$f" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; then
-      umount "$f" 2>/dev/null || umount -l "$f" 2>/dev/null
-    fi
-    rmdir "$f" 2>/dev/null
-  done
-  # The agents' volume mounts of killed daemons (a live one unmounted its own when it left).
-  for f in "$NS_DATA"/*/data/volumes; do [ -d "$f" ] && _ns_umount_under "$f"; done
-  return 0
-}
+# shoal nodes (as bench/cluster.sh runs them): sh_start, sh_kill_node, sh_cleanup_all, ... are in
+# bench/lib/shoal.sh.
 
 # mount.glusterfs logs to /var/log/glusterfs/<mount point with - for />.log unless told
 # otherwise (the agents' mounts): remove this run's.

@@ -214,6 +214,8 @@ pub enum AgentMessage {
     Logs(crate::logs::LogBatch),
     /// A floating address's lease: renewals and releases (issue 20).
     Floating(FloatingUp),
+    /// The node's interfaces changed since its `Hello` (an address added by its operator).
+    Interfaces(Vec<crate::floating::NodeInterface>),
 }
 
 /// What a holder of floating addresses tells the leader. The node is the session's (its
@@ -264,6 +266,14 @@ pub enum FloatingDown {
         seq: u64,
         /// Acknowledged.
         ok: bool,
+    },
+    /// The leader took the release of `address` under `epoch` (a node handing its addresses over
+    /// before it stops waits for this, so the release is not lost with its session).
+    Released {
+        /// The canonical `ADDR/PREFIX`.
+        address: String,
+        /// The released epoch.
+        epoch: u64,
     },
     /// Give the address up now (drained, no longer eligible, address removed): remove it, then
     /// release it.

@@ -40,7 +40,6 @@ struct Running {
     network: Option<Arc<dyn NetworkBackend>>,
     volumes: Volumes,
     floating: shoal_agent::floating::holder::HandOver,
-    floating_up: mpsc::Sender<shoal_api::dispatch::AgentMessage>,
 }
 
 impl LocalAgent {
@@ -106,7 +105,6 @@ impl LocalAgent {
                 .ok(),
             state_file: self.data_dir.join("floating.json"),
         };
-        let floating_up = floating.up.clone();
         tokio::spawn(shoal_agent::floating::holder::run(
             holder,
             floating.down,
@@ -124,7 +122,6 @@ impl LocalAgent {
                 network,
                 volumes,
                 floating: hand_over,
-                floating_up,
             });
         }
         Ok(())
@@ -149,25 +146,18 @@ impl AgentHost for LocalAgent {
 
     fn hand_over(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let chans = self.running.lock().ok().and_then(|g| {
-                g.as_ref()
-                    .map(|r| (r.floating.clone(), r.floating_up.clone()))
-            });
-            let Some((hand_over, up)) = chans else { return };
+            let chan = self
+                .running
+                .lock()
+                .ok()
+                .and_then(|g| g.as_ref().map(|r| r.floating.clone()));
+            let Some(hand_over) = chan else { return };
             let (done, released) = tokio::sync::oneshot::channel();
             if hand_over.send(done).await.is_err() {
                 return;
             }
-            let limit = std::time::Duration::from_millis(500);
-            let _ = tokio::time::timeout(limit, released).await;
-            // The releases are queued for the session: give it a moment to send them.
-            let sent = async {
-                while up.capacity() < up.max_capacity() {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-            };
-            let _ = tokio::time::timeout(limit, sent).await;
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            // The holder answers once the leader confirmed its releases (or after 0.5 s).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), released).await;
         })
     }
 

@@ -16,7 +16,7 @@ use super::kernel::{Addresses, Link};
 use super::FloatingError;
 use shoal_api::dispatch::{AgentMessage, FloatingDown, FloatingUp};
 use shoal_control::vip::{self, HolderAction, HolderState, LeaseParams, RenewReply};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,6 +29,9 @@ const ANNOUNCE_AT: [Duration; 3] = [
     Duration::from_millis(100),
     Duration::from_millis(500),
 ];
+
+/// How long a hand-over waits for the leader to confirm its releases.
+const HAND_OVER_WAIT: Duration = Duration::from_millis(500);
 
 /// What the holder loop needs to know about its node.
 #[derive(Debug, Clone)]
@@ -70,6 +73,8 @@ struct Holder {
     interfaces: BTreeMap<String, Option<String>>,
     /// Addresses on this node's interfaces now.
     placed: BTreeMap<String, Placed>,
+    /// Releases sent that the leader has not confirmed yet.
+    unconfirmed: BTreeSet<(String, u64)>,
     up: mpsc::Sender<AgentMessage>,
 }
 
@@ -90,6 +95,7 @@ pub async fn run(
         kernel: None,
         interfaces: BTreeMap::new(),
         placed: BTreeMap::new(),
+        unconfirmed: BTreeSet::new(),
         up,
     };
     match h.setup().await {
@@ -101,6 +107,7 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "floating addresses: this node will hold none"),
     }
     let mut wake: Option<Duration> = None;
+    let mut handing: Option<(oneshot::Sender<()>, Duration)> = None;
     loop {
         let sleep = wake.map_or(Duration::from_secs(3600), |w| w.saturating_sub(h.now()));
         tokio::select! {
@@ -112,10 +119,20 @@ pub async fn run(
             r = hand_over.recv() => {
                 if let Some(done) = r {
                     h.release_all().await;
-                    let _ = done.send(());
+                    // Done once the leader took every release (or gave no sign for a while).
+                    handing = Some((done, h.now() + HAND_OVER_WAIT));
                 }
             }
+            _ = tokio::time::sleep(handing.as_ref().map_or(Duration::from_secs(3600), |(_, until)| until.saturating_sub(h.now()))) => {}
             _ = tokio::time::sleep(sleep) => {}
+        }
+        if handing
+            .as_ref()
+            .is_some_and(|(_, until)| h.unconfirmed.is_empty() || h.now() >= *until)
+        {
+            if let Some((done, _)) = handing.take() {
+                let _ = done.send(());
+            }
         }
         let plan = vip::holder_step(&h.params, h.now(), &mut h.lease);
         h.carry_out(plan.actions).await;
@@ -194,6 +211,10 @@ impl Holder {
                 };
                 vip::on_reply(&self.params, now, &mut self.lease, &reply)
             }
+            FloatingDown::Released { address, epoch } => {
+                self.unconfirmed.remove(&(address, epoch));
+                Vec::new()
+            }
             FloatingDown::Revoke { address, epoch } => {
                 let ours = self
                     .lease
@@ -251,6 +272,7 @@ impl Holder {
                     holding: r.holding,
                 }),
                 HolderAction::Release { address, epoch } => {
+                    self.unconfirmed.insert((address.clone(), epoch));
                     self.send(FloatingUp::Release { address, epoch })
                 }
             }

@@ -375,14 +375,11 @@ pub fn leader_step(
             }
         }
         // Free, or the earlier lease has surely run out: pick a node.
-        let previous = lease
-            .record
-            .as_ref()
-            .filter(|_| !free)
-            .map(|g| g.node.clone());
+        let previous = lease.record.as_ref().map(|g| g.node.clone());
         let mut candidates: Vec<&NodeView> = nodes.iter().filter(|n| ok(n)).collect();
         if candidates.len() > 1 {
-            // A holder that let its lease lapse is presumed gone while others are ready.
+            // A holder that let its lease lapse is presumed gone, and one that released it is
+            // leaving (shutdown, leave): another node is picked while one is ready.
             candidates.retain(|n| Some(&n.id) != previous.as_ref());
         }
         let Some(pick) = candidates.into_iter().min_by_key(|n| {

@@ -316,6 +316,9 @@ impl Dispatcher {
                         d.logs.publish(&node_id, session_id, batch);
                     }
                     Ok(AgentMessage::Floating(m)) => d.floating.receive(&node_id, m),
+                    Ok(AgentMessage::Interfaces(interfaces)) => {
+                        d.interfaces(&node_id, interfaces).await;
+                    }
                     Ok(AgentMessage::Hello {
                         description,
                         interfaces,

@@ -304,6 +304,7 @@ fn on_message(
         FloatingUp::Release { address, epoch } => {
             tracing::info!(address = %address, node = %node, epoch, "floating address released");
             vip::on_release(state, node, &address, epoch);
+            hub.send(node, FloatingDown::Released { address, epoch });
         }
     }
 }

@@ -151,6 +151,9 @@ pub async fn run_client(
     }
 }
 
+/// How often the node looks for changes of its interfaces (reported for floating addresses).
+const INTERFACES_EVERY: Duration = Duration::from_secs(5);
+
 /// How often the node sends heartbeats for the swarm's heartbeat period: twice per period, at
 /// least every `NODE_HEARTBEAT_MAX` (the leader tells a dead session from a quiet one by it).
 fn heartbeat_every(period: Duration) -> Duration {
@@ -175,9 +178,10 @@ async fn one_session(
         .max_encoding_message_size(shoal_rpc::MAX_SESSION_UP);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     let encode = |m: &AgentMessage| serde_json::to_vec(m).map(|json| pb::AgentMessage { json });
+    let mut interfaces = super::local::interfaces();
     let hello = encode(&AgentMessage::Hello {
         description: cfg.description.clone().map(Box::new),
-        interfaces: super::local::interfaces(),
+        interfaces: interfaces.clone(),
     })?;
     tx.send(hello).await.map_err(|_| SessionError::Closed)?;
     let mut inbound = tokio::time::timeout(
@@ -191,6 +195,8 @@ async fn one_session(
     tracing::info!(manager = %addr, node = %cfg.node_id, "session with the leader");
     let mut heartbeat = tokio::time::interval(heartbeat_every(DEFAULT_HEARTBEAT));
     let mut heard = tokio::time::Instant::now();
+    let mut look = tokio::time::interval(INTERFACES_EVERY);
+    look.reset();
     loop {
         tokio::select! {
             // Reports and heartbeats before log lines, which can wait.
@@ -255,6 +261,16 @@ async fn one_session(
                 let Some(r) = r else { return Ok(()) };
                 let m = encode(&AgentMessage::Reports(r))?;
                 tx.send(m).await.map_err(|_| SessionError::Closed)?;
+            }
+            _ = look.tick() => {
+                let now = tokio::task::spawn_blocking(super::local::interfaces)
+                    .await
+                    .unwrap_or_default();
+                if now != interfaces {
+                    interfaces = now;
+                    let m = encode(&AgentMessage::Interfaces(interfaces.clone()))?;
+                    tx.send(m).await.map_err(|_| SessionError::Closed)?;
+                }
             }
             _ = heartbeat.tick() => {
                 let m = encode(&AgentMessage::Heartbeat)?;

@@ -182,6 +182,16 @@ impl ClusterNode {
         }
     }
 
+    /// SIGTERM to the daemon, as `systemctl stop` does, and waits until it has exited.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     /// Whether the daemon process runs (it may have exited on its own).
     pub fn daemon_running(&mut self) -> bool {
         self.child
