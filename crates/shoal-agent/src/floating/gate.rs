@@ -553,7 +553,9 @@ mod tests {
         mode: Refresh,
     ) -> (Duration, Duration) {
         let (a, c) = (&lan.a, &lan.c);
-        let port = 7777;
+        // A port per run: the previous run's socket may linger a moment in the namespace.
+        static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(7777);
+        let port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stop = AtomicBool::new(false);
         let sock = a.run(|| UdpSocket::bind(SocketAddr::new(addr, port)).expect("bind receiver"));
         sock.set_read_timeout(Some(Duration::from_millis(50)))

@@ -55,6 +55,9 @@ struct Placed {
     link: String,
     ip: IpAddr,
     prefix: u8,
+    /// Where the gate's deadline stands (this run's clock).
+    #[serde(skip)]
+    gate_until: Duration,
 }
 
 /// The kernel side, once it is set up: netlink and the gate.
@@ -330,6 +333,7 @@ impl Holder {
                 link: link.name.clone(),
                 ip: c.addr,
                 prefix: c.prefix,
+                gate_until: until,
             },
         );
         self.save();
@@ -349,12 +353,21 @@ impl Holder {
         Ok(())
     }
 
+    /// Moves the gate (and the address's lifetime) to the new deadline once the gate has less
+    /// than half a lease left: every other renewal, not each (a refresh runs `nft`). The gate
+    /// never runs past the lease: it only closes a little early if renewals stop.
     async fn extend(&mut self, address: &str, until: Duration) -> Result<(), FloatingError> {
-        let (Some(k), Some(p)) = (&self.kernel, self.placed.get(address)) else {
+        let now = self.now();
+        let half = self.params.lease / 2;
+        let (Some(k), Some(p)) = (&self.kernel, self.placed.get_mut(address)) else {
             return Ok(());
         };
-        let left = until.saturating_sub(self.now());
+        if p.gate_until.saturating_sub(now) >= half {
+            return Ok(());
+        }
+        let left = until.saturating_sub(now);
         k.gate.hold(p.ip, left).await?;
+        p.gate_until = until;
         if let Some(link) = k.addrs.link_by_name(&p.link).await? {
             k.addrs.add(&link, p.ip, p.prefix, left).await?;
         }

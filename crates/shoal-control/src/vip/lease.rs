@@ -45,10 +45,10 @@ pub struct LeaseParams {
 impl Default for LeaseParams {
     fn default() -> Self {
         LeaseParams {
-            lease: Duration::from_millis(500),
-            renew_every: Duration::from_millis(125),
+            lease: Duration::from_millis(300),
+            renew_every: Duration::from_millis(75),
             rate_bound: 0.05,
-            margin: Duration::from_millis(50),
+            margin: Duration::from_millis(25),
             quorum_stale: Duration::from_millis(250),
         }
     }
@@ -735,9 +735,21 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Round numbers the tests' times are written for (L = 500 ms, R = 125 ms, margin 50 ms:
+    /// takeover wait 602.6 ms), whatever the defaults are.
+    fn params() -> LeaseParams {
+        LeaseParams {
+            lease: ms(500),
+            renew_every: ms(125),
+            rate_bound: 0.05,
+            margin: ms(50),
+            quorum_stale: ms(250),
+        }
+    }
+
     #[test]
     fn the_lease_counts_from_the_renewals_send_time() {
-        let p = LeaseParams::default();
+        let p = params();
         let mut h = HolderState::new("a");
         let acts = on_grant(ms(1000), &mut h, "10.0.0.9/24", 1);
         let [HolderAction::Renew(r)] = acts.as_slice() else {
@@ -773,7 +785,7 @@ mod tests {
 
     #[test]
     fn the_leader_grants_elsewhere_only_after_the_stretched_lease() {
-        let p = LeaseParams::default();
+        let p = params();
         let addrs = vec!["10.0.0.9/24".to_string()];
         let nodes: Vec<NodeView> = ["a", "b", "m"]
             .iter()
@@ -847,7 +859,7 @@ mod tests {
 
     #[test]
     fn a_release_lets_the_leader_grant_at_once() {
-        let p = LeaseParams::default();
+        let p = params();
         let addrs = vec!["10.0.0.9/24".to_string()];
         let mut nodes: Vec<NodeView> = ["a", "b"]
             .iter()
