@@ -7,5 +7,6 @@ pub mod floating;
 pub mod logs;
 /// Swarm networks on this node: bridges, the Docker network plugin, service DNS, load balancing.
 pub mod network;
+mod nft_run;
 pub mod volumes;
 pub mod worker;

@@ -30,8 +30,6 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::io::AsyncWriteExt;
-
 use super::FloatingError;
 
 /// The name of both tables (`inet` and `arp`).
@@ -241,33 +239,9 @@ fn known_script(addrs: &[IpAddr]) -> String {
 /// Runs `nft -f -` with `script` as one transaction.
 async fn apply(op: &'static str, object: &str, script: &str) -> Result<(), FloatingError> {
     tracing::trace!(op, object, script, "nft -f -");
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| FloatingError::nft(op, object, format!("cannot run nft: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(|e| FloatingError::nft(op, object, format!("writing to nft: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
+    crate::nft_run::run_script(script)
         .await
-        .map_err(|e| FloatingError::nft(op, object, format!("waiting for nft: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(FloatingError::nft(
-            op,
-            object,
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
+        .map_err(|detail| FloatingError::nft(op, object, detail))
 }
 
 impl Gate {

@@ -31,8 +31,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use tokio::io::AsyncWriteExt;
-
 use super::names;
 use super::{NetworkError, NetworkSpec, Protocol, RoutingTable};
 
@@ -543,41 +541,9 @@ pub(crate) fn diff_script(t: &str, old: &Model, new: &Model) -> Option<String> {
 /// Runs `nft -f -` with `script` as one transaction.
 pub(crate) async fn apply(op: &'static str, script: &str) -> Result<(), NetworkError> {
     tracing::debug!(op, script, "nft -f -");
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| NetworkError::Nft {
-            op,
-            detail: format!("cannot run nft: {e}"),
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(|e| NetworkError::Nft {
-                op,
-                detail: format!("writing to nft: {e}"),
-            })?;
-    }
-    let out = child
-        .wait_with_output()
+    crate::nft_run::run_script(script)
         .await
-        .map_err(|e| NetworkError::Nft {
-            op,
-            detail: format!("waiting for nft: {e}"),
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetworkError::Nft {
-            op,
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+        .map_err(|detail| NetworkError::Nft { op, detail })
 }
 
 /// Deletes the table if it exists.
