@@ -104,6 +104,7 @@ impl LocalAgent {
                 .map(|a| a.ip())
                 .ok(),
             state_file: self.data_dir.join("floating.json"),
+            guard_program: std::env::current_exe().ok(),
         };
         tokio::spawn(shoal_agent::floating::holder::run(
             holder,

@@ -32,6 +32,9 @@ enum Cmd {
     /// The swarm's floating addresses: one address for the whole cluster, held by one node.
     #[command(subcommand)]
     FloatingIp(FloatingIpCmd),
+    /// Internal: the daemon's child that removes floating addresses at their lease's end.
+    #[command(hide = true)]
+    FloatingGuard,
 }
 
 /// `shoal floating-ip add|ls|rm`.
@@ -191,6 +194,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Daemon(args) => rt.block_on(daemon::run(args)),
+        Cmd::FloatingGuard => {
+            shoal_agent::floating::guard::run_guard();
+            Ok(())
+        }
         Cmd::Service(ServiceCmd::History { service, host }) => {
             rt.block_on(service::history(&client::socket(host.as_deref()), &service))
         }

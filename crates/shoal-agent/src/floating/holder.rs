@@ -12,6 +12,7 @@
 
 use super::announce::announce;
 use super::gate::Gate;
+use super::guard::{monotonic_ns, Guard};
 use super::kernel::{Addresses, Link};
 use super::FloatingError;
 use shoal_api::dispatch::{AgentMessage, FloatingDown, FloatingUp};
@@ -43,6 +44,10 @@ pub struct HolderConfig {
     pub advertise: Option<IpAddr>,
     /// Where the addresses this node added are written down (`<data dir>/floating.json`).
     pub state_file: PathBuf,
+    /// The program to run as `PROGRAM floating-guard` (this binary), which removes an address
+    /// at its deadline even after this daemon is killed; None: the address's own lifetime
+    /// (about a second) removes it.
+    pub guard_program: Option<PathBuf>,
 }
 
 /// Asks the loop to give every address up now (drain, leave, shutdown) and says when done.
@@ -60,10 +65,11 @@ struct Placed {
     gate_until: Duration,
 }
 
-/// The kernel side, once it is set up: netlink and the gate.
+/// The kernel side, once it is set up: netlink, the gate, and the guard process.
 struct Kernel {
     addrs: Addresses,
     gate: Gate,
+    guard: Option<Guard>,
 }
 
 struct Holder {
@@ -172,7 +178,17 @@ impl Holder {
                 }
             }
         }
-        Ok(Kernel { addrs, gate })
+        let guard = match &self.cfg.guard_program {
+            Some(p) => match Guard::spawn(p) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(program = %p.display(), error = %e, "no floating address guard: a killed daemon's address stays until its lifetime ends (about 1 s)");
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(Kernel { addrs, gate, guard })
     }
 
     fn send(&self, m: FloatingUp) {
@@ -326,6 +342,15 @@ impl Holder {
         k.gate.hold(c.addr, left).await?;
         let left = until.saturating_sub(self.now());
         k.addrs.add(&link, c.addr, c.prefix, left).await?;
+        let deadline = monotonic_ns().saturating_add(left.as_nanos() as u64);
+        if let Some(Err(e)) = self
+            .kernel
+            .as_mut()
+            .and_then(|k| k.guard.as_mut())
+            .map(|g| g.hold(address, &link.name, deadline))
+        {
+            tracing::warn!(error = %e, "telling the floating address guard");
+        }
         self.placed.insert(
             address.to_string(),
             Placed {
@@ -359,7 +384,7 @@ impl Holder {
     async fn extend(&mut self, address: &str, until: Duration) -> Result<(), FloatingError> {
         let now = self.now();
         let half = self.params.lease / 2;
-        let (Some(k), Some(p)) = (&self.kernel, self.placed.get_mut(address)) else {
+        let (Some(k), Some(p)) = (self.kernel.as_mut(), self.placed.get_mut(address)) else {
             return Ok(());
         };
         if p.gate_until.saturating_sub(now) >= half {
@@ -368,6 +393,12 @@ impl Holder {
         let left = until.saturating_sub(now);
         k.gate.hold(p.ip, left).await?;
         p.gate_until = until;
+        if let Some(g) = k.guard.as_mut() {
+            let deadline = monotonic_ns().saturating_add(left.as_nanos() as u64);
+            if let Err(e) = g.hold(address, &p.link, deadline) {
+                tracing::warn!(error = %e, "telling the floating address guard");
+            }
+        }
         if let Some(link) = k.addrs.link_by_name(&p.link).await? {
             k.addrs.add(&link, p.ip, p.prefix, left).await?;
         }
@@ -378,7 +409,10 @@ impl Holder {
         let Some(p) = self.placed.remove(address) else {
             return;
         };
-        if let Some(k) = &self.kernel {
+        if let Some(k) = self.kernel.as_mut() {
+            if let Some(g) = k.guard.as_mut() {
+                let _ = g.drop_address(address, &p.link);
+            }
             match k.addrs.link_by_name(&p.link).await {
                 Ok(Some(link)) => {
                     if let Err(e) = k.addrs.remove(&link, p.ip, p.prefix).await {
