@@ -419,6 +419,22 @@ mod tests {
     }
 
     /// Whether `c` reaches `addr`'s TCP port 9 (nothing listens: a reset is an answer).
+    /// The client sends to `addr` at `mac` without asking (a permanent neighbour entry), so a
+    /// packet's fate shows the gate's inbound rule alone.
+    fn pin_neighbour(c: &Netns, addr: IpAddr, mac: &str) {
+        c.ip(&[
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            mac,
+            "dev",
+            "br0",
+            "nud",
+            "permanent",
+        ]);
+    }
+
     fn tcp_answered(c: &Netns, addr: IpAddr) -> bool {
         c.run(|| {
             match TcpStream::connect_timeout(&SocketAddr::new(addr, 9), Duration::from_millis(300))
@@ -494,17 +510,7 @@ mod tests {
         assert!(resolves(c, own6, &mac_a), "NA for the node's own address");
         assert!(tcp_answered(c, own4) && tcp_answered(c, own6));
         for addr in [v4, v6] {
-            c.ip(&[
-                "neigh",
-                "replace",
-                &addr.to_string(),
-                "lladdr",
-                &mac_a,
-                "dev",
-                "br0",
-                "nud",
-                "permanent",
-            ]);
+            pin_neighbour(c, addr, &mac_a);
             assert!(!tcp_answered(c, addr), "packets to {addr} must be dropped");
         }
         // Held: everything answers again.
@@ -589,17 +595,7 @@ mod tests {
         let v4: IpAddr = "10.99.0.200".parse().unwrap();
         let v6: IpAddr = "fd00:99::200".parse().unwrap();
         for addr in [v4, v6] {
-            c.ip(&[
-                "neigh",
-                "replace",
-                &addr.to_string(),
-                "lladdr",
-                &mac_a,
-                "dev",
-                "br0",
-                "nud",
-                "permanent",
-            ]);
+            pin_neighbour(c, addr, &mac_a);
         }
         a.block_on(|| async {
             let g = Gate::install().await.unwrap();
