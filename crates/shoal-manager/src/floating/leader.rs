@@ -237,8 +237,11 @@ async fn lead(
             }
             m = inbox.recv() => {
                 let Some((node, m)) = m else { break };
+                // A release frees the address now; a renewal changes nothing a step must act on
+                // before its own timer (at most a renewal period away), and steps decode the
+                // store: not one per renewal.
+                step_now = matches!(m, FloatingUp::Release { .. });
                 on_message(params, clock(), hub, &mut state, &node, m);
-                step_now = true;
             }
             w = wrx.recv() => {
                 let Some(w) = w else { break };
