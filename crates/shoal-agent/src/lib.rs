@@ -5,6 +5,7 @@ pub mod executor;
 pub mod files;
 pub mod floating;
 pub mod logs;
+pub mod metrics;
 /// Swarm networks on this node: bridges, the Docker network plugin, service DNS, load balancing.
 pub mod network;
 mod nft_run;

@@ -6,6 +6,15 @@ use tokio::io::AsyncWriteExt;
 /// Runs `nft -f -` with `script` as one transaction; the error is what went wrong, in words
 /// (nft's own message when it refused the script).
 pub(crate) async fn run_script(script: &str) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let r = run_nft(script).await;
+    crate::metrics::METRICS
+        .nft_apply
+        .observe(started.elapsed().as_secs_f64());
+    r
+}
+
+async fn run_nft(script: &str) -> Result<(), String> {
     let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())

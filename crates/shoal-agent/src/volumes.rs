@@ -270,6 +270,10 @@ impl Volumes {
                 detail,
             }
         };
+        crate::metrics::count(
+            &crate::metrics::METRICS.volume_mounts,
+            matches!(&out, Ok(()) if is_mountpoint(&e.path)),
+        );
         match out {
             Err(detail) => return Err(fail(detail)),
             Ok(()) if !is_mountpoint(&e.path) => {
@@ -519,6 +523,7 @@ async fn run(cmd: &volume::MountCommand) -> Result<(), String> {
 /// Unmounts `p`: a plain unmount, then a lazy one (a container that still binds it keeps its
 /// reference; the host's tree no longer shows it).
 async fn unmount(p: &Path) {
+    crate::metrics::METRICS.volume_unmounts.inc();
     let plain = tokio::process::Command::new("umount").arg(p).output().await;
     if matches!(&plain, Ok(o) if o.status.success()) {
         return;

@@ -107,6 +107,8 @@ pub struct Manager {
     pub logs: LogBroker,
     /// The floating addresses' lease: what the leader last decided, for `floating-ip ls`.
     pub floating: Arc<FloatingHub>,
+    /// The decoded view of the store the loops share; the dashboard and `/metrics` read it too.
+    pub view: SharedState,
     server_tls: shoal_rpc::ServerTls,
     pool: Arc<shoal_rpc::Pool>,
     cert: watch::Sender<NodeCert>,
@@ -207,6 +209,7 @@ impl Manager {
         });
         tokio::spawn(control::run(shared.reader(), alloc.clone(), stop.clone()));
         tokio::spawn(membership::run(store.clone(), stop.clone()));
+        tokio::spawn(crate::metrics::follow_raft(store.clone(), stop.clone()));
         tokio::spawn(crate::floating::leader::run(
             store.clone(),
             identity.node_id.clone(),
@@ -220,6 +223,7 @@ impl Manager {
             alloc,
             logs,
             floating,
+            view: shared,
             server_tls,
             pool,
             cert: watch::Sender::new(cert.clone()),

@@ -141,6 +141,7 @@ fn decide(state: &ClusterState, inputs: &Inputs) -> Result<Pass, ApiError> {
     for note in &d.notes {
         log_note(note);
     }
+    observe_scheduling(&d, inputs.now);
     let mut ops = OpsBySlot::default();
     for t in &d.created {
         ops.push(slot_of(t), db::put(t, Expect::Absent)?);
@@ -166,6 +167,39 @@ fn decide(state: &ClusterState, inputs: &Inputs) -> Result<Pass, ApiError> {
         wake_at: d.wake_at,
         decide_ms,
     })
+}
+
+/// Feeds the scheduling latency: each task this pass assigned (the scheduler stamps its status
+/// with the pass's time), from its creation.
+fn observe_scheduling(d: &shoal_control::Decision, now: chrono::DateTime<chrono::Utc>) {
+    let tasks = d.created.iter().chain(d.updated.iter().map(|(t, _)| t));
+    for t in tasks {
+        let Some(status) = t.task.status.as_ref() else {
+            continue;
+        };
+        if status.state != Some(shoal_api::models::TaskState::ASSIGNED) {
+            continue;
+        }
+        let at = |s: Option<&String>| {
+            s.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
+        let (Some(assigned), Some(created)) = (
+            at(status.timestamp.as_ref()),
+            at(t.task.created_at.as_ref()),
+        ) else {
+            continue;
+        };
+        // Assigned by this pass: stamped with its time (formatting keeps microseconds or less).
+        if (assigned - now).num_milliseconds().abs() > 1 {
+            continue;
+        }
+        if let Ok(wait) = (assigned - created).to_std() {
+            crate::metrics::METRICS
+                .scheduling
+                .observe(wait.as_secs_f64());
+        }
+    }
 }
 
 /// Logs a decision's note.

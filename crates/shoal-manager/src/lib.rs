@@ -1,6 +1,7 @@
 //! The manager: the Docker-compatible API, the control loops (orchestrator, allocator, scheduler)
 //! and the dispatcher that feeds agents. Only the raft leader runs the loops.
 
+pub mod admin;
 pub mod api;
 pub mod attachment;
 pub mod cluster;
@@ -11,6 +12,7 @@ pub mod events;
 pub mod floating;
 pub mod logbroker;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod remote;

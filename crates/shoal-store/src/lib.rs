@@ -13,6 +13,7 @@ mod db;
 mod error;
 mod journal;
 mod log_store;
+pub mod metrics;
 pub mod network;
 mod object;
 mod proposer;

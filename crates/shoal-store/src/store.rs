@@ -300,6 +300,16 @@ impl Store {
     /// succeeds or fails on its own. The result is the log index, which is the new version of every object written. An empty
     /// batch writes nothing and returns the current applied index.
     pub async fn write(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        let started = std::time::Instant::now();
+        let written = !ops.is_empty();
+        let r = self.write_timed(ops).await;
+        if written && r.is_ok() {
+            crate::metrics::WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    async fn write_timed(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(StoreError::Shutdown);
         }

@@ -340,6 +340,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--floating-ip {address}: {}", e.message))?;
         tokio::spawn(add_floating_ip(daemon.clone(), spec, stop.clone()));
     }
+    start_dashboard(&args, daemon.clone(), stop.clone()).await?;
+    crate::metrics::start(&args, daemon.clone(), agent_metrics(&agent), stop.clone()).await?;
     let app = api::app(daemon.clone());
     let s = stop.clone();
     tokio::spawn(async move {
@@ -366,6 +368,65 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     drop(lock);
     Ok(())
+}
+
+/// The engine client `/metrics` counts task containers with (None if the socket is unusable).
+fn agent_metrics(agent: &LocalAgent) -> Option<bollard::Docker> {
+    agent.docker().ok()
+}
+
+/// `--dashboard-addr` (default 127.0.0.1:9000): refused at start when given and unusable; the
+/// default only warns when its port is taken (another daemon on this machine has it).
+async fn start_dashboard(
+    args: &DaemonArgs,
+    daemon: Arc<Daemon>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some((addr, given)) = optional_addr(
+        args.dashboard_addr.as_deref(),
+        DEFAULT_DASHBOARD,
+        "--dashboard-addr",
+    )?
+    else {
+        return Ok(());
+    };
+    let tls = match (&args.dashboard_cert, &args.dashboard_key) {
+        (Some(cert), Some(key)) => Some(shoal_dashboard::serve::tls_config(
+            &shoal_dashboard::serve::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+        )?),
+        _ => None,
+    };
+    let dash = shoal_dashboard::Dashboard::new(daemon, tls.is_some());
+    match shoal_dashboard::serve::start(addr, dash, tls, stop).await {
+        Ok(_) => Ok(()),
+        Err(e @ shoal_dashboard::serve::ServeError::Bind { .. }) if !given => {
+            tracing::warn!(error = %e, "the dashboard is not served (its default port is taken); pick another with --dashboard-addr");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The dashboard's default address: loopback, so nothing is exposed until the operator says so.
+const DEFAULT_DASHBOARD: &str = "127.0.0.1:9000";
+
+/// An optional listener's address: None when "off", with whether the operator gave it.
+pub(crate) fn optional_addr(
+    given: Option<&str>,
+    default: &str,
+    flag: &str,
+) -> anyhow::Result<Option<(std::net::SocketAddr, bool)>> {
+    let text = given.unwrap_or(default);
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let addr = text.parse::<std::net::SocketAddr>().map_err(|e| {
+        anyhow::anyhow!("{flag} {text}: {e} (want ADDR:PORT, e.g. 127.0.0.1:9000, or off)")
+    })?;
+    Ok(Some((addr, given.is_some())))
 }
 
 /// The `--listen` addresses, refused at start when malformed, plain TCP off loopback, or not an

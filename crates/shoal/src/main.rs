@@ -3,8 +3,10 @@
 mod client;
 mod client_cert;
 mod daemon;
+mod dashboard;
 mod floating_ip;
 mod lock;
+mod metrics;
 mod service;
 mod socket;
 
@@ -32,9 +34,24 @@ enum Cmd {
     /// The swarm's floating addresses: one address for the whole cluster, held by one node.
     #[command(subcommand)]
     FloatingIp(FloatingIpCmd),
+    /// The web dashboard: `shoal dashboard password` sets its admin password (read from stdin).
+    #[command(subcommand)]
+    Dashboard(DashboardCmd),
     /// Internal: the daemon's child that removes floating addresses at their lease's end.
     #[command(hide = true)]
     FloatingGuard,
+}
+
+/// `shoal dashboard ...`.
+#[derive(Subcommand)]
+enum DashboardCmd {
+    /// Set the admin password (read from stdin's first line; at least 8 characters): stored
+    /// as an Argon2 hash in the swarm, so it works on every manager's dashboard.
+    Password {
+        /// A manager's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
 }
 
 /// `shoal floating-ip add|ls|rm`.
@@ -178,6 +195,21 @@ pub struct DaemonArgs {
     /// a swarm and the address is not configured yet, as `shoal floating-ip add` would.
     #[arg(long = "floating-ip", value_name = "ADDR/PREFIX")]
     pub floating_ip: Vec<String>,
+    /// Where the web dashboard listens (default 127.0.0.1:9000; "off" turns it off). Plain HTTP
+    /// on loopback only; elsewhere with --dashboard-cert and --dashboard-key. It serves while
+    /// this node is a manager.
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub dashboard_addr: Option<String>,
+    /// PEM certificate chain for the dashboard's HTTPS.
+    #[arg(long, requires = "dashboard_key", value_name = "FILE")]
+    pub dashboard_cert: Option<PathBuf>,
+    /// PEM private key for the dashboard's HTTPS.
+    #[arg(long, requires = "dashboard_cert", value_name = "FILE")]
+    pub dashboard_key: Option<PathBuf>,
+    /// Where Prometheus scrapes this node's metrics, GET /metrics (default 127.0.0.1:9323,
+    /// Docker's customary metrics port; "off" turns it off).
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub metrics_addr: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -194,6 +226,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Daemon(args) => rt.block_on(daemon::run(args)),
+        Cmd::Dashboard(DashboardCmd::Password { host }) => {
+            rt.block_on(dashboard::set_password(&client::socket(host.as_deref())))
+        }
         Cmd::FloatingGuard => {
             shoal_agent::floating::guard::run_guard();
             Ok(())

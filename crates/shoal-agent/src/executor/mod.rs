@@ -432,12 +432,14 @@ impl DockerExecutor {
         );
         while let Some(r) = s.next().await {
             if let Err(e) = r {
+                crate::metrics::count(&crate::metrics::METRICS.image_pulls, false);
                 return Err(ExecError::NoImage {
                     image: image.into(),
                     detail: format!(" ({e})"),
                 });
             }
         }
+        crate::metrics::count(&crate::metrics::METRICS.image_pulls, true);
         Ok(())
     }
 

@@ -264,6 +264,12 @@ impl Holder {
     }
 
     async fn carry_out(&mut self, actions: Vec<HolderAction>) {
+        self.carry_out_all(actions).await;
+        let held = i64::try_from(self.placed.len()).unwrap_or(i64::MAX);
+        crate::metrics::METRICS.floating_held.set(held);
+    }
+
+    async fn carry_out_all(&mut self, actions: Vec<HolderAction>) {
         for a in actions {
             match a {
                 HolderAction::Add { address, until } => {

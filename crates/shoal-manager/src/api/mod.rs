@@ -3,6 +3,7 @@
 
 mod client_certs;
 mod containers;
+mod dashboard;
 mod decode;
 mod encode;
 mod events;
@@ -288,7 +289,36 @@ pub async fn proxy(State(d): State<AppState>, mut req: Request) -> Response {
     if let Some(ClientUri(u)) = req.extensions().get::<ClientUri>().cloned() {
         *req.uri_mut() = u;
     }
-    d.engine.forward(req).await
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
+    let res = d.engine.forward(req).await;
+    crate::metrics::observe_request(
+        "(engine)",
+        &method,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    res
+}
+
+/// Counts a request to one of shoal's routes under its template (`/services/{id}`), so the
+/// metric's labels stay few whatever IDs clients send.
+async fn count_request(req: Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "(unmatched)".into());
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    crate::metrics::observe_request(
+        &route,
+        &method,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    res
 }
 
 /// The whole API as a service that strips version prefixes before routing.
@@ -300,7 +330,8 @@ pub fn app(
     Error = std::convert::Infallible,
     Future = impl Send,
 > + Clone
-       + Send {
+       + Send
+       + Sync {
     let router = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -346,6 +377,10 @@ pub fn app(
             "/shoal/v1/floating-ips/{address}",
             axum::routing::delete(floating_ips::remove),
         )
+        .route(
+            "/shoal/v1/dashboard/password",
+            post(dashboard::set_password),
+        )
         .route("/tasks", get(services::list_tasks))
         .route("/tasks/{id}", get(services::inspect_task))
         .route("/tasks/{id}/logs", get(logs::task_logs))
@@ -385,6 +420,7 @@ pub fn app(
             axum::routing::delete(containers::remove).fallback(proxy),
         )
         .route_layer(axum::middleware::from_fn(docker_errors))
+        .route_layer(axum::middleware::from_fn(count_request))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(proxy)
         .layer(axum::middleware::from_fn(check_version))

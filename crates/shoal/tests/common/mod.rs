@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod cluster;
 pub mod gluster;
 pub mod sshd;
+pub mod webdriver;
 
 static IMAGES: Once = Once::new();
 static SWEEP: Once = Once::new();
