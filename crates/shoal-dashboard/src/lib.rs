@@ -93,6 +93,11 @@ impl Dashboard {
         self.sessions.lock().open(user, Instant::now()).0
     }
 
+    /// The daemon the dashboard serves.
+    pub fn daemon(&self) -> &AppState {
+        &self.daemon
+    }
+
     /// Whether a session is still valid (without counting as use).
     pub fn session_alive(&self, token: &str) -> bool {
         self.sessions.lock().touch(token, Instant::now()).is_some()
@@ -207,18 +212,39 @@ fn asset_of(path: &str) -> Option<Response> {
     Some(([(header::CONTENT_TYPE, *ty)], *body).into_response())
 }
 
-async fn index(State(dash): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    match dash.session(&headers) {
+async fn index(State(dash): State<Arc<Dashboard>>, req: Request) -> Response {
+    match dash.session(req.headers()) {
         Ok(_) => asset_of("/").unwrap_or_else(not_found),
-        Err(r) => r.answer(true),
+        Err(r) => match certificate_login(&dash, &req) {
+            Some(res) => res,
+            None => r.answer(true),
+        },
     }
 }
 
-async fn login_page(State(dash): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if dash.session(&headers).is_ok() {
+async fn login_page(State(dash): State<Arc<Dashboard>>, req: Request) -> Response {
+    if dash.session(req.headers()).is_ok() {
         return redirect("/");
     }
+    if let Some(res) = certificate_login(&dash, &req) {
+        return res;
+    }
     asset_of("/login").unwrap_or_else(not_found)
+}
+
+/// A browser whose HTTPS connection presented an API client certificate of the cluster (checked
+/// at the handshake, revocations included) is logged in as that certificate's name.
+fn certificate_login(dash: &Dashboard, req: &Request) -> Option<Response> {
+    let user = req.extensions().get::<serve::ClientCertUser>()?;
+    let name = format!("cert:{}", user.0);
+    let token = dash.open_session(&name);
+    tracing::info!(client = %client_ip(req), user = %name, "dashboard login by client certificate");
+    let mut res = redirect("/");
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        dash.cookie_header(&token, auth::ABSOLUTE.as_secs()),
+    );
+    Some(res)
 }
 
 async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {

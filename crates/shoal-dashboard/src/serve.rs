@@ -1,6 +1,8 @@
-//! Where the dashboard listens: plain HTTP on loopback only, HTTPS anywhere (a certificate the
-//! user gives, PEM files). The listener is bound before [`start`] returns, so a taken port or a
-//! refused address stops the daemon's start with the reason.
+//! Where the dashboard listens: plain HTTP on loopback, HTTPS anywhere else, with the user's
+//! certificate (PEM files) or one from the cluster CA (made once the node is a manager, renewed
+//! with its node certificate). Over HTTPS an API client certificate of the cluster
+//! (`shoal client-cert`) logs its browser in without the password. The listener is bound before
+//! [`start`] returns, so a taken port stops the daemon's start with the reason.
 
 use crate::Dashboard;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -73,23 +75,38 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, ServeEr
     Ok(Arc::new(config))
 }
 
+/// How the dashboard speaks on its address.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain HTTP (loopback only).
+    Plain,
+    /// HTTPS with the user's certificate.
+    Files(Arc<rustls::ServerConfig>),
+    /// HTTPS with a certificate from the cluster CA.
+    Cluster,
+}
+
+/// The name of the API client certificate a request's connection presented (over HTTPS).
+#[derive(Clone, Debug)]
+pub struct ClientCertUser(pub String);
+
 /// Binds `addr` and serves the dashboard there until `stop`.
 pub async fn start(
     addr: SocketAddr,
     dash: Arc<Dashboard>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    transport: Transport,
     stop: CancellationToken,
 ) -> Result<SocketAddr, ServeError> {
-    if tls.is_none() && !addr.ip().is_loopback() {
+    if matches!(transport, Transport::Plain) && !addr.ip().is_loopback() {
         return Err(ServeError::PlainOffLoopback(addr));
     }
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
-    let app = crate::router(dash);
-    match tls {
-        None => {
+    let app = crate::router(dash.clone());
+    match transport {
+        Transport::Plain => {
             tracing::info!(addr = %local, "dashboard on http://{local}/ (loopback)");
             tokio::spawn(async move {
                 let served = axum::serve(
@@ -103,21 +120,82 @@ pub async fn start(
                 }
             });
         }
-        Some(config) => {
-            tracing::info!(addr = %local, "dashboard on https://{local}/");
-            tokio::spawn(accept_tls(listener, app, config, stop));
+        Transport::Files(config) => {
+            tracing::info!(addr = %local, "dashboard on https://{local}/ (your certificate)");
+            let current = Arc::new(parking_lot::RwLock::new(Some(config)));
+            tokio::spawn(accept_tls(listener, app, current, stop));
+        }
+        Transport::Cluster => {
+            tracing::info!(addr = %local, "dashboard on https://{local}/ (a certificate from the cluster CA, once this node is a manager)");
+            let current = Arc::new(parking_lot::RwLock::new(None));
+            tokio::spawn(follow_cluster_cert(
+                dash,
+                local,
+                current.clone(),
+                stop.clone(),
+            ));
+            tokio::spawn(accept_tls(listener, app, current, stop));
         }
     }
     Ok(local)
 }
 
+type CurrentTls = Arc<parking_lot::RwLock<Option<Arc<rustls::ServerConfig>>>>;
+
+/// Keeps `current` at the cluster-issued settings of this node's manager: made when the node
+/// becomes a manager (and the CA is in its store), remade when its certificate is renewed,
+/// cleared when it stops being one.
+async fn follow_cluster_cert(
+    dash: Arc<Dashboard>,
+    addr: SocketAddr,
+    current: CurrentTls,
+    stop: CancellationToken,
+) {
+    let d = dash.daemon().clone();
+    let mut managers = d.manager.changes();
+    loop {
+        managers.borrow_and_update();
+        let manager = d.manager.read().await.clone();
+        match manager {
+            None => *current.write() = None,
+            Some(m) => {
+                let mut certs = m.certificate();
+                let mut store = m.store.watch();
+                let manager_stop = m.stopping();
+                loop {
+                    certs.borrow_and_update();
+                    match shoal_manager::remote::dashboard_tls(&d, &m, addr) {
+                        Ok(c) => *current.write() = Some(c),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "the dashboard's certificate waits for the cluster CA")
+                        }
+                    }
+                    let ready = current.read().is_some();
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = certs.changed() => if r.is_err() { break },
+                        _ = store.recv(), if !ready => {}
+                        _ = manager_stop.cancelled() => break,
+                        r = managers.changed() => { if r.is_err() { return } break }
+                    }
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = managers.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 async fn accept_tls(
     listener: TcpListener,
     app: axum::Router,
-    config: Arc<rustls::ServerConfig>,
+    current: CurrentTls,
     stop: CancellationToken,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let mut said_waiting = false;
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -130,7 +208,15 @@ async fn accept_tls(
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let Some(config) = current.read().clone() else {
+            if !said_waiting {
+                tracing::info!("dashboard connection refused: no certificate yet (this node is not a swarm manager)");
+                said_waiting = true;
+            }
+            continue;
+        };
+        said_waiting = false;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let app = app.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -148,11 +234,22 @@ async fn accept_tls(
                 }
                 Err(_) => return,
             };
+            // Verified by the handshake (cluster CA, API client, not revoked): its name.
+            let user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|der| shoal_pki::api_client_of_der(der).ok())
+                .map(|c| ClientCertUser(c.name));
             let svc = tower::ServiceExt::map_request(
                 app,
                 move |req: http::Request<hyper::body::Incoming>| {
                     let (mut parts, body) = req.into_parts();
                     parts.extensions.insert(axum::extract::ConnectInfo(peer));
+                    if let Some(u) = &user {
+                        parts.extensions.insert(u.clone());
+                    }
                     axum::extract::Request::from_parts(parts, axum::body::Body::new(body))
                 },
             );

@@ -297,17 +297,40 @@ pub fn api_server_config(
     cert: &ApiServerCert,
     revocations: Arc<dyn Revocations>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
+    server_config_for_clients(cert, revocations, true)
+}
+
+/// What a manager serves the dashboard over HTTPS with: [`api_server_config`], except that a
+/// client certificate is asked for but not required (a browser without one logs in with the
+/// password); one that is presented is checked the same way (an API client certificate of the
+/// cluster CA, not revoked), and its name logs the browser in.
+pub fn dashboard_server_config(
+    cert: &ApiServerCert,
+    revocations: Arc<dyn Revocations>,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    server_config_for_clients(cert, revocations, false)
+}
+
+fn server_config_for_clients(
+    cert: &ApiServerCert,
+    revocations: Arc<dyn Revocations>,
+    required: bool,
+) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for ca in certs(&cert.ca_pem, "CA certificate")? {
         roots.add(ca).map_err(tls_err("trusting the cluster CA"))?;
     }
-    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|source| PkiError::Verifier {
-            what: "building the API client verifier",
-            source,
-        })?;
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    let inner = builder.build().map_err(|source| PkiError::Verifier {
+        what: "building the API client verifier",
+        source,
+    })?;
     // An API client certificate (clientAuth usage and dates are WebPKI's), not revoked.
     let verifier = Arc::new(CheckedClientVerifier {
         inner,

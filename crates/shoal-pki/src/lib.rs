@@ -21,8 +21,8 @@ mod tls_tests;
 
 pub use api::{
     api_client_config, api_client_of_der, api_client_of_pem, api_server_config, check_client_name,
-    fingerprint_hex, ApiClient, ApiServerCert, ClientKey, IssuedClientCert, Revocations,
-    API_CLIENT_OU, API_SERVER_OU, MAX_CLIENT_NAME,
+    dashboard_server_config, fingerprint_hex, ApiClient, ApiServerCert, ClientKey,
+    IssuedClientCert, Revocations, API_CLIENT_OU, API_SERVER_OU, MAX_CLIENT_NAME,
 };
 pub use node::{identity_of_der, role_of_ou, role_ou, NodeCert, NodeIdentity, NodeKey, Role};
 /// Re-exported so callers build connectors and acceptors against the exact rustls we configure.

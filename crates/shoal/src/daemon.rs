@@ -390,17 +390,19 @@ async fn start_dashboard(
     else {
         return Ok(());
     };
-    let tls = match (&args.dashboard_cert, &args.dashboard_key) {
-        (Some(cert), Some(key)) => Some(shoal_dashboard::serve::tls_config(
-            &shoal_dashboard::serve::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-        )?),
-        _ => None,
+    use shoal_dashboard::serve::{tls_config, TlsFiles, Transport};
+    // Plain HTTP on loopback; elsewhere HTTPS, with the user's certificate or the cluster's.
+    let transport = match (&args.dashboard_cert, &args.dashboard_key) {
+        (Some(cert), Some(key)) => Transport::Files(tls_config(&TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })?),
+        _ if addr.ip().is_loopback() => Transport::Plain,
+        _ => Transport::Cluster,
     };
-    let dash = shoal_dashboard::Dashboard::new(daemon, tls.is_some());
-    match shoal_dashboard::serve::start(addr, dash, tls, stop).await {
+    let secure = !matches!(transport, Transport::Plain);
+    let dash = shoal_dashboard::Dashboard::new(daemon, secure);
+    match shoal_dashboard::serve::start(addr, dash, transport, stop).await {
         Ok(_) => Ok(()),
         Err(e @ shoal_dashboard::serve::ServeError::Bind { .. }) if !given => {
             tracing::warn!(error = %e, "the dashboard is not served (its default port is taken); pick another with --dashboard-addr");

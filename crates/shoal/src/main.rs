@@ -196,8 +196,9 @@ pub struct DaemonArgs {
     #[arg(long = "floating-ip", value_name = "ADDR/PREFIX")]
     pub floating_ip: Vec<String>,
     /// Where the web dashboard listens (default 127.0.0.1:9000; "off" turns it off). Plain HTTP
-    /// on loopback only; elsewhere with --dashboard-cert and --dashboard-key. It serves while
-    /// this node is a manager.
+    /// on loopback; anywhere else HTTPS, with --dashboard-cert and --dashboard-key or else a
+    /// certificate from the cluster CA (then a `shoal client-cert` certificate in the browser
+    /// logs in without the password). It answers while this node is a manager.
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub dashboard_addr: Option<String>,
     /// PEM certificate chain for the dashboard's HTTPS.

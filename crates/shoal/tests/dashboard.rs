@@ -365,3 +365,105 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
     b.screenshot(&shots().join("phone.png"));
     assert!(!b.find_all("section.node-column").is_empty());
 }
+
+/// Off loopback the dashboard speaks HTTPS with a certificate from the cluster CA; a browser
+/// with a `shoal client-cert` certificate is logged in by it, one without gets the login page,
+/// and a revoked certificate is refused at the handshake.
+#[test]
+fn dashboard_over_https_with_the_cluster_ca_logs_client_certificates_in() {
+    let node = common::Node::start_with("dash-tls", &["--dashboard-addr", "0.0.0.0:9443"]);
+    node.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    let ca = node.dir.join("data/certs/swarm-root-ca.crt");
+    let get = |args: &[&str]| -> (u16, String, String) {
+        let out = node
+            .netns
+            .command("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let code = text
+            .lines()
+            .last()
+            .unwrap_or("0")
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let location = text
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("location: ")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        (code, location, text)
+    };
+    let cacert = ca.display().to_string();
+    // The certificate is made once the node is a manager; its names include localhost.
+    wait_until(Duration::from_secs(20), "the login page over HTTPS", || {
+        get(&["--cacert", &cacert, "https://localhost:9443/login"]).0 == 200
+    });
+    // Without a client certificate: sent to the login.
+    let (code, location, _) = get(&["--cacert", &cacert, "https://localhost:9443/"]);
+    assert_eq!((code, location.as_str()), (303, "/login"));
+    // Plain HTTP on that port gets nowhere.
+    assert_eq!(get(&["http://127.0.0.1:9443/login"]).0, 0);
+
+    // With an API client certificate: logged in by it.
+    let certs = node.dir.join("client");
+    let issued = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["client-cert", "ops", "--out"])
+        .arg(&certs)
+        .args(["-H", &format!("unix://{}", node.socket.display())])
+        .output()
+        .unwrap();
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let cert = certs.join("cert.pem").display().to_string();
+    let key = certs.join("key.pem").display().to_string();
+    let with_cert = [
+        "--cacert",
+        cacert.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+        "https://localhost:9443/",
+    ];
+    let (code, location, text) = get(&with_cert);
+    assert_eq!((code, location.as_str()), (303, "/"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("set-cookie: shoal_session=")
+            && text.contains("Secure"),
+        "a Secure session cookie: {text}"
+    );
+
+    // Revoked: refused at the handshake.
+    let revoked = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["client-cert", "rm", "ops"])
+        .args(["-H", &format!("unix://{}", node.socket.display())])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success());
+    wait_until(
+        Duration::from_secs(10),
+        "the revoked certificate refused",
+        || get(&with_cert).0 == 0,
+    );
+}

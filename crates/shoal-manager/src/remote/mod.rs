@@ -211,6 +211,22 @@ async fn wait_for_end(
     }
 }
 
+/// The dashboard's HTTPS settings for manager `m` serving on `addr` (issue 21): a server
+/// certificate from the cluster CA, as the TCP API's, and API client certificates accepted but
+/// not required (one that is presented logs its browser in). Redo it when the node certificate
+/// is renewed ([`Manager::certificate`]).
+pub fn dashboard_tls(
+    d: &AppState,
+    m: &Manager,
+    addr: std::net::SocketAddr,
+) -> Result<Arc<shoal_pki::rustls::ServerConfig>, String> {
+    let addrs = [ListenAddr { addr, tls: true }];
+    let node_cert = m.certificate().borrow().clone();
+    let cert = server_cert(d, m, &addrs, &node_cert).map_err(|e| e.to_string())?;
+    shoal_pki::dashboard_server_config(&cert, Arc::new(StoreRevocations(m.store.clone())))
+        .map_err(|e| e.to_string())
+}
+
 /// Why the API server certificate or its TLS settings could not be made.
 #[derive(Debug, thiserror::Error)]
 enum CertError {
