@@ -36,6 +36,11 @@ if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != "active" ]; then
   docker swarm init --advertise-addr 127.0.0.1
 fi
 
+# The dashboard's admin password: SHOAL_DASHBOARD_PASSWORD, or a new random one shown at the end.
+PASSWORD=${SHOAL_DASHBOARD_PASSWORD:-$(head -c 12 /dev/urandom | base64 | tr -d '/+=')}
+step "shoal dashboard password (the web dashboard on http://127.0.0.1:9000/)"
+printf '%s\n' "$PASSWORD" | target/release/shoal dashboard password -H "$SOCK"
+
 step "docker stack deploy -c examples/stack.yml demo"
 docker stack deploy -c examples/stack.yml demo
 
@@ -55,9 +60,19 @@ for _ in 1 2 3; do
   for _ in $(seq 1 25); do curl -fsS --max-time 3 http://127.0.0.1:8080/ && break; sleep 0.2; done
 done
 
+step "the dashboard and /metrics answer"
+login=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' --data-urlencode "password=$PASSWORD" http://127.0.0.1:9000/login)
+echo "  POST /login: $login"
+[ "$login" = "303 http://127.0.0.1:9000/" ] || { echo "the dashboard login failed; see $LOG" >&2; exit 1; }
+curl -fsS http://127.0.0.1:9323/metrics | grep '^shoal_service_replicas_running'
+
 cat <<TXT
 
-Done. Point the docker CLI at shoal and look around:
+Done. The web dashboard (the cluster live, a column per node, actions):
+  http://127.0.0.1:9000/   user admin, password: $PASSWORD
+  (a new one: echo NEW-PASSWORD | target/release/shoal dashboard password -H $SOCK)
+Prometheus metrics: http://127.0.0.1:9323/metrics
+Point the docker CLI at shoal and look around:
   export DOCKER_HOST=$DOCKER_HOST
   docker service ls; docker service ps demo_web; docker stack ps demo
   docker service scale demo_web=5

@@ -216,6 +216,20 @@ pub enum AgentMessage {
     Floating(FloatingUp),
     /// The node's interfaces changed since its `Hello` (an address added by its operator).
     Interfaces(Vec<crate::floating::NodeInterface>),
+    /// The machine's CPU and memory in use, every few seconds: what the dashboard's node
+    /// columns show (kept in the leader's memory, never written to raft).
+    Usage(NodeUsage),
+}
+
+/// A node's load as its machine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct NodeUsage {
+    /// CPU busy since the last report, percent of all CPUs (0 to 100).
+    pub cpu_percent: f64,
+    /// Memory in use (total less available), bytes.
+    pub memory_used: u64,
+    /// Memory in all, bytes.
+    pub memory_total: u64,
 }
 
 /// What a holder of floating addresses tells the leader. The node is the session's (its

@@ -237,7 +237,7 @@
     if (!view) return;
     const c = view.cluster || {};
     const leader = c.leader && nodeById.get(c.leader);
-    $('cluster').textContent = `${c.name || 'default'} · ${view.nodes.length} nodes, ${c.managers} managers · leader ${leader ? leader.hostname : c.leader ? short(c.leader) : 'none'}`;
+    $('cluster').textContent = `${c.name || 'default'} · ${view.nodes.length} node${view.nodes.length === 1 ? '' : 's'}, ${c.managers} manager${c.managers === 1 ? '' : 's'} · leader ${leader ? leader.hostname : c.leader ? short(c.leader) : 'none'}`;
     switch (route) {
       case 'visualizer': renderVisualizer(); break;
       case 'services': renderServices(); break;
@@ -267,6 +267,7 @@
     for (const n of nodes) {
       const tasks = per.get(n.id).sort(order);
       const res = [`${num(n.cpus)} CPU${n.cpus === 1 ? '' : 's'}`, bytes(n.memory)];
+      if (n.cpu_used_percent != null) res.push(`CPU ${num(n.cpu_used_percent)}% in use`, `${bytes(n.memory_used)} used`);
       if (n.cpus_reserved || n.memory_reserved) res.push(`reserved ${num(n.cpus_reserved || 0)} CPU, ${bytes(n.memory_reserved || 0)}`);
       const col = h('section', {
         class: 'node-column', 'data-node-id': n.id, 'data-hostname': n.hostname,
@@ -363,7 +364,9 @@
         n.role === 'manager' ? button('demote', 'Demote', `Demote ${hn}`, d) : button('promote', 'Promote', `Promote ${hn}`, d));
       return row({ 'data-hostname': hn, 'data-node-state': n.state }, NODE_HEADS, [
         hn, n.role, n.leader ? badge('leader') : '—', badge(n.state), badge(n.availability), n.addr || '—',
-        n.engine || '—', num(n.cpus), bytes(n.memory), acts]);
+        n.engine || '—',
+        n.cpu_used_percent != null ? `${num(n.cpus)} (${num(n.cpu_used_percent)}% busy)` : num(n.cpus),
+        n.memory_used != null ? `${bytes(n.memory_used)} of ${bytes(n.memory)}` : bytes(n.memory), acts]);
     });
     replace($('c-nodes'), rows.length ? table('Nodes', NODE_HEADS, rows) : empty('No nodes.'));
   }

@@ -24,10 +24,12 @@ pub async fn current(m: &Manager, reader: &mut shoal_manager::state::SharedReade
     let floating = {
         let (live, _) = reader.refresh().await;
         let floating = shoal_manager::floating::list(&m.store, live.state(), &m.floating.status());
+        let usage = m.usage.lock().clone();
         view::build(
             live.state(),
             leader.as_deref(),
             &floating,
+            &usage,
             shoal_api::id::now(),
         )
     };

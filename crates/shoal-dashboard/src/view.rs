@@ -4,6 +4,7 @@
 //! objects through `/api/docker` when it needs them whole.
 
 use serde::Serialize;
+use shoal_api::dispatch::NodeUsage;
 use shoal_api::models::{NodeSpecRoleEnum, TaskState};
 use shoal_api::objects::{is_terminal, Mode};
 use shoal_manager::state::ClusterState;
@@ -60,6 +61,10 @@ pub struct NodeView {
     pub cpus: f64,
     /// Memory its engine reports, bytes.
     pub memory: i64,
+    /// CPU busy, percent of all its CPUs, as it last reported (None: not reported here).
+    pub cpu_used_percent: Option<f64>,
+    /// Memory in use, bytes, as it last reported.
+    pub memory_used: Option<u64>,
     /// CPUs reserved by the tasks meant to run on it.
     pub cpus_reserved: f64,
     /// Memory reserved by the tasks meant to run on it, bytes.
@@ -150,11 +155,13 @@ pub struct FloatingView {
 }
 
 /// Builds the page's view. `leader` is the raft leader's node ID; `floating` is what
-/// `shoal floating-ip ls` answers (`Address`, `Holder` as a host name, `Lease`).
+/// `shoal floating-ip ls` answers (`Address`, `Holder` as a host name, `Lease`); `usage` each
+/// node's last reported CPU and memory in use (the leader's; empty elsewhere).
 pub fn build(
     state: &ClusterState,
     leader: Option<&str>,
     floating: &[serde_json::Value],
+    usage: &HashMap<String, NodeUsage>,
     generated: String,
 ) -> View {
     // A node that is not ready cannot report its tasks' end: their last state is stale.
@@ -266,6 +273,10 @@ pub fn build(
                     .unwrap_or_default(),
                 cpus: res.and_then(|r| r.nano_cpus).unwrap_or(0) as f64 / 1e9,
                 memory: res.and_then(|r| r.memory_bytes).unwrap_or(0),
+                cpu_used_percent: usage
+                    .get(&id)
+                    .map(|u| (u.cpu_percent * 10.0).round() / 10.0),
+                memory_used: usage.get(&id).map(|u| u.memory_used),
                 cpus_reserved,
                 memory_reserved,
                 engine: desc
@@ -378,5 +389,120 @@ pub fn build(
         services,
         tasks,
         floating,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use shoal_manager::state::Versioned;
+
+    fn v<T: serde::de::DeserializeOwned>(j: serde_json::Value) -> Versioned<T> {
+        Versioned {
+            obj: serde_json::from_value(j).unwrap(),
+            version: 1,
+        }
+    }
+
+    fn node(id: &str, host: &str, state: &str) -> serde_json::Value {
+        json!({"ID": id, "Spec": {"Role": if id == "n1" {"manager"} else {"worker"}, "Availability": "active"},
+               "Description": {"Hostname": host, "Resources": {"NanoCPUs": 2_000_000_000i64, "MemoryBytes": 1024}},
+               "Status": {"State": state, "Addr": "10.0.0.1"}})
+    }
+
+    fn task(
+        id: &str,
+        slot: u64,
+        node: &str,
+        state: &str,
+        desired: &str,
+        err: &str,
+    ) -> serde_json::Value {
+        json!({"ID": id, "ServiceID": "s1", "Slot": slot, "NodeID": node, "DesiredState": desired,
+               "Status": {"State": state, "Err": err}, "ShoalServiceName": "web"})
+    }
+
+    #[test]
+    fn the_view_shows_what_runs_or_is_on_its_way_and_counts_as_the_cli_does() {
+        let services = std::collections::BTreeMap::from([(
+            "s1".to_string(),
+            v(json!({"ID": "s1", "Spec": {"Name": "web",
+                "Labels": {"com.docker.stack.namespace": "demo"},
+                "Mode": {"Replicated": {"Replicas": 3}},
+                "TaskTemplate": {"ContainerSpec": {"Image": "web:1"}},
+                "EndpointSpec": {"Ports": [{"TargetPort": 80, "PublishedPort": 8080}]}}})),
+        )]);
+        let state = ClusterState {
+            nodes: vec![
+                v(node("n1", "alpha", "ready")),
+                v(node("n2", "beta", "down")),
+            ],
+            services,
+            tasks: vec![
+                v(task("t-run", 1, "n1", "running", "running", "")),
+                v(task(
+                    "t-pend",
+                    2,
+                    "",
+                    "pending",
+                    "running",
+                    "no suitable node (1 node down)",
+                )),
+                v(task(
+                    "t-pend2",
+                    3,
+                    "",
+                    "pending",
+                    "running",
+                    "no suitable node (1 node down)",
+                )),
+                // History: ended and not meant to run.
+                v(task("t-old", 1, "n1", "complete", "shutdown", "")),
+                // Stopping on a live node: shown until it ends.
+                v(task("t-stop", 4, "n1", "running", "shutdown", "")),
+                // On a down node, told to stop: it can never report its end; not shown.
+                v(task("t-lost", 2, "n2", "running", "shutdown", "")),
+            ],
+            ..Default::default()
+        };
+        let usage = HashMap::from([(
+            "n1".to_string(),
+            NodeUsage {
+                cpu_percent: 12.345,
+                memory_used: 512,
+                memory_total: 1024,
+            },
+        )]);
+        let floating =
+            [json!({"Address": "10.0.0.9/24", "Holder": "alpha", "Lease": "held (epoch 2)"})];
+        let view = build(&state, Some("n1"), &floating, &usage, "now".into());
+
+        let shown: Vec<&str> = view.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(shown, ["t-run", "t-pend", "t-pend2", "t-stop"]);
+        let s = &view.services[0];
+        assert_eq!((s.desired, s.running), (3, 1));
+        assert_eq!(s.stack.as_deref(), Some("demo"));
+        assert_eq!(s.image, "web:1");
+        assert_eq!(s.ports[0].published, 8080);
+        assert_eq!(
+            s.pending,
+            ["no suitable node (1 node down)"],
+            "one line per reason"
+        );
+        assert_eq!(view.tasks[1].node, None, "pending tasks have no node");
+
+        let names: Vec<&str> = view.nodes.iter().map(|n| n.hostname.as_str()).collect();
+        assert_eq!(names, ["alpha", "beta"]);
+        assert!(view.nodes[0].leader && !view.nodes[1].leader);
+        assert_eq!(view.nodes[0].cpus, 2.0);
+        assert_eq!(view.nodes[0].cpu_used_percent, Some(12.3));
+        assert_eq!(view.nodes[1].cpu_used_percent, None, "beta never reported");
+        assert_eq!(view.cluster.managers, 1);
+        assert_eq!(
+            view.floating[0].holder.as_deref(),
+            Some("n1"),
+            "holder by node ID"
+        );
     }
 }

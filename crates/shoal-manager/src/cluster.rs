@@ -109,6 +109,8 @@ pub struct Manager {
     pub floating: Arc<FloatingHub>,
     /// The decoded view of the store the loops share; the dashboard and `/metrics` read it too.
     pub view: SharedState,
+    /// Each node's CPU and memory in use as its session last said (on the leader only).
+    pub usage: crate::dispatcher::UsageMap,
     server_tls: shoal_rpc::ServerTls,
     pool: Arc<shoal_rpc::Pool>,
     cert: watch::Sender<NodeCert>,
@@ -187,11 +189,13 @@ impl Manager {
         let shared = SharedState::new(store.clone());
         let logs = LogBroker::new(store.clone(), pool.clone());
         let (floating, floating_inbox) = FloatingHub::new();
+        let usage = crate::dispatcher::UsageMap::default();
         let dispatcher = Dispatcher::start(
             store.clone(),
             shared.reader(),
             logs.clone(),
             floating.clone(),
+            usage.clone(),
             stop.clone(),
         );
         let handlers = Arc::new(ManagerRpc {
@@ -224,6 +228,7 @@ impl Manager {
             logs,
             floating,
             view: shared,
+            usage,
             server_tls,
             pool,
             cert: watch::Sender::new(cert.clone()),

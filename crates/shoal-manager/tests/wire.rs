@@ -144,6 +144,7 @@ async fn cluster() -> Cluster {
         view.reader(),
         logs.clone(),
         floating,
+        Default::default(),
         stop.clone(),
     );
     let handlers = Arc::new(ManagerRpc {

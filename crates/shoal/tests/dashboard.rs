@@ -191,6 +191,24 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
             page.len() == 3 && page == ps
         },
     );
+    // Each column heads its node with the CPU and memory it reports in use.
+    wait_until(
+        Duration::from_secs(20),
+        "node columns show CPU and memory in use",
+        || {
+            let heads = b.exec(
+            "return [...document.querySelectorAll('section.node-column')].map(c => c.textContent);",
+            json!([]),
+        );
+            heads.as_array().is_some_and(|a| {
+                a.len() == 3
+                    && a.iter().all(|h| {
+                        h.as_str()
+                            .is_some_and(|t| t.contains("% in use") && t.contains("used"))
+                    })
+            })
+        },
+    );
     b.screenshot(&shots().join("visualizer.png"));
 
     // Scale from the page: the services view, the Scale button, the dialog.

@@ -10,4 +10,4 @@ pub mod liveness;
 pub mod reports;
 pub mod session;
 
-pub use session::Dispatcher;
+pub use session::{Dispatcher, UsageMap};

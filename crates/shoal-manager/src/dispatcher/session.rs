@@ -52,8 +52,12 @@ pub struct Dispatcher {
     open_sessions: Arc<OpenSessions>,
     logs: LogBroker,
     floating: Arc<FloatingHub>,
+    usage: UsageMap,
     stop: CancellationToken,
 }
+
+/// Each node's last reported CPU and memory in use, on the leader (the dashboard reads it).
+pub type UsageMap = Arc<parking_lot::Mutex<HashMap<String, shoal_api::dispatch::NodeUsage>>>;
 
 /// The sessions open now, per node, so removing a node ends its sessions at once.
 #[derive(Default)]
@@ -139,6 +143,7 @@ impl Dispatcher {
         view: SharedReader,
         logs: LogBroker,
         floating: Arc<FloatingHub>,
+        usage: UsageMap,
         stop: CancellationToken,
     ) -> Dispatcher {
         let (tx, rx) = mpsc::channel(4096);
@@ -152,6 +157,7 @@ impl Dispatcher {
             open_sessions: Arc::default(),
             logs,
             floating,
+            usage,
             stop,
         };
         tokio::spawn(end_removed_sessions(
@@ -316,6 +322,9 @@ impl Dispatcher {
                         d.logs.publish(&node_id, session_id, batch);
                     }
                     Ok(AgentMessage::Floating(m)) => d.floating.receive(&node_id, m),
+                    Ok(AgentMessage::Usage(u)) => {
+                        d.usage.lock().insert(node_id.clone(), u);
+                    }
                     Ok(AgentMessage::Interfaces(interfaces)) => {
                         d.interfaces(&node_id, interfaces).await;
                     }

@@ -196,6 +196,7 @@ async fn one_session(
     let mut heartbeat = tokio::time::interval(heartbeat_every(DEFAULT_HEARTBEAT));
     let mut heard = tokio::time::Instant::now();
     let mut look = tokio::time::interval(INTERFACES_EVERY);
+    let mut usage = super::local::UsageSampler::default();
     look.reset();
     loop {
         tokio::select! {
@@ -270,6 +271,11 @@ async fn one_session(
                     interfaces = now;
                     let m = encode(&AgentMessage::Interfaces(interfaces.clone()))?;
                     tx.send(m).await.map_err(|_| SessionError::Closed)?;
+                }
+                if let Some(u) = usage.sample() {
+                    tx.send(encode(&AgentMessage::Usage(u))?)
+                        .await
+                        .map_err(|_| SessionError::Closed)?;
                 }
             }
             _ = heartbeat.tick() => {

@@ -32,6 +32,59 @@ pub fn local_ipv4() -> Option<String> {
         .map(str::to_string)
 }
 
+/// Reads this machine's CPU and memory in use from `/proc`: CPU as the busy share of the time
+/// since the previous sample (so the first sample has none).
+#[derive(Default)]
+pub struct UsageSampler {
+    last: Option<(u64, u64)>,
+}
+
+impl UsageSampler {
+    /// The usage since the last call; None on the first call or where `/proc` is unreadable.
+    pub fn sample(&mut self) -> Option<shoal_api::dispatch::NodeUsage> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let now = cpu_times(&stat)?;
+        let before = self.last.replace(now);
+        let (busy0, total0) = before?;
+        let (busy, total) = now;
+        let spent = total.checked_sub(total0).filter(|t| *t > 0)?;
+        let cpu_percent = busy.saturating_sub(busy0) as f64 * 100.0 / spent as f64;
+        let (memory_total, memory_used) = memory(&meminfo)?;
+        Some(shoal_api::dispatch::NodeUsage {
+            cpu_percent: cpu_percent.clamp(0.0, 100.0),
+            memory_used,
+            memory_total,
+        })
+    }
+}
+
+/// (busy, total) jiffies of all CPUs from `/proc/stat`'s first line.
+fn cpu_times(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let total: u64 = v.iter().take(8).fold(0u64, |a, x| a.saturating_add(*x));
+    let idle = v.get(3)?.saturating_add(*v.get(4).unwrap_or(&0));
+    Some((total.saturating_sub(idle), total))
+}
+
+/// (total, used) bytes from `/proc/meminfo`: used is total less available.
+fn memory(meminfo: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        meminfo.lines().find_map(|l| {
+            let kb = l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim();
+            kb.parse::<u64>().ok().map(|k| k.saturating_mul(1024))
+        })
+    };
+    let total = field("MemTotal:")?;
+    let available = field("MemAvailable:")?;
+    Some((total, total.saturating_sub(available)))
+}
+
 /// This machine's network interfaces and their addresses (`ip -j addr`), loopback left out:
 /// what a node reports so that `shoal floating-ip add` can check an address against them.
 pub fn interfaces() -> Vec<shoal_api::floating::NodeInterface> {
@@ -187,4 +240,31 @@ pub fn local_addr_towards(remote: &std::net::SocketAddr) -> Option<std::net::IpA
     let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
     s.connect(remote).ok()?;
     Some(s.local_addr().ok()?.ip())
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_memory_are_read_from_proc_s_formats() {
+        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(cpu_times(stat), Some((150, 1000)));
+        assert_eq!(cpu_times("intr 1 2"), None);
+        let meminfo = "MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    250 kB\n";
+        assert_eq!(memory(meminfo), Some((1_024_000, 768_000)));
+        let mut s = UsageSampler::default();
+        assert!(s.sample().is_none(), "the first sample has no interval");
+        // The next sample with time elapsed on the CPUs' clock (jiffies tick every 1-10 ms).
+        let started = std::time::Instant::now();
+        let u = loop {
+            if let Some(u) = s.sample() {
+                break u;
+            }
+            assert!(started.elapsed().as_secs() < 5, "no CPU time passed in 5 s");
+            std::thread::yield_now();
+        };
+        assert!((0.0..=100.0).contains(&u.cpu_percent));
+        assert!(u.memory_used <= u.memory_total && u.memory_total > 0);
+    }
 }
