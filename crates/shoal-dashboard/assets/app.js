@@ -708,6 +708,23 @@
     }, 0);
   }
 
+  // Deploy a pasted compose file: the server converts it as `docker stack deploy` does.
+  $('deploy-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const b = $('stack-deploy'), name = $('stack-name').value.trim();
+    b.disabled = true;
+    clearError();
+    try {
+      const r = await api('POST', '/api/stacks', { name, compose: $('stack-compose').value });
+      const w = (r.warnings || []).length ? ` Warnings: ${r.warnings.join('; ')}` : '';
+      status(`Stack ${name}: ${r.created.length} service(s) created, ${r.updated.length} updated.${w}`);
+    } catch (err) {
+      if (!leaving) showError(err.message);
+    } finally {
+      b.disabled = false;
+    }
+  });
+
   $('logout').addEventListener('click', async () => {
     const b = $('logout');
     b.disabled = true;

@@ -9,6 +9,8 @@
 //! - The page itself (`assets/`) is embedded in the binary: no CDN, no internet.
 
 pub mod auth;
+pub mod compose;
+pub mod deploy;
 pub mod docker;
 pub mod serve;
 pub mod stream;
@@ -91,6 +93,11 @@ impl Dashboard {
     /// client certificate of the TCP API). Returns the cookie token.
     pub fn open_session(&self, user: &str) -> String {
         self.sessions.lock().open(user, Instant::now()).0
+    }
+
+    /// The API the dashboard acts through (in process).
+    pub fn api(&self) -> &BoxCloneSyncService<Request<Body>, Response, Infallible> {
+        &self.api
     }
 
     /// The daemon the dashboard serves.
@@ -179,6 +186,7 @@ pub fn router(dash: Arc<Dashboard>) -> Router {
         .route("/assets/{file}", get(asset))
         .route("/api/session", get(session_info))
         .route("/api/stream", get(stream))
+        .route("/api/stacks", post(deploy_stack))
         .route("/api/docker/{*path}", any(docker_api))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "page not found") })
         .layer(axum::middleware::from_fn(security_headers))
@@ -348,6 +356,45 @@ async fn stream(State(dash): State<Arc<Dashboard>>, headers: HeaderMap) -> Respo
     axum::response::Sse::new(stream::views(dash.clone(), m, token))
         .keep_alive(axum::response::sse::KeepAlive::default())
         .into_response()
+}
+
+/// `POST /api/stacks` (`{"name", "compose"}`, CSRF-checked): deploys a pasted compose file.
+async fn deploy_stack(
+    State(dash): State<Arc<Dashboard>>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (_, s) = match dash.authorized(&method, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.answer(false),
+    };
+    if body.len() > compose::MAX_FILE_BYTES + 4096 {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the compose file is over 1 MiB",
+        );
+    }
+    let req: deploy::DeployRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"name\": ..., \"compose\": ...}}: {e}"),
+            )
+        }
+    };
+    let stack = req.name.clone();
+    match deploy::deploy(&dash, req).await {
+        Ok(v) => {
+            tracing::info!(user = %s.user, stack = %stack, "dashboard action: stack deployed");
+            axum::Json(v).into_response()
+        }
+        Err(r) => {
+            tracing::info!(user = %s.user, stack = %stack, status = r.status.as_u16(), error = %r.message, "dashboard action: stack deploy refused");
+            error(r.status, &r.message)
+        }
+    }
 }
 
 /// `/api/docker/{path}`: the Docker API, for what [`docker::allowed`] lets through.

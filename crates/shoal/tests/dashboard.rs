@@ -256,6 +256,61 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
     ]);
     assert_eq!(replicas.trim(), "5");
 
+    // Deploy a stack from a pasted compose file; a broken one is refused with the key named.
+    show(&b, "#stacks");
+    b.click(&b.wait_for("details.deploy summary", Duration::from_secs(10)));
+    b.type_into(&b.wait_for("#stack-name", Duration::from_secs(5)), "demo");
+    let compose = b.wait_for("#stack-compose", Duration::from_secs(5));
+    b.type_into(
+        &compose,
+        "services:\n  api:\n    command: sleep 3600\n    deploy:\n      replicas: 2\n",
+    );
+    b.click(&b.wait_for("#stack-deploy", Duration::from_secs(5)));
+    wait_until(Duration::from_secs(10), "the missing image refused", || {
+        b.find_all("#error")
+            .first()
+            .is_some_and(|e| b.text(e).contains("services.api") && b.text(e).contains("image"))
+    });
+    b.type_into(
+        &compose,
+        "services:\n  api:\n    image: shoal-test/busybox\n    command: sleep 3600\n    deploy:\n      replicas: 2\n",
+    );
+    b.click(&b.wait_for("#stack-deploy", Duration::from_secs(5)));
+    wait_until(
+        Duration::from_secs(10),
+        "the page confirms the deploy",
+        || {
+            b.find_all("#status")
+                .first()
+                .is_some_and(|e| b.text(e).contains("Stack demo: 1 service(s) created"))
+        },
+    );
+    show(&b, "#visualizer");
+    wait_until(Duration::from_secs(30), "2 running demo_api cards", || {
+        let page = running_by_column(&b, "demo_api");
+        page.len() == 2 && page == ps_running(n1, "demo_api")
+    });
+    let label = n1.ok(&[
+        "service",
+        "inspect",
+        "demo_api",
+        "--format",
+        "{{index .Spec.Labels \"com.docker.stack.namespace\"}}",
+    ]);
+    assert_eq!(
+        label.trim(),
+        "demo",
+        "deployed as `docker stack deploy` would"
+    );
+    assert!(n1.ok(&["stack", "ls"]).contains("demo"));
+    b.screenshot(&shots().join("visualizer.png"));
+    show(&b, "#stacks");
+    b.wait_for(
+        "button[data-action=remove-stack][data-stack=demo]",
+        Duration::from_secs(10),
+    );
+    b.screenshot(&shots().join("stacks.png"));
+
     // A refused action shows the API's own error: demoting the only manager.
     show(&b, "#nodes");
     let demote = b.wait_for(
