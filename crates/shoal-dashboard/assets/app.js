@@ -628,6 +628,17 @@
     async logs(b) {
       const s = service(b.dataset.serviceName);
       logsOpener = keyOf(b);
+      // The whole service, or one of its tasks (chosen in the dialog).
+      const sel = $('logs-task');
+      const tasks = view.tasks.filter((t) => t.service === s.id);
+      sel.replaceChildren(h('option', { value: '' }, `All tasks of ${s.name}`),
+        ...tasks.map((t) => h('option', { value: t.id },
+          `${s.name}.${t.slot || short(t.id)} on ${(nodeById.get(t.node) || {}).hostname || 'no node'} (${t.state})`)));
+      sel.onchange = () => {
+        const id = sel.value;
+        openLogs(id ? `/api/docker/tasks/${enc(id)}/logs${LOG_QUERY}` : `/api/docker/services/${enc(s.id)}/logs${LOG_QUERY}`,
+          id ? `Logs: ${sel.selectedOptions[0].textContent}` : `Logs: ${s.name}`);
+      };
       openLogs(`/api/docker/services/${enc(s.id)}/logs${LOG_QUERY}`, `Logs: ${s.name}`);
       return null;
     },

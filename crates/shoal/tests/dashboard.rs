@@ -273,7 +273,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
     });
     b.type_into(
         &compose,
-        "services:\n  api:\n    image: shoal-test/busybox\n    command: sleep 3600\n    deploy:\n      replicas: 2\n",
+        "services:\n  api:\n    image: shoal-test/busybox\n    command: sh -c \"echo hello from $$SLOT; sleep 3600\"\n    environment:\n      SLOT: \"{{.Task.Slot}}\"\n    deploy:\n      replicas: 2\n",
     );
     b.click(&b.wait_for("#stack-deploy", Duration::from_secs(5)));
     wait_until(
@@ -290,6 +290,34 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
         let page = running_by_column(&b, "demo_api");
         page.len() == 2 && page == ps_running(n1, "demo_api")
     });
+    // A service's logs, live, then one task's.
+    show(&b, "#services");
+    b.click(&b.wait_for(
+        "button[data-action=logs][data-service-name=demo_api]",
+        Duration::from_secs(10),
+    ));
+    let logs_say = |what: &str| {
+        b.find_all("#logs-pre")
+            .first()
+            .is_some_and(|p| b.text(p).contains(what))
+    };
+    wait_until(Duration::from_secs(15), "both tasks' lines in the service's logs", || {
+        logs_say("hello from 1") && logs_say("hello from 2")
+    });
+    let second = b.exec(
+        "const o = [...document.querySelectorAll('#logs-task option')].find(o => o.textContent.startsWith('demo_api.2')); return o ? o.value : null;",
+        json!([]),
+    );
+    let second = second.as_str().expect("task 2 in the logs' task list").to_string();
+    b.exec(
+        "const s = document.getElementById('logs-task'); s.value = arguments[0]; s.dispatchEvent(new Event('change'));",
+        json!([second]),
+    );
+    wait_until(Duration::from_secs(15), "one task's logs", || {
+        logs_say("hello from 2") && !logs_say("hello from 1")
+    });
+    b.click(&b.wait_for("#logs-close", Duration::from_secs(5)));
+
     let label = n1.ok(&[
         "service",
         "inspect",
