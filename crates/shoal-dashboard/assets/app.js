@@ -193,7 +193,8 @@
     if (frame || timer) return;
     const wait = last + 200 - performance.now();
     if (wait > 0) timer = setTimeout(() => { timer = 0; schedule(); }, wait);
-    else frame = requestAnimationFrame(() => { frame = 0; last = performance.now(); render(); });
+    // Only a drawn view counts: the first view after start-up is drawn at once.
+    else frame = requestAnimationFrame(() => { frame = 0; if (view) last = performance.now(); render(); });
   }
 
   function keyOf(b) {

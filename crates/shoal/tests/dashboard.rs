@@ -301,14 +301,19 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
             .first()
             .is_some_and(|p| b.text(p).contains(what))
     };
-    wait_until(Duration::from_secs(15), "both tasks' lines in the service's logs", || {
-        logs_say("hello from 1") && logs_say("hello from 2")
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "both tasks' lines in the service's logs",
+        || logs_say("hello from 1") && logs_say("hello from 2"),
+    );
     let second = b.exec(
         "const o = [...document.querySelectorAll('#logs-task option')].find(o => o.textContent.startsWith('demo_api.2')); return o ? o.value : null;",
         json!([]),
     );
-    let second = second.as_str().expect("task 2 in the logs' task list").to_string();
+    let second = second
+        .as_str()
+        .expect("task 2 in the logs' task list")
+        .to_string();
     b.exec(
         "const s = document.getElementById('logs-task'); s.value = arguments[0]; s.dispatchEvent(new Event('change'));",
         json!([second]),
