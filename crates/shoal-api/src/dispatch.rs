@@ -216,6 +216,8 @@ pub enum AgentMessage {
     Floating(FloatingUp),
     /// The node's interfaces changed since its `Hello` (an address added by its operator).
     Interfaces(Vec<crate::floating::NodeInterface>),
+    /// The images the node's engine holds, whenever they change (and at each session's start).
+    Images(Vec<crate::images::NodeImage>),
     /// The machine's CPU and memory in use, every few seconds: what the dashboard's node
     /// columns show (kept in the leader's memory, never written to raft).
     Usage(NodeUsage),

@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod error;
 pub mod floating;
 pub mod id;
+pub mod images;
 pub mod labels;
 pub mod logs;
 pub mod moby;
@@ -44,4 +45,6 @@ pub mod kind {
     pub const FLOATING_GRANT: &str = "floatinggrant";
     /// A node's network interfaces, as it reports them (floating address checks).
     pub const NODE_INTERFACES: &str = "nodeinterfaces";
+    /// The images a node's engine holds, as it reports them (issue 22's index).
+    pub const NODE_IMAGES: &str = "nodeimages";
 }

@@ -174,7 +174,7 @@
 
   // ---- state, routing, rendering -------------------------------------------------------
   const ROUTES = ['visualizer', 'services', 'stacks', 'nodes', 'networks', 'volumes', 'secrets', 'images', 'floating', 'events'];
-  const LIVE_ROUTES = new Set(['visualizer', 'services', 'stacks', 'nodes', 'floating']);
+  const LIVE_ROUTES = new Set(['visualizer', 'services', 'stacks', 'nodes', 'floating', 'images']);
   let view = null; // the latest View
   let svcById = new Map(), svcByName = new Map(), nodeById = new Map(), nodeByName = new Map();
   let route = '';
@@ -245,6 +245,7 @@
       case 'stacks': renderStacks(); break;
       case 'nodes': renderNodes(); break;
       case 'floating': renderFloating(); break;
+      case 'images': renderImages(); break;
     }
   }
 
@@ -381,6 +382,17 @@
     replace($('c-floating'), rows.length ? table('Floating IPs', FLOAT_HEADS, rows) : empty('No floating addresses.'));
   }
 
+  // Which node has which image (each node reports its engine's list).
+  const IMAGE_HEADS = ['Tags', 'ID', 'Platform', 'Size', 'Nodes'];
+  function renderImages() {
+    const all = view.images || [];
+    const rows = all.map((i) => row({ 'data-image-id': i.id }, IMAGE_HEADS, [
+      h('span', { class: 'mono' }, i.tags.join(', ') || '<none>'), h('span', { class: 'mono' }, short(i.id)),
+      i.platform || '—', bytes(i.size),
+      i.nodes.map((n) => (nodeById.get(n) || {}).hostname || short(n)).sort(cmp).join(', ')]));
+    replace($('c-images'), rows.length ? table('Images', IMAGE_HEADS, rows) : empty('No images reported yet.'));
+  }
+
   // ---- lists fetched on demand ---------------------------------------------------------
   const loaders = {
     async networks() {
@@ -404,13 +416,6 @@
       const [s, c] = await Promise.all([docker('GET', '/secrets'), docker('GET', '/configs')]);
       fill('secrets', 'Secrets', H, (s || []).sort(byName).map(cells), 'No secrets.');
       fill('configs', 'Configs', H, (c || []).sort(byName).map(cells), 'No configs.');
-    },
-    async images() {
-      const H = ['Tags', 'ID', 'Size'];
-      const list = (await docker('GET', '/images/json')) || [];
-      fill('images', 'Images', H, list.map((i) => [
-        h('span', { class: 'mono' }, (i.RepoTags || []).filter((t) => t !== '<none>:<none>').join(', ') || '<none>'),
-        h('span', { class: 'mono' }, short(i.Id)), bytes(i.Size)]), 'No images.');
     },
   };
   function fill(id, caption, heads, data, none) {

@@ -25,11 +25,13 @@ pub async fn current(m: &Manager, reader: &mut shoal_manager::state::SharedReade
         let (live, _) = reader.refresh().await;
         let floating = shoal_manager::floating::list(&m.store, live.state(), &m.floating.status());
         let usage = m.usage.lock().clone();
+        let images = shoal_manager::images::by_node(&m.store);
         view::build(
             live.state(),
             leader.as_deref(),
             &floating,
             &usage,
+            &images,
             shoal_api::id::now(),
         )
     };

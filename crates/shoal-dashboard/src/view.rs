@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 use shoal_api::dispatch::NodeUsage;
+use shoal_api::images::StoredNodeImages;
 use shoal_api::models::{NodeSpecRoleEnum, TaskState};
 use shoal_api::objects::{is_terminal, Mode};
 use shoal_manager::state::ClusterState;
@@ -23,6 +24,23 @@ pub struct View {
     pub tasks: Vec<TaskView>,
     /// Floating addresses and their holders.
     pub floating: Vec<FloatingView>,
+    /// Images and the nodes whose engine has each.
+    pub images: Vec<ImageView>,
+}
+
+/// One image and where it is.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ImageView {
+    /// Image ID (the same content has the same ID everywhere).
+    pub id: String,
+    /// Its `repo:tag` names on any node.
+    pub tags: Vec<String>,
+    /// `os/architecture[/variant]`.
+    pub platform: String,
+    /// Bytes.
+    pub size: i64,
+    /// Nodes (IDs) whose engine has it, sorted.
+    pub nodes: Vec<String>,
 }
 
 /// The swarm as a whole.
@@ -162,6 +180,7 @@ pub fn build(
     leader: Option<&str>,
     floating: &[serde_json::Value],
     usage: &HashMap<String, NodeUsage>,
+    images: &[StoredNodeImages],
     generated: String,
 ) -> View {
     // A node that is not ready cannot report its tasks' end: their last state is stale.
@@ -374,6 +393,38 @@ pub fn build(
         })
         .collect();
 
+    // Images by ID, from the nodes the state still has.
+    let known: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    let mut by_id: std::collections::BTreeMap<&str, ImageView> = std::collections::BTreeMap::new();
+    for per_node in images.iter().filter(|n| known.contains(n.node.as_str())) {
+        for i in &per_node.images {
+            let e = by_id.entry(i.id.as_str()).or_insert_with(|| ImageView {
+                id: i.id.clone(),
+                tags: Vec::new(),
+                platform: [i.os.as_str(), i.architecture.as_str(), i.variant.as_str()]
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                size: i.size,
+                nodes: Vec::new(),
+            });
+            for t in &i.repo_tags {
+                if !e.tags.contains(t) {
+                    e.tags.push(t.clone());
+                }
+            }
+            e.nodes.push(per_node.node.clone());
+        }
+    }
+    let mut images: Vec<ImageView> = by_id.into_values().collect();
+    for i in &mut images {
+        i.tags.sort();
+        i.nodes.sort();
+    }
+    images.sort_by(|a, b| (a.tags.first(), &a.id).cmp(&(b.tags.first(), &b.id)));
+
     let cluster = state.cluster.as_ref();
     View {
         cluster: ClusterView {
@@ -389,6 +440,7 @@ pub fn build(
         services,
         tasks,
         floating,
+        images,
     }
 }
 
@@ -476,7 +528,39 @@ mod tests {
         )]);
         let floating =
             [json!({"Address": "10.0.0.9/24", "Holder": "alpha", "Lease": "held (epoch 2)"})];
-        let view = build(&state, Some("n1"), &floating, &usage, "now".into());
+        let images = [
+            StoredNodeImages {
+                node: "n1".into(),
+                images: vec![shoal_api::images::NodeImage {
+                    id: "sha256:aa".into(),
+                    repo_tags: vec!["web:1".into()],
+                    os: "linux".into(),
+                    architecture: "amd64".into(),
+                    ..Default::default()
+                }],
+            },
+            StoredNodeImages {
+                node: "n2".into(),
+                images: vec![shoal_api::images::NodeImage {
+                    id: "sha256:aa".into(),
+                    repo_tags: vec!["web:1".into(), "web:latest".into()],
+                    ..Default::default()
+                }],
+            },
+            // A node the cluster no longer has: not shown.
+            StoredNodeImages {
+                node: "gone".into(),
+                images: vec![shoal_api::images::NodeImage {
+                    id: "sha256:bb".into(),
+                    ..Default::default()
+                }],
+            },
+        ];
+        let view = build(&state, Some("n1"), &floating, &usage, &images, "now".into());
+        assert_eq!(view.images.len(), 1, "one image, wherever it is");
+        assert_eq!(view.images[0].nodes, ["n1", "n2"]);
+        assert_eq!(view.images[0].tags, ["web:1", "web:latest"]);
+        assert_eq!(view.images[0].platform, "linux/amd64");
 
         let shown: Vec<&str> = view.tasks.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(shown, ["t-run", "t-pend", "t-pend2", "t-stop"]);

@@ -118,6 +118,14 @@ stored!(
 );
 
 stored!(
+    shoal_api::images::StoredNodeImages,
+    kind::NODE_IMAGES,
+    |s| s.node.clone(),
+    |_s| None,
+    |_o, _v| {}
+);
+
+stored!(
     shoal_api::floating::StoredFloatingIp,
     kind::FLOATING_IP,
     |s| s.address.clone(),

@@ -10,6 +10,7 @@ pub mod db;
 pub mod dispatcher;
 pub mod events;
 pub mod floating;
+pub mod images;
 pub mod logbroker;
 pub mod membership;
 pub mod metrics;

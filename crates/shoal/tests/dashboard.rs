@@ -365,6 +365,25 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
         "the refused demotion changed nothing"
     );
 
+    // Images and where they are: every node reports its engine's (here they share one).
+    show(&b, "#images");
+    wait_until(
+        Duration::from_secs(20),
+        "shoal-test/web on the three nodes",
+        || {
+            let rows = b.exec(
+            "return [...document.querySelectorAll('#c-images tr[data-image-id]')].map(r => r.textContent);",
+            json!([]),
+        );
+            rows.as_array().into_iter().flatten().any(|r| {
+                r.as_str().is_some_and(|t| {
+                    t.contains("shoal-test/web:latest") && t.contains("node-1, node-2, node-3")
+                })
+            })
+        },
+    );
+    b.screenshot(&shots().join("images.png"));
+
     // A node dies: its cards move to the others, without a reload.
     show(&b, "#visualizer");
     let on_three = running_by_column(&b, "web")

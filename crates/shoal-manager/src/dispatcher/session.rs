@@ -322,6 +322,9 @@ impl Dispatcher {
                         d.logs.publish(&node_id, session_id, batch);
                     }
                     Ok(AgentMessage::Floating(m)) => d.floating.receive(&node_id, m),
+                    Ok(AgentMessage::Images(list)) => {
+                        crate::images::record(&d.store, &node_id, list).await;
+                    }
                     Ok(AgentMessage::Usage(u)) => {
                         d.usage.lock().insert(node_id.clone(), u);
                     }

@@ -83,6 +83,9 @@ pub struct ClientConfig {
     /// Where the leader's floating address messages go (the agent's holder loop); dropped when
     /// it is behind: the lease repeats them.
     pub floating: mpsc::Sender<FloatingDown>,
+    /// The engine's images, as `images::watch_engine` reads them: sent at each session's
+    /// start and on every change.
+    pub images: watch::Receiver<Vec<shoal_api::images::NodeImage>>,
 }
 
 /// The session's side of the agent's log subscriptions.
@@ -197,6 +200,10 @@ async fn one_session(
     let mut heard = tokio::time::Instant::now();
     let mut look = tokio::time::interval(INTERFACES_EVERY);
     let mut usage = super::local::UsageSampler::default();
+    // This session's copy: the current list goes up at once, then each change.
+    let mut images = cfg.images.clone();
+    images.mark_changed();
+    let mut images_open = true;
     look.reset();
     loop {
         tokio::select! {
@@ -262,6 +269,17 @@ async fn one_session(
                 let Some(r) = r else { return Ok(()) };
                 let m = encode(&AgentMessage::Reports(r))?;
                 tx.send(m).await.map_err(|_| SessionError::Closed)?;
+            }
+            r = images.changed(), if images_open => {
+                images_open = r.is_ok();
+                if r.is_ok() {
+                    let list = images.borrow_and_update().clone();
+                    if !list.is_empty() {
+                        tx.send(encode(&AgentMessage::Images(list))?)
+                            .await
+                            .map_err(|_| SessionError::Closed)?;
+                    }
+                }
             }
             _ = look.tick() => {
                 let now = tokio::task::spawn_blocking(super::local::interfaces)

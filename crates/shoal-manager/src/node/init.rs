@@ -178,6 +178,7 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
         node.description.clone(),
         d.agent.as_ref(),
         role_watcher(d),
+        super::start::engine_images(d),
     )
     .await
     {

@@ -111,6 +111,7 @@ impl NodeSession {
         description: Option<shoal_api::models::NodeDescription>,
         agent: &dyn AgentHost,
         on_role: client::OnRole,
+        images: watch::Receiver<Vec<shoal_api::images::NodeImage>>,
     ) -> Result<NodeSession, NodeSessionError> {
         let tls: client::ClientTls =
             Arc::new(parking_lot::RwLock::new(shoal_pki::client_config(cert)?));
@@ -139,6 +140,7 @@ impl NodeSession {
             }),
             attached: attached.clone(),
             floating: ftx,
+            images,
         };
         let (atx, arx) = watch::channel(NodeAssignments::default());
         let (rtx, rrx) = mpsc::channel(1024);

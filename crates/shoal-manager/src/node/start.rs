@@ -9,6 +9,16 @@ use shoal_api::Role;
 use shoal_pki::NodeCert;
 use std::sync::Arc;
 
+/// This node's engine images, read by a task that lives as long as the session that receives
+/// them (issue 22's index).
+pub(crate) fn engine_images(
+    d: &AppState,
+) -> tokio::sync::watch::Receiver<Vec<shoal_api::images::NodeImage>> {
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(crate::images::watch_engine(d.clone(), tx));
+    rx
+}
+
 /// Starts what a node in a swarm runs: the manager if it is one, and always the agent's
 /// session. Used by join and by a daemon restart.
 pub async fn start_node(
@@ -43,6 +53,7 @@ pub async fn start_node(
         description,
         d.agent.as_ref(),
         role_watcher(d),
+        engine_images(d),
     )
     .await
     {
