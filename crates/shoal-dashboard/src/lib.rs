@@ -8,6 +8,8 @@
 //!   errors as the socket), limited to what the page offers.
 //! - The page itself (`assets/`) is embedded in the binary: no CDN, no internet.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod compose;
 pub mod deploy;

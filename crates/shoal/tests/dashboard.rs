@@ -92,6 +92,17 @@ fn ps_running(node: &ClusterNode, service: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// The text of the element with `id` on the page now ("" when absent).
+fn text_of(b: &Browser, id: &str) -> String {
+    b.exec(
+        "const e = document.getElementById(arguments[0]); return e ? e.textContent : '';",
+        json!([id]),
+    )
+    .as_str()
+    .unwrap_or_default()
+    .to_string()
+}
+
 fn shots() -> PathBuf {
     match std::env::var("SHOAL_SCREENSHOTS") {
         Ok(dir) if !dir.is_empty() => common::repo().join(dir),
@@ -158,18 +169,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
     wait_until(
         Duration::from_secs(10),
         "the login says the password was wrong",
-        || {
-            let said = b.exec(
-            "const m = document.getElementById('login-message'); return [location.href, m ? m.textContent : ''];",
-            json!([]),
-        );
-            eprintln!("login page: {said}");
-            said[0].as_str().unwrap_or_default().contains("failed=1")
-                && said[1]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("Wrong password")
-        },
+        || b.url().contains("failed=1") && text_of(&b, "login-message").contains("Wrong password"),
     );
 
     // The right one opens the visualizer: one column per node.
@@ -226,17 +226,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
     wait_until(
         Duration::from_secs(10),
         "the page confirms the scale",
-        || {
-            let said = b.exec(
-            "return [document.getElementById('status').textContent, document.getElementById('error').textContent, document.getElementById('dialog').open];",
-            json!([]),
-        );
-            eprintln!("after scale: {said}");
-            said[0]
-                .as_str()
-                .unwrap_or_default()
-                .contains("Scaling web to 5")
-        },
+        || text_of(&b, "status").contains("Scaling web to 5"),
     );
     show(&b, "#visualizer");
     wait_until(
