@@ -294,6 +294,14 @@ fn a_floating_address_has_one_holder_and_moves_when_it_fails() {
         "the service answers through the floating address",
         || quick_get(&c, "/cgi-bin/whoami").is_some_and(|b| b.contains(CLIENT)),
     );
+    // The holder now (a loaded machine may have let the first lease lapse: the address then
+    // moved, safely, and was announced again).
+    let h = one_holder(&c, &all, "one node holds the address");
+    wait_until(
+        Duration::from_secs(10),
+        "the client's ARP entry points at the holder",
+        || client_neighbour(&c).as_deref() == Some(mac(c.node(h)).as_str()),
+    );
     assert_eq!(
         client_neighbour(&c).as_deref(),
         Some(mac(c.node(h)).as_str()),

@@ -323,7 +323,11 @@ impl Dispatcher {
                     }
                     Ok(AgentMessage::Floating(m)) => d.floating.receive(&node_id, m),
                     Ok(AgentMessage::Images(list)) => {
-                        crate::images::record(&d.store, &node_id, list).await;
+                        // A raft write: not in the way of this session's lease renewals.
+                        let (store, node) = (d.store.clone(), node_id.clone());
+                        tokio::spawn(
+                            async move { crate::images::record(&store, &node, list).await },
+                        );
                     }
                     Ok(AgentMessage::Usage(u)) => {
                         d.usage.lock().insert(node_id.clone(), u);
