@@ -96,6 +96,14 @@ impl Sessions {
         Some(s.clone())
     }
 
+    /// Whether a cookie token's session is still valid, without counting this as use (an open
+    /// page's live stream does not keep an idle session alive).
+    pub fn alive(&self, token: &str, now: Instant) -> bool {
+        self.by_token
+            .get(token)
+            .is_some_and(|s| now < s.last_seen + IDLE && now < s.created + ABSOLUTE)
+    }
+
     /// Ends a session (logout).
     pub fn close(&mut self, token: &str) {
         self.by_token.remove(token);
@@ -168,6 +176,9 @@ mod tests {
         assert!(s.touch(&tok, t0 + IDLE - Duration::from_secs(1)).is_some());
         // Used a moment ago: the idle clock restarted.
         assert!(s.touch(&tok, t0 + IDLE + Duration::from_secs(10)).is_some());
+        // Watching (a live stream asks `alive`) is not use.
+        assert!(s.alive(&tok, t0 + 2 * IDLE));
+        assert!(!s.alive(&tok, t0 + 2 * IDLE + Duration::from_secs(11)));
         // Idle too long.
         assert!(s
             .touch(&tok, t0 + 2 * IDLE + Duration::from_secs(11))

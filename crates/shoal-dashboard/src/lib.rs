@@ -109,7 +109,7 @@ impl Dashboard {
 
     /// Whether a session is still valid (without counting as use).
     pub fn session_alive(&self, token: &str) -> bool {
-        self.sessions.lock().touch(token, Instant::now()).is_some()
+        self.sessions.lock().alive(token, Instant::now())
     }
 
     fn session(&self, headers: &HeaderMap) -> Result<(String, auth::Session), Refusal> {
