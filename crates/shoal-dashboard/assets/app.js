@@ -29,6 +29,7 @@
     const msg = q.has('failed') ? 'Wrong password.'
       : q.has('expired') ? 'Your session expired; log in again.'
       : q.has('unset') ? 'No admin password is set: run `shoal dashboard password` on a manager.'
+      : q.has('unavailable') ? 'This node is not a swarm manager (or is locked): open the dashboard on a manager.'
       : q.has('wait') ? `Too many failed logins: try again in ${Number(q.get('wait')) || 1} s.`
       : '';
     const el = $('login-message');

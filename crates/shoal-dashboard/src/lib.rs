@@ -281,9 +281,10 @@ async fn login(State(dash): State<Arc<Dashboard>>, req: Request) -> Response {
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "login form too large"),
     };
     let password = form_field(&body, "password").unwrap_or_default();
-    let manager = match dash.daemon.manager().await {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.message),
+    // A worker (or a node outside any swarm, or a locked manager) has no password to check:
+    // the page says to use a manager's dashboard.
+    let Ok(manager) = dash.daemon.manager().await else {
+        return redirect("/login?unavailable=1");
     };
     let Some(phc) = shoal_manager::admin::stored_hash(&manager.store) else {
         return redirect("/login?unset=1");

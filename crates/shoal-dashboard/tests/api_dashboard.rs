@@ -352,6 +352,18 @@ async fn login_sessions_csrf_and_the_allowlist() {
 async fn failed_logins_are_slowed_and_an_unset_password_says_so() {
     let unset = Site::new(None).await;
     assert_eq!(unset.login("anything").await.location(), "/login?unset=1");
+    // A node that is no manager (here: it left the swarm) sends the user to a manager.
+    let left = Request::builder()
+        .method(Method::POST)
+        .uri("/swarm/leave?force=1")
+        .body(Body::empty())
+        .unwrap();
+    let r = api::app(unset.daemon.clone()).oneshot(left).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        unset.login("anything").await.location(),
+        "/login?unavailable=1"
+    );
 
     let site = Site::new(Some("correct horse")).await;
     for _ in 0..4 {
