@@ -795,6 +795,25 @@
       indexView();
       schedule();
     });
+    // After the first view, each change comes as a delta: every list but the tasks whole, and
+    // the tasks that changed or went.
+    es.addEventListener('delta', (e) => {
+      setLive('live');
+      if (!view) return;
+      let d;
+      try { d = JSON.parse(e.data); } catch (_) { return; }
+      const tasks = new Map(view.tasks.map((t) => [t.id, t]));
+      for (const id of d.tasks_remove || []) tasks.delete(id);
+      for (const t of d.tasks_upsert || []) tasks.set(t.id, t);
+      view = {
+        cluster: d.cluster, nodes: d.nodes || [], services: d.services || [],
+        floating: d.floating || [], images: d.images || [],
+        tasks: [...tasks.values()].sort((a, b) => cmp(a.service, b.service) || a.slot - b.slot || cmp(a.id, b.id)),
+      };
+      lastData = null;
+      indexView();
+      schedule();
+    });
     es.addEventListener('open', () => setLive('live'));
     es.addEventListener('error', () => {
       if (leaving) return;

@@ -47,18 +47,19 @@ pub fn leader_node(m: &Manager) -> Option<String> {
         .map(|v| v.obj.node_id)
 }
 
-/// The event stream for one page, while `token`'s session lasts.
+/// The event stream for one page, while `token`'s session lasts: a `view` event first (the
+/// whole view), then a `delta` event ([`view::delta`]) for each change.
 pub fn views(
     dash: Arc<Dashboard>,
     m: Arc<Manager>,
     token: String,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(
-        (dash, m.view.reader(), m, token, None::<String>, true),
-        |(dash, mut reader, m, token, last, first)| async move {
+        (dash, m.view.reader(), m, token, None::<view::View>),
+        |(dash, mut reader, m, token, last)| async move {
             let stopping = m.stopping();
             loop {
-                if !first {
+                if last.is_some() {
                     tokio::select! {
                         _ = stopping.cancelled() => return None,
                         changed = reader.changed() => if !changed { return None },
@@ -71,15 +72,26 @@ pub fn views(
                     return None;
                 }
                 let mut v = current(&m, &mut reader).await;
-                let generated = std::mem::take(&mut v.cluster.generated);
-                let key = serde_json::to_string(&v).unwrap_or_default();
-                if last.as_deref() == Some(key.as_str()) {
-                    continue;
-                }
-                v.cluster.generated = generated;
-                let data = serde_json::to_string(&v).unwrap_or_default();
-                let event = Event::default().event("view").data(data);
-                return Some((Ok(event), (dash, reader, m, token, Some(key), false)));
+                let event = match &last {
+                    None => Event::default()
+                        .event("view")
+                        .data(serde_json::to_string(&v).unwrap_or_default()),
+                    Some(prev) => {
+                        // The same but for its time: nothing to send.
+                        let generated = std::mem::replace(
+                            &mut v.cluster.generated,
+                            prev.cluster.generated.clone(),
+                        );
+                        if *prev == v {
+                            continue;
+                        }
+                        v.cluster.generated = generated;
+                        Event::default()
+                            .event("delta")
+                            .data(serde_json::to_string(&view::delta(prev, &v)).unwrap_or_default())
+                    }
+                };
+                return Some((Ok(event), (dash, reader, m, token, Some(v))));
             }
         },
     )

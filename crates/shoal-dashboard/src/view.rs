@@ -12,7 +12,7 @@ use shoal_manager::state::ClusterState;
 use std::collections::HashMap;
 
 /// The whole page's data.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct View {
     /// The swarm.
     pub cluster: ClusterView,
@@ -29,7 +29,7 @@ pub struct View {
 }
 
 /// One image and where it is.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ImageView {
     /// Image ID (the same content has the same ID everywhere).
     pub id: String,
@@ -44,7 +44,7 @@ pub struct ImageView {
 }
 
 /// The swarm as a whole.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ClusterView {
     /// Swarm ID.
     pub id: String,
@@ -59,7 +59,7 @@ pub struct ClusterView {
 }
 
 /// One node's column header.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct NodeView {
     /// Node ID.
     pub id: String,
@@ -92,7 +92,7 @@ pub struct NodeView {
 }
 
 /// One service's row.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ServiceView {
     /// Service ID.
     pub id: String,
@@ -117,7 +117,7 @@ pub struct ServiceView {
 }
 
 /// One published port.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PortView {
     /// Port on every node (or on its node, mode host).
     pub published: i64,
@@ -130,7 +130,7 @@ pub struct PortView {
 }
 
 /// An update's state and message, as `docker service inspect` shows `UpdateStatus`.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct UpdateView {
     /// `updating`, `paused`, `completed`, `rollback_started`...
     pub state: String,
@@ -139,7 +139,7 @@ pub struct UpdateView {
 }
 
 /// One task's card.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TaskView {
     /// Task ID.
     pub id: String,
@@ -162,7 +162,7 @@ pub struct TaskView {
 }
 
 /// One floating address.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FloatingView {
     /// `ADDR/PREFIX`.
     pub address: String,
@@ -170,6 +170,51 @@ pub struct FloatingView {
     pub holder: Option<String>,
     /// The lease state as `shoal floating-ip ls` words it.
     pub lease: String,
+}
+
+/// What changed from one view to the next, for a page that has the first: everything but the
+/// tasks whole (they are small), and the tasks that are new or changed and those that went.
+/// With 1,000 tasks a view is about 300 KB and a scale's delta a few KB.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ViewDelta<'a> {
+    /// The swarm.
+    pub cluster: &'a ClusterView,
+    /// Every node.
+    pub nodes: &'a [NodeView],
+    /// Every service.
+    pub services: &'a [ServiceView],
+    /// Tasks new or changed since the previous view.
+    pub tasks_upsert: Vec<&'a TaskView>,
+    /// IDs of tasks the previous view had and this one has not.
+    pub tasks_remove: Vec<&'a str>,
+    /// Every floating address.
+    pub floating: &'a [FloatingView],
+    /// Every image.
+    pub images: &'a [ImageView],
+}
+
+/// The delta that turns `prev` into `next` on the page.
+pub fn delta<'a>(prev: &'a View, next: &'a View) -> ViewDelta<'a> {
+    let before: HashMap<&str, &TaskView> = prev.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    let now: std::collections::HashSet<&str> = next.tasks.iter().map(|t| t.id.as_str()).collect();
+    ViewDelta {
+        cluster: &next.cluster,
+        nodes: &next.nodes,
+        services: &next.services,
+        tasks_upsert: next
+            .tasks
+            .iter()
+            .filter(|t| before.get(t.id.as_str()) != Some(t))
+            .collect(),
+        tasks_remove: prev
+            .tasks
+            .iter()
+            .map(|t| t.id.as_str())
+            .filter(|id| !now.contains(id))
+            .collect(),
+        floating: &next.floating,
+        images: &next.images,
+    }
 }
 
 /// Builds the page's view. `leader` is the raft leader's node ID; `floating` is what
@@ -557,6 +602,15 @@ mod tests {
             },
         ];
         let view = build(&state, Some("n1"), &floating, &usage, &images, "now".into());
+        // A delta carries only the tasks that changed, and those that went.
+        let mut next = view.clone();
+        next.tasks.retain(|t| t.id != "t-stop");
+        next.tasks[0].state = "failed".into();
+        let d = delta(&view, &next);
+        let up: Vec<&str> = d.tasks_upsert.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(up, ["t-run"]);
+        assert_eq!(d.tasks_remove, ["t-stop"]);
+        assert!(delta(&view, &view).tasks_upsert.is_empty());
         assert_eq!(view.images.len(), 1, "one image, wherever it is");
         assert_eq!(view.images[0].nodes, ["n1", "n2"]);
         assert_eq!(view.images[0].tags, ["web:1", "web:latest"]);
