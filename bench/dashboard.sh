@@ -221,7 +221,8 @@ login_in_browser() {
 # ----------------------------------------------------------------------------------------------
 # A task change, seen by the SSE client or by the page
 # ----------------------------------------------------------------------------------------------
-# The SSE client (in node 1): one line per `data:` line, "arrival_ms id id ..." (the probe's tasks).
+# The SSE client (in node 1): one line per `data:` line, "arrival_ms bytes id id ..." (the probe's
+# tasks: in the first event's `tasks`, then in each delta's `tasks_upsert`).
 SSE_PY='
 import http.client, json, sys, time
 token, svc, out = sys.argv[1], sys.argv[2], open(sys.argv[3], "a", buffering=1)
@@ -241,8 +242,9 @@ while True:
         v = json.loads(line[5:])
     except ValueError:
         continue
-    ids = [x["id"] for x in v.get("tasks") or [] if x.get("service") == svc]
-    out.write("%d %s\n" % (t, " ".join(ids)))
+    tasks = (v.get("tasks") or []) + (v.get("tasks_upsert") or [])
+    ids = [x["id"] for x in tasks if x.get("service") == svc]
+    out.write("%d %d %s\n" % (t, len(line) - 5, " ".join(ids)))
 '
 SSE_LOG=
 sse_start() {
@@ -467,6 +469,8 @@ else
   fail "the SSE part"
 fi
 SSE_EVENTS=$(wc -l < "$SSE_LOG" 2>/dev/null || echo 0)
+# The deltas' sizes: every event after the stream's first (a whole view).
+DELTA_BYTES=$(tail -n +2 "$SSE_LOG" 2>/dev/null | awk '{ print $2 }' | median 0)
 SSE_BYTES=$(ncurl -b "$(jar)" -N --max-time 5 "$DASH/api/stream" | awk '/^data:/ { print length($0) - 5; exit }')
 sse_stop
 
@@ -549,7 +553,7 @@ echo "| total | $W_TOTAL | $W_GZ |"
 echo
 echo "- First meaningful paint, ms per load: $(whole "${FMP[@]}") (DOM: $(whole "${DOMT[@]}"); FCP: $(whole "${FCP[@]}"); responseEnd: $(whole "${RESP[@]}"); DOMContentLoaded: $(whole "${DCL[@]}"))."
 echo "- Task change to its card drawn, ms:${PAGE_T0:- n/a} (DOM:${PAGE_DOM:- n/a}; from the task's CreatedAt:${PAGE_STORE:- n/a}). T0 is before the docker CLI starts (the CLI's own inspect + update included)."
-echo "- Task change to the SSE event, ms:${SSE_T0:- n/a} (from CreatedAt:${SSE_STORE:- n/a}); one view event is ${SSE_BYTES:-?} bytes of JSON with the load; the client got $SSE_EVENTS events."
+echo "- Task change to the SSE event, ms:${SSE_T0:- n/a} (from CreatedAt:${SSE_STORE:- n/a}); one view event is ${SSE_BYTES:-?} bytes of JSON with the load, a later change's delta ${DELTA_BYTES:-?} bytes (median); the client got $SSE_EVENTS events."
 echo "- /metrics: no services $M0_TIME ms, $M0_SIZE bytes; with the load $M1_TIME ms, $M1_SIZE bytes (median / max of $SCRAPES)."
 echo "- Memory: idle $MEM_IDLE MiB, with the load $MEM_LOAD MiB; scaling without a client $MEM_NOCLIENT_RSS MiB, with the page open ${MEM_PAGE_RSS:-n/a} MiB (VmRSS median / max); VmHWM ${MEM_NOCLIENT_HWM} then ${MEM_PAGE_HWM:-n/a} MiB."
 echo "- Page weight: $W_TOTAL bytes uncompressed ($W_GZ with gzip -9) for /, /login, /assets/app.js, /assets/app.css."
