@@ -1919,9 +1919,21 @@ mod tests {
             o.entry("type".into()).or_insert(ty.to_string());
             if let Ok(c) = parse(driver.as_deref(), &o) {
                 prop_assert!(is_managed(driver.as_deref(), &o));
+                // A credential whose value is also a plain option's (the device, say) is in the
+                // argv as that option, not as a leak.
+                let plain: Vec<&String> = o
+                    .iter()
+                    .filter(|(k, _)| !CREDENTIAL_KEYS.contains(&k.as_str()))
+                    .map(|(_, v)| v)
+                    .collect();
                 let secrets: Vec<Vec<u8>> = ["password", "identity", "secret"]
                     .iter()
                     .filter_map(|k| o.get(*k).map(|v| v.as_bytes().to_vec()))
+                    .filter(|s| {
+                        !plain
+                            .iter()
+                            .any(|p| p.as_bytes().windows(s.len()).any(|w| w == &s[..]))
+                    })
                     .collect();
                 let credentials: HashMap<String, Vec<u8>> = o
                     .iter()

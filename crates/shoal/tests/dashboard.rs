@@ -165,7 +165,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
     // A wrong password is refused and said so.
     let pw = b.wait_for("#password", Duration::from_secs(10));
     b.type_into(&pw, "not the password");
-    b.click(&b.wait_for("#login", Duration::from_secs(5)));
+    b.click_css("#login", Duration::from_secs(5));
     wait_until(
         Duration::from_secs(10),
         "the login says the password was wrong",
@@ -175,7 +175,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
     // The right one opens the visualizer: one column per node.
     let pw = b.wait_for("#password", Duration::from_secs(10));
     b.type_into(&pw, PASSWORD);
-    b.click(&b.wait_for("#login", Duration::from_secs(5)));
+    b.click_css("#login", Duration::from_secs(5));
     wait_until(Duration::from_secs(10), "three node columns", || {
         b.find_all("section.node-column").len() == 3
     });
@@ -213,15 +213,18 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
 
     // Scale from the page: the services view, the Scale button, the dialog.
     show(&b, "#services");
-    let scale = b.wait_for(
+    b.wait_for(
         "button[data-action=scale][data-service-name=web]",
         Duration::from_secs(10),
     );
     b.screenshot(&shots().join("services.png"));
-    b.click(&scale);
+    b.click_css(
+        "button[data-action=scale][data-service-name=web]",
+        Duration::from_secs(10),
+    );
     let input = b.wait_for("#dialog-input", Duration::from_secs(5));
     b.type_into(&input, "5");
-    b.click(&b.wait_for("#dialog-ok", Duration::from_secs(5)));
+    b.click_css("#dialog-ok", Duration::from_secs(5));
     // The page says what it did (or why not) before the cards change.
     wait_until(
         Duration::from_secs(10),
@@ -248,14 +251,14 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
 
     // Deploy a stack from a pasted compose file; a broken one is refused with the key named.
     show(&b, "#stacks");
-    b.click(&b.wait_for("details.deploy summary", Duration::from_secs(10)));
+    b.click_css("details.deploy summary", Duration::from_secs(10));
     b.type_into(&b.wait_for("#stack-name", Duration::from_secs(5)), "demo");
     let compose = b.wait_for("#stack-compose", Duration::from_secs(5));
     b.type_into(
         &compose,
         "services:\n  api:\n    command: sleep 3600\n    deploy:\n      replicas: 2\n",
     );
-    b.click(&b.wait_for("#stack-deploy", Duration::from_secs(5)));
+    b.click_css("#stack-deploy", Duration::from_secs(5));
     wait_until(Duration::from_secs(10), "the missing image refused", || {
         b.find_all("#error")
             .first()
@@ -265,7 +268,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
         &compose,
         "services:\n  api:\n    image: shoal-test/busybox\n    command: sh -c \"echo hello from $$SLOT; sleep 3600\"\n    environment:\n      SLOT: \"{{.Task.Slot}}\"\n    deploy:\n      replicas: 2\n",
     );
-    b.click(&b.wait_for("#stack-deploy", Duration::from_secs(5)));
+    b.click_css("#stack-deploy", Duration::from_secs(5));
     wait_until(
         Duration::from_secs(10),
         "the page confirms the deploy",
@@ -282,10 +285,10 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
     });
     // A service's logs, live, then one task's.
     show(&b, "#services");
-    b.click(&b.wait_for(
+    b.click_css(
         "button[data-action=logs][data-service-name=demo_api]",
         Duration::from_secs(10),
-    ));
+    );
     let logs_say = |what: &str| {
         b.find_all("#logs-pre")
             .first()
@@ -311,7 +314,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
     wait_until(Duration::from_secs(15), "one task's logs", || {
         logs_say("hello from 2") && !logs_say("hello from 1")
     });
-    b.click(&b.wait_for("#logs-close", Duration::from_secs(5)));
+    b.click_css("#logs-close", Duration::from_secs(5));
 
     let label = n1.ok(&[
         "service",
@@ -336,13 +339,16 @@ fn dashboard_in_a_browser_shows_the_cluster_live_and_acts_through_the_api() {
 
     // A refused action shows the API's own error: demoting the only manager.
     show(&b, "#nodes");
-    let demote = b.wait_for(
+    b.wait_for(
         "button[data-action=demote][data-hostname=node-1]",
         Duration::from_secs(10),
     );
     b.screenshot(&shots().join("nodes.png"));
-    b.click(&demote);
-    b.click(&b.wait_for("#dialog-ok", Duration::from_secs(5)));
+    b.click_css(
+        "button[data-action=demote][data-hostname=node-1]",
+        Duration::from_secs(10),
+    );
+    b.click_css("#dialog-ok", Duration::from_secs(5));
     wait_until(Duration::from_secs(10), "the refusal shown", || {
         b.find_all("#error")
             .first()

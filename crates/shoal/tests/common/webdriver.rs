@@ -150,6 +150,28 @@ impl Browser {
         );
     }
 
+    /// Finds the first element matching `css` and clicks it, again if the page re-rendered it
+    /// between the two (a live page replaces its rows when the view changes).
+    pub fn click_css(&self, css: &str, within: Duration) {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(e) = self.find_all(css).into_iter().next() {
+                let p = format!("/session/{}/element/{e}/click", self.session);
+                let v = self.call("POST", &p, Some(json!({}))).unwrap_or_default();
+                match v["value"]["error"].as_str() {
+                    None => return,
+                    Some("stale element reference") => {}
+                    Some(other) => panic!("WebDriver click on {css}: {other}: {}", v["value"]),
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "could not click {css} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Types `text` into an element after clearing it.
     pub fn type_into(&self, element: &str, text: &str) {
         self.session_call(
