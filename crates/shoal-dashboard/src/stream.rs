@@ -21,21 +21,18 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// The view of `m` as it is now.
 pub async fn current(m: &Manager, reader: &mut shoal_manager::state::SharedReader) -> view::View {
     let leader = leader_node(m);
-    let floating = {
-        let (live, _) = reader.refresh().await;
-        let floating = shoal_manager::floating::list(&m.store, live.state(), &m.floating.status());
-        let usage = m.usage.lock().clone();
-        let images = shoal_manager::images::by_node(&m.store);
-        view::build(
-            live.state(),
-            leader.as_deref(),
-            &floating,
-            &usage,
-            &images,
-            shoal_api::id::now(),
-        )
-    };
-    floating
+    let (live, _) = reader.refresh().await;
+    let floating = shoal_manager::floating::list(&m.store, live.state(), &m.floating.status());
+    let usage = m.usage.lock().clone();
+    let images = shoal_manager::images::by_node(&m.store);
+    view::build(
+        live.state(),
+        leader.as_deref(),
+        &floating,
+        &usage,
+        &images,
+        shoal_api::id::now(),
+    )
 }
 
 /// The raft leader's node ID.
