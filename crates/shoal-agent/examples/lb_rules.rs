@@ -65,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         docker: bollard::Docker::connect_with_local_defaults()?,
         plugin_dir: "/run/docker/plugins".into(),
         upstream_dns: vec![],
+        engine_socket: None,
     })
     .await?;
     let net = NetworkSpec {

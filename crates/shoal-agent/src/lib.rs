@@ -4,6 +4,7 @@
 pub mod executor;
 pub mod files;
 pub mod floating;
+pub mod images;
 pub mod logs;
 pub mod metrics;
 /// Swarm networks on this node: bridges, the Docker network plugin, service DNS, load balancing.

@@ -16,6 +16,10 @@ pub type Labels = Vec<(String, String)>;
 pub struct AgentMetrics {
     /// Image pulls by result (`ok`, `error`).
     pub image_pulls: Family<Labels, Counter>,
+    /// Image transfers from other nodes by result (`ok`, `error`), one per holder tried.
+    pub image_transfers: Family<Labels, Counter>,
+    /// Bytes of images received from other nodes.
+    pub image_transfer_bytes: Counter,
     /// Shared-volume mounts by result (`ok`, `error`).
     pub volume_mounts: Family<Labels, Counter>,
     /// Shared-volume unmounts.
@@ -29,6 +33,8 @@ pub struct AgentMetrics {
 /// The one set of instruments of this process.
 pub static METRICS: LazyLock<AgentMetrics> = LazyLock::new(|| AgentMetrics {
     image_pulls: Family::default(),
+    image_transfers: Family::default(),
+    image_transfer_bytes: Counter::default(),
     volume_mounts: Family::default(),
     volume_unmounts: Counter::default(),
     nft_apply: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -45,6 +51,12 @@ pub fn count(family: &Family<Labels, Counter>, ok: bool) {
         .inc();
 }
 
+/// Counts one transfer attempt from another node and the bytes it received.
+pub fn transferred(ok: bool, bytes: u64) {
+    count(&METRICS.image_transfers, ok);
+    METRICS.image_transfer_bytes.inc_by(bytes);
+}
+
 /// Registers the agent's instruments (clones share the same values).
 pub fn register(r: &mut Registry) {
     let m = &*METRICS;
@@ -52,6 +64,16 @@ pub fn register(r: &mut Registry) {
         "shoal_agent_image_pulls",
         "Image pulls by this node's agent, by result",
         m.image_pulls.clone(),
+    );
+    r.register(
+        "shoal_agent_image_transfers",
+        "Image transfers from other nodes (one per holder tried), by result",
+        m.image_transfers.clone(),
+    );
+    r.register(
+        "shoal_agent_image_transfer_bytes",
+        "Bytes of images received from other nodes",
+        m.image_transfer_bytes.clone(),
     );
     r.register(
         "shoal_agent_volume_mounts",

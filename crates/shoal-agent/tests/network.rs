@@ -225,6 +225,7 @@ impl World {
             docker,
             plugin_dir: plugin_dir.clone(),
             upstream_dns: vec![upstream],
+            engine_socket: None,
         })
         .await
         .expect("agent starts");

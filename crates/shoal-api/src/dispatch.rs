@@ -218,6 +218,12 @@ pub enum AgentMessage {
     Interfaces(Vec<crate::floating::NodeInterface>),
     /// The images the node's engine holds, whenever they change (and at each session's start).
     Images(Vec<crate::images::NodeImage>),
+    /// Which nodes hold `image` (issue 22): asked when a task's image is neither on this node
+    /// nor pullable; answered by [`ManagerMessage::ImageSources`].
+    ImageSources {
+        /// The task's image reference, as its spec names it.
+        image: String,
+    },
     /// The machine's CPU and memory in use, every few seconds: what the dashboard's node
     /// columns show (kept in the leader's memory, never written to raft).
     Usage(NodeUsage),
@@ -323,6 +329,14 @@ pub enum ManagerMessage {
         task_id: String,
         /// Why it was refused (unknown network, not attachable, no free address...).
         error: Option<String>,
+    },
+    /// The answer to [`AgentMessage::ImageSources`]: the ready nodes whose engines hold
+    /// `image`, this node left out (empty when none does).
+    ImageSources {
+        /// The reference asked about.
+        image: String,
+        /// Where it can be fetched from.
+        sources: Vec<crate::images::ImageSource>,
     },
     /// Serve the logs of this node's tasks that the subscription selects, in
     /// [`AgentMessage::Logs`] batches.

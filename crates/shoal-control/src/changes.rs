@@ -34,6 +34,9 @@ pub struct Delta {
     pub networks: bool,
     /// The cluster object changed.
     pub cluster: bool,
+    /// A node's image list changed (kept apart from `other`: it can matter only to a task
+    /// waiting for a node).
+    pub node_images: bool,
     /// Something of another kind changed (secrets, configs).
     pub other: bool,
 }
@@ -43,7 +46,12 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         !self.reloaded
             && self.tasks.is_empty()
-            && !(self.services || self.nodes || self.networks || self.cluster || self.other)
+            && !(self.services
+                || self.nodes
+                || self.networks
+                || self.cluster
+                || self.node_images
+                || self.other)
     }
 
     /// Adds what `other` changed after this.
@@ -55,6 +63,7 @@ impl Delta {
         self.nodes |= other.nodes;
         self.networks |= other.networks;
         self.cluster |= other.cluster;
+        self.node_images |= other.node_images;
         self.other |= other.other;
     }
 }

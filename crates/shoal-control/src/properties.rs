@@ -1,8 +1,8 @@
 //! Property tests of the whole decision (orchestrators, allocator, scheduler) over random
-//! clusters: random nodes (ready or down; active, paused or drained; a zone label), random
-//! services (replicated or global, some constrained to a zone) and random events (nodes going
-//! down and coming back, drains, task failures, scaling). Agents are simulated as doing at once
-//! what they are asked. After every event the passes must settle within a few rounds, and the
+//! clusters: random nodes (ready or down; active, paused or drained; a zone label; holding the
+//! services' image or not), random services (replicated or global, some constrained to a zone)
+//! and random events (nodes going down and coming back, drains, task failures, scaling). Agents
+//! are simulated as doing at once what they are asked. After every event the passes must settle within a few rounds, and the
 //! settled plan must hold Swarm's invariants. proptest prints the failing case, shrunk, and
 //! `PROPTEST_CASES` runs more of them.
 
@@ -22,6 +22,8 @@ struct NodeGen {
     /// 0 active, 1 pause, 2 drain.
     availability: u8,
     zone: u8,
+    /// The engine holds the services' image (`x`), so the scheduler prefers the node on a tie.
+    has_image: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -48,11 +50,13 @@ fn node_gen() -> impl Strategy<Value = NodeGen> {
         prop::bool::weighted(0.85),
         prop::sample::select(vec![0u8, 0, 0, 1, 2]),
         0u8..3,
+        prop::bool::weighted(0.4),
     )
-        .prop_map(|(ready, availability, zone)| NodeGen {
+        .prop_map(|(ready, availability, zone, has_image)| NodeGen {
             ready,
             availability,
             zone,
+            has_image,
         })
 }
 
@@ -118,6 +122,17 @@ impl World {
         let mut state = ClusterState::default();
         for (i, g) in nodes.iter().enumerate() {
             state.nodes.push(versioned(testkit::node(&node_json(i, g))));
+            if g.has_image {
+                let images = shoal_api::images::StoredNodeImages {
+                    node: format!("n{i}"),
+                    images: vec![shoal_api::images::NodeImage {
+                        id: format!("sha256:{}", "e".repeat(64)),
+                        repo_tags: vec!["x:latest".into()],
+                        ..Default::default()
+                    }],
+                };
+                state.node_images.insert(format!("n{i}"), versioned(images));
+            }
         }
         for (i, g) in services.iter().enumerate() {
             let id = format!("s{i}");
@@ -387,11 +402,13 @@ fn draining_a_node_moves_its_replicas_to_the_node_left() {
             ready: true,
             availability: 0,
             zone: 0,
+            has_image: false,
         },
         NodeGen {
             ready: true,
             availability: 0,
             zone: 1,
+            has_image: true,
         },
     ];
     let services = [ServiceGen {

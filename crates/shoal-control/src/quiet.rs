@@ -16,10 +16,14 @@ use std::collections::HashSet;
 /// at most one runnable task here (else the pass would have stopped the others), so a task's
 /// rank decides nothing either. Reaching `running` matters only to a service being updated (the
 /// update's parallelism and its completion), so it counts as progress only elsewhere.
+/// A node's image list is read only when a task is placed (a tie-break between nodes that fit
+/// equally well), so a change of it matters only while some task waits for a node.
 /// Timer-driven passes (restart delays) always run.
 pub struct Quiet {
     /// Services with an update or rollback in progress, or with a runnable task of an older spec.
     updating: HashSet<String>,
+    /// Some task is waiting for a node (what `decide` hands the scheduler).
+    waiting: bool,
 }
 
 impl Quiet {
@@ -42,7 +46,14 @@ impl Quiet {
                 updating.insert(t.service_id().to_string());
             }
         }
-        Quiet { updating }
+        let waiting = state.tasks.iter().any(|t| {
+            t.obj.meant_to_run()
+                && matches!(
+                    t.obj.state(),
+                    TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING
+                )
+        });
+        Quiet { updating, waiting }
     }
 
     /// True if a pass over the view after `delta` would still have nothing to write; `task`
@@ -58,6 +69,7 @@ impl Quiet {
             || delta.networks
             || delta.cluster
             || delta.other
+            || (delta.node_images && self.waiting)
         {
             return false;
         }
@@ -98,6 +110,76 @@ mod tests {
     use shoal_api::objects::StoredService;
     use std::collections::HashMap;
     use std::sync::Arc;
+
+    /// A node's image list: the image every test service runs (`busybox`), or another.
+    fn images(
+        node: &str,
+        busybox: bool,
+        version: u64,
+    ) -> Versioned<shoal_api::images::StoredNodeImages> {
+        let tag = if busybox { "busybox:latest" } else { "other:1" };
+        Versioned {
+            obj: shoal_api::images::StoredNodeImages {
+                node: node.into(),
+                images: vec![shoal_api::images::NodeImage {
+                    id: format!("sha256:{}", "a".repeat(64)),
+                    repo_tags: vec![tag.into()],
+                    ..Default::default()
+                }],
+            },
+            version,
+        }
+    }
+
+    #[test]
+    fn an_image_report_runs_a_pass_only_while_a_task_waits_for_a_node() {
+        let inputs = testkit::inputs();
+        let mut version = 1;
+        let mut state = ClusterState::default();
+        for i in 0..2 {
+            state.nodes.push(versioned(testkit::node(&format!(
+                r#"{{"ID":"n{i}","Spec":{{"Role":"worker","Availability":"active"}},"Status":{{"State":"ready"}}}}"#
+            ))));
+        }
+        let svc = testkit::service(
+            "web",
+            r#"{"Name":"web","Mode":{"Replicated":{"Replicas":2}},"TaskTemplate":{"ContainerSpec":{"Image":"busybox"}}}"#,
+        );
+        state.services.insert("web".into(), versioned(svc));
+        settle(&mut state, &inputs, &mut version);
+        let image_report = Delta {
+            node_images: true,
+            change_sets: 1,
+            ..Default::default()
+        };
+        let no_task = |_: &str| -> Option<&StoredTask> { None };
+        // Every task placed: a node's new images cannot move anything.
+        let quiet = Quiet::new(&state);
+        version += 1;
+        state
+            .node_images
+            .insert("n1".into(), images("n1", true, version));
+        assert!(quiet.unaffected(&image_report, no_task));
+        assert!(decide(&state, &inputs).is_empty());
+
+        // A service no node can take leaves a task waiting: an image report is looked at.
+        let stuck = testkit::service(
+            "stuck",
+            r#"{"Name":"stuck","Mode":{"Replicated":{"Replicas":1}},"TaskTemplate":{"ContainerSpec":{"Image":"busybox"},"Placement":{"Constraints":["node.labels.gpu==yes"]}}}"#,
+        );
+        state.services.insert("stuck".into(), versioned(stuck));
+        settle(&mut state, &inputs, &mut version);
+        assert!(state
+            .tasks
+            .iter()
+            .any(|t| t.obj.state() == TaskState::PENDING));
+        let quiet = Quiet::new(&state);
+        assert!(!quiet.unaffected(&image_report, no_task));
+        assert!(
+            quiet.unaffected(&Delta::default(), no_task),
+            "nothing changed, nothing to do"
+        );
+    }
 
     fn settle(state: &mut ClusterState, inputs: &crate::Inputs, version: &mut u64) {
         assert!(
@@ -209,6 +291,15 @@ mod tests {
                     before: Some(Arc::new(before)),
                     exists: true,
                 });
+            }
+            if rng.random_bool(0.3) {
+                // A node reports another image list.
+                let node = format!("n{}", rng.random_range(0..3));
+                version += 1;
+                state
+                    .node_images
+                    .insert(node.clone(), images(&node, rng.random_bool(0.5), version));
+                delta.node_images = true;
             }
             let tasks: HashMap<&str, &StoredTask> =
                 state.tasks.iter().map(|t| (t.obj.id(), &t.obj)).collect();

@@ -1,6 +1,7 @@
 //! What decisions read: one consistent view of the cluster's objects, each with the store version
 //! a write must quote. The manager fills it from the store; tests build it by hand.
 
+use shoal_api::images::StoredNodeImages;
 use shoal_api::models::{Network, Node, NodeSpecAvailabilityEnum, NodeState, Swarm};
 use shoal_api::objects::{StoredService, StoredTask};
 use std::collections::BTreeMap;
@@ -28,6 +29,9 @@ pub struct ClusterState {
     pub networks: Vec<Versioned<Network>>,
     /// The cluster object.
     pub cluster: Option<Versioned<Swarm>>,
+    /// The images each node's engine holds, by node ID (issue 22), so the scheduler can prefer
+    /// a node that need not pull; a node without an entry holds none that we know of.
+    pub node_images: BTreeMap<String, Versioned<StoredNodeImages>>,
 }
 
 impl ClusterState {

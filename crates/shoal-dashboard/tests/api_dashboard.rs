@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_dashboard::Dashboard;
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::node::{AgentError, AgentHost, FloatingLink, LogLink};
+use shoal_manager::node::{AgentError, AgentHost, FloatingLink, LogLink, PeerLink};
 use shoal_manager::proxy::EngineProxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +32,7 @@ impl AgentHost for NoAgent {
         _: mpsc::Sender<Vec<TaskStatusReport>>,
         _: LogLink,
         _: FloatingLink,
+        _: PeerLink,
     ) -> BoxFuture<'_, Result<(), AgentError>> {
         Box::pin(async { Ok(()) })
     }
@@ -119,6 +120,7 @@ impl Site {
             node: Default::default(),
             hostname: None,
             lifecycle: Default::default(),
+            peer_port: None,
         });
         let init = Request::builder()
             .method(Method::POST)

@@ -233,6 +233,27 @@ pub fn cluster_families(r: &mut Registry, state: &shoal_manager_state::ClusterSt
         "Tasks of a service running now and meant to",
         run,
     );
+
+    // Where images are (issue 22): the index the scheduler and transfers read.
+    let images: Family<Labels, Gauge> = Family::default();
+    for n in &state.nodes {
+        let id = n.obj.id.as_deref().unwrap_or_default();
+        let name = n
+            .obj
+            .description
+            .as_ref()
+            .and_then(|d| d.hostname.as_deref())
+            .unwrap_or(id);
+        let count = state.node_images.get(id).map_or(0, |i| i.obj.images.len());
+        images
+            .get_or_create(&vec![("node".into(), name.to_string())])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    r.register(
+        "shoal_node_images",
+        "Images each node's engine holds, as the swarm's index knows them",
+        images,
+    );
 }
 
 use crate::state as shoal_manager_state;

@@ -3,6 +3,7 @@
 //! [`SharedState`]). What it holds is `shoal_control`'s [`ClusterState`].
 
 use crate::db::{self, Stored};
+use shoal_api::images::StoredNodeImages;
 use shoal_api::kind;
 use shoal_api::models::Swarm;
 use shoal_api::objects::{StoredService, StoredTask};
@@ -24,6 +25,10 @@ pub fn load(store: &Store) -> ClusterState {
         nodes: db::list(store),
         networks: db::list(store),
         cluster: db::list::<Swarm>(store).into_iter().next(),
+        node_images: db::list::<StoredNodeImages>(store)
+            .into_iter()
+            .map(|i| (i.obj.node.clone(), i))
+            .collect(),
     }
 }
 
@@ -166,6 +171,21 @@ impl LiveState {
                     d.networks |= upsert_sorted(&mut self.state.networks, c, |n| {
                         n.id.as_deref().unwrap_or_default()
                     });
+                }
+                kind::NODE_IMAGES => {
+                    let images = &mut self.state.node_images;
+                    if images.get(&c.id).is_some_and(|held| stale(held.version, c)) {
+                        continue;
+                    }
+                    d.node_images = true;
+                    match live_object::<StoredNodeImages>(c) {
+                        Some(i) => {
+                            images.insert(c.id.clone(), i);
+                        }
+                        None => {
+                            images.remove(&c.id);
+                        }
+                    }
                 }
                 kind::CLUSTER => {
                     d.cluster = true;
@@ -433,6 +453,11 @@ mod tests {
                     .map(|n| (format!("node {:?}", n.obj.id), n.version)),
             )
             .chain(s.cluster.iter().map(|c| ("cluster".to_string(), c.version)))
+            .chain(
+                s.node_images
+                    .iter()
+                    .map(|(id, i)| (format!("images {id} {:?}", i.obj.images), i.version)),
+            )
             .collect()
     }
 
@@ -542,6 +567,77 @@ mod tests {
             "nodes stay sorted by ID, as a load returns them"
         );
         assert!(live.refresh().is_empty());
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn live_view_follows_each_nodes_images() {
+        use shoal_api::images::NodeImage;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 64).await;
+        let images = |node: &str, tags: &[&str]| StoredNodeImages {
+            node: node.into(),
+            images: tags
+                .iter()
+                .map(|t| NodeImage {
+                    id: format!("sha256:{}", t.len().to_string().repeat(64)),
+                    repo_tags: vec![t.to_string()],
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        db::write(
+            &store,
+            vec![db::put(&images("n1", &["web:1"]), Expect::Absent).unwrap()],
+        )
+        .await
+        .unwrap();
+        let mut live = LiveState::new(store.clone());
+        live.refresh();
+        let held = |live: &LiveState, node: &str| -> Option<Vec<String>> {
+            live.state().node_images.get(node).map(|i| {
+                i.obj
+                    .images
+                    .iter()
+                    .flat_map(|i| i.repo_tags.clone())
+                    .collect()
+            })
+        };
+        assert_eq!(held(&live, "n1"), Some(vec!["web:1".to_string()]), "loaded");
+
+        // A node reports another list, a second node its first.
+        let cur = db::get::<StoredNodeImages>(&store, "n1").unwrap();
+        db::write(
+            &store,
+            vec![
+                db::put(&images("n1", &["web:22"]), Expect::Version(cur.version)).unwrap(),
+                db::put(&images("n2", &["db:1"]), Expect::Absent).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(live.changed().await);
+        let d = live.refresh();
+        assert!(d.node_images, "{d:?}");
+        assert!(
+            !(d.other || d.nodes || d.services || d.reloaded),
+            "an image report is no other kind of change: {d:?}"
+        );
+        assert_eq!(held(&live, "n1"), Some(vec!["web:22".to_string()]));
+        assert_eq!(held(&live, "n2"), Some(vec!["db:1".to_string()]));
+        assert_eq!(summary(live.state()), summary(&crate::state::load(&store)));
+
+        // A node's list removed: the view forgets it.
+        db::write(
+            &store,
+            vec![db::delete::<StoredNodeImages>("n1", Expect::Any)],
+        )
+        .await
+        .unwrap();
+        assert!(live.changed().await);
+        assert!(live.refresh().node_images);
+        assert_eq!(held(&live, "n1"), None);
+        assert_eq!(summary(live.state()), summary(&crate::state::load(&store)));
         store.shutdown().await.unwrap();
     }
 

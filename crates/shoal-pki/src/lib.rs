@@ -15,6 +15,7 @@ mod api;
 #[cfg(test)]
 mod api_tests;
 mod node;
+mod peer;
 mod tls;
 #[cfg(test)]
 mod tls_tests;
@@ -25,6 +26,7 @@ pub use api::{
     IssuedClientCert, Revocations, API_CLIENT_OU, API_SERVER_OU, MAX_CLIENT_NAME,
 };
 pub use node::{identity_of_der, role_of_ou, role_ou, NodeCert, NodeIdentity, NodeKey, Role};
+pub use peer::{peer_client_config, peer_server_config};
 /// Re-exported so callers build connectors and acceptors against the exact rustls we configure.
 pub use rustls;
 pub use tls::{

@@ -28,7 +28,7 @@ pub fn manager_server_name() -> Result<ServerName<'static>, PkiError> {
 }
 
 /// ALPN for tonic's HTTP/2, so both sides agree without falling back.
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// The provider every config uses, never a process-wide default that another crate might set.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -36,7 +36,7 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Only TLS 1.3: every peer is one of our nodes, so there is nothing older to talk to.
-const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+pub(crate) const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
 pub(crate) fn tls_err(what: &'static str) -> impl FnOnce(rustls::Error) -> PkiError {
     move |source| PkiError::Tls { what, source }
@@ -68,7 +68,7 @@ pub(crate) fn key(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static
     })
 }
 
-fn ca_roots(cert: &NodeCert) -> Result<Arc<RootCertStore>, PkiError> {
+pub(crate) fn ca_roots(cert: &NodeCert) -> Result<Arc<RootCertStore>, PkiError> {
     let mut roots = RootCertStore::empty();
     for ca in certs(cert.ca_pem(), "CA certificate")? {
         roots.add(ca).map_err(tls_err("trusting the cluster CA"))?;

@@ -364,3 +364,61 @@ fn the_ca_survives_a_pem_round_trip_with_its_digest() {
         Err(PkiError::BadPem { .. })
     ));
 }
+
+#[tokio::test]
+async fn peers_accept_only_nodes_of_the_cluster_and_the_node_they_dialled() {
+    let ca = ClusterCa::generate().unwrap();
+    let other = ClusterCa::generate().unwrap();
+    let w1 = node(&ca, "worker1", Role::Worker);
+    let w2 = node(&ca, "worker2", Role::Worker);
+    // A worker serves a worker that dialled it by its node ID; the server reads the caller's.
+    let ok = handshake(
+        peer_server_config(&w1).unwrap(),
+        peer_client_config(&w2, "worker1").unwrap(),
+    )
+    .await;
+    assert_eq!(ok.server.unwrap().unwrap().node_id, "worker2");
+    assert_eq!(ok.client.unwrap().as_deref(), Some(&b"h2"[..]));
+    // Dialling worker1's address but expecting another node: refused by the client.
+    let wrong = handshake(
+        peer_server_config(&w1).unwrap(),
+        peer_client_config(&w2, "worker3").unwrap(),
+    )
+    .await;
+    assert!(is_wrong_name(&cert_error(wrong.client)));
+    // A node of another cluster is refused either way.
+    let stranger = node(&other, "worker1", Role::Worker);
+    let r = handshake(
+        peer_server_config(&w1).unwrap(),
+        peer_client_config(&stranger, "worker1").unwrap(),
+    )
+    .await;
+    assert!(is_foreign(&cert_error(r.client)));
+    let r = handshake(
+        peer_server_config(&stranger).unwrap(),
+        peer_client_config(&w2, "worker1").unwrap(),
+    )
+    .await;
+    assert!(is_foreign(&cert_error(r.client)));
+    // A caller without a certificate (a joiner's config, which the manager port lets in)
+    // never gets in.
+    let m1 = node(&ca, "manager1", Role::Manager);
+    let anon = handshake(
+        peer_server_config(&m1).unwrap(),
+        bootstrap_client_config(ca.digest()).unwrap(),
+    )
+    .await;
+    assert!(
+        anon.server.is_err(),
+        "served a caller without a certificate"
+    );
+    let anon_on_manager_port = handshake(
+        server_config(&m1).unwrap(),
+        bootstrap_client_config(ca.digest()).unwrap(),
+    )
+    .await;
+    assert!(
+        anon_on_manager_port.server.is_ok(),
+        "the control: the manager port lets it in"
+    );
+}

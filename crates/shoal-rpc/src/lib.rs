@@ -9,6 +9,7 @@
 
 mod client;
 mod leader;
+mod peer;
 mod server;
 
 /// The generated protocol types and tonic stubs.
@@ -19,6 +20,9 @@ pub mod pb {
 
 pub use client::{connect, Pool};
 pub use leader::{leader_hint, not_leader, LeaderHint};
+pub use peer::{
+    images_client, serve_peer, ImageChunkStream, ImageExporter, MAX_IMAGE_CHUNK, MAX_PEER_REQUEST,
+};
 pub use server::{
     bind, serve, Handlers, LogItemStream, PeerInfo, RefusalLog, ServerTls, SessionStream,
     REFUSAL_LOG_EVERY,

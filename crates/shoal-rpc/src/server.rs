@@ -182,7 +182,7 @@ pub trait Handlers: Send + Sync + 'static {
 }
 
 /// A TLS connection that tells tonic who is on the other end.
-struct TlsIo {
+pub(crate) struct TlsIo {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
 }
@@ -230,7 +230,7 @@ impl AsyncWrite for TlsIo {
     }
 }
 
-fn peer(req_ext: &http::Extensions) -> Result<PeerInfo, Status> {
+pub(crate) fn peer(req_ext: &http::Extensions) -> Result<PeerInfo, Status> {
     req_ext
         .get::<PeerInfo>()
         .cloned()
@@ -325,8 +325,53 @@ pub async fn serve(
         source: e,
     })?;
     tracing::info!(%addr, "node-to-node RPC listening (mutual TLS)");
+    let rx = accept_tls(listener, tls, stop.clone());
+    let svc = Arc::new(Svc(handlers));
+    // Raft and sessions are for certificate holders only: a peer without one is refused before
+    // its message is read, so the larger limits below are reachable only with a cluster
+    // certificate. The CA, which joiners reach without one, reads small messages only.
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .layer(tower::util::MapResponseLayer::new(too_large_is_exhaustion))
+        .add_service(
+            pb::ca_server::CaServer::from_arc(svc.clone())
+                .max_decoding_message_size(MAX_CA_MESSAGE)
+                .max_encoding_message_size(MAX_CA_MESSAGE),
+        )
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::raft_server::RaftServer::from_arc(svc.clone())
+                .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE),
+            with_manager_certificate,
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::logs_server::LogsServer::from_arc(svc.clone())
+                .max_decoding_message_size(MAX_LOG_REQUEST)
+                .max_encoding_message_size(MAX_LOG_ITEMS),
+            with_manager_certificate_for_logs,
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::dispatcher_server::DispatcherServer::from_arc(svc)
+                .max_decoding_message_size(MAX_SESSION_UP)
+                .max_encoding_message_size(MAX_SESSION_DOWN),
+            with_certificate,
+        ))
+        .serve_with_incoming_shutdown(rx, stop.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// The connections that completed a TLS handshake with `tls` within 10 s (read per connection,
+/// so a renewed certificate applies to the next one), each with its peer's chain; handshakes run
+/// off the accept loop, so a slow peer delays nobody. Until `stop`.
+pub(crate) fn accept_tls(
+    listener: TcpListener,
+    tls: ServerTls,
+    stop: CancellationToken,
+) -> ReceiverStream<Result<TlsIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel::<Result<TlsIo, std::io::Error>>(64);
-    let accept_stop = stop.clone();
+    let accept_stop = stop;
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -372,44 +417,11 @@ pub async fn serve(
             });
         }
     });
-    let svc = Arc::new(Svc(handlers));
-    // Raft and sessions are for certificate holders only: a peer without one is refused before
-    // its message is read, so the larger limits below are reachable only with a cluster
-    // certificate. The CA, which joiners reach without one, reads small messages only.
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .layer(tower::util::MapResponseLayer::new(too_large_is_exhaustion))
-        .add_service(
-            pb::ca_server::CaServer::from_arc(svc.clone())
-                .max_decoding_message_size(MAX_CA_MESSAGE)
-                .max_encoding_message_size(MAX_CA_MESSAGE),
-        )
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            pb::raft_server::RaftServer::from_arc(svc.clone())
-                .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE),
-            with_manager_certificate,
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            pb::logs_server::LogsServer::from_arc(svc.clone())
-                .max_decoding_message_size(MAX_LOG_REQUEST)
-                .max_encoding_message_size(MAX_LOG_ITEMS),
-            with_manager_certificate_for_logs,
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            pb::dispatcher_server::DispatcherServer::from_arc(svc)
-                .max_decoding_message_size(MAX_SESSION_UP)
-                .max_encoding_message_size(MAX_SESSION_DOWN),
-            with_certificate,
-        ))
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop.cancelled_owned())
-        .await?;
-    Ok(())
+    ReceiverStream::new(rx)
 }
 
 /// Refuses a call whose peer presented no certificate, before its body is read.
-fn with_certificate(req: Request<()>) -> Result<Request<()>, Status> {
+pub(crate) fn with_certificate(req: Request<()>) -> Result<Request<()>, Status> {
     let p = peer(req.extensions())?;
     if p.leaf().is_none() {
         return Err(p.refuse_unauthenticated());
@@ -434,7 +446,7 @@ fn with_manager_certificate_for_logs(req: Request<()>) -> Result<Request<()>, St
 /// gRPC's code for a message over the receiver's limit is RESOURCE_EXHAUSTED (grpc-go answers
 /// so); tonic says OUT_OF_RANGE. Its refusal of an oversized request comes before the handler
 /// runs, as a trailers-only answer, so the status is in the headers and is rewritten there.
-fn too_large_is_exhaustion<B>(mut res: http::Response<B>) -> http::Response<B> {
+pub(crate) fn too_large_is_exhaustion<B>(mut res: http::Response<B>) -> http::Response<B> {
     let headers = res.headers_mut();
     let out_of_range = headers
         .get("grpc-status")

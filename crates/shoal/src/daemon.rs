@@ -14,7 +14,8 @@ use shoal_agent::worker::{self, NetworkBackend, WorkerConfig};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
 use shoal_manager::node::{
-    self, certs_dir, keys, AgentError, AgentHost, FloatingLink, Identity, LogLink,
+    self, certs_dir, keys, AgentError, AgentHost, FloatingLink, Identity, ImageExport, LogLink,
+    PeerLink,
 };
 use shoal_manager::proxy::EngineProxy;
 use std::path::PathBuf;
@@ -58,23 +59,29 @@ impl LocalAgent {
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
         logs: LogLink,
         floating: FloatingLink,
+        peers: PeerLink,
     ) -> anyhow::Result<()> {
         let docker = self
             .docker()?
             .negotiate_version()
             .await
             .context("negotiating the engine API version")?;
-        let executor = Arc::new(DockerExecutor::new(
+        let transfers = shoal_agent::images::Transfers::new(
             docker.clone(),
-            node_id.clone(),
-            self.pull,
-        ));
+            Arc::new(SwarmPeers(peers)),
+            &node_id,
+        );
+        let executor = Arc::new(
+            DockerExecutor::new(docker.clone(), node_id.clone(), self.pull)
+                .with_transfers(Arc::new(transfers)),
+        );
         let files = Files::for_node(&self.files_root, &node_id, &self.data_dir)?;
         let net = NetworkAgent::start(NetworkConfig {
             node_id: node_id.clone(),
             docker: docker.clone(),
             plugin_dir: PathBuf::from("/run/docker/plugins"),
             upstream_dns: upstream_dns(),
+            engine_socket: Some(self.engine.clone()),
         })
         .await
         .context("starting node networking")?;
@@ -137,11 +144,25 @@ impl AgentHost for LocalAgent {
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
         logs: LogLink,
         floating: FloatingLink,
+        peers: PeerLink,
     ) -> BoxFuture<'_, Result<(), AgentError>> {
         Box::pin(async move {
-            self.start_worker(node_id, assignments, reports, logs, floating)
+            self.start_worker(node_id, assignments, reports, logs, floating, peers)
                 .await
                 .map_err(|e| format!("{e:#}").into())
+        })
+    }
+
+    fn export_image(&self, image_id: String) -> BoxFuture<'_, Result<ImageExport, AgentError>> {
+        Box::pin(async move {
+            let docker = self.docker().map_err(|e| format!("{e:#}"))?;
+            let export = shoal_agent::images::export(&docker, &image_id).await?;
+            Ok(ImageExport {
+                size: export.size,
+                chunks: Box::pin(futures::StreamExt::map(export.chunks, |r| {
+                    r.map(|b| b.to_vec())
+                })),
+            })
         })
     }
 
@@ -182,6 +203,37 @@ impl AgentHost for LocalAgent {
     }
 }
 
+/// The agent's transfers over the swarm: the leader's index through the session, holders'
+/// exports through their peer ports.
+struct SwarmPeers(PeerLink);
+
+impl shoal_agent::images::Peers for SwarmPeers {
+    fn sources(
+        &self,
+        image: &str,
+    ) -> BoxFuture<'static, Result<Vec<shoal_api::images::ImageSource>, String>> {
+        let (link, image) = (self.0.clone(), image.to_string());
+        Box::pin(async move { link.sources(&image).await.map_err(|e| e.to_string()) })
+    }
+
+    fn export(
+        &self,
+        source: &shoal_api::images::ImageSource,
+        image_id: &str,
+    ) -> BoxFuture<'static, Result<shoal_agent::images::Export, String>> {
+        let (link, source, id) = (self.0.clone(), source.clone(), image_id.to_string());
+        Box::pin(async move {
+            let e = link.export(&source, &id).await.map_err(|e| e.to_string())?;
+            Ok(shoal_agent::images::Export {
+                size: e.size,
+                chunks: Box::pin(futures::StreamExt::map(e.chunks, |r| {
+                    r.map(bytes::Bytes::from)
+                })),
+            })
+        })
+    }
+}
+
 /// `--floating-ip`: adds the address once this node leads a swarm that lacks it; gives up
 /// (with the reason in the log) when the manager refuses it.
 async fn add_floating_ip(
@@ -212,6 +264,17 @@ async fn add_floating_ip(
     }
 }
 
+/// `--peer-port`: a port, or "off".
+fn peer_port(value: &str) -> anyhow::Result<Option<u16>> {
+    if value == "off" {
+        return Ok(None);
+    }
+    match value.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(Some(p)),
+        _ => anyhow::bail!("--peer-port {value:?}: a port from 1 to 65535, or \"off\""),
+    }
+}
+
 /// The host's resolvers, where names that are not services are forwarded.
 fn upstream_dns() -> Vec<std::net::SocketAddr> {
     let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -226,6 +289,7 @@ fn upstream_dns() -> Vec<std::net::SocketAddr> {
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // Before anything: a --listen the daemon would refuse later is refused now.
     let listen = listen_addrs(&args)?;
+    let peer_port = peer_port(&args.peer_port)?;
     // First, before anything that can wait (the engine, the store, the network): an operator
     // who sees nothing else still knows the daemon started, with what, and as which process.
     tracing::info!(
@@ -298,6 +362,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         node: Default::default(),
         hostname: args.hostname.clone(),
         lifecycle: Default::default(),
+        peer_port,
     });
     if let Some(identity) = Identity::load(&args.data_dir) {
         match keys::kek(&args.data_dir).context("reading this node's key-encryption key")? {

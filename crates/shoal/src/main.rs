@@ -211,6 +211,11 @@ pub struct DaemonArgs {
     /// Docker's customary metrics port; "off" turns it off).
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub metrics_addr: Option<String>,
+    /// The port this node serves its images to the other nodes on, and fetches theirs from
+    /// (default 7946, Swarm's node-to-node port; the same on every node; "off": serve none).
+    /// Node certificates of the swarm only.
+    #[arg(long, value_name = "PORT|off", default_value = "7946")]
+    pub peer_port: String,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -140,6 +140,12 @@ pub trait Executor: Send + Sync + 'static {
         let _ = id;
         async { Ok(None) }
     }
+    /// How far the task's preparation has got while it takes long ("fetching image from
+    /// node-1: 45%"), for the `preparing` status; `None` when there is nothing to tell.
+    fn progress(&self, task: &StoredTask) -> Option<String> {
+        let _ = task;
+        None
+    }
     /// Network-attachment task IDs that plain containers on the engine still name (their
     /// `ATTACHMENTS_LABEL`). Needed to give back the addresses of attachments whose container
     /// is gone; an engine without plain containers (a simulated node) has none.
@@ -174,6 +180,8 @@ pub struct DockerExecutor {
     images: Arc<Mutex<HashMap<String, Instant>>>,
     /// Bounds concurrent create+start calls: the engine serializes much of that work anyway.
     starts: Arc<Semaphore>,
+    /// Images fetched from other nodes when no registry gives them (issue 22).
+    transfers: Option<Arc<crate::images::Transfers>>,
 }
 
 /// How long an image found present is trusted without asking the engine again.
@@ -206,7 +214,14 @@ impl DockerExecutor {
             hostname,
             images: Default::default(),
             starts: Arc::new(Semaphore::new(parallel)),
+            transfers: None,
         }
+    }
+
+    /// Fetches images that are neither here nor pullable from the nodes that hold them.
+    pub fn with_transfers(mut self, transfers: Arc<crate::images::Transfers>) -> Self {
+        self.transfers = Some(transfers);
+        self
     }
 
     fn template_context(&self, task: &StoredTask) -> template::Context {
@@ -414,12 +429,37 @@ impl DockerExecutor {
             }
             return Ok(());
         }
-        if self.pull == PullPolicy::Never {
+        let pulled = if self.pull == PullPolicy::Never {
+            Err("not on this node, and the node does not pull".to_string())
+        } else {
+            self.pull(image).await
+        };
+        let Err(pull_error) = pulled else {
+            return Ok(());
+        };
+        // No registry gave it: a node of the swarm that holds it may.
+        let Some(t) = &self.transfers else {
             return Err(ExecError::NoImage {
                 image: image.into(),
-                detail: " (not on this node, and the node does not pull)".into(),
+                detail: format!(" ({pull_error})"),
             });
+        };
+        match t.fetch(image).await {
+            Ok(()) => {
+                if let Ok(mut m) = self.images.lock() {
+                    m.insert(image.to_string(), Instant::now());
+                }
+                Ok(())
+            }
+            Err(e) => Err(ExecError::NoImage {
+                image: image.into(),
+                detail: format!(" ({pull_error}; from the swarm: {e})"),
+            }),
         }
+    }
+
+    /// Pulls `image` from its registry; the engine's error when it cannot.
+    async fn pull(&self, image: &str) -> Result<(), String> {
         let (from, tag) = split_image(image);
         let mut s = self.docker.create_image(
             Some(bollard::query_parameters::CreateImageOptions {
@@ -433,10 +473,7 @@ impl DockerExecutor {
         while let Some(r) = s.next().await {
             if let Err(e) = r {
                 crate::metrics::count(&crate::metrics::METRICS.image_pulls, false);
-                return Err(ExecError::NoImage {
-                    image: image.into(),
-                    detail: format!(" ({e})"),
-                });
+                return Err(format!("pull: {e}"));
             }
         }
         crate::metrics::count(&crate::metrics::METRICS.image_pulls, true);
@@ -529,15 +566,12 @@ impl Executor for DockerExecutor {
     }
 
     async fn prepare(&self, task: &StoredTask, prep: &Prepared) -> Result<String, ExecError> {
-        let image = task
-            .task
-            .spec
-            .as_ref()
-            .and_then(|s| s.container_spec.as_ref())
-            .and_then(|c| c.image.clone())
-            .unwrap_or_default();
-        self.ensure_image(&image).await?;
+        self.ensure_image(&image_of(task)).await?;
         self.create(task, prep).await
+    }
+
+    fn progress(&self, task: &StoredTask) -> Option<String> {
+        self.transfers.as_ref()?.progress(&image_of(task))
     }
 
     async fn health(&self, id: &str) -> Result<Option<Health>, ExecError> {
@@ -643,6 +677,16 @@ impl Executor for DockerExecutor {
 }
 
 /// `repo:tag` (digest references pass through whole), defaulting the tag to `latest`.
+/// The image the task's container runs, as its spec names it.
+fn image_of(task: &StoredTask) -> String {
+    task.task
+        .spec
+        .as_ref()
+        .and_then(|s| s.container_spec.as_ref())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
 fn split_image(image: &str) -> (String, String) {
     if image.contains('@') {
         return (image.to_string(), String::new());

@@ -33,6 +33,9 @@ pub struct NetworkConfig {
     pub plugin_dir: PathBuf,
     /// Where names that are not services go (the node's `/etc/resolv.conf` servers).
     pub upstream_dns: Vec<SocketAddr>,
+    /// The engine's API socket, whose listener tells which dockerd (and so which network
+    /// namespace) hosts the containers; `None`: the host's `/run/docker.pid`.
+    pub engine_socket: Option<PathBuf>,
 }
 
 /// The network side of one node; cheap to clone, all clones share one state.
@@ -139,7 +142,7 @@ impl NetworkAgent {
                 "br_netfilter is not loaded (modprobe br_netfilter): VIP replies on one bridge would bypass conntrack",
             ));
         }
-        let dockerd_pid = netlink::dockerd_pid_in_other_netns();
+        let dockerd_pid = netlink::dockerd_pid_in_other_netns(cfg.engine_socket.as_deref());
         if let Some(pid) = dockerd_pid {
             tracing::info!(
                 pid,

@@ -535,6 +535,31 @@ fn dest_v4(m: &NeighbourMessage) -> Option<Ipv4Addr> {
     })
 }
 
+/// The process listening on the unix socket `path`, from the peer credentials of a connection
+/// to it (the kernel's record of who called `listen`).
+fn listener_pid(path: &std::path::Path) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let conn = std::os::unix::net::UnixStream::connect(path).ok()?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and the descriptor is
+    // open for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
+
 /// Whether `br_netfilter` is loaded (without it bridged traffic skips conntrack and replies
 /// from a task on the client's own bridge would not be un-DNAT-ed).
 pub(crate) fn br_netfilter_loaded() -> bool {
@@ -549,12 +574,15 @@ pub(crate) fn set_link_sysctl(link: &str, key: &str, value: &str) -> Result<(), 
 
 /// dockerd's PID when it runs in another network namespace than this process (then veth ends
 /// must be moved there before Docker can take them); `None` when they share one, or when it
-/// cannot be told (then we assume they do, as on a plain host).
-pub(crate) fn dockerd_pid_in_other_netns() -> Option<u32> {
-    let pid = ["/run/docker.pid", "/var/run/docker.pid"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| s.trim().parse::<u32>().ok())?;
+/// cannot be told (then we assume they do, as on a plain host). The engine is the one listening
+/// on `socket` (a node's own dockerd need not be the host's), else the host's pid file.
+pub(crate) fn dockerd_pid_in_other_netns(socket: Option<&std::path::Path>) -> Option<u32> {
+    let pid = socket.and_then(listener_pid).or_else(|| {
+        ["/run/docker.pid", "/var/run/docker.pid"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    })?;
     let ours = std::fs::metadata("/proc/self/ns/net").ok()?;
     let theirs = match std::fs::metadata(format!("/proc/{pid}/ns/net")) {
         Ok(m) => m,

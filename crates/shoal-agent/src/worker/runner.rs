@@ -124,6 +124,28 @@ pub(super) struct Reporter {
 }
 
 impl Reporter {
+    /// `preparing` with a message that changes as the preparation goes on.
+    async fn progress(&self, message: &str) {
+        let status = TaskStatus {
+            timestamp: Some(shoal_api::id::now()),
+            state: Some(TaskState::PREPARING),
+            message: Some(message.to_string()),
+            err: None,
+            container_status: None,
+            port_status: None,
+        };
+        if let Ok(mut m) = self.last.lock() {
+            m.insert(self.task_id.clone(), status.clone());
+        }
+        let report = TaskStatusReport {
+            task_id: self.task_id.clone(),
+            status,
+        };
+        if self.tx.send(vec![report]).await.is_err() {
+            tracing::debug!(task = %self.task_id, "dispatcher gone; progress not reported");
+        }
+    }
+
     async fn send(&self, u: StatusUpdate, container: Option<ContainerStatus>) {
         let status = TaskStatus {
             timestamp: Some(shoal_api::id::now()),
@@ -146,6 +168,36 @@ impl Reporter {
             .is_err()
         {
             tracing::debug!(task = %self.task_id, "dispatcher gone; status not reported");
+        }
+    }
+}
+
+/// How often a long preparation's progress is reported (a transfer's percentage).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `prepare`, reporting `preparing` with the executor's progress while it takes long (an image
+/// fetched from another node: "fetching image from node-1: 45%"), each change once.
+async fn prepare_telling<E: Executor>(
+    ex: &E,
+    task: &StoredTask,
+    p: &Prepared,
+    r: &Reporter,
+) -> Result<String, ExecError> {
+    let prepare = ex.prepare(task, p);
+    tokio::pin!(prepare);
+    let mut told: Option<String> = None;
+    loop {
+        tokio::select! {
+            done = &mut prepare => return done,
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                let now = ex.progress(task);
+                if now.is_some() && now != told {
+                    if let Some(m) = &now {
+                        r.progress(m).await;
+                    }
+                    told = now;
+                }
+            }
         }
     }
 }
@@ -239,7 +291,9 @@ pub(super) async fn run_task<E: Executor>(
                     }
                 }
                 let made = match prep.take() {
-                    Some(Ok(p)) => ex.prepare(&task, &p).await.map_err(|e| e.to_string()),
+                    Some(Ok(p)) => prepare_telling(ex, &task, &p, &r)
+                        .await
+                        .map_err(|e| e.to_string()),
                     Some(Err(e)) => Err(e.to_string()),
                     // The step prepares once: then the container exists or the task is rejected.
                     None => Err("prepared once already".to_string()),

@@ -515,6 +515,7 @@ mod tests {
             ],
             networks: Vec::new(),
             cluster: None,
+            node_images: Default::default(),
         };
         let done = task(&s.obj, "d", 0, TaskState::COMPLETE);
         let mut on_drained = task(&s.obj, "r", 0, TaskState::RUNNING);

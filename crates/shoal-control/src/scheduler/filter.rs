@@ -266,7 +266,8 @@ impl Explain {
 }
 
 /// The slow path: the node for one task of a service with [`Demands`], or why there is none.
-/// `mine` and `load` count tasks per node position, `used` reservations per node position.
+/// `mine` and `load` count tasks per node position, `used` reservations per node position,
+/// `holds` says which nodes hold the task's image (a tie-break only).
 pub(super) fn place_demanding(
     svc: &StoredService,
     d: &Demands,
@@ -274,6 +275,7 @@ pub(super) fn place_demanding(
     mine: &[usize],
     load: &[usize],
     used: &[(i64, i64)],
+    holds: &[bool],
 ) -> Result<usize, Explain> {
     let mut refused = Explain::default();
     let mut fits: Vec<usize> = Vec::new();
@@ -295,26 +297,35 @@ pub(super) fn place_demanding(
             fits.push(pos);
         }
     }
+    // Among the nodes left: the fewest of the service's tasks, the fewest overall, then one
+    // that holds the image, then the first.
+    let key = |pos: usize| {
+        (
+            mine[pos],
+            load[pos],
+            !holds.get(pos).copied().unwrap_or(false),
+            pos,
+        )
+    };
     // Spread preferences, outermost first: keep the group (by label value) holding the fewest
-    // of the service's tasks among the nodes that fit.
-    for key in &d.spread {
+    // of the service's tasks among the nodes that fit; between groups holding as many, one
+    // whose node of choice holds the image, then the first label value.
+    for spread in &d.spread {
         let mut groups: HashMap<&str, (usize, Vec<usize>)> = HashMap::new();
         for &pos in &fits {
             let g = groups
-                .entry(spread_value(key, &state.nodes[pos].obj))
+                .entry(spread_value(spread, &state.nodes[pos].obj))
                 .or_default();
             g.0 += mine[pos];
             g.1.push(pos);
         }
-        if let Some((_, (_, members))) = groups
-            .into_iter()
-            .min_by(|a, b| (a.1 .0, a.0).cmp(&(b.1 .0, b.0)))
-        {
+        if let Some((_, (_, members))) = groups.into_iter().min_by_key(|(label, (n, members))| {
+            let lacks = members.iter().map(|&p| key(p)).min().map(|k| k.2);
+            (*n, lacks, *label)
+        }) {
             fits = members;
         }
     }
     refused.pinned = pin_note(svc);
-    fits.into_iter()
-        .min_by_key(|&pos| (mine[pos], load[pos], pos))
-        .ok_or(refused)
+    fits.into_iter().min_by_key(|&pos| key(pos)).ok_or(refused)
 }

@@ -1,6 +1,7 @@
 //! Placement: which node runs a task. Pure: filters ([`filter`]: availability, constraints,
 //! platform, per-node cap, resources) then spread ([`spread`]: fewest tasks of the same service,
-//! then fewest tasks overall). A task no node fits stays pending with an [`Explain`].
+//! then fewest tasks overall, then a node whose engine already holds the task's image). A task
+//! no node fits stays pending with an [`Explain`].
 
 pub mod filter;
 pub mod spread;
@@ -9,6 +10,7 @@ pub use filter::{constraint_met, constraints_met, Explain};
 
 use crate::state::ClusterState;
 use filter::{place_demanding, reserved, Demands};
+use shoal_api::images::ImageRef;
 use shoal_api::models::TaskState;
 use shoal_api::objects::{is_terminal, StoredTask};
 use spread::Candidates;
@@ -17,9 +19,11 @@ use std::collections::HashMap;
 /// Assigns nodes to the tasks that need one; returns how many were placed.
 ///
 /// Spread: the eligible node with the fewest running-or-starting tasks of the same service,
-/// then the fewest overall, then the first in node order. Counts are taken once per call and
-/// kept up to date as tasks are placed, so a call costs O(tasks + placements x log nodes)
-/// rather than O(placements x nodes).
+/// then the fewest overall, then one whose engine holds the task's image (it starts without a
+/// pull), then the first in node order. The image only breaks ties: it never makes a node
+/// eligible nor outweighs a count. Counts are taken once per call and kept up to date as tasks
+/// are placed, so a call costs O(tasks + placements x log nodes) rather than
+/// O(placements x nodes).
 pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask], now: &str) -> usize {
     let pos_of: HashMap<&str, usize> = state
         .nodes
@@ -64,12 +68,11 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask], now: &str) 
             }
         }
     }
-    // Per-node counts of the services that take the slow path.
-    let mut slow_mine: HashMap<&str, Vec<usize>> = demands
-        .keys()
-        .filter_map(|sid| Some((*sid, mine.remove(*sid)?)))
-        .collect();
-    let mut candidates: HashMap<String, Candidates> = HashMap::new();
+    // Which nodes hold each image asked for, looked up once per image.
+    let mut holders: HashMap<String, Vec<bool>> = HashMap::new();
+    // The indexed spread per (service, image): tasks of one service may differ in image (an
+    // update under way); they share the service's counts in `mine`.
+    let mut candidates: HashMap<(&str, String), Candidates> = HashMap::new();
     let mut placed = 0;
     for t in tasks.iter_mut() {
         let Some(svc) = state.services.get(t.service_id()) else {
@@ -81,8 +84,15 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask], now: &str) 
             continue;
         }
         let sid = svc.obj.id();
-        if let (Some(d), Some(counts)) = (demands.get(sid), slow_mine.get_mut(sid)) {
-            match place_demanding(&svc.obj, d, state, counts, &load, &used) {
+        let image = task_image(t).to_string();
+        let holds = holders
+            .entry(image.clone())
+            .or_insert_with(|| nodes_holding(state, &image));
+        let counts = mine
+            .entry(sid)
+            .or_insert_with(|| vec![0; state.nodes.len()]);
+        if let Some(d) = demands.get(sid) {
+            match place_demanding(&svc.obj, d, state, counts, &load, &used, holds) {
                 Ok(pos) => {
                     load[pos] += 1;
                     counts[pos] += 1;
@@ -98,17 +108,12 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask], now: &str) 
             }
             continue;
         }
-        let c = candidates.entry(sid.to_string()).or_insert_with(|| {
-            let counts = mine
-                .remove(sid)
-                .unwrap_or_else(|| vec![0; state.nodes.len()]);
-            Candidates::new(&svc.obj, state, counts, &load)
-        });
-        match c.best(&load) {
+        let c = candidates
+            .entry((sid, image))
+            .or_insert_with(|| Candidates::new(&svc.obj, state, counts, &load, holds));
+        match c.best(counts, &load) {
             Some(pos) => {
-                let old = load[pos];
-                load[pos] += 1;
-                c.placed(pos, old, &load);
+                c.take(pos, counts, &mut load);
                 let node = state.nodes[pos].obj.id.as_deref().unwrap_or_default();
                 assign(t, node, now);
                 placed += 1;
@@ -125,6 +130,36 @@ pub fn schedule(state: &ClusterState, tasks: &mut [&mut StoredTask], now: &str) 
         }
     }
     placed
+}
+
+/// The image a task runs (empty if it names none).
+fn task_image(t: &StoredTask) -> &str {
+    t.task
+        .spec
+        .as_ref()
+        .and_then(|s| s.container_spec.as_ref())
+        .and_then(|c| c.image.as_deref())
+        .unwrap_or_default()
+}
+
+/// Per node position: true if the node's engine reported holding `image` (by tag, digest or
+/// ID, as the engine resolves the reference). None do for a reference no engine would accept.
+pub fn nodes_holding(state: &ClusterState, image: &str) -> Vec<bool> {
+    let wanted = match ImageRef::parse(image) {
+        Some(r) if !state.node_images.is_empty() => r,
+        _ => return vec![false; state.nodes.len()],
+    };
+    state
+        .nodes
+        .iter()
+        .map(|n| {
+            n.obj
+                .id
+                .as_deref()
+                .and_then(|id| state.node_images.get(id))
+                .is_some_and(|i| i.obj.find(&wanted).is_some())
+        })
+        .collect()
 }
 
 /// Leaves a task pending with the reason (rewritten only when the reason changes).
@@ -189,8 +224,8 @@ mod tests {
         }
     }
 
-    /// The scheduler before issue 4: a scan of every node for every task. Kept to check that
-    /// the indexed version decides exactly the same.
+    /// The scheduler before issue 4: a scan of every node for every task (with issue 22's
+    /// image tie-break). Kept to check that the indexed version decides exactly the same.
     fn reference(state: &ClusterState, tasks: &mut [&mut StoredTask]) -> usize {
         let mut load: HashMap<String, usize> = HashMap::new();
         let mut svc_load: HashMap<(String, String), usize> = HashMap::new();
@@ -214,18 +249,26 @@ mod tests {
                 placed += 1;
                 continue;
             }
-            let mut best: Option<(&str, (usize, usize))> = None;
+            let wanted = ImageRef::parse(task_image(t));
+            let mut best: Option<(&str, (usize, usize, bool))> = None;
             for n in &state.nodes {
                 let node_id = n.obj.id.as_deref().unwrap_or_default();
                 if !node_schedulable(&n.obj) || !constraints_met(&svc.obj, &n.obj) {
                     continue;
                 }
+                let holds = wanted.as_ref().is_some_and(|w| {
+                    state
+                        .node_images
+                        .get(node_id)
+                        .is_some_and(|i| i.obj.images.iter().any(|i| i.matches(w)))
+                });
                 let score = (
                     svc_load
                         .get(&(node_id.to_string(), svc.obj.id().to_string()))
                         .copied()
                         .unwrap_or(0),
                     load.get(node_id).copied().unwrap_or(0),
+                    !holds,
                 );
                 if best.is_none_or(|(_, s)| score < s) {
                     best = Some((node_id, score));
@@ -293,10 +336,56 @@ mod tests {
                     },
                 );
             }
+            // Images: node i reports a random few (by the short name an engine lists); tasks
+            // ask for one by any of its spellings, or for one no node has, or for none. A
+            // service's tasks may differ in image (an update under way).
+            let listed = ["app:1", "app:2", "reg.local:5000/x/y:3", "other:latest"];
+            let asked = [
+                "app:1",
+                "docker.io/library/app:1",
+                "app:2",
+                "reg.local:5000/x/y:3",
+                "other",
+                "absent:9",
+                "",
+                "Not A Reference",
+            ];
+            for i in 0..nodes {
+                if rng.random_bool(0.3) {
+                    continue;
+                }
+                let images = listed
+                    .iter()
+                    .enumerate()
+                    .filter(|_| rng.random_bool(0.4))
+                    .map(|(k, tag)| shoal_api::images::NodeImage {
+                        id: format!("sha256:{}", k.to_string().repeat(64)),
+                        repo_tags: vec![tag.to_string()],
+                        ..Default::default()
+                    })
+                    .collect();
+                state.node_images.insert(
+                    format!("n{i}"),
+                    Versioned {
+                        obj: shoal_api::images::StoredNodeImages {
+                            node: format!("n{i}"),
+                            images,
+                        },
+                        version: 1,
+                    },
+                );
+            }
             let services = state.services.len();
             let mk = |rng: &mut rand::rngs::StdRng, id: String, node: Option<String>| {
                 let mut t = StoredTask::default();
                 t.task.id = Some(id);
+                t.task.spec = Some(shoal_api::models::TaskSpec {
+                    container_spec: Some(shoal_api::models::TaskSpecContainerSpec {
+                        image: Some(asked[rng.random_range(0..asked.len())].to_string()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
                 t.task.service_id = Some(format!("s{}", rng.random_range(0..services + 1)));
                 t.task.node_id = node;
                 t.task.desired_state = Some(if rng.random_bool(0.9) {
@@ -557,5 +646,187 @@ mod tests {
             why.as_deref(),
             Some("no suitable node (unsupported platform on 1 node)")
         );
+    }
+
+    /// Records that `node`'s engine holds images with these `repo:tag` names.
+    fn holds(state: &mut ClusterState, node: &str, tags: &[&str]) {
+        let images = tags
+            .iter()
+            .enumerate()
+            .map(|(k, tag)| shoal_api::images::NodeImage {
+                id: format!("sha256:{}", k.to_string().repeat(64)),
+                repo_tags: vec![tag.to_string()],
+                ..Default::default()
+            })
+            .collect();
+        state.node_images.insert(
+            node.to_string(),
+            crate::state::Versioned {
+                obj: shoal_api::images::StoredNodeImages {
+                    node: node.to_string(),
+                    images,
+                },
+                version: 1,
+            },
+        );
+    }
+
+    /// A running task of another service on `node`, to make it busier.
+    fn busy(state: &mut ClusterState, node: &str) {
+        let mut t = StoredTask::default();
+        t.task.id = Some(format!("busy-{node}-{}", state.tasks.len()));
+        t.task.service_id = Some("other".into());
+        t.task.node_id = Some(node.into());
+        t.task.desired_state = Some(TaskState::RUNNING);
+        t.task.status = Some(shoal_api::models::TaskStatus {
+            state: Some(TaskState::RUNNING),
+            ..Default::default()
+        });
+        state
+            .tasks
+            .push(crate::state::Versioned { obj: t, version: 1 });
+    }
+
+    /// Three equal nodes, node-2 alone holding the image (listed by its short name, asked for
+    /// by its full one); `placement` is the service's Placement JSON. Each case runs on the
+    /// indexed path (no demands) and on the scan (`MaxReplicas`, or reservations, send it
+    /// there), which must agree.
+    #[test]
+    fn a_node_that_holds_the_image_wins_a_tie_and_nothing_more() {
+        let three = [
+            ("node-1", "a", 4, 4, "x86_64"),
+            ("node-2", "b", 4, 4, "x86_64"),
+            ("node-3", "c", 4, 4, "x86_64"),
+        ];
+        let spec = |placement: &str, extra: &str| {
+            format!(
+                r#"{{"Name":"s","TaskTemplate":{{"ContainerSpec":{{"Image":"docker.io/library/web:1"}},"Placement":{placement}{extra}}}}}"#
+            )
+        };
+        for (path, extra_placement, extra) in [
+            ("indexed", "", ""),
+            ("scan (max per node)", r#","MaxReplicas":5"#, ""),
+            (
+                "scan (reservations)",
+                "",
+                r#","Resources":{"Reservations":{"NanoCPUs":1000000}}"#,
+            ),
+        ] {
+            let mk = |constraints: &str| {
+                let placement = format!(r#"{{"Constraints":[{constraints}]{extra_placement}}}"#);
+                let mut state = cluster(&three, &spec(&placement, extra));
+                holds(&mut state, "node-1", &["web:2", "db:1"]);
+                holds(&mut state, "node-2", &["web:1"]);
+                state
+            };
+
+            // One replica: all else equal, the node that need not pull.
+            let mut state = mk("");
+            let (nodes, why) = place(&mut state, 1);
+            assert_eq!((nodes, why), (vec!["node-2".to_string()], None), "{path}");
+
+            // Three replicas: spread still puts one on each node.
+            let mut state = mk("");
+            let (mut nodes, why) = place(&mut state, 3);
+            nodes.sort();
+            assert_eq!(why, None, "{path}");
+            assert_eq!(nodes, ["node-1", "node-2", "node-3"], "{path}");
+
+            // node-2 runs more tasks: the spread wins over the image.
+            let mut state = mk("");
+            busy(&mut state, "node-2");
+            let (nodes, _) = place(&mut state, 1);
+            assert_eq!(nodes, ["node-1"], "{path}");
+            // ... and the second replica too, since node-2 is still the busiest overall.
+            let (nodes, _) = place(&mut state, 1);
+            assert_eq!(nodes, ["node-3"], "{path}");
+
+            // A constraint that excludes node-2 still excludes it.
+            let mut state = mk(r#""node.hostname!=node-2","node.id!=node-2""#);
+            let (nodes, why) = place(&mut state, 2);
+            assert_eq!(why, None, "{path}");
+            assert!(!nodes.iter().any(|n| n == "node-2"), "{path}: {nodes:?}");
+            let mut state = mk(r#""node.id==node-2""#);
+            state.nodes[1].obj =
+                node(r#"{"ID":"node-2","Spec":{"Role":"worker"},"Status":{"State":"down"}}"#);
+            let (nodes, why) = place(&mut state, 1);
+            assert!(nodes.is_empty(), "{path}: a down node takes nothing");
+            assert!(why.is_some_and(|w| w.contains("not available")), "{path}");
+
+            // No node holds it: the first node, as before.
+            let mut state = mk("");
+            state.node_images.clear();
+            let (nodes, _) = place(&mut state, 1);
+            assert_eq!(nodes, ["node-1"], "{path}");
+        }
+    }
+
+    #[test]
+    fn the_image_breaks_ties_between_spread_groups_and_never_overrides_a_platform() {
+        // Two zones, one node each: the first task goes to the zone whose node holds the image.
+        let mut state = cluster(
+            &[("a1", "a", 4, 4, "x86_64"), ("b1", "b", 4, 4, "x86_64")],
+            r#"{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":"web:1"},"Placement":{"Preferences":[{"Spread":{"SpreadDescriptor":"node.labels.zone"}}]}}}"#,
+        );
+        holds(&mut state, "b1", &["web:1"]);
+        let (nodes, _) = place(&mut state, 1);
+        assert_eq!(nodes, ["b1"]);
+        // Zone b now has a task: the next goes to zone a, without the image.
+        let (nodes, _) = place(&mut state, 1);
+        assert_eq!(nodes, ["a1"]);
+
+        // The image is on a node of another architecture: the platform filter still wins.
+        let mut state = cluster(
+            &[("pi", "a", 4, 4, "aarch64"), ("pc", "a", 4, 4, "x86_64")],
+            r#"{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":"web:1"},"Placement":{"Platforms":[{"OS":"linux","Architecture":"amd64"}]}}}"#,
+        );
+        holds(&mut state, "pi", &["web:1"]);
+        let (nodes, _) = place(&mut state, 2);
+        assert_eq!(nodes, ["pc", "pc"]);
+
+        // Max per node: once node-2 is full the rest go elsewhere.
+        let mut state = cluster(
+            &[("n1", "a", 4, 4, "x86_64"), ("n2", "a", 4, 4, "x86_64")],
+            r#"{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":"web:1"},"Placement":{"MaxReplicas":1}}}"#,
+        );
+        holds(&mut state, "n2", &["web:1"]);
+        let (nodes, why) = place(&mut state, 3);
+        assert_eq!(nodes, ["n2", "n1"]);
+        assert!(why.is_some_and(|w| w.contains("max replicas")));
+    }
+
+    #[test]
+    fn tasks_of_one_service_with_different_images_share_its_spread() {
+        // An update under way: a task of the old image and one of the new, each held by one node.
+        let mut state = cluster(
+            &[
+                ("n1", "a", 4, 4, "x86_64"),
+                ("n2", "a", 4, 4, "x86_64"),
+                ("n3", "a", 4, 4, "x86_64"),
+            ],
+            r#"{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":"web:2"}}}"#,
+        );
+        holds(&mut state, "n2", &["web:1"]);
+        holds(&mut state, "n3", &["web:2"]);
+        let svc = state.services["s"].obj.clone();
+        let mut old = crate::orchestrator::new_task(&svc, 1, None, vec![]);
+        if let Some(c) = old
+            .task
+            .spec
+            .as_mut()
+            .and_then(|s| s.container_spec.as_mut())
+        {
+            c.image = Some("web:1".into());
+        }
+        let mut new = [0, 1, 2].map(|i| crate::orchestrator::new_task(&svc, i + 2, None, vec![]));
+        let [a, b, c] = &mut new;
+        let mut refs = vec![&mut old, a, b, c];
+        assert_eq!(schedule(&state, &mut refs, crate::testkit::T0), 4);
+        assert_eq!(old.node_id(), Some("n2"), "the old image's node");
+        assert_eq!(new[0].node_id(), Some("n3"), "the new image's node");
+        // Then the spread over the service's tasks, whatever their image: n1, then n3 (a tie
+        // among n1..n3 at one task each, broken by the image).
+        assert_eq!(new[1].node_id(), Some("n1"));
+        assert_eq!(new[2].node_id(), Some("n3"));
     }
 }

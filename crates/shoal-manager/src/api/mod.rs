@@ -63,6 +63,9 @@ pub struct Daemon {
     pub lifecycle: tokio::sync::Mutex<()>,
     /// The key-encryption key of the node's keys, or its locked state (autolock).
     pub lock: crate::node::lock::Lock,
+    /// The peer port this node serves images on (`--peer-port`; None: serves none, and
+    /// fetches from the default port).
+    pub peer_port: Option<u16>,
 }
 
 /// Shared handle used as axum state.

@@ -136,6 +136,8 @@ struct Reported {
     state: Option<TaskState>,
     container: Option<shoal_api::models::ContainerStatus>,
     err: Option<String>,
+    /// A preparation's progress changes the message alone.
+    message: Option<String>,
 }
 
 impl Reported {
@@ -144,6 +146,7 @@ impl Reported {
             state: r.status.state,
             container: r.status.container_status.clone(),
             err: r.status.err.clone(),
+            message: r.status.message.clone(),
         }
     }
 }
@@ -304,7 +307,10 @@ fn status_ops(store: &Store, reports: &[Sourced]) -> (Vec<shoal_store::Op>, Vec<
                     .as_ref()
                     .and_then(|s| s.container_status.as_ref())
                     == r.status.container_status.as_ref()
-                && t.obj.task.status.as_ref().and_then(|s| s.err.as_ref()) == r.status.err.as_ref())
+                && t.obj.task.status.as_ref().and_then(|s| s.err.as_ref()) == r.status.err.as_ref()
+                // A preparation's progress ("fetching image from node-1: 45%") is news.
+                && t.obj.task.status.as_ref().and_then(|s| s.message.as_ref())
+                    == r.status.message.as_ref())
         {
             continue;
         }

@@ -329,6 +329,17 @@ impl Dispatcher {
                             async move { crate::images::record(&store, &node, list).await },
                         );
                     }
+                    Ok(AgentMessage::ImageSources { image }) => {
+                        // No reference is this long: nothing to look up.
+                        let sources = if image.len() > shoal_api::images::MAX_IMAGE_REF {
+                            Vec::new()
+                        } else {
+                            crate::images::sources(&d.store, &node_id, &image)
+                        };
+                        let answer = ManagerMessage::ImageSources { image, sources };
+                        let out = replies.clone();
+                        tokio::spawn(async move { send(&out, &answer).await });
+                    }
                     Ok(AgentMessage::Usage(u)) => {
                         d.usage.lock().insert(node_id.clone(), u);
                     }

@@ -6,7 +6,8 @@
 use crate::api::AppState;
 use crate::db::{self, Stored};
 use axum::http::Method;
-use shoal_api::images::{NodeImage, StoredNodeImages, MAX_IMAGES_PER_NODE};
+use shoal_api::images::{ImageRef, ImageSource, NodeImage, StoredNodeImages, MAX_IMAGES_PER_NODE};
+use shoal_api::models::{Node, NodeState};
 use shoal_store::{Expect, Store};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -121,4 +122,114 @@ pub fn by_node(store: &Store) -> Vec<StoredNodeImages> {
         .into_iter()
         .map(|v| v.obj)
         .collect()
+}
+
+/// The answer to a node asking where `image` is: every ready node but `asker` whose engine
+/// holds it, from the store's index.
+pub fn sources(store: &Store, asker: &str, image: &str) -> Vec<ImageSource> {
+    let nodes: Vec<Node> = db::list::<Node>(store).into_iter().map(|v| v.obj).collect();
+    pick_sources(&nodes, &by_node(store), asker, image)
+}
+
+/// [`sources`] as a pure function of the nodes and the index: ready nodes with an address,
+/// the asker left out, sorted by host name. An unparsable reference has none.
+pub fn pick_sources(
+    nodes: &[Node],
+    index: &[StoredNodeImages],
+    asker: &str,
+    image: &str,
+) -> Vec<ImageSource> {
+    let Some(wanted) = ImageRef::parse(image) else {
+        return Vec::new();
+    };
+    let mut out: Vec<ImageSource> = nodes
+        .iter()
+        .filter_map(|n| {
+            let id = n.id.as_deref()?;
+            let status = n.status.as_ref()?;
+            if id == asker || status.state != Some(NodeState::READY) {
+                return None;
+            }
+            let addr = status.addr.clone().filter(|a| !a.is_empty())?;
+            let held = index.iter().find(|i| i.node == id)?.find(&wanted)?;
+            Some(ImageSource {
+                node_id: id.to_string(),
+                hostname: n
+                    .description
+                    .as_ref()
+                    .and_then(|d| d.hostname.clone())
+                    .unwrap_or_else(|| id.to_string()),
+                addr,
+                image: held.clone(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.hostname, &a.node_id).cmp(&(&b.hostname, &b.node_id)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::models::{NodeDescription, NodeStatus};
+
+    fn node(id: &str, name: &str, state: NodeState, addr: &str) -> Node {
+        Node {
+            id: Some(id.into()),
+            description: Some(NodeDescription {
+                hostname: Some(name.into()),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                state: Some(state),
+                addr: Some(addr.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn held(node: &str, tags: &[&str]) -> StoredNodeImages {
+        StoredNodeImages {
+            node: node.into(),
+            images: vec![NodeImage {
+                id: format!("sha256:{}", "a".repeat(64)),
+                repo_tags: tags.iter().map(|t| t.to_string()).collect(),
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn sources_are_the_other_ready_nodes_holding_the_image() {
+        let nodes = vec![
+            node("n1", "node-1", NodeState::READY, "10.0.0.1"),
+            node("n2", "node-2", NodeState::READY, "10.0.0.2"),
+            node("n3", "node-3", NodeState::DOWN, "10.0.0.3"),
+            node("n4", "node-4", NodeState::READY, "10.0.0.4"),
+        ];
+        let index = vec![
+            held("n1", &["app:1"]),
+            held("n2", &["app:1"]),
+            held("n3", &["app:1"]),
+            held("n4", &["other:1"]),
+        ];
+        let names = |image: &str, asker: &str| -> Vec<String> {
+            pick_sources(&nodes, &index, asker, image)
+                .into_iter()
+                .map(|s| format!("{}@{}", s.hostname, s.addr))
+                .collect()
+        };
+        // The asker is left out, a down node too, and one holding another tag.
+        assert_eq!(names("app:1", "n2"), vec!["node-1@10.0.0.1"]);
+        assert_eq!(
+            names("docker.io/library/app:1", "n4"),
+            vec!["node-1@10.0.0.1", "node-2@10.0.0.2"]
+        );
+        assert!(names("app:2", "n4").is_empty());
+        assert!(names("app", "n4").is_empty(), "app is app:latest");
+        assert!(names("Not A Ref", "n4").is_empty());
+    }
 }

@@ -86,6 +86,9 @@ pub struct ClientConfig {
     /// The engine's images, as `images::watch_engine` reads them: sent at each session's
     /// start and on every change.
     pub images: watch::Receiver<Vec<shoal_api::images::NodeImage>>,
+    /// Where the leader's answers to "who holds this image" go (image, holders).
+    pub image_sources:
+        tokio::sync::broadcast::Sender<(String, Vec<shoal_api::images::ImageSource>)>,
 }
 
 /// The session's side of the agent's log subscriptions.
@@ -245,6 +248,9 @@ async fn one_session(
                     }
                     Ok(ManagerMessage::Attached { task_id, error }) => {
                         let _ = cfg.attached.send((task_id, error));
+                    }
+                    Ok(ManagerMessage::ImageSources { image, sources }) => {
+                        let _ = cfg.image_sources.send((image, sources));
                     }
                     Ok(ManagerMessage::LogSubscribe(sub)) => {
                         let _ = logs.commands.send(LogCommand::Subscribe(sub)).await;

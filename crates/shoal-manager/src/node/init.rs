@@ -5,7 +5,6 @@
 use super::aside;
 use super::local::local_node;
 use super::renewal::renewal_loop;
-use super::role::role_watcher;
 use super::{keys, Identity, NodeError, NodeSession};
 use crate::api::AppState;
 use crate::cluster::Manager;
@@ -171,17 +170,7 @@ pub async fn init(d: &AppState, plan: InitPlan) -> Result<String, NodeError> {
         return Err(e);
     }
     super::lock::spawn_follow(d, &manager);
-    let session = match NodeSession::start(
-        &d.data_dir,
-        &identity,
-        &cert,
-        node.description.clone(),
-        d.agent.as_ref(),
-        role_watcher(d),
-        super::start::engine_images(d),
-    )
-    .await
-    {
+    let session = match NodeSession::start(d, &identity, &cert, node.description.clone()).await {
         Ok(s) => s,
         Err(e) => {
             manager.shutdown().await;

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod leave;
 pub mod local;
 pub mod lock;
+pub mod peer;
 mod renewal;
 mod role;
 pub mod session;
@@ -25,5 +26,6 @@ mod start;
 
 pub use error::NodeError;
 pub use identity::{certs_dir, Identity};
+pub use peer::{ImageExport, PeerError, PeerLink, DEFAULT_PEER_PORT};
 pub use session::{AgentError, AgentHost, FloatingLink, LogLink, NodeSession};
 pub use start::start_node;

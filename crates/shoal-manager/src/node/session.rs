@@ -3,6 +3,7 @@
 //! (addresses for plain containers on attachable networks).
 
 use super::client::{self, ClientConfig};
+use super::peer::{ImageExport, PeerLink};
 use super::Identity;
 use futures::future::BoxFuture;
 use shoal_api::dispatch::{
@@ -12,7 +13,6 @@ use shoal_api::logs::{LogBatch, LogCommand};
 use shoal_api::objects::NetworkAttachment;
 use shoal_api::Role;
 use shoal_pki::NodeCert;
-use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,14 @@ pub trait AgentHost: Send + Sync {
         reports: mpsc::Sender<Vec<TaskStatusReport>>,
         logs: LogLink,
         floating: FloatingLink,
+        peers: PeerLink,
     ) -> BoxFuture<'_, Result<(), AgentError>>;
+    /// This node's engine's `docker save` of `image_id`, for another node that lacks it
+    /// (issue 22). An agent without an engine has none to give.
+    fn export_image(&self, image_id: String) -> BoxFuture<'_, Result<ImageExport, AgentError>> {
+        let _ = image_id;
+        Box::pin(async { Err("this node exports no images".into()) })
+    }
     /// Stops the agent; with `remove` it also removes every container and network it made.
     fn stop(&self, remove: bool) -> BoxFuture<'_, ()>;
     /// Gives up this node's floating addresses now and tells the leader (leave, shutdown), so
@@ -96,6 +103,10 @@ pub enum AttachError {
 pub struct NodeSession {
     stop: CancellationToken,
     tls: client::ClientTls,
+    /// The node certificate, for peer connections (swapped when renewed).
+    cert: Arc<parking_lot::RwLock<NodeCert>>,
+    /// The peer port's TLS (swapped when the certificate is renewed).
+    peer_tls: shoal_rpc::ServerTls,
     assignments: watch::Receiver<NodeAssignments>,
     reports: mpsc::Sender<Vec<TaskStatusReport>>,
     requests: mpsc::Sender<AgentMessage>,
@@ -105,16 +116,19 @@ pub struct NodeSession {
 impl NodeSession {
     /// Starts the agent and keeps its session with the leader until [`NodeSession::stop`].
     pub async fn start(
-        dir: &Path,
+        d: &crate::api::AppState,
         identity: &Identity,
         cert: &NodeCert,
         description: Option<shoal_api::models::NodeDescription>,
-        agent: &dyn AgentHost,
-        on_role: client::OnRole,
-        images: watch::Receiver<Vec<shoal_api::images::NodeImage>>,
     ) -> Result<NodeSession, NodeSessionError> {
+        let (dir, agent, peer_port) = (d.data_dir.as_path(), &d.agent, d.peer_port);
+        let on_role = super::role::role_watcher(d);
+        let images = super::start::engine_images(d);
         let tls: client::ClientTls =
             Arc::new(parking_lot::RwLock::new(shoal_pki::client_config(cert)?));
+        let peer_tls = super::peer::server_tls(cert)?;
+        let node_cert = Arc::new(parking_lot::RwLock::new(cert.clone()));
+        let (image_sources, _) = tokio::sync::broadcast::channel(64);
         let mut managers = identity.managers.clone();
         if identity.role == Role::Manager && !managers.contains(&identity.addr) {
             managers.insert(0, identity.addr.clone());
@@ -141,6 +155,7 @@ impl NodeSession {
             attached: attached.clone(),
             floating: ftx,
             images,
+            image_sources: image_sources.clone(),
         };
         let (atx, arx) = watch::channel(NodeAssignments::default());
         let (rtx, rrx) = mpsc::channel(1024);
@@ -162,6 +177,12 @@ impl NodeSession {
             up: qtx.clone(),
             advertise: identity.addr.clone(),
         };
+        let peers = PeerLink::new(
+            qtx.clone(),
+            image_sources,
+            node_cert.clone(),
+            peer_port.unwrap_or(super::peer::DEFAULT_PEER_PORT),
+        );
         if let Err(e) = agent
             .start(
                 identity.node_id.clone(),
@@ -169,15 +190,21 @@ impl NodeSession {
                 rtx.clone(),
                 link,
                 floating,
+                peers,
             )
             .await
         {
             stop.cancel();
             return Err(NodeSessionError::Agent(e));
         }
+        if let Some(port) = peer_port {
+            super::peer::spawn_server(port, peer_tls.clone(), agent.clone(), stop.clone());
+        }
         Ok(NodeSession {
             stop,
             tls,
+            cert: node_cert,
+            peer_tls,
             assignments: arx,
             reports: rtx,
             requests: qtx,
@@ -261,9 +288,11 @@ impl NodeSession {
         self.stop.clone()
     }
 
-    /// Uses `cert` for the next connection to a manager (a renewed certificate).
+    /// Uses `cert` for the next connection to a manager or a peer (a renewed certificate).
     pub fn set_cert(&self, cert: &NodeCert) -> Result<(), shoal_pki::PkiError> {
         *self.tls.write() = shoal_pki::client_config(cert)?;
+        *self.peer_tls.write() = shoal_pki::peer_server_config(cert)?;
+        *self.cert.write() = cert.clone();
         Ok(())
     }
 }

@@ -1,7 +1,6 @@
 //! Starting a node that is in a swarm: the manager if it is one, and always its session.
 
 use super::renewal::renewal_loop;
-use super::role::role_watcher;
 use super::{Identity, NodeError, NodeSession};
 use crate::api::AppState;
 use crate::cluster::Manager;
@@ -46,17 +45,7 @@ pub async fn start_node(
     }
     // Published before the session starts: a role change it reports must find the manager.
     *d.manager.write().await = manager.clone();
-    let session = match NodeSession::start(
-        &d.data_dir,
-        &identity,
-        cert,
-        description,
-        d.agent.as_ref(),
-        role_watcher(d),
-        engine_images(d),
-    )
-    .await
-    {
+    let session = match NodeSession::start(d, &identity, cert, description).await {
         Ok(s) => s,
         Err(e) => {
             *d.manager.write().await = None;

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use shoal_api::dispatch::{NodeAssignments, TaskStatusReport};
 use shoal_manager::api::{self, Daemon};
-use shoal_manager::node::{AgentError, AgentHost, FloatingLink, LogLink};
+use shoal_manager::node::{AgentError, AgentHost, FloatingLink, LogLink, PeerLink};
 use shoal_manager::proxy::EngineProxy;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +44,7 @@ impl AgentHost for StandInAgent {
         _reports: mpsc::Sender<Vec<TaskStatusReport>>,
         _logs: LogLink,
         _floating: FloatingLink,
+        _peers: PeerLink,
     ) -> BoxFuture<'_, Result<(), AgentError>> {
         self.starts.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Ok(()) })
@@ -315,6 +316,7 @@ impl Node {
             node: Default::default(),
             hostname: None,
             lifecycle: Default::default(),
+            peer_port: None,
         });
         Node {
             daemon,

@@ -5,9 +5,10 @@
 //! so clusters of several tests run side by side. A node can be killed (process and
 //! containers), restarted, and cut off from the others.
 
+use super::engines::{self, Engine};
 use super::{
     docker_at, expect_failure, expect_ok, images, ip_must as must, ip_quiet as ip, netns_name,
-    node_id_on_disk, remove_node_leftovers, wait_until, Netns,
+    node_id_on_disk, remove_node_leftovers_on, wait_until, Netns, MACHINE_ENGINE,
 };
 use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
@@ -95,6 +96,8 @@ pub struct ClusterNode {
     /// Extra `shoal daemon` flags, kept for restarts.
     args: Vec<String>,
     child: Option<Child>,
+    /// Its own Docker Engine ([`Cluster::start_with_engines`]); None: the machine's.
+    pub own_engine: Option<Engine>,
 }
 
 impl ClusterNode {
@@ -145,6 +148,11 @@ impl ClusterNode {
             .arg(&self.socket)
             .args(["--hostname", &self.name()])
             .args(&self.args)
+            .args(
+                self.own_engine
+                    .iter()
+                    .flat_map(|e| [std::ffi::OsStr::new("--engine"), e.socket.as_os_str()]),
+            )
             .env("SHOAL_PULL", "never")
             .env("SHOAL_LOG", "info,shoal_manager=debug")
             .stdout(Stdio::null())
@@ -155,6 +163,38 @@ impl ClusterNode {
         wait_until(Duration::from_secs(20), "daemon socket answers", || {
             self.docker(&["version"]).status.success()
         });
+    }
+
+    /// `-H` of the node's engine: its own, else the machine's.
+    pub fn engine_host(&self) -> String {
+        match &self.own_engine {
+            Some(e) => e.host(),
+            None => MACHINE_ENGINE.to_string(),
+        }
+    }
+
+    /// Runs the docker CLI against the node's engine, not shoal's API: `engine(&["images"])`.
+    pub fn engine(&self, args: &[&str]) -> Output {
+        engines::docker_on(&self.engine_host(), args)
+    }
+
+    /// [`ClusterNode::engine`] that must succeed; returns stdout.
+    pub fn engine_ok(&self, args: &[&str]) -> String {
+        expect_ok(self.engine(args), args)
+    }
+
+    /// The images the node's engine holds, as `repository:tag`.
+    pub fn engine_images(&self) -> Vec<String> {
+        engines::images_on(&self.engine_host())
+    }
+
+    /// Copies `image` from the machine's engine into this node's own engine only.
+    pub fn load_image(&self, image: &str) {
+        let engine = self
+            .own_engine
+            .as_ref()
+            .expect("load_image needs a node with its own engine (Cluster::start_with_engines)");
+        engines::copy_image(MACHINE_ENGINE, &engine.host(), image);
     }
 
     /// The node's ID (empty before it is in a swarm).
@@ -207,7 +247,7 @@ impl ClusterNode {
             let _ = c.wait();
         }
         if let Some(id) = id {
-            remove_node_leftovers(&id);
+            remove_node_leftovers_on(&self.engine_host(), &id);
         }
     }
 
@@ -234,7 +274,10 @@ impl ClusterNode {
     /// Containers of this node on the engine, running or not, as (id, name).
     pub fn containers(&self) -> Vec<(String, String)> {
         match self.node_id_from_disk() {
-            Some(id) => super::engine_containers(&format!("com.docker.swarm.node.id={id}")),
+            Some(id) => super::engine_containers_on(
+                &self.engine_host(),
+                &[&format!("com.docker.swarm.node.id={id}")],
+            ),
             None => Vec::new(),
         }
     }
@@ -288,6 +331,22 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra `shoal daemon` flags for each node, given its address.
     pub fn start_with(name: &str, n: usize, args: impl Fn(&str) -> Vec<String>) -> Cluster {
+        Cluster::start_inner(name, n, args, false)
+    }
+
+    /// [`Cluster::start`] where every node has a Docker Engine of its own ([`engines`]), empty:
+    /// [`ClusterNode::load_image`] puts an image on one node only. Keep `name` short (the
+    /// engines' socket paths).
+    pub fn start_with_engines(name: &str, n: usize) -> Cluster {
+        Cluster::start_inner(name, n, |_| Vec::new(), true)
+    }
+
+    fn start_inner(
+        name: &str,
+        n: usize,
+        args: impl Fn(&str) -> Vec<String>,
+        own_engines: bool,
+    ) -> Cluster {
         images();
         let hub = Netns::create(netns_name(&format!("{name}-hub")));
         let h = hub.name.as_str();
@@ -337,7 +396,22 @@ impl Cluster {
                 netns,
                 hub: hub.name.clone(),
                 child: None,
+                own_engine: None,
             });
+        }
+        if own_engines {
+            // All start at once, then each is waited for.
+            for node in &mut nodes {
+                let engine = Engine::spawn(
+                    &node.netns.name,
+                    &node.dir.join("engine"),
+                    &node.dir.join("engine.sock"),
+                );
+                node.own_engine = Some(engine);
+            }
+            for engine in nodes.iter_mut().filter_map(|n| n.own_engine.as_mut()) {
+                engine.wait_ready();
+            }
         }
         for node in &mut nodes {
             node.spawn();
@@ -421,6 +495,13 @@ impl Drop for Cluster {
                     n.index,
                     n.log_tail(80)
                 );
+                if let Some(e) = &n.own_engine {
+                    eprintln!(
+                        "---- node-{} engine log (last lines) ----\n{}",
+                        n.index,
+                        e.log_tail(30)
+                    );
+                }
             }
         }
         for n in &mut self.nodes {
@@ -430,6 +511,8 @@ impl Drop for Cluster {
             }
             // Its task containers, and plain containers a test attached to its networks.
             n.kill();
+            // Its own engine, if any: stopped and gone before its directory is removed below.
+            drop(n.own_engine.take());
         }
         // A killed node's shared-volume mounts outlive its daemon (the FUSE client is a process
         // of its own): take every mount under the cluster's directory off, deepest first, also

@@ -10,6 +10,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod engines;
 pub mod gluster;
 pub mod sshd;
 pub mod webdriver;
@@ -125,19 +126,28 @@ pub fn node_id_on_disk(data: &Path) -> Option<String> {
 /// would be retried for minutes per endpoint: a stand-in answers on the plugin's socket
 /// meanwhile, as the dead machine's own engine would not have asked.
 pub fn remove_node_leftovers(id: &str) {
+    remove_node_leftovers_on(MACHINE_ENGINE, id);
+}
+
+/// The machine's Docker Engine, which nodes share unless they have engines of their own
+/// ([`engines`]).
+pub const MACHINE_ENGINE: &str = "unix:///var/run/docker.sock";
+
+/// [`remove_node_leftovers`] on the engine at `host` (`unix://...`): the node's own engine.
+pub fn remove_node_leftovers_on(host: &str, id: &str) {
     let short: String = id.chars().take(12).collect();
     let sock = PathBuf::from(format!("/run/docker/plugins/shoal-{short}.sock"));
     let stand_in = cluster::PluginStandIn::start(&sock);
-    for (c, _) in engine_containers(&format!("com.docker.swarm.node.id={id}")) {
+    for (c, _) in engine_containers_on(host, &[&format!("com.docker.swarm.node.id={id}")]) {
         let _ = Command::new("docker")
-            .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", &c])
+            .args(["-H", host, "rm", "-f", &c])
             .output();
     }
     // Nothing would remove its engine networks later (a restarted node makes new ones).
     let nets = Command::new("docker")
         .args([
             "-H",
-            "unix:///var/run/docker.sock",
+            host,
             "network",
             "ls",
             "-q",
@@ -150,18 +160,18 @@ pub fn remove_node_leftovers(id: &str) {
     for n in nets.split_whitespace() {
         // Plain containers a test attached to the node's swarm networks go first.
         let on = Command::new("docker")
-            .args(["-H", "unix:///var/run/docker.sock", "ps", "-aq", "--filter"])
+            .args(["-H", host, "ps", "-aq", "--filter"])
             .arg(format!("network={n}"))
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
             .unwrap_or_default();
         for c in on.split_whitespace() {
             let _ = Command::new("docker")
-                .args(["-H", "unix:///var/run/docker.sock", "rm", "-f", c])
+                .args(["-H", host, "rm", "-f", c])
                 .output();
         }
         let _ = Command::new("docker")
-            .args(["-H", "unix:///var/run/docker.sock", "network", "rm", n])
+            .args(["-H", host, "network", "rm", n])
             .output();
     }
     drop(stand_in);
@@ -461,8 +471,14 @@ pub fn engine_containers(label: &str) -> Vec<(String, String)> {
 
 /// Containers on the machine's engine carrying every one of the label filters, as (id, name).
 pub fn engine_containers_all(labels: &[&str]) -> Vec<(String, String)> {
+    engine_containers_on(MACHINE_ENGINE, labels)
+}
+
+/// Containers on the engine at `host` (`unix://...`) carrying every one of the label filters,
+/// as (id, name).
+pub fn engine_containers_on(host: &str, labels: &[&str]) -> Vec<(String, String)> {
     let mut cmd = Command::new("docker");
-    cmd.args(["-H", "unix:///var/run/docker.sock", "ps", "-a"]);
+    cmd.args(["-H", host, "ps", "-a"]);
     for l in labels {
         cmd.arg("--filter").arg(format!("label={l}"));
     }
