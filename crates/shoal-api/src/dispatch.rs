@@ -224,6 +224,14 @@ pub enum AgentMessage {
         /// The task's image reference, as its spec names it.
         image: String,
     },
+    /// A request of this node's registry (issue 22): tags, manifests, blob holders; answered
+    /// by [`ManagerMessage::Registry`] with the same `seq`.
+    Registry {
+        /// Chosen by the node, echoed in the answer.
+        seq: u64,
+        /// The request.
+        request: crate::registry::RegistryRequest,
+    },
     /// The machine's CPU and memory in use, every few seconds: what the dashboard's node
     /// columns show (kept in the leader's memory, never written to raft).
     Usage(NodeUsage),
@@ -337,6 +345,13 @@ pub enum ManagerMessage {
         image: String,
         /// Where it can be fetched from.
         sources: Vec<crate::images::ImageSource>,
+    },
+    /// The answer to [`AgentMessage::Registry`].
+    Registry {
+        /// The request's `seq`.
+        seq: u64,
+        /// The answer.
+        answer: crate::registry::RegistryAnswer,
     },
     /// Serve the logs of this node's tasks that the subscription selects, in
     /// [`AgentMessage::Logs`] batches.

@@ -11,6 +11,7 @@ pub mod labels;
 pub mod logs;
 pub mod moby;
 pub mod objects;
+pub mod registry;
 pub mod role;
 pub mod template;
 pub mod validate;
@@ -47,4 +48,10 @@ pub mod kind {
     pub const NODE_INTERFACES: &str = "nodeinterfaces";
     /// The images a node's engine holds, as it reports them (issue 22's index).
     pub const NODE_IMAGES: &str = "nodeimages";
+    /// A node registry's tag: `repo:tag` -> manifest digest (issue 22).
+    pub const REGISTRY_TAG: &str = "regtag";
+    /// A node registry's manifest, by digest, with its exact bytes.
+    pub const REGISTRY_MANIFEST: &str = "regmanifest";
+    /// A node registry's blob: its size and the nodes that hold it.
+    pub const REGISTRY_BLOB: &str = "regblob";
 }

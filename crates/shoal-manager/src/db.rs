@@ -126,6 +126,30 @@ stored!(
 );
 
 stored!(
+    shoal_api::registry::StoredTag,
+    kind::REGISTRY_TAG,
+    |s| format!("{}:{}", s.repo, s.tag),
+    |_s| None,
+    |_o, _v| {}
+);
+
+stored!(
+    shoal_api::registry::StoredManifest,
+    kind::REGISTRY_MANIFEST,
+    |s| s.digest.clone(),
+    |_s| None,
+    |_o, _v| {}
+);
+
+stored!(
+    shoal_api::registry::StoredBlob,
+    kind::REGISTRY_BLOB,
+    |s| s.digest.clone(),
+    |_s| None,
+    |_o, _v| {}
+);
+
+stored!(
     shoal_api::floating::StoredFloatingIp,
     kind::FLOATING_IP,
     |s| s.address.clone(),

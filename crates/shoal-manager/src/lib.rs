@@ -16,6 +16,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
+pub mod registry;
 pub mod remote;
 pub mod routes;
 pub mod rpc;

@@ -192,6 +192,9 @@ impl LiveState {
                     // As `load`: the first cluster object by ID (there is only ever one).
                     self.state.cluster = db::list::<Swarm>(&self.store).into_iter().next();
                 }
+                // The node registries' records decide nothing the control loop, the sessions'
+                // assignments or the routes read.
+                kind::REGISTRY_TAG | kind::REGISTRY_MANIFEST | kind::REGISTRY_BLOB => {}
                 _ => d.other = true,
             }
         }

@@ -37,6 +37,12 @@ pub trait ImageExporter: Send + Sync + 'static {
         peer: PeerInfo,
         image_id: String,
     ) -> BoxFuture<'static, Result<ImageChunkStream, Status>>;
+    /// Streams the blob `digest` of this node's registry; the first chunk carries the size.
+    fn blob(
+        &self,
+        peer: PeerInfo,
+        digest: String,
+    ) -> BoxFuture<'static, Result<ImageChunkStream, Status>>;
 }
 
 struct PeerSvc(Arc<dyn ImageExporter>);
@@ -52,6 +58,18 @@ impl pb::images_server::Images for PeerSvc {
         let p = peer(req.extensions())?;
         Ok(Response::new(
             self.0.export(p, req.into_inner().image_id).await?,
+        ))
+    }
+
+    type BlobStream = ImageChunkStream;
+
+    async fn blob(
+        &self,
+        req: Request<pb::BlobRequest>,
+    ) -> Result<Response<ImageChunkStream>, Status> {
+        let p = peer(req.extensions())?;
+        Ok(Response::new(
+            self.0.blob(p, req.into_inner().digest).await?,
         ))
     }
 }

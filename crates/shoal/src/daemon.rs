@@ -30,6 +30,7 @@ struct LocalAgent {
     /// The data directory, absolute: it marks this daemon's trees under `files_root`.
     data_dir: PathBuf,
     pull: PullPolicy,
+    registry: crate::node_registry::RegistrySettings,
     running: Mutex<Option<Running>>,
 }
 
@@ -41,6 +42,8 @@ struct Running {
     network: Option<Arc<dyn NetworkBackend>>,
     volumes: Volumes,
     floating: shoal_agent::floating::holder::HandOver,
+    /// This node's registry's blobs, which the peer port serves other nodes.
+    blobs: Option<shoal_registry::BlobStore>,
 }
 
 impl LocalAgent {
@@ -66,6 +69,14 @@ impl LocalAgent {
             .negotiate_version()
             .await
             .context("negotiating the engine API version")?;
+        let stop = CancellationToken::new();
+        let blobs = crate::node_registry::start(
+            &self.registry,
+            &self.data_dir,
+            peers.clone(),
+            stop.clone(),
+        )
+        .context("starting the node registry")?;
         let transfers = shoal_agent::images::Transfers::new(
             docker.clone(),
             Arc::new(SwarmPeers(peers)),
@@ -86,7 +97,6 @@ impl LocalAgent {
         .await
         .context("starting node networking")?;
         let network: Option<Arc<dyn NetworkBackend>> = Some(Arc::new(net));
-        let stop = CancellationToken::new();
         let volumes = Volumes::new(self.data_dir.join("volumes"), files.root().to_path_buf());
         let cfg = WorkerConfig {
             node_id: node_id.clone(),
@@ -130,6 +140,7 @@ impl LocalAgent {
                 network,
                 volumes,
                 floating: hand_over,
+                blobs,
             });
         }
         Ok(())
@@ -163,6 +174,20 @@ impl AgentHost for LocalAgent {
                     r.map(|b| b.to_vec())
                 })),
             })
+        })
+    }
+
+    fn export_blob(&self, digest: String) -> BoxFuture<'_, Result<ImageExport, AgentError>> {
+        Box::pin(async move {
+            let store = self
+                .running
+                .lock()
+                .ok()
+                .and_then(|g| g.as_ref().and_then(|r| r.blobs.clone()));
+            let Some(store) = store else {
+                return Err("this node runs no registry".into());
+            };
+            Ok(crate::node_registry::export_blob(&store, &digest).await?)
         })
     }
 
@@ -264,6 +289,17 @@ async fn add_floating_ip(
     }
 }
 
+/// `--registry-addr`: `ADDR:PORT`, or "off".
+fn registry_addr(value: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("--registry-addr {value:?}: ADDR:PORT, or \"off\""))
+}
+
 /// `--peer-port`: a port, or "off".
 fn peer_port(value: &str) -> anyhow::Result<Option<u16>> {
     if value == "off" {
@@ -350,6 +386,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             PullPolicy::Never
         } else {
             PullPolicy::Missing
+        },
+        registry: crate::node_registry::RegistrySettings {
+            addr: registry_addr(&args.registry_addr)?,
+            copies: args.registry_copies.max(1),
         },
         running: Mutex::new(None),
     });

@@ -7,6 +7,8 @@ mod dashboard;
 mod floating_ip;
 mod lock;
 mod metrics;
+mod node_registry;
+mod registry;
 mod service;
 mod socket;
 
@@ -34,6 +36,9 @@ enum Cmd {
     /// The swarm's floating addresses: one address for the whole cluster, held by one node.
     #[command(subcommand)]
     FloatingIp(FloatingIpCmd),
+    /// The node registries (127.0.0.1:5000 on every node): what is stored, and where.
+    #[command(subcommand)]
+    Registry(RegistryCmd),
     /// The web dashboard: `shoal dashboard password` sets its admin password (read from stdin).
     #[command(subcommand)]
     Dashboard(DashboardCmd),
@@ -48,6 +53,17 @@ enum DashboardCmd {
     /// Set the admin password (read from stdin's first line; at least 8 characters): stored
     /// as an Argon2 hash in the swarm, so it works on every manager's dashboard.
     Password {
+        /// A manager's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
+}
+
+/// `shoal registry ...`.
+#[derive(Subcommand)]
+enum RegistryCmd {
+    /// List the tags pushed to the node registries: digest, size, the nodes holding them whole.
+    Ls {
         /// A manager's API socket (default: DOCKER_HOST, else /run/shoal/docker.sock).
         #[arg(long, short = 'H')]
         host: Option<String>,
@@ -216,6 +232,14 @@ pub struct DaemonArgs {
     /// Node certificates of the swarm only.
     #[arg(long, value_name = "PORT|off", default_value = "7946")]
     pub peer_port: String,
+    /// Where this node's registry serves the OCI distribution API (push and pull; default
+    /// 127.0.0.1:5000, which the engine trusts without TLS; "off": none). Tags live in the
+    /// swarm, blobs on --registry-copies nodes.
+    #[arg(long, value_name = "ADDR:PORT|off", default_value = "127.0.0.1:5000")]
+    pub registry_addr: String,
+    /// How many nodes hold each blob pushed to a node registry (the same on every node).
+    #[arg(long, value_name = "N", default_value_t = shoal_api::registry::DEFAULT_COPIES)]
+    pub registry_copies: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -274,6 +298,9 @@ fn main() -> anyhow::Result<()> {
             interface.as_deref(),
             &constraints,
         )),
+        Cmd::Registry(RegistryCmd::Ls { host }) => {
+            rt.block_on(registry::list(&client::socket(host.as_deref())))
+        }
         Cmd::FloatingIp(FloatingIpCmd::Ls { host }) => {
             rt.block_on(floating_ip::list(&client::socket(host.as_deref())))
         }

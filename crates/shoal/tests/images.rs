@@ -220,6 +220,38 @@ fn an_image_on_one_node_reaches_every_node_that_runs_it() {
         assert_eq!(image_id(n, &big), image_id(n2, &big));
     }
 
+    // Its name removed from node-1's engine (the image stays: a container uses it), a new
+    // task there gets it back at once, though the node saw it a moment ago: the same content is
+    // only named again, no transfer.
+    n1.engine_ok(&["rmi", "-f", "local/app:1"]);
+    n1.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "again",
+        "--constraint",
+        "node.hostname==node-1",
+        "local/app:1",
+        "sleep",
+        "1d",
+    ]);
+    wait_until(
+        Duration::from_secs(60),
+        "the new task runs on node-1",
+        || running_on(n1, "again") == vec!["node-1"],
+    );
+    assert_eq!(image_id(n1, "local/app:1"), held);
+    assert_eq!(
+        metric(n1, "shoal_agent_image_transfers_total{result=\"ok\"}"),
+        2.0
+    );
+    assert!(
+        n1.ps_rows("again").iter().all(|(_, e)| e.is_empty()),
+        "a task failed on the way: {:?}",
+        n1.ps_rows("again")
+    );
+
     // Nobody has it: the task fails, saying so.
     n1.ok(&[
         "service",

@@ -566,8 +566,26 @@ impl Executor for DockerExecutor {
     }
 
     async fn prepare(&self, task: &StoredTask, prep: &Prepared) -> Result<String, ExecError> {
-        self.ensure_image(&image_of(task)).await?;
-        self.create(task, prep).await
+        let image = image_of(task);
+        self.ensure_image(&image).await?;
+        match self.create(task, prep).await {
+            // The image was here when last looked at, and has been removed since: get it again.
+            Err(ExecError::Engine {
+                source:
+                    bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ref message,
+                    },
+                ..
+            }) if message.contains("No such image") => {
+                if let Ok(mut m) = self.images.lock() {
+                    m.remove(&image);
+                }
+                self.ensure_image(&image).await?;
+                self.create(task, prep).await
+            }
+            made => made,
+        }
     }
 
     fn progress(&self, task: &StoredTask) -> Option<String> {

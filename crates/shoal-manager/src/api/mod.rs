@@ -14,6 +14,7 @@ pub(crate) mod networks;
 pub(crate) mod nodes;
 mod objects;
 pub(crate) mod query;
+mod registry;
 mod services;
 mod volumes;
 pub use services::parse_spec as parse_service_spec;
@@ -372,6 +373,7 @@ pub fn app(
             "/shoal/v1/client-certs/{name}",
             axum::routing::delete(client_certs::revoke),
         )
+        .route("/shoal/v1/registry", get(registry::list))
         .route(
             "/shoal/v1/floating-ips",
             get(floating_ips::list).post(floating_ips::add),

@@ -204,11 +204,64 @@ pub async fn info(State(d): State<AppState>) -> Result<Response> {
     Ok(json(StatusCode::OK, &v))
 }
 
-/// `GET /distribution/{name}/json`: shoal has no registry access of its own; the CLI then records
-/// the tag without a digest (and says so), and every node uses the image it has.
-pub async fn distribution() -> Error {
+/// `GET /distribution/{name}/json`: for an image of a loopback registry (a node registry,
+/// `127.0.0.1:5000/app:1`), the engine's answer, which it gets from that registry, so the CLI
+/// pins the digest and the platforms as with any registry. For others shoal has no registry
+/// access of its own: the CLI then records the tag without a digest (and says so), and every
+/// node uses the image it has.
+pub async fn distribution(state: State<AppState>, req: axum::extract::Request) -> Response {
+    let path = req.uri().path();
+    let name = path
+        .split_once("/distribution/")
+        .map(|(_, n)| n.trim_end_matches("/json"))
+        .unwrap_or_default();
+    if on_loopback_registry(name) {
+        return super::proxy(state, req).await;
+    }
     Error(ApiError::new(
         403,
         "shoal does not query registries for image digests; nodes use their local image",
     ))
+    .into_response()
+}
+
+/// Whether an image name's registry is on loopback (`127.0.0.1:5000/app`, `localhost:5000/x`,
+/// `[::1]:5000/y`): where a node registry listens, reachable from every node's engine.
+fn on_loopback_registry(name: &str) -> bool {
+    let Some((domain, _)) = name.split_once('/') else {
+        return false;
+    };
+    let host = match domain.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => domain,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod loopback_tests {
+    #[test]
+    fn only_loopback_registries_are_asked_for_digests() {
+        for yes in [
+            "127.0.0.1:5000/app",
+            "localhost:5000/a/b",
+            "[::1]:5000/x",
+            "127.0.0.2/y",
+        ] {
+            assert!(super::on_loopback_registry(yes), "{yes}");
+        }
+        for no in [
+            "app",
+            "library/app",
+            "docker.io/library/app",
+            "10.0.0.1:5000/app",
+            "reg.example:5000/a",
+        ] {
+            assert!(!super::on_loopback_registry(no), "{no}");
+        }
+    }
 }

@@ -340,6 +340,14 @@ impl Dispatcher {
                         let out = replies.clone();
                         tokio::spawn(async move { send(&out, &answer).await });
                     }
+                    Ok(AgentMessage::Registry { seq, request }) => {
+                        let (store, out, node) =
+                            (d.store.clone(), replies.clone(), node_id.clone());
+                        tokio::spawn(async move {
+                            let answer = crate::registry::answer(&store, &node, request).await;
+                            send(&out, &ManagerMessage::Registry { seq, answer }).await;
+                        });
+                    }
                     Ok(AgentMessage::Usage(u)) => {
                         d.usage.lock().insert(node_id.clone(), u);
                     }

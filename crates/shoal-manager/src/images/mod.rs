@@ -16,17 +16,17 @@ use tokio::sync::watch;
 /// How often the engine's image list is read.
 pub const POLL: Duration = Duration::from_secs(5);
 
-/// Publishes this node's engine images on `tx` (sorted by ID), read every [`POLL`], until
+/// Publishes this node's engine images on `tx` (sorted by ID; an empty engine too), read every [`POLL`], until
 /// every receiver is gone (the session ended). A new image is inspected once for its
 /// platform.
-pub async fn watch_engine(d: AppState, tx: watch::Sender<Vec<NodeImage>>) {
+pub async fn watch_engine(d: AppState, tx: watch::Sender<Option<Vec<NodeImage>>>) {
     let mut platforms: HashMap<String, (String, String, String)> = HashMap::new();
     loop {
         if let Some(list) = read_engine(&d, &mut platforms).await {
             tx.send_if_modified(|cur| {
-                let changed = *cur != list;
+                let changed = cur.as_ref() != Some(&list);
                 if changed {
-                    *cur = list;
+                    *cur = Some(list);
                 }
                 changed
             });

@@ -85,10 +85,12 @@ pub struct ClientConfig {
     pub floating: mpsc::Sender<FloatingDown>,
     /// The engine's images, as `images::watch_engine` reads them: sent at each session's
     /// start and on every change.
-    pub images: watch::Receiver<Vec<shoal_api::images::NodeImage>>,
+    pub images: watch::Receiver<Option<Vec<shoal_api::images::NodeImage>>>,
     /// Where the leader's answers to "who holds this image" go (image, holders).
     pub image_sources:
         tokio::sync::broadcast::Sender<(String, Vec<shoal_api::images::ImageSource>)>,
+    /// Where the leader's answers to the registry's requests go (seq, answer).
+    pub registry: tokio::sync::broadcast::Sender<(u64, shoal_api::registry::RegistryAnswer)>,
 }
 
 /// The session's side of the agent's log subscriptions.
@@ -252,6 +254,9 @@ async fn one_session(
                     Ok(ManagerMessage::ImageSources { image, sources }) => {
                         let _ = cfg.image_sources.send((image, sources));
                     }
+                    Ok(ManagerMessage::Registry { seq, answer }) => {
+                        let _ = cfg.registry.send((seq, answer));
+                    }
                     Ok(ManagerMessage::LogSubscribe(sub)) => {
                         let _ = logs.commands.send(LogCommand::Subscribe(sub)).await;
                     }
@@ -280,7 +285,7 @@ async fn one_session(
                 images_open = r.is_ok();
                 if r.is_ok() {
                     let list = images.borrow_and_update().clone();
-                    if !list.is_empty() {
+                    if let Some(list) = list {
                         tx.send(encode(&AgentMessage::Images(list))?)
                             .await
                             .map_err(|_| SessionError::Closed)?;

@@ -10,6 +10,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use shoal_api::dispatch::AgentMessage;
 use shoal_api::images::ImageSource;
+use shoal_api::registry::{BlobHolder, RegistryAnswer, RegistryRequest};
 use shoal_pki::NodeCert;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,8 @@ pub enum PeerError {
 pub struct PeerLink {
     requests: mpsc::Sender<AgentMessage>,
     answers: broadcast::Sender<(String, Vec<ImageSource>)>,
+    registry: broadcast::Sender<(u64, RegistryAnswer)>,
+    seq: Arc<std::sync::atomic::AtomicU64>,
     cert: Arc<parking_lot::RwLock<NodeCert>>,
     port: u16,
 }
@@ -66,12 +69,15 @@ impl PeerLink {
     pub(crate) fn new(
         requests: mpsc::Sender<AgentMessage>,
         answers: broadcast::Sender<(String, Vec<ImageSource>)>,
+        registry: broadcast::Sender<(u64, RegistryAnswer)>,
         cert: Arc<parking_lot::RwLock<NodeCert>>,
         port: u16,
     ) -> PeerLink {
         PeerLink {
             requests,
             answers,
+            registry,
+            seq: Arc::default(),
             cert,
             port,
         }
@@ -101,6 +107,41 @@ impl PeerLink {
             .unwrap_or(Err(PeerError::Timeout(ASK_LIMIT.as_secs())))
     }
 
+    /// The leader's answer to a request of this node's registry.
+    pub async fn registry(&self, request: RegistryRequest) -> Result<RegistryAnswer, PeerError> {
+        let mut answers = self.registry.subscribe();
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.requests
+            .send(AgentMessage::Registry { seq, request })
+            .await
+            .map_err(|_| PeerError::SessionEnded)?;
+        let wait = async {
+            loop {
+                match answers.recv().await {
+                    Ok((s, answer)) if s == seq => return Ok(answer),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return Err(PeerError::SessionEnded),
+                }
+            }
+        };
+        tokio::time::timeout(ASK_LIMIT, wait)
+            .await
+            .unwrap_or(Err(PeerError::Timeout(ASK_LIMIT.as_secs())))
+    }
+
+    /// A blob of `holder`'s registry, from its peer port.
+    pub async fn blob(&self, holder: &BlobHolder, digest: &str) -> Result<ImageExport, PeerError> {
+        let tls = shoal_pki::peer_client_config(&self.cert.read(), &holder.node_id)?;
+        let mut client = shoal_rpc::images_client(&peer_addr(&holder.addr, self.port), tls)?;
+        let stream = client
+            .blob(shoal_rpc::pb::BlobRequest {
+                digest: digest.to_string(),
+            })
+            .await?
+            .into_inner();
+        chunks(stream).await
+    }
+
     /// The holder's export of `image_id`, from its peer port (the holder must be the node its
     /// certificate names).
     pub async fn export(
@@ -111,25 +152,31 @@ impl PeerLink {
         let tls = shoal_pki::peer_client_config(&self.cert.read(), &source.node_id)?;
         let addr = peer_addr(&source.addr, self.port);
         let mut client = shoal_rpc::images_client(&addr, tls)?;
-        let mut stream = client
+        let stream = client
             .export(shoal_rpc::pb::ExportRequest {
                 image_id: image_id.to_string(),
             })
             .await?
             .into_inner();
-        // The first chunk carries the size; an empty image still sends one.
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::data_loss("the holder sent nothing"))?;
-        let size = first.size;
-        let head = futures::stream::iter([Ok(first.data)]);
-        let rest = stream.map(|r| r.map(|c| c.data).map_err(|s| s.message().to_string()));
-        Ok(ImageExport {
-            size,
-            chunks: head.chain(rest).boxed(),
-        })
+        chunks(stream).await
     }
+}
+
+/// An export's chunks: the first carries the size; an empty export still sends one.
+async fn chunks(
+    mut stream: tonic::Streaming<shoal_rpc::pb::ImageChunk>,
+) -> Result<ImageExport, PeerError> {
+    let first = stream
+        .message()
+        .await?
+        .ok_or_else(|| Status::data_loss("the holder sent nothing"))?;
+    let size = first.size;
+    let head = futures::stream::iter([Ok(first.data)]);
+    let rest = stream.map(|r| r.map(|c| c.data).map_err(|s| s.message().to_string()));
+    Ok(ImageExport {
+        size,
+        chunks: head.chain(rest).boxed(),
+    })
 }
 
 /// `ip:port` of a node's peer port, from the address its record shows (an IP, or `ip:port`).
@@ -162,16 +209,43 @@ impl shoal_rpc::ImageExporter for Exporter {
                 .export_image(image_id)
                 .await
                 .map_err(|e| Status::not_found(e.to_string()))?;
-            let size = export.size;
-            let mut first = true;
-            let chunks = export.chunks.map(move |r| {
-                let size = if std::mem::take(&mut first) { size } else { 0 };
-                r.map(|data| shoal_rpc::pb::ImageChunk { data, size })
-                    .map_err(Status::unavailable)
-            });
-            Ok(chunks.boxed())
+            Ok(sized(export))
         })
     }
+
+    fn blob(
+        &self,
+        peer: shoal_rpc::PeerInfo,
+        digest: String,
+    ) -> BoxFuture<'static, Result<shoal_rpc::ImageChunkStream, Status>> {
+        let agent = self.0.clone();
+        Box::pin(async move {
+            let who = peer.node("registry blobs")?;
+            tracing::debug!(node = %who.node_id, %digest, "sending a registry blob to a node");
+            let export = agent
+                .export_blob(digest)
+                .await
+                .map_err(|e| Status::not_found(e.to_string()))?;
+            Ok(sized(export))
+        })
+    }
+}
+
+/// An export as chunks, the first carrying the size.
+fn sized(export: ImageExport) -> shoal_rpc::ImageChunkStream {
+    let size = export.size;
+    let mut first = true;
+    // An empty blob still sends one chunk, so the size arrives.
+    let chunks = futures::stream::iter([Ok(Vec::new())])
+        .filter(move |_| futures::future::ready(size == 0))
+        .chain(export.chunks);
+    chunks
+        .map(move |r| {
+            let size = if std::mem::take(&mut first) { size } else { 0 };
+            r.map(|data| shoal_rpc::pb::ImageChunk { data, size })
+                .map_err(Status::unavailable)
+        })
+        .boxed()
 }
 
 /// The peer server's TLS, swappable when the node's certificate is renewed.

@@ -58,6 +58,11 @@ pub trait AgentHost: Send + Sync {
         let _ = image_id;
         Box::pin(async { Err("this node exports no images".into()) })
     }
+    /// A blob of this node's registry, for another node's registry that lacks it (issue 22).
+    fn export_blob(&self, digest: String) -> BoxFuture<'_, Result<ImageExport, AgentError>> {
+        let _ = digest;
+        Box::pin(async { Err("this node runs no registry".into()) })
+    }
     /// Stops the agent; with `remove` it also removes every container and network it made.
     fn stop(&self, remove: bool) -> BoxFuture<'_, ()>;
     /// Gives up this node's floating addresses now and tells the leader (leave, shutdown), so
@@ -129,6 +134,7 @@ impl NodeSession {
         let peer_tls = super::peer::server_tls(cert)?;
         let node_cert = Arc::new(parking_lot::RwLock::new(cert.clone()));
         let (image_sources, _) = tokio::sync::broadcast::channel(64);
+        let (registry, _) = tokio::sync::broadcast::channel(256);
         let mut managers = identity.managers.clone();
         if identity.role == Role::Manager && !managers.contains(&identity.addr) {
             managers.insert(0, identity.addr.clone());
@@ -156,6 +162,7 @@ impl NodeSession {
             floating: ftx,
             images,
             image_sources: image_sources.clone(),
+            registry: registry.clone(),
         };
         let (atx, arx) = watch::channel(NodeAssignments::default());
         let (rtx, rrx) = mpsc::channel(1024);
@@ -180,6 +187,7 @@ impl NodeSession {
         let peers = PeerLink::new(
             qtx.clone(),
             image_sources,
+            registry,
             node_cert.clone(),
             peer_port.unwrap_or(super::peer::DEFAULT_PEER_PORT),
         );

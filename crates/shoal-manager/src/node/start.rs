@@ -9,11 +9,12 @@ use shoal_pki::NodeCert;
 use std::sync::Arc;
 
 /// This node's engine images, read by a task that lives as long as the session that receives
-/// them (issue 22's index).
+/// them (issue 22's index); `None` until the engine was first read, so an empty engine is
+/// reported as empty and not mistaken for "not read yet".
 pub(crate) fn engine_images(
     d: &AppState,
-) -> tokio::sync::watch::Receiver<Vec<shoal_api::images::NodeImage>> {
-    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+) -> tokio::sync::watch::Receiver<Option<Vec<shoal_api::images::NodeImage>>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
     tokio::spawn(crate::images::watch_engine(d.clone(), tx));
     rx
 }

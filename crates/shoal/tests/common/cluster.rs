@@ -341,6 +341,15 @@ impl Cluster {
         Cluster::start_inner(name, n, |_| Vec::new(), true)
     }
 
+    /// [`Cluster::start_with_engines`] with extra `shoal daemon` flags for each node.
+    pub fn start_with_engines_and(
+        name: &str,
+        n: usize,
+        args: impl Fn(&str) -> Vec<String>,
+    ) -> Cluster {
+        Cluster::start_inner(name, n, args, true)
+    }
+
     fn start_inner(
         name: &str,
         n: usize,
