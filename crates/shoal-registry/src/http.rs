@@ -196,6 +196,11 @@ fn meta_error(e: MetaError) -> ApiError {
             )
         }
         MetaError::Other(m) => ApiError::internal("registry metadata", &m),
+        MetaError::BlobUnknown(d) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ManifestBlobUnknown,
+            format!("blob unknown to registry: {d}"),
+        ),
     }
 }
 

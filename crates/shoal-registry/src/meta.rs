@@ -29,6 +29,10 @@ pub enum MetaError {
     /// Anything else.
     #[error("registry metadata: {0}")]
     Other(String),
+    /// The store refused a manifest because a blob it references is known nowhere (another
+    /// node's view, after this node's own check passed): the client's error, not the server's.
+    #[error("blob unknown to the registry: {0}")]
+    BlobUnknown(String),
 }
 
 /// A future of the metadata store.

@@ -121,6 +121,9 @@ fn unexpected(a: &RegistryAnswer) -> MetaError {
 }
 
 fn meta_err(e: String) -> MetaError {
+    if let Some(d) = e.strip_prefix("MANIFEST_BLOB_UNKNOWN: ") {
+        return MetaError::BlobUnknown(d.to_string());
+    }
     if e.contains("session") || e.contains("did not say") {
         MetaError::Unavailable(e)
     } else {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 const IMAGE: &str = "shoal-test/busybox:latest";
 
-/// `shoal registry ls` on a manager, as (repository:tag, digest, nodes) rows.
+/// `shoal registry ls` on a manager, as (repository:tag, digest, copies) rows.
 fn registry_ls(n: &ClusterNode) -> Vec<(String, String, String)> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(["registry", "ls", "-H"])
@@ -27,13 +27,14 @@ fn registry_ls(n: &ClusterNode) -> Vec<(String, String, String)> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .skip(1)
+        .filter(|l| !l.starts_with("(COPIES"))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 5).then(|| {
+            (f.len() >= 6).then(|| {
                 (
                     format!("{}:{}", f[0], f[1]),
                     f[2].to_string(),
-                    f[4..].join(" "),
+                    f[4].to_string(),
                 )
             })
         })
@@ -81,11 +82,11 @@ fn an_image_pushed_to_one_node_runs_on_the_others_after_that_node_is_gone() {
     let n1 = c.node(1);
     wait_until(
         Duration::from_secs(60),
-        "the image is held whole by two nodes",
+        "every blob of the image on two nodes",
         || {
             registry_ls(n1)
                 .iter()
-                .any(|(t, d, nodes)| t == "app:1" && *d == digest && nodes.split(',').count() == 2)
+                .any(|(t, d, copies)| t == "app:1" && *d == digest && copies == "2")
         },
     );
     // Any node's registry serves it, to skopeo as to the engine.
@@ -132,6 +133,18 @@ fn an_image_pushed_to_one_node_runs_on_the_others_after_that_node_is_gone() {
         "reg",
     ]);
     assert_eq!(image.trim(), format!("127.0.0.1:5000/app:1@{digest}"));
+    // And the platforms from the image's config, which only a registry tells the CLI.
+    let platforms = n1.ok(&[
+        "service",
+        "inspect",
+        "-f",
+        "{{json .Spec.TaskTemplate.Placement.Platforms}}",
+        "reg",
+    ]);
+    assert!(
+        platforms.contains("\"Architecture\":\"amd64\""),
+        "{platforms}"
+    );
     // By digest, from the engine of a node that never had it.
     c.node(3)
         .engine_ok(&["pull", &format!("127.0.0.1:5000/app@{digest}")]);

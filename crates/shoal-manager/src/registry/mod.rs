@@ -338,6 +338,12 @@ pub struct TagView {
     pub digest: String,
     /// The bytes of the blobs it references (for an index: of its manifests' blobs too).
     pub size: u64,
+    /// The fewest nodes holding any one of its blobs: how many nodes may be lost with the image
+    /// still whole in the swarm, plus one. Blobs are placed one by one, so the copies of an
+    /// image's blobs may be on different nodes.
+    pub copies: usize,
+    /// Nodes holding some of it, by name.
+    pub nodes: Vec<String>,
     /// Nodes holding every blob of it, by name.
     pub complete_on: Vec<String>,
     /// Blobs no node holds (a holder is gone): the image cannot be pulled whole.
@@ -386,11 +392,15 @@ pub fn list(store: &Store) -> Vec<TagView> {
             }
             let mut size = 0u64;
             let mut missing = 0usize;
+            let mut copies: Option<usize> = None;
+            let mut any: BTreeSet<String> = BTreeSet::new();
             let mut complete: Option<BTreeSet<String>> = None;
             for d in &digests {
                 match blobs.get(d).filter(|b| !b.holders.is_empty()) {
                     Some(b) => {
                         size = size.saturating_add(b.size);
+                        copies = Some(copies.map_or(b.holders.len(), |c| c.min(b.holders.len())));
+                        any.extend(b.holders.iter().cloned());
                         let held: BTreeSet<String> = b.holders.iter().cloned().collect();
                         complete = Some(match complete {
                             None => held,
@@ -400,17 +410,24 @@ pub fn list(store: &Store) -> Vec<TagView> {
                     None => missing += 1,
                 }
             }
-            let mut complete_on: Vec<String> = complete
-                .unwrap_or_default()
-                .into_iter()
-                .map(|id| names.get(&id).cloned().unwrap_or(id))
-                .collect();
-            complete_on.sort();
+            let named = |ids: BTreeSet<String>| -> Vec<String> {
+                let mut v: Vec<String> = ids
+                    .into_iter()
+                    .map(|id| names.get(&id).cloned().unwrap_or(id))
+                    .collect();
+                v.sort();
+                v
+            };
+            let complete_on = named(complete.unwrap_or_default());
+            let nodes = named(any);
+            let copies = if missing > 0 { 0 } else { copies.unwrap_or(0) };
             TagView {
                 repository: t.repo,
                 tag: t.tag,
                 digest: t.digest,
                 size,
+                copies,
+                nodes,
                 complete_on,
                 missing,
             }
