@@ -21,7 +21,9 @@
 #   node_id_of i / node_tag ID   node i's swarm node id / the 12-character tag shoal derives from it
 #   engine docker-args...   the host's engine ($ENGINE): containers only, never `docker swarm`
 #   engine_rm_node ID / engine_count_node ID   docker rm -f / count the containers of node ID
-#   sh_start i              start (or restart, on the same data) node i's daemon, wait for its API
+#   sh_start i              start (or restart, on the same data) node i's daemon, wait for its API;
+#                           a script may define `sh_extra_args i` printing more daemon arguments
+#                           for node i, one a line (e.g. --engine PATH); default none
 #   sh_kill_daemon i        kill -9 of node i's daemon only
 #   sh_kill_node i          the whole node: kill -9 of its daemon and `docker rm -f` of its containers
 #   remember_ids            record nodes 1..NODES' ids (for cleanup after a data dir was wiped)
@@ -86,10 +88,14 @@ engine_count_node() { engine ps -q --filter "label=com.docker.swarm.node.id=$1" 
 # Starts (or restarts, on the same data dir) node i's daemon and waits for its socket.
 sh_start() {
   local i=$1 d deadline pid
+  local -a extra=()
   d=$(sh_dir "$i")
   mkdir -p "$d/data"
+  # The script's per-node daemon arguments, one a line (none unless it defines sh_extra_args).
+  if declare -F sh_extra_args >/dev/null; then mapfile -t extra < <(sh_extra_args "$i"); fi
   NO_COLOR=1 SHOAL_PULL=never SHOAL_LOG=${SHOAL_LOG:-info} ns_exec_bg "$i" "$SHOAL" daemon \
-    --data-dir "$d/data" --socket "$(sh_sock "$i")" --hostname "node-$i" >>"$d/daemon.log" 2>&1
+    --data-dir "$d/data" --socket "$(sh_sock "$i")" --hostname "node-$i" ${extra[@]+"${extra[@]}"} \
+    >>"$d/daemon.log" 2>&1
   pid=$NS_LAST_PID   # nsenter execs shoal: this is the daemon's pid
   echo "$pid" > "$(ns_run_dir "$i")/shoal.pid"
   echo "---- started pid $pid at $(date '+%F %T.%N') ----" >> "$d/daemon.log"
