@@ -479,8 +479,8 @@ g_shoal() {
   G_LAYER=${!#}
   wait_until copies_done "$@" || { log "the blobs of big:$r got no second copy"; return 1; }
   GS_COPY=$(since "$t0")
-  holders=$("$SHOAL" registry ls -H "$(sh_host 1)" | awk -v t="$r" '$1 == "big" && $2 == t { print $5 }')
-  log "  node registry: big:$r held whole by $holders; the layer's second copy on $(for n in 1 3; do blob_on "$n" "$G_LAYER" && printf 'node-%s ' "$n"; done)"
+  holders=$("$SHOAL" registry ls -H "$(sh_host 1)" | awk -v t="$r" '$1 == "big" && $2 == t { print $5 " copies on " $6 }')
+  log "  node registry: big:$r: $holders; the layer's second copy on $(for n in 1 3; do blob_on "$n" "$G_LAYER" && printf 'node-%s ' "$n"; done)"
   GS_K1=$(pull_kind 1)
   GS_P1=$(timed_pull 1 "$NODE_REG/big:$r") || return 1
   GS_K3=$(pull_kind 3)
