@@ -216,6 +216,13 @@ impl AgentHost for LocalAgent {
             let _ = r.handle.await;
             if remove {
                 worker::remove_all(r.executor.as_ref(), &r.files, &r.volumes).await;
+                // The registry's blobs belong to the swarm this node leaves.
+                if r.blobs.is_some() {
+                    let dir = self.data_dir.join("registry");
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "removing the node registry's blobs");
+                    }
+                }
                 if let Some(n) = &r.network {
                     n.cleanup().await;
                 }

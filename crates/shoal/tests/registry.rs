@@ -177,4 +177,14 @@ fn an_image_pushed_to_one_node_runs_on_the_others_after_that_node_is_gone() {
         &format!("http://127.0.0.1:5000/v2/bad/blobs/{bad}"),
     ]);
     assert_eq!(head.trim(), "404");
+
+    // A node that leaves the swarm keeps none of its registry's blobs.
+    let n3 = c.node(3);
+    let store = n3.dir.join("data").join("registry");
+    assert!(store.exists(), "node-3 has a registry store");
+    n3.ok(&["swarm", "leave", "--force"]);
+    assert!(
+        !store.exists(),
+        "the registry's blobs outlived the node's leave"
+    );
 }
