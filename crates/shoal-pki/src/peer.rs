@@ -3,13 +3,11 @@
 //! the server is the very node it meant to reach (by the node ID its certificate names), since
 //! worker certificates carry no name to check an address against.
 
-use crate::tls::{
-    ca_roots, certs, key, provider, tls_err, CheckedClientVerifier, ALPN_H2, VERSIONS,
-};
+use crate::tls::{ca_roots, certs, key, provider, tls_err, ALPN_H2, VERSIONS};
 use crate::{NodeCert, PkiError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::ParsedCertificate;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -20,32 +18,7 @@ use std::sync::Arc;
 /// What every node serves its peer port with: only clients presenting a node certificate of
 /// this cluster get past the handshake (no anonymous callers at all, unlike the manager port).
 pub fn peer_server_config(cert: &NodeCert) -> Result<Arc<ServerConfig>, PkiError> {
-    let provider = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(ca_roots(cert)?, provider.clone())
-        .build()
-        .map_err(|source| PkiError::Verifier {
-            what: "building the peer certificate verifier",
-            source,
-        })?;
-    let verifier = Arc::new(CheckedClientVerifier {
-        inner,
-        check: Box::new(|der| {
-            crate::identity_of_der(der)
-                .map(|_| ())
-                .map_err(|_| CertificateError::InvalidPurpose)
-        }),
-    });
-    let mut chain = certs(cert.cert_pem(), "node certificate")?;
-    chain.truncate(1);
-    chain.extend(certs(cert.ca_pem(), "CA certificate")?);
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(VERSIONS)
-        .map_err(tls_err("choosing TLS versions"))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key(cert.key_pem(), "node key")?)
-        .map_err(tls_err("installing the node certificate"))?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+    crate::tls::node_server_config(cert, false)
 }
 
 /// What a node dials another node's peer port with: presents its own certificate and accepts

@@ -82,14 +82,26 @@ pub(crate) fn ca_roots(cert: &NodeCert) -> Result<Arc<RootCertStore>, PkiError> 
 /// in the handshake: the two uses of the CA stay apart); read the peer's identity with
 /// [`crate::identity_of_der`].
 pub fn server_config(cert: &NodeCert) -> Result<Arc<ServerConfig>, PkiError> {
+    node_server_config(cert, true)
+}
+
+/// A node's server config; `anonymous` lets clients without a certificate in (joiners on the
+/// manager port), else every client must present a node certificate of the cluster.
+pub(crate) fn node_server_config(
+    cert: &NodeCert,
+    anonymous: bool,
+) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(ca_roots(cert)?, provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|source| PkiError::Verifier {
-            what: "building the client certificate verifier",
-            source,
-        })?;
+    let builder = WebPkiClientVerifier::builder_with_provider(ca_roots(cert)?, provider.clone());
+    let builder = if anonymous {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let inner = builder.build().map_err(|source| PkiError::Verifier {
+        what: "building the client certificate verifier",
+        source,
+    })?;
     // The certificate names a node (OU of a role), so an API client certificate of the same CA
     // opens nothing on the node port.
     let verifier = Arc::new(CheckedClientVerifier {

@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::pb;
@@ -102,39 +100,14 @@ pub async fn serve_peer(
 }
 
 /// A client of the peer port at `addr` (`ip:port`), over `tls` (a peer client config naming
-/// the node expected there). Connects on first use.
+/// the node expected there; it checks that node ID, not the name the channel presents).
+/// Connects on first use.
 pub fn images_client(
     addr: &str,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<pb::images_client::ImagesClient<Channel>, RpcError> {
-    let bad = |reason: &str| RpcError::Address {
-        addr: addr.to_string(),
-        reason: reason.to_string(),
-    };
-    let target: std::net::SocketAddr = addr
-        .parse()
-        .map_err(|e: std::net::AddrParseError| bad(&e.to_string()))?;
-    let endpoint = Endpoint::from_shared(format!("http://{target}"))
-        .map_err(|e| bad(&e.to_string()))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let connector = TlsConnector::from(tls);
-    let service = tower::service_fn(move |_uri: http::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(target).await?;
-            tcp.set_nodelay(true)?;
-            // The verifier checks the node ID in the certificate, not this name.
-            let name = rustls::pki_types::ServerName::try_from("shoal-node")
-                .map_err(std::io::Error::other)?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
     Ok(
-        pb::images_client::ImagesClient::new(endpoint.connect_with_connector_lazy(service))
+        pb::images_client::ImagesClient::new(crate::connect(addr, tls)?)
             .max_decoding_message_size(MAX_IMAGE_CHUNK)
             .max_encoding_message_size(MAX_PEER_REQUEST),
     )

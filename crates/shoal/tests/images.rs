@@ -85,23 +85,6 @@ fn metric(n: &ClusterNode, sample: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// Tasks of `service` that are running, by the node `docker service ps` names.
-fn running_on(n: &ClusterNode, service: &str) -> Vec<String> {
-    n.ok(&[
-        "service",
-        "ps",
-        service,
-        "--filter",
-        "desired-state=running",
-        "--format",
-        "{{.Node}} {{.CurrentState}}",
-    ])
-    .lines()
-    .filter(|l| l.contains("Running"))
-    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-    .collect()
-}
-
 fn image_id(n: &ClusterNode, image: &str) -> String {
     n.engine_ok(&["image", "inspect", "-f", "{{.Id}}", image])
         .trim()
@@ -144,9 +127,9 @@ fn an_image_on_one_node_reaches_every_node_that_runs_it() {
         "1d",
     ]);
     wait_until(Duration::from_secs(60), "one running", || {
-        running_on(n1, "one").len() == 1
+        n1.running_on("one").len() == 1
     });
-    assert_eq!(running_on(n1, "one"), vec!["node-2"]);
+    assert_eq!(n1.running_on("one"), vec!["node-2"]);
     assert!(!n1.engine_images().iter().any(|i| i == "local/app:1"));
 
     // One per node: node-1 and node-3 fetch it from node-2.
@@ -165,11 +148,9 @@ fn an_image_on_one_node_reaches_every_node_that_runs_it() {
         "1d",
     ]);
     wait_until(Duration::from_secs(90), "three replicas running", || {
-        running_on(n1, "app").len() == 3
+        n1.running_on("app").len() == 3
     });
-    let mut nodes = running_on(n1, "app");
-    nodes.sort();
-    assert_eq!(nodes, vec!["node-1", "node-2", "node-3"]);
+    assert_eq!(n1.running_on("app"), vec!["node-1", "node-2", "node-3"]);
     let held = image_id(n2, "local/app:1");
     for n in [n1, n3] {
         assert_eq!(
@@ -205,7 +186,7 @@ fn an_image_on_one_node_reaches_every_node_that_runs_it() {
         "1d",
     ]);
     wait_until(Duration::from_secs(120), "six replicas running", || {
-        running_on(n1, "big").len() == 6
+        n1.running_on("big").len() == 6
     });
     for n in [n1, n3] {
         let ok = "shoal_agent_image_transfers_total{result=\"ok\"}";
@@ -239,7 +220,7 @@ fn an_image_on_one_node_reaches_every_node_that_runs_it() {
     wait_until(
         Duration::from_secs(60),
         "the new task runs on node-1",
-        || running_on(n1, "again") == vec!["node-1"],
+        || n1.running_on("again") == vec!["node-1"],
     );
     assert_eq!(image_id(n1, "local/app:1"), held);
     assert_eq!(
@@ -330,7 +311,7 @@ fn a_transfer_cut_halfway_goes_on_from_another_holder() {
     wait_until(
         Duration::from_secs(90),
         "the task runs with the image from the other holder",
-        || running_on(n1, "cut").len() == 1,
+        || n1.running_on("cut").len() == 1,
     );
     cut.heal();
     let other = if from == "node-2" {

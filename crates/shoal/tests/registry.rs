@@ -41,26 +41,6 @@ fn registry_ls(n: &ClusterNode) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// Tasks of `service` that are running, by node.
-fn running_on(n: &ClusterNode, service: &str) -> Vec<String> {
-    let mut v: Vec<String> = n
-        .ok(&[
-            "service",
-            "ps",
-            service,
-            "--filter",
-            "desired-state=running",
-            "--format",
-            "{{.Node}} {{.CurrentState}}",
-        ])
-        .lines()
-        .filter(|l| l.contains("Running"))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn an_image_pushed_to_one_node_runs_on_the_others_after_that_node_is_gone() {
     let mut c =
@@ -122,7 +102,7 @@ fn an_image_pushed_to_one_node_runs_on_the_others_after_that_node_is_gone() {
     wait_until(
         Duration::from_secs(120),
         "two replicas on the two nodes left",
-        || running_on(n1, "reg") == vec!["node-1", "node-3"],
+        || n1.running_on("reg") == vec!["node-1", "node-3"],
     );
     // The CLI pinned the digest through the registry, as with any registry.
     let image = n1.ok(&[

@@ -271,6 +271,27 @@ impl ClusterNode {
         .collect()
     }
 
+    /// The nodes running `service`'s tasks that are meant to run, as `docker service ps`
+    /// names them, sorted (a node twice for two tasks).
+    pub fn running_on(&self, service: &str) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .ok(&[
+                "service",
+                "ps",
+                service,
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Node}} {{.CurrentState}}",
+            ])
+            .lines()
+            .filter(|l| l.contains("Running"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
     /// Containers of this node on the engine, running or not, as (id, name).
     pub fn containers(&self) -> Vec<(String, String)> {
         match self.node_id_from_disk() {
